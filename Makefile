@@ -1,0 +1,50 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create .venv here and install what they need (system packages with
+# apt-get when run as root and missing).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SYSTEM_PACKAGES := openssh-server rsync tmux
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: test demo lint bench system-deps venv clean
+
+test: system-deps venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: system-deps venv
+	$(BIN)/python -m deploy.demo
+
+lint: venv
+	$(BIN)/ruff check trainer deploy tests bench fabfile.py remote_scripts
+
+bench: venv
+	$(BIN)/python bench/input_pipeline.py
+	$(BIN)/python bench/deploy_latency.py
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train-cpu,deploy,dev]'
+	touch $(STAMP)
+
+# sshd, rsync and tmux stand in for the GPU host in tests and the demo.
+system-deps:
+	@missing=""; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	command -v rsync >/dev/null || missing="$$missing rsync"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing (run as root, or: sudo apt-get install$$missing)" >&2; exit 2; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .facenet build *.egg-info

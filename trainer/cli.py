@@ -1,0 +1,121 @@
+"""`python -m trainer COMMAND`: validate, synth, train, smoke, evaluate.
+
+Exit codes: 0 success; 2 bad input or configuration (the message says what and where);
+3 training stopped on request (SIGTERM), resumable; 1 anything else (traceback printed,
+and in train.log for training runs).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.errors import UserError
+
+
+def cmd_validate(args):
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.data import validate_with_progress
+    from trainer.validation import require_trainable, write_manifest
+
+    cfg = load_config(args.config, args.set)
+    result = validate_with_progress(args.data, cfg["data"], Console())
+    if args.report:
+        write_manifest(result, args.report)
+        print(f"Wrote {args.report}")
+    require_trainable(result, cfg["data"]["classes"])
+
+
+def cmd_synth(args):
+    from trainer.synth import write_corpus
+
+    paths = write_corpus(args.out, args.corpus, args.clips, args.seed, suffix=args.suffix)
+    print(f"Wrote {len(paths)} synthetic {args.corpus} clips to {args.out}")
+
+
+def cmd_train(args):
+    from trainer.run import execute, new_run
+
+    if args.resume:
+        execute(args.resume, resume=True, epochs=args.epochs)
+        return
+    from trainer.config import load_config
+
+    overrides = [*args.set, *([f"train.epochs={args.epochs}"] if args.epochs else [])]
+    cfg = load_config(args.config, overrides)
+    if not args.data:
+        raise UserError("train needs --data DIR (one or more), or --resume RUN_DIR.")
+    execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data)
+
+
+def cmd_smoke(args):
+    from trainer.smoke import smoke
+
+    smoke(args.data, args.out, synthetic=args.synthetic, config=args.config, overrides=args.set)
+
+
+def cmd_evaluate(args):
+    from trainer.evaluate import evaluate_run
+
+    evaluate_run(args.run, args.data)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Video-only emotion recognition on FaceNet features.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, data_required):
+        sp.add_argument("--data", action="append", type=Path, required=data_required, metavar="DIR",
+                        help="directory searched recursively for *.npz (repeatable)")
+        sp.add_argument("--config", type=Path, help="YAML configuration (defaults: trainer/config.py)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config value")
+
+    sp = sub.add_parser("validate", help="find, label and check feature files; exit 2 if they cannot train")
+    common(sp, True)
+    sp.add_argument("--report", type=Path, help="write a JSON manifest with one entry per file")
+    sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("synth", help="write synthetic feature files with the real structure")
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--corpus", choices=["crema-d", "ravdess"], default="crema-d")
+    sp.add_argument("--clips", type=int, default=200)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--suffix", default="", help="appended to each file name, e.g. _facenet_features")
+    sp.set_defaults(func=cmd_synth)
+
+    sp = sub.add_parser("train", help="train one run into RUNS_DIR/<run-name>")
+    common(sp, False)
+    sp.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR")
+    sp.add_argument("--run-name")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its backup")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("smoke", help="small end-to-end check: 2 epochs on a few clips, reload, predict")
+    common(sp, False)
+    sp.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR")
+    sp.add_argument("--synthetic", action="store_true", help="add a small synthetic data set (no real data needed)")
+    sp.set_defaults(func=cmd_smoke)
+
+    sp = sub.add_parser("evaluate", help="score a run's best model on its validation split or other data")
+    sp.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
+    sp.add_argument("--data", action="append", type=Path, metavar="DIR")
+    sp.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:
+        code = getattr(e, "exit_code", 1)
+        if code == 1:
+            raise  # traceback, exit 1
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return code
+    return 0

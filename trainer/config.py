@@ -1,0 +1,185 @@
+"""Run configuration: plain data with defaults here, overridden by a YAML file and `--set`.
+
+    cfg = load_config("configs/full.yaml", overrides=["train.epochs=5"])
+    cfg["model"]["encoder"]  # "bilstm"
+
+Every key must be known and every value of the expected type; anything else is a
+`ConfigError` naming the key. The resolved configuration is saved with each run.
+"""
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from trainer.errors import ConfigError
+
+CREMA_D_EMOTIONS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+
+DEFAULTS = {
+    "seed": 42,
+    "data": {
+        "feature_key": "video_features",
+        "feature_dim": 512,
+        # Clips longer than this are cut to max_frames: "crop" keeps the centre,
+        # "subsample" keeps evenly spaced frames over the whole clip. 0 = no cap.
+        "max_frames": 300,
+        "max_frames_mode": "crop",
+        "cache_in_memory": True,
+        # Use at most this many clips, balanced over classes (0 = all): for quick checks.
+        "max_clips": 0,
+        "classes": list(CREMA_D_EMOTIONS),
+        # File label -> class; null excludes the label (its files are reported, not trained on).
+        "label_map": {
+            "crema_d": {e: e for e in CREMA_D_EMOTIONS},
+            "ravdess": {
+                "01": "NEU", "02": "NEU", "03": "HAP", "04": "SAD",
+                "05": "ANG", "06": "FEA", "07": "DIS", "08": None,
+            },
+        },
+    },
+    "split": {"method": "actor", "val_fraction": 0.2},
+    "model": {
+        "encoder": "bilstm",
+        "units": 128,
+        "layers": 1,
+        "heads": 4,
+        "dropout": 0.3,
+        "head_units": 128,
+    },
+    "train": {
+        "batch_size": 32,
+        "epochs": 60,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "patience": 10,
+        "lr_patience": 4,
+        "lr_factor": 0.5,
+        "min_lr": 1e-6,
+        "monitor": "val_uar",
+        "class_weights": "balanced",
+        "mixed_precision": "auto",
+        "workers": 2,
+    },
+}
+
+CHOICES = {
+    "data.max_frames_mode": ("crop", "subsample"),
+    "split.method": ("actor", "random"),
+    "model.encoder": ("bilstm", "transformer"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.monitor": ("val_uar", "val_accuracy", "val_loss"),
+    "train.class_weights": ("balanced", "none"),
+    "train.mixed_precision": ("auto", "on", "off"),
+}
+POSITIVE = {
+    "data.feature_dim", "model.units", "model.layers", "model.heads", "model.head_units",
+    "train.batch_size", "train.epochs", "train.learning_rate", "train.workers",
+}
+FREE_FORM = {"data.label_map"}  # nested mapping checked by check_label_map
+
+
+def load_config(path=None, overrides=()):
+    """Defaults, then the YAML file at `path`, then `key=value` overrides; validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping. Received: {type(loaded).__name__}")
+        _merge(cfg, loaded, prefix="", source=str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value (e.g. train.epochs=5). Received: {item!r}")
+        _merge(cfg, _nest(key.strip(), yaml.safe_load(raw)), prefix="", source="--set")
+    check_config(cfg)
+    return cfg
+
+
+def _nest(dotted, value):
+    out = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _merge(base, new, prefix, source):
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"Unknown config key {dotted!r} in {source}. Known keys here: {known}")
+        if isinstance(base[key], dict) and dotted not in FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key {dotted!r} in {source} must be a mapping. Received: {value!r}")
+            _merge(base[key], value, prefix=f"{dotted}.", source=source)
+        else:
+            base[key] = value
+
+
+def check_config(cfg):
+    """Raise ConfigError for the first value of the wrong type or out of range."""
+    for dotted, default in _leaves(DEFAULTS):
+        value = _get(cfg, dotted)
+        if dotted in FREE_FORM:
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"Config key {dotted!r} expects {expected.__name__}. Received: {value!r}")
+        if dotted in CHOICES and value not in CHOICES[dotted]:
+            raise ConfigError(f"Config key {dotted!r} expects one of {list(CHOICES[dotted])}. Received: {value!r}")
+        if dotted in POSITIVE and value <= 0:
+            raise ConfigError(f"Config key {dotted!r} must be > 0. Received: {value!r}")
+    if not 0 < cfg["split"]["val_fraction"] < 1:
+        raise ConfigError(f"Config key 'split.val_fraction' must be between 0 and 1. Received: {cfg['split']['val_fraction']!r}")
+    if not 0 <= cfg["model"]["dropout"] < 1:
+        raise ConfigError(f"Config key 'model.dropout' must be in [0, 1). Received: {cfg['model']['dropout']!r}")
+    if cfg["data"]["max_frames"] < 0:
+        raise ConfigError(f"Config key 'data.max_frames' must be >= 0 (0 = no cap). Received: {cfg['data']['max_frames']!r}")
+    classes = cfg["data"]["classes"]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ConfigError(f"Config key 'data.classes' expects at least two distinct class names. Received: {classes!r}")
+    check_label_map(cfg["data"]["label_map"], classes)
+
+
+def check_label_map(label_map, classes):
+    if not isinstance(label_map, dict) or set(label_map) - {"crema_d", "ravdess"}:
+        raise ConfigError(f"Config key 'data.label_map' expects a mapping with keys crema_d and ravdess. Received: {label_map!r}")
+    for corpus, mapping in label_map.items():
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"Config key 'data.label_map.{corpus}' expects a mapping. Received: {mapping!r}")
+        for code, target in mapping.items():
+            if target is not None and target not in classes:
+                raise ConfigError(
+                    f"Config key 'data.label_map.{corpus}.{code}' maps to {target!r}, "
+                    f"which is not in data.classes {classes}. Use null to exclude the label."
+                )
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in FREE_FORM:
+            yield from _leaves(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def dump_config(cfg):
+    return yaml.safe_dump(cfg, sort_keys=False)

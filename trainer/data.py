@@ -1,0 +1,105 @@
+"""From data directories to the generators of a run: validate, split, normalise, batch.
+
+    prepared = prepare(cfg, ["data/crema-d"], run_dir)    # writes manifest, split, normalization
+    prepared = load_prepared(cfg, run_dir)                 # the same, read back for resume/evaluate
+    train_gen, val_gen = generators(cfg, prepared)
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from trainer.errors import DataError
+from trainer.normalization import compute_stats, load_stats, save_stats
+from trainer.report import print_validation_summary
+from trainer.split import make_split
+from trainer.status import write_json_atomic
+from trainer.validation import default_cache_path, entries_from_manifest, require_trainable, validate_dirs, write_manifest
+
+
+@dataclass
+class Prepared:
+    entries: dict  # path -> accepted Entry
+    split: dict
+    stats: dict
+
+
+def validate_with_progress(dirs, data_cfg, console):
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("Validating feature files", total=None)
+        result = validate_dirs(dirs, data_cfg, cache_path=default_cache_path(),
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print_validation_summary(result, console)
+    return result
+
+
+def prepare(cfg, data_dirs, run_dir, console=None):
+    console = console or Console()
+    result = validate_with_progress(data_dirs, cfg["data"], console)
+    write_manifest(result, Path(run_dir) / "manifest.json")
+    require_trainable(result, cfg["data"]["classes"])
+    entries = [e for e in result.accepted if e.emotion in cfg["data"]["classes"]]
+    entries = subsample(entries, cfg["data"]["max_clips"], cfg["seed"])
+    split = make_split(entries, cfg["split"]["method"], cfg["split"]["val_fraction"], cfg["seed"], cfg["data"]["classes"])
+    write_json_atomic(Path(run_dir) / "split.json", split)
+    console.print(f"Split ({split['method']}): {len(split['train'])} training clips from {len(split['train_actors'])} actors, "
+                  f"{len(split['val'])} validation clips from {len(split['val_actors'])} actors")
+    stats = compute_stats(split["train"], cfg["data"]["feature_key"])
+    save_stats(stats, Path(run_dir) / "normalization.npz")
+    return Prepared({e.path: e for e in entries}, split, stats)
+
+
+def load_prepared(run_dir):
+    run_dir = Path(run_dir)
+    for name in ("manifest.json", "split.json", "normalization.npz"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir} has no {name}: it is not a run directory, or its run failed before the data was ready.")
+    split = json.loads((run_dir / "split.json").read_text())
+    entries = {e.path: e for e in entries_from_manifest(run_dir / "manifest.json")}
+    missing = [p for p in split["train"] + split["val"] if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} files of the split in {run_dir / 'split.json'} are gone, e.g. {missing[0]}. "
+                        "Restore the data at the same paths, or start a new run.")
+    return Prepared(entries, split, load_stats(run_dir / "normalization.npz"))
+
+
+def subsample(entries, max_clips, seed):
+    """At most `max_clips` entries (0 = all), the same number per class as far as possible."""
+    if not max_clips or len(entries) <= max_clips:
+        return entries
+    rng = random.Random(seed)
+    by_class = {}
+    for e in sorted(entries, key=lambda e: e.path):
+        by_class.setdefault(e.emotion, []).append(e)
+    for group in by_class.values():
+        rng.shuffle(group)
+    picked, i = [], 0
+    while len(picked) < max_clips:  # round robin over classes
+        for group in by_class.values():
+            if i < len(group) and len(picked) < max_clips:
+                picked.append(group[i])
+        i += 1
+    return picked
+
+
+def make_generator(cfg, paths, entries, stats, shuffle, **kwargs):
+    from trainer.generator import FixedVideoFacenetGenerator
+
+    data, index = cfg["data"], {c: i for i, c in enumerate(cfg["data"]["classes"])}
+    return FixedVideoFacenetGenerator(
+        paths, [index[entries[p].emotion] for p in paths], batch_size=cfg["train"]["batch_size"], shuffle=shuffle,
+        mean=stats["mean"], std=stats["std"], feature_key=data["feature_key"], max_frames=data["max_frames"],
+        max_frames_mode=data["max_frames_mode"], cache_in_memory=data["cache_in_memory"],
+        lengths=[entries[p].frames for p in paths], seed=cfg["seed"], **kwargs,
+    )
+
+
+def generators(cfg, prepared):
+    workers = cfg["train"]["workers"]
+    train = make_generator(cfg, prepared.split["train"], prepared.entries, prepared.stats, True, workers=workers)
+    val = make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, False, workers=workers)
+    return train, val

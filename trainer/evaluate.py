@@ -1,0 +1,64 @@
+"""Score a model: on a run's validation split, or on other data with the run's normalisation.
+
+    metrics = evaluate_run("runs/20261124-101500")                      # eval-val.json
+    metrics = evaluate_run("runs/20261124-101500", ["data/new-actors"])  # eval-new-actors.json
+"""
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from trainer.errors import DataError, UserError
+from trainer.metrics import classification_metrics
+
+
+def predict(model, gen):
+    """(y_true, y_pred) over every batch of a generator, in the generator's order."""
+    y_true, y_pred = [], []
+    for i in range(len(gen)):
+        x, y = gen[i]
+        y_true.append(y)
+        y_pred.append(np.argmax(model.predict_on_batch(x), axis=-1))
+    return np.concatenate(y_true), np.concatenate(y_pred)
+
+
+def score(model, gen, classes):
+    return classification_metrics(*predict(model, gen), classes)
+
+
+def evaluate_run(run_dir, data_dirs=None, console=None):
+    import keras
+
+    from trainer import data
+    from trainer.config import load_config
+    from trainer.report import print_metrics
+    from trainer.status import write_json_atomic
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    model_path = run_dir / "best.keras"
+    if not model_path.is_file():
+        raise UserError(f"{run_dir} has no best.keras: the run has not finished an epoch yet, or this is not a run directory.")
+    cfg = load_config(run_dir / "config.yaml")
+    prepared = data.load_prepared(run_dir)
+    if data_dirs:
+        result = data.validate_with_progress(data_dirs, cfg["data"], console)
+        entries = {e.path: e for e in result.accepted if e.emotion in cfg["data"]["classes"]}
+        if not entries:
+            raise DataError(f"No valid file to evaluate in {', '.join(map(str, data_dirs))}.")
+        paths, name = sorted(entries), Path(data_dirs[-1]).resolve().name
+        seen = {e.actor for e in entries.values()} & set(prepared.split["train_actors"])
+        if seen:
+            console.print(f"[yellow]warning[/]: {len(seen)} actors of this data were in training (e.g. {sorted(seen)[0]}); "
+                          "the score is inflated by identity.")
+    else:
+        entries, paths, name = prepared.entries, prepared.split["val"], "val"
+    gen = data.make_generator(cfg, paths, entries, prepared.stats, shuffle=False)
+    metrics = score(keras.models.load_model(model_path), gen, cfg["data"]["classes"])
+    metrics["data"] = [str(d) for d in data_dirs] if data_dirs else "validation split"
+    out = run_dir / f"eval-{name}.json"
+    write_json_atomic(out, metrics)
+    print_metrics(metrics, console, title=f"Evaluation on {name}")
+    console.print(f"Wrote {out}")
+    return metrics

@@ -1,0 +1,126 @@
+"""FixedVideoFacenetGenerator: batches of FaceNet clip features as a `keras.utils.PyDataset`.
+
+    gen = FixedVideoFacenetGenerator(paths, labels, batch_size=32, shuffle=True,
+                                     mean=stats["mean"], std=stats["std"], max_frames=300,
+                                     cache_in_memory=True, workers=2)
+    model.fit(gen, epochs=10)
+    x, y = gen[0]   # x float32 (batch, T, 512), T = longest clip of this batch; y int32 (batch,)
+
+Each batch is padded only to its own longest clip, with zeros after the last real frame
+(right padding, so `keras.layers.Masking(0.0)` masks exactly the padding). With
+`shuffle=True` the order is reshuffled every epoch within length buckets: clips are
+shuffled, cut into windows of `bucket_batches` batches, sorted by length inside each
+window, batched, and the batches shuffled; padding stays small and batches stay mixed.
+With `shuffle=False` batches follow clip length (see `order`), which pads least.
+
+Clips longer than `max_frames` are cut: `max_frames_mode="crop"` keeps the centre
+`max_frames` frames, `"subsample"` keeps `max_frames` evenly spaced frames of the whole
+clip. With `cache_in_memory=True` each clip is decoded once and kept in RAM.
+"""
+
+import zipfile
+
+import keras
+import numpy as np
+
+
+class FixedVideoFacenetGenerator(keras.utils.PyDataset):
+    def __init__(self, files, labels, batch_size=32, shuffle=True, *, mean=None, std=None,
+                 feature_key="video_features", max_frames=None, max_frames_mode="crop",
+                 cache_in_memory=False, lengths=None, bucket_batches=20, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.files = [str(f) for f in files]
+        self.labels = np.asarray(labels)
+        if len(self.files) == 0:
+            raise ValueError("FixedVideoFacenetGenerator needs at least one file. Received: 0 files")
+        if self.labels.shape != (len(self.files),) or not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(f"Expected one integer class id per file ({len(self.files)}). "
+                             f"Received: labels of shape {self.labels.shape} and dtype {self.labels.dtype}")
+        if self.labels.min() < 0:
+            raise ValueError(f"Expected class ids >= 0. Received: {self.labels.min()}")
+        if batch_size < 1:
+            raise ValueError(f"Expected batch_size >= 1. Received: {batch_size}")
+        if max_frames_mode not in ("crop", "subsample"):
+            raise ValueError(f"Expected max_frames_mode 'crop' or 'subsample'. Received: {max_frames_mode!r}")
+        self.labels = self.labels.astype(np.int32)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.feature_key, self.max_frames, self.max_frames_mode = feature_key, max_frames or None, max_frames_mode
+        self.mean = None if mean is None else np.asarray(mean, np.float32)
+        self.std = None if std is None else np.asarray(std, np.float32)
+        self.bucket_batches = bucket_batches
+        raw = np.asarray(lengths if lengths is not None else [read_length(f, feature_key) for f in self.files])
+        self.lengths = np.minimum(raw, self.max_frames) if self.max_frames else raw
+        self._cache = {} if cache_in_memory else None
+        self._rng = np.random.default_rng(seed)
+        self._batches = self._plan()
+
+    def __len__(self):
+        return len(self._batches)
+
+    def __getitem__(self, index):
+        idx = self._batches[index]
+        clips = [self._clip(i) for i in idx]
+        x = np.zeros((len(clips), max(len(c) for c in clips), clips[0].shape[1]), np.float32)
+        for row, clip in enumerate(clips):
+            x[row, : len(clip)] = clip
+        return x, self.labels[idx]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._batches = self._plan()
+
+    @property
+    def order(self):
+        """File indices in the order batches yield them (for aligning predictions)."""
+        return np.concatenate(self._batches)
+
+    def padding_efficiency(self):
+        """Real frames / padded frames over one epoch of the current batch plan."""
+        padded = sum(len(b) * self.lengths[b].max() for b in self._batches)
+        return float(self.lengths.sum() / padded)
+
+    def _plan(self):
+        n, bs = len(self.files), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i : i + bs] for i in range(0, n, bs)]
+        perm = self._rng.permutation(n)
+        window = bs * self.bucket_batches
+        batches = []
+        for start in range(0, n, window):
+            chunk = perm[start : start + window]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        self._rng.shuffle(batches)
+        return batches
+
+    def _clip(self, i):
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        clip = self.load_clip(self.files[i])
+        if self._cache is not None:
+            self._cache[i] = clip
+        return clip
+
+    def load_clip(self, path):
+        """One clip as float32 (frames, dim): capped at max_frames, normalised when stats are set."""
+        with np.load(path, allow_pickle=False) as npz:
+            x = np.asarray(npz[self.feature_key], dtype=np.float32)
+        if self.max_frames and len(x) > self.max_frames:
+            if self.max_frames_mode == "crop":
+                start = (len(x) - self.max_frames) // 2
+                x = x[start : start + self.max_frames]
+            else:
+                x = x[np.linspace(0, len(x) - 1, self.max_frames).round().astype(int)]
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def read_length(path, feature_key="video_features"):
+    """Number of frames of `feature_key` in an NPZ, from the array header only."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{feature_key}.npy") as fp:
+        version = np.lib.format.read_magic(fp)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = reader(fp)
+    return shape[0]

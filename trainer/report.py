@@ -1,0 +1,71 @@
+"""Tables for people: the validation summary and the metrics of a run.
+
+Uses only the standard library and rich, so the deploy side (no NumPy, no TensorFlow)
+can print a fetched run's metrics with the same code.
+"""
+
+import collections
+import statistics
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_validation_summary(result, console=None):
+    console = console or Console()
+    entries, accepted, rejected = result.entries, result.accepted, result.rejected
+    console.print(f"[bold]Searched[/] {', '.join(result.dirs)}: {len(entries)} .npz files, "
+                  f"[green]{len(accepted)} accepted[/], [red]{len(rejected)} rejected[/]")
+    if rejected:
+        table = Table(title="Rejected files by reason", title_justify="left")
+        for col in ("reason", "files", "examples"):
+            table.add_column(col)
+        by_reason = collections.defaultdict(list)
+        for e in rejected:
+            by_reason[e.reason].append(e)
+        for reason, group in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            examples = "\n".join(f"{e.path}: {e.detail}" for e in group[:2])
+            table.add_row(reason, str(len(group)), examples)
+        console.print(table)
+    if not accepted:
+        return
+    table = Table(title="Accepted files", title_justify="left")
+    table.add_column("emotion")
+    corpora = sorted({e.corpus for e in accepted})
+    for corpus in corpora:
+        table.add_column(corpus, justify="right")
+    table.add_column("total", justify="right")
+    counts = collections.Counter((e.emotion, e.corpus) for e in accepted)
+    for emotion in sorted({e.emotion for e in accepted}):
+        row = [counts[(emotion, c)] for c in corpora]
+        table.add_row(emotion, *map(str, row), str(sum(row)))
+    console.print(table)
+    frames = [e.frames for e in accepted]
+    actors = collections.Counter(e.corpus for e in {(e.corpus, e.actor): e for e in accepted}.values())
+    console.print(
+        "Actors: " + ", ".join(f"{n} {c}" for c, n in sorted(actors.items()))
+        + f"   Frames per clip: min {min(frames)}, median {statistics.median(frames):g}, max {max(frames)}"
+    )
+
+
+def print_metrics(metrics, console=None, title="Validation metrics"):
+    """Accuracy, UAR, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+    console = console or Console()
+    console.print(
+        f"[bold]{title}[/]: accuracy {metrics['accuracy']:.3f}   UAR {metrics['uar']:.3f}   "
+        f"macro F1 {metrics['macro_f1']:.3f}   ({metrics['samples']} clips)"
+    )
+    table = Table(title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+    names = metrics["classes"]
+    cm = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    for name in names:
+        cm.add_column(name, justify="right")
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        cm.add_row(name, *map(str, row))
+    console.print(cm)

@@ -1,0 +1,180 @@
+"""One training run, from data directories to a run directory that explains itself.
+
+    run_dir = new_run(cfg, ["data/crema-d"], "runs", run_name=None)   # runs/20261124-101500/
+    execute(run_dir, data_dirs=["data/crema-d"])                       # trains; raises on failure
+    execute(run_dir, resume=True)                                      # continues from backup/
+
+A run directory holds config.yaml, manifest.json, split.json, normalization.npz,
+best.keras, backup/ (until it finishes), logs/ (TensorBoard), history.csv, train.log,
+environment.json, status.json and, at the end, metrics.json.
+"""
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from trainer.config import dump_config, load_config
+from trainer.errors import DataError, UserError
+from trainer.logfile import tee_to
+from trainer.status import RunStatus, now_iso, write_json_atomic
+
+CODE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Stopped(Exception):
+    """The run ended early because it was asked to (SIGTERM/SIGINT); its backup is intact."""
+
+    exit_code = 3
+
+
+def new_run(cfg, runs_dir, run_name=None):
+    """Create the run directory and save the resolved configuration in it."""
+    name = run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(runs_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"Run directory {run_dir} already exists. Pick another --run-name, or --resume {run_dir}.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    return run_dir
+
+
+def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None):
+    """Train the run in `run_dir`; with `resume`, reuse its data and continue from backup/."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
+    cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    with tee_to(run_dir / "train.log"):
+        console = console or Console(file=sys.stdout, force_terminal=False if not sys.stdout.isatty() else None)
+        status = RunStatus(run_dir, cfg["train"]["epochs"], host=platform.node())
+        console.rule(f"Run {run_dir.name} {'(resumed) ' if resume else ''}at {now_iso()}")
+        console.print(dump_config(cfg), highlight=False)
+        try:
+            _train(cfg, run_dir, data_dirs, resume, status, console)
+        except Stopped as e:
+            status.update(state="stopped", error={"type": "Stopped", "message": str(e)})
+            print(f"Run stopped: {e}", flush=True)
+            raise
+        except BaseException as e:
+            status.update(state="failed", error={"type": type(e).__name__, "message": str(e)})
+            if not isinstance(e, UserError):
+                traceback.print_exc()
+            raise
+    return run_dir
+
+
+def _train(cfg, run_dir, data_dirs, resume, status, console):
+    from trainer import data
+
+    if resume:
+        prepared = data.load_prepared(run_dir)
+    else:
+        if not data_dirs:
+            raise UserError("No data: pass --data DIR (one or more).")
+        prepared = data.prepare(cfg, data_dirs, run_dir, console)
+    import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
+
+    from trainer.callbacks import GracefulStop, LearningRateLogger, StatusCallback
+    from trainer.evaluate import score
+    from trainer.model import build_model, class_weights, compile_model, cudnn_problems
+
+    keras.utils.set_random_seed(cfg["seed"])
+    env = environment()
+    write_json_atomic(run_dir / "environment.json", env)
+    use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+    console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}")
+
+    train_gen, val_gen = data.generators(cfg, prepared)
+    classes = cfg["data"]["classes"]
+    model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
+    for problem in cudnn_problems(model):
+        console.print(f"[yellow]warning[/]: LSTM will not use the cuDNN kernel: {problem}")
+    monitor = cfg["train"]["monitor"]
+    mode = "min" if monitor.endswith("loss") else "max"
+    stop = GracefulStop()
+    callbacks = [
+        LearningRateLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor=monitor, mode=mode, save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg["train"]["patience"], restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=cfg["train"]["lr_factor"],
+                                          patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"]),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        StatusCallback(status, monitor, mode),
+        stop,
+    ]
+    weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
+    started = time.monotonic()
+    history = model.fit(train_gen, validation_data=val_gen, epochs=cfg["train"]["epochs"], class_weight=weights,
+                        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise DataError(f"The training loss became {losses[-1]} at epoch {status.data['epoch']}: "
+                        "lower train.learning_rate or check the data normalisation.")
+    if stop.requested:
+        raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
+    best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
+    metrics = score(best, val_gen, classes)
+    metrics.update(
+        best_epoch=(status.data["best"] or {}).get("epoch"),
+        epochs_run=status.data["epoch"],
+        training_seconds=round(time.monotonic() - started, 1),
+        split_samples={"train": len(prepared.split["train"]), "val": len(prepared.split["val"])},
+        monitor=monitor,
+    )
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
+    from trainer.report import print_metrics
+
+    print_metrics(metrics, console)
+    status.update(state="finished", metrics={k: metrics[k] for k in ("accuracy", "uar", "macro_f1")}, eta_seconds=0)
+
+
+def environment():
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "code_version": code_version(),
+        "recorded_at": now_iso(),
+    }
+
+
+def code_version():
+    """`.code-version` written by the deploy (the host has no .git), else git describe."""
+    stamp = CODE_ROOT / ".code-version"
+    if stamp.is_file():
+        return stamp.read_text().strip()
+    try:
+        out = subprocess.run(["git", "-C", str(CODE_ROOT), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,66 @@
+"""status.json: the one file that says how a run is doing, never half-written.
+
+States: starting, running, finished, failed, stopped. Written atomically (temp file
+in the same directory, then rename), so a reader sees the old or the new file, never
+a torn one. The deploy monitor reads it over SSH.
+"""
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def now_iso():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path, data):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=_plain)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    if hasattr(value, "item"):  # NumPy scalars
+        return value.item()
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON")
+
+
+class RunStatus:
+    """Holds the fields of status.json and rewrites the file on every `update`."""
+
+    def __init__(self, run_dir, epochs, **fields):
+        self.path = Path(run_dir) / "status.json"
+        self._t0 = time.monotonic()
+        self.data = {
+            "state": "starting", "run": Path(run_dir).name, "pid": os.getpid(),
+            "epoch": 0, "epochs": epochs, "last": {}, "best": None,
+            "started_at": now_iso(), "updated_at": now_iso(),
+            "seconds_per_epoch": None, "eta_seconds": None, "error": None, **fields,
+        }
+        if self.path.exists():  # a resumed run keeps its history
+            old = json.loads(self.path.read_text())
+            self.data.update({k: old[k] for k in ("started_at", "best") if k in old})
+            self.data["resumed_at"] = now_iso()
+        self.update()
+
+    def update(self, **fields):
+        self.data.update(fields, updated_at=now_iso())
+        write_json_atomic(self.path, self.data)
+
+    def epoch_done(self, epoch, logs, monitor, mode, initial_epoch):
+        done = epoch + 1
+        per_epoch = (time.monotonic() - self._t0) / max(1, done - initial_epoch)
+        best = self.data["best"]
+        value = logs.get(monitor)
+        if value is not None and (best is None or (value > best["value"] if mode == "max" else value < best["value"])):
+            best = {"metric": monitor, "value": float(value), "epoch": done}
+        self.update(state="running", epoch=done, last={k: float(v) for k, v in logs.items()}, best=best,
+                    seconds_per_epoch=round(per_epoch, 2),
+                    eta_seconds=round(per_epoch * (self.data["epochs"] - done), 1))

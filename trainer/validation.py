@@ -1,0 +1,249 @@
+"""Find, label and validate FaceNet feature files; nothing is dropped without a reason.
+
+    result = validate_dirs(["data/crema-d"], cfg["data"])
+    result.accepted           # [Entry(path=..., emotion="ANG", actor="crema-d:1078", frames=74), ...]
+    require_trainable(result, cfg["data"]["classes"])   # DataError (exit 2) if it cannot train
+
+Every file is either accepted or rejected with one reason from REASONS. Files are read
+in parallel without `allow_pickle`, and the outcome is cached by (path, size, mtime) so a
+second run over unchanged data only stats the files.
+"""
+
+import collections
+import json
+import os
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.errors import DataError
+from trainer.labels import Labeller
+
+REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Entry:
+    path: str
+    status: str  # "accepted" or "rejected"
+    reason: str | None = None
+    detail: str | None = None
+    emotion: str | None = None
+    actor: str | None = None
+    corpus: str | None = None
+    frames: int | None = None
+    keys: list | None = None  # keys present, for missing-key
+
+
+@dataclass
+class ValidationResult:
+    dirs: list
+    entries: list
+
+    @property
+    def accepted(self):
+        return [e for e in self.entries if e.status == "accepted"]
+
+    @property
+    def rejected(self):
+        return [e for e in self.entries if e.status == "rejected"]
+
+    def manifest(self):
+        """JSON-ready: one record per file (path, status, reason, emotion, actor, frames)."""
+        fields = ("path", "status", "reason", "detail", "emotion", "actor", "corpus", "frames")
+        return {
+            "dirs": [str(d) for d in self.dirs],
+            "files": [{k: getattr(e, k) for k in fields} for e in self.entries],
+        }
+
+
+def find_files(dirs):
+    """All *.npz files under each directory, recursively, sorted; DataError for a missing dir."""
+    files = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise DataError(f"Data directory {d} does not exist or is not a directory.")
+        files.extend(sorted(str(p) for p in d.rglob("*.npz") if p.is_file()))
+    return files
+
+
+def check_file(path, feature_key="video_features", feature_dim=512):
+    """Read one file and return (reason, detail, frames, keys); reason None when valid."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        return "corrupt", f"cannot be opened as NPZ: {e}", None, None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        return "corrupt", "is a bare .npy array, not an NPZ archive", None, None
+    with npz:
+        keys = sorted(npz.files)
+        if feature_key not in keys:
+            return "missing-key", f"no key {feature_key!r}; keys present: {keys}", None, keys
+        try:
+            arr = npz[feature_key]
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
+            return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
+    if arr.dtype.hasobject:
+        return "object-array", f"{feature_key!r} is an object array", None, keys
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        return "wrong-shape", f"expected a numeric (frames, {feature_dim}) array, got dtype {arr.dtype}", None, keys
+    if arr.ndim != 2 or arr.shape[1] != feature_dim:
+        return "wrong-shape", f"expected shape (frames, {feature_dim}), got {arr.shape}", None, keys
+    if arr.shape[0] == 0:
+        return "empty", "0 frames", 0, keys
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            return "non-finite", f"{bad} NaN/inf values", int(arr.shape[0]), keys
+    return None, None, int(arr.shape[0]), keys
+
+
+def validate_dirs(dirs, data_cfg, cache_path=None, workers=None, progress=None):
+    """Validate every *.npz under `dirs`; returns a ValidationResult (never raises for bad files).
+
+    `progress(done, total)` is called as files complete, for a progress display.
+    """
+    labeller = Labeller(data_cfg["label_map"])
+    key, dim = data_cfg["feature_key"], data_cfg["feature_dim"]
+    files = find_files(dirs)
+    cache = _Cache(cache_path, key, dim)
+    entries = [None] * len(files)
+    to_read = []
+    for i, path in enumerate(files):
+        emotion, actor, problem = labeller.label(path)
+        base = Entry(path=path, status="rejected", emotion=emotion, actor=actor, corpus=actor and actor.split(":")[0])
+        if problem:
+            base.reason, base.detail = problem
+            entries[i] = base
+            continue
+        cached = cache.get(path)
+        if cached is not None:
+            entries[i] = _finish(base, *cached)
+        else:
+            entries[i] = base
+            to_read.append(i)
+    done = len(files) - len(to_read)
+    if progress:
+        progress(done, len(files))
+    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, outcome in zip(to_read, pool.map(lambda i: check_file(files[i], key, dim), to_read)):
+            cache.put(files[i], outcome)
+            entries[i] = _finish(entries[i], *outcome)
+            done += 1
+            if progress:
+                progress(done, len(files))
+    cache.save()
+    return ValidationResult(dirs=[str(d) for d in dirs], entries=entries)
+
+
+def _finish(entry, reason, detail, frames, keys):
+    entry.frames, entry.keys = frames, keys
+    if reason is None:
+        entry.status = "accepted"
+    else:
+        entry.reason, entry.detail = reason, detail
+    return entry
+
+
+class _Cache:
+    """Outcome of check_file per (path, size, mtime, feature key, width), kept as JSON."""
+
+    def __init__(self, path, key, dim):
+        self.path, self.tag = (Path(path) if path else None), f"{key}:{dim}"
+        self.data, self.dirty = {}, False
+        if self.path and self.path.is_file():
+            try:
+                raw = json.loads(self.path.read_text())
+                if raw.get("version") == CACHE_VERSION:
+                    self.data = raw["files"]
+            except (ValueError, KeyError, TypeError):
+                self.data = {}  # an unreadable cache is only a slower run
+
+    def _stamp(self, path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns, self.tag]
+
+    def get(self, path):
+        hit = self.data.get(path)
+        if hit and hit["stamp"] == self._stamp(path):
+            return tuple(hit["outcome"])
+        return None
+
+    def put(self, path, outcome):
+        self.data[path] = {"stamp": self._stamp(path), "outcome": list(outcome)}
+        self.dirty = True
+
+    def save(self):
+        if not (self.path and self.dirty):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": self.data}))
+        os.replace(tmp, self.path)
+
+
+def default_cache_path():
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "facenet-deploy" / "validate-cache.json"
+
+
+def require_trainable(result, classes):
+    """DataError (exit 2) unless there is at least one accepted file for every class."""
+    accepted = result.accepted
+    where = ", ".join(result.dirs)
+    if not accepted:
+        found = len(result.entries)
+        if not found:
+            raise DataError(f"No .npz files found in {where} (searched recursively). Is this the feature directory?")
+        raise DataError(
+            f"No valid feature file in {where}: found {found} .npz files, 0 accepted. "
+            f"Most common problem: {most_common_problem(result.rejected)}"
+        )
+    counts = collections.Counter(e.emotion for e in accepted)
+    missing = [c for c in classes if counts[c] == 0]
+    if missing:
+        have = {c: counts[c] for c in classes}
+        raise DataError(
+            f"Class(es) {missing} have no valid file in {where} (accepted per class: {have}). "
+            "Add data for them or change data.classes / data.label_map."
+        )
+
+
+def most_common_problem(rejected):
+    """One sentence on the most frequent rejection reason, with the fix where one is known."""
+    if not rejected:
+        return "none"
+    reason, n = collections.Counter(e.reason for e in rejected).most_common(1)[0]
+    group = [e for e in rejected if e.reason == reason]
+    if reason == "missing-key":
+        keysets = collections.Counter(tuple(e.keys or ()) for e in group)
+        keys = list(keysets.most_common(1)[0][0])
+        wanted = group[0].detail.split(";")[0].removeprefix("no key ")
+        return f"{n} files have no key {wanted}; they have keys {keys}: set data.feature_key."
+    return f"{n} files rejected as {reason} (e.g. {group[0].path}: {group[0].detail})."
+
+
+def write_manifest(result, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.manifest(), indent=1))
+
+
+def entries_from_manifest(path):
+    """Accepted entries of a manifest written by write_manifest."""
+    files = json.loads(Path(path).read_text())["files"]
+    return [Entry(**f) for f in files if f["status"] == "accepted"]
+
+
+
