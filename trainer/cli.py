@@ -13,14 +13,13 @@ from trainer.errors import UserError
 
 
 def cmd_validate(args):
-    from rich.console import Console
-
     from trainer.config import load_config
     from trainer.data import validate_with_progress
+    from trainer.report import make_console
     from trainer.validation import require_trainable, write_manifest
 
     cfg = load_config(args.config, args.set)
-    result = validate_with_progress(args.data, cfg["data"], Console())
+    result = validate_with_progress(args.data, cfg["data"], make_console())
     if args.report:
         write_manifest(result, args.report)
         print(f"Wrote {args.report}")

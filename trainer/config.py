@@ -110,13 +110,19 @@ def _nest(dotted, value):
     return out
 
 
-def _merge(base, new, prefix, source):
+def _merge(base, new, prefix, source, free=False):
     for key, value in new.items():
         dotted = f"{prefix}{key}"
+        if free or dotted in FREE_FORM:  # entries merge one by one; check_label_map checks them
+            if isinstance(base.get(key), dict) and isinstance(value, dict):
+                _merge(base[key], value, f"{dotted}.", source, free=True)
+            else:
+                base[key] = value
+            continue
         if key not in base:
             known = ", ".join(sorted(base))
             raise ConfigError(f"Unknown config key {dotted!r} in {source}. Known keys here: {known}")
-        if isinstance(base[key], dict) and dotted not in FREE_FORM:
+        if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"Config key {dotted!r} in {source} must be a mapping. Received: {value!r}")
             _merge(base[key], value, prefix=f"{dotted}.", source=source)
@@ -144,6 +150,8 @@ def check_config(cfg):
         raise ConfigError(f"Config key 'split.val_fraction' must be between 0 and 1. Received: {cfg['split']['val_fraction']!r}")
     if not 0 <= cfg["model"]["dropout"] < 1:
         raise ConfigError(f"Config key 'model.dropout' must be in [0, 1). Received: {cfg['model']['dropout']!r}")
+    if cfg["data"]["max_clips"] < 0:
+        raise ConfigError(f"Config key 'data.max_clips' must be >= 0 (0 = all). Received: {cfg['data']['max_clips']!r}")
     if cfg["data"]["max_frames"] < 0:
         raise ConfigError(f"Config key 'data.max_frames' must be >= 0 (0 = no cap). Received: {cfg['data']['max_frames']!r}")
     classes = cfg["data"]["classes"]

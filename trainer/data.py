@@ -10,12 +10,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import Progress
 
 from trainer.errors import DataError
 from trainer.normalization import compute_stats, load_stats, save_stats
-from trainer.report import print_validation_summary
+from trainer.report import make_console, print_validation_summary
 from trainer.split import make_split
 from trainer.status import write_json_atomic
 from trainer.validation import default_cache_path, entries_from_manifest, require_trainable, validate_dirs, write_manifest
@@ -38,7 +37,7 @@ def validate_with_progress(dirs, data_cfg, console):
 
 
 def prepare(cfg, data_dirs, run_dir, console=None):
-    console = console or Console()
+    console = console or make_console()
     result = validate_with_progress(data_dirs, cfg["data"], console)
     write_manifest(result, Path(run_dir) / "manifest.json")
     require_trainable(result, cfg["data"]["classes"])

@@ -7,10 +7,10 @@
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 from trainer.errors import DataError, UserError
 from trainer.metrics import classification_metrics
+from trainer.report import make_console
 
 
 def predict(model, gen):
@@ -35,7 +35,7 @@ def evaluate_run(run_dir, data_dirs=None, console=None):
     from trainer.report import print_metrics
     from trainer.status import write_json_atomic
 
-    console = console or Console()
+    console = console or make_console()
     run_dir = Path(run_dir)
     model_path = run_dir / "best.keras"
     if not model_path.is_file():

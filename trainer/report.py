@@ -11,8 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 
+def make_console(**kwargs):
+    """A console for terminals and log files alike: long lines (paths) are not folded."""
+    return Console(soft_wrap=True, **kwargs)
+
+
 def print_validation_summary(result, console=None):
-    console = console or Console()
+    console = console or make_console()
     entries, accepted, rejected = result.entries, result.accepted, result.rejected
     console.print(f"[bold]Searched[/] {', '.join(result.dirs)}: {len(entries)} .npz files, "
                   f"[green]{len(accepted)} accepted[/], [red]{len(rejected)} rejected[/]")
@@ -50,7 +55,7 @@ def print_validation_summary(result, console=None):
 
 def print_metrics(metrics, console=None, title="Validation metrics"):
     """Accuracy, UAR, macro F1, per-class precision/recall/F1 and the confusion matrix."""
-    console = console or Console()
+    console = console or make_console()
     console.print(
         f"[bold]{title}[/]: accuracy {metrics['accuracy']:.3f}   UAR {metrics['uar']:.3f}   "
         f"macro F1 {metrics['macro_f1']:.3f}   ({metrics['samples']} clips)"

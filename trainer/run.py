@@ -21,11 +21,10 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from rich.console import Console
-
 from trainer.config import dump_config, load_config
 from trainer.errors import DataError, UserError
 from trainer.logfile import tee_to
+from trainer.report import make_console
 from trainer.status import RunStatus, now_iso, write_json_atomic
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +55,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None):
     cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     with tee_to(run_dir / "train.log"):
-        console = console or Console(file=sys.stdout, force_terminal=False if not sys.stdout.isatty() else None)
+        console = console or make_console(file=sys.stdout)
         status = RunStatus(run_dir, cfg["train"]["epochs"], host=platform.node())
         console.rule(f"Run {run_dir.name} {'(resumed) ' if resume else ''}at {now_iso()}")
         console.print(dump_config(cfg), highlight=False)
