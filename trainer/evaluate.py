@@ -28,10 +28,9 @@ def score(model, gen, classes):
 
 
 def evaluate_run(run_dir, data_dirs=None, console=None):
-    import keras
-
     from trainer import data
     from trainer.config import load_config
+    from trainer.model import load_model
     from trainer.report import print_metrics
     from trainer.status import write_json_atomic
 
@@ -55,7 +54,7 @@ def evaluate_run(run_dir, data_dirs=None, console=None):
     else:
         entries, paths, name = prepared.entries, prepared.split["val"], "val"
     gen = data.make_generator(cfg, paths, entries, prepared.stats, shuffle=False)
-    metrics = score(keras.models.load_model(model_path), gen, cfg["data"]["classes"])
+    metrics = score(load_model(model_path), gen, cfg["data"]["classes"])
     metrics["data"] = [str(d) for d in data_dirs] if data_dirs else "validation split"
     out = run_dir / f"eval-{name}.json"
     write_json_atomic(out, metrics)

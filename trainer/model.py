@@ -163,3 +163,8 @@ def class_weights(labels, num_classes):
     """Balanced weights n / (k * n_c) from training labels."""
     counts = np.bincount(labels, minlength=num_classes)
     return {c: float(len(labels) / (num_classes * n)) for c, n in enumerate(counts) if n}
+
+
+def load_model(path):
+    """Load a saved `.keras` model of this package (its custom layers are registered here)."""
+    return keras.models.load_model(path)

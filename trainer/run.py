@@ -86,7 +86,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
 
     from trainer.callbacks import GracefulStop, LearningRateLogger, StatusCallback
     from trainer.evaluate import score
-    from trainer.model import build_model, class_weights, compile_model, cudnn_problems
+    from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     keras.utils.set_random_seed(cfg["seed"])
     env = environment()
@@ -126,7 +126,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
                         "lower train.learning_rate or check the data normalisation.")
     if stop.requested:
         raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
-    best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
+    best = load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
     metrics = score(best, val_gen, classes)
     metrics.update(
         best_epoch=(status.data["best"] or {}).get("epoch"),

@@ -45,15 +45,14 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=()):
 
 
 def check_run(run_dir, num_classes):
-    import keras
-
     from trainer import data
+    from trainer.model import load_model
 
     with open(Path(run_dir) / "history.csv") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     if not losses or not all(math.isfinite(v) for v in losses):
         raise SmokeFailure(f"Smoke test failed: training losses {losses} in {run_dir}/history.csv are not all finite.")
-    model = keras.models.load_model(Path(run_dir) / "best.keras")
+    model = load_model(Path(run_dir) / "best.keras")
     cfg = load_config(Path(run_dir) / "config.yaml")
     prepared = data.load_prepared(run_dir)
     x, _ = data.make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, shuffle=False)[0]

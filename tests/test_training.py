@@ -1,0 +1,129 @@
+"""The training command end to end, as the deploy runs it: real processes, real signals."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_trainer
+
+pytestmark = pytest.mark.slow
+TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
+        "--set", "data.max_frames=40", "--set", "train.workers=1"]
+
+
+def status(run_dir):
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def start_training(synth, runs, name, epochs):
+    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
+           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epoch(run_dir, epoch, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "status.json").exists() and status(run_dir)["epoch"] >= epoch:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    raise AssertionError(f"epoch {epoch} not reached in {timeout} s")
+
+
+def test_train_writes_a_complete_run_that_reloads(tmp_path, synth_crema):
+    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "r1", "--epochs", "2", *TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "r1"
+    for name in ("config.yaml", "split.json", "normalization.npz", "manifest.json", "best.keras", "history.csv",
+                 "train.log", "environment.json", "status.json", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()
+    assert list((run / "logs").rglob("*tfevents*"))
+    st = status(run)
+    assert st["state"] == "finished" and st["epoch"] == 2 and st["pid"] > 0 and st["eta_seconds"] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"accuracy", "uar", "macro_f1", "per_class", "confusion_matrix", "best_epoch", "training_seconds"} <= set(metrics)
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["split_samples"]["val"] == metrics["samples"]
+    assert "learning_rate" in (run / "history.csv").read_text().splitlines()[0]
+    env = json.loads((run / "environment.json").read_text())
+    assert env["tensorflow"] and env["gpus"] == []
+    log = (run / "train.log").read_text()
+    assert "Epoch 2/2" in log and "\r" not in log  # one line per epoch, no progress bar
+    # evaluate on the validation split, with the run's own normalisation
+    proc = run_trainer("evaluate", "--run", run)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "eval-val.json").read_text())["uar"] == pytest.approx(metrics["uar"])
+
+
+def test_killed_run_resumes_from_its_backup_not_from_zero(tmp_path, synth_crema):
+    run = tmp_path / "r2"
+    proc = start_training(synth_crema, tmp_path, "r2", epochs=12)
+    wait_for_epoch(run, 3, proc)
+    proc.kill()
+    proc.wait()
+    done_before = status(run)["epoch"]
+    assert status(run)["state"] == "running"  # killed: nobody wrote an end state
+    proc = run_trainer("train", "--resume", run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first_epoch = next(line for line in proc.stdout.splitlines() if line.startswith("Epoch "))
+    assert int(first_epoch.split()[1].split("/")[0]) >= done_before  # Keras counts from 1
+    assert status(run)["state"] == "finished" and status(run)["epoch"] == 12
+
+
+def test_sigterm_stops_cleanly_with_backup_and_state_stopped(tmp_path, synth_crema):
+    run = tmp_path / "r3"
+    proc = start_training(synth_crema, tmp_path, "r3", epochs=50)
+    wait_for_epoch(run, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    st = status(run)
+    assert st["state"] == "stopped" and st["epoch"] < 50
+    assert (run / "backup").is_dir() and "--resume" in st["error"]["message"]
+
+
+def test_bad_data_fails_with_exit_2_and_a_failed_status(tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    proc = run_trainer("train", "--data", data, "--out", tmp_path / "runs", "--run-name", "bad")
+    assert proc.returncode == 2 and "No .npz files found" in proc.stderr
+    st = status(tmp_path / "runs" / "bad")
+    assert st["state"] == "failed" and st["error"]["type"] == "DataError"
+
+
+def test_a_crash_exits_1_with_traceback_in_train_log_and_failed_status(tmp_path, synth_crema):
+    data = tmp_path / "data"
+    shutil.copytree(synth_crema, data)
+    proc = run_trainer("train", "--data", data, "--out", tmp_path, "--run-name", "r4", "--epochs", "1", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "r4"
+    victim = json.loads((run / "split.json").read_text())["train"][0]
+    with open(victim, "r+b") as f:  # the file goes bad after validation: a disk error mid-run
+        f.truncate(200)
+    proc = run_trainer("train", "--resume", run, "--epochs", "2")
+    assert proc.returncode == 1
+    st = status(run)
+    assert st["state"] == "failed" and st["error"]["type"]
+    assert "Traceback" in (run / "train.log").read_text()
+
+
+def test_smoke_end_to_end_and_without_data(tmp_path):
+    proc = run_trainer("smoke", "--synthetic", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Smoke test passed" in proc.stdout
+    proc = run_trainer("smoke", "--out", tmp_path)
+    assert proc.returncode == 2 and "--data" in proc.stderr
+
+
+def test_bad_config_value_exits_2_naming_the_key(tmp_path, synth_crema):
+    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--set", "model.encoder=gru")
+    assert proc.returncode == 2 and "'model.encoder'" in proc.stderr and "'gru'" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-created
+    assert os.listdir(tmp_path) == []
