@@ -43,13 +43,14 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class GracefulStop(keras.callbacks.Callback):
-    """First SIGTERM/SIGINT: finish the current epoch (so its backup is saved), then stop.
+    """First SIGTERM/SIGINT/SIGHUP: finish the current epoch (so its backup is saved), then stop.
+    (SIGHUP is what a closed tmux session or terminal sends.)
     A second signal stops at once; the backup of the last finished epoch stays intact.
 
         stop = GracefulStop(); model.fit(..., callbacks=[..., stop]); stop.requested
     """
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
         super().__init__()
         self.requested = False
         for sig in signals:

@@ -40,7 +40,7 @@ def new_run(cfg, runs_dir, run_name=None):
     """Create the run directory and save the resolved configuration in it."""
     name = run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(runs_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if (run_dir / "config.yaml").exists():  # the deploy launcher may have created it, with train.log
         raise UserError(f"Run directory {run_dir} already exists. Pick another --run-name, or --resume {run_dir}.")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -118,8 +118,14 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
     ]
     weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
     started = time.monotonic()
-    history = model.fit(train_gen, validation_data=val_gen, epochs=cfg["train"]["epochs"], class_weight=weights,
-                        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        history = model.fit(train_gen, validation_data=val_gen, epochs=cfg["train"]["epochs"], class_weight=weights,
+                            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        if not stop.requested:
+            raise
+        raise Stopped(f"at once on a second signal during epoch {status.data['epoch'] + 1}; the backup of epoch "
+                      f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         raise DataError(f"The training loss became {losses[-1]} at epoch {status.data['epoch']}: "

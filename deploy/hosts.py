@@ -1,0 +1,115 @@
+"""Which host a task acts on, the Connection to it, and how remote paths are quoted.
+
+    target = connect(c, inv)         # -H if given, else the last deployed host, else default_host
+    target.conn.run(f"ls {rq(inv.remote['runs_dir'])}")
+    ssh_command(conn)                # "ssh -p 22 -i KEY ..." for rsync -e
+
+The last host that `deploy-full` succeeded on is remembered in `.facenet/state.json` (the
+folder is $FACENET_STATE_DIR if set), so `fab monitor` needs no `-H`.
+"""
+
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabric import Connection
+
+from deploy.errors import LocalInputError
+from deploy.inventory import REPO_ROOT
+
+
+def state_dir():
+    path = Path(os.environ.get("FACENET_STATE_DIR") or REPO_ROOT / ".facenet")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remember_host(host_string):
+    path = state_dir() / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": host_string}))
+    os.replace(tmp, path)
+
+
+def remembered_host():
+    path = state_dir() / "state.json"
+    try:
+        return json.loads(path.read_text()).get("host")
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Target:
+    conn: Connection
+    label: str  # the inventory name, or the host string as given
+    host_string: str  # what to remember and to pass back as -H
+
+
+def connect(c, inv):
+    """A Target: the Connection to the host this task acts on (see the module docstring).
+
+    `c` is what Fabric passes a task: a Connection when `-H` was given, else a Context.
+    """
+    if isinstance(c, Connection):
+        wanted = c.original_host
+    else:
+        wanted = remembered_host() or inv.default_host
+    if not wanted:
+        raise LocalInputError(
+            f"No host to act on: pass -H user@address, or set default_host in {inv.path}, "
+            "or run `fab -H user@address deploy-full` once (it is remembered)."
+        )
+    config = c.config
+    host = inv.find_host(_bare_address(wanted))
+    if host is not None:
+        kwargs = {"key_filename": [host.key_file]} if host.key_file else {}
+        user = _user_of(wanted) or host.user
+        conn = Connection(host.address, user=user, port=host.port, config=config, connect_kwargs=kwargs, connect_timeout=15)
+        return Target(conn, host.name, wanted)
+    return Target(Connection(wanted, config=config, connect_timeout=15), wanted, wanted)
+
+
+def _bare_address(host_string):
+    """'ubuntu@1.2.3.4:22' -> '1.2.3.4'; 'gpu' -> 'gpu'."""
+    rest = host_string.rpartition("@")[2]
+    if rest.count(":") == 1:
+        rest = rest.partition(":")[0]
+    return rest
+
+
+def _user_of(host_string):
+    return host_string.rpartition("@")[0] or None
+
+
+def ssh_command(conn):
+    """The OpenSSH command line that reaches `conn`, for `rsync -e`. Host keys are trusted on
+    first use and kept in the state dir's known_hosts."""
+    parts = ["ssh", "-p", str(conn.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+             "-o", f"UserKnownHostsFile={state_dir() / 'known_hosts'}", "-o", "ConnectTimeout=15"]
+    keys = conn.connect_kwargs.get("key_filename") or []
+    for key in [keys] if isinstance(keys, str) else keys:
+        parts += ["-i", str(key)]
+    return shlex.join(parts)
+
+
+def rsync_target(conn, remote_path):
+    """user@host:path for rsync; a `~/` path becomes relative (rsync starts in the home dir)."""
+    path = remote_path[2:] if remote_path.startswith("~/") else remote_path
+    host = f"[{conn.host}]" if ":" in conn.host else conn.host
+    return f"{conn.user}@{host}:{path}"
+
+
+def rq(remote_path):
+    """`remote_path` as one shell word for the remote shell; a leading `~/` still means home."""
+    if remote_path == "~":
+        return '"$HOME"'
+    if remote_path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(remote_path[2:])
+    return shlex.quote(remote_path)
+
+
+def rjoin(*parts):
+    return "/".join(p.rstrip("/") for p in parts)

@@ -1,0 +1,170 @@
+"""inventory.yaml: the hosts and settings of the deploy tasks, in one place.
+
+    inv = load_inventory()                 # $FACENET_INVENTORY, else <repo>/inventory.yaml
+    inv.hosts["gpu"].address               # "203.0.113.10"
+    inv.remote["runs_dir"]                 # "~/facenet-runs"
+    inv.local_data                         # [Path("/home/me/data/crema-d")]
+
+Defaults are in DEFAULTS below (the README documents each key). A file only needs what
+differs. Unknown keys and values of the wrong type are an `InventoryError` naming the key.
+Local paths are relative to the inventory file; remote paths starting with `~/` are
+relative to the remote user's home.
+"""
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from deploy.errors import InventoryError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+PIP_COMMON = ["numpy>=1.26,<3", "pyyaml>=6", "rich>=13", "tensorboard==2.21.0"]
+DEFAULTS = {
+    "default_host": None,
+    "hosts": {},
+    "remote": {
+        "project_dir": "~/facenet-deploy",
+        "venv": "~/facenet-venv",
+        "data_dir": "~/facenet-data",
+        "runs_dir": "~/facenet-runs",
+    },
+    "local_data": [],
+    "train_config": "configs/full.yaml",
+    "smoke_config": "configs/smoke.yaml",
+    "tmux_session": "facenet-training",
+    "tensorboard": {"session": "facenet-tensorboard", "remote_port": 6006, "local_port": 6006},
+    "apt_packages": ["tmux", "rsync", "python3-venv"],
+    "python": "python3",
+    "pip": {
+        "gpu": ["tensorflow[and-cuda]==2.21.0", *PIP_COMMON],
+        "cpu": ["tensorflow-cpu==2.21.0", *PIP_COMMON],
+        "extra_args": [],
+    },
+}
+HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str}
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    user: str | None = None
+    port: int = 22
+    key_file: str | None = None
+
+
+@dataclass
+class Inventory:
+    path: Path
+    default_host: str | None
+    hosts: dict
+    remote: dict
+    local_data: list
+    train_config: str
+    smoke_config: str
+    tmux_session: str
+    tensorboard: dict
+    apt_packages: list
+    python: str
+    pip: dict
+
+    def find_host(self, name_or_address):
+        """The inventory host whose name or address is `name_or_address`, else None."""
+        if name_or_address in self.hosts:
+            return self.hosts[name_or_address]
+        return next((h for h in self.hosts.values() if h.address == name_or_address), None)
+
+
+def inventory_path():
+    return Path(os.environ.get("FACENET_INVENTORY") or REPO_ROOT / "inventory.yaml")
+
+
+def load_inventory(path=None):
+    path = Path(path) if path else inventory_path()
+    if not path.is_file():
+        raise InventoryError(f"Inventory {path} does not exist. Create it (see the README, 'inventory.yaml'), "
+                             "or point FACENET_INVENTORY at one.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InventoryError(f"Inventory {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise InventoryError(f"Inventory {path} must hold a mapping. Received: {type(raw).__name__}")
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, raw, "", path)
+    base = path.resolve().parent
+    hosts = {name: _host(name, spec, path) for name, spec in (cfg["hosts"] or {}).items()}
+    if cfg["default_host"] is not None and cfg["default_host"] not in hosts:
+        raise InventoryError(f"Inventory key 'default_host' in {path} names {cfg['default_host']!r}, "
+                             f"which is not under 'hosts' (known: {sorted(hosts) or 'none'}).")
+    local_data = [_local(base, p) for p in cfg["local_data"]]
+    names = [p.name for p in local_data]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InventoryError(f"Inventory key 'local_data' in {path}: each directory is uploaded to remote.data_dir/<its name>, "
+                             f"so names must differ. Received two named {dupes[0]!r}.")
+    for key in ("local_port", "remote_port"):
+        if not 0 < cfg["tensorboard"][key] < 65536:
+            raise InventoryError(f"Inventory key 'tensorboard.{key}' in {path} expects a port 1-65535. Received: {cfg['tensorboard'][key]}")
+    return Inventory(
+        path=path, default_host=cfg["default_host"], hosts=hosts, remote=cfg["remote"], local_data=local_data,
+        train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
+        tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
+    )
+
+
+def _merge(base, new, prefix, path):
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise InventoryError(f"Unknown inventory key {dotted!r} in {path}. Known keys here: {', '.join(sorted(base))}")
+        default = base[key]
+        if dotted == "hosts":
+            if not isinstance(value, dict):
+                raise InventoryError(f"Inventory key 'hosts' in {path} expects a mapping of host name to settings. Received: {value!r}")
+            base[key] = value
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects a mapping. Received: {value!r}")
+            _merge(default, value, f"{dotted}.", path)
+        elif isinstance(default, list):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects a list of strings. Received: {value!r}")
+            base[key] = value
+        elif default is None or isinstance(default, str):
+            if not (isinstance(value, str) and value) and not (default is None and value is None):
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects a non-empty string. Received: {value!r}")
+            base[key] = value
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects an integer. Received: {value!r}")
+            base[key] = value
+
+
+def _host(name, spec, path):
+    if not isinstance(spec, dict):
+        raise InventoryError(f"Inventory key 'hosts.{name}' in {path} expects a mapping (address, user, port, key_file). Received: {spec!r}")
+    for key, value in spec.items():
+        if key not in HOST_KEYS:
+            raise InventoryError(f"Unknown inventory key 'hosts.{name}.{key}' in {path}. Known keys here: {', '.join(HOST_KEYS)}")
+        expected = HOST_KEYS[key]
+        if not isinstance(value, expected) or isinstance(value, bool) or value == "":
+            raise InventoryError(f"Inventory key 'hosts.{name}.{key}' in {path} expects {expected.__name__}. Received: {value!r}")
+    if "address" not in spec:
+        raise InventoryError(f"Inventory key 'hosts.{name}.address' in {path} is missing: give the host's IP or DNS name.")
+    port = spec.get("port", 22)
+    if not 0 < port < 65536:
+        raise InventoryError(f"Inventory key 'hosts.{name}.port' in {path} expects a port 1-65535. Received: {port}")
+    key_file = spec.get("key_file")
+    if key_file:
+        key_file = str(_local(path.resolve().parent, key_file))
+    return Host(name=name, address=spec["address"], user=spec.get("user"), port=port, key_file=key_file)
+
+
+def _local(base, p):
+    p = Path(os.path.expanduser(p))
+    return p if p.is_absolute() else base / p

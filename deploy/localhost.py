@@ -1,0 +1,109 @@
+"""A throwaway OpenSSH server on 127.0.0.1 that stands in for the GPU host (demo, tests, bench).
+
+    with LocalSSHHost(Path(".facenet/demo/ssh")) as host:
+        host.port, host.user, host.key_file       # for inventory.yaml
+        host.log_text()                           # sshd's log: one "Accepted" line per connection
+
+Runs the real /usr/sbin/sshd -D -e -f CONFIG at a free high port, with a host key and a user
+key generated in `root`, accepting only that key for the current user.
+"""
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalSSHHost:
+    def __init__(self, root):
+        self.root = Path(root).resolve()
+        self.user = getpass.getuser()
+        self.key_file = self.root / "id_ed25519"
+        self.log_file = self.root / "sshd.log"
+        self.port = None
+        self.proc = None
+
+    def start(self, timeout=15):
+        if not Path(SSHD).exists():
+            raise RuntimeError(f"{SSHD} not found: install openssh-server (make test installs it when run as root).")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "id_ed25519"):
+            if not (self.root / name).exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"facenet-deploy-{name}", "-f", str(self.root / name)],
+                               check=True)
+        shutil.copyfile(self.root / "id_ed25519.pub", self.root / "authorized_keys")
+        os.chmod(self.root / "authorized_keys", 0o600)
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        self.port = free_port()
+        config = self.root / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.root / 'host_key'}\nPidFile {self.root / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nAllowUsers {self.user}\n"
+            "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nAllowTcpForwarding local\nX11Forwarding no\n"
+            "MaxStartups 50\nMaxSessions 50\nLogLevel INFO\nSubsystem sftp internal-sftp\n"
+        )
+        self.log = open(self.log_file, "a")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited with code {self.proc.returncode}: {self.log_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"sshd did not answer on 127.0.0.1:{self.port} within {timeout} s: {self.log_text()[-2000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.proc:
+            self.log.close()
+        self.proc = None
+
+    def log_text(self):
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def host_entry(self):
+        """The inventory `hosts:` entry for this server."""
+        return {"address": "127.0.0.1", "user": self.user, "port": self.port, "key_file": str(self.key_file)}
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def seed_venv(venv, site_packages):
+    """A venv on the "host" that sees an existing environment's packages (a .pth file), so the
+    demo and the tests exercise the real provision path (pip sees its requirements satisfied)
+    without downloading TensorFlow a second time."""
+    venv = Path(venv)
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    inner = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    Path(inner, "facenet-deploy-shared.pth").write_text(f"{site_packages}\n")
+    return venv

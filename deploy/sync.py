@@ -1,0 +1,140 @@
+"""Code and data to the host with rsync: only what changed, verified, resumable.
+
+    sync_code(target, inv, say)     # trainer/, remote_scripts/, configs/, setup files; --delete
+    check_local_data(inv)           # before any upload: every data dir exists and holds *.npz
+    sync_data(target, inv, say)     # remote.data_dir/<dir name>/ mirrors each local dir, then verify
+
+rsync keeps partial files in `.rsync-partial/` so an interrupted upload resumes where it
+stopped; the verification compares file counts and bytes on both sides.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from deploy.errors import DeployError, LocalInputError
+from deploy.hosts import rjoin, rq, rsync_target, ssh_command
+from deploy.inventory import REPO_ROOT
+
+CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
+PARTIAL_DIR = ".rsync-partial"
+
+
+def rsync(conn, args, say, show_progress=False):
+    """Run rsync over `conn`'s SSH settings; returns the number of regular files it transferred."""
+    cmd = ["rsync", "-a", "--protect-args", "--stats", "-e", ssh_command(conn), *args]
+    if show_progress:
+        cmd.insert(1, "--info=progress2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    stats, live = [], show_progress and sys.stdout.isatty()
+    for line in proc.stdout:  # universal newlines: progress2's \r updates arrive as lines
+        if re.match(r"^\s*[\d,.]+[KMG]?\s+\d+%", line):
+            if live:
+                sys.stdout.write("\r  " + line.strip()[:100].ljust(100))
+                sys.stdout.flush()
+        elif line.strip():
+            stats.append(line.strip())
+    err = proc.stderr.read()
+    code = proc.wait()
+    if live:
+        sys.stdout.write("\n")
+    if code != 0:
+        raise DeployError(f"rsync exited with code {code}: {err.strip()[-1200:]}")
+    transferred = next((int(m.group(1).replace(",", "")) for s in stats
+                        if (m := re.match(r"Number of regular files transferred: ([\d,]+)", s))), 0)
+    sent = next((s.split(":", 1)[1].strip() for s in stats if s.startswith("Total bytes sent")), "?")
+    return transferred, sent
+
+
+def code_version():
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def sync_code(target, inv, say):
+    """Mirror the code the host runs into remote.project_dir; stale files there are deleted."""
+    conn, project = target.conn, inv.remote["project_dir"]
+    filters = ["--filter=P __pycache__/", "--exclude=__pycache__/", "--exclude=*.pyc", "--filter=P /.code-version", "--filter=P /.deploy.env"]
+    filters += [f"--include=/{p}***" if p.endswith("/") else f"--include=/{p}" for p in CODE_PATHS]
+    filters += ["--exclude=*", "--delete", "--delete-excluded", "--checksum"]
+    conn.run(f"mkdir -p {rq(project)}", hide=True, in_stream=False)
+    n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"], say)
+    settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
+    env = "".join(f"{k}={_shell_value(v)}\n" for k, v in settings.items())
+    version = code_version()
+    conn.run(f"cd {rq(project)} && printf '%s\\n' {shlex.quote(version)} > .code-version && printf %s {shlex.quote(env)} > .deploy.env",
+             hide=True, in_stream=False)
+    say(f"code {version}: {n} file(s) updated in {project}" if n else f"code {version}: {project} already up to date")
+    return n
+
+
+def _shell_value(value):
+    """A value for a sourced env file; `~/x` stays relative to the home of whoever sources it."""
+    return '"$HOME"/' + shlex.quote(value[2:]) if value.startswith("~/") else shlex.quote(value)
+
+
+def local_tree(path):
+    """(files, bytes) of a local directory, not counting rsync's partial dir."""
+    files = size = 0
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
+        for name in names:
+            files += 1
+            size += os.path.getsize(os.path.join(root, name))
+    return files, size
+
+
+def check_local_data(inv):
+    """Every configured data dir exists and holds at least one *.npz; LocalInputError otherwise."""
+    if not inv.local_data:
+        raise LocalInputError(f"No data to upload: 'local_data' in {inv.path} lists no directory. "
+                              "Add the folders that hold your FaceNet *.npz files.")
+    for d in inv.local_data:
+        if not d.is_dir():
+            raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) does not exist. Nothing was uploaded.")
+        if next(d.rglob("*.npz"), None) is None:
+            raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) holds no *.npz files. Nothing was uploaded.")
+
+
+def remote_data_dirs(inv):
+    return [rjoin(inv.remote["data_dir"], d.name) for d in inv.local_data]
+
+
+def sync_data(target, inv, say):
+    """Upload each local data dir to remote.data_dir/<name>/ (a mirror), then verify counts and bytes."""
+    check_local_data(inv)
+    conn = target.conn
+    local = {d: local_tree(d) for d in inv.local_data}
+    for d, (files, size) in local.items():
+        say(f"{d}: {files} files, {size / 1e6:.1f} MB")
+    conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
+    total = 0
+    for d, remote in zip(inv.local_data, remote_data_dirs(inv)):
+        n, sent = rsync(conn, ["--delete", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+                               f"{d}/", rsync_target(conn, remote) + "/"], say, show_progress=True)
+        total += n
+        say(f"  -> {remote}: {n} file(s) sent ({sent} bytes on the wire)" if n else f"  -> {remote}: already up to date")
+    verify_data(conn, inv, local, say)
+    return total
+
+
+def verify_data(conn, inv, local, say):
+    remotes = remote_data_dirs(inv)
+    script = "; ".join(
+        f"find {rq(r)} -path '*/{PARTIAL_DIR}' -prune -o -type f -printf '%s\\n' | awk '{{n++; s+=$1}} END {{print n+0, s+0}}'"
+        for r in remotes
+    )
+    out = conn.run(script, hide=True, warn=True, in_stream=False)
+    lines = out.stdout.split("\n")
+    for (d, (files, size)), remote, line in zip(local.items(), remotes, lines):
+        got = tuple(int(v) for v in line.split()) if line.strip() else (0, 0)
+        if got != (files, size):
+            raise DeployError(f"Upload check failed for {d}: here {files} files / {size} bytes, on the host {remote} "
+                              f"{got[0]} files / {got[1]} bytes. Run `fab sync-data` again (rsync resumes).")
+    say(f"verified: the host holds the same files and bytes ({sum(f for f, _ in local.values())} files, "
+        f"{sum(s for _, s in local.values()) / 1e6:.1f} MB)")

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Streams a run's train.log until the run ends (exit.json appears or its tmux session goes):
+#
+#   follow_log.sh RUN_DIR SESSION [LINES]
+set -euo pipefail
+run_dir="$1" session="$2" lines="${3:-20}"
+tail -n "$lines" -F "$run_dir/train.log" 2>/dev/null &
+tail_pid=$!
+trap 'kill "$tail_pid" 2>/dev/null || true' EXIT
+while [ ! -e "$run_dir/exit.json" ] && tmux has-session -t "=$session" 2>/dev/null; do
+  sleep 1
+done
+sleep 1  # let tail print the last lines

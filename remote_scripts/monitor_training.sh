@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# What `fab monitor` shows, for someone logged into the host:
+#
+#   monitor_training.sh [--run NAME] [--follow]
+#
+# Settings (runs dir, tmux session) come from ../.deploy.env, written by `fab sync-code`.
+# Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished, 5 no run (see run_state.py).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+if [ -f "$here/../.deploy.env" ]; then
+  # shellcheck source=/dev/null
+  source "$here/../.deploy.env"
+fi
+RUNS_DIR="${RUNS_DIR:-$HOME/facenet-runs}"
+SESSION="${SESSION:-facenet-training}"
+
+run=() follow=0
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --run) run=(--run "$2"); shift 2 ;;
+    --follow) follow=1; shift ;;
+    *) echo "usage: $0 [--run NAME] [--follow]" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$follow" = 1 ]; then
+  name="${run[1]:-$(cat "$RUNS_DIR/.current" 2>/dev/null || true)}"
+  if [ -n "$name" ]; then
+    "$here/follow_log.sh" "$RUNS_DIR/$name" "$SESSION" 20 || true
+  fi
+fi
+python3 "$here/run_state.py" --runs-dir "$RUNS_DIR" --session "$SESSION" "${run[@]}"
