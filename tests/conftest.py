@@ -39,3 +39,107 @@ def run_trainer(*args, cwd=None, timeout=300, env=None):
     """`python -m trainer ARGS` as a subprocess; returns CompletedProcess with text output."""
     return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+# --- the deploy tests: `fab` against a real OpenSSH server on 127.0.0.1 ---------------------
+
+FAB = Path(sys.executable).parent / "fab"
+
+
+@pytest.fixture(scope="session")
+def ssh_host(tmp_path_factory):
+    """A real sshd on 127.0.0.1 at a free port, accepting a key generated for this session."""
+    from deploy.localhost import LocalSSHHost
+
+    host = LocalSSHHost(tmp_path_factory.mktemp("sshd")).start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="session")
+def host_venv(tmp_path_factory):
+    """The "host"'s venv: a real venv that sees this environment's packages (no second TensorFlow download)."""
+    import sysconfig
+
+    from deploy.localhost import seed_venv
+
+    return seed_venv(tmp_path_factory.mktemp("host venv") / "venv", sysconfig.get_paths()["purelib"])
+
+
+class DeployEnv:
+    """One test's inventory, state dir, local data and remote paths (all with spaces, to test quoting)."""
+
+    def __init__(self, root, ssh_host, venv):
+        import uuid
+
+        import yaml
+
+        self.root, self.yaml = root, yaml
+        self.remote_root = root / "host root"
+        self.data = root / "my data" / "crema-d"
+        tag = uuid.uuid4().hex[:8]
+        self.inventory = {
+            "hosts": {"local": ssh_host.host_entry()},
+            "remote": {"project_dir": str(self.remote_root / "project dir"), "venv": str(venv),
+                       "data_dir": str(self.remote_root / "data dir"), "runs_dir": str(self.remote_root / "runs dir")},
+            "local_data": [str(self.data)],
+            "train_config": "configs/demo.yaml",
+            "tmux_session": f"test-train-{tag}",
+            "tensorboard": {"session": f"test-tb-{tag}", "remote_port": 0, "local_port": 0},
+            "apt_packages": ["tmux", "rsync"],
+            "pip": {"extra_args": ["--no-index"]},
+        }
+        self.write()
+        self.env = {**os.environ, "FACENET_INVENTORY": str(root / "inventory.yaml"), "FACENET_STATE_DIR": str(root / "state"),
+                    "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "120"}
+
+    @property
+    def runs(self):
+        return Path(self.inventory["remote"]["runs_dir"])
+
+    def write(self, **changes):
+        self.inventory.update(changes)
+        (self.root / "inventory.yaml").write_text(self.yaml.safe_dump(self.inventory))
+
+    def fab(self, *args, timeout=300):
+        """`fab ARGS` in the repo, as a user types it; CompletedProcess with .out = stdout + stderr."""
+        proc = subprocess.run([str(FAB), *map(str, args)], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc.out = proc.stdout + proc.stderr
+        return proc
+
+    def popen(self, *args):
+        return subprocess.Popen([str(FAB), *map(str, args)], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+    def current_run(self):
+        return (self.runs / ".current").read_text().strip()
+
+    def cleanup(self):
+        for session in (self.inventory["tmux_session"], self.inventory["tensorboard"]["session"]):
+            subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+
+
+@pytest.fixture
+def deploy_env(tmp_path, ssh_host, host_venv, monkeypatch):
+    from deploy.localhost import free_port
+
+    root = tmp_path / "facenet deploy"
+    root.mkdir()
+    env = DeployEnv(root, ssh_host, host_venv)
+    env.inventory["tensorboard"] = {**env.inventory["tensorboard"], "remote_port": free_port(), "local_port": free_port()}
+    env.write()
+    yield env
+    env.cleanup()
+
+
+def write_config(path, **sections):
+    """A training config file (YAML) with the given sections, e.g. train={"epochs": 40}."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+TINY_CONFIG = {"data": {"max_frames": 40}, "model": {"units": 8, "head_units": 8},
+               "train": {"batch_size": 16, "workers": 1, "patience": 100, "lr_patience": 100}}

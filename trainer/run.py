@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None):
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
     cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    _stop_at_once_until_training_starts(run_dir)
     with tee_to(run_dir / "train.log"):
         console = console or make_console(file=sys.stdout)
         status = RunStatus(run_dir, cfg["train"]["epochs"], host=platform.node())
@@ -71,6 +73,17 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None):
                 traceback.print_exc()
             raise
     return run_dir
+
+
+def _stop_at_once_until_training_starts(run_dir):
+    """A stop request before the first epoch has nothing to save: end the run now as `stopped`.
+    GracefulStop takes these signals over once training starts."""
+    def handler(signum, frame):
+        raise Stopped(f"on request ({signal.Signals(signum).name}) before training started; nothing was trained yet, "
+                      f"so start again rather than resume (or --resume {run_dir} if its data was prepared).")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def _train(cfg, run_dir, data_dirs, resume, status, console):

@@ -1,0 +1,145 @@
+"""`fab` against a real OpenSSH server on 127.0.0.1, with real rsync and tmux: the deploy tasks.
+
+Every remote and local path has spaces in it (see conftest.DeployEnv), so quoting is tested
+by every test here.
+"""
+
+import json
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CONFIG, write_clip, write_config
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+
+def synth(path, clips=120, seed=5):
+    from trainer.synth import write_corpus
+
+    write_corpus(path, "crema-d", clips=clips, seed=seed)
+    return path
+
+
+def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(deploy_env):
+    synth(deploy_env.data)
+    first = deploy_env.fab("-H", "local", "deploy-full", "--run-name", "first", timeout=600)
+    assert first.returncode == 0, first.out
+    for i, step in enumerate(["provision", "sync-code", "sync-data", "preflight", "smoke-test", "train"], 1):
+        assert re.search(rf"\[{i}/6\] {step}\n", first.out) and re.search(rf"✓ {step} \d+\.\d s", first.out), step
+    assert "Installing CPU requirements" in first.out and "TensorFlow sees 0 GPU(s), as nvidia-smi does" in first.out
+    assert "120 file(s) sent" in first.out and "verified: the host holds the same files and bytes (120 files" in first.out
+    assert "Smoke test passed" in first.out and "fab monitor" in first.out
+
+    # The host is remembered: no -H from here on. --follow streams the log and ends with the run.
+    follow = deploy_env.fab("monitor", "--follow", timeout=300)
+    assert follow.returncode == 0, follow.out
+    assert "Epoch 6/6" in follow.out and "FINISHED" in follow.out and "exit code 0" in follow.out
+    run = deploy_env.runs / "first"
+    assert json.loads((run / "exit.json").read_text())["exit_code"] == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert (run / "best.keras").is_file() and (run / "metrics.json").is_file()
+    assert (deploy_env.remote_root / "project dir" / "trainer" / "run.py").is_file()
+    remote_files = sorted(p.name for p in (deploy_env.remote_root / "data dir" / "crema-d").rglob("*.npz"))
+    assert remote_files == sorted(p.name for p in deploy_env.data.rglob("*.npz"))
+
+    second = deploy_env.fab("deploy-full", "--run-name", "second", timeout=600)
+    assert second.returncode == 0, second.out
+    assert "up to date (requirements unchanged)" in second.out and "Installing" not in second.out
+    assert "already up to date" in second.out and "file(s) sent" not in second.out and "file(s) updated" not in second.out
+    assert deploy_env.fab("stop").returncode == 0
+
+
+def test_missing_or_empty_local_data_dir_fails_before_anything_reaches_the_host(deploy_env):
+    proc = deploy_env.fab("-H", "local", "deploy-full")
+    assert proc.returncode == 2, proc.out
+    assert f"Local data directory {deploy_env.data} " in proc.out and "does not exist" in proc.out
+    assert "Nothing was uploaded" in proc.out
+    assert not deploy_env.remote_root.exists()  # not even provisioning or the code sync ran
+
+    deploy_env.data.mkdir(parents=True)
+    (deploy_env.data / "notes.txt").write_text("features go here")
+    proc = deploy_env.fab("-H", "local", "sync-data")
+    assert proc.returncode == 2 and "holds no *.npz files" in proc.out
+    assert not (deploy_env.remote_root / "data dir").exists()
+
+
+def test_data_that_would_not_train_stops_at_preflight_with_the_summary(deploy_env):
+    # The original failure: the files hold 'features', not 'video_features'.
+    for i, emotion in enumerate(["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"] * 2):
+        write_clip(deploy_env.data / f"10{10 + i}_IWL_{emotion}_XX.npz", frames=12, key="features")
+    proc = deploy_env.fab("-H", "local", "deploy-full")
+    assert proc.returncode == 1, proc.out
+    assert "✓ sync-data" in proc.out and "✗ preflight failed" in proc.out
+    assert "deploy-full stopped at step preflight" in proc.out
+    assert "12 files have no key 'video_features'; they have keys ['features']: set data.feature_key" in proc.out
+    assert "[5/6]" not in proc.out and not (deploy_env.runs / ".current").exists()
+    assert subprocess.run(["tmux", "has-session", "-t", "=" + deploy_env.inventory["tmux_session"]]).returncode != 0
+
+
+def test_a_running_training_blocks_a_second_train_until_restart(deploy_env, tmp_path):
+    synth(deploy_env.data, clips=60)
+    long = write_config(tmp_path / "long config.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 200}})
+    deploy_env.write(train_config=str(long), default_host="local")
+    for task in ("provision", "sync-code", "sync-data"):
+        assert deploy_env.fab(task).returncode == 0, task
+    assert deploy_env.fab("train", "--run-name", "one").returncode == 0
+    again = deploy_env.fab("train", "--run-name", "two")
+    assert again.returncode == 1
+    assert "Training one is already running" in again.out and "--restart" in again.out
+    assert not (deploy_env.runs / "two").exists()
+    restart = deploy_env.fab("train", "--restart", "--run-name", "three", timeout=300)
+    assert restart.returncode == 0, restart.out
+    assert json.loads((deploy_env.runs / "one" / "exit.json").read_text())["exit_code"] == 3  # stopped cleanly
+    assert deploy_env.current_run() == "three"
+    assert deploy_env.fab("stop", "--wait", "5").returncode == 0
+
+
+def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env):
+    """The marker holds a hash of the requirements: changing them reinstalls, the same ones do not."""
+    deploy_env.write(default_host="local")
+    assert deploy_env.fab("provision").returncode == 0
+    again = deploy_env.fab("provision")
+    assert again.returncode == 0 and "up to date" in again.out
+    deploy_env.write(pip={"extra_args": ["--no-index"], "cpu": ["numpy>=1.0", "pyyaml", "rich", "tensorflow-cpu"]})
+    changed = deploy_env.fab("provision")
+    assert changed.returncode == 0 and "Installing CPU requirements" in changed.out, changed.out
+    deploy_env.write(pip={"extra_args": ["--no-index"], "cpu": ["no-such-package-facenet==1.0"]})
+    broken = deploy_env.fab("provision")
+    assert broken.returncode == 1 and "pip install failed on the host" in broken.out and "no-such-package-facenet" in broken.out
+
+
+def test_sync_code_mirrors_and_removes_stale_files(deploy_env):
+    deploy_env.write(default_host="local")
+    assert deploy_env.fab("sync-code").returncode == 0
+    project = deploy_env.remote_root / "project dir"
+    stale = project / "trainer" / "old_module.py"
+    stale.write_text("x = 1\n")
+    proc = deploy_env.fab("sync-code")
+    assert proc.returncode == 0 and "already up to date" in proc.out
+    assert not stale.exists()
+    assert (project / ".code-version").read_text().strip()
+    assert 'SESSION=' in (project / ".deploy.env").read_text()
+    assert not (project / "tests").exists() and not (project / ".git").exists()
+
+
+def test_no_host_anywhere_is_a_clear_error(deploy_env):
+    proc = deploy_env.fab("monitor")
+    assert proc.returncode == 2
+    assert "No host to act on: pass -H user@address, or set default_host" in proc.out
+
+
+def test_sync_data_is_verified_and_mirrors_the_local_dir(deploy_env):
+    synth(deploy_env.data, clips=20)
+    deploy_env.write(default_host="local")
+    assert deploy_env.fab("sync-data").returncode == 0
+    victim = sorted(deploy_env.data.glob("*.npz"))[0]
+    victim.unlink()
+    np.savez(deploy_env.data / "1090_IWL_ANG_XX.npz", video_features=np.ones((5, 512), np.float32))
+    proc = deploy_env.fab("sync-data")
+    assert proc.returncode == 0, proc.out
+    assert "1 file(s) sent" in proc.out and "(20 files" in proc.out
+    remote = deploy_env.remote_root / "data dir" / "crema-d"
+    assert not (remote / victim.name).exists() and (remote / "1090_IWL_ANG_XX.npz").exists()
