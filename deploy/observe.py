@@ -88,9 +88,9 @@ def render(info, label, console):
         parts += [Text(""), run]
         if info.get("log_tail"):
             parts += [Text(""), Text(f"last lines of {info.get('log')}", style="dim"), Text("\n".join(info["log_tail"]))]
-    if state in WHAT_TO_DO:
-        parts += [Text(""), Text(WHAT_TO_DO[state], style=STYLES.get(state, ""))]
     console.print(Panel(Group(*parts), title=f"facenet-deploy monitor: {state}", title_align="left", border_style=STYLES.get(state, "")))
+    if state in WHAT_TO_DO:  # outside the panel, so the commands copy cleanly
+        console.print(Text(WHAT_TO_DO[state], style=STYLES.get(state, "")))
 
 
 def follow(conn, inv, info):

@@ -11,7 +11,8 @@ from fabric import task
 from invoke.exceptions import Exit
 from rich.console import Console
 
-from deploy import observe, provision as prov, sync, training
+from deploy import observe, sync, training
+from deploy import provision as prov
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import connect, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory

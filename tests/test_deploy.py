@@ -10,7 +10,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import TINY_CONFIG, write_clip, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import write_clip
+
 from trainer import FixedVideoFacenetGenerator
 
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, run_trainer
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,177 @@
+"""Watching and controlling a run through `fab`, against the real local SSH host of the deploy tests:
+monitor in every state, logs, stop, fetch-results, and the TensorBoard tunnel."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from conftest import TINY_CONFIG, write_config
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+
+@pytest.fixture
+def host_ready(deploy_env, tmp_path):
+    """A host with code and 60 clips of data synced; `configure(epochs=..)` sets the training config."""
+    from trainer.synth import write_corpus
+
+    write_corpus(deploy_env.data, "crema-d", clips=60, seed=9)
+
+    def configure(epochs, **data):
+        cfg = write_config(tmp_path / f"train {epochs}.yaml",
+                           **{**TINY_CONFIG, "data": {**TINY_CONFIG["data"], **data}, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
+        deploy_env.write(train_config=str(cfg), default_host="local")
+
+    configure(2)
+    for task in ("sync-code", "sync-data"):
+        assert deploy_env.fab(task).returncode == 0, task
+    deploy_env.configure = configure
+    return deploy_env
+
+
+def wait_until(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status(env, run):
+    path = env.runs / run / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(host_ready):
+    env = host_ready
+    env.configure(200)
+    assert env.fab("monitor").returncode == 5  # no run yet: says so, non-zero
+    assert env.fab("train", "--run-name", "long run").returncode == 0
+    wait_until(lambda: status(env, "long run").get("epoch", 0) >= 1, what="epoch 1")
+    t0 = time.monotonic()
+    running = env.fab("monitor")
+    took = time.monotonic() - t0
+    assert running.returncode == 0, running.out
+    assert "RUNNING" in running.out and "/200" in running.out and "s/epoch" in running.out and "ETA" in running.out
+    assert "val_uar" in running.out and "disk free" in running.out and "GPU        none" in running.out
+    assert took < 10  # generous for CI; bench/deploy_latency.py measures the real figure
+
+    stop = env.fab("stop", "--wait", "60")
+    assert stop.returncode == 0 and "exit_code\": 3" in stop.out, stop.out
+    stopped = env.fab("monitor")
+    assert stopped.returncode == 3 and "STOPPED" in stopped.out and "fab train --resume" in stopped.out
+    assert status(env, "long run")["state"] == "stopped"
+    assert (env.runs / "long run" / "backup").is_dir()
+    second = env.fab("stop")
+    assert second.returncode == 0 and "No training is running" in second.out
+
+    fetched = env.fab("fetch-results", "--dest", env.root / "my results")
+    assert fetched.returncode == 0, fetched.out
+    local = env.root / "my results" / "local" / "long run"
+    assert (local / "status.json").is_file() and (local / "train.log").is_file() and (local / "config.yaml").is_file()
+    assert (local / "split.json").is_file() and list((local / "logs").rglob("*tfevents*"))
+    assert not (local / "backup").exists() and "No metrics.json yet: the run is stopped" in fetched.out
+
+    logs = env.fab("logs", "--lines", "5")
+    assert logs.returncode == 0 and "trainer exited with code 3" in logs.out
+
+
+def test_monitor_finished_and_fetch_results_prints_the_metrics(host_ready):
+    env = host_ready
+    assert env.fab("train", "--run-name", "short").returncode == 0
+    wait_until(lambda: (env.runs / "short" / "exit.json").exists(), what="the run to end")
+    done = env.fab("monitor")
+    assert done.returncode == 0 and "FINISHED" in done.out and "exit code 0" in done.out and "UAR" in done.out
+    fetched = env.fab("fetch-results", "--dest", env.root / "results")
+    assert fetched.returncode == 0, fetched.out
+    assert "UAR" in fetched.out and "Confusion matrix" in fetched.out and "recall" in fetched.out
+    local = env.root / "results" / "local" / "short"
+    assert {"best.keras", "metrics.json", "history.csv", "config.yaml", "split.json"} <= {p.name for p in local.iterdir()}
+
+
+def test_monitor_failed_shows_the_error_and_the_resume_command(host_ready):
+    env = host_ready
+    env.configure(2, feature_key="no_such_key")
+    launch = env.fab("train", "--run-name", "broken")
+    assert launch.returncode == 1 and "ended at once (failed)" in launch.out
+    failed = env.fab("monitor")
+    assert failed.returncode == 1, failed.out
+    assert "FAILED" in failed.out and "exit code 2" in failed.out and "DataError" in failed.out
+    assert "no key 'no_such_key'" in failed.out and "fab train --resume" in failed.out
+
+
+def test_monitor_vanished_when_the_session_dies_without_an_exit_record(host_ready):
+    env = host_ready
+    env.configure(200)
+    assert env.fab("train", "--run-name", "doomed").returncode == 0
+    wait_until(lambda: status(env, "doomed").get("epoch", 0) >= 1, what="epoch 1")
+    launcher = json.loads((env.runs / "doomed" / "launch.json").read_text())["pid"]
+    os.killpg(launcher, signal.SIGKILL)  # what a reboot or `kill -9` does: nobody writes anything
+    wait_until(lambda: subprocess.run(["tmux", "has-session", "-t", "=" + env.inventory["tmux_session"]]).returncode != 0,
+               what="the tmux session to end")
+    gone = env.fab("monitor")
+    assert gone.returncode == 4, gone.out
+    assert "VANISHED" in gone.out and "no exit record" in gone.out and "fab train --resume" in gone.out
+    assert not (env.runs / "doomed" / "exit.json").exists()
+    resumed = env.fab("train", "--resume")
+    assert resumed.returncode == 0 and "Training resumed: run doomed" in resumed.out
+    assert env.fab("stop", "--wait", "60").returncode == 0
+
+
+def non_loopback_addresses():
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return [a for a in out if ":" not in a and not a.startswith("127.")]
+
+
+def listening_addresses(port):
+    """Local addresses with a TCP socket listening on `port`, from /proc/net/tcp{,6}."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.append(addr)
+    return found
+
+
+def test_tensorboard_tunnel_serves_tensorboard_on_localhost_only(host_ready):
+    env = host_ready
+    remote_port, local_port = env.inventory["tensorboard"]["remote_port"], env.inventory["tensorboard"]["local_port"]
+    proc = env.popen("tensorboard-tunnel")
+    try:
+        def page():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{local_port}/", timeout=2).read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                return None
+
+        wait_until(page, timeout=120, what="TensorBoard through the tunnel")
+        assert "tensorboard" in page().lower()
+        # TensorBoard on the host listens on its loopback only (7F000001 as /proc writes 127.0.0.1)
+        assert listening_addresses(remote_port) == ["0100007F"]
+        for address in non_loopback_addresses():
+            with pytest.raises(OSError), socket.create_connection((address, remote_port), timeout=2):
+                pass
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and f"http://localhost:{local_port}/" in out and "Tunnel closed" in out
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{local_port}/", timeout=2)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", local_port))
+        busy.listen()
+        taken = env.fab("tensorboard-tunnel")
+    assert taken.returncode == 2 and f"Local port {local_port} is already in use" in taken.out and "--local-port" in taken.out
