@@ -51,37 +51,35 @@ class Target:
 def connect(c, inv):
     """A Target: the Connection to the host this task acts on (see the module docstring).
 
-    `c` is what Fabric passes a task: a Connection when `-H` was given, else a Context.
+    `c` is what Fabric passes a task: a Connection when `-H` was given, else a Context. A
+    -H that names an inventory host, or its address, takes that entry's key file and port
+    (and its user, unless -H gave one).
     """
+    config = c.config
     if isinstance(c, Connection):
-        wanted = c.original_host
-    else:
-        wanted = remembered_host() or inv.default_host
+        host = inv.find_host(c.original_host)
+        if host is None:
+            return Target(c, c.original_host, f"{c.user}@{c.original_host}:{c.port}")
+        explicit_user = c.user if c.user != config.user else None
+        return _target(host, config, explicit_user, c.port if c.port != 22 else None)
+    wanted = remembered_host() or inv.default_host
     if not wanted:
         raise LocalInputError(
             f"No host to act on: pass -H user@address, or set default_host in {inv.path}, "
             "or run `fab -H user@address deploy-full` once (it is remembered)."
         )
-    config = c.config
-    host = inv.find_host(_bare_address(wanted))
+    host = inv.find_host(wanted)
     if host is not None:
-        kwargs = {"key_filename": [host.key_file]} if host.key_file else {}
-        user = _user_of(wanted) or host.user
-        conn = Connection(host.address, user=user, port=host.port, config=config, connect_kwargs=kwargs, connect_timeout=15)
-        return Target(conn, host.name, wanted)
+        return _target(host, config)
     return Target(Connection(wanted, config=config, connect_timeout=15), wanted, wanted)
 
 
-def _bare_address(host_string):
-    """'ubuntu@1.2.3.4:22' -> '1.2.3.4'; 'gpu' -> 'gpu'."""
-    rest = host_string.rpartition("@")[2]
-    if rest.count(":") == 1:
-        rest = rest.partition(":")[0]
-    return rest
-
-
-def _user_of(host_string):
-    return host_string.rpartition("@")[0] or None
+def _target(host, config, user=None, port=None):
+    kwargs = {"key_filename": [host.key_file]} if host.key_file else {}
+    conn = Connection(host.address, user=user or host.user, port=port or host.port, config=config,
+                      connect_kwargs=kwargs, connect_timeout=15)
+    remembered = host.name if user is None and port is None else f"{conn.user}@{host.address}:{conn.port}"
+    return Target(conn, host.name, remembered)
 
 
 def ssh_command(conn):

@@ -124,6 +124,7 @@ def _merge(base, new, prefix, path):
             raise InventoryError(f"Unknown inventory key {dotted!r} in {path}. Known keys here: {', '.join(sorted(base))}")
         default = base[key]
         if dotted == "hosts":
+            value = {} if value is None else value  # only commented-out entries
             if not isinstance(value, dict):
                 raise InventoryError(f"Inventory key 'hosts' in {path} expects a mapping of host name to settings. Received: {value!r}")
             base[key] = value
