@@ -1,0 +1,83 @@
+"""`make demo`: the whole product on built-in defaults, with no GPU host and no real data.
+
+    python -m deploy.demo [--clips 600] [--keep-host]
+
+1. writes synthetic CREMA-D feature files (`python -m trainer synth`) to .facenet/demo/data/,
+2. starts a throwaway OpenSSH server on 127.0.0.1 (keys under .facenet/demo/ssh/) standing in
+   for the GPU host, whose "remote" paths live under .facenet/demo/host/,
+3. runs the real `fab deploy-full` against it (configs/demo.yaml: a short CPU training),
+4. `fab monitor --follow` until the run ends, then `fab fetch-results`, which prints the metrics.
+
+The host's venv sees this checkout's .venv packages (see deploy.localhost.seed_venv), so the
+demo does not download TensorFlow a second time; everything else is the real code path.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import yaml
+
+from deploy.inventory import REPO_ROOT
+from deploy.localhost import LocalSSHHost, free_port, seed_venv
+
+DEMO = REPO_ROOT / ".facenet" / "demo"
+FAB = Path(sys.executable).parent / "fab"
+
+
+def fab(env, *args):
+    print(f"\n$ fab {' '.join(args)}", flush=True)
+    return subprocess.run([str(FAB), *args], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL).returncode
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=int, default=600, help="synthetic clips to generate (first run only)")
+    p.add_argument("--keep-host", action="store_true", help="leave the local SSH host running until Enter is pressed")
+    args = p.parse_args(argv)
+
+    data = DEMO / "data" / "crema-d"
+    if not data.is_dir():
+        from trainer.synth import write_corpus
+
+        t0 = time.monotonic()
+        write_corpus(data, "crema-d", clips=args.clips, seed=0)
+        print(f"Wrote {args.clips} synthetic CREMA-D clips to {data} in {time.monotonic() - t0:.1f} s")
+    host_root = DEMO / "host"
+    venv = seed_venv(host_root / "venv", sysconfig.get_paths()["purelib"])
+    with LocalSSHHost(DEMO / "ssh") as host:
+        print(f"Local SSH host: {host.user}@127.0.0.1:{host.port} (sshd log: {host.log_file})")
+        inventory = {
+            "default_host": "demo-host",
+            "hosts": {"demo-host": host.host_entry()},
+            "remote": {"project_dir": str(host_root / "project"), "venv": str(venv),
+                       "data_dir": str(host_root / "data"), "runs_dir": str(host_root / "runs")},
+            "local_data": [str(data)],
+            "train_config": "configs/demo.yaml",
+            "tmux_session": "facenet-demo",
+            "tensorboard": {"session": "facenet-demo-tensorboard", "remote_port": free_port(), "local_port": 6006},
+            "apt_packages": ["tmux", "rsync"],
+            "pip": {"extra_args": ["--no-index"]},  # the demo host reuses this checkout's packages: no downloads
+        }
+        (DEMO / "inventory.yaml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+        env = {**os.environ, "FACENET_INVENTORY": str(DEMO / "inventory.yaml"), "FACENET_STATE_DIR": str(DEMO / "state"),
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if fab(env, "deploy-full") != 0:
+            print("\nThe demo's deploy-full failed (above).", file=sys.stderr)
+            return 1
+        fab(env, "monitor", "--follow")
+        code = fab(env, "fetch-results", "--dest", str(DEMO / "results"))
+        print(f"\nDemo done. Inventory: {DEMO / 'inventory.yaml'}; results: {DEMO / 'results'}")
+        if args.keep_host:
+            print(f"The local SSH host stays up; in another terminal:\n  export FACENET_INVENTORY={DEMO / 'inventory.yaml'} "
+                  f"FACENET_STATE_DIR={DEMO / 'state'}\n  fab monitor; fab tensorboard-tunnel\nPress Enter to stop it.")
+            input()
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
