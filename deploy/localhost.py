@@ -54,7 +54,7 @@ class LocalSSHHost:
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nAllowUsers {self.user}\n"
             "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nAllowTcpForwarding local\nX11Forwarding no\n"
-            "MaxStartups 50\nMaxSessions 50\nLogLevel INFO\nSubsystem sftp internal-sftp\n"
+            "MaxStartups 50\nMaxSessions 50\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n"
         )
         self.log = open(self.log_file, "a")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
