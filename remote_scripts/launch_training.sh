@@ -38,7 +38,8 @@ elif ! cd "$project"; then
   echo "[launch] project directory $project is missing: run \`fab sync-code\`" >> "$log"
   code=2
 else
-  PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
+  # INFO lines of TensorFlow's C++ core would drown the log that `fab monitor` tails.
+  TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}" PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
   child=$!
   trap 'kill -TERM "$child" 2>/dev/null || true' TERM HUP INT
   wait "$child" || code=$?
