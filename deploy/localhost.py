@@ -27,8 +27,9 @@ def free_port():
 
 
 class LocalSSHHost:
-    def __init__(self, root):
+    def __init__(self, root, extra_config=""):
         self.root = Path(root).resolve()
+        self.extra_config = extra_config  # more sshd_config lines, e.g. "SetEnv PATH=..."
         self.user = getpass.getuser()
         self.key_file = self.root / "id_ed25519"
         self.log_file = self.root / "sshd.log"
@@ -54,7 +55,7 @@ class LocalSSHHost:
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nAllowUsers {self.user}\n"
             "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nAllowTcpForwarding local\nX11Forwarding no\n"
-            "MaxStartups 50\nMaxSessions 50\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n"
+            "MaxStartups 50\nMaxSessions 50\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n" + self.extra_config
         )
         self.log = open(self.log_file, "a")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)

@@ -79,9 +79,10 @@ def _shell_value(value):
 
 
 def local_tree(path):
-    """(files, bytes) of a local directory, not counting rsync's partial dir."""
+    """(files, bytes) of a local directory, not counting rsync's partial dir; links are followed,
+    as rsync --copy-links does."""
     files = size = 0
-    for root, dirs, names in os.walk(path):
+    for root, dirs, names in os.walk(path, followlinks=True):
         dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
         for name in names:
             files += 1
@@ -115,7 +116,7 @@ def sync_data(target, inv, say):
     conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
     total = 0
     for d, remote in zip(inv.local_data, remote_data_dirs(inv)):
-        n, sent = rsync(conn, ["--delete", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+        n, sent = rsync(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
                                f"{d}/", rsync_target(conn, remote) + "/"], say, show_progress=True)
         total += n
         say(f"  -> {remote}: {n} file(s) sent ({sent} bytes on the wire)" if n else f"  -> {remote}: already up to date")

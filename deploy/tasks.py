@@ -101,8 +101,9 @@ def train(c, resume=False, restart=False, run_name=None):
         training.launch(target.conn, inv, say, resume=resume, restart=restart, run_name=run_name)
 
 
-@task(name="deploy-full", help={"run_name": "name of the training run (default: a timestamp)"})
-def deploy_full(c, run_name=None):
+@task(name="deploy-full", help={"run_name": "name of the training run (default: a timestamp)",
+                                 "restart": "stop a running training first (else deploy-full refuses to touch its data)"})
+def deploy_full(c, run_name=None, restart=False):
     """Provision, sync-code, sync-data, preflight, smoke-test, train: in that order, stopping at the first failure.
 
     Prints a line per step with its duration, and at the end the run's name and the commands
@@ -113,6 +114,12 @@ def deploy_full(c, run_name=None):
         check_local(inv)
         conn = target.conn
         console.rule(f"deploy-full to {target.label}")
+        if training.session_alive(conn, inv.tmux_session):  # before sync-data rewrites the data it reads
+            if not restart:
+                raise DeployError(f"A training is running on {target.label} (tmux session {inv.tmux_session}); deploying now "
+                                  "would change its code and data under it. `fab monitor` to watch it, `fab stop` to end it, "
+                                  "or `fab deploy-full --restart` to stop it first.")
+            training.stop(conn, inv, say)
         say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")
         say(f"training config: {inv.train_config}; runs: {inv.remote['runs_dir']}; tmux session: {inv.tmux_session}")
         run = {}

@@ -35,7 +35,7 @@ def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(depl
     # The host is remembered: no -H from here on. --follow streams the log and ends with the run.
     follow = deploy_env.fab("monitor", "--follow", timeout=300)
     assert follow.returncode == 0, follow.out
-    assert re.search(r"Epoch (\d+)/\1 ", follow.out) and "FINISHED" in follow.out and "exit code 0" in follow.out
+    assert re.search(r"Epoch (\d+)/\1\b", follow.out) and "FINISHED" in follow.out and "exit code 0" in follow.out
     run = deploy_env.runs / "first"
     assert json.loads((run / "exit.json").read_text())["exit_code"] == 0
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
@@ -89,6 +89,9 @@ def test_a_running_training_blocks_a_second_train_until_restart(deploy_env, tmp_
     assert again.returncode == 1
     assert "Training one is already running" in again.out and "--restart" in again.out
     assert not (deploy_env.runs / "two").exists()
+    redeploy = deploy_env.fab("deploy-full")  # would rewrite the data under the running training
+    assert redeploy.returncode == 1 and "A training is running" in redeploy.out and "--restart" in redeploy.out
+    assert "[1/6]" not in redeploy.out
     restart = deploy_env.fab("train", "--restart", "--run-name", "three", timeout=300)
     assert restart.returncode == 0, restart.out
     assert json.loads((deploy_env.runs / "one" / "exit.json").read_text())["exit_code"] == 3  # stopped cleanly
