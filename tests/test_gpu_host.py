@@ -5,7 +5,6 @@ second real sshd (via its SetEnv). Everything else (fab, SSH, pip, TensorFlow) i
 """
 
 import pytest
-
 from conftest import DeployEnv
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

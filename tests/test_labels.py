@@ -35,3 +35,10 @@ def test_label_map_is_configuration():
     labeller = Labeller({"crema_d": {"ANG": "ANG"}, "ravdess": {2: "CALM"}})  # int keys as YAML gives them
     assert labeller.label("01-01-02-01-01-01-03.npz")[0] == "CALM"
     assert labeller.label("1001_IWL_HAP_XX.npz")[2][0] == "unknown-label"
+
+
+def test_synth_with_more_clips_than_names_exits_2_saying_the_range(tmp_path):
+    from conftest import run_trainer
+
+    proc = run_trainer("synth", "--out", tmp_path / "x", "--corpus", "ravdess", "--clips", "5000")
+    assert proc.returncode == 2 and "expects 1..1440" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.errors import UserError
+
 CREMA_D_ACTORS = range(1001, 1092)
 CREMA_D_SENTENCES = ["IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI"]
 CREMA_D_EMOTIONS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
@@ -38,7 +40,7 @@ def clip_names(corpus, clips, rng):
     else:
         raise ValueError(f"Expected corpus 'crema-d' or 'ravdess'. Received: {corpus!r}")
     if not 0 < clips <= len(combos):
-        raise ValueError(f"Expected 1..{len(combos)} clips for {corpus}. Received: {clips}")
+        raise UserError(f"--clips for {corpus} expects 1..{len(combos)} (the distinct names the corpus has). Received: {clips}")
     picked = rng.choice(len(combos), size=clips, replace=False)
     return [combos[i] for i in sorted(picked)]
 
