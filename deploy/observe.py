@@ -21,7 +21,7 @@ from rich.text import Text
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
 from deploy.sync import rsync
-from deploy.training import script
+from deploy.training import run_state, script
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
           "stopped": "bold yellow", "vanished": "bold red", "none": "dim"}
@@ -113,8 +113,6 @@ def tail_log(conn, inv, run, lines):
 
 
 def _run_info(conn, inv, run):
-    from deploy.training import run_state
-
     info = run_state(conn, inv, run=run, log_lines=0)
     if not info.get("run_dir"):
         raise DeployError(info.get("error") or f"No run on the host in {inv.remote['runs_dir']}: start one with `fab deploy-full`.")

@@ -176,7 +176,7 @@ def monitor(c, follow=False, run=None):
             observe.follow(target.conn, inv, info)
             info = training.run_state(target.conn, inv, run=run)
         observe.render(info, target.label, console)
-        code = training.STATE_EXIT_CODES[info["state"]]
+        code = info["exit_code"]
     if code:
         raise Exit(code=code)
 

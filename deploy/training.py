@@ -16,8 +16,6 @@ from deploy.errors import DeployError
 from deploy.hosts import rjoin, rq
 from deploy.sync import remote_data_dirs
 
-STATE_EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5}
-
 
 def script(inv, name):
     return rq(rjoin(inv.remote["project_dir"], "remote_scripts", name))
@@ -65,7 +63,7 @@ def session_alive(conn, session):
 
 
 def run_state(conn, inv, run=None, log_lines=15):
-    """What remote_scripts/run_state.py says, as a dict (state, status, exit, log_tail, gpus, disk)."""
+    """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, log_tail, gpus, disk)."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if run:
         args += ["--run", run]

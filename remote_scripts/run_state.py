@@ -169,8 +169,9 @@ def main(argv=None):
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines)
+    info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too
     print(json.dumps(info) if args.json else as_text(info))
-    return EXIT_CODES[info["state"]]
+    return info["exit_code"]
 
 
 if __name__ == "__main__":
