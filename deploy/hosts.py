@@ -59,7 +59,7 @@ def connect(c, inv):
     if isinstance(c, Connection):
         host = inv.find_host(c.original_host)
         if host is None:
-            return Target(c, c.original_host, f"{c.user}@{c.original_host}:{c.port}")
+            return Target(pin_host_keys(c), c.original_host, f"{c.user}@{c.original_host}:{c.port}")
         explicit_user = c.user if c.user != config.user else None
         return _target(host, config, explicit_user, c.port if c.port != 22 else None)
     wanted = remembered_host() or inv.default_host
@@ -71,7 +71,7 @@ def connect(c, inv):
     host = inv.find_host(wanted)
     if host is not None:
         return _target(host, config)
-    return Target(Connection(wanted, config=config, connect_timeout=15), wanted, wanted)
+    return Target(pin_host_keys(Connection(wanted, config=config, connect_timeout=15)), wanted, wanted)
 
 
 def _target(host, config, user=None, port=None):
@@ -79,14 +79,27 @@ def _target(host, config, user=None, port=None):
     conn = Connection(host.address, user=user or host.user, port=port or host.port, config=config,
                       connect_kwargs=kwargs, connect_timeout=15)
     remembered = host.name if user is None and port is None else f"{conn.user}@{host.address}:{conn.port}"
-    return Target(conn, host.name, remembered)
+    return Target(pin_host_keys(conn), host.name, remembered)
+
+
+def known_hosts_file():
+    path = state_dir() / "known_hosts"
+    path.touch(exist_ok=True)
+    return path
+
+
+def pin_host_keys(conn):
+    """Trust on first use, then refuse a changed key: paramiko saves a new host's key to the
+    state dir's known_hosts (the file rsync's ssh uses too) and checks it on every later connection."""
+    conn.client.load_host_keys(str(known_hosts_file()))
+    return conn
 
 
 def ssh_command(conn):
     """The OpenSSH command line that reaches `conn`, for `rsync -e`. Host keys are trusted on
     first use and kept in the state dir's known_hosts."""
     parts = ["ssh", "-p", str(conn.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-             "-o", f"UserKnownHostsFile={state_dir() / 'known_hosts'}", "-o", "ConnectTimeout=15"]
+             "-o", f"UserKnownHostsFile={known_hosts_file()}", "-o", "ConnectTimeout=15"]
     keys = conn.connect_kwargs.get("key_filename") or []
     for key in [keys] if isinstance(keys, str) else keys:
         parts += ["-i", str(key)]

@@ -5,16 +5,19 @@ the last successful deploy-full, else the inventory's default_host.
 """
 
 import contextlib
+import socket
 import time
 
 from fabric import task
 from invoke.exceptions import Exit
+from paramiko import BadHostKeyException, SSHException
+from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 
 from deploy import observe, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import connect, remember_host
+from deploy.hosts import connect, known_hosts_file, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
 
 console = Console(highlight=False, soft_wrap=True)
@@ -27,11 +30,18 @@ def say(message):
 
 @contextlib.contextmanager
 def loud():
-    """DeployError -> its message on stderr and its exit code (see deploy.errors)."""
+    """DeployError -> its message on stderr and its exit code (see deploy.errors); SSH failures likewise."""
     try:
         yield
     except DeployError as e:
         raise Exit(f"error: {e}", code=e.exit_code) from None
+    except BadHostKeyException as e:
+        raise Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
+                   "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
+                   "the connection.", code=1) from None
+    except (SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror) as e:
+        raise Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {e}\n"
+                   "Check the address, port, user and key (-H, -i, or hosts: in the inventory), and that the host is up.", code=1) from None
 
 
 def _setup(c):

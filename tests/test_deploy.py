@@ -145,3 +145,25 @@ def test_sync_data_is_verified_and_mirrors_the_local_dir(deploy_env):
     assert "1 file(s) sent" in proc.out and "(20 files" in proc.out
     remote = deploy_env.remote_root / "data dir" / "crema-d"
     assert not (remote / victim.name).exists() and (remote / "1090_IWL_ANG_XX.npz").exists()
+
+
+def test_host_keys_are_trusted_on_first_use_then_a_changed_key_is_refused(deploy_env, tmp_path):
+    deploy_env.write(default_host="local")
+    assert deploy_env.fab("provision").returncode == 0
+    known = deploy_env.root / "state" / "known_hosts"
+    port = deploy_env.inventory["hosts"]["local"]["port"]
+    assert f"[127.0.0.1]:{port} ssh-ed25519" in known.read_text()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)
+    impostor = (tmp_path / "impostor.pub").read_text().split()[:2]
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(impostor)}\n")
+    proc = deploy_env.fab("provision")
+    assert proc.returncode == 1, proc.out
+    assert "is not the one seen at first contact" in proc.out and str(known) in proc.out and "Traceback" not in proc.out
+
+
+def test_an_unreachable_host_is_a_clear_error(deploy_env):
+    from deploy.localhost import free_port
+
+    deploy_env.write(hosts={"local": {**deploy_env.inventory["hosts"]["local"], "port": free_port()}}, default_host="local")
+    proc = deploy_env.fab("monitor")
+    assert proc.returncode == 1 and "cannot reach the host over SSH" in proc.out and "Traceback" not in proc.out
