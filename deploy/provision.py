@@ -112,7 +112,8 @@ def provision(conn, inv, say):
     say(f"Installing {'GPU' if gpu_lines else 'CPU'} requirements into {venv}: {', '.join(reqs)}")
     pip = rq(rjoin(venv, "bin/python")) + " -m pip install --disable-pip-version-check --progress-bar off"
     args = " ".join(shlex.quote(a) for a in [*inv.pip["extra_args"], *reqs])
-    out = conn.run(f"{pip} {args}", hide=True, warn=True, in_stream=False)
+    # Shown as it runs: the CUDA build of TensorFlow is gigabytes, and a silent step looks hung.
+    out = conn.run(f"{pip} {args}", hide=False, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"pip install failed on the host:\n{(out.stdout + out.stderr).strip()[-1500:]}")
     done["pip_installed"] = True
