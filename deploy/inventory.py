@@ -33,6 +33,7 @@ DEFAULTS = {
         "runs_dir": "~/facenet-runs",
     },
     "local_data": [],
+    "rsync_args": [],
     "train_config": "configs/full.yaml",
     "smoke_config": "configs/smoke.yaml",
     "tmux_session": "facenet-training",
@@ -64,6 +65,7 @@ class Inventory:
     hosts: dict
     remote: dict
     local_data: list
+    rsync_args: list
     train_config: str
     smoke_config: str
     tmux_session: str
@@ -111,7 +113,7 @@ def load_inventory(path=None):
         if not 0 < cfg["tensorboard"][key] < 65536:
             raise InventoryError(f"Inventory key 'tensorboard.{key}' in {path} expects a port 1-65535. Received: {cfg['tensorboard'][key]}")
     return Inventory(
-        path=path, default_host=cfg["default_host"], hosts=hosts, remote=cfg["remote"], local_data=local_data,
+        path=path, default_host=cfg["default_host"], hosts=hosts, remote=cfg["remote"], local_data=local_data, rsync_args=cfg["rsync_args"],
         train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
     )

@@ -29,15 +29,20 @@ def rsync(conn, args, say, show_progress=False):
         cmd.insert(1, "--info=progress2")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     stats, live = [], show_progress and sys.stdout.isatty()
-    for line in proc.stdout:  # universal newlines: progress2's \r updates arrive as lines
-        if re.match(r"^\s*[\d,.]+[KMG]?\s+\d+%", line):
-            if live:
-                sys.stdout.write("\r  " + line.strip()[:100].ljust(100))
-                sys.stdout.flush()
-        elif line.strip():
-            stats.append(line.strip())
-    err = proc.stderr.read()
-    code = proc.wait()
+    try:
+        for line in proc.stdout:  # universal newlines: progress2's \r updates arrive as lines
+            if re.match(r"^\s*[\d,.]+[KMG]?\s+\d+%", line):
+                if live:
+                    sys.stdout.write("\r  " + line.strip()[:100].ljust(100))
+                    sys.stdout.flush()
+            elif line.strip():
+                stats.append(line.strip())
+        err = proc.stderr.read()
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()  # rsync keeps what it has (partial files in --partial-dir) for the next run
+        proc.wait()
+        raise DeployError("Interrupted. Run the same command again: rsync resumes where it stopped.") from None
     if live:
         sys.stdout.write("\n")
     if code != 0:
@@ -117,7 +122,7 @@ def sync_data(target, inv, say):
     total = 0
     for d, remote in zip(inv.local_data, remote_data_dirs(inv)):
         n, sent = rsync(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
-                               f"{d}/", rsync_target(conn, remote) + "/"], say, show_progress=True)
+                               *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"], say, show_progress=True)
         total += n
         say(f"  -> {remote}: {n} file(s) sent ({sent} bytes on the wire)" if n else f"  -> {remote}: already up to date")
     verify_data(conn, inv, local, say)

@@ -6,7 +6,9 @@ by every test here.
 
 import json
 import re
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -167,3 +169,23 @@ def test_an_unreachable_host_is_a_clear_error(deploy_env):
     deploy_env.write(hosts={"local": {**deploy_env.inventory["hosts"]["local"], "port": free_port()}}, default_host="local")
     proc = deploy_env.fab("monitor")
     assert proc.returncode == 1 and "cannot reach the host over SSH" in proc.out and "Traceback" not in proc.out
+
+
+def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
+    synth(deploy_env.data, clips=60)
+    local_files = len(list(deploy_env.data.glob("*.npz")))
+    deploy_env.write(default_host="local", rsync_args=["--bwlimit=1500"])  # ~10 MB at 1.5 MB/s: time to interrupt
+    proc = deploy_env.popen("sync-data")
+    remote = deploy_env.remote_root / "data dir" / "crema-d"
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Interrupted. Run the same command again" in out, out
+    arrived = len(list(remote.glob("*.npz")))
+    assert 0 < arrived < local_files
+    deploy_env.write(rsync_args=[])
+    again = deploy_env.fab("sync-data")
+    assert again.returncode == 0, again.out
+    sent = int(re.search(r"(\d+) file\(s\) sent", again.out).group(1))
+    assert sent <= local_files - arrived + 1  # only what was missing (and the one cut short) travels
+    assert f"verified: the host holds the same files and bytes ({local_files} files" in again.out
