@@ -141,7 +141,9 @@ def read_metrics(local):
 
 
 def port_free(port):
+    """Nothing listens on 127.0.0.1:port (connections of a closed tunnel in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

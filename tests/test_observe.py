@@ -176,7 +176,16 @@ def test_tensorboard_tunnel_serves_tensorboard_on_localhost_only(host_ready):
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{local_port}/", timeout=2)
 
+    again = env.popen("tensorboard-tunnel")  # at once: the closed tunnel's TIME_WAIT leftovers do not block the port
+    try:
+        wait_until(lambda: "Ctrl-C closes it" in (again.stdout.readline() or "") or again.poll() is not None, what="the second tunnel")
+        assert again.poll() is None
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.communicate(timeout=30)
+
     with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", local_port))
         busy.listen()
         taken = env.fab("tensorboard-tunnel")
