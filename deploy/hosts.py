@@ -60,6 +60,8 @@ def connect(c, inv):
         host = inv.find_host(c.original_host)
         if host is None:
             return Target(pin_host_keys(c), c.original_host, f"{c.user}@{c.original_host}:{c.port}")
+        # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
+        # told apart from no user: then the inventory entry's user applies.
         explicit_user = c.user if c.user != config.user else None
         return _target(host, config, explicit_user, c.port if c.port != 22 else None)
     wanted = remembered_host() or inv.default_host
