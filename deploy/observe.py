@@ -126,7 +126,7 @@ def fetch_results(target, inv, run, dest, say):
     local = Path(dest) / _safe(target.label) / info["run"]
     local.mkdir(parents=True, exist_ok=True)
     n, _ = rsync(conn, ["--exclude=/backup/", "--exclude=.*.tmp", rsync_target(conn, rjoin(inv.remote["runs_dir"], info["run"])) + "/",
-                        f"{local}/"], say)
+                        f"{local}/"])
     say(f"Fetched run {info['run']} ({info['state']}): {n} file(s) updated in {local}")
     return local, info
 
@@ -161,8 +161,8 @@ def start_tensorboard(conn, inv, say):
     say(out.stdout.strip())
 
 
-def tunnel(conn, inv, local_port, say, until=None):
-    """Forward localhost:local_port to TensorBoard on the host's 127.0.0.1 until Ctrl-C (or `until()` is true)."""
+def tunnel(conn, inv, local_port, say):
+    """Forward localhost:local_port to TensorBoard on the host's 127.0.0.1 until Ctrl-C."""
     if not port_free(local_port):
         free = next((p for p in range(local_port + 1, local_port + 50) if port_free(p)), None)
         raise LocalInputError(f"Local port {local_port} is already in use (another tunnel or TensorBoard?). "
@@ -172,7 +172,7 @@ def tunnel(conn, inv, local_port, say, until=None):
     with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
         say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
         try:
-            while not (until and until()):
+            while True:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass

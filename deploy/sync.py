@@ -17,13 +17,14 @@ import sys
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
+from trainer.run import code_version  # .code-version stamp or git describe: the same string the trainer records
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
 
 
-def rsync(conn, args, say, show_progress=False):
-    """Run rsync over `conn`'s SSH settings; returns the number of regular files it transferred."""
+def rsync(conn, args, show_progress=False):
+    """Run rsync over `conn`'s SSH settings; returns (regular files transferred, bytes sent as rsync writes it)."""
     cmd = ["rsync", "-a", "--protect-args", "--stats", "-e", ssh_command(conn), *args]
     if show_progress:
         cmd.insert(1, "--info=progress2")
@@ -53,14 +54,6 @@ def rsync(conn, args, say, show_progress=False):
     return transferred, sent
 
 
-def code_version():
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def sync_code(target, inv, say):
     """Mirror the code the host runs into remote.project_dir; stale files there are deleted."""
     conn, project = target.conn, inv.remote["project_dir"]
@@ -68,19 +61,14 @@ def sync_code(target, inv, say):
     filters += [f"--include=/{p}***" if p.endswith("/") else f"--include=/{p}" for p in CODE_PATHS]
     filters += ["--exclude=*", "--delete", "--delete-excluded", "--checksum"]
     conn.run(f"mkdir -p {rq(project)}", hide=True, in_stream=False)
-    n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"], say)
+    n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
-    env = "".join(f"{k}={_shell_value(v)}\n" for k, v in settings.items())
+    env = "".join(f"{k}={rq(v)}\n" for k, v in settings.items())  # `~/x` stays relative to whoever sources it
     version = code_version()
     conn.run(f"cd {rq(project)} && printf '%s\\n' {shlex.quote(version)} > .code-version && printf %s {shlex.quote(env)} > .deploy.env",
              hide=True, in_stream=False)
     say(f"code {version}: {n} file(s) updated in {project}" if n else f"code {version}: {project} already up to date")
     return n
-
-
-def _shell_value(value):
-    """A value for a sourced env file; `~/x` stays relative to the home of whoever sources it."""
-    return '"$HOME"/' + shlex.quote(value[2:]) if value.startswith("~/") else shlex.quote(value)
 
 
 def local_tree(path):
@@ -122,7 +110,7 @@ def sync_data(target, inv, say):
     total = 0
     for d, remote in zip(inv.local_data, remote_data_dirs(inv)):
         n, sent = rsync(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
-                               *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"], say, show_progress=True)
+                               *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"], show_progress=True)
         total += n
         say(f"  -> {remote}: {n} file(s) sent ({sent} bytes on the wire)" if n else f"  -> {remote}: already up to date")
     verify_data(conn, inv, local, say)
