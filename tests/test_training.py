@@ -126,3 +126,68 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path, synth_crema):
     assert proc.returncode == 2 and "'model.encoder'" in proc.stderr and "'gru'" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing half-created
     assert os.listdir(tmp_path) == []
+
+
+def zero_model_weights(weights_file):
+    """Every layer weight in a Keras .weights.h5 set to 0: a model that predicts one class."""
+    import h5py
+
+    with h5py.File(weights_file, "r+") as f:
+        def zero(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.startswith("layers"):
+                obj[...] = 0
+        f.visititems(zero)
+
+
+def test_resume_keeps_the_best_model_and_survives_a_backup_torn_by_a_kill(tmp_path, synth_crema):
+    """A resumed run must not overwrite best.keras with a worse epoch (the selection state is
+    restored), and a backup cut short by SIGKILL during its save falls back to the previous one."""
+    import hashlib
+
+    run = tmp_path / "r5"
+    proc = start_training(synth_crema, tmp_path, "r5", epochs=30)
+    wait_for_epoch(run, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 3
+    before = status(run)
+    best_bytes = hashlib.sha256((run / "best.keras").read_bytes()).hexdigest()
+    saved = json.loads((run / "backup" / "callbacks.json").read_text())
+    assert saved["epoch"] == before["epoch"] and saved["checkpoint_best"] == pytest.approx(before["best"]["value"])
+    assert before["best"]["value"] > 0.2  # above chance (1/6), which is what a zeroed model scores
+    zero_model_weights(run / "backup" / "latest.weights.h5.bkp")
+    with open(run / "backup" / "latest.weights.h5", "r+b") as f:  # SIGKILL in the middle of the save
+        f.truncate(100)
+
+    proc = run_trainer("train", "--resume", run, "--epochs", str(before["epoch"] + 1))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = status(run)
+    assert after["state"] == "finished" and after["best"] == before["best"]
+    assert hashlib.sha256((run / "best.keras").read_bytes()).hexdigest() == best_bytes
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == before["best"]["epoch"]
+    assert metrics["uar"] == pytest.approx(before["best"]["value"], abs=0.02)
+    assert not list(run.glob(".*.tmp*"))
+
+
+def test_a_run_name_that_is_a_path_is_refused(tmp_path, synth_crema):
+    for name in ("exp/b", "../escape", ".hidden", "a b", "x" * 101, "exp[/b]"):
+        proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", name)
+        assert proc.returncode == 2 and "--run-name expects a name" in proc.stderr, (name, proc.stderr)
+    assert os.listdir(tmp_path) == []
+
+
+def test_validate_and_smoke_write_a_json_result_for_the_deploy_side(tmp_path, synth_crema):
+    result = tmp_path / "validate.json"
+    proc = run_trainer("validate", "--data", synth_crema, "--result", result)
+    assert proc.returncode == 0
+    got = json.loads(result.read_text())
+    assert got["ok"] is True and got["exit_code"] == 0 and got["accepted"] == got["files"] == 240
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_trainer("validate", "--data", empty, "--result", result)
+    got = json.loads(result.read_text())
+    assert proc.returncode == 2 and got["ok"] is False and got["exit_code"] == 2 and "No .npz files" in got["message"]
+    proc = run_trainer("smoke", "--synthetic", "--out", tmp_path / "runs", "--result", tmp_path / "smoke.json")
+    got = json.loads((tmp_path / "smoke.json").read_text())
+    assert proc.returncode == 0 and got["ok"] is True and "Smoke test passed" in got["message"]
+    assert (tmp_path / "runs").joinpath(got["run_dir"].split("/")[-1], "best.keras").is_file()

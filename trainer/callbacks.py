@@ -1,14 +1,20 @@
-"""Keras callbacks of a training run: status file, graceful stop on SIGTERM, learning rate.
+"""Keras callbacks of a training run: status file, graceful stop on SIGTERM, learning rate,
+an atomic best-model checkpoint and the state that a resumed run needs to pick up.
 
     stop = GracefulStop()          # installs SIGTERM/SIGINT handlers
     model.fit(..., callbacks=[LearningRateLogger(), ..., StatusCallback(status, "val_uar", "max"), stop])
     if stop.requested: ...         # the run ended because it was asked to
 """
 
+import json
+import os
 import signal
+from pathlib import Path
 
 import keras
 from keras import ops
+
+from trainer.status import write_json_atomic
 
 
 class StatusCallback(keras.callbacks.Callback):
@@ -66,3 +72,78 @@ class GracefulStop(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.requested:
             self.model.stop_training = True
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that writes to a temp file beside the target and renames it, so a kill
+    during the save leaves the previous best model, never a torn one.
+
+        AtomicModelCheckpoint("run/best.keras", monitor="val_uar", mode="max", save_best_only=True)
+    """
+
+    def _save_model(self, epoch, batch, logs):
+        final = self.filepath
+        tmp = str(Path(final).with_name(f".{Path(final).stem}.tmp{Path(final).suffix}"))
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        self.filepath = tmp
+        try:
+            super()._save_model(epoch, batch, logs)  # writes tmp only when the epoch is the best so far
+        finally:
+            self.filepath = final
+        if os.path.exists(tmp):
+            os.replace(tmp, final)
+
+
+class ResumeState(keras.callbacks.Callback):
+    """Keeps what the model-selection callbacks know across a resume: the best value of the
+    checkpoint, EarlyStopping's and ReduceLROnPlateau's counters. Without it a resumed run starts
+    with no best value and overwrites best.keras with its first, possibly worse, epoch.
+
+    Saved atomically to `path` after every epoch (list it after those callbacks); restored in
+    `on_train_begin`, after their own resets. EarlyStopping's best weights come from `best_model`.
+
+        ResumeState(run_dir / "backup" / "callbacks.json", checkpoint, early_stopping, reduce_lr,
+                    best_model=lambda: load_model(run_dir / "best.keras"))
+    """
+
+    def __init__(self, path, checkpoint, early_stopping, reduce_lr, best_model=None):
+        super().__init__()
+        self.path = Path(path)
+        self.checkpoint, self.early_stopping, self.reduce_lr = checkpoint, early_stopping, reduce_lr
+        self.best_model = best_model
+        self.restored = None
+
+    def on_train_begin(self, logs=None):
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        es, rlr = self.early_stopping, self.reduce_lr
+        if state.get("checkpoint_best") is not None:
+            self.checkpoint.best = state["checkpoint_best"]
+        es.best, es.wait, es.best_epoch = state["early_stopping"]["best"], state["early_stopping"]["wait"], state["early_stopping"]["best_epoch"]
+        rlr.best, rlr.wait, rlr.cooldown_counter = state["reduce_lr"]["best"], state["reduce_lr"]["wait"], state["reduce_lr"]["cooldown_counter"]
+        if es.restore_best_weights and es.best is not None and self.best_model is not None:
+            model = self.best_model()
+            if model is not None:
+                es.best_weights = model.get_weights()
+        self.restored = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        es, rlr = self.early_stopping, self.reduce_lr
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {
+            "epoch": epoch + 1,
+            "checkpoint_best": _number(self.checkpoint.best),
+            "early_stopping": {"best": _number(es.best), "wait": int(es.wait), "best_epoch": int(es.best_epoch)},
+            "reduce_lr": {"best": _number(rlr.best), "wait": int(rlr.wait), "cooldown_counter": int(rlr.cooldown_counter)},
+        })
+
+
+def _number(value):
+    """A callback's best value as JSON: None before any epoch, never inf."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if abs(value) != float("inf") else None

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from trainer.errors import UserError
+from trainer.names import check_run_name
+from trainer.status import write_json_atomic
 
 
 def cmd_validate(args):
@@ -23,7 +25,9 @@ def cmd_validate(args):
     if args.report:
         write_manifest(result, args.report)
         print(f"Wrote {args.report}")
+    args.outcome.update(files=len(result.entries), accepted=len(result.accepted), rejected=len(result.rejected))
     require_trainable(result, cfg["data"]["classes"])
+    args.outcome["message"] = f"{len(result.accepted)} of {len(result.entries)} files can train"
 
 
 def cmd_synth(args):
@@ -45,13 +49,16 @@ def cmd_train(args):
     cfg = load_config(args.config, overrides)
     if not args.data:
         raise UserError("train needs --data DIR (one or more), or --resume RUN_DIR.")
+    if args.run_name is not None:
+        check_run_name(args.run_name, "--run-name")
     execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data)
 
 
 def cmd_smoke(args):
     from trainer.smoke import smoke
 
-    smoke(args.data, args.out, synthetic=args.synthetic, config=args.config, overrides=args.set)
+    run_dir, seconds = smoke(args.data, args.out, synthetic=args.synthetic, config=args.config, overrides=args.set)
+    args.outcome.update(run_dir=str(run_dir), seconds=round(seconds, 1), message=f"Smoke test passed in {seconds:.0f} s: {run_dir}")
 
 
 def cmd_evaluate(args):
@@ -65,6 +72,8 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, data_required):
+        sp.add_argument("--result", type=Path, metavar="FILE",
+                        help="write the outcome as JSON (ok, exit_code, message, ...) for the program that ran this one")
         sp.add_argument("--data", action="append", type=Path, required=data_required, metavar="DIR",
                         help="directory searched recursively for *.npz (repeatable)")
         sp.add_argument("--config", type=Path, help="YAML configuration (defaults: trainer/config.py)")
@@ -106,15 +115,23 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.outcome = {"command": args.command, "ok": False, "exit_code": 1, "message": ""}
     try:
         args.func(args)
+        args.outcome.update(ok=True, exit_code=0)
+        return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        args.outcome.update(exit_code=e.exit_code, message=str(e), error=type(e).__name__)
         return e.exit_code
-    except Exception as e:
+    except BaseException as e:
         code = getattr(e, "exit_code", 1)
+        args.outcome.update(exit_code=code, message=f"{type(e).__name__}: {e}", error=type(e).__name__)
         if code == 1:
             raise  # traceback, exit 1
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return code
-    return 0
+    finally:
+        # The deploy side reads this file, never the output: TensorFlow's stderr differs by machine.
+        if getattr(args, "result", None):
+            write_json_atomic(args.result, args.outcome)

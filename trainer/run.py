@@ -97,7 +97,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
         prepared = data.prepare(cfg, data_dirs, run_dir, console)
     import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
 
-    from trainer.callbacks import GracefulStop, LearningRateLogger, StatusCallback
+    from trainer.callbacks import AtomicModelCheckpoint, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
     from trainer.evaluate import score
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
@@ -116,14 +116,21 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
     monitor = cfg["train"]["monitor"]
     mode = "min" if monitor.endswith("loss") else "max"
     stop = GracefulStop()
+    best_path = run_dir / "best.keras"
+    checkpoint = AtomicModelCheckpoint(best_path, monitor=monitor, mode=mode, save_best_only=True)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg["train"]["patience"], restore_best_weights=True)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=cfg["train"]["lr_factor"],
+                                                  patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"])
     callbacks = [
         LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor=monitor, mode=mode, save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg["train"]["patience"], restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=cfg["train"]["lr_factor"],
-                                          patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"]),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+        checkpoint,
+        early_stopping,
+        reduce_lr,
+        ResumeState(run_dir / "backup" / "callbacks.json", checkpoint, early_stopping, reduce_lr,
+                    best_model=lambda: load_model(best_path) if best_path.exists() else None),
+        # double_checkpoint: a kill during the save leaves the previous epoch's backup to resume from
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False, double_checkpoint=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         StatusCallback(status, monitor, mode),

@@ -40,8 +40,9 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=()):
     run_dir = new_run(cfg, runs_dir, run_name=f"smoke-{time.strftime('%Y%m%d-%H%M%S')}")
     execute(run_dir, data_dirs=data_dirs)
     check_run(run_dir, len(cfg["data"]["classes"]))
-    print(f"Smoke test passed in {time.monotonic() - t0:.0f} s: {run_dir}", flush=True)
-    return run_dir
+    seconds = time.monotonic() - t0
+    print(f"Smoke test passed in {seconds:.0f} s: {run_dir}", flush=True)
+    return run_dir, seconds
 
 
 def check_run(run_dir, num_classes):
