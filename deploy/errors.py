@@ -1,7 +1,8 @@
 """Errors of the deploy tasks; the tasks turn them into a message and an exit code.
 
-Exit codes of `fab`: 0 success; 2 bad inventory, host choice or local input (nothing was
-done on the host); 1 a step on the host failed (the message names it and what to do).
+Exit codes of `fab`: 0 success; 1 a step on the host failed (the message names it and what to
+do); 2 bad inventory, host choice or input (nothing was done on the host); 6 the host cannot be
+reached, or the connection to it was lost. `fab monitor` adds the run's states (README).
 """
 
 
@@ -18,6 +19,12 @@ class InventoryError(DeployError):
 
 
 class LocalInputError(DeployError):
-    """Something on this machine is wrong (no host named, a missing data directory)."""
+    """The input is wrong (no host named, a missing data directory, a bad run name); nothing was done on the host."""
 
     exit_code = 2
+
+
+class HostUnreachable(DeployError):
+    """SSH cannot reach the host, or the connection died (no answer to keepalives, rsync timed out)."""
+
+    exit_code = 6

@@ -5,18 +5,25 @@
     ssh_command(conn)                # "ssh -p 22 -i KEY ..." for rsync -e
 
 The last host that `deploy-full` succeeded on is remembered in `.facenet/state.json` (the
-folder is $FACENET_STATE_DIR if set), so `fab monitor` needs no `-H`.
+folder is $FACENET_STATE_DIR if set) with its user, address, port and key file path (never
+the key), so `fab monitor` needs no flags.
+
+Every connection sends SSH keepalives (inventory `ssh:`); a host that stops answering them
+closes the connection, and the task ends with `HostUnreachable` instead of hanging.
 """
 
 import json
 import os
 import shlex
+import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fabric import Connection
 
-from deploy.errors import LocalInputError
+from deploy.errors import HostUnreachable, LocalInputError
 from deploy.inventory import REPO_ROOT
 
 
@@ -26,26 +33,94 @@ def state_dir():
     return path
 
 
-def remember_host(host_string):
+def remember_host(target):
+    """Record how to reach `target` again: inventory name or user, address, port, key file path."""
+    conn = target.conn
+    record = {"label": target.label, "user": conn.user, "address": conn.host, "port": conn.port, "key_files": key_files(conn)}
     path = state_dir() / "state.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": host_string}))
+    tmp.write_text(json.dumps({"host": record}, indent=1))
     os.replace(tmp, path)
 
 
 def remembered_host():
+    """The remembered host record (a dict), or None."""
     path = state_dir() / "state.json"
     try:
-        return json.loads(path.read_text()).get("host")
+        host = json.loads(path.read_text()).get("host")
     except (OSError, ValueError):
         return None
+    if isinstance(host, str):  # written by an older version: a host string
+        return {"label": host}
+    return host if isinstance(host, dict) and host.get("label") else None
+
+
+class HostConnection(Connection):
+    """A Fabric Connection with a heartbeat: every `keepalive_interval` s it asks the server for a
+    reply; after `keepalive_count_max` intervals without one it closes the transport, so a command
+    blocked on a dead network returns, and `run` raises HostUnreachable."""
+
+    keepalive_interval = 15
+    keepalive_count_max = 3
+    rsync_timeout = 120
+    heartbeat = None
+    label = None
+
+    def open(self):
+        result = super().open()
+        transport = self.client.get_transport()
+        if transport is not None and (self.heartbeat is None or not self.heartbeat.is_alive()):
+            self.heartbeat = Heartbeat(transport, self.keepalive_interval, self.keepalive_count_max)
+            self.heartbeat.start()
+        return result
+
+    def check_alive(self):
+        if self.heartbeat is not None and self.heartbeat.dead:
+            raise HostUnreachable(f"Lost the connection to {self.label or self.host}: no answer to SSH keepalives for "
+                                  f"{self.keepalive_interval * self.keepalive_count_max} s (network down, or the host stopped).")
+
+    def run(self, command, **kwargs):
+        result = super().run(command, **kwargs)
+        self.check_alive()
+        return result
+
+
+class Heartbeat(threading.Thread):
+    """Asks the server for a reply to a keepalive request (as OpenSSH's ServerAliveInterval does)."""
+
+    def __init__(self, transport, interval, count_max):
+        super().__init__(daemon=True, name="ssh-heartbeat")
+        self.transport, self.interval, self.count_max = transport, interval, count_max
+        self.dead = False
+
+    def run(self):
+        while self.transport.is_active():
+            answered = threading.Event()
+
+            def ask(answered=answered):
+                self.transport.global_request("keepalive@openssh.com", wait=True)  # OpenSSH answers "failure": any answer counts
+                answered.set()
+
+            threading.Thread(target=ask, daemon=True).start()
+            if not answered.wait(self.interval * self.count_max):
+                if self.transport.is_active():
+                    self.dead = True
+                    self.transport.close()
+                return
+            time.sleep(self.interval)
 
 
 @dataclass
 class Target:
-    conn: Connection
-    label: str  # the inventory name, or the host string as given
-    host_string: str  # what to remember and to pass back as -H
+    conn: HostConnection
+    label: str  # the inventory name, or user@address:port
+
+    def describe(self):
+        c = self.conn
+        keys = key_files(c)
+        where = f"{c.user}@{c.host}:{c.port}"
+        text = where if self.label == where else f"{self.label} ({where})"
+        return text + (f", key {keys[0]}" if keys else "")
 
 
 def connect(c, inv):
@@ -59,29 +134,58 @@ def connect(c, inv):
     if isinstance(c, Connection):
         host = inv.find_host(c.original_host)
         if host is None:
-            return Target(pin_host_keys(c), c.original_host, f"{c.user}@{c.original_host}:{c.port}")
+            return _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
         # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
         # told apart from no user: then the inventory entry's user applies.
         explicit_user = c.user if c.user != config.user else None
-        return _target(host, config, explicit_user, c.port if c.port != 22 else None)
-    wanted = remembered_host() or inv.default_host
-    if not wanted:
+        explicit_port = c.port if c.port != 22 else None
+        return _make(inv, config, host.address, explicit_user or host.user, explicit_port or host.port,
+                     [host.key_file] if host.key_file else key_files(c), label=host.name if not (explicit_user or explicit_port) else None)
+    record = remembered_host()
+    if record is None and inv.default_host:
+        record = {"label": inv.default_host}
+    if record is None:
         raise LocalInputError(
             f"No host to act on: pass -H user@address, or set default_host in {inv.path}, "
             "or run `fab -H user@address deploy-full` once (it is remembered)."
         )
-    host = inv.find_host(wanted)
-    if host is not None:
-        return _target(host, config)
-    return Target(pin_host_keys(Connection(wanted, config=config, connect_timeout=15)), wanted, wanted)
+    if "address" not in record:  # an inventory name (or an old host string)
+        host = inv.find_host(record["label"])
+        if host is None:
+            probe = Connection(record["label"], config=config)
+            return _make(inv, config, probe.host, probe.user, probe.port, key_files(probe), label=None)
+        return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=host.name)
+    return _make(inv, config, record["address"], record.get("user"), record.get("port", 22), record.get("key_files") or [],
+                 label=record["label"])
 
 
-def _target(host, config, user=None, port=None):
-    kwargs = {"key_filename": [host.key_file]} if host.key_file else {}
-    conn = Connection(host.address, user=user or host.user, port=port or host.port, config=config,
-                      connect_kwargs=kwargs, connect_timeout=15)
-    remembered = host.name if user is None and port is None else f"{conn.user}@{host.address}:{conn.port}"
-    return Target(pin_host_keys(conn), host.name, remembered)
+def _make(inv, config, address, user, port, keys, label):
+    for key in keys:
+        check_key_file(key)
+    kwargs = {"key_filename": list(keys)} if keys else {}
+    conn = HostConnection(address, user=user, port=port, config=config, connect_kwargs=kwargs,
+                          connect_timeout=inv.ssh["connect_timeout"])
+    conn.keepalive_interval, conn.keepalive_count_max = inv.ssh["keepalive_interval"], inv.ssh["keepalive_count_max"]
+    conn.rsync_timeout = inv.ssh["rsync_timeout"]
+    where = f"{conn.user}@{conn.host}:{conn.port}"
+    conn.label = label or where
+    return Target(pin_host_keys(conn), label or where)
+
+
+def key_files(conn):
+    keys = conn.connect_kwargs.get("key_filename") or []
+    return [str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)]
+
+
+def check_key_file(path):
+    """OpenSSH (rsync's transport) refuses a private key that others can read; paramiko would not: check up front."""
+    p = Path(os.path.expanduser(path))
+    if not p.is_file():
+        raise LocalInputError(f"SSH key file {p} does not exist (from -i, hosts.<name>.key_file or the remembered host).")
+    mode = stat.S_IMODE(p.stat().st_mode)
+    if mode & 0o077:
+        raise LocalInputError(f"SSH key file {p} has mode {mode:04o}: OpenSSH, which rsync uses, refuses a private key that "
+                              f"other users can read. Run: chmod 600 {shlex.quote(str(p))}")
 
 
 def known_hosts_file():
@@ -99,12 +203,12 @@ def pin_host_keys(conn):
 
 def ssh_command(conn):
     """The OpenSSH command line that reaches `conn`, for `rsync -e`. Host keys are trusted on
-    first use and kept in the state dir's known_hosts."""
+    first use and kept in the state dir's known_hosts; keepalives as for paramiko."""
     parts = ["ssh", "-p", str(conn.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-             "-o", f"UserKnownHostsFile={known_hosts_file()}", "-o", "ConnectTimeout=15"]
-    keys = conn.connect_kwargs.get("key_filename") or []
-    for key in [keys] if isinstance(keys, str) else keys:
-        parts += ["-i", str(key)]
+             "-o", f"UserKnownHostsFile={known_hosts_file()}", "-o", f"ConnectTimeout={conn.connect_timeout}",
+             "-o", f"ServerAliveInterval={conn.keepalive_interval}", "-o", f"ServerAliveCountMax={conn.keepalive_count_max}"]
+    for key in key_files(conn):
+        parts += ["-i", key]
     return shlex.join(parts)
 
 

@@ -13,6 +13,8 @@ relative to the remote user's home.
 
 import copy
 import os
+import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,8 @@ DEFAULTS = {
     "train_config": "configs/full.yaml",
     "smoke_config": "configs/smoke.yaml",
     "tmux_session": "facenet-training",
+    "allow_cpu_training": False,
+    "ssh": {"connect_timeout": 15, "keepalive_interval": 15, "keepalive_count_max": 3, "rsync_timeout": 120},
     "tensorboard": {"session": "facenet-tensorboard", "remote_port": 6006, "local_port": 6006},
     "apt_packages": ["tmux", "rsync", "python3-venv"],
     "python": "python3",
@@ -47,6 +51,8 @@ DEFAULTS = {
     },
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str}
+SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
+
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class Inventory:
     train_config: str
     smoke_config: str
     tmux_session: str
+    allow_cpu_training: bool
+    ssh: dict
     tensorboard: dict
     apt_packages: list
     python: str
@@ -112,9 +120,18 @@ def load_inventory(path=None):
     for key in ("local_port", "remote_port"):
         if not 0 < cfg["tensorboard"][key] < 65536:
             raise InventoryError(f"Inventory key 'tensorboard.{key}' in {path} expects a port 1-65535. Received: {cfg['tensorboard'][key]}")
+    for key, value in cfg["ssh"].items():
+        if value <= 0:
+            raise InventoryError(f"Inventory key 'ssh.{key}' in {path} expects a positive number of seconds (or count). Received: {value}")
+    for key, value in (("tmux_session", cfg["tmux_session"]), ("tensorboard.session", cfg["tensorboard"]["session"])):
+        if not SESSION_NAME.fullmatch(value):
+            raise InventoryError(f"Inventory key {key!r} in {path} expects a tmux session name of letters, digits, '_' or '-' "
+                                 f"(tmux renames '.' and ':'). Received: {value!r}")
+    check_remote_paths(cfg["remote"], path)
     return Inventory(
         path=path, default_host=cfg["default_host"], hosts=hosts, remote=cfg["remote"], local_data=local_data, rsync_args=cfg["rsync_args"],
         train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
+        allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
     )
 
@@ -142,10 +159,39 @@ def _merge(base, new, prefix, path):
             if not (isinstance(value, str) and value) and not (default is None and value is None):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects a non-empty string. Received: {value!r}")
             base[key] = value
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects true or false. Received: {value!r}")
+            base[key] = value
         elif isinstance(default, int):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects an integer. Received: {value!r}")
             base[key] = value
+
+
+def _remote_norm(p):
+    """A remote path in one spelling: `~`, `~/` and relative paths are under $HOME."""
+    if p == "~" or p.startswith("~/"):
+        p = "$HOME" + p[1:]
+    elif not p.startswith("/"):
+        p = "$HOME/" + p
+    return posixpath.normpath(p)
+
+
+def check_remote_paths(remote, path):
+    """sync-code mirrors into remote.project_dir: it must be a folder of its own, never the home
+    directory, `/`, or one that holds (or sits inside) the venv, the data or the runs."""
+    project = _remote_norm(remote["project_dir"])
+    if project in ("$HOME", "/"):
+        raise InventoryError(f"Inventory key 'remote.project_dir' in {path} is {remote['project_dir']!r}: the code needs a folder "
+                             "of its own (e.g. ~/facenet-deploy), not the home directory or /.")
+    for key in ("venv", "data_dir", "runs_dir"):
+        other = _remote_norm(remote[key])
+        inside = lambda a, b: a == b or a.startswith(b.rstrip("/") + "/")  # noqa: E731
+        if inside(project, other) or inside(other, project):
+            raise InventoryError(f"Inventory key 'remote.project_dir' in {path} is {remote['project_dir']!r}, which is, holds or "
+                                 f"sits inside remote.{key} ({remote[key]!r}). The code gets a folder of its own so that no "
+                                 "code sync can touch the venv, data or runs: pick another.")
 
 
 def _host(name, spec, path):

@@ -12,13 +12,14 @@ import socket
 import time
 from pathlib import Path
 
+from invoke.exceptions import ThreadException
 from rich.console import Group
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from deploy.errors import DeployError, LocalInputError
+from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
 from deploy.sync import rsync
 from deploy.training import run_state, script
@@ -44,17 +45,39 @@ def _duration(seconds):
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def what_to_do(info):
+    """The advice under the monitor screen, from the state and the exit record's reason."""
+    reason = (info.get("exit") or {}).get("reason") or ""
+    if info["state"] == "failed" and "disk" in reason and "full" in reason:
+        return (f"The host's disk is full ({info['disk']['path']}). Free space there first (old runs, `fab fetch-results` "
+                "then delete them), then continue with `fab train --resume`: resuming on a full disk fails the same way.")
+    if info["state"] == "failed" and "SIGKILL" in reason:
+        return (f"The trainer was {reason}. If it ran out of memory, lower train.batch_size or data.max_frames "
+                "(or data.cache_in_memory: false), then `fab train --resume`. Full log: `fab logs --lines 200`.")
+    return WHAT_TO_DO.get(info["state"])
+
+
+def T(value):
+    """Remote text as plain text: a run name or a log line is never rich markup."""
+    return Text(str(value))
+
+
 def render(info, label, console):
     """The monitor screen: host, GPU, disk, run state, epoch bar, metrics, log tail, what to do."""
     state = info["state"]
     host = Table.grid(padding=(0, 2))
-    host.add_row("host", f"{label} ({info['host']})")
+    host.add_row("host", T(f"{label} ({info['host']})"))
     if info["gpus"] is None:
         host.add_row("GPU", "none (no nvidia-smi)")
     for g in info["gpus"] or []:
-        host.add_row("GPU", g.get("error") or f"{g['name']}  util {g['utilization']}%  memory {g['memory_used_mib']}/{g['memory_total_mib']} MiB")
+        host.add_row("GPU", T(g.get("error") or f"{g['name']}  util {g['utilization']}%  memory {g['memory_used_mib']}/{g['memory_total_mib']} MiB"))
     disk = info["disk"]
-    host.add_row("disk free", f"{disk['free_bytes'] / 2**30:.1f} GiB of {disk['total_bytes'] / 2**30:.1f} GiB")
+    free = T(f"{disk['free_bytes'] / 2**30:.1f} GiB of {disk['total_bytes'] / 2**30:.1f} GiB")
+    if disk.get("low"):
+        free.append(f"  LOW: a full disk fails the run; free space in {disk['path']}", style="bold red")
+    host.add_row("disk free", free)
+    if info.get("error"):
+        host.add_row("error", Text(str(info["error"]), style="red"))
     parts = [host]
     if info.get("run"):
         status = info.get("status") or {}
@@ -63,9 +86,11 @@ def render(info, label, console):
         headline = Text(state.upper(), style=STYLES.get(state, ""))
         if exit_record:
             headline.append(f"  exit code {exit_record.get('exit_code')} at {exit_record.get('ended_at')}")
+            if exit_record.get("reason"):
+                headline.append(f": {exit_record['reason']}")
         elif state == "vanished":
             headline.append(f"  tmux session {info['session']} gone, no exit record")
-        run.add_row("run", f"{info['run']}  ({info.get('run_dir')})")
+        run.add_row("run", T(f"{info['run']}  ({info.get('run_dir')})"))
         run.add_row("state", headline)
         if status.get("epochs"):
             bar = Table.grid(padding=(0, 1))
@@ -79,7 +104,7 @@ def render(info, label, console):
             run.add_row("last epoch", "   ".join(f"{k} {last[k]:.4g}" for k in keys))
         if status.get("best"):
             best = status["best"]
-            run.add_row("best", f"{best['metric']} {best['value']:.4f} at epoch {best['epoch']}")
+            run.add_row("best", T(f"{best['metric']} {best['value']:.4f} at epoch {best['epoch']}"))
         if info.get("metrics"):
             m = info["metrics"]
             run.add_row("final", f"accuracy {m['accuracy']:.3f}   UAR {m['uar']:.3f}   macro F1 {m['macro_f1']:.3f}")
@@ -88,9 +113,10 @@ def render(info, label, console):
         parts += [Text(""), run]
         if info.get("log_tail"):
             parts += [Text(""), Text(f"last lines of {info.get('log')}", style="dim"), Text("\n".join(info["log_tail"]))]
-    console.print(Panel(Group(*parts), title=f"facenet-deploy monitor: {state}", title_align="left", border_style=STYLES.get(state, "")))
-    if state in WHAT_TO_DO:  # outside the panel, so the commands copy cleanly
-        console.print(Text(WHAT_TO_DO[state], style=STYLES.get(state, "")))
+    console.print(Panel(Group(*parts), title=Text(f"facenet-deploy monitor: {state}"), title_align="left", border_style=STYLES.get(state, "")))
+    advice = what_to_do(info)
+    if advice:  # outside the panel, so the commands copy cleanly
+        console.print(Text(advice, style=STYLES.get(state, "")))
 
 
 def follow(conn, inv, info):
@@ -123,7 +149,10 @@ def fetch_results(target, inv, run, dest, say):
     """rsync RUNS_DIR/<run>/ (without backup/) to DEST/<host>/<run>/; returns (local dir, info)."""
     conn = target.conn
     info = _run_info(conn, inv, run)
-    local = Path(dest) / _safe(target.label) / info["run"]
+    root = Path(dest).resolve()
+    local = (root / _safe(target.label) / info["run"]).resolve()
+    if not local.is_relative_to(root) or local == root:  # names from the host are checked already; this is the last word
+        raise DeployError(f"Refusing to write the run {info['run']!r} outside {root}.")
     local.mkdir(parents=True, exist_ok=True)
     n, _ = rsync(conn, ["--exclude=/backup/", "--exclude=.*.tmp", rsync_target(conn, rjoin(inv.remote["runs_dir"], info["run"])) + "/",
                         f"{local}/"])
@@ -132,7 +161,8 @@ def fetch_results(target, inv, run, dest, say):
 
 
 def _safe(name):
-    return "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in name)
+    safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in name)
+    return "_" + safe if safe.startswith(".") else safe
 
 
 def read_metrics(local):
@@ -169,12 +199,19 @@ def tunnel(conn, inv, local_port, say):
                               f"Pick another: fab tensorboard-tunnel --local-port {free or local_port + 1}")
     start_tensorboard(conn, inv, say)
     remote_port = int(inv.tensorboard["remote_port"])
-    with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
-        say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
-        try:
-            while True:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+    try:
+        with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
+            say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
+            try:
+                while conn.transport.is_active():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+    except ThreadException as e:  # a browser connection that broke inside the tunnel: one line, not a traceback
+        if conn.transport.is_active():
+            say(f"The tunnel closed with an error: {'; '.join(str(w.value) for w in e.exceptions)[:300]}", "yellow")
+    conn.check_alive()
+    if not conn.transport.is_active():
+        raise HostUnreachable(f"Lost the connection to {conn.label}: the tunnel is closed. Run `fab tensorboard-tunnel` again when the host answers.")
     say("Tunnel closed. TensorBoard keeps running on the host (tmux session "
         f"{inv.tensorboard['session']}); `fab tensorboard-tunnel` reconnects.")

@@ -19,42 +19,47 @@ from deploy.hosts import rjoin, rq
 MARKER = ".facenet-requirements"
 
 
-def survey(conn, inv):
-    """One round trip: {missing: [...], gpus: [...], venv: bool, marker: str, no_dpkg: bool}."""
-    venv = inv.remote["venv"]
-    packages = " ".join(shlex.quote(p) for p in inv.apt_packages)
-    script = f"""
-if command -v dpkg-query >/dev/null; then
-  for p in {packages}; do
-    dpkg-query -W -f='${{Status}}\\n' "$p" 2>/dev/null | grep -q 'ok installed' || echo "missing $p"
-  done
-else
-  echo no-dpkg
-fi
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu /'
-fi
-test -x {rq(rjoin(venv, 'bin/python'))} && echo venv
-cat {rq(rjoin(venv, MARKER))} 2>/dev/null | sed 's/^/marker /'
-true
+SURVEY = r"""
+import json, os, shutil, subprocess, sys
+packages, venv, marker = json.loads(sys.argv[1]), os.path.expanduser(sys.argv[2]), sys.argv[3]
+def run(*cmd):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stdout, p.stderr
+    except (OSError, subprocess.SubprocessError) as e:
+        return -1, "", str(e)
+found = {"uid": os.getuid(), "dpkg": bool(shutil.which("dpkg-query")), "missing": [], "nvidia_smi": None,
+         "venv_python": os.access(os.path.join(venv, "bin", "python"), os.X_OK), "venv_pip": False, "marker": ""}
+if found["dpkg"]:
+    for p in packages:
+        code, out, _ = run("dpkg-query", "-W", "-f=${Status}", p)
+        if code != 0 or "ok installed" not in out:
+            found["missing"].append(p)
+if shutil.which("nvidia-smi"):
+    code, out, err = run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
+    rows = [line.strip() for line in out.splitlines() if line.strip()]
+    ok = code == 0 and rows and all(line.count(",") == 2 for line in rows)
+    found["nvidia_smi"] = {"gpus": rows if ok else [], "error": None if ok else (err.strip() or out.strip() or f"exit {code}")[-600:]}
+if found["venv_python"]:
+    found["venv_pip"] = run(os.path.join(venv, "bin", "python"), "-m", "pip", "--version")[0] == 0
+try:
+    with open(os.path.join(venv, marker)) as f:
+        found["marker"] = f.read().strip()
+except OSError:
+    pass
+print(json.dumps(found))
 """
-    out = conn.run(script, hide=True, warn=True, in_stream=False)
-    if out.failed:
-        raise DeployError(f"Could not survey the host: {out.stderr.strip() or out.stdout.strip()}")
-    found = {"missing": [], "gpus": [], "venv": False, "marker": "", "no_dpkg": False}
-    for line in out.stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word == "missing":
-            found["missing"].append(rest)
-        elif word == "gpu":
-            found["gpus"].append(rest.strip())
-        elif word == "venv":
-            found["venv"] = True
-        elif word == "marker":
-            found["marker"] = rest.strip()
-        elif word == "no-dpkg":
-            found["no_dpkg"] = True
-    return found
+
+
+def survey(conn, inv):
+    """One round trip, one JSON answer: {uid, dpkg, missing, nvidia_smi: None | {gpus, error}, venv_python, venv_pip, marker}."""
+    args = " ".join(shlex.quote(a) for a in (json.dumps(inv.apt_packages), inv.remote["venv"], MARKER))
+    out = conn.run(f"python3 -c {shlex.quote(SURVEY)} {args}", hide=True, warn=True, in_stream=False)
+    try:
+        return json.loads(out.stdout)
+    except ValueError:
+        raise DeployError(f"Could not survey the host (it needs python3, as every Ubuntu has; exit {out.exited}): "
+                          f"{(out.stderr or out.stdout).strip()[-600:]}") from None
 
 
 def requirements(inv, gpu_count):
@@ -67,11 +72,15 @@ def marker_for(inv, gpu_count):
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+APT_LOCK_WAIT_S = 600  # a fresh Ubuntu runs unattended-upgrades at boot, holding dpkg's lock for minutes
+
+
 def install_packages(conn, packages, as_root, say):
     sudo = "" if as_root else "sudo -n "
     names = " ".join(shlex.quote(p) for p in packages)
-    say(f"Installing apt packages: {' '.join(packages)}")
-    cmd = f"{sudo}env DEBIAN_FRONTEND=noninteractive apt-get update -qq && {sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {names}"
+    say(f"Installing apt packages: {' '.join(packages)} (waits up to {APT_LOCK_WAIT_S} s for another apt to finish)")
+    apt = f"{sudo}env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"
+    cmd = f"{apt} update -qq && {apt} install -y -qq {names}"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         hint = "" if as_root else " (this needs root or passwordless sudo)"
@@ -79,55 +88,82 @@ def install_packages(conn, packages, as_root, say):
                           f"Install them on the host yourself: sudo apt-get install {' '.join(packages)}")
 
 
+def gpu_report(found, inv, say):
+    """The GPUs nvidia-smi lists; a broken nvidia-smi fails unless the inventory allows CPU training."""
+    smi = found["nvidia_smi"]
+    if smi is None:
+        say("GPU: none (no nvidia-smi; training will run on the CPU)")
+        return []
+    if smi["error"]:
+        if not inv.allow_cpu_training:
+            raise DeployError(f"nvidia-smi is installed but fails: {smi['error']}\nThis host should have a GPU, and training would "
+                              "silently run on the CPU. Fix the NVIDIA driver (a reboot after a kernel update often helps), or set "
+                              f"allow_cpu_training: true in {inv.path} if CPU training is intended.")
+        say(f"warning: nvidia-smi fails ({smi['error'][:300]}); training on the CPU (allow_cpu_training is true)", "yellow")
+        return []
+    say("GPU: " + "; ".join(smi["gpus"]))
+    return smi["gpus"]
+
+
 def provision(conn, inv, say):
     """Bring the host to the state the inventory describes; returns a dict of what it found and did."""
     found = survey(conn, inv)
-    gpu_lines = [g for g in found["gpus"] if g.count(",") == 2]
-    if found["gpus"] and not gpu_lines:
-        say(f"[yellow]nvidia-smi is installed but reports no GPU[/]: {'; '.join(found['gpus'])[:300]}")
-    say("GPU: " + ("; ".join(gpu_lines) if gpu_lines else "none (training will run on the CPU)"))
-    done = {"gpus": gpu_lines, "installed_packages": [], "venv_created": False, "pip_installed": False}
-    if found["no_dpkg"]:
-        say(f"[yellow]No dpkg on the host: not checking apt packages; make sure {', '.join(inv.apt_packages)} are installed.[/]")
+    gpu_lines = gpu_report(found, inv, say)
+    done = {"gpus": gpu_lines, "installed_packages": [], "venv_created": False, "pip_repaired": False, "pip_installed": False}
+    if not found["dpkg"]:
+        say(f"warning: no dpkg on the host: not checking apt packages; make sure {', '.join(inv.apt_packages)} are installed.", "yellow")
     elif found["missing"]:
-        as_root = conn.run("id -u", hide=True, in_stream=False).stdout.strip() == "0"
-        install_packages(conn, found["missing"], as_root, say)
+        install_packages(conn, found["missing"], found["uid"] == 0, say)
         done["installed_packages"] = found["missing"]
     else:
         say(f"apt packages present: {', '.join(inv.apt_packages)}")
 
     venv = inv.remote["venv"]
+    python = rq(rjoin(venv, "bin/python"))
     want = marker_for(inv, len(gpu_lines))
-    if found["venv"] and found["marker"] == want:
+    if found["venv_python"] and found["venv_pip"] and found["marker"] == want:
         say(f"venv {venv} up to date (requirements unchanged)")
         return done
-    if not found["venv"]:
+    if not found["venv_python"]:
         say(f"Creating venv {venv}")
         out = conn.run(f"{shlex.quote(inv.python)} -m venv {rq(venv)}", hide=True, warn=True, in_stream=False)
         if out.failed:
             raise DeployError(f"Creating the venv {venv} with {inv.python} failed: {(out.stderr or out.stdout).strip()[-600:]}\n"
                               "On Ubuntu, python3-venv provides it (it is in apt_packages by default).")
         done["venv_created"] = True
+    elif not found["venv_pip"]:  # e.g. left by a `python3 -m venv` that failed for want of python3-venv
+        say(f"The venv {venv} has no pip: repairing it (ensurepip)", "yellow")
+        out = conn.run(f"{python} -m ensurepip --upgrade", hide=True, warn=True, in_stream=False)
+        if out.failed:
+            raise DeployError(f"The venv {venv} has no pip and ensurepip failed: {(out.stderr or out.stdout).strip()[-600:]}\n"
+                              f"Remove it on the host (rm -r {venv}) and run `fab provision` again.")
+        done["pip_repaired"] = True
     reqs = requirements(inv, len(gpu_lines))
     say(f"Installing {'GPU' if gpu_lines else 'CPU'} requirements into {venv}: {', '.join(reqs)}")
-    pip = rq(rjoin(venv, "bin/python")) + " -m pip install --disable-pip-version-check --progress-bar off"
+    pip = f"{python} -m pip install --disable-pip-version-check --progress-bar off"
     args = " ".join(shlex.quote(a) for a in [*inv.pip["extra_args"], *reqs])
     # Shown as it runs: the CUDA build of TensorFlow is gigabytes, and a silent step looks hung.
     out = conn.run(f"{pip} {args}", hide=False, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"pip install failed on the host:\n{(out.stdout + out.stderr).strip()[-1500:]}")
     done["pip_installed"] = True
-    check_tensorflow_gpus(conn, venv, len(gpu_lines), say)
+    check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
     conn.run(f"printf '%s\\n' {want} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
     return done
 
 
-def check_tensorflow_gpus(conn, venv, expected, say):
-    probe = "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"
-    out = conn.run(f"TF_CPP_MIN_LOG_LEVEL=2 {rq(rjoin(venv, 'bin/python'))} -c {shlex.quote(probe)}", hide=True, warn=True, in_stream=False)
-    if out.failed:
-        raise DeployError(f"TensorFlow does not import in {venv}:\n{out.stderr.strip()[-1200:]}")
-    seen = int(out.stdout.strip().splitlines()[-1])
+GPU_PROBE = ("import json, sys, tensorflow as tf; "
+             "json.dump({'gpus': len(tf.config.list_physical_devices('GPU'))}, open(sys.argv[1], 'w'))")
+
+
+def check_tensorflow_gpus(conn, inv, expected, say):
+    """TensorFlow in the venv sees as many GPUs as nvidia-smi; its answer comes back as a JSON file."""
+    venv = inv.remote["venv"]
+    out, result = run_with_result(conn, inv, "gpu-probe",
+                                  f"{rq(rjoin(venv, 'bin/python'))} -c {shlex.quote(GPU_PROBE)}")
+    if result is None:
+        raise DeployError(f"TensorFlow does not import in {venv} (exit {out.exited}):\n{out.stderr.strip()[-1200:]}")
+    seen = result["gpus"]
     if seen != expected:
         raise DeployError(
             f"nvidia-smi reports {expected} GPU(s) but TensorFlow sees {seen}. Training would run on the CPU. "
@@ -137,3 +173,18 @@ def check_tensorflow_gpus(conn, venv, expected, say):
             f"TensorFlow said:\n{out.stderr.strip()[-800:]}"
         )
     say(f"TensorFlow sees {seen} GPU(s), as nvidia-smi does")
+
+
+def run_with_result(conn, inv, name, command):
+    """Run `command RESULT_FILE` on the host; returns (the run's Result, the JSON it wrote or None).
+
+    Remote steps report through this file, never through their output: TensorFlow writes
+    different lines to stderr on different machines."""
+    path = rjoin(inv.remote["runs_dir"], ".results", f"{name}.json")
+    folder = rjoin(inv.remote["runs_dir"], ".results")
+    out = conn.run(f"mkdir -p {rq(folder)} && rm -f {rq(path)} && {command} {rq(path)}", hide=True, warn=True, in_stream=False)
+    got = conn.run(f"cat {rq(path)}", hide=True, warn=True, in_stream=False)
+    try:
+        return out, json.loads(got.stdout) if got.ok else None
+    except ValueError:
+        return out, None

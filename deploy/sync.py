@@ -14,18 +14,20 @@ import shlex
 import subprocess
 import sys
 
-from deploy.errors import DeployError, LocalInputError
+from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
 from trainer.run import code_version  # .code-version stamp or git describe: the same string the trainer records
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
+RSYNC_CONNECTION_CODES = {12: "the connection closed mid-transfer", 30: "timed out sending or receiving data",
+                          35: "timed out waiting for the host", 255: "SSH failed"}
 
 
 def rsync(conn, args, show_progress=False):
     """Run rsync over `conn`'s SSH settings; returns (regular files transferred, bytes sent as rsync writes it)."""
-    cmd = ["rsync", "-a", "--protect-args", "--stats", "-e", ssh_command(conn), *args]
+    cmd = ["rsync", "-a", "--protect-args", "--stats", f"--timeout={conn.rsync_timeout}", "-e", ssh_command(conn), *args]
     if show_progress:
         cmd.insert(1, "--info=progress2")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -46,6 +48,9 @@ def rsync(conn, args, show_progress=False):
         raise DeployError("Interrupted. Run the same command again: rsync resumes where it stopped.") from None
     if live:
         sys.stdout.write("\n")
+    if code in RSYNC_CONNECTION_CODES:
+        raise HostUnreachable(f"rsync lost the host ({RSYNC_CONNECTION_CODES[code]}, exit {code}): {err.strip()[-600:]}\n"
+                              "Run the same command again when the host answers: rsync resumes where it stopped.")
     if code != 0:
         raise DeployError(f"rsync exited with code {code}: {err.strip()[-1200:]}")
     transferred = next((int(m.group(1).replace(",", "")) for s in stats
@@ -55,11 +60,15 @@ def rsync(conn, args, show_progress=False):
 
 
 def sync_code(target, inv, say):
-    """Mirror the code the host runs into remote.project_dir; stale files there are deleted."""
+    """Mirror the code the host runs into remote.project_dir; stale files inside the code folders are deleted.
+
+    Only trainer/, remote_scripts/, configs/ and the setup files are touched: without
+    --delete-excluded, rsync never deletes what the filters exclude, so anything else that
+    lives in project_dir (data, runs, a venv, .ssh) stays as it is."""
     conn, project = target.conn, inv.remote["project_dir"]
-    filters = ["--filter=P __pycache__/", "--exclude=__pycache__/", "--exclude=*.pyc", "--filter=P /.code-version", "--filter=P /.deploy.env"]
+    filters = ["--filter=P __pycache__/", "--exclude=__pycache__/", "--exclude=*.pyc"]
     filters += [f"--include=/{p}***" if p.endswith("/") else f"--include=/{p}" for p in CODE_PATHS]
-    filters += ["--exclude=*", "--delete", "--delete-excluded", "--checksum"]
+    filters += ["--exclude=*", "--delete", "--checksum"]
     conn.run(f"mkdir -p {rq(project)}", hide=True, in_stream=False)
     n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
@@ -78,13 +87,20 @@ def local_tree(path):
     for root, dirs, names in os.walk(path, followlinks=True):
         dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
         for name in names:
+            file = os.path.join(root, name)
+            try:
+                size += os.path.getsize(file)
+            except OSError as e:
+                target = f" (a link to {os.readlink(file)}, which does not exist)" if os.path.islink(file) else ""
+                raise LocalInputError(f"Cannot read {file}{target} in local data directory {path}: {e.strerror}. "
+                                      "Fix or remove it; nothing was uploaded.") from None
             files += 1
-            size += os.path.getsize(os.path.join(root, name))
     return files, size
 
 
 def check_local_data(inv):
-    """Every configured data dir exists and holds at least one *.npz; LocalInputError otherwise."""
+    """Every configured data dir exists, holds at least one *.npz and no broken link; LocalInputError
+    otherwise. Returns {dir: (files, bytes)}."""
     if not inv.local_data:
         raise LocalInputError(f"No data to upload: 'local_data' in {inv.path} lists no directory. "
                               "Add the folders that hold your FaceNet *.npz files.")
@@ -93,6 +109,7 @@ def check_local_data(inv):
             raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) does not exist. Nothing was uploaded.")
         if next(d.rglob("*.npz"), None) is None:
             raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) holds no *.npz files. Nothing was uploaded.")
+    return {d: local_tree(d) for d in inv.local_data}
 
 
 def remote_data_dirs(inv):
@@ -101,9 +118,8 @@ def remote_data_dirs(inv):
 
 def sync_data(target, inv, say):
     """Upload each local data dir to remote.data_dir/<name>/ (a mirror), then verify counts and bytes."""
-    check_local_data(inv)
+    local = check_local_data(inv)
     conn = target.conn
-    local = {d: local_tree(d) for d in inv.local_data}
     for d, (files, size) in local.items():
         say(f"{d}: {files} files, {size / 1e6:.1f} MB")
     conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)

@@ -1,10 +1,12 @@
 """The Fabric tasks: thin wrappers over deploy.{provision,sync,training,observe}.
 
 Each docstring is the task's `fab --help TASK` text. Without -H a task acts on the host of
-the last successful deploy-full, else the inventory's default_host.
+the last successful deploy-full, else the inventory's default_host. `host_task` gives every
+task its inventory, its host (named in the first line it prints), its error handling and,
+for tasks that change the host, the host's lock and the refusal to work under a training.
 """
 
-import contextlib
+import functools
 import socket
 import time
 
@@ -13,156 +15,147 @@ from invoke.exceptions import Exit
 from paramiko import BadHostKeyException, SSHException
 from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
+from rich.text import Text
 
-from deploy import observe, sync, training
+from deploy import lock, observe, sync, training
 from deploy import provision as prov
-from deploy.errors import DeployError, LocalInputError
+from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, known_hosts_file, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
 
 console = Console(highlight=False, soft_wrap=True)
 
 
-def say(message):
-    """Print a line from the deploy modules as it is (no rich markup: paths and remote output may hold brackets)."""
-    console.print(message, markup=False)
+def say(message, style=None):
+    """Print a line as plain text (paths and remote output may hold brackets: never markup)."""
+    console.print(Text(str(message), style=style or ""))
 
 
-@contextlib.contextmanager
-def loud():
-    """DeployError -> its message on stderr and its exit code (see deploy.errors); SSH failures likewise."""
-    try:
-        yield
-    except DeployError as e:
-        raise Exit(f"error: {e}", code=e.exit_code) from None
-    except BadHostKeyException as e:
-        raise Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
-                   "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
-                   "the connection.", code=1) from None
-    except (SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror) as e:
-        raise Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {e}\n"
-                   "Check the address, port, user and key (-H, -i, or hosts: in the inventory), and that the host is up.", code=1) from None
+class Host:
+    """What a task body gets: the inventory, the target and its connection."""
+
+    def __init__(self, inv, target):
+        self.inv, self.target, self.conn = inv, target, target.conn
 
 
-def _setup(c):
-    inv = load_inventory()
-    return inv, connect(c, inv)
+def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs):
+    """Fabric's `task`, plus: inventory, host and its first line, errors as exit codes (deploy.errors),
+    and for `changes_host` tasks the host lock and the --restart rule (refuse under a training).
+
+    The body is `body(h: Host, ...)`; a `restart` keyword, when the task has one, stops a running
+    training first. `before_connect(inv, **kwargs)` runs local checks before anything reaches the host."""
+    def decorate(body):
+        task_name = name or body.__name__.replace("_", "-")
+
+        @functools.wraps(body)
+        def run(c, *args, **kwargs):
+            try:
+                inv = load_inventory()
+                target = connect(c, inv)
+                say(f"host: {target.describe()}", "dim")
+                if before_connect:
+                    before_connect(inv, **kwargs)
+                h = Host(inv, target)
+                if not changes_host:
+                    return body(h, *args, **kwargs)
+                with lock.host_lock(h.conn, inv, task_name):
+                    training.refuse_while_training(h.conn, inv, say, task_name, kwargs.get("restart", False))
+                    return body(h, *args, **kwargs)
+            except Exit:
+                raise
+            except BaseException as e:
+                raise as_exit(e) from None
+
+        return task(name=task_name, **task_kwargs)(run)
+    return decorate
 
 
-@task
-def provision(c):
+def as_exit(e):
+    """An exception as the one line and exit code the user sees (see deploy.errors)."""
+    if isinstance(e, DeployError):
+        return Exit(f"error: {e}", code=e.exit_code)
+    if isinstance(e, BadHostKeyException):
+        return Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
+                    "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
+                    "the connection.", code=1)
+    if isinstance(e, (SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError)):
+        return Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {e}\n"
+                    "Check the address, port, user and key (-H, -i, or hosts: in the inventory), and that the host is up.",
+                    code=HostUnreachable.exit_code)
+    if isinstance(e, KeyboardInterrupt):
+        return Exit("Interrupted.", code=130)
+    raise e
+
+
+RESTART = {"restart": "stop the running training first (else the task refuses to change what it uses)"}
+
+
+@host_task(changes_host=True, help=RESTART)
+def provision(h, restart=False):
     """Install missing apt packages, report the GPU, create the venv, install pinned requirements.
 
     Idempotent: a second run only checks (one SSH command) unless the requirements or the GPU
-    count changed. Uses non-interactive sudo when not root. Fails if TensorFlow sees fewer
-    GPUs than nvidia-smi, and says why that usually happens.
+    count changed. Uses non-interactive sudo when not root. Fails if nvidia-smi is broken (unless
+    allow_cpu_training) or if TensorFlow sees fewer GPUs than nvidia-smi, and says why.
     """
-    with loud():
-        inv, target = _setup(c)
-        prov.provision(target.conn, inv, say)
+    prov.provision(h.conn, h.inv, say)
 
 
-@task(name="sync-code")
-def sync_code(c):
-    """Rsync trainer/, remote_scripts/, configs/ and the setup files to remote.project_dir (only changes; stale files deleted)."""
-    with loud():
-        inv, target = _setup(c)
-        sync.sync_code(target, inv, say)
+@host_task(name="sync-code", changes_host=True, help=RESTART)
+def sync_code(h, restart=False):
+    """Rsync trainer/, remote_scripts/, configs/ and the setup files to remote.project_dir.
+
+    Only changes travel; stale files inside those code folders are deleted, nothing else there is touched.
+    """
+    sync.sync_code(h.target, h.inv, say)
 
 
-@task(name="sync-data")
-def sync_data(c):
+def _local_data(inv, **_):
+    sync.check_local_data(inv)
+
+
+@host_task(name="sync-data", changes_host=True, before_connect=_local_data, help=RESTART)
+def sync_data(h, restart=False):
     """Rsync the inventory's local_data dirs to remote.data_dir/<name>/ with progress, then verify files and bytes.
 
     A missing or empty local directory stops before anything is uploaded. An interrupted
     upload resumes where it stopped when run again.
     """
-    with loud():
-        inv, target = _setup(c)
-        sync.sync_data(target, inv, say)
+    sync.sync_data(h.target, h.inv, say)
 
 
-@task
-def preflight(c):
+@host_task()
+def preflight(h):
     """Validate the host's copy of the data (`python -m trainer validate`); stop with its summary if it would not train."""
-    with loud():
-        inv, target = _setup(c)
-        training.preflight(target.conn, inv, say)
+    training.preflight(h.conn, h.inv, say)
 
 
-@task(name="smoke-test")
-def smoke_test(c):
-    """Run `python -m trainer smoke` on the host (a few clips, 2 epochs, reload, predict); stop and show its output if it fails."""
-    with loud():
-        inv, target = _setup(c)
-        training.smoke_test(target.conn, inv, say)
+@host_task(name="smoke-test", changes_host=True, help=RESTART)
+def smoke_test(h, restart=False):
+    """Run `python -m trainer smoke` on the host (a few clips, 2 epochs, reload, predict); stop and say why if it fails."""
+    training.smoke_test(h.conn, h.inv, say)
 
 
-@task(help={"resume": "continue the last run from its backup", "restart": "stop the running training and start a new one",
-            "run_name": "name of the new run (default: a timestamp)"})
-def train(c, resume=False, restart=False, run_name=None):
+def _run_name(inv, run_name=None, **_):
+    if run_name is not None:
+        training.valid_run_name(run_name)
+
+
+@host_task(changes_host=True, before_connect=_run_name,
+           help={"resume": "continue the last run from its backup", "restart": "stop the running training and start a new one",
+                 "run_name": "name of the new run (default: a timestamp); letters, digits, '.', '_', '-'"})
+def train(h, resume=False, restart=False, run_name=None):
     """Launch full training in a detached tmux session (remote_scripts/launch_training.sh).
 
     Refuses while a training runs: --restart replaces it, --resume continues the last run.
     The trainer's output goes to RUN_DIR/train.log; its exit code and end time to RUN_DIR/exit.json.
     """
-    with loud():
-        inv, target = _setup(c)
-        training.launch(target.conn, inv, say, resume=resume, restart=restart, run_name=run_name)
+    training.launch(h.conn, h.inv, say, resume=resume, run_name=run_name)
 
 
-@task(name="deploy-full", help={"run_name": "name of the training run (default: a timestamp)",
-                                 "restart": "stop a running training first (else deploy-full refuses to touch its data)"})
-def deploy_full(c, run_name=None, restart=False):
-    """Provision, sync-code, sync-data, preflight, smoke-test, train: in that order, stopping at the first failure.
-
-    Prints a line per step with its duration, and at the end the run's name and the commands
-    to watch it. The host is remembered, so later tasks need no -H.
-    """
-    with loud():
-        inv, target = _setup(c)
-        check_local(inv)
-        conn = target.conn
-        console.rule(f"deploy-full to {target.label}")
-        if training.session_alive(conn, inv.tmux_session):  # before sync-data rewrites the data it reads
-            if not restart:
-                raise DeployError(f"A training is running on {target.label} (tmux session {inv.tmux_session}); deploying now "
-                                  "would change its code and data under it. `fab monitor` to watch it, `fab stop` to end it, "
-                                  "or `fab deploy-full --restart` to stop it first.")
-            training.stop(conn, inv, say)
-        say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")
-        say(f"training config: {inv.train_config}; runs: {inv.remote['runs_dir']}; tmux session: {inv.tmux_session}")
-        run = {}
-        steps = [
-            ("provision", lambda: prov.provision(conn, inv, say)),
-            ("sync-code", lambda: sync.sync_code(target, inv, say)),
-            ("sync-data", lambda: sync.sync_data(target, inv, say)),
-            ("preflight", lambda: training.preflight(conn, inv, say)),
-            ("smoke-test", lambda: training.smoke_test(conn, inv, say)),
-            ("train", lambda: run.update(name=training.launch(conn, inv, say, run_name=run_name))),
-        ]
-        total = time.monotonic()
-        for i, (name, step) in enumerate(steps, 1):
-            console.print(f"[bold]\\[{i}/{len(steps)}] {name}[/]")
-            t0 = time.monotonic()
-            try:
-                step()
-            except DeployError as e:
-                console.print(f"[bold red]✗ {name} failed[/] after {time.monotonic() - t0:.1f} s")
-                e.args = (f"deploy-full stopped at step {name}: {e}\nFix this, then run `fab deploy-full` again "
-                          "(the steps before it are quick when nothing changed).",)
-                raise
-            console.print(f"[green]✓ {name}[/] {time.monotonic() - t0:.1f} s")
-        remember_host(target.host_string)
-        console.rule(f"deployed in {time.monotonic() - total:.0f} s")
-        say(f"Run {run['name']} is training on {target.label}. Next:")
-        say("  fab monitor              # state, epoch, metrics, GPU, last log lines (--follow to tail)")
-        say("  fab tensorboard-tunnel   # TensorBoard at http://localhost:6006")
-        say("  fab fetch-results        # when it is done: best model, metrics, logs")
-
-
-def check_local(inv):
-    """Before touching the host: data dirs exist and hold *.npz, configs exist in the repo."""
+def _deploy_checks(inv, run_name=None, **_):
+    """Before touching the host: data dirs exist and hold *.npz, configs exist in the repo, the run name is valid."""
+    _run_name(inv, run_name)
     sync.check_local_data(inv)
     for key in ("train_config", "smoke_config"):
         path = getattr(inv, key)
@@ -171,49 +164,96 @@ def check_local(inv):
                                   "(the code sync uploads configs/ from there).")
 
 
-@task(help={"follow": "stream the log until the run ends or Ctrl-C, then show the final state",
-            "run": "a run other than the current one"})
-def monitor(c, follow=False, run=None):
+DEPLOY_STEPS = [  # (name, step(h, run)): each also a task of its own
+    ("provision", lambda h, run: prov.provision(h.conn, h.inv, say)),
+    ("sync-code", lambda h, run: sync.sync_code(h.target, h.inv, say)),
+    ("sync-data", lambda h, run: sync.sync_data(h.target, h.inv, say)),
+    ("preflight", lambda h, run: training.preflight(h.conn, h.inv, say)),
+    ("smoke-test", lambda h, run: training.smoke_test(h.conn, h.inv, say)),
+    ("train", lambda h, run: run.update(name=training.launch(h.conn, h.inv, say, run_name=run.get("name")))),
+]
+
+
+@host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks,
+           help={"run_name": "name of the training run (default: a timestamp)",
+                 "restart": "stop a running training first (else deploy-full refuses to touch its data)"})
+def deploy_full(h, run_name=None, restart=False):
+    """Provision, sync-code, sync-data, preflight, smoke-test, train: in that order, stopping at the first failure.
+
+    Prints a line per step with its duration, and at the end the run's name and the commands
+    to watch it. The host (user, address, port, key file) is remembered, so later tasks need no flags.
+    """
+    inv = h.inv
+    console.rule(f"deploy-full to {h.target.label}")
+    if run_name:
+        training.refuse_new_run_name(h.conn, inv, run_name)  # now, not after the smoke test
+    say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")
+    say(f"training config: {inv.train_config}; runs: {inv.remote['runs_dir']}; tmux session: {inv.tmux_session}")
+    run = {"name": run_name}
+    total = time.monotonic()
+    for i, (name, step) in enumerate(DEPLOY_STEPS, 1):
+        console.print(Text(f"[{i}/{len(DEPLOY_STEPS)}] {name}", style="bold"))
+        t0 = time.monotonic()
+        try:
+            step(h, run)
+        except DeployError as e:
+            console.print(Text(f"✗ {name} failed", style="bold red") + Text(f" after {time.monotonic() - t0:.1f} s"))
+            e.args = (f"deploy-full stopped at step {name}: {e}\nFix this, then run `fab deploy-full` again "
+                      "(the steps before it are quick when nothing changed).",)
+            raise
+        console.print(Text(f"✓ {name}", style="green") + Text(f" {time.monotonic() - t0:.1f} s"))
+    remember_host(h.target)
+    console.rule(f"deployed in {time.monotonic() - total:.0f} s")
+    say(f"Run {run['name']} is training on {h.target.label}. Next:")
+    say("  fab monitor              # state, epoch, metrics, GPU, last log lines (--follow to tail)")
+    say("  fab tensorboard-tunnel   # TensorBoard at http://localhost:6006")
+    say("  fab fetch-results        # when it is done: best model, metrics, logs")
+
+
+@host_task(help={"follow": "stream the log until the run ends or Ctrl-C, then show the final state",
+                 "run": "a run other than the current one"})
+def monitor(h, follow=False, run=None):
     """One screen: host, GPU, the run's state, epoch progress with ETA, metrics, disk, last log lines.
 
     Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished (tmux session gone without
-    an exit record), 5 no run; scripts can poll it.
+    an exit record), 5 no run, 6 host unreachable; scripts can poll it.
     """
-    with loud():
-        inv, target = _setup(c)
-        info = training.run_state(target.conn, inv, run=run)
-        if follow and info["state"] in ("starting", "running"):
-            observe.follow(target.conn, inv, info)
-            info = training.run_state(target.conn, inv, run=run)
-        observe.render(info, target.label, console)
-        code = info["exit_code"]
-    if code:
-        raise Exit(code=code)
+    info = training.run_state(h.conn, h.inv, run=run)
+    if follow and info["state"] in ("starting", "running"):
+        observe.follow(h.conn, h.inv, info)
+        info = training.run_state(h.conn, h.inv, run=run)
+    observe.render(info, h.target.label, console)
+    if info["exit_code"]:
+        raise Exit(code=info["exit_code"])
 
 
-@task(help={"lines": "how many lines", "run": "a run other than the current one"})
-def logs(c, lines=50, run=None):
+@host_task(help={"lines": "how many lines", "run": "a run other than the current one"})
+def logs(h, lines=50, run=None):
     """Print the last lines of the current run's train.log."""
-    with loud():
-        inv, target = _setup(c)
-        info, text = observe.tail_log(target.conn, inv, run, lines)
-        console.rule(f"{info['run_dir']}/train.log ({info['state']})")
-        console.out(text, end="", highlight=False)
+    info, text = observe.tail_log(h.conn, h.inv, run, lines)
+    console.rule(Text(f"{info['run_dir']}/train.log ({info['state']})"))
+    console.out(text, end="", highlight=False)
 
 
-@task(help={"wait": "seconds to let the current epoch finish before stopping at once"})
-def stop(c, wait=120):
+@host_task(help={"wait": "seconds to let the current epoch finish before stopping the training's processes at once"})
+def stop(h, wait=120):
     """Stop the training gracefully (it saves its backup and records `stopped`), then remove its tmux session.
 
-    A second stop is harmless. Continue later with `fab train --resume`.
+    After --wait seconds its whole process group is stopped at once (SIGTERM, then SIGKILL); exit 1
+    if any of its processes survives. A second stop is harmless. Continue with `fab train --resume`.
     """
-    with loud():
-        inv, target = _setup(c)
-        training.stop(target.conn, inv, say, wait=wait)
+    training.stop(h.conn, h.inv, say, wait=wait)
 
 
-@task(name="fetch-results", help={"run": "a run other than the current one", "dest": "local folder (default: results)"})
-def fetch_results(c, run=None, dest="results"):
+@host_task()
+def unlock(h):
+    """Remove the host's lock left by a task that died (the lock names its task, user and start time)."""
+    holder = lock.unlock(h.conn, h.inv)
+    say(f"Removed the lock of {lock.describe(holder)}." if holder is not None else "The host was not locked.")
+
+
+@host_task(name="fetch-results", help={"run": "a run other than the current one", "dest": "local folder (default: results)"})
+def fetch_results(h, run=None, dest="results"):
     """Rsync the run dir back (model, metrics, history, TensorBoard logs, config, split; not backup/) to DEST/<host>/<run>/.
 
     Prints the final metrics table (accuracy, UAR, macro F1, per-class scores) and the
@@ -221,19 +261,15 @@ def fetch_results(c, run=None, dest="results"):
     """
     from trainer.report import print_metrics  # rich only: no TensorFlow needed here
 
-    with loud():
-        inv, target = _setup(c)
-        local, info = observe.fetch_results(target, inv, run, dest, say)
-        metrics = observe.read_metrics(local)
-        if metrics:
-            print_metrics(metrics, console, title=f"Run {info['run']}")
-        else:
-            say(f"No metrics.json yet: the run is {info['state']}.")
+    local, info = observe.fetch_results(h.target, h.inv, run, dest, say)
+    metrics = observe.read_metrics(local)
+    if metrics:
+        print_metrics(metrics, console, title=f"Run {info['run']}")
+    else:
+        say(f"No metrics.json yet: the run is {info['state']}.")
 
 
-@task(name="tensorboard-tunnel", help={"local_port": "local port to forward (default: tensorboard.local_port, 6006)"})
-def tensorboard_tunnel(c, local_port=None):
+@host_task(name="tensorboard-tunnel", help={"local_port": "local port to forward (default: tensorboard.local_port, 6006)"})
+def tensorboard_tunnel(h, local_port=None):
     """Start TensorBoard on the host (its 127.0.0.1 only, in tmux) if needed, and forward it to localhost until Ctrl-C."""
-    with loud():
-        inv, target = _setup(c)
-        observe.tunnel(target.conn, inv, int(local_port or inv.tensorboard["local_port"]), say)
+    observe.tunnel(h.conn, h.inv, int(local_port or h.inv.tensorboard["local_port"]), say)

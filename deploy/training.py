@@ -12,9 +12,12 @@ import json
 import shlex
 import time
 
-from deploy.errors import DeployError
+from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq
+from deploy.provision import run_with_result
 from deploy.sync import remote_data_dirs
+from trainer.errors import UserError
+from trainer.names import check_run_name
 
 
 def script(inv, name):
@@ -37,25 +40,32 @@ def remote_config(inv, path):
     return path if path.startswith(("/", "~/")) else rjoin(inv.remote["project_dir"], path)
 
 
+def trainer_step(conn, inv, name, *args):
+    """`python -m trainer ARGS --result FILE` on the host; returns its JSON result, or raises with its message."""
+    out, result = run_with_result(conn, inv, name, trainer_cmd(inv, *args, "--result"))
+    if result is None:
+        raise DeployError(f"{name} wrote no result on the host (exit {out.exited}); its output:\n{(out.stdout + out.stderr).strip()[-4000:]}")
+    if not result["ok"]:
+        detail = f"\n{(out.stdout + out.stderr).strip()[-4000:]}" if result["exit_code"] == 1 else ""  # a crash: show the traceback
+        raise DeployError(f"{name} failed on the host (exit {result['exit_code']}): {result['message']}{detail}")
+    return out, result
+
+
 def preflight(conn, inv, say):
     """Validate the host's copy of the data with the training config; DeployError with the summary if it cannot train."""
-    cmd = trainer_cmd(inv, "validate", "--config", remote_config(inv, inv.train_config), *data_args(inv))
-    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
-    summary = (out.stdout + out.stderr).strip()
-    if out.failed:
-        raise DeployError(f"The data on the host would not train (validate exited {out.exited}):\n{summary}\n"
-                          "Fix the data or the config (data.feature_key, data.label_map), then run `fab deploy-full` again.")
-    say(summary)
+    try:
+        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", remote_config(inv, inv.train_config), *data_args(inv))
+    except DeployError as e:
+        raise DeployError(f"The data on the host would not train. {e}\n"
+                          "Fix the data or the config (data.feature_key, data.label_map), then run `fab deploy-full` again.") from None
+    say(out.stdout.strip())  # the validation summary, for people
+    say(result["message"])
 
 
 def smoke_test(conn, inv, say):
     out_dir = rjoin(inv.remote["runs_dir"], "smoke")
-    cmd = trainer_cmd(inv, "smoke", "--config", remote_config(inv, inv.smoke_config), "--out", out_dir, *data_args(inv))
-    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
-    text = (out.stdout + out.stderr).strip()
-    if out.failed:
-        raise DeployError(f"The smoke test failed on the host (exit {out.exited}); its output:\n{text[-4000:]}")
-    say(text.splitlines()[-1] if text else "smoke test passed")
+    _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", remote_config(inv, inv.smoke_config), "--out", out_dir, *data_args(inv))
+    say(result["message"])
 
 
 def session_alive(conn, session):
@@ -63,29 +73,56 @@ def session_alive(conn, session):
 
 
 def run_state(conn, inv, run=None, log_lines=15):
-    """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, log_tail, gpus, disk)."""
+    """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, log_tail, gpus, disk).
+    A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if run:
         args += ["--run", run]
     words = " ".join(map(rq, args))
     out = conn.run(f"python3 {script(inv, 'run_state.py')} {words}", hide=True, warn=True, in_stream=False)
     try:
-        return json.loads(out.stdout)
+        info = json.loads(out.stdout)
     except ValueError:
         raise DeployError(f"Could not read the run state on the host (is the code synced? `fab sync-code`): "
                           f"{(out.stderr or out.stdout).strip()[-600:]}") from None
+    if info.get("run") is not None:
+        try:
+            check_run_name(info["run"], f"the run name the host reported (in {inv.remote['runs_dir']}/.current)")
+        except UserError as e:
+            raise DeployError(str(e)) from None
+    return info
 
 
-def launch(conn, inv, say, resume=False, restart=False, run_name=None):
-    """Start training in the tmux session; refuse while one runs unless `restart`. Returns the run name."""
+def valid_run_name(name):
+    """`name` if it is a valid run name, else LocalInputError (exit 2) before anything reaches the host."""
+    try:
+        return check_run_name(name, "--run-name")
+    except UserError as e:
+        raise LocalInputError(str(e)) from None
+
+
+def refuse_new_run_name(conn, inv, name):
+    if conn.run(f"test -e {rq(rjoin(inv.remote['runs_dir'], name, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
+        raise LocalInputError(f"Run {name} already exists on the host in {inv.remote['runs_dir']}: pick another --run-name, "
+                              "or continue it with `fab train --resume`.")
+
+
+def refuse_while_training(conn, inv, say, task, restart):
+    """A task that changes code, data or venv must not run under a training: refuse, or with --restart stop it first."""
+    if not session_alive(conn, inv.tmux_session):
+        return
+    if not restart:
+        info = run_state(conn, inv, log_lines=0)
+        raise DeployError(f"Training {info.get('run')} is running on the host (tmux session {inv.tmux_session}, {info.get('state')}); "
+                          f"`{task}` would change what it uses. Watch it with `fab monitor`, end it with `fab stop`, "
+                          f"or `fab {task} --restart` to stop it first.")
+    say("Stopping the running training first (--restart)")
+    stop(conn, inv, say)
+
+
+def launch(conn, inv, say, resume=False, run_name=None):
+    """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name."""
     session = inv.tmux_session
-    if session_alive(conn, session):
-        if not restart:
-            info = run_state(conn, inv, log_lines=0)
-            raise DeployError(f"Training {info.get('run')} is already running in tmux session {session} "
-                              f"({info.get('state')}). Watch it with `fab monitor`; replace it with `fab train --restart`.")
-        say("Stopping the running training first (--restart)")
-        stop(conn, inv, say)
     runs = inv.remote["runs_dir"]
     if resume:
         info = run_state(conn, inv, log_lines=0)
@@ -96,7 +133,8 @@ def launch(conn, inv, say, resume=False, restart=False, run_name=None):
             raise DeployError(f"Run {name} finished; there is nothing to resume. Start a new one with `fab train`.")
         trainer_args = ["train", "--resume", rjoin(runs, name)]
     else:
-        name = run_name or time.strftime("%Y%m%d-%H%M%S")
+        name = valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
+        refuse_new_run_name(conn, inv, name)
         trainer_args = ["train", "--config", remote_config(inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
     run_dir = rjoin(runs, name)
     words = [inv.remote["venv"], inv.remote["project_dir"], run_dir, *trainer_args]
@@ -115,11 +153,13 @@ def launch(conn, inv, say, resume=False, restart=False, run_name=None):
 
 
 def stop(conn, inv, say, wait=120):
-    """Stop the running training gracefully (see remote_scripts/stop_training.sh); harmless when none runs."""
+    """Stop the running training (see remote_scripts/run_state.py stop); harmless when none runs.
+    DeployError if any process of the training survives."""
     info = run_state(conn, inv, log_lines=0)
     run_dir = rjoin(inv.remote["runs_dir"], info["run"]) if info.get("run") else inv.remote["runs_dir"]
     cmd = f"bash {script(inv, 'stop_training.sh')} {rq(run_dir)} {shlex.quote(inv.tmux_session)} {int(wait)}"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     say((out.stdout + out.stderr).strip())
     if out.failed:
-        raise DeployError(f"Stopping the training failed (exit {out.exited}).")
+        raise DeployError(f"Stopping the training failed (exit {out.exited}): see above. Do not start another training until "
+                          "nothing of this one runs.")

@@ -3,9 +3,11 @@
 #
 #   launch_training.sh VENV PROJECT_DIR RUN_DIR TRAINER_ARGS...
 #
-# The trainer's output goes to RUN_DIR/train.log. Around it this script records
-#   RUN_DIR/launch.json   when it started, this script's pid, the command
-#   RUN_DIR/exit.json     the trainer's exit code and when it ended
+# The trainer's output goes to RUN_DIR/train.log. Around it run_state.py (the one owner of the
+# run-file format) records
+#   RUN_DIR/launch.json   when it started, this script's pid and process group, the command
+#   RUN_DIR/exit.json     the trainer's exit code, when it ended and why (reserved up front, so
+#                         it is written even on a full disk)
 # and points RUNS_DIR/.current at the run, so that afterwards nobody has to guess whether
 # the run finished or died: a run with neither a live session nor exit.json vanished
 # (reboot, kill -9). SIGTERM/SIGHUP/SIGINT are passed on to the trainer, which finishes
@@ -18,24 +20,23 @@ if [ "$#" -lt 4 ]; then
 fi
 venv="$1" project="$2" run_dir="$3"
 shift 3
+here="$(cd "$(dirname "$0")" && pwd)"
+run_state() { python3 "$here/run_state.py" "$@"; }
 
 mkdir -p "$run_dir"
 log="$run_dir/train.log"
 now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; }
-json_string() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
+say() { echo "[launch] $(now) $*" >> "$log" 2>/dev/null || true; }  # a full disk must not stop the launcher
 
-rm -f "$run_dir/exit.json"
-basename "$run_dir" > "$(dirname "$run_dir")/.current"
-printf '{"started_at": "%s", "pid": %d, "command": %s}\n' \
-  "$(now)" "$$" "$(json_string "python -m trainer $*")" > "$run_dir/launch.json"
-echo "[launch] $(now) python -m trainer $*" >> "$log"
+run_state record-launch "$run_dir" "$$" "python -m trainer $*"
+say "python -m trainer $*"
 
 code=0
 if [ ! -x "$venv/bin/python" ]; then
-  echo "[launch] no Python in the venv $venv: run \`fab provision\`" >> "$log"
+  say "no Python in the venv $venv: run \`fab provision\`"
   code=2
 elif ! cd "$project"; then
-  echo "[launch] project directory $project is missing: run \`fab sync-code\`" >> "$log"
+  say "project directory $project is missing: run \`fab sync-code\`"
   code=2
 else
   # INFO lines of TensorFlow's C++ core would drown the log that `fab monitor` tails.
@@ -50,7 +51,6 @@ else
   done
 fi
 
-printf '{"exit_code": %d, "ended_at": "%s"}\n' "$code" "$(now)" > "$run_dir/.exit.json.tmp"
-mv "$run_dir/.exit.json.tmp" "$run_dir/exit.json"
-echo "[launch] $(now) trainer exited with code $code" >> "$log"
+run_state record-exit "$run_dir" "$code" > /dev/null
+say "trainer exited with code $code"
 exit "$code"

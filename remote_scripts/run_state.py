@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""The state of a training run on this host, in one look: what `fab monitor` asks over SSH.
+"""The run-file format on the host, in one place: the state of a run, and the records around it.
 
     python3 run_state.py --runs-dir ~/facenet-runs --session facenet-training [--run NAME] [--json]
+    python3 run_state.py record-launch RUN_DIR PID COMMAND   # launch_training.sh, before the trainer
+    python3 run_state.py record-exit RUN_DIR CODE            # launch_training.sh, after it
+    python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS   # stop_training.sh
 
 Standard library only (it runs with the system python3, even before the venv exists).
 The run is RUNS_DIR/.current unless --run names one. Its state is derived from what the
@@ -9,24 +12,35 @@ launcher and the trainer left behind, so a dead run is never mistaken for a miss
 
     exit.json, code 0          finished
     exit.json, code 3          stopped   (on request; resumable)
-    exit.json, other code      failed
+    exit.json, other code      failed    (with a reason: disk-full, killed by a signal, ...)
     tmux session alive         status.json's state (starting, running)
     neither                    vanished  (session gone without an exit record: reboot, kill)
     no run at all              none
 
-Exit code: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none.
+The exit record is reserved at launch (`.exit.pending`, a block of spaces) and filled in place
+at the end, so it is written even when the disk is full.
+
+Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5}
+STOPPED = 3  # the trainer's exit code for "stopped on request"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
+CURRENT, LAUNCH, EXIT, PENDING = ".current", "launch.json", "exit.json", ".exit.pending"
+PENDING_SIZE = 4096
+LOW_DISK_BYTES = 2 * 2**30  # `fab monitor` warns below this much free space (or 5 %)
+DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
 
 
 def read_json(path):
@@ -84,7 +98,7 @@ def session_alive(session):
 def derive_state(exit_record, alive, status):
     if exit_record is not None:
         code = exit_record.get("exit_code")
-        return "finished" if code == 0 else "stopped" if code == 3 else "failed"
+        return "finished" if code == 0 else "stopped" if code == STOPPED else "failed"
     if alive:
         return status["state"] if status and status.get("state") in ("starting", "running") else "starting"
     if status and status.get("state") in ("finished", "failed", "stopped"):
@@ -92,23 +106,31 @@ def derive_state(exit_record, alive, status):
     return "vanished"
 
 
+def disk(path):
+    usage = shutil.disk_usage(path)
+    low = usage.free < min(LOW_DISK_BYTES, 0.05 * usage.total) or usage.free < DISK_FULL_BYTES * 64
+    return {"path": path, "free_bytes": usage.free, "total_bytes": usage.total, "low": low}
+
+
 def collect(runs_dir, session, run=None, log_lines=15):
     runs_dir = os.path.expanduser(runs_dir)
     current = None
     try:
-        with open(os.path.join(runs_dir, ".current")) as f:
+        with open(os.path.join(runs_dir, CURRENT)) as f:
             current = f.read().strip() or None
     except OSError:
         pass
     run = run or current
     disk_path = runs_dir if os.path.isdir(runs_dir) else os.path.expanduser("~")
-    usage = shutil.disk_usage(disk_path)
     info = {
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpus": gpus(),
-        "disk": {"path": disk_path, "free_bytes": usage.free, "total_bytes": usage.total},
-        "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
+        "disk": disk(disk_path), "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
     }
     if run is None:
+        return info
+    if not RUN_NAME.fullmatch(run):  # a name is a path: never follow one that leaves the runs dir
+        info.update(run=None, error=f"invalid run name {run!r} (in {os.path.join(runs_dir, CURRENT)} or --run): "
+                                    "expected 1-100 letters, digits, '.', '_' or '-'")
         return info
     run_dir = os.path.join(runs_dir, run)
     if not os.path.isdir(run_dir):
@@ -116,10 +138,10 @@ def collect(runs_dir, session, run=None, log_lines=15):
         return info
     alive = run == current and session_alive(session)
     status = read_json(os.path.join(run_dir, "status.json"))
-    exit_record = read_json(os.path.join(run_dir, "exit.json"))
+    exit_record = read_json(os.path.join(run_dir, EXIT))
     info.update(
         run_dir=run_dir, session_alive=alive, status=status, exit=exit_record,
-        launch=read_json(os.path.join(run_dir, "launch.json")),
+        launch=read_json(os.path.join(run_dir, LAUNCH)),
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
         state=derive_state(exit_record, alive, status),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
@@ -134,7 +156,8 @@ def as_text(info):
     for g in info["gpus"] or []:
         out.append(f"GPU: {g['error']}" if "error" in g else
                    f"GPU: {g['name']}  util {g['utilization']}%  memory {g['memory_used_mib']}/{g['memory_total_mib']} MiB")
-    out.append(f"disk free: {info['disk']['free_bytes'] / 2**30:.1f} GiB of {info['disk']['total_bytes'] / 2**30:.1f} GiB ({info['disk']['path']})")
+    out.append(f"disk free: {info['disk']['free_bytes'] / 2**30:.1f} GiB of {info['disk']['total_bytes'] / 2**30:.1f} GiB ({info['disk']['path']})"
+               + ("  LOW: a full disk fails the run" if info["disk"].get("low") else ""))
     if info["run"] is None:
         out.append(f"no run yet in {info['runs_dir']}")
         return "\n".join(out)
@@ -154,13 +177,162 @@ def as_text(info):
         if status.get("error"):
             out.append(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
     if info.get("exit"):
-        out.append(f"exit code {info['exit'].get('exit_code')} at {info['exit'].get('ended_at')}")
+        out.append(f"exit code {info['exit'].get('exit_code')} at {info['exit'].get('ended_at')}"
+                   + (f": {info['exit']['reason']}" if info["exit"].get("reason") else ""))
     out.append(f"--- last lines of {info.get('log')}")
     out.extend(info.get("log_tail") or ["(empty)"])
     return "\n".join(out)
 
 
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
+def write_json(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def record_launch(run_dir, pid, command):
+    """launch.json (pid and process group of the launcher), .current, and the reserved exit record."""
+    os.makedirs(run_dir, exist_ok=True)
+    for stale in (EXIT, PENDING):
+        if os.path.exists(os.path.join(run_dir, stale)):
+            os.remove(os.path.join(run_dir, stale))
+    with open(os.path.join(run_dir, PENDING), "wb") as f:
+        f.write(b" " * PENDING_SIZE)
+        f.flush()
+        os.fsync(f.fileno())
+    write_json(os.path.join(run_dir, LAUNCH), {"started_at": now(), "pid": pid, "pgid": os.getpgid(pid), "command": command})
+    tmp = os.path.join(os.path.dirname(os.path.abspath(run_dir)), f"{CURRENT}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(os.path.basename(os.path.abspath(run_dir)) + "\n")
+    os.replace(tmp, os.path.join(os.path.dirname(os.path.abspath(run_dir)), CURRENT))
+
+
+def exit_reason(run_dir, code):
+    """Why a run ended with `code`, in words, or None for a normal end."""
+    if code in (0, STOPPED):
+        return None
+    if disk(run_dir)["free_bytes"] < DISK_FULL_BYTES:
+        return f"the disk holding {run_dir} is full"
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        if code - 128 == signal.SIGKILL:
+            return (f"killed by {name} (exit {code}), usually the kernel's out-of-memory killer: "
+                    "see `sudo dmesg | grep -i -e oom -e 'killed process'` on the host")
+        return f"killed by {name} (exit {code})"
+    return None
+
+
+def record_exit(run_dir, code, reason=None):
+    """Fill the reserved exit record in place (no new disk blocks needed), then rename it to exit.json."""
+    record = {"exit_code": code, "ended_at": now()}
+    reason = reason or exit_reason(run_dir, code)
+    if reason:
+        record["reason"] = reason
+    data = json.dumps(record).encode()
+    pending = os.path.join(run_dir, PENDING)
+    try:
+        with open(pending, "r+b") as f:
+            f.write(data.ljust(max(len(data), PENDING_SIZE)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pending, os.path.join(run_dir, EXIT))
+    except OSError:
+        write_json(os.path.join(run_dir, EXIT), record)
+    return record
+
+
+def group_members(pgid):
+    """PIDs of the live processes in process group `pgid` (from /proc; zombies do not count)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_for(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def stop(run_dir, session, wait_s):
+    """SIGTERM to the launcher (the trainer finishes its epoch and exits 3); after `wait_s` the whole
+    process group gets SIGTERM, then SIGKILL; nothing of it may survive. Returns (exit code, lines)."""
+    lines = []
+    launch = read_json(os.path.join(run_dir, LAUNCH)) or {}
+    pid, pgid = launch.get("pid"), launch.get("pgid")
+    members = (lambda: group_members(pgid)) if pgid else (lambda: [])
+    exited = lambda: os.path.exists(os.path.join(run_dir, EXIT))  # noqa: E731
+    if not session_alive(session) and not members():
+        return 0, [f"No training is running (no tmux session {session})."]
+    if members() and not exited():
+        lines.append(f"Asking the training to stop after its current epoch (SIGTERM to pid {pid}), waiting up to {wait_s}s ...")
+        _signal(pid, signal.SIGTERM)
+        if not wait_for(lambda: exited() or not members(), wait_s):
+            lines.append(f"Still running after {wait_s}s: stopping its process group {pgid} at once "
+                         "(SIGTERM, then SIGKILL); the backup of the last finished epoch stays.")
+            _signal(-pgid, signal.SIGTERM)
+            if not wait_for(lambda: not members(), 10):
+                _signal(-pgid, signal.SIGKILL)
+                wait_for(lambda: not members(), 10)
+    survivors = members()
+    if launch and not exited() and not survivors:
+        record_exit(run_dir, STOPPED, reason=f"stopped by `fab stop`: killed after the {wait_s}s grace period")
+    subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+    if survivors:
+        lines.append(f"FAILED to stop: process(es) {survivors} of group {pgid} still run. Kill them by hand "
+                     f"(sudo kill -9 {' '.join(map(str, survivors))}) before starting another training.")
+        return 1, lines
+    record = read_json(os.path.join(run_dir, EXIT))
+    lines.append(f"Stopped: {json.dumps(record)}" if record else f"The tmux session {session} is gone; the run left no exit record.")
+    return 0, lines
+
+
+def _signal(target, sig):
+    try:
+        os.kill(target, sig)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
+
+
+def records_main(argv):
+    command, run_dir = argv[0], argv[1]
+    if command == "record-launch":
+        record_launch(run_dir, int(argv[2]), argv[3])
+        return 0
+    if command == "record-exit":
+        print(json.dumps(record_exit(run_dir, int(argv[2]))))
+        return 0
+    code, lines = stop(run_dir, argv[2], int(argv[3]))
+    print("\n".join(lines))
+    return code
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("record-launch", "record-exit", "stop"):
+        return records_main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", required=True)
     p.add_argument("--session", required=True)

@@ -3,12 +3,24 @@
 # (reach it through `fab tensorboard-tunnel`), unless it already runs; waits until it answers:
 #
 #   tensorboard.sh VENV RUNS_DIR SESSION PORT
+#
+# Exit 1, saying so, when another process holds the port: a tunnel to it would show something
+# else than our TensorBoard.
 set -euo pipefail
 venv="$1" runs="$2" session="$3" port="$4"
 log="$runs/.tensorboard.log"
 
 answering() {
   python3 -c 'import sys, urllib.request; urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2)' "$port" 2>/dev/null
+}
+port_taken() {
+  python3 -c 'import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+sys.exit(1)' "$port"
 }
 
 if tmux has-session -t "=$session" 2>/dev/null && answering; then
@@ -20,6 +32,10 @@ if ! "$venv/bin/python" -c 'import tensorboard' 2>/dev/null; then
   exit 1
 fi
 tmux kill-session -t "=$session" 2>/dev/null || true
+if port_taken; then
+  echo "Port $port on the host's 127.0.0.1 is in use by another process (not our TensorBoard): set tensorboard.remote_port in the inventory to a free port." >&2
+  exit 1
+fi
 mkdir -p "$runs"
 tmux new-session -d -s "$session" bash -c 'exec "$0" -m tensorboard.main --logdir "$1" --host 127.0.0.1 --port "$2" >> "$3" 2>&1' \
   "$venv/bin/python" "$runs" "$port" "$log"
