@@ -174,7 +174,7 @@ def _make(inv, config, address, user, port, keys, label):
 
 def key_files(conn):
     keys = conn.connect_kwargs.get("key_filename") or []
-    return [str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)]
+    return list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)))
 
 
 def check_key_file(path):

@@ -63,7 +63,17 @@ def host_venv(tmp_path_factory):
 
     from deploy.localhost import seed_venv
 
-    return seed_venv(tmp_path_factory.mktemp("host venv") / "venv", sysconfig.get_paths()["purelib"])
+    venv = seed_venv(tmp_path_factory.mktemp("host venv") / "venv", sysconfig.get_paths()["purelib"])
+    # TensorFlow's absl lines on another CPU reach stderr whatever TF_CPP_MIN_LOG_LEVEL says; every
+    # Python of the "host" prints one at exit, so no deploy step may read its result from the output.
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "facenet-test-noise.pth").write_text(f"import atexit, sys; atexit.register(lambda: print({ABSL_NOISE!r}, file=sys.stderr))\n")
+    return venv
+
+
+ABSL_NOISE = ("E0000 00:00:1764000000.000000 4242 onednn_util.cc:55] oneDNN supports DT_BOOL only on platforms with AVX-512. "
+              "Falling back to the default Eigen-based implementation if present.")
 
 
 class DeployEnv:
@@ -73,6 +83,8 @@ class DeployEnv:
         import uuid
 
         import yaml
+
+        from deploy.localhost import free_port
 
         self.root, self.yaml = root, yaml
         self.remote_root = root / "host root"
@@ -85,7 +97,7 @@ class DeployEnv:
             "local_data": [str(self.data)],
             "train_config": "configs/demo.yaml",
             "tmux_session": f"test-train-{tag}",
-            "tensorboard": {"session": f"test-tb-{tag}", "remote_port": 0, "local_port": 0},
+            "tensorboard": {"session": f"test-tb-{tag}", "remote_port": free_port(), "local_port": free_port()},
             "apt_packages": ["tmux", "rsync"],
             "pip": {"extra_args": ["--no-index"]},
         }
@@ -122,13 +134,9 @@ class DeployEnv:
 
 @pytest.fixture
 def deploy_env(tmp_path, ssh_host, host_venv, monkeypatch):
-    from deploy.localhost import free_port
-
     root = tmp_path / "facenet deploy"
     root.mkdir()
     env = DeployEnv(root, ssh_host, host_venv)
-    env.inventory["tensorboard"] = {**env.inventory["tensorboard"], "remote_port": free_port(), "local_port": free_port()}
-    env.write()
     yield env
     env.cleanup()
 

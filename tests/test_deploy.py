@@ -24,19 +24,27 @@ def synth(path, clips=120, seed=5):
     return path
 
 
-def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(deploy_env):
+def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(deploy_env, ssh_host):
+    """The README's flow: `fab -H user@ip -i key deploy-full`, then every later task with no flags.
+    The host's Python prints TensorFlow-like noise on stderr at every exit (see conftest.host_venv):
+    results travel as JSON, so it changes nothing."""
     synth(deploy_env.data)
-    first = deploy_env.fab("-H", "local", "deploy-full", "--run-name", "first", timeout=600)
+    deploy_env.write(hosts={})
+    first = deploy_env.fab("-H", f"{ssh_host.user}@127.0.0.1:{ssh_host.port}", "-i", ssh_host.key_file, "deploy-full",
+                           "--run-name", "first", timeout=600)
     assert first.returncode == 0, first.out
+    assert first.out.startswith(f"host: {ssh_host.user}@127.0.0.1:{ssh_host.port}, key {ssh_host.key_file}")
     for i, step in enumerate(["provision", "sync-code", "sync-data", "preflight", "smoke-test", "train"], 1):
         assert re.search(rf"\[{i}/6\] {step}\n", first.out) and re.search(rf"✓ {step} \d+\.\d s", first.out), step
     assert "Installing CPU requirements" in first.out and "TensorFlow sees 0 GPU(s), as nvidia-smi does" in first.out
     assert "120 file(s) sent" in first.out and "verified: the host holds the same files and bytes (120 files" in first.out
     assert "Smoke test passed" in first.out and "fab monitor" in first.out
+    assert "oneDNN supports DT_BOOL" not in first.out
 
     # The host is remembered: no -H from here on. --follow streams the log and ends with the run.
     follow = deploy_env.fab("monitor", "--follow", timeout=300)
     assert follow.returncode == 0, follow.out
+    assert follow.out.startswith(f"host: {ssh_host.user}@127.0.0.1:{ssh_host.port}, key {ssh_host.key_file}")
     assert re.search(r"Epoch (\d+)/\1\b", follow.out) and "FINISHED" in follow.out and "exit code 0" in follow.out
     run = deploy_env.runs / "first"
     assert json.loads((run / "exit.json").read_text())["exit_code"] == 0
@@ -89,10 +97,10 @@ def test_a_running_training_blocks_a_second_train_until_restart(deploy_env, tmp_
     assert deploy_env.fab("train", "--run-name", "one").returncode == 0
     again = deploy_env.fab("train", "--run-name", "two")
     assert again.returncode == 1
-    assert "Training one is already running" in again.out and "--restart" in again.out
+    assert "Training one is running on the host" in again.out and "--restart" in again.out
     assert not (deploy_env.runs / "two").exists()
     redeploy = deploy_env.fab("deploy-full")  # would rewrite the data under the running training
-    assert redeploy.returncode == 1 and "A training is running" in redeploy.out and "--restart" in redeploy.out
+    assert redeploy.returncode == 1 and "is running on the host" in redeploy.out and "fab deploy-full --restart" in redeploy.out
     assert "[1/6]" not in redeploy.out
     restart = deploy_env.fab("train", "--restart", "--run-name", "three", timeout=300)
     assert restart.returncode == 0, restart.out
@@ -127,6 +135,13 @@ def test_sync_code_mirrors_and_removes_stale_files(deploy_env):
     assert (project / ".code-version").read_text().strip()
     assert 'SESSION=' in (project / ".deploy.env").read_text()
     assert not (project / "tests").exists() and not (project / ".git").exists()
+    # Whatever else lives in project_dir is not the code's: a sync never deletes it.
+    theirs = [project / "data" / "1001_IWL_ANG_XX.npz", project / ".ssh" / "authorized_keys", project / "notes.txt"]
+    for path in theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("not code")
+    assert deploy_env.fab("sync-code").returncode == 0
+    assert all(path.read_text() == "not code" for path in theirs)
 
 
 def test_no_host_anywhere_is_a_clear_error(deploy_env):
@@ -168,7 +183,7 @@ def test_an_unreachable_host_is_a_clear_error(deploy_env):
 
     deploy_env.write(hosts={"local": {**deploy_env.inventory["hosts"]["local"], "port": free_port()}}, default_host="local")
     proc = deploy_env.fab("monitor")
-    assert proc.returncode == 1 and "cannot reach the host over SSH" in proc.out and "Traceback" not in proc.out
+    assert proc.returncode == 6 and "cannot reach the host over SSH" in proc.out and "Traceback" not in proc.out
 
 
 def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):

@@ -20,7 +20,7 @@ esac
 
 @pytest.fixture
 def gpu_env(tmp_path, host_venv):
-    from deploy.localhost import LocalSSHHost, free_port
+    from deploy.localhost import LocalSSHHost
 
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
@@ -30,7 +30,6 @@ def gpu_env(tmp_path, host_venv):
     root = tmp_path / "gpu deploy"
     root.mkdir()
     env = DeployEnv(root, host, host_venv)
-    env.inventory["tensorboard"] = {**env.inventory["tensorboard"], "remote_port": free_port(), "local_port": free_port()}
     env.write(default_host="local")
     yield env
     env.cleanup()

@@ -63,24 +63,80 @@ def test_a_missing_inventory_says_where_it_looked(tmp_path, monkeypatch):
         load_inventory()
 
 
+def key(tmp_path, name, mode=0o600):
+    path = tmp_path / name
+    path.write_text("not a real key: only its mode is checked here\n")
+    path.chmod(mode)
+    return str(path)
+
+
 def test_host_choice_is_dash_h_then_the_remembered_host_then_the_default(tmp_path, monkeypatch):
     monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    a_key = key(tmp_path, "a.pem")
     inv = load_inventory(write(tmp_path, {"default_host": "a", "hosts": {
-        "a": {"address": "10.0.0.1", "user": "ubuntu", "key_file": "/k/a.pem"},
+        "a": {"address": "10.0.0.1", "user": "ubuntu", "key_file": a_key},
         "b": {"address": "10.0.0.2", "user": "ec2-user", "port": 2222}}}))
     ctx = Context(config=Config())
     target = connect(ctx, inv)
     assert (target.label, target.conn.host, target.conn.user) == ("a", "10.0.0.1", "ubuntu")
-    assert target.conn.connect_kwargs["key_filename"] == ["/k/a.pem"]
-    remember_host("b")
+    assert target.conn.connect_kwargs["key_filename"] == [a_key]
+    remember_host(connect(Connection("b", config=Config()), inv))
     target = connect(ctx, inv)
     assert (target.label, target.conn.host, target.conn.port) == ("b", "10.0.0.2", 2222)
     given = connect(Connection("admin@10.0.0.1", config=Config()), inv)  # -H by address: the entry's key and port apply
-    assert (given.label, given.conn.user, given.conn.connect_kwargs["key_filename"]) == ("a", "admin", ["/k/a.pem"])
-    by_name = connect(Connection("b", config=Config()), inv)
-    assert (by_name.conn.host, by_name.conn.user, by_name.conn.port, by_name.host_string) == ("10.0.0.2", "ec2-user", 2222, "b")
+    assert (given.conn.user, given.conn.connect_kwargs["key_filename"]) == ("admin", [a_key])
     other = connect(Connection("ubuntu@198.51.100.7:2200", config=Config()), inv)
     assert (other.conn.host, other.conn.port, other.conn.user) == ("198.51.100.7", 2200, "ubuntu")
+
+
+def test_a_host_given_with_dash_h_and_dash_i_is_remembered_with_its_key(tmp_path, monkeypatch):
+    """`fab -H ubuntu@IP -i key.pem deploy-full`, then `fab monitor` with no flags: same user, port and key."""
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    pem = key(tmp_path, "gpu.pem")
+    inv = load_inventory(write(tmp_path, {}))
+    config = Config(overrides={"connect_kwargs": {"key_filename": [pem]}})  # what `fab -i` sets
+    remember_host(connect(Connection("ubuntu@198.51.100.7:2200", config=config), inv))
+    saved = (tmp_path / "state" / "state.json").read_text()
+    assert pem in saved and "not a real key" not in saved  # the path, never the key
+    later = connect(Context(config=Config()), inv)
+    assert (later.conn.user, later.conn.host, later.conn.port) == ("ubuntu", "198.51.100.7", 2200)
+    assert later.conn.connect_kwargs["key_filename"] == [pem]
+    assert later.describe() == f"ubuntu@198.51.100.7:2200, key {pem}"
+
+
+def test_a_key_file_others_can_read_is_refused_before_rsync_fails_on_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    loose = key(tmp_path, "loose.pem", mode=0o644)
+    inv = load_inventory(write(tmp_path, {"default_host": "a", "hosts": {"a": {"address": "10.0.0.1", "key_file": loose}}}))
+    with pytest.raises(LocalInputError, match=f"SSH key file {loose} has mode 0644.*chmod 600"):
+        connect(Context(config=Config()), inv)
+
+
+@pytest.mark.parametrize("remote, message", [
+    ({"project_dir": "~"}, "not the home directory"),
+    ({"project_dir": "~/"}, "not the home directory"),
+    ({"project_dir": "/"}, "not the home directory"),
+    ({"project_dir": "~/work", "data_dir": "~/work/data"}, "remote.data_dir"),
+    ({"project_dir": "~/work/code", "runs_dir": "~/work"}, "remote.runs_dir"),
+    ({"project_dir": "~/facenet-venv/"}, "remote.venv"),
+    ({"project_dir": "facenet-runs"}, "remote.runs_dir"),  # relative means under home, like ~/facenet-runs
+])
+def test_a_project_dir_that_a_code_sync_could_wipe_is_refused(tmp_path, remote, message):
+    with pytest.raises(InventoryError, match="'remote.project_dir'") as err:
+        load_inventory(write(tmp_path, {"remote": remote}))
+    assert message in str(err.value)
+
+
+def test_a_project_dir_beside_the_others_is_fine(tmp_path):
+    inv = load_inventory(write(tmp_path, {"remote": {"project_dir": "~/work/code", "data_dir": "~/work/data", "runs_dir": "~/work/runs"}}))
+    assert inv.remote["project_dir"] == "~/work/code"
+
+
+@pytest.mark.parametrize("data", [{"tmux_session": "a.b"}, {"tmux_session": "a:b"}, {"tensorboard": {"session": "-x"}},
+                                  {"allow_cpu_training": "yes"}, {"ssh": {"keepalive_interval": 0}}])
+def test_bad_session_names_and_settings_are_refused(tmp_path, data):
+    with pytest.raises(InventoryError, match=f"'{next(iter(data))}"):
+        load_inventory(write(tmp_path, data))
 
 
 def test_no_host_at_all_is_a_clear_error(tmp_path, monkeypatch):
