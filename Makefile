@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := openssh-server rsync tmux
+SYSTEM_PACKAGES := openssh-server rsync tmux procps
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: test demo lint bench system-deps venv clean
@@ -18,6 +18,7 @@ demo: system-deps venv
 
 lint: venv
 	$(BIN)/ruff check trainer deploy tests bench fabfile.py remote_scripts
+	$(BIN)/shellcheck remote_scripts/*.sh .ci/run
 
 bench: venv
 	$(BIN)/python bench/input_pipeline.py
@@ -37,6 +38,7 @@ system-deps:
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
 	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v ps >/dev/null || missing="$$missing procps"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -52,8 +52,8 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
     env = host_ready
     env.configure(200)
     assert env.fab("monitor").returncode == 5  # no run yet: says so, non-zero
-    assert env.fab("train", "--run-name", "long run").returncode == 0
-    wait_until(lambda: status(env, "long run").get("epoch", 0) >= 1, what="epoch 1")
+    assert env.fab("train", "--run-name", "long-run").returncode == 0
+    wait_until(lambda: status(env, "long-run").get("epoch", 0) >= 1, what="epoch 1")
     t0 = time.monotonic()
     running = env.fab("monitor")
     took = time.monotonic() - t0
@@ -66,14 +66,14 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
     assert stop.returncode == 0 and "exit_code\": 3" in stop.out, stop.out
     stopped = env.fab("monitor")
     assert stopped.returncode == 3 and "STOPPED" in stopped.out and "fab train --resume" in stopped.out
-    assert status(env, "long run")["state"] == "stopped"
-    assert (env.runs / "long run" / "backup").is_dir()
+    assert status(env, "long-run")["state"] == "stopped"
+    assert (env.runs / "long-run" / "backup").is_dir()
     second = env.fab("stop")
     assert second.returncode == 0 and "No training is running" in second.out
 
     fetched = env.fab("fetch-results", "--dest", env.root / "my results")
     assert fetched.returncode == 0, fetched.out
-    local = env.root / "my results" / "local" / "long run"
+    local = env.root / "my results" / "local" / "long-run"
     assert (local / "status.json").is_file() and (local / "train.log").is_file() and (local / "config.yaml").is_file()
     assert (local / "split.json").is_file() and list((local / "logs").rglob("*tfevents*"))
     assert not (local / "backup").exists() and "No metrics.json yet: the run is stopped" in fetched.out
