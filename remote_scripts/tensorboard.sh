@@ -37,6 +37,7 @@ if port_taken; then
   exit 1
 fi
 mkdir -p "$runs"
+# shellcheck disable=SC2016  # the inner script expands its own arguments
 tmux new-session -d -s "$session" bash -c 'exec "$0" -m tensorboard.main --logdir "$1" --host 127.0.0.1 --port "$2" >> "$3" 2>&1' \
   "$venv/bin/python" "$runs" "$port" "$log"
 for ((i = 0; i < 90; i++)); do
