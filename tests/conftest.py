@@ -141,6 +141,25 @@ def deploy_env(tmp_path, ssh_host, host_venv, monkeypatch):
     env.cleanup()
 
 
+@pytest.fixture
+def host_ready(deploy_env, tmp_path):
+    """A host with code and 60 clips of data synced; `configure(epochs=..)` sets the training config."""
+    from trainer.synth import write_corpus
+
+    write_corpus(deploy_env.data, "crema-d", clips=60, seed=9)
+
+    def configure(epochs, **data):
+        cfg = write_config(tmp_path / f"train {epochs}.yaml",
+                           **{**TINY_CONFIG, "data": {**TINY_CONFIG["data"], **data}, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
+        deploy_env.write(train_config=str(cfg), default_host="local")
+
+    configure(2)
+    for task in ("sync-code", "sync-data"):
+        assert deploy_env.fab(task).returncode == 0, task
+    deploy_env.configure = configure
+    return deploy_env
+
+
 def write_config(path, **sections):
     """A training config file (YAML) with the given sections, e.g. train={"epochs": 40}."""
     import yaml

@@ -11,28 +11,16 @@ import threading
 import time
 
 import pytest
-from conftest import TINY_CONFIG, write_config
 from test_observe import status, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 @pytest.fixture
-def ready(deploy_env, tmp_path):
-    """Code and 60 clips synced; `configure(epochs)` picks the training config."""
-    from trainer.synth import write_corpus
-
-    write_corpus(deploy_env.data, "crema-d", clips=60, seed=9)
-
-    def configure(epochs):
-        cfg = write_config(tmp_path / f"train {epochs}.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
-        deploy_env.write(train_config=str(cfg), default_host="local")
-
-    configure(200)
-    for task in ("sync-code", "sync-data"):
-        assert deploy_env.fab(task).returncode == 0, task
-    deploy_env.configure = configure
-    return deploy_env
+def ready(host_ready):
+    """conftest's host_ready (code and 60 clips synced), with a long training configured."""
+    host_ready.configure(200)
+    return host_ready
 
 
 def session_alive(env):

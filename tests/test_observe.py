@@ -10,28 +10,8 @@ import time
 import urllib.request
 
 import pytest
-from conftest import TINY_CONFIG, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-@pytest.fixture
-def host_ready(deploy_env, tmp_path):
-    """A host with code and 60 clips of data synced; `configure(epochs=..)` sets the training config."""
-    from trainer.synth import write_corpus
-
-    write_corpus(deploy_env.data, "crema-d", clips=60, seed=9)
-
-    def configure(epochs, **data):
-        cfg = write_config(tmp_path / f"train {epochs}.yaml",
-                           **{**TINY_CONFIG, "data": {**TINY_CONFIG["data"], **data}, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
-        deploy_env.write(train_config=str(cfg), default_host="local")
-
-    configure(2)
-    for task in ("sync-code", "sync-data"):
-        assert deploy_env.fab(task).returncode == 0, task
-    deploy_env.configure = configure
-    return deploy_env
 
 
 def wait_until(predicate, timeout=120, what="condition"):
