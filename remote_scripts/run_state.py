@@ -286,11 +286,14 @@ def stop(run_dir, session, wait_s):
     exited = lambda: os.path.exists(os.path.join(run_dir, EXIT))  # noqa: E731
     if not session_alive(session) and not members():
         return 0, [f"No training is running (no tmux session {session})."]
-    if members() and not exited():
-        lines.append(f"Asking the training to stop after its current epoch (SIGTERM to pid {pid}), waiting up to {wait_s}s ...")
-        _signal(pid, signal.SIGTERM)
-        if not wait_for(lambda: exited() or not members(), wait_s):
-            lines.append(f"Still running after {wait_s}s: stopping its process group {pgid} at once "
+    if members():
+        graceful = 10  # the exit record is written: the launcher is finishing
+        if not exited():
+            lines.append(f"Asking the training to stop after its current epoch (SIGTERM to pid {pid}), waiting up to {wait_s}s ...")
+            _signal(pid, signal.SIGTERM)
+            graceful = wait_s
+        if not wait_for(lambda: not members(), graceful):
+            lines.append(f"Still running after {graceful}s: stopping its process group {pgid} at once "
                          "(SIGTERM, then SIGKILL); the backup of the last finished epoch stays.")
             _signal(-pgid, signal.SIGTERM)
             if not wait_for(lambda: not members(), 10):
