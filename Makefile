@@ -5,8 +5,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := openssh-server rsync tmux procps
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: test demo lint bench system-deps venv clean
 
@@ -32,13 +30,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train-cpu,deploy,dev]'
 	touch $(STAMP)
 
-# sshd, rsync and tmux stand in for the GPU host in tests and the demo.
+# sshd, rsync and tmux stand in for the GPU host in tests and the demo; sudo for its EC2-like user.
 system-deps:
 	@missing=""; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
 	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	command -v ps >/dev/null || missing="$$missing procps"; \
+	command -v sudo >/dev/null || missing="$$missing sudo"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

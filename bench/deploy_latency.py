@@ -68,8 +68,7 @@ def main():
             "apt_packages": ["tmux", "rsync"], "pip": {"extra_args": ["--no-index"]},
         }
         (tmp / "inventory.yaml").write_text(yaml.safe_dump(inventory))
-        env = {**os.environ, "FACENET_INVENTORY": str(tmp / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp / "state"),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, "FACENET_INVENTORY": str(tmp / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp / "state")}
         t0 = time.perf_counter()
         first = subprocess.run([str(FAB), "deploy-full"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
         if first.returncode != 0:

@@ -64,8 +64,7 @@ def main(argv=None):
             "pip": {"extra_args": ["--no-index"]},  # the demo host reuses this checkout's packages: no downloads
         }
         (DEMO / "inventory.yaml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-        env = {**os.environ, "FACENET_INVENTORY": str(DEMO / "inventory.yaml"), "FACENET_STATE_DIR": str(DEMO / "state"),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, "FACENET_INVENTORY": str(DEMO / "inventory.yaml"), "FACENET_STATE_DIR": str(DEMO / "state")}
         if fab(env, "deploy-full") != 0:
             print("\nThe demo's deploy-full failed (above).", file=sys.stderr)
             return 1

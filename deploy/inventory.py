@@ -11,6 +11,7 @@ Local paths are relative to the inventory file; remote paths starting with `~/` 
 relative to the remote user's home.
 """
 
+import configparser
 import copy
 import os
 import posixpath
@@ -24,7 +25,20 @@ from deploy.errors import InventoryError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-PIP_COMMON = ["numpy>=1.26,<3", "pyyaml>=6", "rich>=13", "tensorboard==2.21.0"]
+
+
+def host_requirements():
+    """pip.gpu and pip.cpu defaults from setup.cfg, the one place that pins TensorFlow: the `train`
+    extra (with TensorFlow's CUDA build) or `train-cpu`, plus what every install needs."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    lines = lambda text: [line.strip() for line in text.splitlines() if line.strip()]  # noqa: E731
+    common = lines(cfg["options"]["install_requires"])
+    extras = cfg["options.extras_require"]
+    gpu = [re.sub(r"^tensorflow(?=[=<>~!])", "tensorflow[and-cuda]", r) for r in lines(extras["train"])]
+    return {"gpu": gpu + common, "cpu": lines(extras["train-cpu"]) + common}
+
+
 DEFAULTS = {
     "default_host": None,
     "hosts": {},
@@ -44,11 +58,7 @@ DEFAULTS = {
     "tensorboard": {"session": "facenet-tensorboard", "remote_port": 6006, "local_port": 6006},
     "apt_packages": ["tmux", "rsync", "python3-venv"],
     "python": "python3",
-    "pip": {
-        "gpu": ["tensorflow[and-cuda]==2.21.0", *PIP_COMMON],
-        "cpu": ["tensorflow-cpu==2.21.0", *PIP_COMMON],
-        "extra_args": [],
-    },
+    "pip": {**host_requirements(), "extra_args": []},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str}
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'

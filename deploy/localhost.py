@@ -27,10 +27,13 @@ def free_port():
 
 
 class LocalSSHHost:
-    def __init__(self, root, extra_config=""):
+    """`user`: the account that logs in (default: this one); sshd, run by root, reads its
+    authorized_keys file as that user, so `root` must then be readable by it."""
+
+    def __init__(self, root, extra_config="", user=None):
         self.root = Path(root).resolve()
         self.extra_config = extra_config  # more sshd_config lines, e.g. "SetEnv PATH=..."
-        self.user = getpass.getuser()
+        self.user = user or getpass.getuser()
         self.key_file = self.root / "id_ed25519"
         self.log_file = self.root / "sshd.log"
         self.port = None
@@ -45,7 +48,7 @@ class LocalSSHHost:
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"facenet-deploy-{name}", "-f", str(self.root / name)],
                                check=True)
         shutil.copyfile(self.root / "id_ed25519.pub", self.root / "authorized_keys")
-        os.chmod(self.root / "authorized_keys", 0o600)
+        os.chmod(self.root / "authorized_keys", 0o600 if self.user == getpass.getuser() else 0o644)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         self.port = free_port()

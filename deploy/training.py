@@ -28,7 +28,7 @@ def trainer_cmd(inv, *args):
     """`cd project && venv/bin/python -m trainer ARGS`, quoted."""
     python = rq(rjoin(inv.remote["venv"], "bin/python"))
     words = " ".join(map(rq, args))
-    return f"cd {rq(inv.remote['project_dir'])} && TF_CPP_MIN_LOG_LEVEL=2 COLUMNS=120 {python} -m trainer {words}"
+    return f"cd {rq(inv.remote['project_dir'])} && COLUMNS=120 {python} -m trainer {words}"
 
 
 def data_args(inv):

@@ -39,8 +39,7 @@ elif ! cd "$project"; then
   say "project directory $project is missing: run \`fab sync-code\`"
   code=2
 else
-  # INFO lines of TensorFlow's C++ core would drown the log that `fab monitor` tails.
-  TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}" PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
+  PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
   child=$!
   trap 'kill -TERM "$child" 2>/dev/null || true' TERM HUP INT
   wait "$child" || code=$?

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype=np.float32, **extra):
@@ -103,7 +102,7 @@ class DeployEnv:
         }
         self.write()
         self.env = {**os.environ, "FACENET_INVENTORY": str(root / "inventory.yaml"), "FACENET_STATE_DIR": str(root / "state"),
-                    "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "120"}
+                    "COLUMNS": "120"}
 
     @property
     def runs(self):

@@ -6,6 +6,12 @@ TensorFlow is imported only by what needs it (the generator, the model, training
 validating data and reading results stay fast.
 """
 
+import os
+
+# The one place that sets TensorFlow's C++ log level: its INFO lines would drown train.log and the
+# monitor's tail; warnings stay. Set before anything here imports TensorFlow; the environment wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 __all__ = ["FixedVideoFacenetGenerator", "load_config", "validate_dirs", "build_model", "classification_metrics"]
 
 

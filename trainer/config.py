@@ -16,16 +16,18 @@ from trainer.errors import ConfigError
 
 CREMA_D_EMOTIONS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 
+# Every hyperparameter, with its default and meaning: a config file (configs/full.yaml) holds only
+# what differs, `--set key=value` overrides one, and each run saves the resolved values.
 DEFAULTS = {
     "seed": 42,
     "data": {
-        "feature_key": "video_features",
+        "feature_key": "video_features",  # NPZ key of the (frames, 512) FaceNet features
         "feature_dim": 512,
         # Clips longer than this are cut to max_frames: "crop" keeps the centre,
         # "subsample" keeps evenly spaced frames over the whole clip. 0 = no cap.
         "max_frames": 300,
         "max_frames_mode": "crop",
-        "cache_in_memory": True,
+        "cache_in_memory": True,  # decode each clip once and keep it in RAM (~1 GB for CREMA-D)
         # Use at most this many clips, balanced over classes (0 = all): for quick checks.
         "max_clips": 0,
         "classes": list(CREMA_D_EMOTIONS),
@@ -38,28 +40,28 @@ DEFAULTS = {
             },
         },
     },
-    "split": {"method": "actor", "val_fraction": 0.2},
+    "split": {"method": "actor", "val_fraction": 0.2},  # actor: no actor in both splits; random: leaks identity
     "model": {
-        "encoder": "bilstm",
+        "encoder": "bilstm",  # bilstm or transformer
         "units": 128,
         "layers": 1,
-        "heads": 4,
+        "heads": 4,  # transformer only
         "dropout": 0.3,
         "head_units": 128,
     },
     "train": {
         "batch_size": 32,
         "epochs": 60,
-        "optimizer": "adam",
+        "optimizer": "adam",  # adam, adamw or sgd
         "learning_rate": 1e-3,
-        "weight_decay": 0.0,
-        "patience": 10,
-        "lr_patience": 4,
+        "weight_decay": 0.0,  # adamw only
+        "patience": 10,  # EarlyStopping: epochs without improvement of `monitor`
+        "lr_patience": 4,  # ReduceLROnPlateau
         "lr_factor": 0.5,
         "min_lr": 1e-6,
-        "monitor": "val_uar",
-        "class_weights": "balanced",
-        "mixed_precision": "auto",
+        "monitor": "val_uar",  # val_uar, val_accuracy or val_loss: picks best.keras
+        "class_weights": "balanced",  # balanced or none
+        "mixed_precision": "auto",  # auto: mixed_float16 on a GPU, float32 on the CPU
         "workers": 2,
     },
 }
