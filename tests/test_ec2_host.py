@@ -49,6 +49,7 @@ def ec2_host():
     subprocess.run(["userdel", "-r", USER], capture_output=True)  # an empty home, every time
     empty_skel = tempfile.mkdtemp()
     subprocess.run(["useradd", "--create-home", "--skel", empty_skel, "--shell", "/bin/bash", USER], check=True)
+    subprocess.run(["usermod", "-p", "*", USER], check=True)  # no password, yet not "locked": sshd without PAM refuses locked ones
     Path(f"/etc/sudoers.d/{USER}").write_text(f"{USER} ALL=(ALL) NOPASSWD:ALL\n")
     os.chmod(f"/etc/sudoers.d/{USER}", 0o440)
     try:
