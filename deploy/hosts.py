@@ -149,12 +149,12 @@ def connect(c, inv):
             f"No host to act on: pass -H user@address, or set default_host in {inv.path}, "
             "or run `fab -H user@address deploy-full` once (it is remembered)."
         )
-    if "address" not in record:  # an inventory name (or an old host string)
-        host = inv.find_host(record["label"])
-        if host is None:
-            probe = Connection(record["label"], config=config)
-            return _make(inv, config, probe.host, probe.user, probe.port, key_files(probe), label=None)
+    host = inv.find_host(record["label"])
+    if host is not None:  # an inventory name: its entry as it is now (an EC2 instance gets a new address after a stop)
         return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=host.name)
+    if "address" not in record:  # a host string remembered by an older version
+        probe = Connection(record["label"], config=config)
+        return _make(inv, config, probe.host, probe.user, probe.port, key_files(probe), label=None)
     return _make(inv, config, record["address"], record.get("user"), record.get("port", 22), record.get("key_files") or [],
                  label=record["label"])
 

@@ -83,6 +83,9 @@ def test_host_choice_is_dash_h_then_the_remembered_host_then_the_default(tmp_pat
     remember_host(connect(Connection("b", config=Config()), inv))
     target = connect(ctx, inv)
     assert (target.label, target.conn.host, target.conn.port) == ("b", "10.0.0.2", 2222)
+    moved = load_inventory(write(tmp_path, {"default_host": "a", "hosts": {  # b got a new address after a stop and start
+        "a": {"address": "10.0.0.1", "user": "ubuntu", "key_file": a_key}, "b": {"address": "10.0.0.9", "user": "ec2-user"}}}))
+    assert (connect(ctx, moved).label, connect(ctx, moved).conn.host) == ("b", "10.0.0.9")
     given = connect(Connection("admin@10.0.0.1", config=Config()), inv)  # -H by address: the entry's key and port apply
     assert (given.conn.user, given.conn.connect_kwargs["key_filename"]) == ("admin", [a_key])
     other = connect(Connection("ubuntu@198.51.100.7:2200", config=Config()), inv)
