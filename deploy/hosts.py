@@ -80,7 +80,11 @@ class HostConnection(Connection):
                                   f"{self.keepalive_interval * self.keepalive_count_max} s (network down, or the host stopped).")
 
     def run(self, command, **kwargs):
-        result = super().run(command, **kwargs)
+        try:
+            result = super().run(command, **kwargs)
+        except Exception:
+            self.check_alive()  # a command cut off by a dead connection is that, not its own failure
+            raise
         self.check_alive()
         return result
 
