@@ -3,7 +3,7 @@
 #
 #   monitor_training.sh [--run NAME] [--follow]
 #
-# Settings (runs dir, tmux session) come from ../.deploy.env, written by `fab sync-code`.
+# Settings (venv, runs dir, tmux session) come from ../.deploy.env, written by `fab sync-code`.
 # Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished, 5 no run (see run_state.py).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -29,4 +29,13 @@ if [ "$follow" = 1 ]; then
     "$here/follow_log.sh" "$RUNS_DIR/$name" "$SESSION" 20 || true
   fi
 fi
-python3 "$here/run_state.py" --runs-dir "$RUNS_DIR" --session "$SESSION" "${run[@]}"
+state="$(python3 "$here/run_state.py" --runs-dir "$RUNS_DIR" --session "$SESSION" "${run[@]}" --json || true)"
+venv="${VENV:-$HOME/facenet-venv}"
+if [ -x "$venv/bin/python" ]; then
+  # the same screen as `fab monitor` (trainer/run_view.py); its exit code is the run state's
+  cd "$here/.." && printf '%s\n' "$state" | "$venv/bin/python" -m trainer.run_view
+else
+  echo "No venv at $venv yet (run \`fab provision\`); the run state as JSON:"
+  printf '%s\n' "$state"
+  printf '%s\n' "$state" | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["exit_code"])'
+fi

@@ -149,41 +149,6 @@ def collect(runs_dir, session, run=None, log_lines=15):
     return info
 
 
-def as_text(info):
-    out = [f"host {info['host']}  {info['time']}"]
-    if info["gpus"] is None:
-        out.append("GPU: none (no nvidia-smi)")
-    for g in info["gpus"] or []:
-        out.append(f"GPU: {g['error']}" if "error" in g else
-                   f"GPU: {g['name']}  util {g['utilization']}%  memory {g['memory_used_mib']}/{g['memory_total_mib']} MiB")
-    out.append(f"disk free: {info['disk']['free_bytes'] / 2**30:.1f} GiB of {info['disk']['total_bytes'] / 2**30:.1f} GiB ({info['disk']['path']})"
-               + ("  LOW: a full disk fails the run" if info["disk"].get("low") else ""))
-    if info["run"] is None:
-        out.append(f"no run yet in {info['runs_dir']}")
-        return "\n".join(out)
-    status = info.get("status") or {}
-    out.append(f"run {info['run']}: {info['state'].upper()}  (tmux session {info['session']} "
-               f"{'alive' if info.get('session_alive') else 'not running'})")
-    if status:
-        eta = status.get("eta_seconds")
-        out.append(f"epoch {status.get('epoch')}/{status.get('epochs')}  {status.get('seconds_per_epoch') or '?'} s/epoch"
-                   + (f"  ETA {eta / 60:.1f} min" if eta else ""))
-        last = status.get("last") or {}
-        if last:
-            out.append("last: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(last.items()) if isinstance(v, (int, float))))
-        if status.get("best"):
-            b = status["best"]
-            out.append(f"best: {b['metric']} {b['value']:.4f} at epoch {b['epoch']}")
-        if status.get("error"):
-            out.append(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
-    if info.get("exit"):
-        out.append(f"exit code {info['exit'].get('exit_code')} at {info['exit'].get('ended_at')}"
-                   + (f": {info['exit']['reason']}" if info["exit"].get("reason") else ""))
-    out.append(f"--- last lines of {info.get('log')}")
-    out.extend(info.get("log_tail") or ["(empty)"])
-    return "\n".join(out)
-
-
 def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
@@ -341,11 +306,11 @@ def main(argv=None):
     p.add_argument("--session", required=True)
     p.add_argument("--run")
     p.add_argument("--log-lines", type=int, default=15)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="(the output is always JSON)")
     args = p.parse_args(argv)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines)
     info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too
-    print(json.dumps(info) if args.json else as_text(info))
+    print(json.dumps(info))  # trainer/run_view.py renders it, on the laptop and on the host
     return info["exit_code"]
 
 

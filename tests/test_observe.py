@@ -75,10 +75,11 @@ def test_monitor_finished_and_fetch_results_prints_the_metrics(host_ready):
     assert {"best.keras", "metrics.json", "history.csv", "config.yaml", "split.json"} <= {p.name for p in local.iterdir()}
     # the same essentials for someone logged into the host (the "host" is this machine)
     on_host = subprocess.run(["bash", env.remote_root / "project dir" / "remote_scripts" / "monitor_training.sh"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "160"})
     assert on_host.returncode == 0, on_host.stderr
-    assert "run short: FINISHED" in on_host.stdout and "exit code 0" in on_host.stdout and "best: val_uar" in on_host.stdout
-    assert "GPU: none" in on_host.stdout and "disk free" in on_host.stdout and "trainer exited with code 0" in on_host.stdout
+    assert "monitor: finished" in on_host.stdout and "short" in on_host.stdout and "FINISHED  exit code 0" in on_host.stdout
+    assert "val_uar" in on_host.stdout and "none (no nvidia-smi)" in on_host.stdout and "disk free" in on_host.stdout
+    assert "trainer exited with code 0" in on_host.stdout and "fab fetch-results" in on_host.stdout
 
 
 def test_monitor_failed_shows_the_error_and_the_resume_command(host_ready):

@@ -1,0 +1,117 @@
+"""The monitor screen of a run, from the state that remote_scripts/run_state.py reports (JSON).
+
+    render(info, "gpu", console)     # `fab monitor` on the laptop
+    python3 run_state.py ... --json | python -m trainer.run_view    # monitor_training.sh on the host
+
+One renderer for both places. rich only: the deploy side needs neither NumPy nor TensorFlow.
+Every remote string is rendered as plain text, never as markup.
+"""
+
+import json
+import sys
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
+          "stopped": "bold yellow", "vanished": "bold red", "none": "dim"}
+WHAT_TO_DO = {
+    "failed": "The trainer exited with an error (above). Fix it, then resume with `fab train --resume` "
+              "or start over with `fab train`. Full log: `fab logs --lines 200`.",
+    "vanished": "The tmux session is gone and the run left no exit record: the host rebooted or the process was killed. "
+                "Resume from its last finished epoch with `fab train --resume`.",
+    "stopped": "Stopped on request; its backup is intact. Continue with `fab train --resume`.",
+    "finished": "Done. Bring the results home with `fab fetch-results`.",
+    "none": "No training has been started on this host: `fab deploy-full` (or `fab train`).",
+}
+
+
+def _duration(seconds):
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def what_to_do(info):
+    """The advice under the monitor screen, from the state and the exit record's reason."""
+    reason = (info.get("exit") or {}).get("reason") or ""
+    if info["state"] == "failed" and "disk" in reason and "full" in reason:
+        return (f"The host's disk is full ({info['disk']['path']}). Free space there first (old runs, `fab fetch-results` "
+                "then delete them), then continue with `fab train --resume`: resuming on a full disk fails the same way.")
+    if info["state"] == "failed" and "SIGKILL" in reason:
+        return (f"The trainer was {reason}. If it ran out of memory, lower train.batch_size or data.max_frames "
+                "(or data.cache_in_memory: false), then `fab train --resume`. Full log: `fab logs --lines 200`.")
+    return WHAT_TO_DO.get(info["state"])
+
+
+def T(value):
+    """Remote text as plain text: a run name or a log line is never rich markup."""
+    return Text(str(value))
+
+
+def render(info, label, console):
+    """The monitor screen: host, GPU, disk, run state, epoch bar, metrics, log tail, what to do."""
+    state = info["state"]
+    host = Table.grid(padding=(0, 2))
+    host.add_row("host", T(f"{label} ({info['host']})"))
+    if info["gpus"] is None:
+        host.add_row("GPU", "none (no nvidia-smi)")
+    for g in info["gpus"] or []:
+        host.add_row("GPU", T(g.get("error") or f"{g['name']}  util {g['utilization']}%  memory {g['memory_used_mib']}/{g['memory_total_mib']} MiB"))
+    disk = info["disk"]
+    free = T(f"{disk['free_bytes'] / 2**30:.1f} GiB of {disk['total_bytes'] / 2**30:.1f} GiB")
+    if disk.get("low"):
+        free.append(f"  LOW: a full disk fails the run; free space in {disk['path']}", style="bold red")
+    host.add_row("disk free", free)
+    if info.get("error"):
+        host.add_row("error", Text(str(info["error"]), style="red"))
+    parts = [host]
+    if info.get("run"):
+        status = info.get("status") or {}
+        exit_record = info.get("exit") or {}
+        run = Table.grid(padding=(0, 2))
+        headline = Text(state.upper(), style=STYLES.get(state, ""))
+        if exit_record:
+            headline.append(f"  exit code {exit_record.get('exit_code')} at {exit_record.get('ended_at')}")
+            if exit_record.get("reason"):
+                headline.append(f": {exit_record['reason']}")
+        elif state == "vanished":
+            headline.append(f"  tmux session {info['session']} gone, no exit record")
+        run.add_row("run", T(f"{info['run']}  ({info.get('run_dir')})"))
+        run.add_row("state", headline)
+        if status.get("epochs"):
+            bar = Table.grid(padding=(0, 1))
+            bar.add_row(ProgressBar(total=status["epochs"], completed=status.get("epoch", 0), width=30),
+                        f"epoch {status.get('epoch', 0)}/{status['epochs']}   {status.get('seconds_per_epoch') or '?'} s/epoch"
+                        + (f"   ETA {_duration(status.get('eta_seconds'))}" if state == "running" else ""))
+            run.add_row("progress", bar)
+        last = {k: v for k, v in (status.get("last") or {}).items() if isinstance(v, (int, float))}
+        if last:
+            keys = [k for k in ("val_uar", "val_accuracy", "val_loss", "uar", "loss", "learning_rate") if k in last]
+            run.add_row("last epoch", "   ".join(f"{k} {last[k]:.4g}" for k in keys))
+        if status.get("best"):
+            best = status["best"]
+            run.add_row("best", T(f"{best['metric']} {best['value']:.4f} at epoch {best['epoch']}"))
+        if info.get("metrics"):
+            m = info["metrics"]
+            run.add_row("final", f"accuracy {m['accuracy']:.3f}   UAR {m['uar']:.3f}   macro F1 {m['macro_f1']:.3f}")
+        if status.get("error"):
+            run.add_row("error", Text(f"{status['error'].get('type')}: {status['error'].get('message')}", style="red"))
+        parts += [Text(""), run]
+        if info.get("log_tail"):
+            parts += [Text(""), Text(f"last lines of {info.get('log')}", style="dim"), Text("\n".join(info["log_tail"]))]
+    console.print(Panel(Group(*parts), title=Text(f"facenet-deploy monitor: {state}"), title_align="left", border_style=STYLES.get(state, "")))
+    advice = what_to_do(info)
+    if advice:  # outside the panel, so the commands copy cleanly
+        console.print(Text(advice, style=STYLES.get(state, "")))
+
+
+if __name__ == "__main__":
+    state = json.load(sys.stdin)
+    render(state, "this host", Console(soft_wrap=True, highlight=False))
+    sys.exit(state.get("exit_code", 0))
