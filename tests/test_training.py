@@ -191,3 +191,33 @@ def test_validate_and_smoke_write_a_json_result_for_the_deploy_side(tmp_path, sy
     got = json.loads((tmp_path / "smoke.json").read_text())
     assert proc.returncode == 0 and got["ok"] is True and "Smoke test passed" in got["message"]
     assert (tmp_path / "runs").joinpath(got["run_dir"].split("/")[-1], "best.keras").is_file()
+
+
+def test_mirrored_training_over_two_devices_records_replicas_and_resumes(tmp_path, synth_crema):
+    """tf.distribute's MirroredStrategy on two logical CPU devices: the code path of a multi-GPU host.
+    train.batch_size is per replica; a stopped run resumes under the same strategy."""
+    env = {"FACENET_LOGICAL_CPUS": "2"}
+    run = tmp_path / "m1"
+    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth_crema), "--out", str(tmp_path), "--run-name", "m1",
+           "--epochs", "30", "--set", "train.distribute=mirrored", "--set", "train.patience=100", *TINY]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+    wait_for_epoch(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    expected = {"strategy": "MirroredStrategy", "replicas": 2, "batch_size_per_replica": 16, "global_batch_size": 32}
+    assert expected.items() <= status(run)["distribution"].items()
+    assert expected.items() <= json.loads((run / "environment.json").read_text())["distribution"].items()
+    assert "MirroredStrategy with 2 replica(s), global batch 32" in out and "cuDNN" not in out
+    done = status(run)["epoch"]
+    proc = run_trainer("train", "--resume", run, "--epochs", str(done + 1), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert status(run)["state"] == "finished" and status(run)["epoch"] == done + 1
+    assert json.loads((run / "metrics.json").read_text())["uar"] > 0
+
+
+def test_auto_uses_one_device_where_there_are_no_gpus(tmp_path, synth_crema):
+    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "a1", "--epochs", "1", *TINY,
+                       env={"FACENET_LOGICAL_CPUS": "2"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert status(tmp_path / "a1")["distribution"]["replicas"] == 1

@@ -50,7 +50,7 @@ DEFAULTS = {
         "head_units": 128,
     },
     "train": {
-        "batch_size": 32,
+        "batch_size": 32,  # per replica: the global batch is this x the number of GPUs used
         "epochs": 60,
         "optimizer": "adam",  # adam, adamw or sgd
         "learning_rate": 1e-3,
@@ -63,6 +63,9 @@ DEFAULTS = {
         "class_weights": "balanced",  # balanced or none
         "mixed_precision": "auto",  # auto: mixed_float16 on a GPU, float32 on the CPU
         "workers": 2,
+        # auto: every GPU of the host when there are several (MirroredStrategy), else one device;
+        # mirrored: MirroredStrategy always; off: one device. batch_size is per replica.
+        "distribute": "auto",
     },
 }
 
@@ -74,6 +77,7 @@ CHOICES = {
     "train.monitor": ("val_uar", "val_accuracy", "val_loss"),
     "train.class_weights": ("balanced", "none"),
     "train.mixed_precision": ("auto", "on", "off"),
+    "train.distribute": ("auto", "mirrored", "off"),
 }
 POSITIVE = {
     "data.feature_dim", "model.units", "model.layers", "model.heads", "model.head_units",

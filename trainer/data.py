@@ -85,20 +85,21 @@ def subsample(entries, max_clips, seed):
     return picked
 
 
-def make_generator(cfg, paths, entries, stats, shuffle, **kwargs):
+def make_generator(cfg, paths, entries, stats, shuffle, batch_size=None, **kwargs):
     from trainer.generator import FixedVideoFacenetGenerator
 
     data, index = cfg["data"], {c: i for i, c in enumerate(cfg["data"]["classes"])}
     return FixedVideoFacenetGenerator(
-        paths, [index[entries[p].emotion] for p in paths], batch_size=cfg["train"]["batch_size"], shuffle=shuffle,
+        paths, [index[entries[p].emotion] for p in paths], batch_size=batch_size or cfg["train"]["batch_size"], shuffle=shuffle,
         mean=stats["mean"], std=stats["std"], feature_key=data["feature_key"], max_frames=data["max_frames"],
         max_frames_mode=data["max_frames_mode"], cache_in_memory=data["cache_in_memory"],
         lengths=[entries[p].frames for p in paths], seed=cfg["seed"], **kwargs,
     )
 
 
-def generators(cfg, prepared):
+def generators(cfg, prepared, batch_size=None):
+    """Training and validation PyDatasets; `batch_size` is the global batch (train.batch_size x replicas)."""
     workers = cfg["train"]["workers"]
-    train = make_generator(cfg, prepared.split["train"], prepared.entries, prepared.stats, True, workers=workers)
-    val = make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, False, workers=workers)
+    train = make_generator(cfg, prepared.split["train"], prepared.entries, prepared.stats, True, batch_size, workers=workers)
+    val = make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, False, batch_size, workers=workers)
     return train, val

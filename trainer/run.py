@@ -97,20 +97,27 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
         prepared = data.prepare(cfg, data_dirs, run_dir, console)
     import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
 
+    from trainer import distribute
     from trainer.callbacks import AtomicModelCheckpoint, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
     from trainer.evaluate import score
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
+    distribute.configure_devices()
     keras.utils.set_random_seed(cfg["seed"])
-    env = environment()
+    strategy = distribute.choose_strategy(cfg["train"]["distribute"])
+    distribution = distribute.describe(strategy, cfg["train"]["batch_size"])
+    env = {**environment(), "distribution": distribution}
     write_json_atomic(run_dir / "environment.json", env)
+    status.update(distribution=distribution)
     use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
-    console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}")
+    console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
+                  f"{distribution['strategy']} with {distribution['replicas']} replica(s), global batch {distribution['global_batch_size']}")
 
-    train_gen, val_gen = data.generators(cfg, prepared)
+    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"])
     classes = cfg["data"]["classes"]
-    model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
+    with strategy.scope():
+        model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
     for problem in cudnn_problems(model):
         console.print(f"[yellow]warning[/]: LSTM will not use the cuDNN kernel: {problem}")
     monitor = cfg["train"]["monitor"]

@@ -90,6 +90,9 @@ def render(info, label, console):
                         f"epoch {status.get('epoch', 0)}/{status['epochs']}   {status.get('seconds_per_epoch') or '?'} s/epoch"
                         + (f"   ETA {_duration(status.get('eta_seconds'))}" if state == "running" else ""))
             run.add_row("progress", bar)
+        dist = status.get("distribution")
+        if dist:
+            run.add_row("devices", T(f"{dist['replicas']} replica(s) ({dist['strategy']}), global batch {dist['global_batch_size']}"))
         last = {k: v for k, v in (status.get("last") or {}).items() if isinstance(v, (int, float))}
         if last:
             keys = [k for k in ("val_uar", "val_accuracy", "val_loss", "uar", "loss", "learning_rate") if k in last]
