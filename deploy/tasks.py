@@ -50,6 +50,7 @@ def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs)
         @functools.wraps(body)
         def run(c, *args, **kwargs):
             try:
+                refuse_several_hosts()
                 inv = load_inventory()
                 target = connect(c, inv)
                 say(f"host: {target.describe()}", "dim")
@@ -68,6 +69,19 @@ def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs)
 
         return task(name=task_name, **task_kwargs)(run)
     return decorate
+
+
+def refuse_several_hosts():
+    """`fab -H a,b TASK` would run TASK once per host: for deploy-full, independent trainings that
+    look like one. Until several hosts can train as one, a command acts on one host."""
+    from fabric.main import program
+
+    core = getattr(program, "core", None)
+    hosts = core[0].args.hosts.value if core else None
+    if hosts and "," in hosts:
+        raise LocalInputError(f"-H names several hosts ({hosts}): each would get its own, independent run of the task "
+                              "(for deploy-full: separate trainings, not one). Several hosts as one training are not "
+                              "supported yet: run the command once per host.")
 
 
 def as_exit(e):

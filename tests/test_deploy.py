@@ -143,6 +143,12 @@ def test_sync_code_mirrors_and_removes_stale_files(deploy_env):
     assert all(path.read_text() == "not code" for path in theirs)
 
 
+def test_several_hosts_in_dash_h_are_refused_not_run_as_separate_trainings(deploy_env):
+    proc = deploy_env.fab("-H", "local,local", "deploy-full")
+    assert proc.returncode == 2 and "-H names several hosts (local,local)" in proc.out and "[1/6]" not in proc.out
+    assert not deploy_env.remote_root.exists()
+
+
 def test_no_host_anywhere_is_a_clear_error(deploy_env):
     proc = deploy_env.fab("monitor")
     assert proc.returncode == 2
