@@ -159,6 +159,35 @@ def host_ready(deploy_env, tmp_path):
     return deploy_env
 
 
+@pytest.fixture
+def fake_bin_host(tmp_path, host_venv):
+    """`make(**scripts)`: a second real sshd whose PATH starts with fake programs (name -> shell script),
+    for what cannot run here (nvidia-smi, a system apt-get); returns its DeployEnv (`.fake_bin` is the folder)."""
+    from deploy.localhost import LocalSSHHost
+
+    started = []
+
+    def make(**scripts):
+        fake_bin = tmp_path / "fakebin"
+        fake_bin.mkdir()
+        for name, text in scripts.items():
+            (fake_bin / name.replace("_", "-")).write_text(text)
+            (fake_bin / name.replace("_", "-")).chmod(0o755)
+        host = LocalSSHHost(tmp_path / "sshd", extra_config=f"SetEnv PATH={fake_bin}:/usr/local/bin:/usr/bin:/bin\n").start()
+        root = tmp_path / "gpu deploy"
+        root.mkdir()
+        env = DeployEnv(root, host, host_venv)
+        env.fake_bin = fake_bin
+        env.write(default_host="local")
+        started.append((env, host))
+        return env
+
+    yield make
+    for env, host in started:
+        env.cleanup()
+        host.stop()
+
+
 def write_config(path, **sections):
     """A training config file (YAML) with the given sections, e.g. train={"epochs": 40}."""
     import yaml

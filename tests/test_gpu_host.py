@@ -5,7 +5,6 @@ second real sshd (via its SetEnv). Everything else (fab, SSH, pip, TensorFlow) i
 """
 
 import pytest
-from conftest import DeployEnv
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -19,21 +18,8 @@ esac
 
 
 @pytest.fixture
-def gpu_env(tmp_path, host_venv):
-    from deploy.localhost import LocalSSHHost
-
-    fake_bin = tmp_path / "fakebin"
-    fake_bin.mkdir()
-    (fake_bin / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
-    (fake_bin / "nvidia-smi").chmod(0o755)
-    host = LocalSSHHost(tmp_path / "sshd", extra_config=f"SetEnv PATH={fake_bin}:/usr/local/bin:/usr/bin:/bin\n").start()
-    root = tmp_path / "gpu deploy"
-    root.mkdir()
-    env = DeployEnv(root, host, host_venv)
-    env.write(default_host="local")
-    yield env
-    env.cleanup()
-    host.stop()
+def gpu_env(fake_bin_host):
+    return fake_bin_host(nvidia_smi=FAKE_NVIDIA_SMI)
 
 
 def test_provision_picks_the_gpu_requirements_and_fails_loudly_when_tensorflow_sees_no_gpu(gpu_env):

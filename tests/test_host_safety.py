@@ -165,25 +165,8 @@ echo "$*" >> "$(dirname "$0")/apt-calls.txt"
 
 
 @pytest.fixture
-def broken_gpu_env(tmp_path, host_venv):
-    from conftest import DeployEnv
-
-    from deploy.localhost import LocalSSHHost
-
-    fake_bin = tmp_path / "fakebin"
-    fake_bin.mkdir()
-    for name, text in (("nvidia-smi", BROKEN_NVIDIA_SMI), ("apt-get", FAKE_APT)):
-        (fake_bin / name).write_text(text)
-        (fake_bin / name).chmod(0o755)
-    host = LocalSSHHost(tmp_path / "sshd", extra_config=f"SetEnv PATH={fake_bin}:/usr/local/bin:/usr/bin:/bin\n").start()
-    root = tmp_path / "gpu deploy"
-    root.mkdir()
-    env = DeployEnv(root, host, host_venv)
-    env.fake_bin = fake_bin
-    env.write(default_host="local")
-    yield env
-    env.cleanup()
-    host.stop()
+def broken_gpu_env(fake_bin_host):
+    return fake_bin_host(nvidia_smi=BROKEN_NVIDIA_SMI, apt_get=FAKE_APT)
 
 
 def test_a_broken_nvidia_smi_fails_unless_cpu_training_is_intended(broken_gpu_env):
