@@ -117,7 +117,11 @@ class Heartbeat(threading.Thread):
 @dataclass
 class Target:
     conn: HostConnection
-    label: str  # the inventory name, or user@address:port
+
+    @property
+    def label(self):
+        """The inventory name, or user@address:port."""
+        return self.conn.label
 
     def describe(self):
         c = self.conn
@@ -171,9 +175,8 @@ def _make(inv, config, address, user, port, keys, label):
                           connect_timeout=inv.ssh["connect_timeout"])
     conn.keepalive_interval, conn.keepalive_count_max = inv.ssh["keepalive_interval"], inv.ssh["keepalive_count_max"]
     conn.rsync_timeout = inv.ssh["rsync_timeout"]
-    where = f"{conn.user}@{conn.host}:{conn.port}"
-    conn.label = label or where
-    return Target(pin_host_keys(conn), label or where)
+    conn.label = label or f"{conn.user}@{conn.host}:{conn.port}"
+    return Target(pin_host_keys(conn))
 
 
 def key_files(conn):

@@ -1,7 +1,7 @@
 """Watching a run from the laptop: the monitor screen, log tail, results, TensorBoard tunnel.
 
     info = run_state(conn, inv)            # one SSH command (deploy.training)
-    render(info, label, console)           # the monitor screen
+    render(info, label, console)           # the monitor screen: trainer.run_view, shared with the host
     follow(conn, inv, info)                # stream train.log until the run ends
     fetch_results(target, inv, run, dest)  # rsync the run back, without backup/
     tunnel(conn, inv, local_port, say)     # TensorBoard on the host's loopback -> localhost
@@ -18,7 +18,6 @@ from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
 from deploy.sync import rsync
 from deploy.training import run_state, script
-from trainer.run_view import render  # noqa: F401 (the monitor screen, shared with the host's monitor_training.sh)
 
 
 def follow(conn, inv, info):

@@ -22,6 +22,7 @@ from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, known_hosts_file, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
+from trainer.run_view import render  # the monitor screen; the host's monitor_training.sh draws the same
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -236,7 +237,7 @@ def monitor(h, follow=False, run=None):
     if follow and info["state"] in ("starting", "running"):
         observe.follow(h.conn, h.inv, info)
         info = training.run_state(h.conn, h.inv, run=run)
-    observe.render(info, h.target.label, console)
+    render(info, h.target.label, console)
     if info["exit_code"]:
         raise Exit(code=info["exit_code"])
 
