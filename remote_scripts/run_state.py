@@ -39,7 +39,8 @@ STOPPED = 3  # the trainer's exit code for "stopped on request"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
 CURRENT, LAUNCH, EXIT, PENDING = ".current", "launch.json", "exit.json", ".exit.pending"
 PENDING_SIZE = 4096
-LOW_DISK_BYTES = 2 * 2**30  # `fab monitor` warns below this much free space (or 5 %)
+# `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
+LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
 DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
 
 
@@ -108,7 +109,7 @@ def derive_state(exit_record, alive, status):
 
 def disk(path):
     usage = shutil.disk_usage(path)
-    low = usage.free < min(LOW_DISK_BYTES, 0.05 * usage.total) or usage.free < DISK_FULL_BYTES * 64
+    low = usage.free < max(min(LOW_DISK_BYTES, LOW_DISK_FRACTION * usage.total), LOW_DISK_FLOOR)
     return {"path": path, "free_bytes": usage.free, "total_bytes": usage.total, "low": low}
 
 
@@ -153,10 +154,11 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
-def write_json(path, data):
+def write_atomic(path, text):
+    """A temp file beside `path`, then a rename: readers see the old file or the new one."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -172,11 +174,10 @@ def record_launch(run_dir, pid, command):
         f.write(b" " * PENDING_SIZE)
         f.flush()
         os.fsync(f.fileno())
-    write_json(os.path.join(run_dir, LAUNCH), {"started_at": now(), "pid": pid, "pgid": os.getpgid(pid), "command": command})
-    tmp = os.path.join(os.path.dirname(os.path.abspath(run_dir)), f"{CURRENT}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(os.path.basename(os.path.abspath(run_dir)) + "\n")
-    os.replace(tmp, os.path.join(os.path.dirname(os.path.abspath(run_dir)), CURRENT))
+    launch = {"started_at": now(), "pid": pid, "pgid": os.getpgid(pid), "command": command}
+    write_atomic(os.path.join(run_dir, LAUNCH), json.dumps(launch))
+    run_dir = os.path.abspath(run_dir)
+    write_atomic(os.path.join(os.path.dirname(run_dir), CURRENT), os.path.basename(run_dir) + "\n")
 
 
 def exit_reason(run_dir, code):
@@ -212,7 +213,7 @@ def record_exit(run_dir, code, reason=None):
             os.fsync(f.fileno())
         os.replace(pending, os.path.join(run_dir, EXIT))
     except OSError:
-        write_json(os.path.join(run_dir, EXIT), record)
+        write_atomic(os.path.join(run_dir, EXIT), json.dumps(record))
     return record
 
 
