@@ -40,6 +40,7 @@ def describe(strategy, batch_size):
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
-    devices = list(strategy.extended.worker_devices) if isinstance(strategy, tf.distribute.MirroredStrategy) else ["default"]
-    return {"strategy": type(strategy).__name__, "replicas": replicas, "devices": devices,
+    mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
+    devices = list(strategy.extended.worker_devices) if mirrored else ["default"]
+    return {"strategy": "MirroredStrategy" if mirrored else "one device", "replicas": replicas, "devices": devices,
             "batch_size_per_replica": batch_size, "global_batch_size": batch_size * replicas}
