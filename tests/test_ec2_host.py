@@ -113,7 +113,8 @@ def test_the_whole_path_on_an_ec2_like_host(ec2_host, tmp_path):
     wait_until(lambda: json.loads((runs / "ec2" / "status.json").read_text()).get("resumed_at"), what="the resumed run")
     stop = env.fab("stop", "--wait", "60", timeout=200)
     assert stop.returncode == 0, stop.out
-    assert env.fab("monitor").returncode == 3
+    stopped = env.fab("monitor")
+    assert stopped.returncode == 3, stop.out + stopped.out
 
     fetched = env.fab("fetch-results", "--dest", root / "results")
     assert fetched.returncode == 0, fetched.out

@@ -31,8 +31,11 @@ from trainer.status import RunStatus, now_iso, write_json_atomic
 CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Stopped(Exception):
-    """The run ended early because it was asked to (SIGTERM/SIGINT); its backup is intact."""
+class Stopped(BaseException):
+    """The run ended early because it was asked to (SIGTERM/SIGINT); its backup is intact.
+
+    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the trainer
+    is, and a library's `except Exception` must not swallow a stop request."""
 
     exit_code = 3
 
