@@ -59,8 +59,12 @@ DEFAULTS = {
     "apt_packages": ["tmux", "rsync", "python3-venv"],
     "python": "python3",
     "pip": {**host_requirements(), "extra_args": []},
+    "price_per_hour": None,
+    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff"},
+    "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
 }
-HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str}
+HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float)}
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds"}  # > 0; null where the default is
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
 
@@ -72,6 +76,7 @@ class Host:
     user: str | None = None
     port: int = 22
     key_file: str | None = None
+    price_per_hour: float | None = None
 
 
 @dataclass
@@ -91,12 +96,20 @@ class Inventory:
     apt_packages: list
     python: str
     pip: dict
+    price_per_hour: float | None
+    autostop: dict
+    ec2: dict
 
     def find_host(self, name_or_address):
         """The inventory host whose name or address is `name_or_address`, else None."""
         if name_or_address in self.hosts:
             return self.hosts[name_or_address]
         return next((h for h in self.hosts.values() if h.address == name_or_address), None)
+
+    def price_of(self, label):
+        """USD per hour of the host `label`: its hosts entry's price_per_hour, else the top-level one (None: unknown)."""
+        host = self.hosts.get(label)
+        return host.price_per_hour if host and host.price_per_hour is not None else self.price_per_hour
 
 
 def inventory_path():
@@ -143,6 +156,7 @@ def load_inventory(path=None):
         train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
+        price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"],
     )
 
 
@@ -152,7 +166,12 @@ def _merge(base, new, prefix, path):
         if key not in base:
             raise InventoryError(f"Unknown inventory key {dotted!r} in {path}. Known keys here: {', '.join(sorted(base))}")
         default = base[key]
-        if dotted == "hosts":
+        if dotted in NUMBERS:
+            if not (value is None and default is None) and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects a number above 0"
+                                     f"{' or null' if default is None else ''}. Received: {value!r}")
+            base[key] = value
+        elif dotted == "hosts":
             value = {} if value is None else value  # only commented-out entries
             if not isinstance(value, dict):
                 raise InventoryError(f"Inventory key 'hosts' in {path} expects a mapping of host name to settings. Received: {value!r}")
@@ -211,8 +230,9 @@ def _host(name, spec, path):
         if key not in HOST_KEYS:
             raise InventoryError(f"Unknown inventory key 'hosts.{name}.{key}' in {path}. Known keys here: {', '.join(HOST_KEYS)}")
         expected = HOST_KEYS[key]
-        if not isinstance(value, expected) or isinstance(value, bool) or value == "":
-            raise InventoryError(f"Inventory key 'hosts.{name}.{key}' in {path} expects {expected.__name__}. Received: {value!r}")
+        if not isinstance(value, expected) or isinstance(value, bool) or value == "" or (key == "price_per_hour" and value <= 0):
+            what = "a number above 0 (USD per hour)" if key == "price_per_hour" else expected.__name__
+            raise InventoryError(f"Inventory key 'hosts.{name}.{key}' in {path} expects {what}. Received: {value!r}")
     if "address" not in spec:
         raise InventoryError(f"Inventory key 'hosts.{name}.address' in {path} is missing: give the host's IP or DNS name.")
     port = spec.get("port", 22)
@@ -221,7 +241,8 @@ def _host(name, spec, path):
     key_file = spec.get("key_file")
     if key_file:
         key_file = str(_local(path.resolve().parent, key_file))
-    return Host(name=name, address=spec["address"], user=spec.get("user"), port=port, key_file=key_file)
+    return Host(name=name, address=spec["address"], user=spec.get("user"), port=port, key_file=key_file,
+                price_per_hour=spec.get("price_per_hour"))
 
 
 def _local(base, p):

@@ -3,7 +3,7 @@
     info = run_state(conn, inv)            # one SSH command (deploy.training)
     render(info, label, console)           # the monitor screen: trainer.run_view, shared with the host
     follow(conn, inv, info)                # stream train.log until the run ends
-    fetch_results(target, inv, run, dest)  # rsync the run back, without backup/
+    fetch_results(target, inv, run, dest)  # rsync the run back (backup/ only when asked)
     tunnel(conn, inv, local_port, say)     # TensorBoard on the host's loopback -> localhost
 """
 
@@ -46,8 +46,8 @@ def _run_info(conn, inv, run):
     return info
 
 
-def fetch_results(target, inv, run, dest, say):
-    """rsync RUNS_DIR/<run>/ (without backup/) to DEST/<host>/<run>/; returns (local dir, info)."""
+def fetch_results(target, inv, run, dest, say, backup=False):
+    """rsync RUNS_DIR/<run>/ (backup/ only with `backup`) to DEST/<host>/<run>/; returns (local dir, info)."""
     conn = target.conn
     info = _run_info(conn, inv, run)
     root = Path(dest).resolve()
@@ -55,9 +55,10 @@ def fetch_results(target, inv, run, dest, say):
     if not local.is_relative_to(root) or local == root:  # names from the host are checked already; this is the last word
         raise DeployError(f"Refusing to write the run {info['run']!r} outside {root}.")
     local.mkdir(parents=True, exist_ok=True)
-    n, _ = rsync(conn, ["--exclude=/backup/", "--exclude=.*.tmp", rsync_target(conn, rjoin(inv.remote["runs_dir"], info["run"])) + "/",
+    excluded = ["--exclude=.*.tmp"] + ([] if backup else ["--exclude=/backup/"])
+    n, _ = rsync(conn, [*excluded, rsync_target(conn, rjoin(inv.remote["runs_dir"], info["run"])) + "/",
                         f"{local}/"])
-    say(f"Fetched run {info['run']} ({info['state']}): {n} file(s) updated in {local}")
+    say(f"Fetched run {info['run']} ({info['state']}{', with its backup' if backup else ''}): {n} file(s) updated in {local}")
     return local, info
 
 

@@ -3,6 +3,7 @@
     sync_code(target, inv, say)     # trainer/, remote_scripts/, configs/, setup files; --delete
     check_local_data(inv)           # before any upload: every data dir exists and holds *.npz
     sync_data(target, inv, say)     # remote.data_dir/<dir name>/ mirrors each local dir, then verify
+    upload_run(target, inv, run, say)   # a fetched run (with backup/) to continue on this host
 
 rsync keeps partial files in `.rsync-partial/` so an interrupted upload resumes where it
 stopped; the verification compares file counts and bytes on both sides.
@@ -13,10 +14,13 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
+from trainer.errors import UserError
+from trainer.names import check_run_name
 from trainer.run import code_version  # .code-version stamp or git describe: the same string the trainer records
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
@@ -148,3 +152,38 @@ def verify_data(conn, inv, local, say):
                               f"{got[0]} files / {got[1]} bytes. Run `fab sync-data` again (rsync resumes).")
     say(f"verified: the host holds the same files and bytes ({sum(f for f, _ in local.values())} files, "
         f"{sum(s for _, s in local.values()) / 1e6:.1f} MB)")
+
+
+def check_run_to_resume(path):
+    """A fetched run directory that another host can continue: config, split, normalisation and
+    backup/ (from `fab fetch-results --backup`), not finished. LocalInputError naming what is missing."""
+    run = Path(path)
+    if not (run / "config.yaml").is_file():
+        raise LocalInputError(f"--resume-from {run}: not a fetched run directory (no config.yaml). "
+                              "Expected results/<host>/<run> from `fab fetch-results --backup`.")
+    if (run / "metrics.json").is_file() and not (run / "backup").is_dir():
+        raise LocalInputError(f"--resume-from {run}: that run finished (it has metrics.json); there is nothing to continue.")
+    missing = [name for name in ("split.json", "manifest.json", "normalization.npz") if not (run / name).is_file()]
+    if not (run / "backup").is_dir() or not any((run / "backup").iterdir()):
+        missing.append("backup/")
+    if missing:
+        raise LocalInputError(f"--resume-from {run} has no {', '.join(missing)}: fetch the run with "
+                              "`fab fetch-results --backup` (the backup holds the last finished epoch).")
+    try:
+        check_run_name(run.name, f"--resume-from {run}")
+    except UserError as e:
+        raise LocalInputError(str(e)) from None
+    return run
+
+
+def upload_run(target, inv, local_run, say):
+    """Upload a fetched run directory (with its backup) to remote.runs_dir/<run>/; refuses a name the host has."""
+    conn, remote = target.conn, rjoin(inv.remote["runs_dir"], local_run.name)
+    if conn.run(f"test -e {rq(rjoin(remote, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
+        raise LocalInputError(f"Run {local_run.name} already exists on the host in {inv.remote['runs_dir']}: continue it there "
+                              "with `fab train --resume`, or remove it first.")
+    conn.run(f"mkdir -p {rq(inv.remote['runs_dir'])}", hide=True, in_stream=False)
+    # launch.json/exit.json belong to the old host's launcher; the new launcher writes its own
+    excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json"]
+    n, sent = rsync(conn, [*excluded, f"{local_run}/", rsync_target(conn, remote) + "/"])
+    say(f"run {local_run.name}: {n} file(s) ({sent} bytes) uploaded to {remote}")

@@ -17,7 +17,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 from rich.text import Text
 
-from deploy import lock, observe, sync, training
+from deploy import agent, lock, observe, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, known_hosts_file, remember_host
@@ -58,6 +58,7 @@ def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs)
                 if before_connect:
                     before_connect(inv, **kwargs)
                 h = Host(inv, target)
+                agent.touch(h.conn, inv)  # autostop counts idle time from the last task
                 if not changes_host:
                     return body(h, *args, **kwargs)
                 with lock.host_lock(h.conn, inv, task_name):
@@ -165,12 +166,25 @@ def train(h, resume=False, restart=False, run_name=None):
     Refuses while a training runs: --restart replaces it, --resume continues the last run.
     The trainer's output goes to RUN_DIR/train.log; its exit code and end time to RUN_DIR/exit.json.
     """
-    training.launch(h.conn, h.inv, say, resume=resume, run_name=run_name)
+    start_training(h, resume=resume, run_name=run_name)
 
 
-def _deploy_checks(inv, run_name=None, **_):
-    """Before touching the host: data dirs exist and hold *.npz, configs exist in the repo, the run name is valid."""
+def start_training(h, run_name=None, resume=False):
+    """The host agent gets the inventory's settings (autostop, EC2 metadata, price) first, then the training starts."""
+    outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
+    if "boot" in outcome:
+        say(agent.describe(outcome["settings"], outcome["boot"]))
+    return training.launch(h.conn, h.inv, say, resume=resume, run_name=run_name, price_per_hour=h.inv.price_of(h.target.label))
+
+
+def _deploy_checks(inv, run_name=None, resume_from=None, **_):
+    """Before touching the host: data dirs exist and hold *.npz, configs exist in the repo, the run name is valid,
+    a run to resume was fetched with its backup."""
     _run_name(inv, run_name)
+    if resume_from is not None:
+        if run_name is not None:
+            raise LocalInputError("--resume-from continues a run under its own name: drop --run-name.")
+        sync.check_run_to_resume(resume_from)
     sync.check_local_data(inv)
     for key in ("train_config", "smoke_config"):
         path = getattr(inv, key)
@@ -185,29 +199,37 @@ DEPLOY_STEPS = [  # (name, step(h, run)): each also a task of its own
     ("sync-data", lambda h, run: sync.sync_data(h.target, h.inv, say)),
     ("preflight", lambda h, run: training.preflight(h.conn, h.inv, say)),
     ("smoke-test", lambda h, run: training.smoke_test(h.conn, h.inv, say)),
-    ("train", lambda h, run: run.update(name=training.launch(h.conn, h.inv, say, run_name=run.get("name")))),
+    ("upload-run", lambda h, run: sync.upload_run(h.target, h.inv, run["resume_from"], say)),  # only with --resume-from
+    ("train", lambda h, run: run.update(name=start_training(h, run_name=run["name"], resume=bool(run["resume_from"])))),
 ]
 
 
 @host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks,
            help={"run_name": "name of the training run (default: a timestamp)",
-                 "restart": "stop a running training first (else deploy-full refuses to touch its data)"})
-def deploy_full(h, run_name=None, restart=False):
+                 "restart": "stop a running training first (else deploy-full refuses to touch its data)",
+                 "resume_from": "a run fetched with `fab fetch-results --backup` (results/<host>/<run>): upload it and continue it here"})
+def deploy_full(h, run_name=None, restart=False, resume_from=None):
     """Provision, sync-code, sync-data, preflight, smoke-test, train: in that order, stopping at the first failure.
 
     Prints a line per step with its duration, and at the end the run's name and the commands
     to watch it. The host (user, address, port, key file) is remembered, so later tasks need no flags.
+    With --resume-from, an upload-run step brings a run from another host (e.g. a preempted spot
+    instance) and training continues it from its last finished epoch.
     """
     inv = h.inv
     console.rule(f"deploy-full to {h.target.label}")
+    resumed = sync.check_run_to_resume(resume_from) if resume_from else None
     if run_name:
         training.refuse_new_run_name(h.conn, inv, run_name)  # now, not after the smoke test
     say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")
     say(f"training config: {inv.train_config}; runs: {inv.remote['runs_dir']}; tmux session: {inv.tmux_session}")
-    run = {"name": run_name}
+    if resumed:
+        say(f"continuing run {resumed.name} from {resumed}")
+    run = {"name": resumed.name if resumed else run_name, "resume_from": resumed}
+    steps = [(name, step) for name, step in DEPLOY_STEPS if name != "upload-run" or resumed]
     total = time.monotonic()
-    for i, (name, step) in enumerate(DEPLOY_STEPS, 1):
-        console.print(Text(f"[{i}/{len(DEPLOY_STEPS)}] {name}", style="bold"))
+    for i, (name, step) in enumerate(steps, 1):
+        console.print(Text(f"[{i}/{len(steps)}] {name}", style="bold"))
         t0 = time.monotonic()
         try:
             step(h, run)
@@ -230,13 +252,16 @@ def deploy_full(h, run_name=None, restart=False):
 def monitor(h, follow=False, run=None):
     """One screen: host, GPU, the run's state, epoch progress with ETA, metrics, disk, last log lines.
 
+    Also the host's uptime, its cost so far and to the end of the run (price_per_hour), the EC2
+    instance type and whether it is spot, and when autostop powers the host off.
     Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished (tmux session gone without
-    an exit record), 5 no run, 6 host unreachable; scripts can poll it.
+    an exit record), 5 no run, 6 host unreachable, 7 preempted (spot); scripts can poll it.
     """
     info = training.run_state(h.conn, h.inv, run=run)
     if follow and info["state"] in ("starting", "running"):
         observe.follow(h.conn, h.inv, info)
         info = training.run_state(h.conn, h.inv, run=run)
+    info["price_per_hour"] = h.inv.price_of(h.target.label)  # the inventory as it is now
     render(info, h.target.label, console)
     if info["exit_code"]:
         raise Exit(code=info["exit_code"])
@@ -267,16 +292,18 @@ def unlock(h):
     say(f"Removed the lock of {lock.describe(holder)}." if holder is not None else "The host was not locked.")
 
 
-@host_task(name="fetch-results", help={"run": "a run other than the current one", "dest": "local folder (default: results)"})
-def fetch_results(h, run=None, dest="results"):
-    """Rsync the run dir back (model, metrics, history, TensorBoard logs, config, split; not backup/) to DEST/<host>/<run>/.
+@host_task(name="fetch-results", help={"run": "a run other than the current one", "dest": "local folder (default: results)",
+                                       "backup": "also bring backup/ (the last finished epoch), to continue the run on another host"})
+def fetch_results(h, run=None, dest="results", backup=False):
+    """Rsync the run dir back (model, metrics, history, TensorBoard logs, config, split; backup/ with --backup) to DEST/<host>/<run>/.
 
-    Prints the final metrics table (accuracy, UAR, macro F1, per-class scores) and the
-    confusion matrix when the run has finished.
+    Prints the final metrics table (accuracy, UAR, macro F1, per-class scores), the confusion
+    matrix and the run's compute hours and cost when the run has finished. A run fetched with
+    --backup continues elsewhere: `fab -H other deploy-full --resume-from DEST/<host>/<run>`.
     """
     from trainer.report import print_metrics  # rich only: no TensorFlow needed here
 
-    local, info = observe.fetch_results(h.target, h.inv, run, dest, say)
+    local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
     metrics = observe.read_metrics(local)
     if metrics:
         print_metrics(metrics, console, title=f"Run {info['run']}")
@@ -288,3 +315,31 @@ def fetch_results(h, run=None, dest="results"):
 def tensorboard_tunnel(h, local_port=None):
     """Start TensorBoard on the host (its 127.0.0.1 only, in tmux) if needed, and forward it to localhost until Ctrl-C."""
     observe.tunnel(h.conn, h.inv, int(local_port or h.inv.tensorboard["local_port"]), say)
+
+
+@host_task(help={"idle_minutes": "arm: run autostop.command (default: power off) after this many idle minutes",
+                 "cancel": "disarm"})
+def autostop(h, idle_minutes=None, cancel=False):
+    """Power the host off when it has been idle: no training running and no fab task for N minutes.
+
+    The host's agent (remote_scripts/host_agent.py) does it, so the laptop may be closed; it
+    never fires while a training runs and is re-armed at boot (crontab). The command is
+    autostop.command (default `sudo -n /sbin/poweroff`; an EC2 instance then stops, its disk
+    is kept). Without options: say whether it is armed. inventory `autostop.idle_minutes` arms
+    it at every deploy.
+    """
+    if cancel and idle_minutes is not None:
+        raise LocalInputError("Give --idle-minutes N (arm) or --cancel (disarm), not both.")
+    if cancel:
+        outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=None)
+    elif idle_minutes is not None:
+        try:
+            minutes = float(idle_minutes)
+        except ValueError:
+            minutes = 0
+        if not minutes > 0:
+            raise LocalInputError(f"--idle-minutes expects a number of minutes above 0. Received: {idle_minutes!r}")
+        outcome = agent.configure(h.conn, h.inv, h.target.label, autostop={"idle_seconds": minutes * 60, "command": h.inv.autostop["command"]})
+    else:
+        outcome = agent.configure(h.conn, h.inv, h.target.label)
+    say(agent.describe(outcome["settings"], outcome.get("boot")))

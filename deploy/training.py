@@ -120,11 +120,17 @@ def refuse_while_training(conn, inv, say, task, restart):
     stop(conn, inv, say)
 
 
-def launch(conn, inv, say, resume=False, run_name=None):
-    """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name."""
+def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None):
+    """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name.
+
+    `resume` continues the current run, or `run_name` (a run uploaded from another host: its data
+    paths are mapped to this host's data dirs). `price_per_hour` goes into the run's cost record."""
     session = inv.tmux_session
     runs = inv.remote["runs_dir"]
-    if resume:
+    if resume and run_name:
+        name = valid_run_name(run_name)
+        trainer_args = ["train", "--resume", rjoin(runs, name), *data_args(inv)]
+    elif resume:
         info = run_state(conn, inv, log_lines=0)
         name = info.get("run")
         if not name or info["state"] == "none":
@@ -136,6 +142,8 @@ def launch(conn, inv, say, resume=False, run_name=None):
         name = valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
         refuse_new_run_name(conn, inv, name)
         trainer_args = ["train", "--config", remote_config(inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
+    if price_per_hour:
+        trainer_args += ["--price-per-hour", str(price_per_hour)]
     run_dir = rjoin(runs, name)
     words = [inv.remote["venv"], inv.remote["project_dir"], run_dir, *trainer_args]
     quoted = " ".join(map(rq, words))

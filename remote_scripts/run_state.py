@@ -12,6 +12,7 @@ launcher and the trainer left behind, so a dead run is never mistaken for a miss
 
     exit.json, code 0          finished
     exit.json, code 3          stopped   (on request; resumable)
+    exit.json with preempted   preempted (a spot interruption notice stopped it: host_agent.py)
     exit.json, other code      failed    (with a reason: disk-full, killed by a signal, ...)
     tmux session alive         status.json's state (starting, running)
     neither                    vanished  (session gone without an exit record: reboot, kill)
@@ -20,7 +21,8 @@ launcher and the trainer left behind, so a dead run is never mistaken for a miss
 The exit record is reserved at launch (`.exit.pending`, a block of spaces) and filled in place
 at the end, so it is written even when the disk is full.
 
-Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none.
+Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none,
+7 preempted.
 """
 
 import argparse
@@ -34,10 +36,11 @@ import subprocess
 import sys
 import time
 
-EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5}
+EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7}
 STOPPED = 3  # the trainer's exit code for "stopped on request"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
 CURRENT, LAUNCH, EXIT, PENDING = ".current", "launch.json", "exit.json", ".exit.pending"
+PREEMPT = ".preempted.json"  # the spot notice, left by host_agent.py for the exit record
 PENDING_SIZE = 4096
 # `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
 LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
@@ -98,10 +101,12 @@ def session_alive(session):
 
 def derive_state(exit_record, alive, status):
     if exit_record is not None:
+        if exit_record.get("preempted"):
+            return "preempted"
         code = exit_record.get("exit_code")
         return "finished" if code == 0 else "stopped" if code == STOPPED else "failed"
-    if alive:
-        return status["state"] if status and status.get("state") in ("starting", "running") else "starting"
+    if alive:  # the trainer may have ended already, its launcher still recording the exit
+        return status["state"] if status and status.get("state") in ("starting", "running", "finished", "failed", "stopped") else "starting"
     if status and status.get("state") in ("finished", "failed", "stopped"):
         return status["state"]
     return "vanished"
@@ -113,19 +118,45 @@ def disk(path):
     return {"path": path, "free_bytes": usage.free, "total_bytes": usage.total, "low": low}
 
 
-def collect(runs_dir, session, run=None, log_lines=15):
-    runs_dir = os.path.expanduser(runs_dir)
-    current = None
+def read_current(runs_dir):
     try:
-        with open(os.path.join(runs_dir, CURRENT)) as f:
-            current = f.read().strip() or None
+        with open(os.path.join(os.path.expanduser(runs_dir), CURRENT)) as f:
+            return f.read().strip() or None
     except OSError:
-        pass
+        return None
+
+
+def running_run(runs_dir, session):
+    """(name, run_dir) of the current run while its launcher lives (tmux session or process group), else None."""
+    name = read_current(runs_dir)
+    if name is None or not RUN_NAME.fullmatch(name):
+        return None
+    run_dir = os.path.join(os.path.expanduser(runs_dir), name)
+    if os.path.exists(os.path.join(run_dir, EXIT)):
+        return None
+    pgid = (read_json(os.path.join(run_dir, LAUNCH)) or {}).get("pgid")
+    return (name, run_dir) if session_alive(session) or (pgid and group_members(pgid)) else None
+
+
+def uptime():
+    try:
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def collect(runs_dir, session, run=None, log_lines=15):
+    import host_agent  # imports this module: not at the top
+
+    runs_dir = os.path.expanduser(runs_dir)
+    current = read_current(runs_dir)
     run = run or current
     disk_path = runs_dir if os.path.isdir(runs_dir) else os.path.expanduser("~")
     info = {
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpus": gpus(),
         "disk": disk(disk_path), "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
+        "uptime_seconds": uptime(), "agent": host_agent.view(runs_dir),
     }
     if run is None:
         return info
@@ -167,7 +198,7 @@ def write_atomic(path, text):
 def record_launch(run_dir, pid, command):
     """launch.json (pid and process group of the launcher), .current, and the reserved exit record."""
     os.makedirs(run_dir, exist_ok=True)
-    for stale in (EXIT, PENDING):
+    for stale in (EXIT, PENDING, PREEMPT):
         if os.path.exists(os.path.join(run_dir, stale)):
             os.remove(os.path.join(run_dir, stale))
     with open(os.path.join(run_dir, PENDING), "wb") as f:
@@ -201,6 +232,11 @@ def exit_reason(run_dir, code):
 def record_exit(run_dir, code, reason=None):
     """Fill the reserved exit record in place (no new disk blocks needed), then rename it to exit.json."""
     record = {"exit_code": code, "ended_at": now()}
+    preempted = read_json(os.path.join(run_dir, PREEMPT))
+    if preempted:
+        record["preempted"] = preempted
+        notice = preempted.get("notice") or {}
+        reason = reason or f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})"
     reason = reason or exit_reason(run_dir, code)
     if reason:
         record["reason"] = reason
@@ -214,6 +250,8 @@ def record_exit(run_dir, code, reason=None):
         os.replace(pending, os.path.join(run_dir, EXIT))
     except OSError:
         write_atomic(os.path.join(run_dir, EXIT), json.dumps(record))
+    if preempted:
+        os.remove(os.path.join(run_dir, PREEMPT))
     return record
 
 
@@ -242,7 +280,7 @@ def wait_for(predicate, seconds):
     return predicate()
 
 
-def stop(run_dir, session, wait_s):
+def stop(run_dir, session, wait_s, reason=None):
     """SIGTERM to the launcher (the trainer finishes its epoch and exits 3); after `wait_s` the whole
     process group gets SIGTERM, then SIGKILL; nothing of it may survive. Returns (exit code, lines)."""
     lines = []
@@ -267,7 +305,7 @@ def stop(run_dir, session, wait_s):
                 wait_for(lambda: not members(), 10)
     survivors = members()
     if launch and not exited() and not survivors:
-        record_exit(run_dir, STOPPED, reason=f"stopped by `fab stop`: killed after the {wait_s}s grace period")
+        record_exit(run_dir, STOPPED, reason=f"{reason or 'stopped by `fab stop`'}: killed after the {wait_s}s grace period")
     subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
     if survivors:
         lines.append(f"FAILED to stop: process(es) {survivors} of group {pgid} still run. Kill them by hand "

@@ -126,9 +126,25 @@ class DeployEnv:
     def current_run(self):
         return (self.runs / ".current").read_text().strip()
 
+    def agent_pid(self):
+        """The pid of the host agent of this env's runs dir, or None."""
+        import json
+
+        try:
+            return json.loads((self.runs / ".agent" / "state.json").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def cleanup(self):
+        import signal
+
         for session in (self.inventory["tmux_session"], self.inventory["tensorboard"]["session"]):
             subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+        if self.agent_pid():
+            try:
+                os.kill(self.agent_pid(), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture
@@ -143,20 +159,25 @@ def deploy_env(tmp_path, ssh_host, host_venv, monkeypatch):
 @pytest.fixture
 def host_ready(deploy_env, tmp_path):
     """A host with code and 60 clips of data synced; `configure(epochs=..)` sets the training config."""
+    return make_ready(deploy_env, tmp_path)
+
+
+def make_ready(env, tmp_path):
+    """`env`'s host with code and 60 clips of data synced, and `env.configure(epochs, **data)`."""
     from trainer.synth import write_corpus
 
-    write_corpus(deploy_env.data, "crema-d", clips=60, seed=9)
+    write_corpus(env.data, "crema-d", clips=60, seed=9)
 
     def configure(epochs, **data):
-        cfg = write_config(tmp_path / f"train {epochs}.yaml",
+        cfg = write_config(tmp_path / f"train {epochs} {env.root.name}.yaml",
                            **{**TINY_CONFIG, "data": {**TINY_CONFIG["data"], **data}, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
-        deploy_env.write(train_config=str(cfg), default_host="local")
+        env.write(train_config=str(cfg), default_host="local")
 
     configure(2)
     for task in ("sync-code", "sync-data"):
-        assert deploy_env.fab(task).returncode == 0, task
-    deploy_env.configure = configure
-    return deploy_env
+        assert env.fab(task).returncode == 0, task
+    env.configure = configure
+    return env
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def cmd_train(args):
     from trainer.run import execute, new_run
 
     if args.resume:
-        execute(args.resume, resume=True, epochs=args.epochs)
+        execute(args.resume, data_dirs=args.data, resume=True, epochs=args.epochs, price_per_hour=args.price_per_hour)
         return
     from trainer.config import load_config
 
@@ -51,7 +51,7 @@ def cmd_train(args):
         raise UserError("train needs --data DIR (one or more), or --resume RUN_DIR.")
     if args.run_name is not None:
         check_run_name(args.run_name, "--run-name")
-    execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data)
+    execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data, price_per_hour=args.price_per_hour)
 
 
 def cmd_smoke(args):
@@ -97,7 +97,9 @@ def build_parser():
     sp.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR")
     sp.add_argument("--run-name")
     sp.add_argument("--epochs", type=int)
-    sp.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its backup")
+    sp.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                    help="continue an interrupted run from its backup; with --data, its data moved there (another host)")
+    sp.add_argument("--price-per-hour", type=float, metavar="USD", help="what the machine costs: metrics.json records the run's cost")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("smoke", help="small end-to-end check: 2 epochs on a few clips, reload, predict")

@@ -52,11 +52,15 @@ def prepare(cfg, data_dirs, run_dir, console=None):
     return Prepared({e.path: e for e in entries}, split, stats)
 
 
-def load_prepared(run_dir):
+def load_prepared(run_dir, data_dirs=None, console=None):
+    """The prepared data of a run, for resume/evaluate. `data_dirs`: where the run's data is now (a run
+    continued on another host); each of the run's data dirs maps to the given dir of the same folder name."""
     run_dir = Path(run_dir)
     for name in ("manifest.json", "split.json", "normalization.npz"):
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir} has no {name}: it is not a run directory, or its run failed before the data was ready.")
+    if data_dirs:
+        relocate(run_dir, data_dirs, console or make_console())
     split = json.loads((run_dir / "split.json").read_text())
     entries = {e.path: e for e in entries_from_manifest(run_dir / "manifest.json")}
     missing = [p for p in split["train"] + split["val"] if not Path(p).is_file()]
@@ -64,6 +68,38 @@ def load_prepared(run_dir):
         raise DataError(f"{len(missing)} files of the split in {run_dir / 'split.json'} are gone, e.g. {missing[0]}. "
                         "Restore the data at the same paths, or start a new run.")
     return Prepared(entries, split, load_stats(run_dir / "normalization.npz"))
+
+
+def relocate(run_dir, data_dirs, console):
+    """Rewrite the paths in split.json and manifest.json from the run's data dirs to `data_dirs`, matched by
+    folder name (the deploy uploads local_data/<name> to remote.data_dir/<name>). DataError if one has no match."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    new_by_name = {Path(d).name: str(Path(d).resolve()) for d in data_dirs}
+    moves = {}
+    for old in manifest["dirs"]:
+        old = old.rstrip("/")
+        if Path(old).name not in new_by_name:
+            raise DataError(f"The run's data came from {old}; none of the --data dirs ({', '.join(map(str, data_dirs))}) is named "
+                            f"{Path(old).name!r}, so its files cannot be found on this host.")
+        if new_by_name[Path(old).name] != old:
+            moves[old] = new_by_name[Path(old).name]
+    if not moves:
+        return
+
+    def move(path):
+        old = next((d for d in moves if path.startswith(d + "/")), None)
+        return moves[old] + path[len(old):] if old else path
+
+    split = json.loads((run_dir / "split.json").read_text())
+    for key in ("train", "val"):
+        split[key] = [move(p) for p in split[key]]
+    manifest["dirs"] = [moves.get(d.rstrip("/"), d) for d in manifest["dirs"]]
+    for record in manifest["files"]:
+        record["path"] = move(record["path"])
+    write_json_atomic(run_dir / "split.json", split)
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    for old, new in moves.items():
+        console.print(f"Data moved: {old} -> {new} (split.json and manifest.json updated)", highlight=False)
 
 
 def subsample(entries, max_clips, seed):

@@ -74,3 +74,10 @@ def print_metrics(metrics, console=None, title="Validation metrics"):
     for name, row in zip(names, metrics["confusion_matrix"]):
         cm.add_row(name, *map(str, row))
     console.print(cm)
+    compute = metrics.get("compute")
+    if compute:
+        usd = compute.get("cost_usd")
+        cost = "" if usd is None else f", {'under $0.01' if usd < 0.01 else f'${usd:.2f}'} at ${compute['price_per_hour']:g}/h"
+        hours = compute["hours"]
+        took = f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
+        console.print(f"Compute: {took} on {compute['gpus']} GPU(s) ({compute['gpu_hours']:.2f} GPU hours){cost}", highlight=False)

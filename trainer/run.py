@@ -51,8 +51,9 @@ def new_run(cfg, runs_dir, run_name=None):
     return run_dir
 
 
-def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None):
-    """Train the run in `run_dir`; with `resume`, reuse its data and continue from backup/."""
+def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, price_per_hour=None):
+    """Train the run in `run_dir`; with `resume`, reuse its data (moved to `data_dirs`, if given) and continue from backup/.
+    `price_per_hour` (USD) prices the compute hours in metrics.json; a resumed run keeps its last price."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
@@ -62,6 +63,8 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None):
     with tee_to(run_dir / "train.log"):
         console = console or make_console(file=sys.stdout)
         status = RunStatus(run_dir, cfg["train"]["epochs"], host=platform.node())
+        if price_per_hour is not None:
+            status.update(price_per_hour=price_per_hour)
         console.rule(f"Run {run_dir.name} {'(resumed) ' if resume else ''}at {now_iso()}")
         console.print(dump_config(cfg), highlight=False)
         try:
@@ -93,7 +96,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
     from trainer import data
 
     if resume:
-        prepared = data.load_prepared(run_dir)
+        prepared = data.load_prepared(run_dir, data_dirs, console)
     else:
         if not data_dirs:
             raise UserError("No data: pass --data DIR (one or more).")
@@ -170,6 +173,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
         training_seconds=round(time.monotonic() - started, 1),
         split_samples={"train": len(prepared.split["train"]), "val": len(prepared.split["val"])},
         monitor=monitor,
+        compute=compute_record(status.data, len(env["gpus"])),
     )
     write_json_atomic(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
@@ -177,6 +181,14 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
 
     print_metrics(metrics, console)
     status.update(state="finished", metrics={k: metrics[k] for k in ("accuracy", "uar", "macro_f1")}, eta_seconds=0)
+
+
+def compute_record(status, gpus):
+    """Hours the trainer ran (all sessions of a resumed run), GPU hours and, with a price, the cost in USD."""
+    hours = status.get("compute_seconds", 0) / 3600
+    price = status.get("price_per_hour")
+    return {"hours": round(hours, 4), "gpus": gpus, "gpu_hours": round(hours * gpus, 4), "price_per_hour": price,
+            "cost_usd": round(hours * price, 2) if price else None}
 
 
 def environment():

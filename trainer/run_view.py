@@ -9,6 +9,7 @@ Every remote string is rendered as plain text, never as markup.
 
 import json
 import sys
+from datetime import datetime
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -17,13 +18,16 @@ from rich.table import Table
 from rich.text import Text
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
-          "stopped": "bold yellow", "vanished": "bold red", "none": "dim"}
+          "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "none": "dim"}
 WHAT_TO_DO = {
     "failed": "The trainer exited with an error (above). Fix it, then resume with `fab train --resume` "
               "or start over with `fab train`. Full log: `fab logs --lines 200`.",
     "vanished": "The tmux session is gone and the run left no exit record: the host rebooted or the process was killed. "
                 "Resume from its last finished epoch with `fab train --resume`.",
     "stopped": "Stopped on request; its backup is intact. Continue with `fab train --resume`.",
+    "preempted": "The spot instance is being reclaimed; the backup of the last finished epoch is on the host. Quickly: "
+                 "`fab fetch-results --backup`, then on another host `fab -H <host> deploy-full --resume-from results/<host>/<run>` "
+                 "(or, if the instance only stops, start it again and `fab train --resume`).",
     "finished": "Done. Bring the results home with `fab fetch-results`.",
     "none": "No training has been started on this host: `fab deploy-full` (or `fab train`).",
 }
@@ -49,6 +53,46 @@ def what_to_do(info):
     return WHAT_TO_DO.get(info["state"])
 
 
+def _clock(iso):
+    """An ISO time from the host as HH:MM in this machine's time zone."""
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%H:%M")
+    except (TypeError, ValueError):
+        return "?"
+
+
+def autostop_line(agent):
+    if not agent or not agent["autostop"]["armed"]:
+        return Text("off")
+    auto = agent["autostop"]
+    seconds = auto["idle_seconds"]
+    idle = f"after {seconds / 60:.4g} idle minutes" if seconds >= 60 else f"after {seconds:.3g} idle seconds"
+    if not agent.get("alive"):
+        return Text(f"armed ({idle}) but the host agent is not running: `fab autostop --idle-minutes N` starts it", style="yellow")
+    verb = "powers off" if "poweroff" in auto["command"] else "runs its command"
+    if auto.get("fired"):
+        fired = auto["fired"]
+        return Text(f"fired at {_clock(fired['fired_at'])}: `{fired['command']}` exited {fired.get('exit_code')}", style="bold")
+    if auto["waiting_for_training"]:
+        return Text(f"{verb} {idle}; waits while the training runs")
+    last = auto.get("last_fired")
+    return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle"
+                + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else ""))
+
+
+def cost_line(info, price, eta_seconds):
+    """Uptime, cost so far and to the end of the run (ETA x price)."""
+    up = info.get("uptime_seconds")
+    text = f"up {_duration(up)}"
+    if price:
+        text += f"   ${up / 3600 * price:.2f} so far at ${price:g}/h" if up is not None else f"   ${price:g}/h"
+        if eta_seconds:
+            text += f"   about ${eta_seconds / 3600 * price:.2f} more to finish"
+    else:
+        text += "   (set price_per_hour in the inventory to see the cost)"
+    return Text(text)
+
+
 def T(value):
     """Remote text as plain text: a run name or a log line is never rich markup."""
     return Text(str(value))
@@ -68,6 +112,14 @@ def render(info, label, console):
     if disk.get("low"):
         free.append(f"  LOW: a full disk fails the run; free space in {disk['path']}", style="bold red")
     host.add_row("disk free", free)
+    agent = info.get("agent")
+    instance = (agent or {}).get("instance") or {}
+    if instance.get("ec2"):
+        host.add_row("instance", T(f"{instance.get('instance_type')} ({'spot' if instance.get('spot') else 'on-demand'}, EC2)"))
+    price = info.get("price_per_hour") or (agent or {}).get("price_per_hour")
+    eta = (info.get("status") or {}).get("eta_seconds") if state in ("starting", "running") else None
+    host.add_row("cost", cost_line(info, price, eta))
+    host.add_row("autostop", autostop_line(agent))
     if info.get("error"):
         host.add_row("error", Text(str(info["error"]), style="red"))
     parts = [host]

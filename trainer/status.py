@@ -44,14 +44,17 @@ class RunStatus:
             "started_at": now_iso(), "updated_at": now_iso(),
             "seconds_per_epoch": None, "eta_seconds": None, "error": None, **fields,
         }
-        if self.path.exists():  # a resumed run keeps its history
+        if self.path.exists():  # a resumed run keeps its history, its compute time and its price
             old = json.loads(self.path.read_text())
-            self.data.update({k: old[k] for k in ("started_at", "best") if k in old})
+            self.data.update({k: old[k] for k in ("started_at", "best", "compute_seconds", "price_per_hour") if k in old})
             self.data["resumed_at"] = now_iso()
+        self._compute_before = self.data.setdefault("compute_seconds", 0.0)
         self.update()
 
     def update(self, **fields):
         self.data.update(fields, updated_at=now_iso())
+        # the trainer's wall time over every session of the run: what its machine was paid for
+        self.data["compute_seconds"] = round(self._compute_before + time.monotonic() - self._t0, 1)
         write_json_atomic(self.path, self.data)
 
     def epoch_done(self, epoch, logs, monitor, mode, initial_epoch):
