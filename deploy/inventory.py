@@ -150,6 +150,9 @@ def load_inventory(path=None):
         if not SESSION_NAME.fullmatch(value):
             raise InventoryError(f"Inventory key {key!r} in {path} expects a tmux session name of letters, digits, '_' or '-' "
                                  f"(tmux renames '.' and ':'). Received: {value!r}")
+    if not cfg["ec2"]["metadata_url"].startswith(("http://", "https://")):
+        raise InventoryError(f"Inventory key 'ec2.metadata_url' in {path} expects an http:// URL (EC2's is http://169.254.169.254). "
+                             f"Received: {cfg['ec2']['metadata_url']!r}")
     check_remote_paths(cfg["remote"], path)
     return Inventory(
         path=path, default_host=cfg["default_host"], hosts=hosts, remote=cfg["remote"], local_data=local_data, rsync_args=cfg["rsync_args"],

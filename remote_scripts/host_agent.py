@@ -164,8 +164,9 @@ def poll_once(runs_dir, settings, state):
     """One round: instance, spot notice, autostop. Updates and returns `state`."""
     now = time.time()
     url = settings["metadata_url"]
-    if url and now - state.get("instance_checked", 0) > (INSTANCE_RECHECK_SECONDS if not (state.get("instance") or {}).get("ec2") else 3600):
-        state["instance"], state["instance_checked"] = instance_info(url), now
+    recheck = INSTANCE_RECHECK_SECONDS if not (state.get("instance") or {}).get("ec2") else 3600
+    if url and (state.get("instance_url") != url or now - state.get("instance_checked", 0) > recheck):
+        state.update(instance=instance_info(url), instance_checked=now, instance_url=url)
     running = run_state.running_run(runs_dir, settings["session"])
     if running:
         state["training_seen"] = now

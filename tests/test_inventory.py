@@ -50,6 +50,14 @@ def test_a_minimal_inventory_takes_defaults_and_resolves_local_paths_against_its
     ({"tensorboard": {"remote_port": True}}, "'tensorboard.remote_port'"),
     ({"pip": {"gpu": "tensorflow"}}, "'pip.gpu' in"),
     ({"train_config": ""}, "'train_config' in"),
+    ({"price_per_hour": "1.2"}, "'price_per_hour' in"),
+    ({"price_per_hour": -1}, "expects a number above 0 or null. Received: -1"),
+    ({"hosts": {"gpu": {"address": "1.2.3.4", "price_per_hour": 0}}}, "'hosts.gpu.price_per_hour' in"),
+    ({"autostop": {"idle_minutes": 0}}, "'autostop.idle_minutes' in"),
+    ({"autostop": {"idle_minutes": True}}, "'autostop.idle_minutes' in"),
+    ({"autostop": {"command": ""}}, "'autostop.command' in"),
+    ({"ec2": {"poll_seconds": None}}, "'ec2.poll_seconds' in"),
+    ({"ec2": {"metadata_url": "169.254.169.254"}}, "'ec2.metadata_url' in"),
 ])
 def test_bad_inventory_values_name_the_key(tmp_path, data, message):
     with pytest.raises(InventoryError) as err:
@@ -164,3 +172,11 @@ def test_the_tensorflow_pin_and_log_level_each_have_one_owner():
     setters = [p.name for p in [*sources, *REPO_ROOT.glob("tests/*.py"), *REPO_ROOT.glob("bench/*.py")]
                if p.name != Path(__file__).name and any(f"TF_CPP_MIN_LOG_LEVEL{end}" in p.read_text() for end in ('"', "="))]
     assert setters == ["__init__.py"]
+
+
+def test_prices_and_autostop_settings_are_read_per_host(tmp_path):
+    inv = load_inventory(write(tmp_path, {"hosts": {"gpu": {"address": "1.2.3.4", "price_per_hour": 3.06}, "cpu": {"address": "5.6.7.8"}},
+                                         "price_per_hour": 1, "autostop": {"idle_minutes": 0.5}}))
+    assert inv.price_of("gpu") == 3.06 and inv.price_of("cpu") == 1 and inv.price_of("root@9.9.9.9:22") == 1
+    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff"}
+    assert load_inventory(write(tmp_path, {})).price_of("gpu") is None

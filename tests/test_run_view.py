@@ -1,0 +1,33 @@
+"""The monitor screen's cost and autostop lines (trainer/run_view.py): fast, no SSH."""
+
+from datetime import datetime, timezone
+
+from trainer.run_view import autostop_line, cost_line
+
+
+def agent(alive=True, command="sudo -n /sbin/poweroff", waiting=False, fires_at="2026-11-25T17:45:00+00:00", **auto):
+    return {"alive": alive, "autostop": {"armed": True, "idle_seconds": 1800, "command": command, "fires_at": fires_at,
+                                         "waiting_for_training": waiting, **auto}}
+
+
+def local_clock(iso):
+    return datetime.fromisoformat(iso).astimezone().strftime("%H:%M")
+
+
+def test_autostop_says_when_the_host_powers_off_in_the_viewers_time():
+    assert autostop_line(None).plain == "off"
+    assert autostop_line({"alive": True, "autostop": {"armed": False}}).plain == "off"
+    when = "2026-11-25T17:45:00+00:00"
+    assert autostop_line(agent()).plain == f"powers off at {local_clock(when)} if still idle"
+    assert datetime.fromisoformat(when).tzinfo == timezone.utc
+    assert autostop_line(agent(waiting=True)).plain == "powers off after 30 idle minutes; waits while the training runs"
+    assert autostop_line(agent(command="touch /tmp/x")).plain.startswith("runs its command at ")
+    assert "the host agent is not running" in autostop_line(agent(alive=False)).plain
+    fired = {"fired_at": "2026-11-25T18:15:00+00:00", "exit_code": 0, "command": "sudo -n /sbin/poweroff"}
+    assert autostop_line(agent(last_fired=fired)).plain.endswith(f"(last fired at {local_clock(fired['fired_at'])}, exit 0)")
+
+
+def test_the_cost_line_prices_uptime_and_the_rest_of_the_run():
+    assert cost_line({"uptime_seconds": 7200}, 1.5, 3600).plain == "up 2h00m   $3.00 so far at $1.5/h   about $1.50 more to finish"
+    assert cost_line({"uptime_seconds": 600}, 1.5, None).plain == "up 10m00s   $0.25 so far at $1.5/h"
+    assert "set price_per_hour in the inventory" in cost_line({"uptime_seconds": 600}, None, 3600).plain
