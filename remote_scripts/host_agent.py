@@ -25,6 +25,7 @@ running training preempted and stops it (run_state.stop), keeping the backup of 
 import fcntl
 import json
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -274,7 +275,8 @@ def configure(runs_dir, changes):
     if changes.get("autostop"):
         auto = {"command": POWEROFF, **changes["autostop"], "armed_at": time.time()}
         if auto["command"] == POWEROFF and not can_sudo():
-            return {"ok": False, "message": f"autostop cannot power the host off: `sudo -n` asks for a password for {os.environ.get('USER')}. "
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            return {"ok": False, "message": f"autostop cannot power the host off: `sudo -n` asks for a password for {user}. "
                                             "Allow passwordless sudo for /sbin/poweroff, or set autostop.command in the inventory."}
         changes = {**changes, "autostop": auto}
     settings.update(changes)

@@ -8,6 +8,7 @@ these tests skip with a one-line reason.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,3 +121,19 @@ def test_the_whole_path_on_an_ec2_like_host(ec2_host, tmp_path):
     assert fetched.returncode == 0, fetched.out
     local = root / "results" / f"{USER}@127.0.0.1_{ec2_host.port}" / "ec2"
     assert (local / "status.json").is_file() and (local / "best.keras").is_file() and not (local / "backup").exists()
+
+    # autostop as that user: the default poweroff goes through `sudo -n`, so arming checks it works
+    armed = env.fab("autostop", "--idle-minutes", "30")
+    assert armed.returncode == 0, armed.out
+    assert "autostop: armed: the host runs `sudo -n /sbin/poweroff` after 30 idle minutes" in armed.out, armed.out
+    assert re.search(r"autostop\s+powers off at \d\d:\d\d if still idle", env.fab("monitor").out)
+    sudoers = Path(f"/etc/sudoers.d/{USER}")
+    sudoers.rename(tmp_path / "sudoers")
+    try:
+        refused = env.fab("autostop", "--idle-minutes", "30")
+    finally:
+        shutil.copy(tmp_path / "sudoers", sudoers)
+        sudoers.chmod(0o440)
+    assert refused.returncode == 1 and f"`sudo -n` asks for a password for {USER}" in refused.out, refused.out
+    cancelled = env.fab("autostop", "--cancel")
+    assert cancelled.returncode == 0 and "autostop: off" in cancelled.out, cancelled.out
