@@ -1,6 +1,7 @@
 """The host agent (remote_scripts/host_agent.py) from the laptop: heartbeat, settings, autostop.
 
     touch(conn, inv)                                   # every task: "a fab task used the host now"
+    beat(conn, inv)                                    # the same, at once (a long-lived task, every minute)
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
@@ -23,6 +24,12 @@ def agent_dir(inv):
 
 
 def touch(conn, inv):
+    """The task's first command also touches the heartbeat (see HostConnection.touch_first)."""
+    conn.touch_first = rjoin(agent_dir(inv), "heartbeat")
+
+
+def beat(conn, inv):
+    """Touch the heartbeat now: for a task that stays open (the TensorBoard tunnel)."""
     conn.run(f"mkdir -p {rq(agent_dir(inv))} && touch {rq(rjoin(agent_dir(inv), 'heartbeat'))}", hide=True, warn=True, in_stream=False)
 
 

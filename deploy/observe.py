@@ -14,10 +14,13 @@ from pathlib import Path
 
 from invoke.exceptions import ThreadException
 
+from deploy import agent
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
 from deploy.sync import rsync
 from deploy.training import run_state, script
+
+BEAT_SECONDS = 60  # an open tunnel touches the autostop heartbeat this often
 
 
 def follow(conn, inv, info):
@@ -105,8 +108,12 @@ def tunnel(conn, inv, local_port, say):
         with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
             say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
             try:
+                last_beat = time.monotonic()
                 while conn.transport.is_active():
                     time.sleep(0.5)
+                    if time.monotonic() - last_beat > BEAT_SECONDS:  # someone is looking: autostop waits
+                        agent.beat(conn, inv)
+                        last_beat = time.monotonic()
             except KeyboardInterrupt:
                 pass
     except ThreadException as e:  # a browser connection that broke inside the tunnel: one line, not a traceback
