@@ -70,8 +70,9 @@ def _safe(name):
     return "_" + safe if safe.startswith(".") else safe
 
 
-def read_metrics(local):
-    path = Path(local) / "metrics.json"
+def read_json(path):
+    """A fetched JSON file (metrics.json, cv.json), or None if the run has not written it."""
+    path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -152,29 +152,37 @@ def smoke_test(h, restart=False):
     training.smoke_test(h.conn, h.inv, say)
 
 
-def _run_name(inv, run_name=None, **_):
+def _run_name(inv, run_name=None, folds=None, resume=False, **_):
     if run_name is not None:
         training.valid_run_name(run_name)
+    if folds is not None:
+        if resume:
+            raise LocalInputError("--resume continues a run as it was planned (a CV run at its first unfinished fold): drop --folds.")
+        if not str(folds).isdigit() or int(folds) < 2:
+            raise LocalInputError(f"--folds expects a number of folds, 2 or more. Received: {folds!r}")
 
 
 @host_task(changes_host=True, before_connect=_run_name,
            help={"resume": "continue the last run from its backup", "restart": "stop the running training and start a new one",
-                 "run_name": "name of the new run (default: a timestamp); letters, digits, '.', '_', '-'"})
-def train(h, resume=False, restart=False, run_name=None):
+                 "run_name": "name of the new run (default: a timestamp); letters, digits, '.', '_', '-'",
+                 "folds": "K-fold cross-validation by actor: RUN/fold-1 ... fold-K, summary in RUN/cv.json"})
+def train(h, resume=False, restart=False, run_name=None, folds=None):
     """Launch full training in a detached tmux session (remote_scripts/launch_training.sh).
 
-    Refuses while a training runs: --restart replaces it, --resume continues the last run.
-    The trainer's output goes to RUN_DIR/train.log; its exit code and end time to RUN_DIR/exit.json.
+    Refuses while a training runs: --restart replaces it, --resume continues the last run (a
+    cross-validation at its first unfinished fold). The trainer's output goes to RUN_DIR/train.log;
+    its exit code and end time to RUN_DIR/exit.json.
     """
-    start_training(h, resume=resume, run_name=run_name)
+    start_training(h, resume=resume, run_name=run_name, folds=int(folds) if folds else None)
 
 
-def start_training(h, run_name=None, resume=False):
+def start_training(h, run_name=None, resume=False, folds=None):
     """The host agent gets the inventory's settings (autostop, EC2 metadata, price) first, then the training starts."""
     outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
     if "boot" in outcome:
         say(agent.describe(outcome["settings"], outcome["boot"]))
-    return training.launch(h.conn, h.inv, say, resume=resume, run_name=run_name, price_per_hour=h.inv.price_of(h.target.label))
+    return training.launch(h.conn, h.inv, say, resume=resume, run_name=run_name, price_per_hour=h.inv.price_of(h.target.label),
+                           folds=folds)
 
 
 def _deploy_checks(inv, run_name=None, resume_from=None, **_):
@@ -301,14 +309,19 @@ def fetch_results(h, run=None, dest="results", backup=False):
     matrix and the run's compute hours and cost when the run has finished. A run fetched with
     --backup continues elsewhere: `fab -H other deploy-full --resume-from DEST/<host>/<run>`.
     """
-    from trainer.report import print_metrics  # rich only: no TensorFlow needed here
+    from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
 
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
-    metrics = observe.read_metrics(local)
-    if metrics:
-        print_metrics(metrics, console, title=f"Run {info['run']}")
+    metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
+    if cv:
+        print_cv(cv, console, title=f"Run {info['run']}, cross-validation")
+    elif metrics:
+        print_run_metrics(metrics, console, title=f"Run {info['run']}")
     else:
         say(f"No metrics.json yet: the run is {info['state']}.")
+    pictures = sorted(local.glob("*.png")) + sorted(local.glob("fold-*/*.png"))
+    if pictures:
+        say(f"Pictures: {', '.join(str(p.relative_to(local)) for p in pictures)} in {local}")
 
 
 @host_task(name="tensorboard-tunnel", help={"local_port": "local port to forward (default: tensorboard.local_port, 6006)"})

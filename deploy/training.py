@@ -120,11 +120,12 @@ def refuse_while_training(conn, inv, say, task, restart):
     stop(conn, inv, say)
 
 
-def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None):
+def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, folds=None):
     """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name.
 
     `resume` continues the current run, or `run_name` (a run uploaded from another host: its data
-    paths are mapped to this host's data dirs). `price_per_hour` goes into the run's cost record."""
+    paths are mapped to this host's data dirs). `price_per_hour` goes into the run's cost record.
+    `folds`: a K-fold cross-validation by actor (`python -m trainer cv`) instead of one run."""
     session = inv.tmux_session
     runs = inv.remote["runs_dir"]
     if resume and run_name:
@@ -141,7 +142,8 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None):
     else:
         name = valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
         refuse_new_run_name(conn, inv, name)
-        trainer_args = ["train", "--config", remote_config(inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
+        command = ["cv", "--folds", str(folds)] if folds else ["train"]
+        trainer_args = [*command, "--config", remote_config(inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
     if price_per_hour:
         trainer_args += ["--price-per-hour", str(price_per_hour)]
     run_dir = rjoin(runs, name)

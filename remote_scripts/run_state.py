@@ -175,6 +175,7 @@ def collect(runs_dir, session, run=None, log_lines=15):
         run_dir=run_dir, session_alive=alive, status=status, exit=exit_record,
         launch=read_json(os.path.join(run_dir, LAUNCH)),
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
+        cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/cv.py)
         state=derive_state(exit_record, alive, status),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
     )

@@ -20,9 +20,9 @@ def status(run_dir):
     return json.loads((run_dir / "status.json").read_text())
 
 
-def start_training(synth, runs, name, epochs):
+def start_training(synth, runs, name, epochs, *extra):
     cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
-           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY]
+           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY, *map(str, extra)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -48,8 +48,29 @@ def test_train_writes_a_complete_run_that_reloads(tmp_path, synth_crema):
     st = status(run)
     assert st["state"] == "finished" and st["epoch"] == 2 and st["pid"] > 0 and st["eta_seconds"] == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"accuracy", "uar", "macro_f1", "per_class", "confusion_matrix", "best_epoch", "training_seconds"} <= set(metrics)
-    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["split_samples"]["val"] == metrics["samples"]
+    assert {"validation", "test", "headline", "best_epoch", "training_seconds", "split_samples", "compute"} <= set(metrics)
+    assert metrics["headline"] == "test"  # held-out actors, scored once; validation chose the epoch
+    split = json.loads((run / "split.json").read_text())
+    for side, name in (("val", "validation"), ("test", "test")):
+        m = metrics[name]
+        assert {"accuracy", "uar", "macro_f1", "per_class", "confusion_matrix"} <= set(m)
+        assert sum(map(sum, m["confusion_matrix"])) == metrics["split_samples"][side] == m["samples"] == len(split[side])
+    test = metrics["test"]
+    assert test["actors"] == len(split["test_actors"]) and not set(split["test_actors"]) & set(split["train_actors"] + split["val_actors"])
+    for key in ("uar", "accuracy", "macro_f1"):
+        low, high = test["ci95"][key]
+        assert 0 <= low <= test[key] <= high <= 1, (key, test[key], test["ci95"][key])
+    # pictures: valid PNGs in the run dir, and image summaries in TensorBoard's event files
+    import matplotlib.image
+    import tensorflow as tf
+
+    for name in ("confusion_matrix.png", "recall.png", "learning_curves.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert matplotlib.image.imread(run / name).shape[2] in (3, 4), name
+    tags = {v.tag for f in (run / "logs" / "images").glob("*tfevents*") for e in tf.compat.v1.train.summary_iterator(str(f))
+            for v in e.summary.value}
+    assert {"validation/confusion_matrix_at_best_epoch", "test/confusion_matrix_at_end", "test/recall_per_class_at_end",
+            "validation/confusion_matrix_at_end"} <= tags, tags
     assert "learning_rate" in (run / "history.csv").read_text().splitlines()[0]
     env = json.loads((run / "environment.json").read_text())
     assert env["tensorflow"] and env["gpus"] == []
@@ -58,7 +79,7 @@ def test_train_writes_a_complete_run_that_reloads(tmp_path, synth_crema):
     # evaluate on the validation split, with the run's own normalisation
     proc = run_trainer("evaluate", "--run", run)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "eval-val.json").read_text())["uar"] == pytest.approx(metrics["uar"])
+    assert json.loads((run / "eval-val.json").read_text())["uar"] == pytest.approx(metrics["validation"]["uar"])
 
 
 def test_killed_run_resumes_from_its_backup_not_from_zero(tmp_path, synth_crema):
@@ -145,7 +166,8 @@ def test_resume_keeps_the_best_model_and_survives_a_backup_torn_by_a_kill(tmp_pa
     import hashlib
 
     run = tmp_path / "r5"
-    proc = start_training(synth_crema, tmp_path, "r5", epochs=30)
+    # every actor for training and validation: the model must learn above chance in 3 epochs
+    proc = start_training(synth_crema, tmp_path, "r5", 30, "--set", "split.test_fraction=0")
     wait_for_epoch(run, 3, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 3
@@ -165,7 +187,8 @@ def test_resume_keeps_the_best_model_and_survives_a_backup_torn_by_a_kill(tmp_pa
     assert hashlib.sha256((run / "best.keras").read_bytes()).hexdigest() == best_bytes
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_epoch"] == before["best"]["epoch"]
-    assert metrics["uar"] == pytest.approx(before["best"]["value"], abs=0.02)
+    assert metrics["headline"] == "validation" and metrics["test"] is None
+    assert metrics["validation"]["uar"] == pytest.approx(before["best"]["value"], abs=0.02)
     assert not list(run.glob(".*.tmp*"))
 
 
@@ -213,7 +236,7 @@ def test_mirrored_training_over_two_devices_records_replicas_and_resumes(tmp_pat
     proc = run_trainer("train", "--resume", run, "--epochs", str(done + 1), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert status(run)["state"] == "finished" and status(run)["epoch"] == done + 1
-    assert json.loads((run / "metrics.json").read_text())["uar"] > 0
+    assert json.loads((run / "metrics.json").read_text())["test"]["uar"] > 0
 
 
 def test_auto_uses_one_device_where_there_are_no_gpus(tmp_path, synth_crema):

@@ -95,6 +95,32 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             os.replace(tmp, final)
 
 
+class ConfusionImages(keras.callbacks.Callback):
+    """When the checkpoint saves a new best model, that model's validation confusion matrix goes to
+    TensorBoard (logdir/images), so the picture of the chosen epoch is there while the run trains.
+
+        callbacks=[checkpoint, ConfusionImages(checkpoint, val_gen, classes, "run/logs"), ...]
+    """
+
+    def __init__(self, checkpoint, val_gen, classes, logdir):
+        super().__init__()
+        self.checkpoint, self.val_gen, self.classes, self.logdir = checkpoint, val_gen, classes, logdir
+        self._before = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._before = self.checkpoint.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.checkpoint.best == self._before:
+            return
+        from trainer.evaluate import score
+        from trainer.plots import confusion_png, log_image
+
+        metrics = score(self.model, self.val_gen, self.classes)
+        log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, f"validation, epoch {epoch + 1}"),
+                  epoch + 1)
+
+
 class ResumeState(keras.callbacks.Callback):
     """Keeps what the model-selection callbacks know across a resume: the best value of the
     checkpoint, EarlyStopping's and ReduceLROnPlateau's counters. Without it a resumed run starts

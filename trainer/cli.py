@@ -1,4 +1,4 @@
-"""`python -m trainer COMMAND`: validate, synth, train, smoke, evaluate.
+"""`python -m trainer COMMAND`: validate, synth, train, cv, smoke, evaluate.
 
 Exit codes: 0 success; 2 bad input or configuration (the message says what and where);
 3 training stopped on request (SIGTERM), resumable; 1 anything else (traceback printed,
@@ -41,6 +41,11 @@ def cmd_train(args):
     from trainer.run import execute, new_run
 
     if args.resume:
+        from trainer.cv import continue_cv, is_cv
+
+        if is_cv(args.resume):
+            continue_cv(args.resume, price_per_hour=args.price_per_hour, data_dirs=args.data)
+            return
         execute(args.resume, data_dirs=args.data, resume=True, epochs=args.epochs, price_per_hour=args.price_per_hour)
         return
     from trainer.config import load_config
@@ -52,6 +57,16 @@ def cmd_train(args):
     if args.run_name is not None:
         check_run_name(args.run_name, "--run-name")
     execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data, price_per_hour=args.price_per_hour)
+
+
+def cmd_cv(args):
+    from trainer.config import load_config
+    from trainer.cv import start_cv
+
+    if args.run_name is not None:
+        check_run_name(args.run_name, "--run-name")
+    cfg = load_config(args.config, [*args.set, *([f"train.epochs={args.epochs}"] if args.epochs else [])])
+    start_cv(cfg, args.data, args.out, args.folds, run_name=args.run_name, price_per_hour=args.price_per_hour)
 
 
 def cmd_smoke(args):
@@ -101,6 +116,15 @@ def build_parser():
                     help="continue an interrupted run from its backup; with --data, its data moved there (another host)")
     sp.add_argument("--price-per-hour", type=float, metavar="USD", help="what the machine costs: metrics.json records the run's cost")
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("cv", help="K-fold cross-validation by actor into RUNS_DIR/<run-name>/fold-k (resume: train --resume)")
+    common(sp, True)
+    sp.add_argument("--folds", type=int, required=True, metavar="K", help="number of actor-disjoint folds (each actor tested once)")
+    sp.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR")
+    sp.add_argument("--run-name")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--price-per-hour", type=float, metavar="USD", help="what the machine costs: each fold's metrics.json records its cost")
+    sp.set_defaults(func=cmd_cv)
 
     sp = sub.add_parser("smoke", help="small end-to-end check: 2 epochs on a few clips, reload, predict")
     common(sp, False)

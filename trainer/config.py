@@ -40,7 +40,9 @@ DEFAULTS = {
             },
         },
     },
-    "split": {"method": "actor", "val_fraction": 0.2},  # actor: no actor in both splits; random: leaks identity
+    # actor: no actor in two splits; random: leaks identity. test_fraction: actors held out from training
+    # and from model selection, scored once at the end (the headline number); 0 turns the test split off.
+    "split": {"method": "actor", "val_fraction": 0.2, "test_fraction": 0.15},
     "model": {
         "encoder": "bilstm",  # bilstm or transformer
         "units": 128,
@@ -154,6 +156,10 @@ def check_config(cfg):
             raise ConfigError(f"Config key {dotted!r} must be > 0. Received: {value!r}")
     if not 0 < cfg["split"]["val_fraction"] < 1:
         raise ConfigError(f"Config key 'split.val_fraction' must be between 0 and 1. Received: {cfg['split']['val_fraction']!r}")
+    if not 0 <= cfg["split"]["test_fraction"] < 1 or cfg["split"]["val_fraction"] + cfg["split"]["test_fraction"] >= 1:
+        raise ConfigError("Config key 'split.test_fraction' must be in [0, 1) and leave training data beside split.val_fraction "
+                          f"(their sum below 1). Received: test_fraction {cfg['split']['test_fraction']!r}, "
+                          f"val_fraction {cfg['split']['val_fraction']!r}")
     if not 0 <= cfg["model"]["dropout"] < 1:
         raise ConfigError(f"Config key 'model.dropout' must be in [0, 1). Received: {cfg['model']['dropout']!r}")
     if cfg["data"]["max_clips"] < 0:

@@ -36,17 +36,20 @@ def validate_with_progress(dirs, data_cfg, console):
     return result
 
 
-def prepare(cfg, data_dirs, run_dir, console=None):
+def prepare(cfg, data_dirs, run_dir, console=None, test_actors=None):
+    """Validate, split (test_actors: a cross-validation fold's test side), normalise; writes the run's data files."""
     console = console or make_console()
     result = validate_with_progress(data_dirs, cfg["data"], console)
     write_manifest(result, Path(run_dir) / "manifest.json")
     require_trainable(result, cfg["data"]["classes"])
     entries = [e for e in result.accepted if e.emotion in cfg["data"]["classes"]]
     entries = subsample(entries, cfg["data"]["max_clips"], cfg["seed"])
-    split = make_split(entries, cfg["split"]["method"], cfg["split"]["val_fraction"], cfg["seed"], cfg["data"]["classes"])
+    split = make_split(entries, cfg["split"]["method"], cfg["split"]["val_fraction"], cfg["seed"], cfg["data"]["classes"],
+                       test_fraction=cfg["split"]["test_fraction"], test_actors=test_actors)
     write_json_atomic(Path(run_dir) / "split.json", split)
-    console.print(f"Split ({split['method']}): {len(split['train'])} training clips from {len(split['train_actors'])} actors, "
-                  f"{len(split['val'])} validation clips from {len(split['val_actors'])} actors")
+    console.print(f"Split ({split['method']}): " + ", ".join(
+        f"{len(split[side])} {name} clips from {len(split[side + '_actors'])} actors"
+        for side, name in (("train", "training"), ("val", "validation"), ("test", "test")) if split[side]))
     stats = compute_stats(split["train"], cfg["data"]["feature_key"])
     save_stats(stats, Path(run_dir) / "normalization.npz")
     return Prepared({e.path: e for e in entries}, split, stats)
@@ -63,7 +66,7 @@ def load_prepared(run_dir, data_dirs=None, console=None):
         relocate(run_dir, data_dirs, console or make_console())
     split = json.loads((run_dir / "split.json").read_text())
     entries = {e.path: e for e in entries_from_manifest(run_dir / "manifest.json")}
-    missing = [p for p in split["train"] + split["val"] if not Path(p).is_file()]
+    missing = [p for p in split["train"] + split["val"] + split.get("test", []) if not Path(p).is_file()]
     if missing:
         raise DataError(f"{len(missing)} files of the split in {run_dir / 'split.json'} are gone, e.g. {missing[0]}. "
                         "Restore the data at the same paths, or start a new run.")
@@ -91,8 +94,8 @@ def relocate(run_dir, data_dirs, console):
         return moves[old] + path[len(old):] if old else path
 
     split = json.loads((run_dir / "split.json").read_text())
-    for key in ("train", "val"):
-        split[key] = [move(p) for p in split[key]]
+    for key in ("train", "val", "test"):
+        split[key] = [move(p) for p in split.get(key, [])]
     manifest["dirs"] = [moves.get(d.rstrip("/"), d) for d in manifest["dirs"]]
     for record in manifest["files"]:
         record["path"] = move(record["path"])

@@ -14,12 +14,17 @@ from trainer.report import make_console
 
 
 def predict(model, gen):
-    """(y_true, y_pred) over every batch of a generator, in the generator's order."""
+    """(y_true, y_pred) over every batch of a generator, in the generator's order.
+
+    The model is called directly, not through predict_on_batch: under a MirroredStrategy (a
+    callback's model during fit) predict_on_batch returns one output per replica, concatenated."""
+    from keras import ops
+
     y_true, y_pred = [], []
     for i in range(len(gen)):
         x, y = gen[i]
         y_true.append(y)
-        y_pred.append(np.argmax(model.predict_on_batch(x), axis=-1))
+        y_pred.append(np.argmax(ops.convert_to_numpy(model(x, training=False)), axis=-1))
     return np.concatenate(y_true), np.concatenate(y_pred)
 
 

@@ -18,10 +18,11 @@ Clips longer than `max_frames` are cut: `max_frames_mode="crop"` keeps the centr
 clip. With `cache_in_memory=True` each clip is decoded once and kept in RAM.
 """
 
-import zipfile
 
 import keras
 import numpy as np
+
+from trainer.npzfile import read_array, read_shape
 
 
 class FixedVideoFacenetGenerator(keras.utils.PyDataset):
@@ -104,8 +105,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
 
     def load_clip(self, path):
         """One clip as float32 (frames, dim): capped at max_frames, normalised when stats are set."""
-        with np.load(path, allow_pickle=False) as npz:
-            x = np.asarray(npz[self.feature_key], dtype=np.float32)
+        x = np.asarray(read_array(path, self.feature_key), dtype=np.float32)  # Keras' workers are threads: see npzfile
         if self.max_frames and len(x) > self.max_frames:
             if self.max_frames_mode == "crop":
                 start = (len(x) - self.max_frames) // 2
@@ -119,8 +119,4 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
 
 def read_length(path, feature_key="video_features"):
     """Number of frames of `feature_key` in an NPZ, from the array header only."""
-    with zipfile.ZipFile(path) as zf, zf.open(f"{feature_key}.npy") as fp:
-        version = np.lib.format.read_magic(fp)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, _ = reader(fp)
-    return shape[0]
+    return read_shape(path, feature_key)[0]

@@ -12,6 +12,13 @@ def classification_metrics(y_true, y_pred, classes):
     k = len(classes)
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (y_true, y_pred), 1)
+    return metrics_from_confusion(cm, classes)
+
+
+def metrics_from_confusion(cm, classes):
+    """The metrics of classification_metrics from a confusion matrix (rows: true, columns: predicted)."""
+    cm = np.asarray(cm, int)
+    k = len(classes)
     support, predicted, hits = cm.sum(1), cm.sum(0), np.diag(cm)
     recall = np.divide(hits, support, out=np.zeros(k), where=support > 0)
     precision = np.divide(hits, predicted, out=np.zeros(k), where=predicted > 0)
@@ -19,8 +26,8 @@ def classification_metrics(y_true, y_pred, classes):
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
     present = support > 0
     return {
-        "samples": int(len(y_true)),
-        "accuracy": float(hits.sum() / max(len(y_true), 1)),
+        "samples": int(cm.sum()),
+        "accuracy": float(hits.sum() / max(cm.sum(), 1)),
         "uar": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "classes": list(classes),
@@ -30,3 +37,55 @@ def classification_metrics(y_true, y_pred, classes):
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def scores_from_confusion(cms):
+    """Accuracy, UAR and macro F1 of a stack of confusion matrices (..., k, k), as arrays; classes
+    without support are left out of UAR and macro F1, as in classification_metrics."""
+    cms = np.asarray(cms, float)
+    support, predicted, hits = cms.sum(-1), cms.sum(-2), np.diagonal(cms, axis1=-2, axis2=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, hits / support, np.nan)
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1 = np.where(support > 0, f1, np.nan)
+        return {"accuracy": hits.sum(-1) / np.maximum(cms.sum((-2, -1)), 1),
+                "uar": np.nanmean(recall, axis=-1), "macro_f1": np.nanmean(f1, axis=-1)}
+
+
+def bootstrap_ci(y_true, y_pred, groups, k, resamples=2000, seed=0, level=0.95):
+    """95% intervals of accuracy, UAR and macro F1 from a bootstrap over `groups` (actors): each
+    resample draws as many actors as there are, with replacement, and pools their clips. Resampling
+    actors, not clips, because clips of one actor are not independent."""
+    y_true, y_pred, groups = np.asarray(y_true, int), np.asarray(y_pred, int), np.asarray(groups)
+    names = sorted(set(groups.tolist()))
+    per_group = np.zeros((len(names), k, k))
+    for g, name in enumerate(names):
+        mask = groups == name
+        np.add.at(per_group[g], (y_true[mask], y_pred[mask]), 1)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(resamples, len(names)))
+    counts = np.stack([np.bincount(d, minlength=len(names)) for d in draws])  # (resamples, groups)
+    cms = np.tensordot(counts, per_group, axes=(1, 0))  # (resamples, k, k)
+    tail = (1 - level) / 2 * 100
+    return {name: [float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))]
+            for name, values in scores_from_confusion(cms).items()}
+
+
+def held_out_report(y_true, y_pred, actors, corpora, classes, seed=0):
+    """Metrics of a held-out set with 95% intervals over actors, and per corpus when there are several."""
+    actors, corpora = np.asarray(actors), np.asarray(corpora)
+    report = classification_metrics(y_true, y_pred, classes)
+    report.update(actors=len(set(actors.tolist())), ci95=bootstrap_ci(y_true, y_pred, actors, len(classes), seed=seed),
+                  interval="95% bootstrap over actors (2000 resamples)")
+    if len(set(corpora.tolist())) > 1:
+        y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        report["per_corpus"] = {}
+        for corpus in sorted(set(corpora.tolist())):
+            m = corpora == corpus
+            part = classification_metrics(y_true[m], y_pred[m], classes)
+            report["per_corpus"][corpus] = {
+                **{key: part[key] for key in ("samples", "accuracy", "uar", "macro_f1")},
+                "actors": len(set(actors[m].tolist())),
+                "ci95": bootstrap_ci(y_true[m], y_pred[m], actors[m], len(classes), seed=seed)}
+    return report

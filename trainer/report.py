@@ -9,6 +9,7 @@ import statistics
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def make_console(**kwargs):
@@ -53,27 +54,41 @@ def print_validation_summary(result, console=None):
     )
 
 
-def print_metrics(metrics, console=None, title="Validation metrics"):
-    """Accuracy, UAR, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+def headline(metrics):
+    """(split name, its metrics) a user should quote: the held-out test split when the run has one,
+    else validation (which also chose the best epoch). Old runs kept one flat validation dict."""
+    if "validation" not in metrics:
+        return "validation", metrics
+    name = metrics.get("headline") or ("test" if metrics.get("test") else "validation")
+    return name, metrics[name]
+
+
+def with_interval(m, key):
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{m[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def print_run_metrics(metrics, console=None, title="Run"):
+    """A finished run: the headline split first (test UAR, accuracy, macro F1 with 95% intervals
+    over actors, per corpus), then validation, the tables of the headline split and the compute."""
     console = console or make_console()
-    console.print(
-        f"[bold]{title}[/]: accuracy {metrics['accuracy']:.3f}   UAR {metrics['uar']:.3f}   "
-        f"macro F1 {metrics['macro_f1']:.3f}   ({metrics['samples']} clips)"
-    )
-    table = Table(title_justify="left")
-    for col in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for name, row in metrics["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
-    console.print(table)
-    names = metrics["classes"]
-    cm = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
-    cm.add_column("")
-    for name in names:
-        cm.add_column(name, justify="right")
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        cm.add_row(name, *map(str, row))
-    console.print(cm)
+    name, m = headline(metrics)
+    who = f"{m['samples']} clips" + (f", {m['actors']} actors" if m.get("actors") else "")
+    console.print(f"[bold]{title}, {name} ({who})[/]: UAR {with_interval(m, 'uar')}   accuracy {with_interval(m, 'accuracy')}   "
+                  f"macro F1 {with_interval(m, 'macro_f1')}", highlight=False)
+    if m.get("interval"):
+        console.print(Text(f"  intervals in brackets: {m['interval']}"))
+    for corpus, part in (m.get("per_corpus") or {}).items():
+        console.print(f"  {corpus} ({part['samples']} clips, {part['actors']} actors): UAR {with_interval(part, 'uar')}   "
+                      f"accuracy {with_interval(part, 'accuracy')}   macro F1 {with_interval(part, 'macro_f1')}", highlight=False)
+    if name != "validation" and metrics.get("validation"):
+        v = metrics["validation"]
+        console.print(f"validation ({v['samples']} clips; it chose the best epoch, so it reads high): UAR {v['uar']:.3f}   "
+                      f"accuracy {v['accuracy']:.3f}   macro F1 {v['macro_f1']:.3f}", highlight=False)
+    elif "validation" in metrics:
+        console.print("[yellow]No test split (split.test_fraction: 0): this validation score also chose the best epoch, "
+                      "so it reads high.[/]")
+    print_tables(m, console)
     compute = metrics.get("compute")
     if compute:
         usd = compute.get("cost_usd")
@@ -81,3 +96,49 @@ def print_metrics(metrics, console=None, title="Validation metrics"):
         hours = compute["hours"]
         took = f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
         console.print(f"Compute: {took} on {compute['gpus']} GPU(s) ({compute['gpu_hours']:.2f} GPU hours){cost}", highlight=False)
+
+
+def print_cv(cv, console=None, title="Cross-validation"):
+    """cv.json: per-fold test metrics, their mean and standard deviation, the pooled confusion matrix."""
+    console = console or make_console()
+    console.print(f"[bold]{title}: {cv['folds_done']}/{cv['folds']} folds, actor-disjoint; each actor tested once[/]")
+    table = Table(title_justify="left")
+    for col in ("fold", "test actors", "clips", "UAR", "accuracy", "macro F1"):
+        table.add_column(col, justify="left" if col == "fold" else "right")
+    for fold in cv["per_fold"]:
+        m = fold["test"]
+        table.add_row(str(fold["fold"]), str(len(fold["test_actors"])), str(m["samples"]), f"{m['uar']:.3f}", f"{m['accuracy']:.3f}",
+                      f"{m['macro_f1']:.3f}")
+    if cv.get("mean"):
+        table.add_row("mean ± sd", "", "", *(f"{cv['mean'][k]:.3f} ± {cv['std'][k]:.3f}" for k in ("uar", "accuracy", "macro_f1")))
+    console.print(table)
+    if cv.get("pooled"):
+        print_tables(cv["pooled"], console, "Pooled over folds: ")
+
+
+def print_metrics(metrics, console=None, title="Validation metrics"):
+    """Accuracy, UAR, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+    console = console or make_console()
+    console.print(
+        f"[bold]{title}[/]: accuracy {metrics['accuracy']:.3f}   UAR {metrics['uar']:.3f}   "
+        f"macro F1 {metrics['macro_f1']:.3f}   ({metrics['samples']} clips)"
+    )
+    print_tables(metrics, console)
+
+
+def print_tables(metrics, console, prefix=""):
+    """Per-class precision/recall/F1 and the confusion matrix."""
+    table = Table(title=f"{prefix}Per class" if prefix else None, title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+    names = metrics["classes"]
+    cm = Table(title=f"{prefix}Confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    for name in names:
+        cm.add_column(name, justify="right")
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        cm.add_row(name, *map(str, row))
+    console.print(cm)

@@ -51,9 +51,11 @@ def new_run(cfg, runs_dir, run_name=None):
     return run_dir
 
 
-def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, price_per_hour=None):
+def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, price_per_hour=None, test_actors=None, mirror=None):
     """Train the run in `run_dir`; with `resume`, reuse its data (moved to `data_dirs`, if given) and continue from backup/.
-    `price_per_hour` (USD) prices the compute hours in metrics.json; a resumed run keeps its last price."""
+    `price_per_hour` (USD) prices the compute hours in metrics.json; a resumed run keeps its last price.
+    `test_actors` fixes the test split (a cross-validation fold); `mirror` = (path, fields): status.json
+    is also written there with those fields (the CV run's status, see trainer/cv.py)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
@@ -62,13 +64,13 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
     _stop_at_once_until_training_starts(run_dir)
     with tee_to(run_dir / "train.log"):
         console = console or make_console(file=sys.stdout)
-        status = RunStatus(run_dir, cfg["train"]["epochs"], host=platform.node())
+        status = RunStatus(run_dir, cfg["train"]["epochs"], mirror=mirror, host=platform.node())
         if price_per_hour is not None:
             status.update(price_per_hour=price_per_hour)
         console.rule(f"Run {run_dir.name} {'(resumed) ' if resume else ''}at {now_iso()}")
         console.print(dump_config(cfg), highlight=False)
         try:
-            _train(cfg, run_dir, data_dirs, resume, status, console)
+            _train(cfg, run_dir, data_dirs, resume, status, console, test_actors)
         except Stopped as e:
             status.update(state="stopped", error={"type": "Stopped", "message": str(e)})
             print(f"Run stopped: {e}", flush=True)
@@ -92,7 +94,7 @@ def _stop_at_once_until_training_starts(run_dir):
         signal.signal(sig, handler)
 
 
-def _train(cfg, run_dir, data_dirs, resume, status, console):
+def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
     from trainer import data
 
     if resume:
@@ -100,12 +102,11 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
     else:
         if not data_dirs:
             raise UserError("No data: pass --data DIR (one or more).")
-        prepared = data.prepare(cfg, data_dirs, run_dir, console)
+        prepared = data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
     import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
 
     from trainer import distribute
-    from trainer.callbacks import AtomicModelCheckpoint, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
-    from trainer.evaluate import score
+    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     distribute.configure_devices()
@@ -138,6 +139,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
         LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
+        ConfusionImages(checkpoint, val_gen, classes, run_dir / "logs"),
         early_stopping,
         reduce_lr,
         ResumeState(run_dir / "backup" / "callbacks.json", checkpoint, early_stopping, reduce_lr,
@@ -166,21 +168,58 @@ def _train(cfg, run_dir, data_dirs, resume, status, console):
     if stop.requested:
         raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
     best = load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
-    metrics = score(best, val_gen, classes)
+    metrics = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
     metrics.update(
         best_epoch=(status.data["best"] or {}).get("epoch"),
         epochs_run=status.data["epoch"],
         training_seconds=round(time.monotonic() - started, 1),
-        split_samples={"train": len(prepared.split["train"]), "val": len(prepared.split["val"])},
+        split_samples={side: len(prepared.split.get(side, [])) for side in ("train", "val", "test")},
         monitor=monitor,
         compute=compute_record(status.data, len(env["gpus"])),
     )
+    pictures = draw(run_dir, metrics, status.data["epoch"])
     write_json_atomic(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
-    from trainer.report import print_metrics
+    from trainer.report import headline, print_run_metrics
 
-    print_metrics(metrics, console)
-    status.update(state="finished", metrics={k: metrics[k] for k in ("accuracy", "uar", "macro_f1")}, eta_seconds=0)
+    print_run_metrics(metrics, console)
+    console.print("Pictures: " + ", ".join(p.name for p in pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
+    name, top = headline(metrics)
+    status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
+                                             "ci95": top.get("ci95")}, eta_seconds=0)
+
+
+def final_scores(cfg, prepared, model, val_gen, batch_size):
+    """The best model scored on the validation split (which chose it) and, once, on the held-out test
+    actors, with 95% intervals over actors; `headline` names the split a user should quote."""
+    from trainer import data
+    from trainer.evaluate import predict, score
+    from trainer.metrics import held_out_report
+
+    classes = cfg["data"]["classes"]
+    metrics = {"validation": score(model, val_gen, classes), "test": None, "headline": "validation"}
+    test = prepared.split.get("test") or []
+    if test:
+        gen = data.make_generator(cfg, test, prepared.entries, prepared.stats, shuffle=False, batch_size=batch_size)
+        y_true, y_pred = predict(model, gen)
+        clips = [prepared.entries[test[i]] for i in gen.order]
+        metrics["test"] = held_out_report(y_true, y_pred, [e.actor for e in clips], [e.corpus for e in clips], classes, seed=cfg["seed"])
+        metrics["headline"] = "test"
+    return metrics
+
+
+def draw(run_dir, metrics, step):
+    """The headline split's PNGs in the run dir; the same and the validation matrix in TensorBoard."""
+    from trainer.plots import confusion_png, log_image, recall_png, save_pictures
+
+    name = metrics["headline"]
+    top = metrics[name]
+    pictures = save_pictures(run_dir, top, name)
+    log_image(run_dir / "logs", f"{name}/confusion_matrix_at_end", confusion_png(top, name), step)
+    log_image(run_dir / "logs", f"{name}/recall_per_class_at_end", recall_png(top, name), step)
+    if name != "validation":
+        log_image(run_dir / "logs", "validation/confusion_matrix_at_end", confusion_png(metrics["validation"], "validation"), step)
+    return pictures
 
 
 def compute_record(status, gpus):

@@ -17,6 +17,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from trainer.report import headline as quoted_split
+from trainer.report import with_interval
+
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
           "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "none": "dim"}
 WHAT_TO_DO = {
@@ -139,7 +142,8 @@ def render(info, label, console):
         if status.get("epochs"):
             bar = Table.grid(padding=(0, 1))
             bar.add_row(ProgressBar(total=status["epochs"], completed=status.get("epoch", 0), width=30),
-                        f"epoch {status.get('epoch', 0)}/{status['epochs']}   {status.get('seconds_per_epoch') or '?'} s/epoch"
+                        (f"fold {status['fold']}/{status['folds']}, " if status.get("folds") else "")
+                        + f"epoch {status.get('epoch', 0)}/{status['epochs']}   {status.get('seconds_per_epoch') or '?'} s/epoch"
                         + (f"   ETA {_duration(status.get('eta_seconds'))}" if state == "running" else ""))
             run.add_row("progress", bar)
         dist = status.get("distribution")
@@ -153,8 +157,15 @@ def render(info, label, console):
             best = status["best"]
             run.add_row("best", T(f"{best['metric']} {best['value']:.4f} at epoch {best['epoch']}"))
         if info.get("metrics"):
-            m = info["metrics"]
-            run.add_row("final", f"accuracy {m['accuracy']:.3f}   UAR {m['uar']:.3f}   macro F1 {m['macro_f1']:.3f}")
+            name, m = quoted_split(info["metrics"])
+            run.add_row("final", T(f"{name}: UAR {with_interval(m, 'uar')}   accuracy {with_interval(m, 'accuracy')}   "
+                                   f"macro F1 {with_interval(m, 'macro_f1')}"))
+        if info.get("cv"):
+            cv = info["cv"]
+            line = f"{cv['folds_done']}/{cv['folds']} folds done"
+            if cv.get("mean"):
+                line += f"   test UAR {cv['mean']['uar']:.3f} ± {cv['std']['uar']:.3f} over folds"
+            run.add_row("folds", T(line))
         if status.get("error"):
             run.add_row("error", Text(f"{status['error'].get('type')}: {status['error'].get('message')}", style="red"))
         parts += [Text(""), run]

@@ -35,8 +35,9 @@ def _plain(value):
 class RunStatus:
     """Holds the fields of status.json and rewrites the file on every `update`."""
 
-    def __init__(self, run_dir, epochs, **fields):
+    def __init__(self, run_dir, epochs, mirror=None, **fields):
         self.path = Path(run_dir) / "status.json"
+        self.mirror = mirror  # (path, fields): the same status there too, e.g. a CV run's, with fold k of K
         self._t0 = time.monotonic()
         self.data = {
             "state": "starting", "run": Path(run_dir).name, "pid": os.getpid(),
@@ -56,6 +57,12 @@ class RunStatus:
         # the trainer's wall time over every session of the run: what its machine was paid for
         self.data["compute_seconds"] = round(self._compute_before + time.monotonic() - self._t0, 1)
         write_json_atomic(self.path, self.data)
+        if self.mirror:
+            path, extra = self.mirror
+            data = {**self.data, **extra}
+            if data["state"] == "finished" and extra.get("fold", 0) < extra.get("folds", 0):
+                data["state"] = "running"  # one fold done, the run goes on
+            write_json_atomic(path, data)
 
     def epoch_done(self, epoch, logs, monitor, mode, initial_epoch):
         done = epoch + 1

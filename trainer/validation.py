@@ -22,6 +22,7 @@ import numpy as np
 
 from trainer.errors import DataError
 from trainer.labels import Labeller
+from trainer.npzfile import read_array
 
 REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
 CACHE_VERSION = 1
@@ -86,12 +87,12 @@ def check_file(path, feature_key="video_features", feature_dim=512):
         if feature_key not in keys:
             return "missing-key", f"no key {feature_key!r}; keys present: {keys}", None, keys
         try:
-            arr = npz[feature_key]
+            arr = read_array(path, feature_key)  # not npz[...]: numpy's header parse is not thread-safe on 3.11
         except ValueError as e:
             if "allow_pickle" in str(e):
                 return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
             return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
             return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
     if arr.dtype.hasobject:
         return "object-array", f"{feature_key!r} is an object array", None, keys

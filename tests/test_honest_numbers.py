@@ -1,0 +1,167 @@
+"""Honest numbers: the test split, intervals over actors, actor-grouped cross-validation.
+
+The split, bootstrap and fold tests are fast (no TensorFlow); the CV run trains for real in a
+subprocess, is stopped with SIGTERM in fold 2 and resumed.
+"""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY_CONFIG, write_config
+from test_split_norm import CLASSES, entries
+
+from trainer.cv import assign_folds
+from trainer.errors import DataError
+from trainer.metrics import bootstrap_ci, classification_metrics, held_out_report
+from trainer.split import make_split
+
+
+def actors_of(split, side):
+    return {p.split("/")[-1].split("_")[0] for p in split[side]}
+
+
+def test_the_test_split_is_actor_disjoint_stratified_and_reproducible():
+    split = make_split(entries(24, per_class=2), "actor", 0.2, seed=3, classes=CLASSES, test_fraction=0.15)
+    sides = [actors_of(split, s) for s in ("train", "val", "test")]
+    assert all(not a & b for i, a in enumerate(sides) for b in sides[i + 1:])  # no actor in two of them
+    assert sum(map(len, sides)) == 24 and set(split["test_actors"]) == {f"crema-d:{a}" for a in sides[2]}
+    for side in ("train", "val", "test"):
+        assert all(split["counts"][side][c] > 0 for c in CLASSES), (side, split["counts"][side])
+    n = len(entries(24, per_class=2))
+    assert 0.1 <= len(split["test"]) / n <= 0.25 and 0.1 <= len(split["val"]) / n <= 0.3
+    assert split == make_split(entries(24, per_class=2), "actor", 0.2, seed=3, classes=CLASSES, test_fraction=0.15)
+    other = make_split(entries(24, per_class=2), "actor", 0.2, seed=4, classes=CLASSES, test_fraction=0.15)
+    assert other["test_actors"] != split["test_actors"]
+    off = make_split(entries(24), "actor", 0.2, seed=3, classes=CLASSES, test_fraction=0)
+    assert off["test"] == [] and off["test_actors"] == []
+
+
+def test_a_test_split_needs_three_actors_and_says_how_to_turn_it_off():
+    with pytest.raises(DataError, match="at least 3 actors.*split.test_fraction: 0"):
+        make_split(entries(2), "actor", 0.2, seed=1, classes=CLASSES, test_fraction=0.15)
+
+
+def simulated(actors, clips=30, k=6, seed=0):
+    """Predictions of a classifier whose accuracy varies by actor (as it does for real)."""
+    rng = np.random.default_rng(seed)
+    skill = rng.uniform(0.3, 0.9, actors)
+    y = rng.integers(0, k, (actors, clips))
+    right = rng.random((actors, clips)) < skill[:, None]
+    pred = np.where(right, y, (y + rng.integers(1, k, (actors, clips))) % k)
+    return y.ravel(), pred.ravel(), np.repeat(np.arange(actors), clips)
+
+
+def test_the_bootstrap_interval_holds_the_estimate_and_narrows_with_more_actors():
+    widths = []
+    for actors in (6, 24, 96):
+        y, pred, who = simulated(actors)
+        point = classification_metrics(y, pred, list("abcdef"))
+        ci = bootstrap_ci(y, pred, who, 6, seed=1)
+        for key in ("uar", "accuracy", "macro_f1"):
+            assert ci[key][0] <= point[key] <= ci[key][1], (actors, key, point[key], ci[key])
+        widths.append(ci["uar"][1] - ci["uar"][0])
+    assert widths[0] > widths[1] > widths[2], widths
+    # over actors, not clips: 24 actors of 30 clips are less certain than 720 independent clips would be
+    y, pred, who = simulated(24)
+    by_clip = bootstrap_ci(y, pred, np.arange(len(y)), 6, seed=1)
+    assert bootstrap_ci(y, pred, who, 6, seed=1)["uar"][1] - bootstrap_ci(y, pred, who, 6, seed=1)["uar"][0] > \
+        by_clip["uar"][1] - by_clip["uar"][0]
+
+
+def test_per_corpus_figures_appear_when_both_corpora_are_tested():
+    y, pred, who = simulated(8)
+    corpora = np.where(who < 4, "crema-d", "ravdess")
+    report = held_out_report(y, pred, who, corpora, list("abcdef"))
+    assert set(report["per_corpus"]) == {"crema-d", "ravdess"} and report["actors"] == 8
+    assert sum(p["samples"] for p in report["per_corpus"].values()) == report["samples"]
+    assert "per_corpus" not in held_out_report(y, pred, who, np.full(len(y), "crema-d"), list("abcdef"))
+
+
+def test_folds_partition_the_actors_and_each_holds_every_emotion():
+    data = entries(23, per_class=2)
+    folds = assign_folds(data, 5, seed=2)
+    everyone = [a for fold in folds for a in fold]
+    assert sorted(everyone) == sorted({e.actor for e in data}) and len(everyone) == len(set(everyone))
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert folds == assign_folds(data, 5, seed=2) and folds != assign_folds(data, 5, seed=3)
+    with pytest.raises(DataError, match="at least 30 actors"):
+        assign_folds(data, 30, seed=2)
+
+
+def status(run):
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow
+def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_stopped_in(tmp_path, synth_crema):
+    cfg = write_config(tmp_path / "cv.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 6}})
+    run = tmp_path / "runs" / "cv"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "cv", "--config", cfg, "--data", synth_crema, "--folds", "3",
+                             "--out", tmp_path / "runs", "--run-name", "cv"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (status(run).get("fold") == 2 and status(run).get("epoch", 0) >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    assert status(run)["state"] == "running"  # fold 1 is done, the CV run is not
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 3, proc.stdout.read()
+    fold1 = (run / "fold-1" / "metrics.json").stat().st_mtime
+    assert not (run / "fold-2" / "metrics.json").exists() and (run / "fold-2" / "backup").is_dir()
+    assert json.loads((run / "cv.json").read_text())["folds_done"] == 1
+
+    resumed = subprocess.run([sys.executable, "-m", "trainer", "train", "--resume", run], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert (run / "fold-1" / "metrics.json").stat().st_mtime == fold1  # not trained again
+    assert "(resumed)" in (run / "fold-2" / "train.log").read_text()
+    for k in (2, 3):
+        epochs = [line.split(",")[0] for line in (run / f"fold-{k}" / "history.csv").read_text().splitlines()[1:]]
+        assert epochs == [str(e) for e in range(6)], (k, epochs)
+
+    cv = json.loads((run / "cv.json").read_text())
+    plan = json.loads((run / "cv-plan.json").read_text())
+    assert cv["folds_done"] == 3 and status(run)["state"] == "finished"
+    tested = [a for k in (1, 2, 3) for a in json.loads((run / f"fold-{k}" / "split.json").read_text())["test_actors"]]
+    manifest = json.loads((run / "fold-1" / "manifest.json").read_text())
+    assert sorted(tested) == sorted({f["actor"] for f in manifest["files"] if f["status"] == "accepted"})  # each actor once
+    assert [f["test_actors"] for f in cv["per_fold"]] == plan["test_actors"]
+    folds = [json.loads((run / f"fold-{k}" / "metrics.json").read_text())["test"] for k in (1, 2, 3)]
+    for key in ("uar", "accuracy", "macro_f1"):
+        assert cv["mean"][key] == pytest.approx(np.mean([f[key] for f in folds]))
+        assert cv["std"][key] == pytest.approx(np.std([f[key] for f in folds], ddof=1))
+    assert np.array_equal(np.sum([f["confusion_matrix"] for f in folds], axis=0), cv["pooled"]["confusion_matrix"])
+    assert cv["pooled"]["samples"] == sum(f["samples"] for f in folds)
+    assert "Cross-validation: 3/3 folds" in resumed.stdout
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_follow(host_ready, tmp_path):
+    from test_pay_only_for_training import wait_until
+
+    host_ready.configure(epochs=10)
+    started = host_ready.fab("train", "--folds", "2", "--run-name", "cv")
+    assert started.returncode == 0, started.out
+    run = host_ready.runs / "cv"
+    wait_until(lambda: status(run).get("fold") and status(run).get("epoch", 0) >= 1, 180, "a fold's first epoch")
+    monitor = host_ready.fab("monitor")
+    assert re.search(r"fold [12]/2, epoch \d+/10", monitor.out), monitor.out
+    wait_until(lambda: (run / "exit.json").is_file(), 300, "the cross-validation to end")
+    done = host_ready.fab("monitor")
+    assert done.returncode == 0 and "FINISHED" in done.out, done.out
+    assert re.search(r"folds\s+2/2 folds done\s+test UAR \d\.\d{3} ± \d\.\d{3}", done.out), done.out
+    fetched = host_ready.fab("fetch-results", "--dest", tmp_path / "results")
+    assert fetched.returncode == 0 and "cross-validation: 2/2 folds" in fetched.out and "mean ± sd" in fetched.out, fetched.out
+    assert "Pictures: fold-1/confusion_matrix.png" in fetched.out, fetched.out
+    assert (tmp_path / "results" / "local" / "cv" / "fold-2" / "learning_curves.png").is_file()
+    refused = host_ready.fab("train", "--folds", "1")
+    assert refused.returncode == 2 and "--folds expects a number of folds, 2 or more" in refused.out, refused.out
