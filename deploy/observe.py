@@ -58,7 +58,7 @@ def fetch_results(target, inv, run, dest, say, backup=False):
     if not local.is_relative_to(root) or local == root:  # names from the host are checked already; this is the last word
         raise DeployError(f"Refusing to write the run {info['run']!r} outside {root}.")
     local.mkdir(parents=True, exist_ok=True)
-    excluded = ["--exclude=.*.tmp"] + ([] if backup else ["--exclude=/backup/"])
+    excluded = ["--exclude=.*.tmp"] + ([] if backup else ["--exclude=/backup/", "--exclude=/fold-*/backup/"])  # a CV run's folds too
     n, _ = rsync(conn, [*excluded, rsync_target(conn, rjoin(inv.remote["runs_dir"], info["run"])) + "/",
                         f"{local}/"])
     say(f"Fetched run {info['run']} ({info['state']}{', with its backup' if backup else ''}): {n} file(s) updated in {local}")

@@ -163,5 +163,14 @@ def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_
     assert fetched.returncode == 0 and "cross-validation: 2/2 folds" in fetched.out and "mean ± sd" in fetched.out, fetched.out
     assert "Pictures: fold-1/confusion_matrix.png" in fetched.out, fetched.out
     assert (tmp_path / "results" / "local" / "cv" / "fold-2" / "learning_curves.png").is_file()
+    assert not list((tmp_path / "results").rglob("backup"))  # no fold's backup without --backup
     refused = host_ready.fab("train", "--folds", "1")
     assert refused.returncode == 2 and "--folds expects a number of folds, 2 or more" in refused.out, refused.out
+
+
+def test_the_deploy_side_draws_and_prints_results_without_numpy_tensorflow_or_matplotlib():
+    """A laptop with only the `deploy` extra prints the fetched metrics, the CV table and the monitor."""
+    code = ("import sys, deploy.tasks, trainer.report, trainer.run_view; "
+            "print(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

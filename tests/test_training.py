@@ -69,7 +69,8 @@ def test_train_writes_a_complete_run_that_reloads(tmp_path, synth_crema):
         assert matplotlib.image.imread(run / name).shape[2] in (3, 4), name
     tags = {v.tag for f in (run / "logs" / "images").glob("*tfevents*") for e in tf.compat.v1.train.summary_iterator(str(f))
             for v in e.summary.value}
-    assert {"validation/confusion_matrix_at_best_epoch", "test/confusion_matrix_at_end", "test/recall_per_class_at_end",
+    assert {"validation/confusion_matrix_at_best_epoch", "validation/recall_per_class_at_best_epoch",
+            "test/confusion_matrix_at_end", "test/recall_per_class_at_end",
             "validation/confusion_matrix_at_end"} <= tags, tags
     assert "learning_rate" in (run / "history.csv").read_text().splitlines()[0]
     env = json.loads((run / "environment.json").read_text())
@@ -80,6 +81,14 @@ def test_train_writes_a_complete_run_that_reloads(tmp_path, synth_crema):
     proc = run_trainer("evaluate", "--run", run)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "eval-val.json").read_text())["uar"] == pytest.approx(metrics["validation"]["uar"])
+    # and on other held-out data (new actors, another corpus)
+    from trainer.synth import write_corpus
+
+    write_corpus(tmp_path / "ravdess", "ravdess", clips=40, seed=5)
+    proc = run_trainer("evaluate", "--run", run, "--data", tmp_path / "ravdess")
+    assert proc.returncode == 0, proc.stderr
+    extra = json.loads((run / "eval-ravdess.json").read_text())
+    assert 0 < extra["samples"] <= 40 and extra["data"] == [str(tmp_path / "ravdess")]
 
 
 def test_killed_run_resumes_from_its_backup_not_from_zero(tmp_path, synth_crema):

@@ -96,8 +96,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class ConfusionImages(keras.callbacks.Callback):
-    """When the checkpoint saves a new best model, that model's validation confusion matrix goes to
-    TensorBoard (logdir/images), so the picture of the chosen epoch is there while the run trains.
+    """When the checkpoint saves a new best model, that model's validation confusion matrix and recall
+    per class go to TensorBoard (logdir/images), so the pictures of the chosen epoch are there while
+    the run trains.
 
         callbacks=[checkpoint, ConfusionImages(checkpoint, val_gen, classes, "run/logs"), ...]
     """
@@ -114,11 +115,12 @@ class ConfusionImages(keras.callbacks.Callback):
         if self.checkpoint.best == self._before:
             return
         from trainer.evaluate import score
-        from trainer.plots import confusion_png, log_image
+        from trainer.plots import confusion_png, log_image, recall_png
 
         metrics = score(self.model, self.val_gen, self.classes)
-        log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, f"validation, epoch {epoch + 1}"),
-                  epoch + 1)
+        name = f"validation, epoch {epoch + 1}"
+        log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, name), epoch + 1)
+        log_image(self.logdir, "validation/recall_per_class_at_best_epoch", recall_png(metrics, name), epoch + 1)
 
 
 class ResumeState(keras.callbacks.Callback):
