@@ -158,6 +158,9 @@ def check_run_to_resume(path):
     """A fetched run directory that another host can continue: config, split, normalisation and
     backup/ (from `fab fetch-results --backup`), not finished. LocalInputError naming what is missing."""
     run = Path(path)
+    if (run / "cv-plan.json").is_file():
+        raise LocalInputError(f"--resume-from {run}: a cross-validation run cannot move to another host yet. Continue it on its "
+                              "own host (`fab train --resume` there), or start the cross-validation again here (`fab train --folds K`).")
     if not (run / "config.yaml").is_file():
         raise LocalInputError(f"--resume-from {run}: not a fetched run directory (no config.yaml). "
                               "Expected results/<host>/<run> from `fab fetch-results --backup`.")

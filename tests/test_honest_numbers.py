@@ -163,6 +163,8 @@ def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_
     assert fetched.returncode == 0 and "cross-validation: 2/2 folds" in fetched.out and "mean ± sd" in fetched.out, fetched.out
     assert "Pictures: fold-1/confusion_matrix.png" in fetched.out, fetched.out
     assert (tmp_path / "results" / "local" / "cv" / "fold-2" / "learning_curves.png").is_file()
+    moved = host_ready.fab("deploy-full", "--resume-from", tmp_path / "results" / "local" / "cv")
+    assert moved.returncode == 2 and "a cross-validation run cannot move to another host yet" in moved.out, moved.out
     refused = host_ready.fab("train", "--folds", "1")
     assert refused.returncode == 2 and "--folds expects a number of folds, 2 or more" in refused.out, refused.out
 
