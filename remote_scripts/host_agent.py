@@ -117,7 +117,8 @@ def autostop_view(settings, state, runs_dir, running):
         return {"armed": False}
     paths = files(runs_dir)
     current = run_state.read_current(runs_dir)
-    ended = mtime(os.path.join(os.path.expanduser(runs_dir), current, run_state.EXIT)) if current else 0.0
+    valid = current is not None and run_state.RUN_NAME.fullmatch(current)  # a name is a path: only a valid one
+    ended = mtime(os.path.join(os.path.expanduser(runs_dir), current, run_state.EXIT)) if valid else 0.0
     last_activity = max(mtime(paths["heartbeat"]), ended, auto.get("armed_at", 0), state.get("started", 0),
                         state.get("training_seen", 0))
     view = {"armed": True, "idle_seconds": auto["idle_seconds"], "command": auto["command"], "last_activity": iso(last_activity),

@@ -105,7 +105,7 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     from trainer.report import make_console, print_cv
 
     print_cv(summary, console or make_console())
-    status = json.loads((run_dir / "status.json").read_text())
+    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {"run": run_dir.name}
     status.update(state="finished", metrics={"split": "cross-validation test", **summary["mean"]}, eta_seconds=0)
     write_json_atomic(run_dir / "status.json", status)
     return run_dir
