@@ -337,9 +337,10 @@ def autostop(h, idle_minutes=None, cancel=False):
 
     The host's agent (remote_scripts/host_agent.py) does it, so the laptop may be closed; it
     never fires while a training runs and is re-armed at boot (crontab). The command is
-    autostop.command (default `sudo -n /sbin/poweroff`; an EC2 instance then stops, its disk
-    is kept). Without options: say whether it is armed. inventory `autostop.idle_minutes` arms
-    it at every deploy.
+    autostop.command (default `sudo -n /sbin/poweroff`: an EC2 instance then stops and its disk
+    is kept, unless its shutdown behavior is "terminate": then the instance and its root disk,
+    with every run on it, are deleted). Without options: say whether it is armed. Inventory
+    `autostop.idle_minutes` arms it at every train and deploy-full.
     """
     if cancel and idle_minutes is not None:
         raise LocalInputError("Give --idle-minutes N (arm) or --cancel (disarm), not both.")
