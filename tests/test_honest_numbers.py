@@ -175,3 +175,18 @@ def test_the_deploy_side_draws_and_prints_results_without_numpy_tensorflow_or_ma
             "print(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_cross_validation_status_counts_the_folds_still_to_come_in_its_eta(tmp_path):
+    from trainer.status import RunStatus
+
+    (tmp_path / "fold-2").mkdir()
+    fold = RunStatus(tmp_path / "fold-2", epochs=10, mirror=(tmp_path / "status.json", {"fold": 2, "folds": 4}))
+    fold._t0 -= 40  # 4 epochs in 40 s: 10 s per epoch
+    fold.epoch_done(3, {"val_uar": 0.5}, "val_uar", "max", initial_epoch=0)
+    own, whole = status(tmp_path / "fold-2"), status(tmp_path)
+    assert whole["fold"] == 2 and whole["folds"] == 4 and whole["epoch"] == 4
+    assert own["seconds_per_epoch"] == pytest.approx(10, abs=0.1) and own["eta_seconds"] == pytest.approx(60, abs=1)
+    assert whole["eta_seconds"] == pytest.approx(60 + 2 * 10 * 10, abs=2)  # this fold's 6 epochs, then folds 3 and 4
+    fold.update(state="finished")
+    assert status(tmp_path)["state"] == "running"  # fold 2 of 4 done: the run goes on

@@ -60,8 +60,11 @@ class RunStatus:
         if self.mirror:
             path, extra = self.mirror
             data = {**self.data, **extra}
-            if data["state"] == "finished" and extra.get("fold", 0) < extra.get("folds", 0):
+            later = extra.get("folds", 0) - extra.get("fold", 0)  # folds still to train after this one
+            if data["state"] == "finished" and later > 0:
                 data["state"] = "running"  # one fold done, the run goes on
+            if later > 0 and data.get("seconds_per_epoch"):  # the whole run's ETA (an upper bound: early stopping)
+                data["eta_seconds"] = round((data.get("eta_seconds") or 0) + later * data["epochs"] * data["seconds_per_epoch"], 1)
             write_json_atomic(path, data)
 
     def epoch_done(self, epoch, logs, monitor, mode, initial_epoch):
