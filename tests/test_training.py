@@ -273,3 +273,39 @@ def test_a_stop_request_before_training_starts_cannot_be_swallowed(tmp_path):
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+FIRST_STEP = """
+import json, sys
+import numpy as np
+from trainer import distribute
+distribute.configure_devices()
+import keras
+from trainer.config import DEFAULTS
+from trainer.model import build_model, compile_model
+
+keras.utils.set_random_seed(7)
+strategy = distribute.choose_strategy(sys.argv[1])
+with strategy.scope():  # no dropout: its random masks differ by device
+    model = compile_model(build_model({**DEFAULTS["model"], "units": 8, "head_units": 8, "dropout": 0.0}, 6), DEFAULTS["train"], 6)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 20, 512)).astype("float32")
+x[::3, 15:] = 0  # padded clips, as the generator makes them
+y = rng.integers(0, 6, 32)
+loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": loss, "weights": [float(np.abs(w).sum()) for w in model.get_weights()]}))
+"""
+
+
+def test_two_mirrored_replicas_take_the_same_first_step_as_one_device_on_the_same_global_batch():
+    """Same results semantics: the loss of the first step (before the update) and the weights after it
+    match between one device and MirroredStrategy over two logical CPUs splitting the same 32 clips."""
+    runs = {}
+    for mode, cpus in (("off", "0"), ("mirrored", "2")):
+        out = subprocess.run([sys.executable, "-c", FIRST_STEP, mode], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "FACENET_LOGICAL_CPUS": cpus})
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["off"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
+    assert runs["mirrored"]["loss"] == pytest.approx(runs["off"]["loss"], rel=1e-5)
+    assert runs["mirrored"]["weights"] == pytest.approx(runs["off"]["weights"], rel=1e-5)  # gradients averaged, not summed
