@@ -23,14 +23,18 @@ def agent_dir(inv):
     return rjoin(inv.remote["runs_dir"], ".agent")
 
 
+def heartbeat(inv):
+    return rjoin(agent_dir(inv), "heartbeat")
+
+
 def touch(conn, inv):
     """The task's first command also touches the heartbeat (see HostConnection.touch_first)."""
-    conn.touch_first = rjoin(agent_dir(inv), "heartbeat")
+    conn.touch_first = heartbeat(inv)
 
 
 def beat(conn, inv):
     """Touch the heartbeat now: for a task that stays open (the TensorBoard tunnel)."""
-    conn.run(f"mkdir -p {rq(agent_dir(inv))} && touch {rq(rjoin(agent_dir(inv), 'heartbeat'))}", hide=True, warn=True, in_stream=False)
+    conn.run(f"mkdir -p {rq(agent_dir(inv))} && touch {rq(heartbeat(inv))}", hide=True, warn=True, in_stream=False)
 
 
 def inventory_autostop(inv):

@@ -9,6 +9,7 @@ for tasks that change the host, the host's lock and the refusal to work under a 
 import functools
 import socket
 import time
+from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -226,7 +227,7 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
     """
     inv = h.inv
     console.rule(f"deploy-full to {h.target.label}")
-    resumed = sync.check_run_to_resume(resume_from) if resume_from else None
+    resumed = Path(resume_from) if resume_from else None  # checked before connecting (_deploy_checks)
     if run_name:
         training.refuse_new_run_name(h.conn, inv, run_name)  # now, not after the smoke test
     say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")

@@ -63,9 +63,13 @@ def headline(metrics):
     return name, metrics[name]
 
 
-def with_interval(m, key):
-    ci = (m.get("ci95") or {}).get(key)
-    return f"{m[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+def scores(m):
+    """'UAR 0.612 [0.571, 0.650]   accuracy ...   macro F1 ...': the headline scores, with their 95% intervals when known."""
+    def one(key):
+        ci = (m.get("ci95") or {}).get(key)
+        return f"{m[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    return f"UAR {one('uar')}   accuracy {one('accuracy')}   macro F1 {one('macro_f1')}"
 
 
 def print_run_metrics(metrics, console=None, title="Run"):
@@ -74,17 +78,14 @@ def print_run_metrics(metrics, console=None, title="Run"):
     console = console or make_console()
     name, m = headline(metrics)
     who = f"{m['samples']} clips" + (f", {m['actors']} actors" if m.get("actors") else "")
-    console.print(f"[bold]{title}, {name} ({who})[/]: UAR {with_interval(m, 'uar')}   accuracy {with_interval(m, 'accuracy')}   "
-                  f"macro F1 {with_interval(m, 'macro_f1')}", highlight=False)
+    console.print(f"[bold]{title}, {name} ({who})[/]: {scores(m)}", highlight=False)
     if m.get("interval"):
         console.print(Text(f"  intervals in brackets: {m['interval']}"))
     for corpus, part in (m.get("per_corpus") or {}).items():
-        console.print(f"  {corpus} ({part['samples']} clips, {part['actors']} actors): UAR {with_interval(part, 'uar')}   "
-                      f"accuracy {with_interval(part, 'accuracy')}   macro F1 {with_interval(part, 'macro_f1')}", highlight=False)
+        console.print(f"  {corpus} ({part['samples']} clips, {part['actors']} actors): {scores(part)}", highlight=False)
     if name != "validation" and metrics.get("validation"):
         v = metrics["validation"]
-        console.print(f"validation ({v['samples']} clips; it chose the best epoch, so it reads high): UAR {v['uar']:.3f}   "
-                      f"accuracy {v['accuracy']:.3f}   macro F1 {v['macro_f1']:.3f}", highlight=False)
+        console.print(f"validation ({v['samples']} clips; it chose the best epoch, so it reads high): {scores(v)}", highlight=False)
     elif "validation" in metrics:
         console.print("[yellow]No test split (split.test_fraction: 0): this validation score also chose the best epoch, "
                       "so it reads high.[/]")

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trainer.report import headline as quoted_split
-from trainer.report import with_interval
+from trainer.report import scores
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
           "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "none": "dim"}
@@ -158,8 +158,7 @@ def render(info, label, console):
             run.add_row("best", T(f"{best['metric']} {best['value']:.4f} at epoch {best['epoch']}"))
         if info.get("metrics"):
             name, m = quoted_split(info["metrics"])
-            run.add_row("final", T(f"{name}: UAR {with_interval(m, 'uar')}   accuracy {with_interval(m, 'accuracy')}   "
-                                   f"macro F1 {with_interval(m, 'macro_f1')}"))
+            run.add_row("final", T(f"{name}: {scores(m)}"))
         if info.get("cv"):
             cv = info["cv"]
             line = f"{cv['folds_done']}/{cv['folds']} folds done"
