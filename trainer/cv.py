@@ -48,7 +48,7 @@ def assign_folds(entries, folds, seed):
         # the fold whose per-emotion counts grow least in squares: evens the counts out; then the fold with fewer actors
         best = min(range(folds), key=lambda f: (sum((counts[f][c] + n) ** 2 - counts[f][c] ** 2 for c, n in have.items()),  # noqa: B023
                                                  len(members[f])))
-        counts[best].update(by_actor[actor])
+        counts[best].update(have)
         members[best].append(actor)
     return [sorted(m) for m in members]
 
@@ -85,7 +85,7 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     run_dir = Path(run_dir)
     plan = json.loads((run_dir / PLAN).read_text())
     cfg = load_config(run_dir / "config.yaml")
-    folds = plan["folds"]
+    folds, summary = plan["folds"], None
     for k, actors in enumerate(plan["test_actors"], 1):
         fold_dir = run_dir / f"fold-{k}"
         if (fold_dir / "metrics.json").is_file():
@@ -98,10 +98,11 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
             (fold_dir / "config.yaml").write_text(dump_config(cfg))
             execute(fold_dir, data_dirs=data_dirs or plan["data_dirs"], console=console, price_per_hour=price_per_hour,
                     test_actors=actors, mirror=mirror)
+        summary = summarize(run_dir)  # after every fold, for the monitor; after the last trained fold, final
+        write_json_atomic(run_dir / SUMMARY, summary)
+    if summary is None:  # every fold had finished before this call
         summary = summarize(run_dir)
         write_json_atomic(run_dir / SUMMARY, summary)
-    summary = summarize(run_dir)
-    write_json_atomic(run_dir / SUMMARY, summary)
     from trainer.report import make_console, print_cv
 
     print_cv(summary, console or make_console())

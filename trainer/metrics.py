@@ -53,7 +53,10 @@ def scores_from_confusion(cms):
                 "uar": np.nanmean(recall, axis=-1), "macro_f1": np.nanmean(f1, axis=-1)}
 
 
-def bootstrap_ci(y_true, y_pred, groups, k, resamples=2000, seed=0, level=0.95):
+RESAMPLES = 2000  # bootstrap resamples of the held-out actors
+
+
+def bootstrap_ci(y_true, y_pred, groups, k, resamples=RESAMPLES, seed=0, level=0.95):
     """95% intervals of accuracy, UAR and macro F1 from a bootstrap over `groups` (actors): each
     resample draws as many actors as there are, with replacement, and pools their clips. Resampling
     actors, not clips, because clips of one actor are not independent."""
@@ -77,7 +80,7 @@ def held_out_report(y_true, y_pred, actors, corpora, classes, seed=0):
     actors, corpora = np.asarray(actors), np.asarray(corpora)
     report = classification_metrics(y_true, y_pred, classes)
     report.update(actors=len(set(actors.tolist())), ci95=bootstrap_ci(y_true, y_pred, actors, len(classes), seed=seed),
-                  interval="95% bootstrap over actors (2000 resamples)")
+                  interval=f"95% bootstrap over actors ({RESAMPLES} resamples)")
     if len(set(corpora.tolist())) > 1:
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
         report["per_corpus"] = {}

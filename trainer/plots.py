@@ -1,7 +1,7 @@
 """Pictures of a run: the confusion matrix, per-class recall and the learning curves, as PNG.
 
     png = confusion_png(metrics, "test")        # bytes: counts and row-normalised, side by side
-    paths = save_pictures(run_dir, metrics)     # confusion_matrix.png, recall.png, learning_curves.png
+    pngs = save_pictures(run_dir, metrics, "test")   # {"confusion_matrix.png": bytes, "recall.png": ..., "learning_curves.png": ...}
     log_image(run_dir / "logs", "test/confusion_matrix", png, step)    # the same picture in TensorBoard
 
 matplotlib's object API with the Agg canvas: no display, no global pyplot state.
@@ -75,14 +75,14 @@ def learning_curves_png(history_csv):
 
 
 def save_pictures(run_dir, metrics, name):
-    """The run's PNGs beside metrics.json; returns their paths."""
+    """The run's PNGs beside metrics.json; returns them as {file name: PNG bytes}."""
     run_dir = Path(run_dir)
     pictures = {"confusion_matrix.png": confusion_png(metrics, name), "recall.png": recall_png(metrics, name)}
     if (run_dir / "history.csv").is_file():
         pictures["learning_curves.png"] = learning_curves_png(run_dir / "history.csv")
     for file, png in pictures.items():
         (run_dir / file).write_bytes(png)
-    return [run_dir / file for file in pictures]
+    return pictures
 
 
 def log_image(logdir, tag, png, step):

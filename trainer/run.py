@@ -177,13 +177,13 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
         monitor=monitor,
         compute=compute_record(status.data, len(env["gpus"])),
     )
-    pictures = draw(run_dir, metrics, status.data["epoch"])
+    pictures = draw(run_dir, metrics, status.data["epoch"])  # {file name: PNG bytes}
     write_json_atomic(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     from trainer.report import headline, print_run_metrics
 
     print_run_metrics(metrics, console)
-    console.print("Pictures: " + ", ".join(p.name for p in pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
+    console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
     name, top = headline(metrics)
     status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
                                              "ci95": top.get("ci95")}, eta_seconds=0)
@@ -210,13 +210,12 @@ def final_scores(cfg, prepared, model, val_gen, batch_size):
 
 def draw(run_dir, metrics, step):
     """The headline split's PNGs in the run dir; the same and the validation matrix in TensorBoard."""
-    from trainer.plots import confusion_png, log_image, recall_png, save_pictures
+    from trainer.plots import confusion_png, log_image, save_pictures
 
     name = metrics["headline"]
-    top = metrics[name]
-    pictures = save_pictures(run_dir, top, name)
-    log_image(run_dir / "logs", f"{name}/confusion_matrix_at_end", confusion_png(top, name), step)
-    log_image(run_dir / "logs", f"{name}/recall_per_class_at_end", recall_png(top, name), step)
+    pictures = save_pictures(run_dir, metrics[name], name)
+    log_image(run_dir / "logs", f"{name}/confusion_matrix_at_end", pictures["confusion_matrix.png"], step)
+    log_image(run_dir / "logs", f"{name}/recall_per_class_at_end", pictures["recall.png"], step)
     if name != "validation":
         log_image(run_dir / "logs", "validation/confusion_matrix_at_end", confusion_png(metrics["validation"], "validation"), step)
     return pictures
