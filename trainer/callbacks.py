@@ -137,18 +137,23 @@ class ResumeState(keras.callbacks.Callback):
 
     def __init__(self, path, checkpoint, early_stopping, reduce_lr, best_model=None):
         super().__init__()
-        self.path = Path(path)
+        self.path = Path(path) if path else None  # None: a worker that is not the chief (writes nothing)
         self.checkpoint, self.early_stopping, self.reduce_lr = checkpoint, early_stopping, reduce_lr
         self.best_model = best_model
         self.restored = None
 
     def on_train_begin(self, logs=None):
         try:
-            state = json.loads(self.path.read_text())
+            state = json.loads(self.path.read_text()) if self.path else None
         except (OSError, ValueError):
-            return
+            state = None
+        if state is not None:
+            self.apply(state)
+
+    def apply(self, state):
+        """Put the callbacks back in `state` (this run's saved one, or the chief's on another worker)."""
         es, rlr = self.early_stopping, self.reduce_lr
-        if state.get("checkpoint_best") is not None:
+        if state.get("checkpoint_best") is not None and self.checkpoint is not None:
             self.checkpoint.best = state["checkpoint_best"]
         es.best, es.wait, es.best_epoch = state["early_stopping"]["best"], state["early_stopping"]["wait"], state["early_stopping"]["best_epoch"]
         rlr.best, rlr.wait, rlr.cooldown_counter = state["reduce_lr"]["best"], state["reduce_lr"]["wait"], state["reduce_lr"]["cooldown_counter"]
@@ -159,6 +164,8 @@ class ResumeState(keras.callbacks.Callback):
         self.restored = state
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.path is None:
+            return
         es, rlr = self.early_stopping, self.reduce_lr
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {

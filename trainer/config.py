@@ -65,9 +65,14 @@ DEFAULTS = {
         "class_weights": "balanced",  # balanced or none
         "mixed_precision": "auto",  # auto: mixed_float16 on a GPU, float32 on the CPU
         "workers": 2,
-        # auto: every GPU of the host when there are several (MirroredStrategy), else one device;
-        # mirrored: MirroredStrategy always; off: one device. batch_size is per replica.
+        # auto: the cluster when TF_CONFIG is set (MultiWorkerMirroredStrategy), else every GPU of the
+        # host when there are several (MirroredStrategy), else one device; mirrored: MirroredStrategy
+        # always; multi_worker: the TF_CONFIG cluster, required; off: one device. batch_size is per
+        # replica: the global batch is batch_size x replicas (GPUs of every worker).
         "distribute": "auto",
+        # multi_worker: seconds a collective (gradient all-reduce) may wait for a peer before the
+        # run fails naming it, instead of hanging on a worker that froze or lost its network
+        "collective_timeout": 300,
     },
 }
 
@@ -79,11 +84,11 @@ CHOICES = {
     "train.monitor": ("val_uar", "val_accuracy", "val_loss"),
     "train.class_weights": ("balanced", "none"),
     "train.mixed_precision": ("auto", "on", "off"),
-    "train.distribute": ("auto", "mirrored", "off"),
+    "train.distribute": ("auto", "mirrored", "multi_worker", "off"),
 }
 POSITIVE = {
     "data.feature_dim", "model.units", "model.layers", "model.heads", "model.head_units",
-    "train.batch_size", "train.epochs", "train.learning_rate", "train.workers",
+    "train.batch_size", "train.epochs", "train.learning_rate", "train.workers", "train.collective_timeout",
 }
 FREE_FORM = {"data.label_map"}  # nested mapping checked by check_label_map
 

@@ -132,7 +132,7 @@ def make_generator(cfg, paths, entries, stats, shuffle, batch_size=None, **kwarg
         paths, [index[entries[p].emotion] for p in paths], batch_size=batch_size or cfg["train"]["batch_size"], shuffle=shuffle,
         mean=stats["mean"], std=stats["std"], feature_key=data["feature_key"], max_frames=data["max_frames"],
         max_frames_mode=data["max_frames_mode"], cache_in_memory=data["cache_in_memory"],
-        lengths=[entries[p].frames for p in paths], seed=cfg["seed"], **kwargs,
+        lengths=[entries[p].frames for p in paths], seed=cfg["seed"], feature_dim=data["feature_dim"], **kwargs,
     )
 
 

@@ -1,18 +1,27 @@
-"""Which devices one training uses: tf.distribute's strategy for `train.distribute`.
+"""Which devices and hosts one training uses: tf.distribute's strategy for `train.distribute`.
 
-    strategy = choose_strategy("auto")     # all GPUs of this host when there are several, else one device
+    cluster = read_cluster()               # the TF_CONFIG cluster (None without one), checked
+    strategy = choose_strategy("auto", cluster, timeout=300)
     with strategy.scope(): model = ...     # build and compile under it
-    strategy.num_replicas_in_sync          # replicas; train.batch_size is per replica
+    strategy.num_replicas_in_sync          # replicas of every worker; train.batch_size is per replica
 
-`auto`: MirroredStrategy over every visible GPU when there are two or more, else the default
-(one device). `mirrored`: MirroredStrategy over every GPU, or over the CPU devices where there
-is none. `off`: one device.
+`auto`: MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, else MirroredStrategy over
+every visible GPU when there are two or more, else the default (one device). `mirrored`:
+MirroredStrategy over every GPU, or over the CPU devices where there is none. `multi_worker`:
+the TF_CONFIG cluster, which must be set. `off`: one device.
+
+Worker 0 is the chief: it alone writes the run's shared files. `broadcast_json` and
+`broadcast_weights` give every worker the chief's values (its resumed state), `agree` an
+all-reduced flag, so that every worker takes the same decisions at the same epoch.
 
 FACENET_LOGICAL_CPUS=N splits this machine's CPU into N logical devices before TensorFlow
 starts, so that a machine without GPUs can run the mirrored code path (the tests do).
 """
 
+import json
 import os
+
+from trainer.errors import ConfigError
 
 
 def configure_devices():
@@ -25,9 +34,36 @@ def configure_devices():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * wanted)
 
 
-def choose_strategy(mode):
+def read_cluster(environ=None):
+    """{"workers": [host:port, ...], "index": k} from TF_CONFIG, or None when it is unset."""
+    raw = (environ if environ is not None else os.environ).get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    expected = 'expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": k}}'
+    try:
+        spec = json.loads(raw)
+        workers, task = spec["cluster"]["worker"], spec["task"]
+        index = task["index"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"TF_CONFIG is not a cluster description: {expected}. Received: {raw[:200]!r}") from None
+    if set(spec["cluster"]) != {"worker"} or task.get("type") != "worker":
+        raise ConfigError(f"TF_CONFIG: only workers are supported (worker 0 is the chief): {expected}. Received: {raw[:200]!r}")
+    if not isinstance(workers, list) or not workers or not all(isinstance(w, str) and ":" in w for w in workers):
+        raise ConfigError(f"TF_CONFIG cluster.worker must list host:port addresses. Received: {workers!r}")
+    if not isinstance(index, int) or not 0 <= index < len(workers):
+        raise ConfigError(f"TF_CONFIG task.index must be 0..{len(workers) - 1}. Received: {index!r}")
+    return {"workers": workers, "index": index}
+
+
+def choose_strategy(mode, cluster=None, timeout=300):
     import tensorflow as tf
 
+    if mode == "multi_worker" and cluster is None:
+        raise ConfigError("train.distribute is multi_worker but TF_CONFIG is not set: start the workers with "
+                          "`fab -H <cluster> deploy-full` (inventory `clusters:`), or set train.distribute to auto.")
+    if cluster is not None and mode in ("auto", "multi_worker"):
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "off" or (mode == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
@@ -35,12 +71,82 @@ def choose_strategy(mode):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def describe(strategy, batch_size):
+def describe(strategy, batch_size, cluster=None):
     """What status.json and environment.json record about the distribution."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
-    mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
-    devices = list(strategy.extended.worker_devices) if mirrored else ["default"]
-    return {"strategy": "MirroredStrategy" if mirrored else "one device", "replicas": replicas, "devices": devices,
+    name = ("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            else "MirroredStrategy" if isinstance(strategy, tf.distribute.MirroredStrategy) else "one device")
+    devices = list(strategy.extended.worker_devices) if name != "one device" else ["default"]
+    info = {"strategy": name, "replicas": replicas, "devices": devices,
             "batch_size_per_replica": batch_size, "global_batch_size": batch_size * replicas}
+    if cluster is not None and name == "MultiWorkerMirroredStrategy":
+        info.update(workers=cluster["workers"], worker=cluster["index"], chief=cluster["index"] == 0)
+    return info
+
+
+def worker_index(strategy):
+    """This process's worker number (0, the chief, without a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
+
+
+def local_replica_ids(strategy):
+    """Global replica ids of this worker's devices (every worker has the same number of devices)."""
+    if strategy.num_replicas_in_sync == 1:
+        return [0]
+    local = len(strategy.extended.worker_devices)
+    first = worker_index(strategy) * local
+    return list(range(first, first + local))
+
+
+def _all_reduce_sum(strategy, values, from_chief):
+    """Sum of `values` over every replica; with `from_chief` only replica 0 contributes (a broadcast)."""
+    import tensorflow as tf
+
+    def replica_fn(*vals):
+        ctx = tf.distribute.get_replica_context()
+        keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32) if from_chief else 1.0
+        return ctx.all_reduce("sum", [tf.cast(v, tf.float32) * tf.cast(keep, tf.float32) for v in vals])
+
+    out = strategy.run(tf.function(replica_fn), args=tuple(tf.constant(v, tf.float32) for v in values))
+    return [strategy.experimental_local_results(o)[0].numpy() for o in out]
+
+
+def broadcast_json(strategy, value):
+    """The chief's `value` (any JSON) on every worker; without a cluster, `value` itself."""
+    import numpy as np
+
+    if strategy.num_replicas_in_sync == 1 or worker_count(strategy) == 1:
+        return value
+    raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    (size,) = _all_reduce_sum(strategy, [np.array([len(raw)], np.float32)], from_chief=True)
+    data = np.zeros(int(size[0]), np.float32)
+    data[: min(len(raw), len(data))] = raw[: len(data)]
+    (data,) = _all_reduce_sum(strategy, [data], from_chief=True)
+    return json.loads(bytes(data.astype(np.uint8)).decode())
+
+
+def broadcast_weights(strategy, variables):
+    """Give every worker the chief's values of `variables` (after the chief restored a backup)."""
+    if worker_count(strategy) == 1:
+        return
+    values = _all_reduce_sum(strategy, [v.numpy() for v in variables], from_chief=True)
+    for var, value in zip(variables, values):
+        var.assign(value.astype(var.dtype))
+
+
+def agree(strategy, flags):
+    """Each flag true if it is true on any worker: the same decision everywhere."""
+    if worker_count(strategy) == 1:
+        return [bool(f) for f in flags]
+    (summed,) = _all_reduce_sum(strategy, [[float(bool(f)) for f in flags]], from_chief=False)
+    return [bool(s > 0) for s in summed]
+
+
+def worker_count(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1

@@ -5,6 +5,7 @@
                                      cache_in_memory=True, workers=2)
     model.fit(gen, epochs=10)
     x, y = gen[0]   # x float32 (batch, T, 512), T = longest clip of this batch; y int32 (batch,)
+    x, y = gen.share(0, part=1, parts=2)   # the 2nd half of batch 0 (one replica's), padded to its T
 
 Each batch is padded only to its own longest clip, with zeros after the last real frame
 (right padding, so `keras.layers.Masking(0.0)` masks exactly the padding). With
@@ -28,7 +29,7 @@ from trainer.npzfile import read_array, read_shape
 class FixedVideoFacenetGenerator(keras.utils.PyDataset):
     def __init__(self, files, labels, batch_size=32, shuffle=True, *, mean=None, std=None,
                  feature_key="video_features", max_frames=None, max_frames_mode="crop",
-                 cache_in_memory=False, lengths=None, bucket_batches=20, seed=None, **kwargs):
+                 cache_in_memory=False, lengths=None, bucket_batches=20, seed=None, feature_dim=512, **kwargs):
         super().__init__(**kwargs)
         self.files = [str(f) for f in files]
         self.labels = np.asarray(labels)
@@ -48,7 +49,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         self.feature_key, self.max_frames, self.max_frames_mode = feature_key, max_frames or None, max_frames_mode
         self.mean = None if mean is None else np.asarray(mean, np.float32)
         self.std = None if std is None else np.asarray(std, np.float32)
-        self.bucket_batches = bucket_batches
+        self.bucket_batches, self.feature_dim = bucket_batches, feature_dim
         raw = np.asarray(lengths if lengths is not None else [read_length(f, feature_key) for f in self.files])
         self.lengths = np.minimum(raw, self.max_frames) if self.max_frames else raw
         self._cache = {} if cache_in_memory else None
@@ -59,12 +60,22 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         return len(self._batches)
 
     def __getitem__(self, index):
+        return self.share(index, 0, 1)
+
+    def batch_rows(self, index):
+        """Number of clips in batch `index` (the global batch, when cut into shares)."""
+        return len(self._batches[index])
+
+    def share(self, index, part, parts):
+        """Part `part` of `parts` of batch `index` (one replica's share), padded to the whole batch's
+        longest clip; only this share's clips are read. A share may be empty (a short last batch)."""
         idx = self._batches[index]
-        clips = [self._clip(i) for i in idx]
-        x = np.zeros((len(clips), max(len(c) for c in clips), clips[0].shape[1]), np.float32)
-        for row, clip in enumerate(clips):
+        rows = np.array_split(idx, parts)[part]
+        x = np.zeros((len(rows), int(self.lengths[idx].max()), self.feature_dim), np.float32)
+        for row, i in enumerate(rows):
+            clip = self._clip(i)
             x[row, : len(clip)] = clip
-        return x, self.labels[idx]
+        return x, self.labels[rows]
 
     def on_epoch_end(self):
         if self.shuffle:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from trainer.config import dump_config, load_config
-from trainer.errors import DataError, UserError
+from trainer.errors import DataError, PeerLost, UserError
 from trainer.logfile import tee_to
 from trainer.report import make_console
 from trainer.status import RunStatus, now_iso, write_json_atomic
@@ -106,67 +107,34 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
     import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
 
     from trainer import distribute
-    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
-    from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     distribute.configure_devices()
+    cluster = distribute.read_cluster()
+    strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, cfg["train"]["collective_timeout"])
     keras.utils.set_random_seed(cfg["seed"])
-    strategy = distribute.choose_strategy(cfg["train"]["distribute"])
-    distribution = distribute.describe(strategy, cfg["train"]["batch_size"])
+    distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
+    chief = distribute.worker_index(strategy) == 0
     env = {**environment(), "distribution": distribution}
     write_json_atomic(run_dir / "environment.json", env)
     status.update(distribution=distribution)
     use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+    where = f", worker {distribution['worker']} of {len(distribution['workers'])}" + (" (chief)" if chief else "") if cluster else ""
     console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
-                  f"{distribution['strategy']} with {distribution['replicas']} replica(s), global batch {distribution['global_batch_size']}")
-
-    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"])
-    classes = cfg["data"]["classes"]
-    with strategy.scope():
-        model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
-    for problem in cudnn_problems(model):
-        console.print(f"[yellow]warning[/]: LSTM will not use the cuDNN kernel: {problem}")
-    monitor = cfg["train"]["monitor"]
-    mode = "min" if monitor.endswith("loss") else "max"
-    stop = GracefulStop()
-    best_path = run_dir / "best.keras"
-    checkpoint = AtomicModelCheckpoint(best_path, monitor=monitor, mode=mode, save_best_only=True)
-    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg["train"]["patience"], restore_best_weights=True)
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=cfg["train"]["lr_factor"],
-                                                  patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"])
-    callbacks = [
-        LearningRateLogger(),
-        keras.callbacks.TerminateOnNaN(),
-        checkpoint,
-        ConfusionImages(checkpoint, val_gen, classes, run_dir / "logs"),
-        early_stopping,
-        reduce_lr,
-        ResumeState(run_dir / "backup" / "callbacks.json", checkpoint, early_stopping, reduce_lr,
-                    best_model=lambda: load_model(best_path) if best_path.exists() else None),
-        # double_checkpoint: a kill during the save leaves the previous epoch's backup to resume from
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False, double_checkpoint=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        StatusCallback(status, monitor, mode),
-        stop,
-    ]
-    weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
-    started = time.monotonic()
+                  f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, global batch {distribution['global_batch_size']}")
     try:
-        history = model.fit(train_gen, validation_data=val_gen, epochs=cfg["train"]["epochs"], class_weight=weights,
-                            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-    except KeyboardInterrupt:
-        if not stop.requested:
-            raise
-        raise Stopped(f"at once on a second signal during epoch {status.data['epoch'] + 1}; the backup of epoch "
-                      f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
-    losses = history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        raise DataError(f"The training loss became {losses[-1]} at epoch {status.data['epoch']}: "
-                        "lower train.learning_rate or check the data normalisation.")
-    if stop.requested:
-        raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
+        history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume)
+    except tf_errors() as e:  # a collective failed: a peer died, froze or lost its network
+        raise PeerLost(f"worker {distribution.get('worker', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
+                       f"stopped; the failed worker's own record says why. Resume every worker with: "
+                       f"python -m trainer train --resume {run_dir}") from None
+    status.update(weights_sha256=history.weights_sha256)
+    if not chief:
+        status.update(state="finished", eta_seconds=0)
+        console.print(f"Worker {distribution['worker']} done; the chief writes the model and the metrics.")
+        return
+    from trainer.model import load_model
+
     best = load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
     metrics = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
     metrics.update(
@@ -174,7 +142,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
         epochs_run=status.data["epoch"],
         training_seconds=round(time.monotonic() - started, 1),
         split_samples={side: len(prepared.split.get(side, [])) for side in ("train", "val", "test")},
-        monitor=monitor,
+        monitor=cfg["train"]["monitor"],
         compute=compute_record(status.data, len(env["gpus"])),
     )
     pictures = draw(run_dir, metrics, status.data["epoch"])  # {file name: PNG bytes}
@@ -187,6 +155,106 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
     name, top = headline(metrics)
     status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
                                              "ci95": top.get("ci95")}, eta_seconds=0)
+
+
+def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume):
+    """Build the model under `strategy` and train it; the chief alone writes the run's shared files
+    (best.keras, backup/, logs/, history.csv), every worker its own status.json."""
+    import keras
+
+    from trainer import data, distribute, loop
+    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
+    from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
+
+    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"])
+    if distribute.worker_count(strategy) > 1:
+        _same_data_as_the_chief(strategy, prepared, distribution)
+    classes = cfg["data"]["classes"]
+    with strategy.scope():
+        model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
+    for problem in cudnn_problems(model):
+        console.print(f"[yellow]warning[/]: LSTM will not use the cuDNN kernel: {problem}")
+    monitor = cfg["train"]["monitor"]
+    mode = "min" if monitor.endswith("loss") else "max"
+    stop = GracefulStop()
+    best_path = run_dir / "best.keras"
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg["train"]["patience"], restore_best_weights=True)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=cfg["train"]["lr_factor"],
+                                                  patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"])
+    if chief:
+        checkpoint = AtomicModelCheckpoint(best_path, monitor=monitor, mode=mode, save_best_only=True)
+        resume_state = ResumeState(run_dir / "backup" / "callbacks.json", checkpoint, early_stopping, reduce_lr,
+                                   best_model=lambda: load_model(best_path) if best_path.exists() else None)
+        writers = [
+            checkpoint,
+            ConfusionImages(checkpoint, val_gen, classes, run_dir / "logs"),
+            early_stopping,
+            reduce_lr,
+            resume_state,
+            # double_checkpoint: a kill during the save leaves the previous epoch's backup to resume from
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False, double_checkpoint=True),
+            keras.callbacks.TensorBoard(str(run_dir / "logs")),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        ]
+    else:  # the same decisions from the same numbers, and no file of the run's
+        resume_state = ResumeState(None, None, early_stopping, reduce_lr)
+        writers = [early_stopping, reduce_lr, resume_state]
+    callbacks = [LearningRateLogger(), *writers, StatusCallback(status, monitor, mode), stop]
+    weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
+    started = time.monotonic()
+    try:
+        history = loop.fit(model, strategy, train_gen, val_gen, cfg["train"]["epochs"], callbacks, class_weight=weights,
+                           resume=resume_state, stop=stop, workers=cfg["train"]["workers"], log=console.print)
+    except KeyboardInterrupt:
+        if not stop.requested:
+            raise
+        raise Stopped(f"at once on a second signal during epoch {status.data['epoch'] + 1}; the backup of epoch "
+                      f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise DataError(f"The training loss became {losses[-1]} at epoch {status.data['epoch']}: "
+                        "lower train.learning_rate or check the data normalisation.")
+    if history.stopped_by_signal:
+        raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
+    return history, model, val_gen, started
+
+
+def _same_data_as_the_chief(strategy, prepared, distribution):
+    """Every worker must plan the same batches: same files (by name), labels, lengths, split and
+    normalisation as the chief. A worker whose data differs fails the run on every worker."""
+    import hashlib
+
+    import numpy as np
+
+    from trainer import distribute
+
+    digest = hashlib.sha256()
+    for side in ("train", "val", "test"):
+        for path in prepared.split.get(side) or []:
+            e = prepared.entries[path]
+            digest.update(f"{side}|{Path(path).name}|{e.emotion}|{e.frames}\n".encode())
+    for key in ("mean", "std"):
+        digest.update(np.asarray(prepared.stats[key], np.float32).tobytes())
+    mine = digest.hexdigest()
+    chiefs = distribute.broadcast_json(strategy, mine)
+    (differs,) = distribute.agree(strategy, [mine != chiefs])
+    if differs:
+        who = "this worker's" if mine != chiefs else "another worker's"
+        raise DataError(f"Worker {distribution['worker']}: {who} data differs from the chief's (files, labels, frame counts, "
+                        "split or normalisation). Every worker needs the same data: run `fab -H <cluster> sync-data`.")
+
+
+def _peer_hint(error):
+    """The peer TensorFlow's message names, for the reader (the records of the workers are the facts)."""
+    found = sorted(set(re.findall(r"/job:worker/replica:\d+/task:(\d+)", str(error))))
+    return "worker " + " and ".join(found) if found else "its peers"
+
+
+def tf_errors():
+    """What a failed collective raises: the peer is gone, timed out or aborted the op."""
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError, tf.errors.AbortedError)
 
 
 def final_scores(cfg, prepared, model, val_gen, batch_size):
