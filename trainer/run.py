@@ -78,7 +78,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
             raise
         except BaseException as e:
             status.update(state="failed", error={"type": type(e).__name__, "message": str(e)})
-            if not isinstance(e, UserError):
+            if getattr(e, "exit_code", 1) == 1:  # not a UserError nor a lost peer: a defect, show where
                 traceback.print_exc()
             raise
     return run_dir
