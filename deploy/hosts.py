@@ -172,6 +172,20 @@ def connect(c, inv):
                  label=record["label"])
 
 
+def connect_host(config, inv, name):
+    """A Target for the inventory host `name` (a cluster's member)."""
+    host = inv.hosts[name]
+    return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=name)
+
+
+def remember_cluster(name):
+    """Later tasks without -H act on the cluster `name` that deploy-full went to."""
+    path = state_dir() / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": {"label": name, "cluster": True}}, indent=1))
+    os.replace(tmp, path)
+
+
 def _make(inv, config, address, user, port, keys, label):
     for key in keys:
         check_key_file(key)

@@ -13,6 +13,7 @@ relative to the remote user's home.
 
 import configparser
 import copy
+import dataclasses
 import os
 import posixpath
 import re
@@ -42,6 +43,7 @@ def host_requirements():
 DEFAULTS = {
     "default_host": None,
     "hosts": {},
+    "clusters": {},
     "remote": {
         "project_dir": "~/facenet-deploy",
         "venv": "~/facenet-venv",
@@ -63,7 +65,8 @@ DEFAULTS = {
     "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff"},
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
 }
-HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float)}
+HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
+             "worker_address": str, "worker_port": int, "remote": dict}
 NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds"}  # > 0; null where the default is
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
@@ -77,6 +80,18 @@ class Host:
     port: int = 22
     key_file: str | None = None
     price_per_hour: float | None = None
+    worker_address: str | None = None  # where the other workers of a cluster reach it (a private address)
+    worker_port: int | None = None  # TensorFlow's worker port on it (default: the cluster's port)
+    remote: dict | None = None  # this host's own remote.* paths
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Hosts that train as one (MultiWorkerMirroredStrategy); the first is worker 0, the chief."""
+
+    name: str
+    hosts: tuple
+    port: int
 
 
 @dataclass
@@ -84,6 +99,7 @@ class Inventory:
     path: Path
     default_host: str | None
     hosts: dict
+    clusters: dict
     remote: dict
     local_data: list
     rsync_args: list
@@ -105,6 +121,13 @@ class Inventory:
         if name_or_address in self.hosts:
             return self.hosts[name_or_address]
         return next((h for h in self.hosts.values() if h.address == name_or_address), None)
+
+    def for_host(self, name):
+        """The inventory as host `name` sees it: its own remote.* paths where it sets them."""
+        host = self.hosts.get(name)
+        if host is None or not host.remote:
+            return self
+        return dataclasses.replace(self, remote={**self.remote, **host.remote})
 
     def price_of(self, label):
         """USD per hour of the host `label`: its hosts entry's price_per_hour, else the top-level one (None: unknown)."""
@@ -134,6 +157,7 @@ def load_inventory(path=None):
     if cfg["default_host"] is not None and cfg["default_host"] not in hosts:
         raise InventoryError(f"Inventory key 'default_host' in {path} names {cfg['default_host']!r}, "
                              f"which is not under 'hosts' (known: {sorted(hosts) or 'none'}).")
+    clusters = {name: _cluster(name, spec, hosts, path) for name, spec in (cfg["clusters"] or {}).items()}
     local_data = [_local(base, p) for p in cfg["local_data"]]
     names = [p.name for p in local_data]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -154,8 +178,12 @@ def load_inventory(path=None):
         raise InventoryError(f"Inventory key 'ec2.metadata_url' in {path} expects an http:// URL (EC2's is http://169.254.169.254). "
                              f"Received: {cfg['ec2']['metadata_url']!r}")
     check_remote_paths(cfg["remote"], path)
+    for host in hosts.values():
+        if host.remote:
+            check_remote_paths({**cfg["remote"], **host.remote}, path)
     return Inventory(
-        path=path, default_host=cfg["default_host"], hosts=hosts, remote=cfg["remote"], local_data=local_data, rsync_args=cfg["rsync_args"],
+        path=path, default_host=cfg["default_host"], hosts=hosts, clusters=clusters, remote=cfg["remote"], local_data=local_data,
+        rsync_args=cfg["rsync_args"],
         train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
@@ -174,10 +202,10 @@ def _merge(base, new, prefix, path):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects a number above 0"
                                      f"{' or null' if default is None else ''}. Received: {value!r}")
             base[key] = value
-        elif dotted == "hosts":
+        elif dotted in ("hosts", "clusters"):
             value = {} if value is None else value  # only commented-out entries
             if not isinstance(value, dict):
-                raise InventoryError(f"Inventory key 'hosts' in {path} expects a mapping of host name to settings. Received: {value!r}")
+                raise InventoryError(f"Inventory key {dotted!r} in {path} expects a mapping of {dotted[:-1]} name to settings. Received: {value!r}")
             base[key] = value
         elif isinstance(default, dict):
             if not isinstance(value, dict):
@@ -238,14 +266,38 @@ def _host(name, spec, path):
             raise InventoryError(f"Inventory key 'hosts.{name}.{key}' in {path} expects {what}. Received: {value!r}")
     if "address" not in spec:
         raise InventoryError(f"Inventory key 'hosts.{name}.address' in {path} is missing: give the host's IP or DNS name.")
+    for key in ("port", "worker_port"):
+        if key in spec and not 0 < spec[key] < 65536:
+            raise InventoryError(f"Inventory key 'hosts.{name}.{key}' in {path} expects a port 1-65535. Received: {spec[key]}")
+    unknown = sorted(set(spec.get("remote") or {}) - set(DEFAULTS["remote"]))
+    if unknown or not all(isinstance(v, str) and v for v in (spec.get("remote") or {}).values()):
+        raise InventoryError(f"Inventory key 'hosts.{name}.remote' in {path} overrides remote paths for this host: "
+                             f"{', '.join(DEFAULTS['remote'])}, each a non-empty string. Received: {spec['remote']!r}")
     port = spec.get("port", 22)
-    if not 0 < port < 65536:
-        raise InventoryError(f"Inventory key 'hosts.{name}.port' in {path} expects a port 1-65535. Received: {port}")
     key_file = spec.get("key_file")
     if key_file:
         key_file = str(_local(path.resolve().parent, key_file))
     return Host(name=name, address=spec["address"], user=spec.get("user"), port=port, key_file=key_file,
-                price_per_hour=spec.get("price_per_hour"))
+                price_per_hour=spec.get("price_per_hour"), worker_address=spec.get("worker_address"),
+                worker_port=spec.get("worker_port"), remote=spec.get("remote"))
+
+
+def _cluster(name, spec, hosts, path):
+    where = f"Inventory key 'clusters.{name}' in {path}"
+    if not isinstance(spec, dict) or set(spec) - {"hosts", "port"}:
+        raise InventoryError(f"{where} expects a mapping with hosts (names under hosts:, the chief first) and port. Received: {spec!r}")
+    members = spec.get("hosts")
+    if not isinstance(members, list) or len(members) < 2 or len(set(map(str, members))) != len(members):
+        raise InventoryError(f"{where}.hosts expects a list of two or more different host names. Received: {members!r}")
+    missing = [m for m in members if m not in hosts]
+    if missing:
+        raise InventoryError(f"{where}.hosts names {', '.join(map(str, missing))}, not under hosts: (known: {sorted(hosts) or 'none'}).")
+    if name in hosts:
+        raise InventoryError(f"{where}: a host has the same name; -H {name} must name one or the other.")
+    port = spec.get("port", 23456)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise InventoryError(f"{where}.port expects a port 1-65535 (TensorFlow's worker port). Received: {port!r}")
+    return Cluster(name=name, hosts=tuple(members), port=port)
 
 
 def _local(base, p):

@@ -6,6 +6,7 @@ task its inventory, its host (named in the first line it prints), its error hand
 for tasks that change the host, the host's lock and the refusal to work under a training.
 """
 
+import contextlib
 import functools
 import socket
 import time
@@ -16,12 +17,13 @@ from invoke.exceptions import Exit
 from paramiko import BadHostKeyException, SSHException
 from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
-from deploy import agent, lock, observe, sync, training
+from deploy import agent, cluster, lock, observe, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
-from deploy.hosts import connect, known_hosts_file, remember_host
+from deploy.hosts import connect, known_hosts_file, remember_cluster, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
 from trainer.run_view import render  # the monitor screen; the host's monitor_training.sh draws the same
 
@@ -40,12 +42,14 @@ class Host:
         self.inv, self.target, self.conn = inv, target, target.conn
 
 
-def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs):
+def host_task(name=None, changes_host=False, before_connect=None, on_cluster=None, **task_kwargs):
     """Fabric's `task`, plus: inventory, host and its first line, errors as exit codes (deploy.errors),
     and for `changes_host` tasks the host lock and the --restart rule (refuse under a training).
 
     The body is `body(h: Host, ...)`; a `restart` keyword, when the task has one, stops a running
-    training first. `before_connect(inv, **kwargs)` runs local checks before anything reaches the host."""
+    training first. `before_connect(inv, **kwargs)` runs local checks before anything reaches the host.
+    When -H names an inventory cluster, `on_cluster(hosts: [Host], cluster, ...)` runs instead, with
+    every host locked (for `changes_host`); a task without it refuses a cluster."""
     def decorate(body):
         task_name = name or body.__name__.replace("_", "-")
 
@@ -54,6 +58,11 @@ def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs)
             try:
                 refuse_several_hosts()
                 inv = load_inventory()
+                group = cluster.named_cluster(c, inv)
+                if group is not None:
+                    if before_connect:
+                        before_connect(inv, **kwargs)
+                    return run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs)
                 target = connect(c, inv)
                 say(f"host: {target.describe()}", "dim")
                 if before_connect:
@@ -74,6 +83,31 @@ def host_task(name=None, changes_host=False, before_connect=None, **task_kwargs)
     return decorate
 
 
+def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs):
+    """A task on every host of `group`: locked together (changes_host), then `on_cluster(hosts, group, ...)`."""
+    if on_cluster is None:
+        raise LocalInputError(f"`fab {task_name}` acts on one host; {group.name} is a cluster ({', '.join(group.hosts)}). "
+                              f"Run it on each: fab -H {group.hosts[0]} {task_name}. On a cluster: deploy-full, train, monitor, stop.")
+    members = cluster.connect_members(c, inv, group)
+    say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
+    hosts = [Host(hinv, target) for _, target, hinv in members]
+    for h in hosts:
+        agent.touch(h.conn, h.inv)
+    if not changes_host:
+        return on_cluster(hosts, group, *args, **kwargs)
+    with contextlib.ExitStack() as held:
+        for h in hosts:
+            held.enter_context(lock.host_lock(h.conn, h.inv, task_name))
+        for h in hosts:
+            training.refuse_while_training(h.conn, h.inv, prefixed(h), task_name, kwargs.get("restart", False))
+        return on_cluster(hosts, group, *args, **kwargs)
+
+
+def prefixed(h):
+    """`say` with each line starting with the host's name (several hosts at once)."""
+    return lambda message, style=None: [say(f"{h.target.label:<10} {line}", style) for line in str(message).splitlines() or [""]]
+
+
 def refuse_several_hosts():
     """`fab -H a,b TASK` would run TASK once per host: for deploy-full, independent trainings that
     look like one. Until several hosts can train as one, a command acts on one host."""
@@ -83,8 +117,9 @@ def refuse_several_hosts():
     hosts = core[0].args.hosts.value if core else None
     if hosts and "," in hosts:
         raise LocalInputError(f"-H names several hosts ({hosts}): each would get its own, independent run of the task "
-                              "(for deploy-full: separate trainings, not one). Several hosts as one training are not "
-                              "supported yet: run the command once per host.")
+                              "(for deploy-full: separate trainings, not one). To train on several hosts as one, name them "
+                              "in inventory.yaml under clusters: (e.g. clusters: {pair: {hosts: [gpu1, gpu2]}}) and run "
+                              "`fab -H pair deploy-full`; otherwise run the command once per host.")
 
 
 def as_exit(e):
@@ -163,7 +198,22 @@ def _run_name(inv, run_name=None, folds=None, resume=False, **_):
             raise LocalInputError(f"--folds expects a number of folds, 2 or more. Received: {folds!r}")
 
 
-@host_task(changes_host=True, before_connect=_run_name,
+def train_cluster(hosts, group, resume=False, restart=False, run_name=None, folds=None):
+    """train on a cluster: a new run (or --resume: the chief's current run, from its backup) on every worker."""
+    if folds:
+        raise LocalInputError("--folds: cross-validation runs on one host; a cluster trains one run at a time.")
+    workers = cluster.tf_config_workers(hosts[0].inv, group)
+    if resume:
+        info = training.run_state(hosts[0].conn, hosts[0].inv, log_lines=0)
+        if not info.get("run") or info["state"] in ("none", "finished"):
+            raise DeployError(f"Nothing to resume on the chief {hosts[0].target.label}: its current run is {info.get('run')} ({info['state']}).")
+        name = info["run"]
+    else:
+        name = training.valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
+    launch_workers(hosts, group, workers, name, resume=resume)
+
+
+@host_task(changes_host=True, before_connect=_run_name, on_cluster=train_cluster,
            help={"resume": "continue the last run from its backup", "restart": "stop the running training and start a new one",
                  "run_name": "name of the new run (default: a timestamp); letters, digits, '.', '_', '-'",
                  "folds": "K-fold cross-validation by actor: RUN/fold-1 ... fold-K, summary in RUN/cv.json"})
@@ -202,18 +252,66 @@ def _deploy_checks(inv, run_name=None, resume_from=None, **_):
                                   "(the code sync uploads configs/ from there).")
 
 
-DEPLOY_STEPS = [  # (name, step(h, run)): each also a task of its own
-    ("provision", lambda h, run: prov.provision(h.conn, h.inv, say)),
-    ("sync-code", lambda h, run: sync.sync_code(h.target, h.inv, say)),
-    ("sync-data", lambda h, run: sync.sync_data(h.target, h.inv, say)),
-    ("preflight", lambda h, run: training.preflight(h.conn, h.inv, say)),
-    ("smoke-test", lambda h, run: training.smoke_test(h.conn, h.inv, say)),
-    ("upload-run", lambda h, run: sync.upload_run(h.target, h.inv, run["resume_from"], say)),  # only with --resume-from
-    ("train", lambda h, run: run.update(name=start_training(h, run_name=run["name"], resume=bool(run["resume_from"])))),
+DEPLOY_STEPS = [  # (name, step(h, run, say)): each also a task of its own
+    ("provision", lambda h, run, say: prov.provision(h.conn, h.inv, say)),
+    ("sync-code", lambda h, run, say: sync.sync_code(h.target, h.inv, say)),
+    ("sync-data", lambda h, run, say: sync.sync_data(h.target, h.inv, say)),
+    ("preflight", lambda h, run, say: training.preflight(h.conn, h.inv, say)),
+    ("smoke-test", lambda h, run, say: training.smoke_test(h.conn, h.inv, say)),
+    ("upload-run", lambda h, run, say: sync.upload_run(h.target, h.inv, run["resume_from"], say)),  # only with --resume-from
+    ("train", lambda h, run, say: run.update(name=start_training(h, run_name=run["name"], resume=bool(run["resume_from"])))),
 ]
 
 
-@host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks,
+def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=None):
+    """deploy-full on a cluster: every host prepared at once (a line per host and step), then one
+    worker per host in tmux with its TF_CONFIG, the chief first."""
+    if resume_from:
+        raise LocalInputError("--resume-from brings a one-host run; a cluster continues its own run with `fab -H "
+                              f"{group.name} train --resume`.")
+    workers = cluster.tf_config_workers(hosts[0].inv, group)
+    console.rule(f"deploy-full to cluster {group.name}: {len(hosts)} workers ({', '.join(workers)})")
+    name = training.valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
+    steps = [(n, step) for n, step in DEPLOY_STEPS if n not in ("upload-run", "train")]
+    total = time.monotonic()
+
+    def prepare(member):
+        h = member
+        training.refuse_new_run_name(h.conn, h.inv, name)
+        detail = []  # a step's own lines, shown when it fails
+        for i, (step_name, step) in enumerate(steps, 1):
+            t0 = time.monotonic()
+            try:
+                step(h, {"name": name, "resume_from": None}, lambda m, style=None: detail.append(str(m)))
+            except DeployError as e:
+                prefixed(h)(f"✗ [{i}/{len(steps)}] {step_name} failed after {time.monotonic() - t0:.1f} s", "bold red")
+                raise DeployError(f"step {step_name}: {e}") from None
+            prefixed(h)(f"✓ [{i}/{len(steps)}] {step_name} {time.monotonic() - t0:.1f} s", "green")
+            detail.clear()
+
+    try:
+        cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: prepare(m[1]))
+    except DeployError as e:
+        raise DeployError(f"deploy-full stopped before training: {e}\nFix this, then run `fab -H {group.name} deploy-full` again.") from None
+    launch_workers(hosts, group, workers, name)
+    remember_cluster(group.name)
+    console.rule(f"deployed in {time.monotonic() - total:.0f} s")
+    say(f"Run {name} is training on cluster {group.name} ({len(hosts)} workers; {hosts[0].target.label} is the chief). Next:")
+    say("  fab monitor              # a row per worker; the cluster's state is its worst worker's")
+    say("  fab fetch-results -H " + hosts[0].target.label + "   # when it is done: the chief holds the model and metrics")
+
+
+def launch_workers(hosts, group, workers, name, resume=False):
+    """One worker per host in its tmux session with its TF_CONFIG: the chief first, so the others find it."""
+    for k, h in enumerate(hosts):
+        outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
+        if "boot" in outcome:
+            prefixed(h)(agent.describe(outcome["settings"], outcome["boot"]))
+        training.launch(h.conn, h.inv, prefixed(h), resume=resume, run_name=name, price_per_hour=h.inv.price_of(h.target.label),
+                        tf_config=cluster.tf_config(workers, k))
+
+
+@host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks, on_cluster=deploy_full_cluster,
            help={"run_name": "name of the training run (default: a timestamp)",
                  "restart": "stop a running training first (else deploy-full refuses to touch its data)",
                  "resume_from": "a run fetched with `fab fetch-results --backup` (results/<host>/<run>): upload it and continue it here"})
@@ -223,7 +321,8 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
     Prints a line per step with its duration, and at the end the run's name and the commands
     to watch it. The host (user, address, port, key file) is remembered, so later tasks need no flags.
     With --resume-from, an upload-run step brings a run from another host (e.g. a preempted spot
-    instance) and training continues it from its last finished epoch.
+    instance) and training continues it from its last finished epoch. With -H CLUSTER (inventory
+    `clusters:`) every host is prepared at once, then one worker per host trains as one run.
     """
     inv = h.inv
     console.rule(f"deploy-full to {h.target.label}")
@@ -241,7 +340,7 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
         console.print(Text(f"[{i}/{len(steps)}] {name}", style="bold"))
         t0 = time.monotonic()
         try:
-            step(h, run)
+            step(h, run, say)
         except DeployError as e:
             console.print(Text(f"✗ {name} failed", style="bold red") + Text(f" after {time.monotonic() - t0:.1f} s"))
             e.args = (f"deploy-full stopped at step {name}: {e}\nFix this, then run `fab deploy-full` again "
@@ -256,8 +355,30 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
     say("  fab fetch-results        # when it is done: best model, metrics, logs")
 
 
+def monitor_cluster(hosts, group, follow=False, run=None):
+    """monitor on a cluster: the chief's screen, then a row per worker and the cluster's state (its worst worker's)."""
+    infos = cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: training.run_state(m[1].conn, m[2], run=run))
+    chief = infos[0]
+    chief["price_per_hour"] = hosts[0].inv.price_of(hosts[0].target.label)
+    render(chief, hosts[0].target.label, console)
+    rows = Table(title=f"cluster {group.name}", title_justify="left")
+    for column in ("worker", "host", "state", "epoch", "s/epoch", "GPU"):
+        rows.add_column(column)
+    for k, (h, info) in enumerate(zip(hosts, infos)):
+        st = info.get("status") or {}
+        gpus = info.get("gpus")
+        gpu = ", ".join(f"{g.get('utilization')}%" for g in gpus) if gpus else "none"
+        rows.add_row(f"{k}{' (chief)' if k == 0 else ''}", h.target.label, info["state"], f"{st.get('epoch', 0)}/{st.get('epochs', '?')}",
+                     str(st.get("seconds_per_epoch") or "-"), gpu)
+    console.print(rows)
+    line, code = cluster.cluster_verdict(infos)
+    say(line, "bold red" if code else "bold")
+    if code:
+        raise Exit(code=code)
+
+
 @host_task(help={"follow": "stream the log until the run ends or Ctrl-C, then show the final state",
-                 "run": "a run other than the current one"})
+                 "run": "a run other than the current one"}, on_cluster=monitor_cluster)
 def monitor(h, follow=False, run=None):
     """One screen: host, GPU, the run's state, epoch progress with ETA, metrics, disk, last log lines.
 
@@ -265,6 +386,7 @@ def monitor(h, follow=False, run=None):
     instance type and whether it is spot, and when autostop powers the host off.
     Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished (tmux session gone without
     an exit record), 5 no run, 6 host unreachable, 7 preempted (spot); scripts can poll it.
+    On a cluster: a row per worker; the state and exit code are those of its worst worker.
     """
     info = training.run_state(h.conn, h.inv, run=run)
     if follow and info["state"] in ("starting", "running"):
@@ -284,7 +406,11 @@ def logs(h, lines=50, run=None):
     console.out(text, end="", highlight=False)
 
 
-@host_task(help={"wait": "seconds to let the current epoch finish before stopping the training's processes at once"})
+def stop_cluster(hosts, group, wait=120):
+    cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: training.stop(m[1].conn, m[2], prefixed(m[1]), wait=wait))
+
+
+@host_task(help={"wait": "seconds to let the current epoch finish before stopping the training's processes at once"}, on_cluster=stop_cluster)
 def stop(h, wait=120):
     """Stop the training gracefully (it saves its backup and records `stopped`), then remove its tmux session.
 
