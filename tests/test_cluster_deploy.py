@@ -76,7 +76,7 @@ def test_a_cluster_deploys_trains_as_one_is_watched_and_resumes_after_a_killed_w
     assert deploy.returncode == 0, deploy.out
     for name in ("gpu1", "gpu2"):
         for step in ("provision", "sync-code", "sync-data", "preflight", "smoke-test"):
-            assert any(line.startswith(name) and f"✓" in line and step in line for line in deploy.out.splitlines()), (name, step, deploy.out)
+            assert any(line.startswith(name) and "✓" in line and step in line for line in deploy.out.splitlines()), (name, step, deploy.out)
     chief, worker = pair.runs_of["gpu1"] / "both", pair.runs_of["gpu2"] / "both"
     wait_until(lambda: read(chief / "exit.json") and read(worker / "exit.json"), 300, "both workers to finish")
     assert read(chief / "exit.json")["exit_code"] == 0 == read(worker / "exit.json")["exit_code"], (chief / "train.log").read_text()[-3000:]

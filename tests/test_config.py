@@ -51,3 +51,13 @@ def test_one_label_map_entry_can_be_overridden_without_losing_the_others():
     assert cfg["data"]["label_map"]["ravdess"]["08"] == "SAD"
     assert cfg["data"]["label_map"]["ravdess"]["03"] == "HAP"
     assert cfg["data"]["label_map"]["crema_d"]["ANG"] == "ANG"
+
+
+def test_a_bare_on_or_off_means_the_choice_not_a_boolean(tmp_path):
+    """YAML 1.1 reads `off` as false: `train.distribute: off` and `--set train.mixed_precision=on` must still work."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  distribute: off\n")
+    assert load_config(path)["train"]["distribute"] == "off"
+    assert load_config(None, ["train.mixed_precision=on", "train.distribute=off"])["train"]["mixed_precision"] == "on"
+    with pytest.raises(ConfigError, match="train.class_weights"):
+        load_config(None, ["train.class_weights=off"])  # not one of its choices: still an error

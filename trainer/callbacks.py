@@ -9,6 +9,7 @@ an atomic best-model checkpoint and the state that a resumed run needs to pick u
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import keras
@@ -29,11 +30,13 @@ class StatusCallback(keras.callbacks.Callback):
         self.initial_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._began = time.monotonic()
         if self.initial_epoch is None:
             self.initial_epoch = epoch
             self.status.update(state="running", epoch=epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        self.status.data["last_epoch_seconds"] = round(time.monotonic() - self._began, 3)  # training + validation
         self.status.epoch_done(epoch, logs or {}, self.monitor, self.mode, self.initial_epoch)
 
 

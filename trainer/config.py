@@ -139,6 +139,8 @@ def _merge(base, new, prefix, source, free=False):
             if not isinstance(value, dict):
                 raise ConfigError(f"Config key {dotted!r} in {source} must be a mapping. Received: {value!r}")
             _merge(base[key], value, prefix=f"{dotted}.", source=source)
+        elif isinstance(value, bool) and dotted in CHOICES and ("on", "off")[not value] in CHOICES[dotted]:
+            base[key] = ("on", "off")[not value]  # YAML 1.1 reads a bare on/off as true/false
         else:
             base[key] = value
 

@@ -1,0 +1,88 @@
+"""Throughput of one training on 1 device, 2 mirrored devices and 2 workers, on the same data.
+
+    python bench/scaling.py [--data DIR] [--clips 600] [--epochs 4]
+
+Runs `python -m trainer train` three times (train.batch_size 16 per replica, so the 2-replica runs
+have a global batch of 32 and the 1-device run is given 32 too): one device; MirroredStrategy over
+2 logical devices (FACENET_LOGICAL_CPUS=2 on a CPU machine, the GPUs on a GPU machine); and 2
+workers on 127.0.0.1 with TF_CONFIG. It prints the global batch, the last epoch's seconds and
+training samples/s (from each run's status.json and metrics.json), and whether the two workers
+ended with identical weights. On a CPU machine the devices share the same cores: the figures show
+the cost of the distribution machinery, not a speed-up.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ["--set", "model.units=32", "--set", "model.head_units=32", "--set", "data.max_frames=120",
+            "--set", "train.patience=100", "--set", "train.workers=2"]
+
+
+def trainer(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(procs):
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            sys.exit(f"trainer failed ({p.returncode}):\n{err[-3000:]}")
+
+
+def figures(run_dir):
+    status = json.loads((run_dir / "status.json").read_text())
+    train = json.loads((run_dir / "metrics.json").read_text())["split_samples"]["train"] if (run_dir / "metrics.json").exists() else None
+    return status, train
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, help="a feature folder (default: synthetic CREMA-D clips)")
+    ap.add_argument("--clips", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=4)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="facenet-scaling-"))
+    data = a.data
+    if data is None:
+        data = tmp / "data"
+        finish([trainer(["synth", "--out", data, "--clips", a.clips, "--seed", 1])])
+    common = ["train", "--data", data, "--epochs", a.epochs, *SETTINGS]
+    rows = []
+    finish([trainer([*common, "--out", tmp, "--run-name", "one", "--set", "train.distribute=off", "--set", "train.batch_size=32"])])
+    rows.append(("1 device", tmp / "one"))
+    finish([trainer([*common, "--out", tmp, "--run-name", "mirrored", "--set", "train.distribute=mirrored", "--set", "train.batch_size=16"],
+                    env={"FACENET_LOGICAL_CPUS": "2"})])
+    rows.append(("2 mirrored devices", tmp / "mirrored"))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    procs = [trainer([*common, "--out", tmp / f"w{k}", "--run-name", "multi", "--set", "train.batch_size=16"],
+                     env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": k}})})
+             for k in range(2)]
+    finish(procs)
+    rows.append(("2 workers (loopback)", tmp / "w0" / "multi"))
+    print(f"{'setup':<22} {'global batch':>12} {'last epoch s':>13} {'samples/s':>10}")
+    for name, run in rows:
+        status, train = figures(run)
+        seconds = status["last_epoch_seconds"]
+        print(f"{name:<22} {status['distribution']['global_batch_size']:>12} {seconds:>13.2f} {train / seconds:>10.0f}")
+    same = json.loads((tmp / "w0" / "multi" / "status.json").read_text())["weights_sha256"] == \
+        json.loads((tmp / "w1" / "multi" / "status.json").read_text())["weights_sha256"]
+    print(f"2 workers ended with identical weights: {same}")
+    print(f"runs in {tmp}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
