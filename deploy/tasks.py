@@ -304,11 +304,17 @@ def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=
 def launch_workers(hosts, group, workers, name, resume=False):
     """One worker per host in its tmux session with its TF_CONFIG: the chief first, so the others find it."""
     for k, h in enumerate(hosts):
-        outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
-        if "boot" in outcome:
-            prefixed(h)(agent.describe(outcome["settings"], outcome["boot"]))
-        training.launch(h.conn, h.inv, prefixed(h), resume=resume, run_name=name, price_per_hour=h.inv.price_of(h.target.label),
-                        tf_config=cluster.tf_config(workers, k))
+        try:
+            outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
+            if "boot" in outcome:
+                prefixed(h)(agent.describe(outcome["settings"], outcome["boot"]))
+            training.launch(h.conn, h.inv, prefixed(h), resume=resume, run_name=name, price_per_hour=h.inv.price_of(h.target.label),
+                            tf_config=cluster.tf_config(workers, k))
+        except DeployError as e:  # the workers already started would wait for this one: stop them
+            for started in hosts[:k]:
+                training.stop(started.conn, started.inv, prefixed(started), wait=10)
+            raise DeployError(f"worker {k} on {h.target.label} could not start, so the {k} worker(s) already started were "
+                              f"stopped: {e}") from None
 
 
 @host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks, on_cluster=deploy_full_cluster,

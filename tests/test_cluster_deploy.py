@@ -104,6 +104,14 @@ def test_a_cluster_deploys_trains_as_one_is_watched_and_resumes_after_a_killed_w
 
     resumed = pair.fab("train", "--resume")
     assert resumed.returncode == 0, resumed.out
+    wait_until(lambda: (read(chief / "status.json") or {}).get("epoch", 0) >= 6, 180, "epoch 6")
+    stopped = pair.fab("stop")  # every worker, gracefully: both finish the same epoch and record `stopped`
+    assert stopped.returncode == 0, stopped.out
+    assert read(chief / "exit.json")["exit_code"] == 3 == read(worker / "exit.json")["exit_code"]
+    assert read(chief / "status.json")["epoch"] == read(worker / "status.json")["epoch"]
+    assert pair.fab("monitor").returncode == 3
+    resumed = pair.fab("train", "--resume")
+    assert resumed.returncode == 0, resumed.out
     wait_until(lambda: read(chief / "exit.json") and read(chief / "exit.json")["exit_code"] == 0, 300, "the resumed run to finish")
     epochs = [int(line.split(",")[0]) for line in (chief / "history.csv").read_text().splitlines()[1:]]
     assert epochs == list(range(60))

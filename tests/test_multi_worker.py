@@ -176,3 +176,17 @@ def test_tf_config_is_checked_and_multi_worker_needs_it(tmp_path, synth_crema):
             read_cluster({"TF_CONFIG": bad})
     proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--epochs", "1", "--set", "train.distribute=multi_worker", *TINY)
     assert proc.returncode == 2 and "TF_CONFIG is not set" in proc.stderr
+
+
+def test_a_worker_whose_peers_never_start_fails_within_the_collective_timeout(cluster, synth_crema):
+    """TensorFlow waits for the other workers inside C++ (GIL held, SIGTERM taken over): the trainer's
+    watchdog process records the failure (PeerLost) and kills it, instead of a run that waits forever."""
+    env = cluster.env(0)
+    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth_crema), "--out", str(cluster.root / "w0"), "--run-name", "run",
+           "--epochs", "2", *TINY, "--set", "train.collective_timeout=15"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert time.monotonic() - started < 60 and "did not all join" in proc.stdout
+    st = cluster.status(0)
+    assert st["state"] == "failed" and st["error"]["type"] == "PeerLost" and "did not all join" in st["error"]["message"]

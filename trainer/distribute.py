@@ -18,8 +18,11 @@ FACENET_LOGICAL_CPUS=N splits this machine's CPU into N logical devices before T
 starts, so that a machine without GPUs can run the mirrored code path (the tests do).
 """
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 
 from trainer.errors import ConfigError
 
@@ -53,6 +56,41 @@ def read_cluster(environ=None):
     if not isinstance(index, int) or not 0 <= index < len(workers):
         raise ConfigError(f"TF_CONFIG task.index must be 0..{len(workers) - 1}. Received: {index!r}")
     return {"workers": workers, "index": index}
+
+
+WATCHDOG = """
+import json, os, select, signal, sys, time
+pid, seconds, status_path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+if select.select([sys.stdin], [], [], seconds)[0]:
+    sys.exit(0)  # the pipe closed: the trainer got past the wait (or ended)
+print("PeerLost: " + message, flush=True)
+try:
+    with open(status_path) as f:
+        status = json.load(f)
+    status.update(state="failed", error={"type": "PeerLost", "message": message},
+                  updated_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
+    tmp = status_path + ".watchdog.tmp"
+    with open(tmp, "w") as f:
+        json.dump(status, f, indent=1)
+    os.replace(tmp, status_path)
+finally:
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+@contextlib.contextmanager
+def deadline(seconds, status_path, message):
+    """Run the body; past `seconds`, record `message` as the run's failure (PeerLost) and kill this process.
+    A worker whose peers never start waits inside TensorFlow's C++ holding the GIL, with SIGTERM
+    taken by TensorFlow's preemption notifier: no thread, exception or signal handler of this
+    process runs, so a watchdog process does it (the launcher then records exit code 137)."""
+    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), str(status_path), message],
+                                stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def choose_strategy(mode, cluster=None, timeout=300):

@@ -9,6 +9,7 @@ best.keras, backup/ (until it finishes), logs/ (TensorBoard), history.csv, train
 environment.json, status.json and, at the end, metrics.json.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -81,7 +82,19 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
             if getattr(e, "exit_code", 1) == 1:  # not a UserError nor a lost peer: a defect, show where
                 traceback.print_exc()
             raise
+        finally:
+            _ignore_stop_requests()
     return run_dir
+
+
+def _ignore_stop_requests():
+    """The run's end is recorded: a stop request now has nothing to stop. Python gives a signal it
+    handles back to the default (die) when the interpreter exits, and TensorFlow's multi-worker
+    teardown can take seconds after that, so a SIGTERM that comes late (a cluster's `fab stop`
+    reaches a worker that the chief's stop already ended) would turn exit 3 into death by signal.
+    Ignored signals stay ignored through exit. The next run (a CV fold) installs its handlers again."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _stop_at_once_until_training_starts(run_dir):
@@ -110,9 +123,18 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
 
     distribute.configure_devices()
     cluster = distribute.read_cluster()
-    strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, cfg["train"]["collective_timeout"])
-    keras.utils.set_random_seed(cfg["seed"])
-    distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
+    timeout = cfg["train"]["collective_timeout"]
+
+    nobody_came = (f"the workers of {', '.join(cluster['workers'])} did not all join within train.collective_timeout "
+                   f"({timeout} s): is every worker started, and can each reach the others' worker port? Their own train.log says."
+                   if cluster else "")
+    with distribute.deadline(timeout, status.path, nobody_came) if cluster else contextlib.nullcontext():
+        strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, timeout)
+        _stop_at_once_until_training_starts(run_dir)  # TensorFlow's preemption notifier took SIGTERM over: take it back
+        keras.utils.set_random_seed(cfg["seed"])
+        distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
+        if distribute.worker_count(strategy) > 1:
+            _same_data_as_the_chief(strategy, prepared, distribution)
     chief = distribute.worker_index(strategy) == 0
     env = {**environment(), "distribution": distribution}
     write_json_atomic(run_dir / "environment.json", env)
@@ -162,13 +184,11 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     (best.keras, backup/, logs/, history.csv), every worker its own status.json."""
     import keras
 
-    from trainer import data, distribute, loop
+    from trainer import data, loop
     from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"])
-    if distribute.worker_count(strategy) > 1:
-        _same_data_as_the_chief(strategy, prepared, distribution)
     classes = cfg["data"]["classes"]
     with strategy.scope():
         model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
