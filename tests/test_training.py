@@ -309,3 +309,35 @@ def test_two_mirrored_replicas_take_the_same_first_step_as_one_device_on_the_sam
     assert runs["off"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
     assert runs["mirrored"]["loss"] == pytest.approx(runs["off"]["loss"], rel=1e-5)
     assert runs["mirrored"]["weights"] == pytest.approx(runs["off"]["weights"], rel=1e-5)  # gradients averaged, not summed
+
+
+MIXED_STATIC = """
+from trainer import distribute
+distribute.configure_devices()
+import keras
+from trainer.config import DEFAULTS
+from trainer.model import build_model, compile_model, cudnn_problems
+
+keras.mixed_precision.set_global_policy("mixed_float16")
+strategy = distribute.choose_strategy("mirrored")
+with strategy.scope():
+    model = compile_model(build_model(DEFAULTS["model"], 6), DEFAULTS["train"], 6)
+assert strategy.num_replicas_in_sync == 2
+assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer), type(model.optimizer)
+assert cudnn_problems(model) == [], cudnn_problems(model)
+print("ok")
+"""
+
+
+def test_mixed_precision_and_the_cudnn_kernel_stay_eligible_under_distribution(tmp_path, synth_crema):
+    """Static: under MirroredStrategy with mixed_float16 the optimizer scales the loss and every LSTM keeps
+    the fused-kernel conditions. Then a real mirrored mixed-precision run trains through our loop."""
+    out = subprocess.run([sys.executable, "-c", MIXED_STATIC], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FACENET_LOGICAL_CPUS": "2"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "mp", "--epochs", "2", *TINY,
+                       "--set", "train.distribute=mirrored", "--set", "train.mixed_precision=on", env={"FACENET_LOGICAL_CPUS": "2"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "precision mixed_float16; MirroredStrategy with 2 replica(s)" in proc.stdout
+    losses = [float(row.split(",")[3]) for row in (tmp_path / "mp" / "history.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses), losses
