@@ -4,9 +4,10 @@
 
 Runs `python -m trainer train` three times (train.batch_size 16 per replica, so the 2-replica runs
 have a global batch of 32 and the 1-device run is given 32 too): one device; MirroredStrategy over
-2 logical devices (FACENET_LOGICAL_CPUS=2 on a CPU machine, the GPUs on a GPU machine); and 2
-workers on 127.0.0.1 with TF_CONFIG. It prints the global batch, the last epoch's seconds and
-training samples/s (from each run's status.json and metrics.json), and whether the two workers
+2 logical devices (FACENET_LOGICAL_CPUS=2 on a CPU machine; on a GPU machine with 2 GPUs, the GPUs); and 2
+workers on 127.0.0.1 with TF_CONFIG. It prints the replicas, the global batch, the last epoch's
+seconds (training and validation) and training samples/s, in all and per replica (per GPU on a GPU
+machine), from each run's status.json and metrics.json, and whether the two workers
 ended with identical weights. On a CPU machine the devices share the same cores: the figures show
 the cost of the distribution machinery, not a speed-up.
 """
@@ -72,11 +73,12 @@ def main():
              for k in range(2)]
     finish(procs)
     rows.append(("2 workers (loopback)", tmp / "w0" / "multi"))
-    print(f"{'setup':<22} {'global batch':>12} {'last epoch s':>13} {'samples/s':>10}")
+    print(f"{'setup':<22} {'replicas':>8} {'global batch':>12} {'last epoch s':>13} {'samples/s':>10} {'per replica':>12}")
     for name, run in rows:
         status, train = figures(run)
-        seconds = status["last_epoch_seconds"]
-        print(f"{name:<22} {status['distribution']['global_batch_size']:>12} {seconds:>13.2f} {train / seconds:>10.0f}")
+        seconds, replicas = status["last_epoch_seconds"], status["distribution"]["replicas"]
+        print(f"{name:<22} {replicas:>8} {status['distribution']['global_batch_size']:>12} {seconds:>13.2f} "
+              f"{train / seconds:>10.0f} {train / seconds / replicas:>12.0f}")
     same = json.loads((tmp / "w0" / "multi" / "status.json").read_text())["weights_sha256"] == \
         json.loads((tmp / "w1" / "multi" / "status.json").read_text())["weights_sha256"]
     print(f"2 workers ended with identical weights: {same}")

@@ -5,12 +5,13 @@ import json
 import os
 import signal
 import subprocess
+import sysconfig
 import time
 
 import pytest
 from conftest import TINY_CONFIG, DeployEnv, write_config
 
-from deploy.localhost import LocalSSHHost, free_port
+from deploy.localhost import LocalSSHHost, free_port, seed_venv
 from trainer.synth import write_corpus
 
 pytestmark = pytest.mark.slow
@@ -46,8 +47,10 @@ def pair(tmp_path, ssh_host, host_venv):
     hosts = {}
     for name, server in (("gpu1", ssh_host), ("gpu2", second)):
         base = root / f"{name} root"
+        venv = seed_venv(base / "venv", sysconfig.get_paths()["purelib"])  # its own: the session's host venv stays unprovisioned
         hosts[name] = {**server.host_entry(), "worker_address": "127.0.0.1", "worker_port": free_port(),
-                       "remote": {"project_dir": str(base / "project"), "data_dir": str(base / "data"), "runs_dir": str(base / "runs")}}
+                       "remote": {"project_dir": str(base / "project"), "venv": str(venv), "data_dir": str(base / "data"),
+                                  "runs_dir": str(base / "runs")}}
     env.write(hosts=hosts, clusters={"pair": {"hosts": ["gpu1", "gpu2"]}})
     env.runs_of = {name: root / f"{name} root" / "runs" for name in hosts}
     env.configure = lambda epochs: env.write(train_config=str(write_config(

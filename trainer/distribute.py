@@ -139,17 +139,26 @@ def local_replica_ids(strategy):
     return list(range(first, first + local))
 
 
+_REDUCERS = {}  # (strategy, from_chief, number of values) -> compiled all-reduce: traced once, not every epoch
+
+
 def _all_reduce_sum(strategy, values, from_chief):
     """Sum of `values` over every replica; with `from_chief` only replica 0 contributes (a broadcast)."""
     import tensorflow as tf
 
-    def replica_fn(*vals):
-        ctx = tf.distribute.get_replica_context()
-        keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32) if from_chief else 1.0
-        return ctx.all_reduce("sum", [tf.cast(v, tf.float32) * tf.cast(keep, tf.float32) for v in vals])
+    key = (id(strategy), from_chief, len(values))
+    if key not in _REDUCERS:
+        def replica_fn(*vals):
+            ctx = tf.distribute.get_replica_context()
+            keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32) if from_chief else 1.0
+            return ctx.all_reduce("sum", [v * keep for v in vals])
 
-    out = strategy.run(tf.function(replica_fn), args=tuple(tf.constant(v, tf.float32) for v in values))
-    return [strategy.experimental_local_results(o)[0].numpy() for o in out]
+        @tf.function(reduce_retracing=True)
+        def reduce(*vals):
+            return [strategy.experimental_local_results(o)[0] for o in strategy.run(replica_fn, args=vals)]
+
+        _REDUCERS[key] = reduce
+    return [o.numpy() for o in _REDUCERS[key](*(tf.constant(v, tf.float32) for v in values))]
 
 
 def broadcast_json(strategy, value):
