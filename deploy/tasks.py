@@ -363,7 +363,13 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
 
 def monitor_cluster(hosts, group, follow=False, run=None):
     """monitor on a cluster: the chief's screen, then a row per worker and the cluster's state (its worst worker's)."""
-    infos = cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: training.run_state(m[1].conn, m[2], run=run))
+    def states():
+        return cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: training.run_state(m[1].conn, m[2], run=run))
+
+    infos = states()
+    if follow and infos[0]["state"] in ("starting", "running"):  # the chief's log: it prints every epoch of the run
+        observe.follow(hosts[0].conn, hosts[0].inv, infos[0])
+        infos = states()
     chief = infos[0]
     chief["price_per_hour"] = hosts[0].inv.price_of(hosts[0].target.label)
     render(chief, hosts[0].target.label, console)
