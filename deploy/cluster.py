@@ -2,7 +2,9 @@
 
     cluster = named_cluster(c, inv)                # the Cluster that -H (or the remembered host) names, or None
     members = connect_members(c, inv, cluster)     # [(name, Target, inventory as that host sees it)], chief first
-    each(members, work)                            # work(member) on every host at once; DeployError naming those that failed
+    each(hosts, work)                              # work(host) on every host at once; DeployError naming those that failed
+    prepare(hosts, steps, run_name, say_for)       # deploy-full's steps on every host at once, a line per host and step
+    launch_workers(hosts, workers, run_name, say_for)  # one worker per host in tmux with its TF_CONFIG, chief first
     workers = tf_config_workers(inv, cluster)      # ["10.0.1.5:23456", ...]: worker k's TF_CONFIG lists them
     line, code = cluster_verdict(infos)            # the cluster's state: its worst worker's, naming the one that failed
 
@@ -11,8 +13,10 @@ backup and TensorBoard logs; every other host holds its own status.json and trai
 """
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+from deploy import agent, training
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import connect_host, remembered_host
 
@@ -49,20 +53,70 @@ def tf_config(workers, index):
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}, separators=(",", ":"))
 
 
-def each(members, work):
-    """`work(member)` on every member at once; the results in member order. A failure on any host
-    is raised after all have ended, naming every host that failed and why."""
-    with ThreadPoolExecutor(len(members)) as pool:
-        futures = [pool.submit(work, m) for m in members]
+def each(hosts, work):
+    """`work(host)` on every host at once (each with .conn, .inv, .target); the results in host order.
+    A failure on any host is raised after all have ended, naming every host that failed and why."""
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        futures = [pool.submit(work, h) for h in hosts]
         results, failures = [], []
-        for (name, _, _), future in zip(members, futures):
+        for h, future in zip(hosts, futures):
             try:
                 results.append(future.result())
             except DeployError as e:
-                failures.append(f"{name}: {e}")
+                failures.append(f"{h.target.label}: {e}")
     if failures:
         raise DeployError("; ".join(failures))
     return results
+
+
+def prepare(hosts, steps, name, say_for):
+    """Every host through `steps` [(name, step(h, run, say))] at once, a line per host and step; a
+    step's own lines are kept back (several hosts at once would interleave them), its error is not."""
+    def run_steps(h):
+        training.refuse_new_run_name(h.conn, h.inv, name)
+        for i, (step_name, step) in enumerate(steps, 1):
+            t0 = time.monotonic()
+            try:
+                step(h, {"name": name, "resume_from": None}, lambda message, style=None: None)
+            except DeployError as e:
+                say_for(h)(f"✗ [{i}/{len(steps)}] {step_name} failed after {time.monotonic() - t0:.1f} s", "bold red")
+                raise DeployError(f"step {step_name}: {e}") from None
+            say_for(h)(f"✓ [{i}/{len(steps)}] {step_name} {time.monotonic() - t0:.1f} s", "green")
+
+    each(hosts, run_steps)
+
+
+def launch_workers(hosts, workers, name, say_for, resume=False):
+    """One worker per host in its tmux session with its TF_CONFIG: the chief first, so the others find it.
+    If one cannot start, those already started (which would wait for it) are stopped."""
+    for k, h in enumerate(hosts):
+        try:
+            outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
+            if "boot" in outcome:
+                say_for(h)(agent.describe(outcome["settings"], outcome["boot"]))
+            training.launch(h.conn, h.inv, say_for(h), resume=resume, run_name=name, price_per_hour=h.inv.price_of(h.target.label),
+                            tf_config=tf_config(workers, k))
+        except DeployError as e:
+            for started in hosts[:k]:
+                training.stop(started.conn, started.inv, say_for(started), wait=10)
+            raise DeployError(f"worker {k} on {h.target.label} could not start, so the {k} worker(s) already started were "
+                              f"stopped: {e}") from None
+
+
+def worker_table(group, hosts, infos):
+    """The monitor's row per worker: state, epoch, seconds per epoch, GPU use."""
+    from rich.table import Table
+
+    rows = Table(title=f"cluster {group.name}", title_justify="left")
+    for column in ("worker", "host", "state", "epoch", "s/epoch", "GPU"):
+        rows.add_column(column)
+    for k, (h, info) in enumerate(zip(hosts, infos)):
+        st = info.get("status") or {}
+        gpus = info.get("gpus")
+        gpu = ", ".join(f"{g.get('utilization')}%" for g in gpus) if gpus else "none"
+        rows.add_row(f"{k}{' (chief)' if k == 0 else ''}", h.target.label, info["state"], f"{st.get('epoch', 0)}/{st.get('epochs', '?')}",
+                     str(st.get("seconds_per_epoch") or "-"), gpu)
+    return rows
 
 
 def cluster_verdict(infos):

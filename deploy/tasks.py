@@ -17,7 +17,6 @@ from invoke.exceptions import Exit
 from paramiko import BadHostKeyException, SSHException
 from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from deploy import agent, cluster, lock, observe, sync, training
@@ -210,7 +209,7 @@ def train_cluster(hosts, group, resume=False, restart=False, run_name=None, fold
         name = info["run"]
     else:
         name = training.valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
-    launch_workers(hosts, group, workers, name, resume=resume)
+    cluster.launch_workers(hosts, workers, name, prefixed, resume=resume)
 
 
 @host_task(changes_host=True, before_connect=_run_name, on_cluster=train_cluster,
@@ -274,47 +273,16 @@ def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=
     name = training.valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
     steps = [(n, step) for n, step in DEPLOY_STEPS if n not in ("upload-run", "train")]
     total = time.monotonic()
-
-    def prepare(member):
-        h = member
-        training.refuse_new_run_name(h.conn, h.inv, name)
-        detail = []  # a step's own lines, shown when it fails
-        for i, (step_name, step) in enumerate(steps, 1):
-            t0 = time.monotonic()
-            try:
-                step(h, {"name": name, "resume_from": None}, lambda m, style=None: detail.append(str(m)))
-            except DeployError as e:
-                prefixed(h)(f"✗ [{i}/{len(steps)}] {step_name} failed after {time.monotonic() - t0:.1f} s", "bold red")
-                raise DeployError(f"step {step_name}: {e}") from None
-            prefixed(h)(f"✓ [{i}/{len(steps)}] {step_name} {time.monotonic() - t0:.1f} s", "green")
-            detail.clear()
-
     try:
-        cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: prepare(m[1]))
+        cluster.prepare(hosts, steps, name, prefixed)
     except DeployError as e:
         raise DeployError(f"deploy-full stopped before training: {e}\nFix this, then run `fab -H {group.name} deploy-full` again.") from None
-    launch_workers(hosts, group, workers, name)
+    cluster.launch_workers(hosts, workers, name, prefixed)
     remember_cluster(group.name)
     console.rule(f"deployed in {time.monotonic() - total:.0f} s")
     say(f"Run {name} is training on cluster {group.name} ({len(hosts)} workers; {hosts[0].target.label} is the chief). Next:")
     say("  fab monitor              # a row per worker; the cluster's state is its worst worker's")
     say("  fab fetch-results -H " + hosts[0].target.label + "   # when it is done: the chief holds the model and metrics")
-
-
-def launch_workers(hosts, group, workers, name, resume=False):
-    """One worker per host in its tmux session with its TF_CONFIG: the chief first, so the others find it."""
-    for k, h in enumerate(hosts):
-        try:
-            outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
-            if "boot" in outcome:
-                prefixed(h)(agent.describe(outcome["settings"], outcome["boot"]))
-            training.launch(h.conn, h.inv, prefixed(h), resume=resume, run_name=name, price_per_hour=h.inv.price_of(h.target.label),
-                            tf_config=cluster.tf_config(workers, k))
-        except DeployError as e:  # the workers already started would wait for this one: stop them
-            for started in hosts[:k]:
-                training.stop(started.conn, started.inv, prefixed(started), wait=10)
-            raise DeployError(f"worker {k} on {h.target.label} could not start, so the {k} worker(s) already started were "
-                              f"stopped: {e}") from None
 
 
 @host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks, on_cluster=deploy_full_cluster,
@@ -364,7 +332,7 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
 def monitor_cluster(hosts, group, follow=False, run=None):
     """monitor on a cluster: the chief's screen, then a row per worker and the cluster's state (its worst worker's)."""
     def states():
-        return cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: training.run_state(m[1].conn, m[2], run=run))
+        return cluster.each(hosts, lambda h: training.run_state(h.conn, h.inv, run=run))
 
     infos = states()
     if follow and infos[0]["state"] in ("starting", "running"):  # the chief's log: it prints every epoch of the run
@@ -373,16 +341,7 @@ def monitor_cluster(hosts, group, follow=False, run=None):
     chief = infos[0]
     chief["price_per_hour"] = hosts[0].inv.price_of(hosts[0].target.label)
     render(chief, hosts[0].target.label, console)
-    rows = Table(title=f"cluster {group.name}", title_justify="left")
-    for column in ("worker", "host", "state", "epoch", "s/epoch", "GPU"):
-        rows.add_column(column)
-    for k, (h, info) in enumerate(zip(hosts, infos)):
-        st = info.get("status") or {}
-        gpus = info.get("gpus")
-        gpu = ", ".join(f"{g.get('utilization')}%" for g in gpus) if gpus else "none"
-        rows.add_row(f"{k}{' (chief)' if k == 0 else ''}", h.target.label, info["state"], f"{st.get('epoch', 0)}/{st.get('epochs', '?')}",
-                     str(st.get("seconds_per_epoch") or "-"), gpu)
-    console.print(rows)
+    console.print(cluster.worker_table(group, hosts, infos))
     line, code = cluster.cluster_verdict(infos)
     say(line, "bold red" if code else "bold")
     if code:
@@ -419,7 +378,7 @@ def logs(h, lines=50, run=None):
 
 
 def stop_cluster(hosts, group, wait=120):
-    cluster.each([(h.target.label, h, h.inv) for h in hosts], lambda m: training.stop(m[1].conn, m[2], prefixed(m[1]), wait=wait))
+    cluster.each(hosts, lambda h: training.stop(h.conn, h.inv, prefixed(h), wait=wait))
 
 
 @host_task(help={"wait": "seconds to let the current epoch finish before stopping the training's processes at once"}, on_cluster=stop_cluster)

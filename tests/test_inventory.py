@@ -180,3 +180,47 @@ def test_prices_and_autostop_settings_are_read_per_host(tmp_path):
     assert inv.price_of("gpu") == 3.06 and inv.price_of("cpu") == 1 and inv.price_of("root@9.9.9.9:22") == 1
     assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff"}
     assert load_inventory(write(tmp_path, {})).price_of("gpu") is None
+
+
+HOSTS = {"gpu1": {"address": "203.0.113.10", "worker_address": "10.0.1.10"},
+         "gpu2": {"address": "203.0.113.11", "worker_address": "10.0.1.11", "worker_port": 23999,
+                  "remote": {"runs_dir": "/data/runs"}}}
+
+
+def test_a_cluster_names_its_hosts_chief_first_with_their_worker_addresses_and_own_paths(tmp_path):
+    from deploy.cluster import tf_config, tf_config_workers
+
+    inv = load_inventory(write(tmp_path, {"hosts": HOSTS, "clusters": {"pair": {"hosts": ["gpu1", "gpu2"]}}}))
+    pair = inv.clusters["pair"]
+    assert pair.hosts == ("gpu1", "gpu2") and pair.port == 23456
+    assert tf_config_workers(inv, pair) == ["10.0.1.10:23456", "10.0.1.11:23999"]
+    assert tf_config(tf_config_workers(inv, pair), 1) == \
+        '{"cluster":{"worker":["10.0.1.10:23456","10.0.1.11:23999"]},"task":{"type":"worker","index":1}}'
+    assert inv.for_host("gpu2").remote["runs_dir"] == "/data/runs" and inv.for_host("gpu2").remote["venv"] == "~/facenet-venv"
+    assert inv.for_host("gpu1") is inv
+    same = load_inventory(write(tmp_path, {"hosts": {"a": {"address": "10.0.0.1"}, "b": {"address": "10.0.0.1"}},
+                                           "clusters": {"pair": {"hosts": ["a", "b"]}}}))
+    with pytest.raises(LocalInputError, match="same address and port"):
+        tf_config_workers(same, same.clusters["pair"])
+
+
+@pytest.mark.parametrize("clusters, message", [
+    ({"pair": {"hosts": ["gpu1"]}}, "two or more different host names"),
+    ({"pair": {"hosts": ["gpu1", "gpu1"]}}, "two or more different host names"),
+    ({"pair": {"hosts": ["gpu1", "gpu9"]}}, "names gpu9, not under hosts"),
+    ({"pair": {"hosts": ["gpu1", "gpu2"], "port": 70000}}, "expects a port 1-65535"),
+    ({"pair": {"hosts": ["gpu1", "gpu2"], "ports": 1}}, "expects a mapping with hosts"),
+    ({"gpu1": {"hosts": ["gpu1", "gpu2"]}}, "a host has the same name"),
+])
+def test_a_bad_cluster_is_refused_naming_the_key(tmp_path, clusters, message):
+    with pytest.raises(InventoryError, match=message):
+        load_inventory(write(tmp_path, {"hosts": HOSTS, "clusters": clusters}))
+
+
+def test_a_host_may_override_only_known_remote_paths(tmp_path):
+    bad = {"gpu1": {"address": "10.0.0.1", "remote": {"run_dir": "/x"}}}
+    with pytest.raises(InventoryError, match="hosts.gpu1.remote"):
+        load_inventory(write(tmp_path, {"hosts": bad}))
+    inside = {"gpu1": {"address": "10.0.0.1", "remote": {"project_dir": "~/facenet-runs/code"}}}
+    with pytest.raises(InventoryError, match="remote.project_dir"):
+        load_inventory(write(tmp_path, {"hosts": inside}))
