@@ -54,12 +54,18 @@ def trainer_step(conn, inv, name, *args):
 def preflight(conn, inv, say):
     """Validate the host's copy of the data with the training config; DeployError with the summary if it cannot train."""
     try:
-        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", remote_config(inv, inv.train_config), *data_args(inv))
+        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", remote_config(inv, inv.train_config), *data_args(inv),
+                                   "--pack", packed_dir(inv))
     except DeployError as e:
         raise DeployError(f"The data on the host would not train. {e}\n"
                           "Fix the data or the config (data.feature_key, data.label_map), then run `fab deploy-full` again.") from None
     say(out.stdout.strip())  # the validation summary, for people
     say(result["message"])
+
+
+def packed_dir(inv):
+    """Where preflight packs the clips into one memory-mapped file, which training reads (trainer/packed.py)."""
+    return rjoin(inv.remote["runs_dir"], ".packed")
 
 
 def smoke_test(conn, inv, say):
@@ -131,7 +137,7 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     runs = inv.remote["runs_dir"]
     if resume and run_name:
         name = valid_run_name(run_name)
-        trainer_args = ["train", "--resume", rjoin(runs, name), *data_args(inv)]
+        trainer_args = ["train", "--resume", rjoin(runs, name), *data_args(inv), "--packed", packed_dir(inv)]
     elif resume:
         info = run_state(conn, inv, log_lines=0)
         name = info.get("run")
@@ -139,11 +145,11 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
             raise DeployError(f"Nothing to resume: no run in {runs} on the host. Start one with `fab train`.")
         if info["state"] == "finished":
             raise DeployError(f"Run {name} finished; there is nothing to resume. Start a new one with `fab train`.")
-        trainer_args = ["train", "--resume", rjoin(runs, name)]
+        trainer_args = ["train", "--resume", rjoin(runs, name), "--packed", packed_dir(inv)]
     else:
         name = valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
         refuse_new_run_name(conn, inv, name)
-        command = ["cv", "--folds", str(folds)] if folds else ["train"]
+        command = ["cv", "--folds", str(folds)] if folds else ["train", "--packed", packed_dir(inv)]
         trainer_args = [*command, "--config", remote_config(inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
     if price_per_hour:
         trainer_args += ["--price-per-hour", str(price_per_hour)]

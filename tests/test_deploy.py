@@ -48,6 +48,7 @@ def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(depl
     run = deploy_env.runs / "first"
     assert json.loads((run / "exit.json").read_text())["exit_code"] == 0
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert "Reading clips from the pack in" in (run / "train.log").read_text()  # packed at preflight: no NPZ read per clip
     assert (run / "best.keras").is_file() and (run / "metrics.json").is_file()
     assert (deploy_env.remote_root / "project dir" / "trainer" / "run.py").is_file()
     remote_files = sorted(p.name for p in (deploy_env.remote_root / "data dir" / "crema-d").rglob("*.npz"))

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from conftest import write_clip
@@ -89,3 +91,29 @@ def test_fit_with_several_workers(clips):
     model.compile("adam", "sparse_categorical_crossentropy")
     history = model.fit(gen, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_a_pack_gives_the_same_batches_and_a_changed_file_is_never_read_from_it(tmp_path):
+    from trainer.packed import open_pack, pack
+    from trainer.synth import write_corpus
+
+    files = sorted(map(str, write_corpus(tmp_path / "crema-d", "crema-d", clips=40, seed=3)))
+    labels = np.arange(len(files)) % 6
+    assert pack(files, "video_features", tmp_path / "pack") == (40, True)
+    assert pack(files, "video_features", tmp_path / "pack") == (40, False)  # unchanged: not rewritten
+    frames, where = open_pack(tmp_path / "pack", files)
+    assert frames.shape[0] == sum(n for _, n in where.values()) and isinstance(frames, np.memmap)
+    mean, std = np.full(512, 0.1, np.float32), np.full(512, 2.0, np.float32)
+
+    def batches(packed):
+        gen = FixedVideoFacenetGenerator(files, labels, 8, shuffle=True, mean=mean, std=std, max_frames=50, seed=1, packed=packed)
+        return [gen[i] for i in range(len(gen))]
+
+    for (xa, ya), (xb, yb) in zip(batches(None), batches((frames, where)), strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert open_pack(tmp_path / "pack", files[:10] + [str(tmp_path / "other.npz")])[1].endswith("is not in the pack in " + str(tmp_path / "pack"))
+    os.utime(files[5], ns=(0, 0))  # changed since it was packed
+    assert open_pack(tmp_path / "pack", files) == (None, f"{files[5]} changed since it was packed")
+    assert pack(files, "video_features", tmp_path / "pack") == (40, True)  # repacked
+    assert open_pack(tmp_path / "pack", files, key="features")[0] is None

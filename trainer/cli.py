@@ -27,6 +27,18 @@ def cmd_validate(args):
         print(f"Wrote {args.report}")
     args.outcome.update(files=len(result.entries), accepted=len(result.accepted), rejected=len(result.rejected))
     require_trainable(result, cfg["data"]["classes"])
+    if args.pack:
+        from trainer.packed import pack
+
+        try:
+            clips, written = pack(sorted(e.path for e in result.accepted), cfg["data"]["feature_key"], args.pack)
+        except OSError as e:  # e.g. a full disk: training reads the NPZs instead, and says so
+            print(f"warning: no pack written in {args.pack} ({e}); training will read the NPZ files", file=sys.stderr)
+            (args.pack / ".frames.npy.tmp").unlink(missing_ok=True)
+            clips, written = 0, False
+        else:
+            print(f"{'Packed' if written else 'Pack up to date:'} {clips} clips in {args.pack}")
+        args.outcome.update(packed=clips)
     args.outcome["message"] = f"{len(result.accepted)} of {len(result.entries)} files can train"
 
 
@@ -46,7 +58,7 @@ def cmd_train(args):
         if is_cv(args.resume):
             continue_cv(args.resume, price_per_hour=args.price_per_hour, data_dirs=args.data)
             return
-        execute(args.resume, data_dirs=args.data, resume=True, epochs=args.epochs, price_per_hour=args.price_per_hour)
+        execute(args.resume, data_dirs=args.data, resume=True, epochs=args.epochs, price_per_hour=args.price_per_hour, packed_dir=args.packed)
         return
     from trainer.config import load_config
 
@@ -56,7 +68,7 @@ def cmd_train(args):
         raise UserError("train needs --data DIR (one or more), or --resume RUN_DIR.")
     if args.run_name is not None:
         check_run_name(args.run_name, "--run-name")
-    execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data, price_per_hour=args.price_per_hour)
+    execute(new_run(cfg, args.out, args.run_name), data_dirs=args.data, price_per_hour=args.price_per_hour, packed_dir=args.packed)
 
 
 def cmd_cv(args):
@@ -97,6 +109,8 @@ def build_parser():
     sp = sub.add_parser("validate", help="find, label and check feature files; exit 2 if they cannot train")
     common(sp, True)
     sp.add_argument("--report", type=Path, help="write a JSON manifest with one entry per file")
+    sp.add_argument("--pack", type=Path, metavar="DIR", help="also write the accepted clips into one memory-mappable file in DIR "
+                    "(train --packed DIR reads them from there); kept when the files are unchanged")
     sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("synth", help="write synthetic feature files with the real structure")
@@ -115,6 +129,7 @@ def build_parser():
     sp.add_argument("--resume", type=Path, metavar="RUN_DIR",
                     help="continue an interrupted run from its backup; with --data, its data moved there (another host)")
     sp.add_argument("--price-per-hour", type=float, metavar="USD", help="what the machine costs: metrics.json records the run's cost")
+    sp.add_argument("--packed", type=Path, metavar="DIR", help="read clips from the pack of `validate --pack DIR` where it is current")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("cv", help="K-fold cross-validation by actor into RUNS_DIR/<run-name>/fold-k (resume: train --resume)")

@@ -136,9 +136,21 @@ def make_generator(cfg, paths, entries, stats, shuffle, batch_size=None, **kwarg
     )
 
 
-def generators(cfg, prepared, batch_size=None):
-    """Training and validation PyDatasets; `batch_size` is the global batch (train.batch_size x replicas)."""
+def generators(cfg, prepared, batch_size=None, packed_dir=None, console=None):
+    """Training and validation PyDatasets; `batch_size` is the global batch (train.batch_size x replicas).
+    `packed_dir`: the pack of `validate --pack`, used when it holds every clip of the split unchanged."""
     workers = cfg["train"]["workers"]
-    train = make_generator(cfg, prepared.split["train"], prepared.entries, prepared.stats, True, batch_size, workers=workers)
-    val = make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, False, batch_size, workers=workers)
+    packed = None
+    if packed_dir:
+        from trainer.packed import open_pack
+
+        paths = [p for side in ("train", "val", "test") for p in prepared.split.get(side) or []]
+        frames, where = open_pack(packed_dir, paths, cfg["data"]["feature_key"])
+        if frames is None:
+            (console or make_console()).print(f"Reading clips from their NPZ files: {where}", highlight=False)
+        else:
+            packed = (frames, where)
+            (console or make_console()).print(f"Reading clips from the pack in {packed_dir} ({len(where)} clips)", highlight=False)
+    train = make_generator(cfg, prepared.split["train"], prepared.entries, prepared.stats, True, batch_size, workers=workers, packed=packed)
+    val = make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, False, batch_size, workers=workers, packed=packed)
     return train, val

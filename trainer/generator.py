@@ -29,7 +29,7 @@ from trainer.npzfile import read_array, read_shape
 class FixedVideoFacenetGenerator(keras.utils.PyDataset):
     def __init__(self, files, labels, batch_size=32, shuffle=True, *, mean=None, std=None,
                  feature_key="video_features", max_frames=None, max_frames_mode="crop",
-                 cache_in_memory=False, lengths=None, bucket_batches=20, seed=None, feature_dim=512, **kwargs):
+                 cache_in_memory=False, lengths=None, bucket_batches=20, seed=None, feature_dim=512, packed=None, **kwargs):
         super().__init__(**kwargs)
         self.files = [str(f) for f in files]
         self.labels = np.asarray(labels)
@@ -50,6 +50,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         self.mean = None if mean is None else np.asarray(mean, np.float32)
         self.std = None if std is None else np.asarray(std, np.float32)
         self.bucket_batches, self.feature_dim = bucket_batches, feature_dim
+        self.packed = packed  # (frames, {path: (offset, frames)}) of trainer.packed: clips read from there, not the NPZ
         raw = np.asarray(lengths if lengths is not None else [read_length(f, feature_key) for f in self.files])
         self.lengths = np.minimum(raw, self.max_frames) if self.max_frames else raw
         self._cache = {} if cache_in_memory else None
@@ -116,7 +117,11 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
 
     def load_clip(self, path):
         """One clip as float32 (frames, dim): capped at max_frames, normalised when stats are set."""
-        x = np.asarray(read_array(path, self.feature_key), dtype=np.float32)  # Keras' workers are threads: see npzfile
+        if self.packed is not None and path in self.packed[1]:
+            offset, frames = self.packed[1][path]
+            x = np.asarray(self.packed[0][offset : offset + frames])  # a plain view: a memmap subclass slows every later op
+        else:
+            x = np.asarray(read_array(path, self.feature_key), dtype=np.float32)  # Keras' workers are threads: see npzfile
         if self.max_frames and len(x) > self.max_frames:
             if self.max_frames_mode == "crop":
                 start = (len(x) - self.max_frames) // 2

@@ -53,11 +53,13 @@ def new_run(cfg, runs_dir, run_name=None):
     return run_dir
 
 
-def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, price_per_hour=None, test_actors=None, mirror=None):
+def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, price_per_hour=None, test_actors=None, mirror=None,
+            packed_dir=None):
     """Train the run in `run_dir`; with `resume`, reuse its data (moved to `data_dirs`, if given) and continue from backup/.
     `price_per_hour` (USD) prices the compute hours in metrics.json; a resumed run keeps its last price.
     `test_actors` fixes the test split (a cross-validation fold); `mirror` = (path, fields): status.json
-    is also written there with those fields (the CV run's status, see trainer/cv.py)."""
+    is also written there with those fields (the CV run's status, see trainer/cv.py). `packed_dir`: the
+    clips' pack (`validate --pack`), read instead of the NPZs where it is current."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
@@ -72,7 +74,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
         console.rule(f"Run {run_dir.name} {'(resumed) ' if resume else ''}at {now_iso()}")
         console.print(dump_config(cfg), highlight=False)
         try:
-            _train(cfg, run_dir, data_dirs, resume, status, console, test_actors)
+            _train(cfg, run_dir, data_dirs, resume, status, console, test_actors, packed_dir)
         except Stopped as e:
             status.update(state="stopped", error={"type": "Stopped", "message": str(e)})
             print(f"Run stopped: {e}", flush=True)
@@ -108,7 +110,7 @@ def _stop_at_once_until_training_starts(run_dir):
         signal.signal(sig, handler)
 
 
-def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
+def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, packed_dir=None):
     from trainer import data
 
     if resume:
@@ -145,7 +147,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
     console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
                   f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, global batch {distribution['global_batch_size']}")
     try:
-        history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume)
+        history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir)
     except tf_errors() as e:  # a collective failed: a peer died, froze or lost its network
         raise PeerLost(f"worker {distribution.get('worker', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
                        f"stopped; the failed worker's own record says why. Resume every worker with: "
@@ -179,7 +181,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None):
                                              "ci95": top.get("ci95")}, eta_seconds=0)
 
 
-def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume):
+def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir=None):
     """Build the model under `strategy` and train it; the chief alone writes the run's shared files
     (best.keras, backup/, logs/, history.csv), every worker its own status.json."""
     import keras
@@ -188,7 +190,7 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
-    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"])
+    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"], packed_dir=packed_dir, console=console)
     classes = cfg["data"]["classes"]
     with strategy.scope():
         model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
