@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,14 @@ def write_config(path, **sections):
 
 TINY_CONFIG = {"data": {"max_frames": 40}, "model": {"units": 8, "head_units": 8},
                "train": {"batch_size": 16, "workers": 1, "patience": 100, "lr_patience": 100}}
+
+
+def wait_until(predicate, timeout=120, what="condition"):
+    """The first true value of `predicate()`, polled every 0.3 s; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -9,22 +9,12 @@ import sysconfig
 import time
 
 import pytest
-from conftest import TINY_CONFIG, DeployEnv, write_config
+from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
 
 from deploy.localhost import LocalSSHHost, free_port, seed_venv
 from trainer.synth import write_corpus
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read(path):

@@ -10,17 +10,9 @@ import time
 import urllib.request
 
 import pytest
+from conftest import wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-def wait_until(predicate, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status(env, run):

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import make_ready
+from tests.conftest import make_ready, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -30,16 +30,6 @@ case "$1" in
   *) exit 2 ;;
 esac
 """
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status(env):
