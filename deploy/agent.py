@@ -5,6 +5,7 @@
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
+    run = start_training(conn, inv, label, say, run_name="r1")  # settings first, then training.launch
 
 The agent runs on the host, so autostop and the spot watcher work with the laptop closed.
 """
@@ -14,6 +15,7 @@ import shlex
 
 from deploy.errors import DeployError
 from deploy.hosts import rjoin, rq
+from deploy.training import launch as launch_training
 from deploy.training import script
 
 KEEP = object()  # configure(): leave autostop as the host has it
@@ -70,3 +72,12 @@ def describe(settings, boot=None):
     text = (f"autostop: armed: the host runs `{auto['command']}` after {auto['idle_seconds'] / 60:.4g} idle minutes "
             "(no training running, no fab task)")
     return text + (f"; {boot}" if boot else "")
+
+
+def start_training(conn, inv, label, say, **launch):
+    """The agent gets the inventory's settings (autostop, EC2 metadata, price) first, then the training
+    starts (`training.launch(conn, inv, say, **launch)`, priced at the host's price); returns the run name."""
+    outcome = configure(conn, inv, label, autostop=inventory_autostop(inv))
+    if "boot" in outcome:
+        say(describe(outcome["settings"], outcome["boot"]))
+    return launch_training(conn, inv, say, price_per_hour=inv.price_of(label), **launch)

@@ -91,11 +91,7 @@ def launch_workers(hosts, workers, name, say_for, resume=False):
     If one cannot start, those already started (which would wait for it) are stopped."""
     for k, h in enumerate(hosts):
         try:
-            outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
-            if "boot" in outcome:
-                say_for(h)(agent.describe(outcome["settings"], outcome["boot"]))
-            training.launch(h.conn, h.inv, say_for(h), resume=resume, run_name=name, price_per_hour=h.inv.price_of(h.target.label),
-                            tf_config=tf_config(workers, k))
+            agent.start_training(h.conn, h.inv, h.target.label, say_for(h), resume=resume, run_name=name, tf_config=tf_config(workers, k))
         except DeployError as e:
             for started in hosts[:k]:
                 training.stop(started.conn, started.inv, say_for(started), wait=10)

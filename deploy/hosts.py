@@ -37,7 +37,10 @@ def state_dir():
 def remember_host(target):
     """Record how to reach `target` again: inventory name or user, address, port, key file path."""
     conn = target.conn
-    record = {"label": target.label, "user": conn.user, "address": conn.host, "port": conn.port, "key_files": key_files(conn)}
+    _remember({"label": target.label, "user": conn.user, "address": conn.host, "port": conn.port, "key_files": key_files(conn)})
+
+
+def _remember(record):
     path = state_dir() / "state.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"host": record}, indent=1))
@@ -180,10 +183,7 @@ def connect_host(config, inv, name):
 
 def remember_cluster(name):
     """Later tasks without -H act on the cluster `name` that deploy-full went to."""
-    path = state_dir() / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": {"label": name, "cluster": True}}, indent=1))
-    os.replace(tmp, path)
+    _remember({"label": name, "cluster": True})
 
 
 def _make(inv, config, address, user, port, keys, label):

@@ -227,12 +227,7 @@ def train(h, resume=False, restart=False, run_name=None, folds=None):
 
 
 def start_training(h, run_name=None, resume=False, folds=None):
-    """The host agent gets the inventory's settings (autostop, EC2 metadata, price) first, then the training starts."""
-    outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.inventory_autostop(h.inv))
-    if "boot" in outcome:
-        say(agent.describe(outcome["settings"], outcome["boot"]))
-    return training.launch(h.conn, h.inv, say, resume=resume, run_name=run_name, price_per_hour=h.inv.price_of(h.target.label),
-                           folds=folds)
+    return agent.start_training(h.conn, h.inv, h.target.label, say, resume=resume, run_name=run_name, folds=folds)
 
 
 def _deploy_checks(inv, run_name=None, resume_from=None, **_):

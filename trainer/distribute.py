@@ -165,7 +165,7 @@ def broadcast_json(strategy, value):
     """The chief's `value` (any JSON) on every worker; without a cluster, `value` itself."""
     import numpy as np
 
-    if strategy.num_replicas_in_sync == 1 or worker_count(strategy) == 1:
+    if worker_count(strategy) == 1:
         return value
     raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
     (size,) = _all_reduce_sum(strategy, [np.array([len(raw)], np.float32)], from_chief=True)

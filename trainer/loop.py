@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import distribute
+from trainer.metrics import metrics_from_confusion
 
 
 class History(keras.callbacks.History):
@@ -153,13 +154,9 @@ class _Feeder:
 
 def _logs(total):
     """loss, accuracy and UAR of an epoch from [loss sum, confusion matrix]."""
-    cm = total[1:].reshape(int(round(np.sqrt(len(total) - 1))), -1)
-    n = cm.sum()
-    support = cm.sum(axis=1)
-    present = support > 0
-    recall = np.diag(cm)[present] / support[present]
-    return {"loss": float(total[0] / max(n, 1)), "accuracy": float(np.trace(cm) / max(n, 1)),
-            "uar": float(recall.mean()) if present.any() else 0.0}
+    k = int(round(np.sqrt(len(total) - 1)))
+    m = metrics_from_confusion(np.rint(total[1:]).reshape(k, k), range(k))
+    return {"loss": float(total[0] / max(m["samples"], 1)), "accuracy": m["accuracy"], "uar": m["uar"]}
 
 
 def _sync_start(strategy, model, initial_epoch, resume):

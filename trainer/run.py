@@ -152,9 +152,8 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         raise PeerLost(f"worker {distribution.get('worker', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
                        f"stopped; the failed worker's own record says why. Resume every worker with: "
                        f"python -m trainer train --resume {run_dir}") from None
-    status.update(weights_sha256=history.weights_sha256)
     if not chief:
-        status.update(state="finished", eta_seconds=0)
+        status.update(state="finished", eta_seconds=0, weights_sha256=history.weights_sha256)
         console.print(f"Worker {distribution['worker']} done; the chief writes the model and the metrics.")
         return
     from trainer.model import load_model
@@ -178,7 +177,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
     console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
     name, top = headline(metrics)
     status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
-                                             "ci95": top.get("ci95")}, eta_seconds=0)
+                                             "ci95": top.get("ci95")}, eta_seconds=0, weights_sha256=history.weights_sha256)
 
 
 def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir=None):
@@ -263,7 +262,7 @@ def _same_data_as_the_chief(strategy, prepared, distribution):
     if differs:
         who = "this worker's" if mine != chiefs else "another worker's"
         raise DataError(f"Worker {distribution['worker']}: {who} data differs from the chief's (files, labels, frame counts, "
-                        "split or normalisation). Every worker needs the same data: run `fab -H <cluster> sync-data`.")
+                        "split or normalisation). Every worker needs the same data: `fab -H <cluster> deploy-full` syncs every host.")
 
 
 def _peer_hint(error):
