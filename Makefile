@@ -30,7 +30,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train-cpu,deploy,dev]'
 	touch $(STAMP)
 
-# sshd, rsync and tmux stand in for the GPU host in tests and the demo; sudo for its EC2-like user.
+# sshd, rsync and tmux stand in for the GPU host in tests and the demo; sudo for its EC2-like user;
+# strace records every connect(2) of the demo (tests/test_demo.py: nothing leaves 127.0.0.0/8).
 system-deps:
 	@missing=""; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
@@ -38,6 +39,7 @@ system-deps:
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	command -v ps >/dev/null || missing="$$missing procps"; \
 	command -v sudo >/dev/null || missing="$$missing sudo"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

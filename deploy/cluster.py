@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deploy import agent, training
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import connect_host, remembered_host
+from deploy.hosts import connect_host, end_all_steps, remembered_host
 
 # worst first: the cluster's state is that of its worst worker
 SEVERITY = ["failed", "vanished", "preempted", "stopped", "none", "starting", "running", "finished"]
@@ -64,6 +64,9 @@ def each(hosts, work):
                 results.append(future.result())
             except DeployError as e:
                 failures.append(f"{h.target.label}: {e}")
+            except KeyboardInterrupt:  # Ctrl-C reaches this thread only: end the steps the others run, then stop
+                end_all_steps()
+                raise
     if failures:
         raise DeployError("; ".join(failures))
     return results

@@ -2,7 +2,8 @@
 
 Exit codes of `fab`: 0 success; 1 a step on the host failed (the message names it and what to
 do); 2 bad inventory, host choice or input (nothing was done on the host); 6 the host cannot be
-reached, or the connection to it was lost. `fab monitor` adds the run's states (README).
+reached, or the connection to it was lost; 130 interrupted (Ctrl-C: the remote step was ended and the
+host's lock released). `fab monitor` adds the run's states (README).
 """
 
 
@@ -28,3 +29,9 @@ class HostUnreachable(DeployError):
     """SSH cannot reach the host, or the connection died (no answer to keepalives, rsync timed out)."""
 
     exit_code = 6
+
+
+class Interrupted(DeployError):
+    """Ctrl-C: the step was ended (remote process group, local rsync) before the lock was released."""
+
+    exit_code = 130

@@ -19,10 +19,12 @@ import shlex
 import stat
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from fabric import Connection
+from fabric.runners import Remote
 
 from deploy.errors import HostUnreachable, LocalInputError
 from deploy.inventory import REPO_ROOT
@@ -37,7 +39,8 @@ def state_dir():
 def remember_host(target):
     """Record how to reach `target` again: inventory name or user, address, port, key file path."""
     conn = target.conn
-    _remember({"label": target.label, "user": conn.user, "address": conn.host, "port": conn.port, "key_files": key_files(conn)})
+    _remember({"label": target.label, "user": conn.user, "address": conn.host, "port": conn.port, "key_files": key_files(conn),
+               "inventory_host": target.host_name})
 
 
 def _remember(record):
@@ -59,10 +62,45 @@ def remembered_host():
     return host if isinstance(host, dict) and host.get("label") else None
 
 
+# A remote step's processes carry FACENET_STEP=<token>:<pgid> in their environment (the step's shell
+# is the leader of its own process group: sshd starts each command in a session of its own), so
+# Ctrl-C can end exactly that step's process group over a second channel (StepRunner).
+END_STEP = """f=$(grep -lzx 'FACENET_STEP={token}:[0-9]*' /proc/[0-9]*/environ 2>/dev/null | head -n 1)
+[ -n "$f" ] || exit 0
+pg=$(tr '\\0' '\\n' < "$f" | sed -n 's/^FACENET_STEP={token}://p')
+[ -n "$pg" ] && [ "$pg" -gt 1 ] || exit 0
+kill -TERM "-$pg" 2>/dev/null || exit 0
+i=0; while [ $i -lt 25 ] && kill -0 "-$pg" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+kill -KILL "-$pg" 2>/dev/null; exit 0"""
+ACTIVE_STEPS = {}  # token -> HostConnection: the remote steps running now, in every thread
+ENDED_STEPS = set()  # tokens of steps ended by an interrupt: their run() raises KeyboardInterrupt
+STEPS_LOCK = threading.Lock()
+
+
+class StepRunner(Remote):
+    """Fabric's remote runner, except that Ctrl-C ends the remote step's process group (SIGTERM, then
+    SIGKILL) instead of waiting for it to finish; the step's `run` then raises KeyboardInterrupt."""
+
+    def send_interrupt(self, interrupt):
+        token = getattr(self.context.steps, "current", None)
+        if token is None:
+            raise interrupt
+        self.context.end_step(token)
+
+
+def end_all_steps():
+    """Ctrl-C on several hosts at once (a cluster): end every remote step still running."""
+    with STEPS_LOCK:
+        running = list(ACTIVE_STEPS.items())
+    for token, conn in running:
+        conn.end_step(token)
+
+
 class HostConnection(Connection):
     """A Fabric Connection with a heartbeat: every `keepalive_interval` s it asks the server for a
     reply; after `keepalive_count_max` intervals without one it closes the transport, so a command
-    blocked on a dead network returns, and `run` raises HostUnreachable."""
+    blocked on a dead network returns, and `run` raises HostUnreachable. Ctrl-C during `run` ends
+    the remote command's process group within a few seconds, then raises KeyboardInterrupt."""
 
     keepalive_interval = 15
     keepalive_count_max = 3
@@ -70,6 +108,14 @@ class HostConnection(Connection):
     heartbeat = None
     label = None
     touch_first = None  # a remote file the next command touches as well (the autostop heartbeat, deploy.agent)
+    steps = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = threading.local()  # .current: the token of the step this thread runs
+
+    def _remote_runner(self):
+        return StepRunner(context=self, inline_env=self.inline_ssh_env)
 
     def open(self):
         result = super().open()
@@ -88,13 +134,36 @@ class HostConnection(Connection):
         if self.touch_first:  # on the task's first command: no round trip of its own
             path, self.touch_first = self.touch_first, None
             command = f"{{ mkdir -p {rq(posixpath.dirname(path))} && touch {rq(path)}; }} 2>/dev/null; {command}"
+        token = uuid.uuid4().hex[:16]
+        with STEPS_LOCK:
+            ACTIVE_STEPS[token] = self
+        self.steps.current = token
         try:
-            result = super().run(command, **kwargs)
+            result = super().run(f"export FACENET_STEP={token}:$$; {command}", **kwargs)
         except Exception:
+            if token in ENDED_STEPS:
+                raise KeyboardInterrupt from None
             self.check_alive()  # a command cut off by a dead connection is that, not its own failure
             raise
+        finally:
+            self.steps.current = None
+            with STEPS_LOCK:
+                ACTIVE_STEPS.pop(token, None)
+        if token in ENDED_STEPS:
+            raise KeyboardInterrupt
         self.check_alive()
         return result
+
+    def end_step(self, token):
+        """End the remote step `token`: its process group gets SIGTERM, then SIGKILL after 5 s."""
+        with STEPS_LOCK:
+            if token in ENDED_STEPS:
+                return
+            ENDED_STEPS.add(token)
+        try:
+            Connection.run(self, END_STEP.format(token=token), hide=True, warn=True, in_stream=False, timeout=20)
+        except Exception:  # noqa: BLE001 - a dead connection ends the remote step anyway (its channel closes)
+            pass
 
 
 class Heartbeat(threading.Thread):
@@ -125,6 +194,7 @@ class Heartbeat(threading.Thread):
 @dataclass
 class Target:
     conn: HostConnection
+    host_name: str | None = None  # the inventory entry it is, whose own remote.* paths apply (Inventory.for_host)
 
     @property
     def label(self):
@@ -143,20 +213,22 @@ def connect(c, inv):
     """A Target: the Connection to the host this task acts on (see the module docstring).
 
     `c` is what Fabric passes a task: a Connection when `-H` was given, else a Context. A
-    -H that names an inventory host, or its address, takes that entry's key file and port
-    (and its user, unless -H gave one).
+    -H that names an inventory host, or its address, takes that entry's port, user and key
+    file, unless the command line gives its own (user@, :port, -i): what it says wins.
+    The Target names the inventory entry, whose own paths (`hosts.<name>.remote`) apply.
     """
     config = c.config
     if isinstance(c, Connection):
-        host = inv.find_host(c.original_host)
+        host = inv.find_host(c.original_host) or inv.find_host(c.host)
         if host is None:
             return _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
         # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
         # told apart from no user: then the inventory entry's user applies.
         explicit_user = c.user if c.user != config.user else None
         explicit_port = c.port if c.port != 22 else None
-        return _make(inv, config, host.address, explicit_user or host.user, explicit_port or host.port,
-                     [host.key_file] if host.key_file else key_files(c), label=host.name if not (explicit_user or explicit_port) else None)
+        keys = command_line_keys() or ([host.key_file] if host.key_file else key_files(c))
+        return _make(inv, config, host.address, explicit_user or host.user, explicit_port or host.port, keys,
+                     label=host.name if not (explicit_user or explicit_port) else None, host_name=host.name)
     record = remembered_host()
     if record is None and inv.default_host:
         record = {"label": inv.default_host}
@@ -167,18 +239,29 @@ def connect(c, inv):
         )
     host = inv.find_host(record["label"])
     if host is not None:  # an inventory name: its entry as it is now (an EC2 instance gets a new address after a stop)
-        return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=host.name)
+        return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=host.name,
+                     host_name=host.name)
     if "address" not in record:  # a host string remembered by an older version
         probe = Connection(record["label"], config=config)
         return _make(inv, config, probe.host, probe.user, probe.port, key_files(probe), label=None)
+    entry = record.get("inventory_host")
     return _make(inv, config, record["address"], record.get("user"), record.get("port", 22), record.get("key_files") or [],
-                 label=record["label"])
+                 label=record["label"], host_name=entry if entry in inv.hosts else None)
+
+
+def command_line_keys():
+    """The key files given with `fab -i` (none outside a `fab` run)."""
+    from fabric.main import program
+
+    core = getattr(program, "core", None)
+    keys = core[0].args.identity.value if core and "identity" in core[0].args else None
+    return [str(k) for k in keys] if keys else []
 
 
 def connect_host(config, inv, name):
     """A Target for the inventory host `name` (a cluster's member)."""
     host = inv.hosts[name]
-    return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=name)
+    return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=name, host_name=name)
 
 
 def remember_cluster(name):
@@ -186,7 +269,7 @@ def remember_cluster(name):
     _remember({"label": name, "cluster": True})
 
 
-def _make(inv, config, address, user, port, keys, label):
+def _make(inv, config, address, user, port, keys, label, host_name=None):
     for key in keys:
         check_key_file(key)
     kwargs = {"key_filename": list(keys)} if keys else {}
@@ -195,7 +278,7 @@ def _make(inv, config, address, user, port, keys, label):
     conn.keepalive_interval, conn.keepalive_count_max = inv.ssh["keepalive_interval"], inv.ssh["keepalive_count_max"]
     conn.rsync_timeout = inv.ssh["rsync_timeout"]
     conn.label = label or f"{conn.user}@{conn.host}:{conn.port}"
-    return Target(pin_host_keys(conn))
+    return Target(pin_host_keys(conn), host_name)
 
 
 def key_files(conn):

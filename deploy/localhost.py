@@ -111,3 +111,55 @@ def seed_venv(venv, site_packages):
                            check=True, capture_output=True, text=True).stdout.strip()
     Path(inner, "facenet-deploy-shared.pth").write_text(f"{site_packages}\n")
     return venv
+
+
+def processes_under(root):
+    """{pid: command line} of this machine's processes whose command line names a path under `root`
+    (what a local "host" runs for it: trainer, launcher, host agent, TensorBoard), this one excluded."""
+    root, found = str(Path(root).resolve()), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(w.decode(errors="replace") for w in words if w)
+        if root in text:
+            found[int(entry.name)] = text
+    return found
+
+
+def end_host_processes(root, sessions=(), timeout=10):
+    """End what a local "host" under `root` still runs: its tmux `sessions`, then every process whose
+    command line names a path under `root` (SIGTERM, then SIGKILL after `timeout` s). Returns what it ended."""
+    import signal
+
+    ended = []
+    for session in sessions:
+        if subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True).returncode == 0:
+            ended.append(f"tmux session {session}")
+    procs = processes_under(root)
+    for pid in procs:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in procs):
+        time.sleep(0.1)
+    for pid in procs:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return ended + [f"pid {pid} ({text[:120]})" for pid, text in procs.items()]
+
+
+def _alive(pid):
+    """`pid` runs and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

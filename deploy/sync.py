@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy.errors import DeployError, HostUnreachable, LocalInputError
+from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
 from trainer.errors import UserError
@@ -49,7 +49,7 @@ def rsync(conn, args, show_progress=False):
     except KeyboardInterrupt:
         proc.terminate()  # rsync keeps what it has (partial files in --partial-dir) for the next run
         proc.wait()
-        raise DeployError("Interrupted. Run the same command again: rsync resumes where it stopped.") from None
+        raise Interrupted("Interrupted. Run the same command again: rsync resumes where it stopped.") from None
     if live:
         sys.stdout.write("\n")
     if code in RSYNC_CONNECTION_CODES:

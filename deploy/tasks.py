@@ -8,13 +8,16 @@ for tasks that change the host, the host's lock and the refusal to work under a 
 
 import contextlib
 import functools
+import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
-from paramiko import BadHostKeyException, SSHException
+from paramiko import AuthenticationException, BadHostKeyException, SSHException
 from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 from rich.text import Text
@@ -22,7 +25,7 @@ from rich.text import Text
 from deploy import agent, cluster, lock, observe, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
-from deploy.hosts import connect, known_hosts_file, remember_cluster, remember_host
+from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
 from trainer.run_view import render  # the monitor screen; the host's monitor_training.sh draws the same
 
@@ -54,6 +57,7 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
 
         @functools.wraps(body)
         def run(c, *args, **kwargs):
+            target = None
             try:
                 refuse_several_hosts()
                 inv = load_inventory()
@@ -63,6 +67,7 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
                         before_connect(inv, **kwargs)
                     return run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs)
                 target = connect(c, inv)
+                inv = inv.for_host(target.host_name)  # that host's own folders (hosts.<name>.remote) for every step
                 say(f"host: {target.describe()}", "dim")
                 if before_connect:
                     before_connect(inv, **kwargs)
@@ -76,10 +81,41 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
             except Exit:
                 raise
             except BaseException as e:
-                raise as_exit(e) from None
+                raise as_exit(e, target) from None
 
-        return task(name=task_name, **task_kwargs)(run)
+        def run_interruptibly(c, *args, **kwargs):
+            with interrupts_end_the_step():
+                return run(c, *args, **kwargs)
+
+        return task(name=task_name, **task_kwargs)(functools.wraps(body)(run_interruptibly))
     return decorate
+
+
+@contextlib.contextmanager
+def interrupts_end_the_step():
+    """Ctrl-C: the first raises KeyboardInterrupt (the remote step's process group is ended, see
+    deploy.hosts.StepRunner, then the host's lock is released and the task exits 130); a second one
+    only says that this is under way; a third exits at once, leaving the lock for `fab unlock`."""
+    pressed = []
+
+    def on_sigint(signum, frame):
+        pressed.append(time.monotonic())
+        if len(pressed) == 1:
+            raise KeyboardInterrupt
+        if len(pressed) == 2:
+            say("Stopping: ending the step on the host, then releasing its lock (a few seconds). Ctrl-C again quits at once.", "yellow")
+            return
+        say("Quit at once: the host's lock may stay; if so, `fab unlock` once nothing runs there.", "bold red")
+        os._exit(130)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs):
@@ -121,10 +157,17 @@ def refuse_several_hosts():
                               "`fab -H pair deploy-full`; otherwise run the command once per host.")
 
 
-def as_exit(e):
+def as_exit(e, target=None):
     """An exception as the one line and exit code the user sees (see deploy.errors)."""
     if isinstance(e, DeployError):
         return Exit(f"error: {e}", code=e.exit_code)
+    if isinstance(e, AuthenticationException):  # the host answered: it is the key or the user, not the network
+        conn = target.conn if target else None
+        who = f"user {conn.user!r} at {conn.host}:{conn.port}" if conn else "the host"
+        keys = ", ".join(key_files(conn)) if conn and key_files(conn) else "none given (only ssh-agent and ~/.ssh defaults)"
+        return Exit(f"error: the host refused the SSH login of {who} with key {keys} ({e}). Check the user (-H user@host or "
+                    "hosts.<name>.user) and the key (-i, or hosts.<name>.key_file): the host's authorized_keys must hold its public key.",
+                    code=LocalInputError.exit_code)
     if isinstance(e, BadHostKeyException):
         return Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
                     "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
@@ -296,8 +339,8 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
     inv = h.inv
     console.rule(f"deploy-full to {h.target.label}")
     resumed = Path(resume_from) if resume_from else None  # checked before connecting (_deploy_checks)
-    if run_name:
-        training.refuse_new_run_name(h.conn, inv, run_name)  # now, not after the smoke test
+    if run_name or resumed:
+        training.refuse_new_run_name(h.conn, inv, run_name or resumed.name, resuming=bool(resumed))  # now, not after the smoke test
     say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")
     say(f"training config: {inv.train_config}; runs: {inv.remote['runs_dir']}; tmux session: {inv.tmux_session}")
     if resumed:

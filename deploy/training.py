@@ -107,10 +107,12 @@ def valid_run_name(name):
         raise LocalInputError(str(e)) from None
 
 
-def refuse_new_run_name(conn, inv, name):
+def refuse_new_run_name(conn, inv, name, resuming=False):
+    """LocalInputError (nothing done on the host yet) if the host holds a run `name` already."""
     if conn.run(f"test -e {rq(rjoin(inv.remote['runs_dir'], name, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
-        raise LocalInputError(f"Run {name} already exists on the host in {inv.remote['runs_dir']}: pick another --run-name, "
-                              "or continue it with `fab train --resume`.")
+        what = ("continue it there with `fab train --resume`, or remove it first; nothing was done on the host" if resuming
+                else "pick another --run-name, or continue it with `fab train --resume`")
+        raise LocalInputError(f"Run {name} already exists on the host in {inv.remote['runs_dir']}: {what}.")
 
 
 def refuse_while_training(conn, inv, say, task, restart):

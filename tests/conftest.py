@@ -137,15 +137,11 @@ class DeployEnv:
             return None
 
     def cleanup(self):
-        import signal
+        """End everything this env's host still runs: its tmux sessions, and the trainers, host agents
+        and TensorBoard started under its folders (deploy.localhost.end_host_processes)."""
+        from deploy.localhost import end_host_processes
 
-        for session in (self.inventory["tmux_session"], self.inventory["tensorboard"]["session"]):
-            subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
-        if self.agent_pid():
-            try:
-                os.kill(self.agent_pid(), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        end_host_processes(self.root, (self.inventory["tmux_session"], self.inventory["tensorboard"]["session"]))
 
 
 @pytest.fixture

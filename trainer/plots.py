@@ -58,28 +58,45 @@ def recall_png(metrics, name):
     return _png(fig)
 
 
-def learning_curves_png(history_csv):
-    """Loss and UAR per epoch, training and validation, from history.csv (CSVLogger)."""
+def learning_curves_png(history_csv, best_epoch=None, classes=None):
+    return _png(learning_curves_figure(history_csv, best_epoch, classes))
+
+
+def learning_curves_figure(history_csv, best_epoch=None, classes=None):
+    """Loss, accuracy and UAR per epoch, training and validation, from history.csv (CSVLogger).
+
+    Whole epochs on the x axis; `best_epoch` (1-based: the epoch best.keras holds) is marked on
+    every panel, and chance (1 / `classes`) is drawn on the accuracy and UAR panels."""
+    from matplotlib.ticker import MaxNLocator
+
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig = Figure(figsize=(11, 4))
-    for i, (metric, label) in enumerate((("loss", "loss"), ("uar", "UAR")), 1):
-        ax = fig.add_subplot(1, 2, i)
+    fig = Figure(figsize=(15, 4))
+    for i, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"), ("uar", "UAR")), 1):
+        ax = fig.add_subplot(1, 3, i)
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if rows and key in rows[0]:
-                ax.plot(epochs, [float(r[key]) for r in rows], style, label="validation" if key.startswith("val_") else "training")
+                ax.plot(epochs, [float(r[key]) for r in rows], style, marker="." if len(rows) < 30 else None,
+                        label="validation" if key.startswith("val_") else "training")
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", linestyle=":", label=f"best epoch ({best_epoch}: best.keras)")
+        if classes and metric != "loss":
+            ax.axhline(1 / classes, color="gray", linestyle=":", label=f"chance (1/{classes})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=label, title=label)
+        if metric != "loss":
+            ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
 
 
-def save_pictures(run_dir, metrics, name):
+def save_pictures(run_dir, metrics, name, best_epoch=None):
     """The run's PNGs beside metrics.json; returns them as {file name: PNG bytes}."""
     run_dir = Path(run_dir)
     pictures = {"confusion_matrix.png": confusion_png(metrics, name), "recall.png": recall_png(metrics, name)}
     if (run_dir / "history.csv").is_file():
-        pictures["learning_curves.png"] = learning_curves_png(run_dir / "history.csv")
+        pictures["learning_curves.png"] = learning_curves_png(run_dir / "history.csv", best_epoch, len(metrics["classes"]))
     for file, png in pictures.items():
         (run_dir / file).write_bytes(png)
     return pictures

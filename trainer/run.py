@@ -302,7 +302,7 @@ def draw(run_dir, metrics, step):
     from trainer.plots import confusion_png, log_image, save_pictures
 
     name = metrics["headline"]
-    pictures = save_pictures(run_dir, metrics[name], name)
+    pictures = save_pictures(run_dir, metrics[name], name, best_epoch=metrics.get("best_epoch"))
     log_image(run_dir / "logs", f"{name}/confusion_matrix_at_end", pictures["confusion_matrix.png"], step)
     log_image(run_dir / "logs", f"{name}/recall_per_class_at_end", pictures["recall.png"], step)
     if name != "validation":
