@@ -59,20 +59,26 @@ def not_ec2(error):
     return "timeout" if isinstance(reason, TimeoutError) else "unsure"
 
 
+def describe(error):
+    """"ConnectionRefusedError: [Errno 111] Connection refused" rather than urllib's wrapper around it."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError) else error
+    return f"{type(reason).__name__}: {reason}"[:200]
+
+
 def instance_info(state, url):
     """{ec2: True, instance_type, instance_id, spot} where IMDSv2 answers, else {ec2: False, why, answer}
     (`answer`: what not_ec2 says of the token request; "unsure" for a later failure)."""
     try:
         token = imds_token(state, url)
     except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
-        return {"ec2": False, "why": f"{type(e).__name__}: {e}"[:200], "answer": not_ec2(e)}
+        return {"ec2": False, "why": describe(e), "answer": not_ec2(e)}
     try:
         get = lambda path: imds(state, url, path, headers={"X-aws-ec2-metadata-token": token})  # noqa: E731
         life = get("meta-data/instance-life-cycle") or "on-demand"
         return {"ec2": True, "instance_type": get("meta-data/instance-type"), "instance_id": get("meta-data/instance-id"),
                 "spot": life.strip() == "spot"}
     except (OSError, ValueError) as e:
-        return {"ec2": False, "why": f"{type(e).__name__}: {e}"[:200], "answer": "unsure"}
+        return {"ec2": False, "why": describe(e), "answer": "unsure"}
 
 
 def spot_notice(state, url):
