@@ -426,10 +426,11 @@ def tensorboard_tunnel(h, local_port=None):
 @host_task(help={"idle_minutes": "arm: run autostop.command (default: power off) after this many idle minutes",
                  "cancel": "disarm"})
 def autostop(h, idle_minutes=None, cancel=False):
-    """Power the host off when it has been idle: no training running and no fab task for N minutes.
+    """Power the host off when it has been idle for N minutes: no training, no fab task, no SSH login, no GPU process.
 
     The host's agent (remote_scripts/host_agent.py) does it, so the laptop may be closed; it
-    never fires while a training runs and is re-armed at boot (crontab). The command is
+    never fires while a training runs, and cron starts it at boot and every minute unless it runs.
+    autostop.wait_for in the inventory says whether SSH logins and GPU processes count. The command is
     autostop.command (default `sudo -n /sbin/poweroff`: an EC2 instance then stops and its disk
     is kept, unless its shutdown behavior is "terminate": then the instance and its root disk,
     with every run on it, are deleted). Without options: say whether it is armed. Inventory
