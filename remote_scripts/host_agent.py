@@ -238,9 +238,16 @@ def start(runs_dir):
     """Start the agent, detached from this SSH session; True if one was started (False: one runs already)."""
     if agent_running(runs_dir):
         return False
-    with open(files(runs_dir)["agent.log"], "a") as out:
+    try:
+        out = open(files(runs_dir)["agent.log"], "a")
+    except OSError:  # a full disk without an inode for the log: start it anyway
+        out = subprocess.DEVNULL
+    try:
         subprocess.Popen([sys.executable, HERE, "run", runs_dir], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                          start_new_session=True, close_fds=True, cwd="/")
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
     return True
 
 
@@ -314,7 +321,10 @@ def main(argv):
             start(runs_dir)
         return 0
     if command == "configure":
-        outcome = configure(runs_dir, json.loads(argv[2]))
+        try:
+            outcome = configure(runs_dir, json.loads(argv[2]))
+        except OSError as e:  # e.g. a full disk: settings.json cannot be written
+            outcome = {"ok": False, "message": f"The host agent could not write its settings in {agent_dir(runs_dir)}: {e}"}
         print(json.dumps(outcome))
         return 0 if outcome["ok"] else 1
     print(__doc__, file=sys.stderr)
