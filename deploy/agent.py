@@ -1,19 +1,27 @@
 """The host agent (remote_scripts/host_agent.py) from the laptop: heartbeat, settings, autostop.
 
-    touch(conn, inv)                                   # every task: "a fab task used the host now"
-    beat(conn, inv)                                    # the same, at once (a long-lived task, every minute)
+    with activity(conn, inv): ...                      # every task: the host is busy from its first command to its end
+    beat(conn, inv)                                    # touch the heartbeat at once
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
     run = start_training(conn, inv, label, say, run_name="r1")  # settings first, then training.launch
 
 The agent runs on the host, so autostop and the spot watcher work with the laptop closed.
+A task is activity for autostop from its first command (which touches the heartbeat) to its end:
+a keeper thread touches the heartbeat, and renews the lease of the host lock the task holds
+(deploy.lock), every BEAT_SECONDS over the task's own SSH connection (a channel of its own,
+beside the task's commands; rsync's OpenSSH connection plays no part).
 """
 
+import contextlib
 import json
+import os
 import shlex
+import threading
 
-from deploy.errors import DeployError
+from deploy import lock
+from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq
 from deploy.training import launch as launch_training
 from deploy.training import script
@@ -30,8 +38,77 @@ def heartbeat(inv):
 
 
 def touch(conn, inv):
-    """The task's first command also touches the heartbeat (see HostConnection.touch_first)."""
+    """The task's next command also touches the heartbeat (see HostConnection.touch_first)."""
     conn.touch_first = heartbeat(inv)
+
+
+BEAT_ENV = "FACENET_TASK_BEAT_SECONDS"  # tests beat faster than the default
+BEAT_SECONDS = 30  # at most 60: lock.LEASE_SECONDS allows three missed renewals at 60 s
+
+
+def beat_seconds():
+    value = os.environ.get(BEAT_ENV) or BEAT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds <= 60:
+        raise LocalInputError(f"{BEAT_ENV} expects seconds between a keeper's beats, above 0 and at most 60. Received: {value!r}")
+    return seconds
+
+
+@contextlib.contextmanager
+def activity(conn, inv):
+    """The task is activity for the host's autostop while this block runs: its first command also
+    touches the heartbeat (HostConnection.touch_first, no round trip of its own), then a keeper
+    thread beats every beat_seconds() while the connection is open."""
+    seconds = beat_seconds()
+    touch(conn, inv)
+    keeper = Keeper(conn, heartbeat(inv), seconds)
+    keeper.start()
+    try:
+        yield keeper
+    finally:
+        keeper.stop()
+
+
+class Keeper(threading.Thread):
+    """Touches the heartbeat and renews the host lock's lease (when this task holds it) every
+    `seconds`, on a channel of the task's open connection; a beat that fails is skipped (the
+    connection's own keepalives decide whether the host is lost)."""
+
+    def __init__(self, conn, heartbeat_path, seconds):
+        super().__init__(daemon=True, name="autostop-keeper")
+        self.conn, self.path, self.seconds = conn, heartbeat_path, seconds
+        self.stopped = threading.Event()
+        self.beats = 0
+
+    def run(self):
+        while not self.stopped.wait(self.seconds):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001, S110 - a missed beat is no reason to disturb the task
+                pass
+
+    def beat(self):
+        transport = self.conn.transport if self.conn.is_connected else None
+        if transport is None or not transport.is_active():
+            return  # not connected yet: the task's first command touches the heartbeat
+        command = f"touch {rq(self.path)} 2>/dev/null"
+        lease = lock.lease_command(self.conn)
+        if lease:
+            command += f"; {lease}"
+        channel = transport.open_session(timeout=self.seconds)
+        try:
+            channel.exec_command(command)
+            if channel.status_event.wait(max(self.seconds, 10)):
+                self.beats += 1
+        finally:
+            channel.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=2)
 
 
 def beat(conn, inv):
@@ -39,16 +116,22 @@ def beat(conn, inv):
     conn.run(f"mkdir -p {rq(agent_dir(inv))} && touch {rq(heartbeat(inv))}", hide=True, warn=True, in_stream=False)
 
 
+def autostop_settings(inv, minutes):
+    """Autostop armed for `minutes` idle minutes, as the agent's settings."""
+    return {"idle_seconds": minutes * 60, "command": inv.autostop["command"], "wait_for": inv.autostop["wait_for"]}
+
+
 def inventory_autostop(inv):
     """The inventory's autostop as agent settings, or KEEP when the inventory sets none (a `fab autostop` stays)."""
     minutes = inv.autostop["idle_minutes"]
-    return {"idle_seconds": minutes * 60, "command": inv.autostop["command"]} if minutes else KEEP
+    return autostop_settings(inv, minutes) if minutes else KEEP
 
 
 def configure(conn, inv, label, autostop=KEEP):
     """Send the settings (tmux session, EC2 metadata, price, and autostop unless KEEP) and start the
     agent if it is not running; returns host_agent.py's outcome (settings, boot, started)."""
-    changes = {"session": inv.tmux_session, "metadata_url": inv.ec2["metadata_url"], "poll_seconds": inv.ec2["poll_seconds"],
+    changes = {"session": inv.tmux_session, "metadata_url": inv.ec2["metadata_url"],
+               "metadata_explicit": inv.ec2.get("metadata_url_explicit", True), "poll_seconds": inv.ec2["poll_seconds"],
                "spot_grace_seconds": inv.ec2["spot_grace_seconds"], "price_per_hour": inv.price_of(label)}
     if autostop is not KEEP:
         changes["autostop"] = autostop
@@ -69,8 +152,9 @@ def describe(settings, boot=None):
     auto = settings.get("autostop")
     if not auto:
         return "autostop: off" + (f" ({boot})" if boot else "")
+    waits = {"ssh": "no SSH login", "gpu": "no process on the GPU"}
     text = (f"autostop: armed: the host runs `{auto['command']}` after {auto['idle_seconds'] / 60:.4g} idle minutes "
-            "(no training running, no fab task)")
+            f"({', '.join(['no training running', 'no fab task'] + [waits[w] for w in auto.get('wait_for', []) if w in waits])})")
     return text + (f"; {boot}" if boot else "")
 
 

@@ -62,12 +62,13 @@ DEFAULTS = {
     "python": "python3",
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
-    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff"},
+    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]},
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
 NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds"}  # > 0; null where the default is
+WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
 
@@ -174,9 +175,12 @@ def load_inventory(path=None):
         if not SESSION_NAME.fullmatch(value):
             raise InventoryError(f"Inventory key {key!r} in {path} expects a tmux session name of letters, digits, '_' or '-' "
                                  f"(tmux renames '.' and ':'). Received: {value!r}")
-    if not cfg["ec2"]["metadata_url"].startswith(("http://", "https://")):
-        raise InventoryError(f"Inventory key 'ec2.metadata_url' in {path} expects an http:// URL (EC2's is http://169.254.169.254). "
-                             f"Received: {cfg['ec2']['metadata_url']!r}")
+    unknown = [w for w in cfg["autostop"]["wait_for"] if w not in WAIT_FOR]
+    if unknown:
+        raise InventoryError(f"Inventory key 'autostop.wait_for' in {path} lists what keeps the host up besides a training and a "
+                             f"fab task: any of {', '.join(WAIT_FOR)} (or []). Received: {unknown[0]!r}")
+    # the agent gives EC2's default address up on a "not EC2" answer, a URL the inventory names never
+    cfg["ec2"]["metadata_url_explicit"] = "metadata_url" in (raw.get("ec2") or {})
     check_remote_paths(cfg["remote"], path)
     for host in hosts.values():
         if host.remote:
@@ -207,6 +211,14 @@ def _merge(base, new, prefix, path):
             if not isinstance(value, dict):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects a mapping of {dotted[:-1]} name to settings. Received: {value!r}")
             base[key] = value
+        elif dotted == "ec2.metadata_url":  # null, or off (YAML reads a bare `off` as false): no metadata requests at all
+            if value is None or value is False or value == "off":
+                base[key] = None
+            elif isinstance(value, str) and value.startswith(("http://", "https://")):
+                base[key] = value
+            else:
+                raise InventoryError(f"Inventory key 'ec2.metadata_url' in {path} expects an http:// URL (EC2's is "
+                                     f"http://169.254.169.254), or null / off for no metadata requests. Received: {value!r}")
         elif isinstance(default, dict):
             if not isinstance(value, dict):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects a mapping. Received: {value!r}")

@@ -72,12 +72,12 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
                 if before_connect:
                     before_connect(inv, **kwargs)
                 h = Host(inv, target)
-                agent.touch(h.conn, inv)  # autostop counts idle time from the last task
-                if not changes_host:
-                    return body(h, *args, **kwargs)
-                with lock.host_lock(h.conn, inv, task_name):
-                    training.refuse_while_training(h.conn, inv, say, task_name, kwargs.get("restart", False))
-                    return body(h, *args, **kwargs)
+                with agent.activity(h.conn, inv):  # autostop waits while the task runs (heartbeat, lock lease)
+                    if not changes_host:
+                        return body(h, *args, **kwargs)
+                    with lock.host_lock(h.conn, inv, task_name):
+                        training.refuse_while_training(h.conn, inv, say, task_name, kwargs.get("restart", False))
+                        return body(h, *args, **kwargs)
             except Exit:
                 raise
             except BaseException as e:
@@ -126,11 +126,11 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
     members = cluster.connect_members(c, inv, group)
     say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
     hosts = [Host(hinv, target) for _, target, hinv in members]
-    for h in hosts:
-        agent.touch(h.conn, h.inv)
-    if not changes_host:
-        return on_cluster(hosts, group, *args, **kwargs)
     with contextlib.ExitStack() as held:
+        for h in hosts:
+            held.enter_context(agent.activity(h.conn, h.inv))
+        if not changes_host:
+            return on_cluster(hosts, group, *args, **kwargs)
         for h in hosts:
             held.enter_context(lock.host_lock(h.conn, h.inv, task_name))
         for h in hosts:
@@ -469,10 +469,11 @@ def tensorboard_tunnel(h, local_port=None):
 @host_task(help={"idle_minutes": "arm: run autostop.command (default: power off) after this many idle minutes",
                  "cancel": "disarm"})
 def autostop(h, idle_minutes=None, cancel=False):
-    """Power the host off when it has been idle: no training running and no fab task for N minutes.
+    """Power the host off when it has been idle for N minutes: no training, no fab task, no SSH login, no GPU process.
 
     The host's agent (remote_scripts/host_agent.py) does it, so the laptop may be closed; it
-    never fires while a training runs and is re-armed at boot (crontab). The command is
+    never fires while a training runs, and cron starts it at boot and every minute unless it runs.
+    autostop.wait_for in the inventory says whether SSH logins and GPU processes count. The command is
     autostop.command (default `sudo -n /sbin/poweroff`: an EC2 instance then stops and its disk
     is kept, unless its shutdown behavior is "terminate": then the instance and its root disk,
     with every run on it, are deleted). Without options: say whether it is armed. Inventory
@@ -489,7 +490,7 @@ def autostop(h, idle_minutes=None, cancel=False):
             minutes = 0
         if not minutes > 0:
             raise LocalInputError(f"--idle-minutes expects a number of minutes above 0. Received: {idle_minutes!r}")
-        outcome = agent.configure(h.conn, h.inv, h.target.label, autostop={"idle_seconds": minutes * 60, "command": h.inv.autostop["command"]})
+        outcome = agent.configure(h.conn, h.inv, h.target.label, autostop=agent.autostop_settings(h.inv, minutes))
     else:
         outcome = agent.configure(h.conn, h.inv, h.target.label)
     say(agent.describe(outcome["settings"], outcome.get("boot")))

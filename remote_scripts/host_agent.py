@@ -2,24 +2,31 @@
 """The host's own watcher, so that the laptop may be closed: autostop and spot preemption.
 
     python3 host_agent.py configure RUNS_DIR SETTINGS_JSON   # the deploy side: merge settings, start the agent; prints JSON
-    python3 host_agent.py boot RUNS_DIR                      # the @reboot crontab line: start it again if autostop is armed
+    python3 host_agent.py boot RUNS_DIR                      # the crontab's lines (@reboot, every minute): start it if armed and not running
     python3 host_agent.py run RUNS_DIR                       # the agent itself (one per runs dir, held by a lock)
 
 Standard library only (it runs with the system python3). Its files are in RUNS_DIR/.agent/:
 
-    settings.json   what the deploy side set: session, autostop {idle_seconds, command}, metadata_url,
-                    poll_seconds, spot_grace_seconds, price_per_hour
-    heartbeat       touched by every `fab` task on this host
-    state.json      the agent's view, rewritten every poll: pid, EC2 instance (type, spot), autostop
+    settings.json   what the deploy side set: session, autostop {idle_seconds, command, wait_for},
+                    metadata_url (null: off), metadata_explicit, poll_seconds, spot_grace_seconds, price_per_hour
+    heartbeat       touched by every `fab` task on this host, at its start and every half minute
+    state.json      the agent's view, rewritten every poll: pid, EC2 instance (type, spot), autostop,
+                    activity (what it last saw keeping the host busy), metadata_probe and the
+                    metadata requests it made (count, last URLs)
     fired.json      when autostop last fired, its command and exit code
     agent.log
 
 Autostop fires once when no training runs and nothing happened for idle_seconds, counted from the
 latest of: the heartbeat, the last time the agent saw a training run, the end of the current run,
-the agent's start (so a rebooted host gets the whole idle time) and the arming.
+the last time it saw activity (host_activity.py: a fab task holding the host lock, an
+interactive SSH login, a process on the GPU), the agent's start (so a rebooted host gets the
+whole idle time) and the arming. It runs the command first and records it after (fired.json),
+so a full disk cannot keep it from firing; no OSError ends the agent, and the crontab restarts
+it every minute if it ends anyway.
 
 On EC2 (IMDSv2 answers at metadata_url) it polls spot/instance-action; on a notice it marks the
 running training preempted and stops it (run_state.stop), keeping the backup of the last epoch.
+When to ask the metadata service, and when to stop asking: ec2_metadata.py.
 """
 
 import fcntl
@@ -31,17 +38,17 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
+import host_activity
 import run_state
+from ec2_metadata import EC2_METADATA_URL, probe_instance, spot_notice
 
 HERE = os.path.abspath(__file__)
-DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": "http://169.254.169.254",
-            "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None}
+DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
+            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None}
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
+WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
 BOOT_MARK = "# facenet-deploy host agent"
-INSTANCE_RECHECK_SECONDS = 600  # a host that is not on EC2 is asked again this often
 
 
 def agent_dir(runs_dir):
@@ -65,53 +72,27 @@ def iso(t):
 
 
 def log(runs_dir, message):
-    with open(files(runs_dir)["agent.log"], "a") as f:
-        f.write(f"{iso(time.time())} {message}\n")
-
-
-# --- EC2 instance metadata (IMDSv2) -------------------------------------------------------
-
-def imds(url, path, token=None, timeout=1.0):
-    """GET metadata_url/latest/PATH with the IMDSv2 token; None for 404 (e.g. no spot notice)."""
-    request = urllib.request.Request(f"{url.rstrip('/')}/latest/{path}", headers={"X-aws-ec2-metadata-token": token or ""})
+    """Best-effort: a full disk loses the line, never the agent."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.read().decode()
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return None
-        raise
+        with open(files(runs_dir)["agent.log"], "a") as f:
+            f.write(f"{iso(time.time())} {message}\n")
+    except OSError:
+        pass
 
 
-def imds_token(url, timeout=1.0):
-    request = urllib.request.Request(f"{url.rstrip('/')}/latest/api/token", method="PUT",
-                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
-        return answer.read().decode()
-
-
-def instance_info(url):
-    """{ec2: True, instance_type, instance_id, spot} where IMDSv2 answers, else {ec2: False, why}."""
+def save(path, record):
+    """Write a JSON file atomically; False (and nothing left behind) when the disk refuses."""
     try:
-        token = imds_token(url)
-        life = imds(url, "meta-data/instance-life-cycle", token) or "on-demand"
-        return {"ec2": True, "instance_type": imds(url, "meta-data/instance-type", token),
-                "instance_id": imds(url, "meta-data/instance-id", token), "spot": life.strip() == "spot"}
-    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
-        return {"ec2": False, "why": f"{type(e).__name__}: {e}"[:200]}
-
-
-def spot_notice(url):
-    """The spot interruption notice ({action, time}) or None."""
-    token = imds_token(url)
-    text = imds(url, "meta-data/spot/instance-action", token)
-    return json.loads(text) if text else None
+        run_state.write_atomic(path, json.dumps(record))
+        return True
+    except OSError:
+        return False
 
 
 # --- autostop -----------------------------------------------------------------------------
 
 def autostop_view(settings, state, runs_dir, running):
-    """{armed, idle_seconds, command, fires_at, waiting_for_training} from the settings and the agent's state."""
+    """{armed, idle_seconds, command, fires_at, waiting_for_training, waiting_for} from the settings and the agent's state."""
     auto = settings.get("autostop")
     if not auto:
         return {"armed": False}
@@ -120,29 +101,30 @@ def autostop_view(settings, state, runs_dir, running):
     valid = current is not None and run_state.RUN_NAME.fullmatch(current)  # a name is a path: only a valid one
     ended = mtime(os.path.join(os.path.expanduser(runs_dir), current, run_state.EXIT)) if valid else 0.0
     last_activity = max(mtime(paths["heartbeat"]), ended, auto.get("armed_at", 0), state.get("started", 0),
-                        state.get("training_seen", 0))
+                        state.get("training_seen", 0), state.get("activity_seen", 0))
     view = {"armed": True, "idle_seconds": auto["idle_seconds"], "command": auto["command"], "last_activity": iso(last_activity),
-            "waiting_for_training": bool(running)}
+            "waiting_for_training": bool(running), "waiting_for": state.get("activity") or [],
+            "wait_for": list(auto.get("wait_for", WAIT_FOR))}
     view["fires_at_epoch"] = None if running else last_activity + auto["idle_seconds"]
     view["fires_at"] = iso(view["fires_at_epoch"])
-    fired = run_state.read_json(paths["fired.json"]) or {}
+    fired = state.get("fired") or run_state.read_json(paths["fired.json"]) or {}  # this agent's own record first: the disk may be full
     view["fired"] = fired if fired.get("after_activity") == view["last_activity"] else None  # once per idle period
     view["last_fired"] = fired or None
     return view
 
 
-def fire(runs_dir, view):
-    paths = files(runs_dir)
+def fire(runs_dir, view, state):
+    """Run the command first (nothing written before it: the disk may be full), then record it, best-effort;
+    state.json keeps the record too, and a record the disk refused is written when it takes it again."""
     record = {"fired_at": iso(time.time()), "after_activity": view["last_activity"], "command": view["command"]}
-    run_state.write_atomic(paths["fired.json"], json.dumps(record))
-    log(runs_dir, f"autostop: idle since {view['last_activity']}; running {view['command']!r}")
+    state["fired"] = record  # in memory: once per idle period, whatever the disk says
     try:
         out = subprocess.run(["sh", "-c", view["command"]], capture_output=True, text=True, timeout=120)
         record.update(exit_code=out.returncode, output=(out.stdout + out.stderr)[-2000:])
     except (OSError, subprocess.SubprocessError) as e:
         record.update(exit_code=None, output=str(e))
-    run_state.write_atomic(paths["fired.json"], json.dumps(record))
-    log(runs_dir, f"autostop: command exited {record['exit_code']}")
+    state["fired_saved"] = save(files(runs_dir)["fired.json"], record)
+    log(runs_dir, f"autostop: idle since {view['last_activity']}; ran {view['command']!r}, which exited {record['exit_code']}")
 
 
 # --- the agent loop -----------------------------------------------------------------------
@@ -163,27 +145,32 @@ def lock(runs_dir):
 
 
 def poll_once(runs_dir, settings, state):
-    """One round: instance, spot notice, autostop. Updates and returns `state`."""
+    """One round: instance, spot notice, activity, autostop. Updates and returns `state`."""
     now = time.time()
     url = settings["metadata_url"]
-    recheck = INSTANCE_RECHECK_SECONDS if not (state.get("instance") or {}).get("ec2") else 3600
-    if url and (state.get("instance_url") != url or now - state.get("instance_checked", 0) > recheck):
-        state.update(instance=instance_info(url), instance_checked=now, instance_url=url)
+    probe_instance(settings, state, now)
     running = run_state.running_run(runs_dir, settings["session"])
     if running:
         state["training_seen"] = now
     if running and url and (state.get("instance") or {}).get("ec2"):
         try:
-            notice = spot_notice(url)
+            notice = spot_notice(state, url)
         except (OSError, ValueError) as e:
             notice, state["spot_error"] = None, f"{type(e).__name__}: {e}"[:200]
         if notice:
             preempt(runs_dir, settings, running, notice)
             state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now)}
+    auto = settings.get("autostop")
+    busy, problems = host_activity.seen(runs_dir, auto.get("wait_for", WAIT_FOR)) if auto else ([], [])
+    state.update(activity=busy, activity_problems=problems)
+    if busy:
+        state["activity_seen"] = now
     view = autostop_view(settings, state, runs_dir, running)
     if view["armed"] and not running and now >= view["fires_at_epoch"] and not view["fired"]:
-        fire(runs_dir, view)
-    state.update(polled_at=iso(now), autostop=view, running=running[0] if running else None)
+        fire(runs_dir, view, state)
+    elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
+        state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
+    state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, running), running=running[0] if running else None)
     return state
 
 
@@ -197,25 +184,39 @@ def preempt(runs_dir, settings, running, notice):
     log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
 
 
+KEPT_ACROSS_RESTARTS = ("instance_url", "metadata_explicit", "metadata_probe", "metadata_requests", "metadata_urls")
+
+
 def run(runs_dir):
-    held = lock(runs_dir)
+    """The agent's loop. No error ends it: a round that fails is logged (best-effort) and the next one comes."""
+    try:
+        held = lock(runs_dir)
+    except OSError as e:  # e.g. no inode left for the lock file: cron tries again in a minute
+        print(f"host agent: cannot open its lock in {agent_dir(runs_dir)}: {e}", file=sys.stderr)
+        return 1
     if held is None:
         return 0  # another agent watches this runs dir
     source = mtime(HERE)
-    state = {"pid": os.getpid(), "started": time.time(), "started_at": iso(time.time())}
+    state = {"pid": os.getpid(), "started": time.time(), "started_at": iso(time.time()), "metadata_requests": 0, "metadata_urls": []}
     old = run_state.read_json(files(runs_dir)["state.json"]) or {}
     if old.get("pid") == os.getpid():  # re-executed after a code sync: keep what it had seen
-        state.update({k: old[k] for k in ("started", "started_at", "training_seen") if k in old})
-    run_state.write_atomic(files(runs_dir)["state.json"], json.dumps(state))
+        state.update({k: old[k] for k in ("started", "started_at", "training_seen", "activity_seen", "fired", "fired_saved") if k in old})
+    if old.get("metadata_probe", "").startswith("stopped"):  # "not EC2" stays said, for these settings
+        state.update({k: old[k] for k in KEPT_ACROSS_RESTARTS if k in old})
+    else:
+        state.update({k: old[k] for k in ("metadata_requests", "metadata_urls") if k in old})
+    save(files(runs_dir)["state.json"], state)
     log(runs_dir, f"agent started (pid {os.getpid()})")
     while True:
-        settings = read_settings(runs_dir)
+        pause = DEFAULTS["poll_seconds"]
         try:
+            settings = read_settings(runs_dir)
+            pause = max(0.2, float(settings["poll_seconds"]))
             poll_once(runs_dir, settings, state)
         except Exception as e:  # noqa: BLE001 - the watcher must outlive one bad round
             log(runs_dir, f"poll failed: {type(e).__name__}: {e}")
-        run_state.write_atomic(files(runs_dir)["state.json"], json.dumps(state))
-        time.sleep(max(0.2, float(settings["poll_seconds"])))
+        save(files(runs_dir)["state.json"], state)
+        time.sleep(pause)
         if mtime(HERE) != source:  # `fab sync-code` brought a new version: continue as it
             log(runs_dir, "code changed: restarting")
             held.close()
@@ -237,27 +238,37 @@ def start(runs_dir):
     """Start the agent, detached from this SSH session; True if one was started (False: one runs already)."""
     if agent_running(runs_dir):
         return False
-    with open(files(runs_dir)["agent.log"], "a") as out:
+    try:
+        out = open(files(runs_dir)["agent.log"], "a")
+    except OSError:  # a full disk without an inode for the log: start it anyway
+        out = subprocess.DEVNULL
+    try:
         subprocess.Popen([sys.executable, HERE, "run", runs_dir], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                          start_new_session=True, close_fds=True, cwd="/")
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
     return True
 
 
 def boot_entry(runs_dir, armed):
-    """Keep (or drop) the @reboot line in the user's crontab; returns a sentence about it."""
+    """Keep (or drop) the agent's lines in the user's crontab, @reboot and every minute (`boot` starts
+    the agent unless it runs; its lock keeps it to one); returns a sentence about it."""
     if not shutil.which("crontab"):
-        return "not re-armed after a reboot: the host has no crontab (install cron); arm it again after a reboot"
+        return ("not re-armed after a reboot, nor restarted if it stops: the host has no crontab (install cron); "
+                "arm it again after a reboot")
     cron = lambda text: text.replace("%", "\\%")  # noqa: E731 - cron turns a bare % into a newline
     mark = cron(f"{BOOT_MARK} {shlex.quote(runs_dir)}")
-    line = cron(f"@reboot {shlex.join([sys.executable, HERE, 'boot', runs_dir])} ") + mark
+    command = cron(shlex.join([sys.executable, HERE, "boot", runs_dir]))
     old = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
     lines = [x for x in (old.stdout.splitlines() if old.returncode == 0 else []) if not x.endswith(mark)]
     if armed:
-        lines.append(line)
+        lines += [f"@reboot {command} {mark}", f"* * * * * {command} {mark}"]
     out = subprocess.run(["crontab", "-"], input="".join(x + "\n" for x in lines), capture_output=True, text=True)
     if out.returncode != 0:
         return f"not re-armed after a reboot: crontab failed: {(out.stderr or out.stdout).strip()[:200]}"
-    return "re-armed at every boot (@reboot in the user's crontab)" if armed else "boot entry removed"
+    return ("re-armed at every boot and restarted within a minute if it stops (@reboot and every-minute lines in the "
+            "user's crontab)" if armed else "boot entry removed")
 
 
 def can_sudo():
@@ -298,7 +309,7 @@ def view(runs_dir):
     alive = agent_running(runs_dir)
     running = run_state.running_run(runs_dir, settings["session"])
     return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
-            "price_per_hour": settings.get("price_per_hour")}
+            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe")}
 
 
 def main(argv):
@@ -310,7 +321,10 @@ def main(argv):
             start(runs_dir)
         return 0
     if command == "configure":
-        outcome = configure(runs_dir, json.loads(argv[2]))
+        try:
+            outcome = configure(runs_dir, json.loads(argv[2]))
+        except OSError as e:  # e.g. a full disk: settings.json cannot be written
+            outcome = {"ok": False, "message": f"The host agent could not write its settings in {agent_dir(runs_dir)}: {e}"}
         print(json.dumps(outcome))
         return 0 if outcome["ok"] else 1
     print(__doc__, file=sys.stderr)

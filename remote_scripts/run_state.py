@@ -187,13 +187,21 @@ def now():
 
 
 def write_atomic(path, text):
-    """A temp file beside `path`, then a rename: readers see the old file or the new one."""
+    """A temp file beside `path`, then a rename: readers see the old file or the new one. A write
+    that fails (a full disk) removes its temp file, so that it holds no space."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def record_launch(run_dir, pid, command):

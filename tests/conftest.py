@@ -100,6 +100,7 @@ class DeployEnv:
             "tensorboard": {"session": f"test-tb-{tag}", "remote_port": free_port(), "local_port": free_port()},
             "apt_packages": ["tmux", "rsync"],
             "pip": {"extra_args": ["--no-index"]},
+            "ec2": {"metadata_url": None},  # no metadata requests from a test's host agent (issue 22)
         }
         self.write()
         self.env = {**os.environ, "FACENET_INVENTORY": str(root / "inventory.yaml"), "FACENET_STATE_DIR": str(root / "state"),

@@ -58,11 +58,28 @@ def test_a_minimal_inventory_takes_defaults_and_resolves_local_paths_against_its
     ({"autostop": {"command": ""}}, "'autostop.command' in"),
     ({"ec2": {"poll_seconds": None}}, "'ec2.poll_seconds' in"),
     ({"ec2": {"metadata_url": "169.254.169.254"}}, "'ec2.metadata_url' in"),
+    ({"ec2": {"metadata_url": True}}, "or null / off for no metadata requests. Received: True"),
+    ({"autostop": {"wait_for": ["jobs"]}}, "'autostop.wait_for' in"),
+    ({"autostop": {"wait_for": "ssh"}}, "'autostop.wait_for' in"),
 ])
 def test_bad_inventory_values_name_the_key(tmp_path, data, message):
     with pytest.raises(InventoryError) as err:
         load_inventory(write(tmp_path, data))
     assert message in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_metadata_url_null_or_off_turns_the_probe_off_and_a_named_url_is_explicit(tmp_path):
+    default = load_inventory(write(tmp_path, {}))
+    assert default.ec2["metadata_url"] == "http://169.254.169.254" and not default.ec2["metadata_url_explicit"]
+    assert default.autostop["wait_for"] == ["ssh", "gpu"]
+    for off in (None, "off"):
+        assert load_inventory(write(tmp_path, {"ec2": {"metadata_url": off}})).ec2["metadata_url"] is None
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("ec2:\n  metadata_url: off\n")  # YAML reads a bare off as false
+    assert load_inventory(bare).ec2["metadata_url"] is None
+    named = load_inventory(write(tmp_path, {"ec2": {"metadata_url": "http://169.254.169.254"}}))
+    assert named.ec2["metadata_url_explicit"]  # named, even as the default: the agent never gives it up
+    assert load_inventory(write(tmp_path, {"autostop": {"wait_for": []}})).autostop["wait_for"] == []
 
 
 def test_a_missing_inventory_says_where_it_looked(tmp_path, monkeypatch):
@@ -178,7 +195,7 @@ def test_prices_and_autostop_settings_are_read_per_host(tmp_path):
     inv = load_inventory(write(tmp_path, {"hosts": {"gpu": {"address": "1.2.3.4", "price_per_hour": 3.06}, "cpu": {"address": "5.6.7.8"}},
                                          "price_per_hour": 1, "autostop": {"idle_minutes": 0.5}}))
     assert inv.price_of("gpu") == 3.06 and inv.price_of("cpu") == 1 and inv.price_of("root@9.9.9.9:22") == 1
-    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff"}
+    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]}
     assert load_inventory(write(tmp_path, {})).price_of("gpu") is None
 
 

@@ -51,7 +51,7 @@ def test_autostop_waits_for_the_training_fires_when_idle_and_is_rearmed_at_boot(
     fired = tmp_path / "powered off"
     idle_s = 4
     env.configure(epochs=400)  # far longer than the test: it ends with `fab stop`
-    env.write(price_per_hour=2.5, autostop={"idle_minutes": idle_s / 60, "command": f"touch {shlex.quote(str(fired))}"},
+    env.write(price_per_hour=2.5, autostop={"idle_minutes": idle_s / 60, "command": f"touch {shlex.quote(str(fired))}", "wait_for": []},
               ec2={"poll_seconds": 0.5, "metadata_url": "http://127.0.0.1:9"})
 
     train = env.fab("train")  # arms autostop from the inventory, then starts the training

@@ -78,9 +78,10 @@ def autostop_line(agent):
         return Text(f"fired at {_clock(fired['fired_at'])}: `{fired['command']}` exited {fired.get('exit_code')}", style="bold")
     if auto["waiting_for_training"]:
         return Text(f"{verb} {idle}; waits while the training runs")
-    last = auto.get("last_fired")
+    last, waiting = auto.get("last_fired"), auto.get("waiting_for") or []
     return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle"
-                + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else ""))
+                + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else "")
+                + (f"; waiting: {'; '.join(map(str, waiting))}" if waiting else ""))
 
 
 def cost_line(info, price, eta_seconds):
