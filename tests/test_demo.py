@@ -19,7 +19,8 @@ from deploy.localhost import processes_under
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
-LOOPBACK = re.compile(r'inet_addr\("127\.|inet_pton\(AF_INET6, "(::1|::ffff:127\.)')
+# 127.0.0.0/8 and ::1; and the unspecified address (0.0.0.0, ::), which connect(2) takes as this host
+LOOPBACK = re.compile(r'inet_addr\("(127\.|0\.0\.0\.0")|inet_pton\(AF_INET6, "(::1|::ffff:127\.[0-9.]*|::|::ffff:0\.0\.0\.0)"')
 
 
 def demo(tmp_path, *args, trace=None):
