@@ -161,7 +161,7 @@ def test_headers_read_in_threads_while_tf_functions_are_traced(tmp_path):
                 CyclicGarbage(), CyclicGarbage()
                 try:
                     assert read_shape(path, "video_features") == (3 + i, 4)
-                except BaseException as e:  # noqa: BLE001: any error of a reader fails the test
+                except BaseException as e:  # any error of a reader fails the test
                     errors.append(f"reader: {e!r}")
                     return
                 reads[0] += 1
@@ -179,7 +179,7 @@ def test_headers_read_in_threads_while_tf_functions_are_traced(tmp_path):
             try:
                 got = float(tf.function(functions[traced])(tf.constant(1.0)))
                 assert got == expected(traced), f"f{traced} traced to {got}, expected {expected(traced)}"
-            except Exception as e:  # noqa: BLE001: autograph fails the conversion, then the plain `for` fails
+            except Exception as e:  # autograph fails the conversion, then the plain `for` fails
                 errors.append(f"tracing f{traced}: {e!r}"[:400])
             traced += 1
     finally:
