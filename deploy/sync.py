@@ -198,11 +198,11 @@ def refuse_special_entries(run, doing):
 
 def upload_run(target, inv, local_run, say):
     """Upload a fetched run directory (with its backup) to remote.runs_dir/<run>/; refuses a name the host has."""
+    refuse_special_entries(local_run, "upload")  # again: checked before provisioning, minutes ago
     conn, remote = target.conn, rjoin(inv.remote["runs_dir"], local_run.name)
     if conn.run(f"test -e {rq(rjoin(remote, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
         raise LocalInputError(f"Run {local_run.name} already exists on the host in {inv.remote['runs_dir']}: continue it there "
                               "with `fab train --resume`, or remove it first.")
-    refuse_special_entries(local_run, "upload")  # again: checked before provisioning, minutes ago
     conn.run(f"mkdir -p {rq(inv.remote['runs_dir'])}", hide=True, in_stream=False)
     # launch.json/exit.json belong to the old host's launcher; the new launcher writes its own
     excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json"]

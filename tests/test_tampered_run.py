@@ -201,3 +201,17 @@ def test_the_launcher_refuses_a_run_dir_holding_a_link_with_an_exit_record(tmp_p
     ok = subprocess.run(["bash", ROOT / "remote_scripts" / "launch_training.sh", fake_venv(tmp_path / "v2"), ROOT, plain, "train"],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "the trainer ran" in (plain / "train.log").read_text()
+
+
+def test_upload_run_checks_again_before_anything_reaches_the_host(tmp_path):
+    """deploy-full checks the run before provisioning; a link that appears in the minutes after is refused at upload."""
+    from types import SimpleNamespace
+
+    from deploy.errors import LocalInputError
+    from deploy.sync import upload_run
+
+    run = crafted_run(tmp_path, "/old/crema-d")
+    (run / "logs").symlink_to(tmp_path)
+    never = SimpleNamespace(conn=None)  # no connection: the refusal comes first
+    with pytest.raises(LocalInputError, match=rf"refusing to upload a run that holds 1 entry .*logs \(a link to {tmp_path}\)"):
+        upload_run(never, SimpleNamespace(remote={"runs_dir": "/runs"}), run, print)

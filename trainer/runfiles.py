@@ -29,16 +29,20 @@ def special_entries(root):
     found = []
 
     def walk(folder, prefix):
-        with os.scandir(folder) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                rel = prefix + entry.name
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISLNK(mode):
-                    found.append(f"{visible(rel, '')} (a link to {visible(os.readlink(entry.path), '')})")
-                elif stat.S_ISDIR(mode):
-                    walk(entry.path, rel + "/")
-                elif not stat.S_ISREG(mode):
-                    found.append(f"{visible(rel, '')} ({KINDS.get(stat.S_IFMT(mode), 'not a regular file')})")
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:  # what cannot be listed cannot be vouched for
+            found.append(f"{visible(prefix or '.', '')} (cannot be read: {e.strerror})")
+            return
+        for entry in entries:
+            rel = prefix + entry.name
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                found.append(f"{visible(rel, '')} (a link to {visible(os.readlink(entry.path), '')})")
+            elif stat.S_ISDIR(mode):
+                walk(entry.path, rel + "/")
+            elif not stat.S_ISREG(mode):
+                found.append(f"{visible(rel, '')} ({KINDS.get(stat.S_IFMT(mode), 'not a regular file')})")
 
     walk(root, "")
     return found
@@ -131,5 +135,6 @@ def open_log(path, mode="a"):
         raise
     if os.fstat(fd).st_nlink > 1:
         os.close(fd)
-        raise UserError(f"Refusing to write {path}: the file has other names (hard links); the run directory was tampered with.")
+        raise UserError(f"Refusing to write {path}: the file has other names (hard links, e.g. from `cp -al`), which writing would "
+                        "change too. Replace it by a copy of itself (cp, then mv) to continue.")
     return open(fd, mode, buffering=1)
