@@ -105,6 +105,9 @@ def launch_workers(hosts, workers, name, say_for, resume=False):
 def worker_table(group, hosts, infos):
     """The monitor's row per worker: state, epoch, seconds per epoch, GPU use."""
     from rich.table import Table
+    from rich.text import Text
+
+    from trainer.visible import visible
 
     rows = Table(title=f"cluster {group.name}", title_justify="left")
     for column in ("worker", "host", "state", "epoch", "s/epoch", "GPU"):
@@ -113,8 +116,9 @@ def worker_table(group, hosts, infos):
         st = info.get("status") or {}
         gpus = info.get("gpus")
         gpu = ", ".join(f"{g.get('utilization')}%" for g in gpus) if gpus else "none"
-        rows.add_row(f"{k}{' (chief)' if k == 0 else ''}", h.target.label, info["state"], f"{st.get('epoch', 0)}/{st.get('epochs', '?')}",
-                     str(st.get("seconds_per_epoch") or "-"), gpu)
+        cells = (f"{k}{' (chief)' if k == 0 else ''}", h.target.label, info["state"], f"{st.get('epoch', 0)}/{st.get('epochs', '?')}",
+                 str(st.get("seconds_per_epoch") or "-"), gpu)
+        rows.add_row(*(Text(visible(cell)) for cell in cells))  # from the hosts: plain text, control characters shown
     return rows
 
 

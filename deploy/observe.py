@@ -9,6 +9,7 @@
 
 import json
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -17,19 +18,20 @@ from invoke.exceptions import ThreadException
 from deploy import agent
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
-from deploy.sync import rsync
+from deploy.sync import RUN_FILES_ONLY, rsync
 from deploy.training import run_state, script
+from trainer.visible import VisibleStream, visible
 
 BEAT_SECONDS = 60  # an open tunnel touches the autostop heartbeat this often
 
 
 def follow(conn, inv, info):
-    """Stream the run's train.log until the run ends or Ctrl-C."""
+    """Stream the run's train.log until the run ends or Ctrl-C, its control characters made visible."""
     if not info.get("run_dir"):
         return
     cmd = f"bash {script(inv, 'follow_log.sh')} {rq(info['run_dir'])} {rq(inv.tmux_session)} 20"
     try:
-        conn.run(cmd, pty=True, warn=True, in_stream=False)
+        conn.run(cmd, pty=True, warn=True, in_stream=False, out_stream=VisibleStream(sys.stdout), err_stream=VisibleStream(sys.stderr))
     except KeyboardInterrupt:
         pass
 
@@ -57,12 +59,32 @@ def fetch_results(target, inv, run, dest, say, backup=False):
     local = (root / _safe(target.label) / info["run"]).resolve()
     if not local.is_relative_to(root) or local == root:  # names from the host are checked already; this is the last word
         raise DeployError(f"Refusing to write the run {info['run']!r} outside {root}.")
+    remote = rjoin(inv.remote["runs_dir"], info["run"])
+    refuse_special_entries(conn, remote, info["run"])
     local.mkdir(parents=True, exist_ok=True)
     excluded = ["--exclude=.*.tmp"] + ([] if backup else ["--exclude=/backup/", "--exclude=/fold-*/backup/"])  # a CV run's folds too
-    n, _ = rsync(conn, [*excluded, rsync_target(conn, rjoin(inv.remote["runs_dir"], info["run"])) + "/",
-                        f"{local}/"])
+    n, _ = rsync(conn, [*RUN_FILES_ONLY, *excluded, rsync_target(conn, remote) + "/", f"{local}/"])
     say(f"Fetched run {info['run']} ({info['state']}{', with its backup' if backup else ''}): {n} file(s) updated in {local}")
     return local, info
+
+
+def refuse_special_entries(conn, remote, run):
+    """DeployError naming every entry of the host's run dir `remote` that is not a regular file or folder
+    (a link, FIFO, socket, device): a run comes home as regular files and folders only."""
+    out = conn.run(f"find -P {rq(remote)} -mindepth 1 ! -type f ! -type d -printf '%y\\0%P\\0%l\\0'", hide=True, warn=True, in_stream=False)
+    if out.failed:
+        raise DeployError(f"Could not list the run directory {remote} on the host: {out.stderr.strip()[-600:]}")
+    fields = out.stdout.split("\0")
+    kinds = {"l": "a link", "p": "a FIFO", "s": "a socket", "b": "a block device", "c": "a character device"}
+    found = []
+    for kind, path, target in zip(fields[0::3], fields[1::3], fields[2::3]):
+        what = kinds.get(kind, "not a regular file") + (f" to {visible(target, '')}" if target else "")
+        found.append(f"{visible(path, '')} ({what})")
+    if found:
+        raise DeployError(f"Refusing to fetch run {run}: its directory on the host ({remote}) holds {len(found)} "
+                          f"entr{'y' if len(found) == 1 else 'ies'} that {'is' if len(found) == 1 else 'are'} not a regular file or folder: "
+                          f"{', '.join(found[:10])}{' ...' if len(found) > 10 else ''}. Nothing was fetched; a run directory "
+                          "holds regular files and folders only: look at what put them there, remove them, and fetch again.")
 
 
 def _safe(name):

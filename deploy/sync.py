@@ -6,7 +6,8 @@
     upload_run(target, inv, run, say)   # a fetched run (with backup/) to continue on this host
 
 rsync keeps partial files in `.rsync-partial/` so an interrupted upload resumes where it
-stopped; the verification compares file counts and bytes on both sides.
+stopped; the verification compares file counts and bytes on both sides. A run travels as
+regular files and folders only (RUN_FILES_ONLY): a link in it is refused, never recreated.
 """
 
 import os
@@ -22,9 +23,12 @@ from deploy.inventory import REPO_ROOT
 from trainer.errors import UserError
 from trainer.names import check_run_name
 from trainer.run import code_version  # .code-version stamp or git describe: the same string the trainer records
+from trainer.runfiles import check_run_paths, special_entries
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
+# a run's files between hosts: never a link, device or FIFO, even one that appears after the check
+RUN_FILES_ONLY = ["--no-links", "--no-devices", "--no-specials"]
 RSYNC_CONNECTION_CODES = {12: "the connection closed mid-transfer", 30: "timed out sending or receiving data",
                           35: "timed out waiting for the host", 255: "SSH failed"}
 
@@ -155,9 +159,11 @@ def verify_data(conn, inv, local, say):
 
 
 def check_run_to_resume(path):
-    """A fetched run directory that another host can continue: config, split, normalisation and
-    backup/ (from `fab fetch-results --backup`), not finished. LocalInputError naming what is missing."""
+    """A fetched run directory that another host can continue: regular files and folders only, config,
+    split, normalisation and backup/ (from `fab fetch-results --backup`), not finished, every path in
+    its JSON files sound (trainer/runfiles.py). LocalInputError naming what is wrong."""
     run = Path(path)
+    refuse_special_entries(run, "continue")
     if (run / "cv-plan.json").is_file():
         raise LocalInputError(f"--resume-from {run}: a cross-validation run cannot move to another host yet. Continue it on its "
                               "own host (`fab train --resume` there), or start the cross-validation again here (`fab train --folds K`).")
@@ -174,13 +180,25 @@ def check_run_to_resume(path):
                               "`fab fetch-results --backup` (the backup holds the last finished epoch).")
     try:
         check_run_name(run.name, f"--resume-from {run}")
+        check_run_paths(run)
     except UserError as e:
-        raise LocalInputError(str(e)) from None
+        raise LocalInputError(f"--resume-from {run}: {e}" if str(run) not in str(e) else str(e)) from None
     return run
+
+
+def refuse_special_entries(run, doing):
+    """LocalInputError naming every entry of the local run `run` that is not a regular file or folder."""
+    found = special_entries(run) if run.is_dir() else []
+    if found:
+        raise LocalInputError(f"--resume-from {run}: refusing to {doing} a run that holds {len(found)} entr{'y' if len(found) == 1 else 'ies'} "
+                              f"that {'is' if len(found) == 1 else 'are'} not a regular file or folder: {', '.join(found[:10])}"
+                              f"{' ...' if len(found) > 10 else ''}. A run directory holds regular files and folders only; "
+                              "nothing was done on the host.")
 
 
 def upload_run(target, inv, local_run, say):
     """Upload a fetched run directory (with its backup) to remote.runs_dir/<run>/; refuses a name the host has."""
+    refuse_special_entries(local_run, "upload")  # again: checked before provisioning, minutes ago
     conn, remote = target.conn, rjoin(inv.remote["runs_dir"], local_run.name)
     if conn.run(f"test -e {rq(rjoin(remote, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
         raise LocalInputError(f"Run {local_run.name} already exists on the host in {inv.remote['runs_dir']}: continue it there "
@@ -188,5 +206,5 @@ def upload_run(target, inv, local_run, say):
     conn.run(f"mkdir -p {rq(inv.remote['runs_dir'])}", hide=True, in_stream=False)
     # launch.json/exit.json belong to the old host's launcher; the new launcher writes its own
     excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json"]
-    n, sent = rsync(conn, [*excluded, f"{local_run}/", rsync_target(conn, remote) + "/"])
+    n, sent = rsync(conn, [*RUN_FILES_ONLY, *excluded, f"{local_run}/", rsync_target(conn, remote) + "/"])
     say(f"run {local_run.name}: {n} file(s) ({sent} bytes) uploaded to {remote}")

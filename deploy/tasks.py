@@ -28,13 +28,14 @@ from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
 from trainer.run_view import render  # the monitor screen; the host's monitor_training.sh draws the same
+from trainer.visible import visible  # every text from the host: its control characters shown, never obeyed
 
 console = Console(highlight=False, soft_wrap=True)
 
 
 def say(message, style=None):
-    """Print a line as plain text (paths and remote output may hold brackets: never markup)."""
-    console.print(Text(str(message), style=style or ""))
+    """Print a line as plain text (paths and remote output may hold brackets: never markup; nor terminal escapes)."""
+    console.print(Text(visible(message), style=style or ""))
 
 
 class Host:
@@ -160,7 +161,7 @@ def refuse_several_hosts():
 def as_exit(e, target=None):
     """An exception as the one line and exit code the user sees (see deploy.errors)."""
     if isinstance(e, DeployError):
-        return Exit(f"error: {e}", code=e.exit_code)
+        return Exit(f"error: {visible(e)}", code=e.exit_code)
     if isinstance(e, AuthenticationException):  # the host answered: it is the key or the user, not the network
         conn = target.conn if target else None
         who = f"user {conn.user!r} at {conn.host}:{conn.port}" if conn else "the host"
@@ -173,7 +174,7 @@ def as_exit(e, target=None):
                     "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
                     "the connection.", code=1)
     if isinstance(e, (SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError)):
-        return Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {e}\n"
+        return Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {visible(e)}\n"
                     "Check the address, port, user and key (-H, -i, or hosts: in the inventory), and that the host is up.",
                     code=HostUnreachable.exit_code)
     if isinstance(e, KeyboardInterrupt):
@@ -411,8 +412,8 @@ def monitor(h, follow=False, run=None):
 def logs(h, lines=50, run=None):
     """Print the last lines of the current run's train.log."""
     info, text = observe.tail_log(h.conn, h.inv, run, lines)
-    console.rule(Text(f"{info['run_dir']}/train.log ({info['state']})"))
-    console.out(text, end="", highlight=False)
+    console.rule(Text(visible(f"{info['run_dir']}/train.log ({info['state']})")))
+    console.out(visible(text), end="", highlight=False)
 
 
 def stop_cluster(hosts, group, wait=120):
@@ -457,7 +458,7 @@ def fetch_results(h, run=None, dest="results", backup=False):
         say(f"No metrics.json yet: the run is {info['state']}.")
     pictures = sorted(local.glob("*.png")) + sorted(local.glob("fold-*/*.png"))
     if pictures:
-        say(f"Pictures: {', '.join(str(p.relative_to(local)) for p in pictures)} in {local}")
+        say(f"Pictures: {', '.join(visible(p.relative_to(local), layout='') for p in pictures)} in {local}")  # names from the host
 
 
 @host_task(name="tensorboard-tunnel", help={"local_port": "local port to forward (default: tensorboard.local_port, 6006)"})

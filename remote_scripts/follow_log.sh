@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Streams a run's train.log until the run ends (exit.json appears or its tmux session goes):
+# Streams a run's train.log (control characters made visible: trainer/visible.py) until the run ends (exit.json appears or its tmux session goes):
 #
 #   follow_log.sh RUN_DIR SESSION [LINES]
 set -euo pipefail
 run_dir="$1" session="$2" lines="${3:-20}"
-tail -n "$lines" -F "$run_dir/train.log" 2>/dev/null &
+here="$(cd "$(dirname "$0")" && pwd)"
+# control characters in the log (an ESC sequence) are shown, never obeyed by the terminal
+tail -n "$lines" -F "$run_dir/train.log" 2>/dev/null > >(python3 "$here/../trainer/visible.py") &
 tail_pid=$!
 trap 'kill "$tail_pid" 2>/dev/null || true' EXIT
 while [ ! -e "$run_dir/exit.json" ] && tmux has-session -t "=$session" 2>/dev/null; do

@@ -23,10 +23,23 @@ shift 3
 here="$(cd "$(dirname "$0")" && pwd)"
 run_state() { python3 "$here/run_state.py" "$@"; }
 
+if [ -L "$run_dir" ]; then
+  echo "refusing to start: the run directory $run_dir is a link" >&2
+  exit 2
+fi
 mkdir -p "$run_dir"
 log="$run_dir/train.log"
 now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; }
 say() { echo "[launch] $(now) $*" >> "$log" 2>/dev/null || true; }  # a full disk must not stop the launcher
+
+# `>> "$log"` follows a link: a run dir holding one (a tampered upload: train.log -> ~/.ssh/authorized_keys)
+# would have this script and the trainer write through it. Refuse, with an exit record that names them.
+special="$(find -P "$run_dir" -mindepth 1 ! -type f ! -type d -printf '%P (%y %l)  ' 2>/dev/null | head -c 1000 || true)"
+if [ -n "$special" ]; then
+  run_state record-launch "$run_dir" "$$" "python -m trainer $*"
+  run_state record-exit "$run_dir" 2 "refused to start: the run directory holds entries that are not regular files or folders (l: a link): $special" > /dev/null
+  exit 2
+fi
 
 run_state record-launch "$run_dir" "$$" "python -m trainer $*"
 say "python -m trainer $*"

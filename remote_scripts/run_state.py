@@ -3,7 +3,7 @@
 
     python3 run_state.py --runs-dir ~/facenet-runs --session facenet-training [--run NAME] [--json]
     python3 run_state.py record-launch RUN_DIR PID COMMAND   # launch_training.sh, before the trainer
-    python3 run_state.py record-exit RUN_DIR CODE            # launch_training.sh, after it
+    python3 run_state.py record-exit RUN_DIR CODE [REASON]   # launch_training.sh, after it
     python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS   # stop_training.sh
 
 Standard library only (it runs with the system python3, even before the venv exists).
@@ -58,7 +58,7 @@ def read_json(path):
 def tail(path, lines):
     """The last `lines` lines of a text file, reading only its end."""
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a log that is a link is not read
             f.seek(0, os.SEEK_END)
             size = f.tell()
             block, data = 8192, b""
@@ -208,7 +208,7 @@ def record_launch(run_dir, pid, command):
     """launch.json (pid and process group of the launcher), .current, and the reserved exit record."""
     os.makedirs(run_dir, exist_ok=True)
     for stale in (EXIT, PENDING, PREEMPT):
-        if os.path.exists(os.path.join(run_dir, stale)):
+        if os.path.lexists(os.path.join(run_dir, stale)):  # a link too: removed, never written through
             os.remove(os.path.join(run_dir, stale))
     with open(os.path.join(run_dir, PENDING), "wb") as f:
         f.write(b" " * PENDING_SIZE)
@@ -338,7 +338,7 @@ def records_main(argv):
         record_launch(run_dir, int(argv[2]), argv[3])
         return 0
     if command == "record-exit":
-        print(json.dumps(record_exit(run_dir, int(argv[2]))))
+        print(json.dumps(record_exit(run_dir, int(argv[2]), reason=argv[3] if len(argv) > 3 else None)))
         return 0
     code, lines = stop(run_dir, argv[2], int(argv[3]))
     print("\n".join(lines))

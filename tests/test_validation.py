@@ -53,6 +53,7 @@ BAD_FILES = {
     "wrong-width": ("wrong-shape", lambda p: write_clip(p, dim=128)),
     "wrong-ndim": ("wrong-shape", lambda p: write_clip(p, value=np.ones(512, np.float32))),
     "wrong-dtype": ("wrong-shape", lambda p: write_clip(p, value=np.array([["a"] * 512]))),
+    "structured-dtype": ("wrong-shape", lambda p: write_clip(p, value=np.zeros((4, 512), [("a", "<f4")]))),
     "empty": ("empty", lambda p: write_clip(p, value=np.zeros((0, 512), np.float32))),
     "nan": ("non-finite", lambda p: write_clip(p, value=np.full((4, 512), np.nan, np.float32))),
     "inf": ("non-finite", lambda p: write_clip(p, value=np.full((4, 512), np.inf, np.float32))),

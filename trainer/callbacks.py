@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 from keras import ops
 
+from trainer.runfiles import open_log
 from trainer.status import write_json_atomic
 
 
@@ -185,3 +186,18 @@ def _number(value):
         return None
     value = float(value)
     return value if abs(value) != float("inf") else None
+
+
+class SafeCSVLogger(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger, but history.csv is opened without following a link (trainer/runfiles.open_log):
+    a run directory where `history.csv -> /etc/shadow` is refused, never written through.
+
+        SafeCSVLogger(run_dir / "history.csv", append=True)
+    """
+
+    def on_train_begin(self, logs=None):
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        self.csv_file = open_log(self.filename, "a" if self.append else "w")
+        self.append_header = not (self.append and os.fstat(self.csv_file.fileno()).st_size)
+        self.writer, self.keys = None, None

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import Progress
+from rich.text import Text
 
 from trainer.errors import DataError
 from trainer.normalization import compute_stats, load_stats, save_stats
 from trainer.report import make_console, print_validation_summary
+from trainer.runfiles import check_run_paths
 from trainer.split import make_split
 from trainer.status import write_json_atomic
 from trainer.validation import default_cache_path, entries_from_manifest, require_trainable, validate_dirs, write_manifest
@@ -62,6 +64,7 @@ def load_prepared(run_dir, data_dirs=None, console=None):
     for name in ("manifest.json", "split.json", "normalization.npz"):
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir} has no {name}: it is not a run directory, or its run failed before the data was ready.")
+    check_run_paths(run_dir)  # before any path from these files is used, or printed into train.log
     if data_dirs:
         relocate(run_dir, data_dirs, console or make_console())
     split = json.loads((run_dir / "split.json").read_text())
@@ -102,7 +105,7 @@ def relocate(run_dir, data_dirs, console):
     write_json_atomic(run_dir / "split.json", split)
     write_json_atomic(run_dir / "manifest.json", manifest)
     for old, new in moves.items():
-        console.print(f"Data moved: {old} -> {new} (split.json and manifest.json updated)", highlight=False)
+        console.print(Text(f"Data moved: {old} -> {new} (split.json and manifest.json updated)"))
 
 
 def subsample(entries, max_clips, seed):

@@ -4,13 +4,16 @@
         ...   # print() and logging reach the terminal and the file
 
 When stdout already goes to that file (the deploy launcher redirects it there), the
-file is left to the redirect, so no line is written twice.
+file is left to the redirect, so no line is written twice. A train.log that is a link is
+refused, never written through (trainer/runfiles.open_log).
 """
 
 import contextlib
 import logging
 import os
 import sys
+
+from trainer.runfiles import open_log
 
 
 class _Tee:
@@ -36,7 +39,7 @@ class _Tee:
 @contextlib.contextmanager
 def tee_to(path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(path, "a", buffering=1)
+    log = open_log(path)
     already = _same_file(sys.stdout, path)
     old = sys.stdout, sys.stderr
     if not already:

@@ -3,32 +3,101 @@
     arr = read_array("clip.npz", "video_features")    # ValueError for an object array, KeyError if absent
     shape = read_shape("clip.npz", "video_features")  # from the header only
 
-numpy parses every .npy header with ast.literal_eval. CPython 3.11's compiler keeps its AST
-recursion depth in shared state, so parses in parallel threads can fail with "SystemError: AST
-constructor recursion depth mismatch" (python/cpython gh-106905; seen here in the validation
-pool on 3.11.7). The header parse (microseconds) is therefore taken under one lock; reading and
-decompressing the data (the slow part) stays parallel.
+numpy parses every .npy header with ast.literal_eval. CPython 3.11's AST converter keeps its
+recursion depth in per-interpreter state, so a parse in a loader thread while another thread
+compiles Python (TensorFlow traces a tf.function: autograph parses and compiles source) can fail
+with "SystemError: AST constructor recursion depth mismatch" (python/cpython gh-106905; seen here
+on 3.11.7). A lock would serialise our own readers only. So the header, a small dict literal of a
+fixed format (numpy.lib.format), is read here by a strict parser that uses neither ast nor
+compile; anything else in a header is a ValueError that names the file.
 """
 
 import math
-import threading
+import re
 import zipfile
 
 import numpy as np
 
-HEADER_LOCK = threading.Lock()
+MAGIC = b"\x93NUMPY"
+LENGTH_BYTES = {(1, 0): 2, (2, 0): 4, (3, 0): 4}  # header length field of each format version (little-endian)
+MAX_HEADER_BYTES = 10000  # numpy's own limit (max_header_size) for headers it reads without allow_pickle
+
+# {'descr': '<f4', 'fortran_order': False, 'shape': (10, 512), } as numpy writes it (keys sorted, a
+# trailing comma); other writers' spacing, key order and missing trailing comma are accepted too
+_STRING = r"'[^'\\\n]*'|\"[^\"\\\n]*\""
+_TUPLE = r"\(\s*\)|\(\s*\d+\s*,\s*\)|\(\s*\d+(?:\s*,\s*\d+)+\s*,?\s*\)"  # (), (5,), (10, 512): never (5), an int
+_ITEM = re.compile(rf"\s*({_STRING})\s*:\s*({_TUPLE}|True|False|{_STRING}|\[)\s*(,)?")
+_DESCR = re.compile(r"[<>|=]?[A-Za-z?][0-9]*(\[[0-9]*[A-Za-z]+\])?")  # '<f4', '|u1', '<U10', '<M8[ns]': one field, no structure
 
 
-def _header(fp):
-    version = np.lib.format.read_magic(fp)
-    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    with HEADER_LOCK:
-        return reader(fp)
+def parse_header(text, where):
+    """(shape, fortran_order, dtype) from the text of a .npy header; ValueError naming `where` otherwise."""
+    def bad(why):
+        return ValueError(f"{where}: {why}. Expected a .npy header like \"{{'descr': '<f4', 'fortran_order': False, "
+                          f"'shape': (10, 512), }}\". Received: {text[:200]!r}")
+
+    if not text.endswith("\n"):
+        raise bad("the header does not end with a newline")
+    body = text.rstrip(" \n")
+    if not (body.startswith("{") and body.endswith("}")):
+        raise bad("the header is not a dict")
+    found, pos, inner = {}, 0, body[1:-1]
+    while inner[pos:].strip():
+        m = _ITEM.match(inner, pos)
+        if not m:
+            raise bad(f"unreadable at {inner[pos:pos + 40]!r}")
+        key, value = m.group(1)[1:-1], m.group(2)
+        if value == "[":
+            raise bad(f"{key!r} holds a list: a structured dtype, which the trainer does not read")
+        if key in found:
+            raise bad(f"the key {key!r} appears twice")
+        found[key] = value
+        pos = m.end()
+        if not m.group(3) and inner[pos:].strip():
+            raise bad(f"a comma is missing after {key!r}")
+    if set(found) != {"descr", "fortran_order", "shape"}:
+        raise bad(f"keys {sorted(found)}; expected exactly descr, fortran_order, shape")
+    descr, order, shape = found["descr"], found["fortran_order"], found["shape"]
+    if descr[0] not in "'\"" or not _DESCR.fullmatch(descr[1:-1]):
+        raise bad(f"descr {descr} is not a simple dtype string")
+    if order not in ("True", "False"):
+        raise bad(f"fortran_order {order} is not True or False")
+    if not shape.startswith("("):
+        raise bad(f"shape {shape} is not a tuple of integers")
+    try:
+        dtype = np.dtype(descr[1:-1])
+    except TypeError as e:
+        raise bad(f"descr {descr} is not a dtype ({e})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{where} is an object array: reading it would need allow_pickle, which is never used")
+    return tuple(int(n) for n in re.findall(r"\d+", shape)), order == "True", dtype
+
+
+def read_header(fp, where):
+    """(shape, fortran_order, dtype) of the .npy stream `fp`, positioned at its start; leaves `fp` at the data."""
+    magic = fp.read(8)
+    if len(magic) != 8 or not magic.startswith(MAGIC):
+        raise ValueError(f"{where}: not a .npy array (it starts with {magic!r}, expected {MAGIC!r} and a version)")
+    version = (magic[6], magic[7])
+    if version not in LENGTH_BYTES:
+        raise ValueError(f"{where}: .npy format version {version[0]}.{version[1]} is not one of 1.0, 2.0, 3.0")
+    field = fp.read(LENGTH_BYTES[version])
+    length = int.from_bytes(field, "little")
+    if len(field) != LENGTH_BYTES[version] or length > MAX_HEADER_BYTES:
+        raise ValueError(f"{where}: a .npy header of {length} bytes (at most {MAX_HEADER_BYTES} are read)")
+    raw = fp.read(length)
+    if len(raw) != length:
+        raise ValueError(f"{where}: the .npy header is truncated ({len(raw)} of {length} bytes)")
+    try:
+        text = raw.decode("utf8" if version == (3, 0) else "latin1")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: the .npy header is not UTF-8 ({e})") from None
+    return parse_header(text, where)
 
 
 def read_shape(path, key):
     with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fp:
-        return _header(fp)[0]
+        return read_header(fp, f"{path} ({key}.npy)")[0]
 
 
 def read_array(path, key):
@@ -38,9 +107,7 @@ def read_array(path, key):
         if f"{key}.npy" not in zf.namelist():
             raise KeyError(key)
         with zf.open(f"{key}.npy") as fp:
-            shape, fortran_order, dtype = _header(fp)
-            if dtype.hasobject:
-                raise ValueError(f"{key!r} is an object array: reading it would need allow_pickle, which is never used")
+            shape, fortran_order, dtype = read_header(fp, f"{path} ({key}.npy)")
             size = math.prod(shape) * dtype.itemsize
             data = fp.read(size)
     if len(data) != size:

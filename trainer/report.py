@@ -1,15 +1,20 @@
 """Tables for people: the validation summary and the metrics of a run.
 
 Uses only the standard library and rich, so the deploy side (no NumPy, no TensorFlow)
-can print a fetched run's metrics with the same code.
+can print a fetched run's metrics with the same code. A fetched run's names (classes,
+corpora, splits) come from the host: they are printed as plain text, never as markup, with
+their control characters made visible (trainer/visible.py).
 """
 
 import collections
 import statistics
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from trainer.visible import visible_tree
 
 
 def make_console(**kwargs):
@@ -20,7 +25,7 @@ def make_console(**kwargs):
 def print_validation_summary(result, console=None):
     console = console or make_console()
     entries, accepted, rejected = result.entries, result.accepted, result.rejected
-    console.print(f"[bold]Searched[/] {', '.join(result.dirs)}: {len(entries)} .npz files, "
+    console.print(f"[bold]Searched[/] {escape(', '.join(map(str, result.dirs)))}: {len(entries)} .npz files, "
                   f"[green]{len(accepted)} accepted[/], [red]{len(rejected)} rejected[/]")
     if rejected:
         table = Table(title="Rejected files by reason", title_justify="left")
@@ -31,7 +36,7 @@ def print_validation_summary(result, console=None):
             by_reason[e.reason].append(e)
         for reason, group in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
             examples = "\n".join(f"{e.path}: {e.detail}" for e in group[:2])
-            table.add_row(reason, str(len(group)), examples)
+            table.add_row(reason, str(len(group)), Text(examples))  # file names: never markup
         console.print(table)
     if not accepted:
         return
@@ -39,12 +44,12 @@ def print_validation_summary(result, console=None):
     table.add_column("emotion")
     corpora = sorted({e.corpus for e in accepted})
     for corpus in corpora:
-        table.add_column(corpus, justify="right")
+        table.add_column(Text(corpus), justify="right")
     table.add_column("total", justify="right")
     counts = collections.Counter((e.emotion, e.corpus) for e in accepted)
     for emotion in sorted({e.emotion for e in accepted}):
         row = [counts[(emotion, c)] for c in corpora]
-        table.add_row(emotion, *map(str, row), str(sum(row)))
+        table.add_row(Text(emotion), *map(str, row), str(sum(row)))
     console.print(table)
     frames = [e.frames for e in accepted]
     actors = collections.Counter(e.corpus for e in {(e.corpus, e.actor): e for e in accepted}.values())
@@ -76,16 +81,17 @@ def print_run_metrics(metrics, console=None, title="Run"):
     """A finished run: the headline split first (test UAR, accuracy, macro F1 with 95% intervals
     over actors, per corpus), then validation, the tables of the headline split and the compute."""
     console = console or make_console()
+    metrics = visible_tree(metrics)
     name, m = headline(metrics)
     who = f"{m['samples']} clips" + (f", {m['actors']} actors" if m.get("actors") else "")
-    console.print(f"[bold]{title}, {name} ({who})[/]: {scores(m)}", highlight=False)
+    console.print(Text(f"{title}, {name} ({who})", style="bold") + Text(f": {scores(m)}"))
     if m.get("interval"):
         console.print(Text(f"  intervals in brackets: {m['interval']}"))
     for corpus, part in (m.get("per_corpus") or {}).items():
-        console.print(f"  {corpus} ({part['samples']} clips, {part['actors']} actors): {scores(part)}", highlight=False)
+        console.print(Text(f"  {corpus} ({part['samples']} clips, {part['actors']} actors): {scores(part)}"))
     if name != "validation" and metrics.get("validation"):
         v = metrics["validation"]
-        console.print(f"validation ({v['samples']} clips; it chose the best epoch, so it reads high): {scores(v)}", highlight=False)
+        console.print(Text(f"validation ({v['samples']} clips; it chose the best epoch, so it reads high): {scores(v)}"))
     elif "validation" in metrics:
         console.print("[yellow]No test split (split.test_fraction: 0): this validation score also chose the best epoch, "
                       "so it reads high.[/]")
@@ -96,20 +102,21 @@ def print_run_metrics(metrics, console=None, title="Run"):
         cost = "" if usd is None else f", {'under $0.01' if usd < 0.01 else f'${usd:.2f}'} at ${compute['price_per_hour']:g}/h"
         hours = compute["hours"]
         took = f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
-        console.print(f"Compute: {took} on {compute['gpus']} GPU(s) ({compute['gpu_hours']:.2f} GPU hours){cost}", highlight=False)
+        console.print(Text(f"Compute: {took} on {compute['gpus']} GPU(s) ({compute['gpu_hours']:.2f} GPU hours){cost}"))
 
 
 def print_cv(cv, console=None, title="Cross-validation"):
     """cv.json: per-fold test metrics, their mean and standard deviation, the pooled confusion matrix."""
     console = console or make_console()
-    console.print(f"[bold]{title}: {cv['folds_done']}/{cv['folds']} folds, actor-disjoint; each actor tested once[/]")
+    cv = visible_tree(cv)
+    console.print(Text(f"{title}: {cv['folds_done']}/{cv['folds']} folds, actor-disjoint; each actor tested once", style="bold"))
     table = Table(title_justify="left")
     for col in ("fold", "test actors", "clips", "UAR", "accuracy", "macro F1"):
         table.add_column(col, justify="left" if col == "fold" else "right")
     for fold in cv["per_fold"]:
         m = fold["test"]
-        table.add_row(str(fold["fold"]), str(len(fold["test_actors"])), str(m["samples"]), f"{m['uar']:.3f}", f"{m['accuracy']:.3f}",
-                      f"{m['macro_f1']:.3f}")
+        table.add_row(*map(Text, (str(fold["fold"]), str(len(fold["test_actors"])), str(m["samples"]), f"{m['uar']:.3f}",
+                                  f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}")))
     if cv.get("mean"):
         table.add_row("mean ± sd", "", "", *(f"{cv['mean'][k]:.3f} ± {cv['std'][k]:.3f}" for k in ("uar", "accuracy", "macro_f1")))
     console.print(table)
@@ -128,18 +135,19 @@ def print_metrics(metrics, console=None, title="Validation metrics"):
 
 
 def print_tables(metrics, console, prefix=""):
-    """Per-class precision/recall/F1 and the confusion matrix."""
+    """Per-class precision/recall/F1 and the confusion matrix (every name as plain text)."""
+    metrics = visible_tree(metrics)
     table = Table(title=f"{prefix}Per class" if prefix else None, title_justify="left")
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, row in metrics["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+        table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", Text(str(row["support"])))
     console.print(table)
     names = metrics["classes"]
     cm = Table(title=f"{prefix}Confusion matrix (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("")
     for name in names:
-        cm.add_column(name, justify="right")
+        cm.add_column(Text(name), justify="right")
     for name, row in zip(names, metrics["confusion_matrix"]):
-        cm.add_row(name, *map(str, row))
+        cm.add_row(Text(name), *(Text(str(n)) for n in row))
     console.print(cm)

@@ -28,6 +28,7 @@ from trainer.config import dump_config, load_config
 from trainer.errors import DataError, PeerLost, UserError
 from trainer.logfile import tee_to
 from trainer.report import make_console
+from trainer.runfiles import refuse_special_entries
 from trainer.status import RunStatus, now_iso, write_json_atomic
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
     is also written there with those fields (the CV run's status, see trainer/cv.py). `packed_dir`: the
     clips' pack (`validate --pack`), read instead of the NPZs where it is current."""
     run_dir = Path(run_dir)
+    refuse_special_entries(run_dir, f"train in {run_dir}")  # before anything is written: a link would be written through
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
     cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
@@ -186,7 +188,7 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     import keras
 
     from trainer import data, loop
-    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, StatusCallback
+    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, SafeCSVLogger, StatusCallback
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"], packed_dir=packed_dir, console=console)
@@ -215,7 +217,7 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
             # double_checkpoint: a kill during the save leaves the previous epoch's backup to resume from
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False, double_checkpoint=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            SafeCSVLogger(str(run_dir / "history.csv"), append=True),  # never through a link
         ]
     else:  # the same decisions from the same numbers, and no file of the run's
         resume_state = ResumeState(None, None, early_stopping, reduce_lr)

@@ -4,7 +4,8 @@
     python3 run_state.py ... --json | python -m trainer.run_view    # monitor_training.sh on the host
 
 One renderer for both places. rich only: the deploy side needs neither NumPy nor TensorFlow.
-Every remote string is rendered as plain text, never as markup.
+Every remote string is rendered as plain text, never as markup, with its control characters
+made visible (trainer/visible.py): a log line cannot clear or retitle the terminal.
 """
 
 import json
@@ -19,6 +20,7 @@ from rich.text import Text
 
 from trainer.report import headline as quoted_split
 from trainer.report import scores
+from trainer.visible import visible, visible_tree
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
           "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "none": "dim"}
@@ -98,12 +100,13 @@ def cost_line(info, price, eta_seconds):
 
 
 def T(value):
-    """Remote text as plain text: a run name or a log line is never rich markup."""
-    return Text(str(value))
+    """Remote text as plain text: a run name or a log line is never rich markup, nor a terminal escape."""
+    return Text(visible(value))
 
 
 def render(info, label, console):
     """The monitor screen: host, GPU, disk, run state, epoch bar, metrics, log tail, what to do."""
+    info = visible_tree(info)  # every string in it came from the host
     state = info["state"]
     host = Table.grid(padding=(0, 2))
     host.add_row("host", T(f"{label} ({info['host']})"))
@@ -143,9 +146,9 @@ def render(info, label, console):
         if status.get("epochs"):
             bar = Table.grid(padding=(0, 1))
             bar.add_row(ProgressBar(total=status["epochs"], completed=status.get("epoch", 0), width=30),
-                        (f"fold {status['fold']}/{status['folds']}, " if status.get("folds") else "")
-                        + f"epoch {status.get('epoch', 0)}/{status['epochs']}   {status.get('seconds_per_epoch') or '?'} s/epoch"
-                        + (f"   ETA {_duration(status.get('eta_seconds'))}" if state == "running" else ""))
+                        T((f"fold {status['fold']}/{status['folds']}, " if status.get("folds") else "")
+                          + f"epoch {status.get('epoch', 0)}/{status['epochs']}   {status.get('seconds_per_epoch') or '?'} s/epoch"
+                          + (f"   ETA {_duration(status.get('eta_seconds'))}" if state == "running" else "")))
             run.add_row("progress", bar)
         dist = status.get("distribution")
         if dist:
@@ -153,7 +156,7 @@ def render(info, label, console):
         last = {k: v for k, v in (status.get("last") or {}).items() if isinstance(v, (int, float))}
         if last:
             keys = [k for k in ("val_uar", "val_accuracy", "val_loss", "uar", "loss", "learning_rate") if k in last]
-            run.add_row("last epoch", "   ".join(f"{k} {last[k]:.4g}" for k in keys))
+            run.add_row("last epoch", T("   ".join(f"{k} {last[k]:.4g}" for k in keys)))
         if status.get("best"):
             best = status["best"]
             run.add_row("best", T(f"{best['metric']} {best['value']:.4f} at epoch {best['epoch']}"))

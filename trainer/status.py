@@ -19,7 +19,8 @@ def now_iso():
 def write_json_atomic(path, data):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    # never through a link at the temp name; the rename replaces a link at `path` itself, never follows it
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "w") as f:
         json.dump(data, f, indent=1, default=_plain)
         f.flush()
         os.fsync(f.fileno())

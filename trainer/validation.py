@@ -91,6 +91,8 @@ def check_file(path, feature_key="video_features", feature_dim=512):
         except ValueError as e:
             if "allow_pickle" in str(e):
                 return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
+            if "structured dtype" in str(e):  # trainer/npzfile.py reads plain arrays only
+                return "wrong-shape", f"expected a numeric (frames, {feature_dim}) array, got a structured dtype", None, keys
             return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
         except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
             return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
