@@ -143,7 +143,10 @@ def instances(k, region=None, idle_minutes=60):
     first = connect(k.inv, region)
     regions = [first.region] + sorted({e["region"] for e in launched.load()["hosts"].values()} - {first.region})
     rows = [row for r in regions for row in list_instances(first if r == first.region else connect(k.inv, r))]
-    table = Table("name", "instance", "state", "type", "spot", "zone", "up", "cost so far", "run", "note", title=f"instances in {', '.join(regions)}")
+    table = Table(title=f"instances in {', '.join(regions)}")
+    for column in ("name", "instance", "state", "type", "spot", "zone", "up", "cost so far", "run"):
+        table.add_column(column, no_wrap=True)  # ids and names whole; the note wraps
+    table.add_column("note")
     idle = []
     for row in rows:
         run, note = work_of(k, row, float(idle_minutes) * 60, idle)
@@ -180,7 +183,7 @@ def work_of(k, row, idle_seconds, idle):
     run = f"{seen['run'] or 'none'}{' (training)' if seen['training'] else ''}"
     if seen["training"]:
         return run, "training"
-    note = f"idle {hours(seen['idle_seconds'])} (no training, no fab task)"
+    note = f"idle {hours(seen['idle_seconds'])}: no training, no fab task"
     if seen["idle_seconds"] > idle_seconds:
         idle.append((row.name, f"has run no training and no fab task for {hours(seen['idle_seconds'])} (${row.price_per_hour or 0:.4g}/h)"))
         note = "IDLE " + note

@@ -22,7 +22,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 from rich.text import Text
 
-from deploy import agent, cluster, lock, observe, sync, training
+from deploy import agent, cluster, ledger, lock, observe, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
@@ -452,6 +452,7 @@ def fetch_results(h, run=None, dest="results", backup=False):
     from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
 
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
+    ledger.record_fetch(h.target.label, info)  # `fab down` deletes a host only with its runs fetched after they ended
     metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
     if cv:
         print_cv(cv, console, title=f"Run {info['run']}, cross-validation")

@@ -53,7 +53,7 @@ def data_shape(cfg, manifest):
     return max(1, round(n * (1 - val - test))), max(1, round(n * val)), frames
 
 
-def estimate(cfg, manifest, steps=6, warmup=2):
+def estimate(cfg, manifest, steps=4, warmup=1):
     """The full training's time on this machine (see the module docstring), as a dict for the smoke result."""
     import keras
     import tensorflow as tf
