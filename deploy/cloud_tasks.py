@@ -13,7 +13,7 @@ from invoke.exceptions import Exit
 from rich.table import Table
 from rich.text import Text
 
-from deploy import launched, ledger
+from deploy import launched, ledger, training
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import connect_host
 from deploy.inventory import load_inventory
@@ -176,11 +176,15 @@ def work_of(k, row, idle_seconds, idle):
     target = connect_host(k.config, inv, row.name)
     try:
         seen = ledger.activity(target.conn, inv)
+        try:
+            info = training.run_state(target.conn, inv, log_lines=0)
+            run = f"{info.get('run') or 'none'} ({info['state']})"
+        except DeployError:  # no code on the host yet
+            run = seen["run"] or "none"
     except Exception as e:  # noqa: BLE001 - unreachable, refused: say so
         return "?", f"SSH: {type(e).__name__}: {str(e)[:80]}; its work is unknown"
     finally:
         target.conn.close()
-    run = f"{seen['run'] or 'none'}{' (training)' if seen['training'] else ''}"
     if seen["training"]:
         return run, "training"
     note = f"idle {hours(seen['idle_seconds'])}: no training, no fab task"

@@ -359,7 +359,8 @@ def ssh_command(conn):
 def rsync_target(conn, remote_path):
     """user@host:path for rsync; a `~/` path becomes relative (rsync starts in the home dir)."""
     path = remote_path[2:] if remote_path.startswith("~/") else remote_path
-    host = f"[{conn.host}]" if ":" in conn.host else conn.host
+    host = conn.original_host if conn.ssh_config_file else conn.host  # ssh -F resolves the name as Fabric did (HostName, ProxyJump)
+    host = f"[{host}]" if ":" in host else host
     return f"{conn.user}@{host}:{path}"
 
 

@@ -31,7 +31,8 @@ def mtime(p):
 try: current = open(os.path.join(runs, ".current")).read().strip()
 except OSError: current = None
 with open("/proc/uptime") as f: boot = time.time() - float(f.read().split()[0])
-alive = subprocess.run(["tmux", "has-session", "-t", "=" + session], capture_output=True).returncode == 0
+try: alive = subprocess.run(["tmux", "has-session", "-t", "=" + session], capture_output=True).returncode == 0
+except OSError: alive = False  # no tmux yet (a new host): nothing trains
 ended = mtime(os.path.join(runs, current, "exit.json")) if current and "/" not in current else None
 print(json.dumps({"now": time.time(), "boot": boot, "heartbeat": mtime(os.path.join(runs, ".agent", "heartbeat")),
                   "run": current, "training": alive, "run_ended": ended}))

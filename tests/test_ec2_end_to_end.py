@@ -73,7 +73,7 @@ def test_launch_deploy_monitor_fetch_down_on_a_launched_host(aws, ssh_host, host
 
         listed = env.fab("instances")
         assert listed.returncode == 0 and "gpu1" in listed.out and instance["InstanceId"] in listed.out, listed.out
-        assert "e2e" in listed.out and "IDLE:" not in listed.out, listed.out
+        assert "e2e (finished)" in listed.out and "IDLE:" not in listed.out, listed.out
         for path in (env.runs / ".agent" / "heartbeat", env.runs / "e2e" / "exit.json"):  # nothing happened for 5 minutes
             subprocess.run(["touch", "-d", "5 minutes ago", str(path)], check=True)
         idle = env.fab("instances", "--idle-minutes", "1")
