@@ -276,3 +276,22 @@ def test_a_launched_name_clashing_with_the_inventory_is_an_error_naming_both(clo
     with pytest.raises(InventoryError) as e:
         load()
     assert "'gpu1' is both in" in str(e.value) and "inventory.yaml" in str(e.value) and "launched.json" in str(e.value)
+
+
+def test_the_ssh_config_file_must_exist_and_rsync_follows_it_by_the_hosts_name(tmp_path, monkeypatch):
+    from fabric import Config
+
+    from deploy.errors import InventoryError
+    from deploy.hosts import connect_host, rsync_target, ssh_command
+    from deploy.inventory import load_inventory
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"hosts": {"gpu": {"address": "gpu.example", "user": "ubuntu"}}, "ssh": {"config_file": "ssh config"}}))
+    with pytest.raises(InventoryError, match=r"'ssh.config_file' in .* names .*ssh config, which is not a file"):
+        load_inventory(path)
+    (tmp_path / "ssh config").write_text("Host gpu.example\n    HostName 203.0.113.5\n    Port 2222\n    ProxyJump bastion.example\n")
+    conn = connect_host(Config(), load_inventory(path), "gpu").conn
+    assert (conn.host, conn.port) == ("203.0.113.5", 2222) and conn.gateway is not None  # Fabric: HostName, Port, ProxyJump
+    assert f"-F '{tmp_path / 'ssh config'}'" in ssh_command(conn) and "-p 2222" in ssh_command(conn)
+    assert rsync_target(conn, "~/runs") == "ubuntu@gpu.example:runs"  # ssh -F resolves the name itself: the bastion applies
