@@ -65,6 +65,7 @@ def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=F
     addresses are its worker addresses (`fab -H NAME deploy-full` trains on all of them).
     """
     from deploy.aws.launch import launch_cluster, launch_host
+    from deploy.aws.prices import usd
 
     if spot and on_demand:
         raise LocalInputError("Give --spot or --on-demand, not both.")
@@ -81,7 +82,7 @@ def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=F
     price = hosts[0].price_per_hour
     target = cluster or name
     say(f"Ready in {time.monotonic() - started:.0f} s: {', '.join(h.name for h in hosts)}"
-        + (f" at ${price:.4g}/h each ({launched.entry(hosts[0].name).get('price_source')})" if price is not None
+        + (f" at {usd(price)}/h each ({launched.entry(hosts[0].name).get('price_source')})" if price is not None
            else " (price unknown: set price_per_hour in the inventory)"), "bold")
     say(f"  fab -H {target} deploy-full     # then fab monitor, fab fetch-results")
     say(f"  fab down {target}              # when done: the instance bills by the hour until then (fab instances lists them)")
@@ -168,6 +169,8 @@ def instances(k, region=None, idle_minutes=60):
 
 def work_of(k, row, idle_seconds, idle):
     """(run column, note) for one row: asked over SSH when the host is ours and running."""
+    from deploy.aws.prices import usd
+
     if row.state != "running":
         return "-", "stopped: no compute billed (its disk is)" if row.state == "stopped" else ""
     if not row.recorded or row.name not in k.inv.hosts:
@@ -189,8 +192,9 @@ def work_of(k, row, idle_seconds, idle):
         return run, "training"
     note = f"idle {hours(seen['idle_seconds'])}: no training, no fab task"
     if seen["idle_seconds"] > idle_seconds:
-        idle.append((row.name, f"has run no training and no fab task for {hours(seen['idle_seconds'])} (${row.price_per_hour or 0:.4g}/h)"))
-        note = "IDLE " + note
+        price = f" ({usd(row.price_per_hour)}/h)" if row.price_per_hour is not None else ""
+        idle.append((row.name, f"has run no training and no fab task for {hours(seen['idle_seconds'])}{price}"))
+        note = "IDLE: " + note
     return run, note
 
 

@@ -130,7 +130,7 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
                         launched_at=i["LaunchTime"].isoformat())
         forget_host_keys([address])  # EC2 reuses addresses: a key kept for an earlier machine is not this one's
         say(f"{name}: {iid} running in {attempt.zone} at {address} (private {i['PrivateIpAddress']}); "
-            + (f"${price:.4g}/h ({source})" if price is not None else source))
+            + (f"{prices.usd(price)}/h ({source})" if price is not None else source))
     if wait_for_ssh:
         for name in names:
             target = wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say)

@@ -21,6 +21,11 @@ def catalog():
     return json.loads(CATALOG.read_text())
 
 
+def usd(price):
+    """A price per hour for people: $1.006, $0.1234, $0.000010 (a spot price can be tiny)."""
+    return f"${price:.4g}" if price >= 0.01 else f"${price:.6f}"
+
+
 def on_demand(instance_type, region):
     data = catalog()
     table_region = data["same_as"].get(region, region)
