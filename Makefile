@@ -27,7 +27,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train-cpu,deploy,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train-cpu,deploy,aws,dev]'
 	touch $(STAMP)
 
 # sshd, rsync and tmux stand in for the GPU host in tests and the demo; sudo for its EC2-like user;

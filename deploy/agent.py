@@ -21,6 +21,8 @@ import shlex
 import threading
 
 from deploy import lock
+from deploy.budget import budget_settings
+from deploy.budget import describe as describe_budget
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq
 from deploy.training import launch as launch_training
@@ -135,6 +137,7 @@ def configure(conn, inv, label, autostop=KEEP):
                "spot_grace_seconds": inv.ec2["spot_grace_seconds"], "price_per_hour": inv.price_of(label)}
     if autostop is not KEEP:
         changes["autostop"] = autostop
+    changes.update(budget_settings(inv, label))  # a launched host's cap (launch.max_hours), sent again at every configure
     cmd = f"python3 {script(inv, 'host_agent.py')} configure {rq(inv.remote['runs_dir'])} {shlex.quote(json.dumps(changes))}"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     try:
@@ -161,7 +164,10 @@ def describe(settings, boot=None):
 def start_training(conn, inv, label, say, **launch):
     """The agent gets the inventory's settings (autostop, EC2 metadata, price) first, then the training
     starts (`training.launch(conn, inv, say, **launch)`, priced at the host's price); returns the run name."""
-    outcome = configure(conn, inv, label, autostop=inventory_autostop(inv))
-    if "boot" in outcome:
+    autostop = inventory_autostop(inv)
+    outcome = configure(conn, inv, label, autostop=autostop)
+    if autostop is not KEEP:
         say(describe(outcome["settings"], outcome["boot"]))
+    if outcome["settings"].get("budget"):
+        say(describe_budget(outcome["settings"]["budget"]))
     return launch_training(conn, inv, say, price_per_hour=inv.price_of(label), **launch)

@@ -109,6 +109,7 @@ class HostConnection(Connection):
     label = None
     touch_first = None  # a remote file the next command touches as well (the autostop heartbeat, deploy.agent)
     steps = None
+    ssh_config_file = None  # the OpenSSH client config this connection follows (inventory ssh.config_file, fab -F): rsync's too
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -273,12 +274,29 @@ def _make(inv, config, address, user, port, keys, label, host_name=None):
     for key in keys:
         check_key_file(key)
     kwargs = {"key_filename": list(keys)} if keys else {}
-    conn = HostConnection(address, user=user, port=port, config=config, connect_kwargs=kwargs,
+    config, config_file = with_ssh_config(config, inv.ssh.get("config_file"))
+    # port 22 is "not set": an ssh config's Port for this address applies, as with OpenSSH
+    conn = HostConnection(address, user=user, port=port if port != 22 else None, config=config, connect_kwargs=kwargs,
                           connect_timeout=inv.ssh["connect_timeout"])
+    conn.ssh_config_file = config_file
     conn.keepalive_interval, conn.keepalive_count_max = inv.ssh["keepalive_interval"], inv.ssh["keepalive_count_max"]
     conn.rsync_timeout = inv.ssh["rsync_timeout"]
     conn.label = label or f"{conn.user}@{conn.host}:{conn.port}"
     return Target(pin_host_keys(conn), host_name)
+
+
+def with_ssh_config(config, path):
+    """(`config` reading the OpenSSH client config `path` instead of ~/.ssh/config, as `ssh -F path` does; path),
+    or (`config`, the file `fab -F` gave, if any) when `path` is None. Host aliases, HostName, Port, ProxyJump
+    (a bastion) then apply to Fabric's connections and to rsync's ssh alike."""
+    if not path:
+        return config, getattr(config, "_runtime_ssh_path", None)
+    from paramiko import SSHConfig
+
+    config = config.clone()
+    config.set_runtime_ssh_path(path)
+    config._set(base_ssh_config=SSHConfig.from_path(path))  # as Config.load_ssh_config does for `fab -F`, which clone() skips
+    return config, path
 
 
 def key_files(conn):
@@ -303,6 +321,21 @@ def known_hosts_file():
     return path
 
 
+def forget_host_keys(addresses):
+    """Drop the kept host keys of `addresses` (any port): a new EC2 instance may get an address an earlier one had."""
+    path = known_hosts_file()
+    lines = path.read_text().splitlines(keepends=True)
+
+    def names(line):
+        return {n.split("]:")[0].lstrip("[") for n in line.split(" ", 1)[0].split(",")}
+
+    kept = [line for line in lines if not names(line) & set(addresses)]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
 def pin_host_keys(conn):
     """Trust on first use, then refuse a changed key: paramiko saves a new host's key to the
     state dir's known_hosts (the file rsync's ssh uses too) and checks it on every later connection."""
@@ -316,6 +349,8 @@ def ssh_command(conn):
     parts = ["ssh", "-p", str(conn.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
              "-o", f"UserKnownHostsFile={known_hosts_file()}", "-o", f"ConnectTimeout={conn.connect_timeout}",
              "-o", f"ServerAliveInterval={conn.keepalive_interval}", "-o", f"ServerAliveCountMax={conn.keepalive_count_max}"]
+    if conn.ssh_config_file:
+        parts += ["-F", str(conn.ssh_config_file)]
     for key in key_files(conn):
         parts += ["-i", key]
     return shlex.join(parts)
@@ -324,7 +359,8 @@ def ssh_command(conn):
 def rsync_target(conn, remote_path):
     """user@host:path for rsync; a `~/` path becomes relative (rsync starts in the home dir)."""
     path = remote_path[2:] if remote_path.startswith("~/") else remote_path
-    host = f"[{conn.host}]" if ":" in conn.host else conn.host
+    host = conn.original_host if conn.ssh_config_file else conn.host  # ssh -F resolves the name as Fabric did (HostName, ProxyJump)
+    host = f"[{host}]" if ":" in host else host
     return f"{conn.user}@{host}:{path}"
 
 

@@ -56,7 +56,8 @@ DEFAULTS = {
     "smoke_config": "configs/smoke.yaml",
     "tmux_session": "facenet-training",
     "allow_cpu_training": False,
-    "ssh": {"connect_timeout": 15, "keepalive_interval": 15, "keepalive_count_max": 3, "rsync_timeout": 120},
+    "ssh": {"connect_timeout": 15, "keepalive_interval": 15, "keepalive_count_max": 3, "rsync_timeout": 120,
+            "config_file": None},
     "tensorboard": {"session": "facenet-tensorboard", "remote_port": 6006, "local_port": 6006},
     "apt_packages": ["tmux", "rsync", "python3-venv"],
     "python": "python3",
@@ -64,10 +65,18 @@ DEFAULTS = {
     "price_per_hour": None,
     "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]},
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
+    "launch": {  # `fab launch` (deploy/aws/): the README's "EC2 from scratch" explains each
+        "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
+        "spot_interruption": "terminate", "disk_gb": 150, "ami": None,
+        "ami_parameter": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id",
+        "user": "ubuntu", "key_name": None, "public_key_file": None, "key_file": None, "ssh_cidr": None, "instance_profile": None,
+        "max_hours": None, "ssh_wait_seconds": 600, "worker_port": 23456,
+    },
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
-NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds"}  # > 0; null where the default is
+# > 0; null where the default is
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours"}
 WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
@@ -116,6 +125,7 @@ class Inventory:
     price_per_hour: float | None
     autostop: dict
     ec2: dict
+    launch: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["launch"]))
 
     def find_host(self, name_or_address):
         """The inventory host whose name or address is `name_or_address`, else None."""
@@ -155,10 +165,15 @@ def load_inventory(path=None):
     _merge(cfg, raw, "", path)
     base = path.resolve().parent
     hosts = {name: _host(name, spec, path) for name, spec in (cfg["hosts"] or {}).items()}
+    from deploy import launched  # the hosts and clusters `fab launch` created (state dir): part of the inventory
+
+    launched.check_settings(cfg["launch"], path)
+    more_clusters = launched.merge(hosts, cfg["clusters"] or {}, cfg["price_per_hour"], path, _host)
     if cfg["default_host"] is not None and cfg["default_host"] not in hosts:
         raise InventoryError(f"Inventory key 'default_host' in {path} names {cfg['default_host']!r}, "
                              f"which is not under 'hosts' (known: {sorted(hosts) or 'none'}).")
     clusters = {name: _cluster(name, spec, hosts, path) for name, spec in (cfg["clusters"] or {}).items()}
+    clusters.update({name: _cluster(name, spec, hosts, launched.path()) for name, spec in more_clusters.items()})
     local_data = [_local(base, p) for p in cfg["local_data"]]
     names = [p.name for p in local_data]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -169,7 +184,7 @@ def load_inventory(path=None):
         if not 0 < cfg["tensorboard"][key] < 65536:
             raise InventoryError(f"Inventory key 'tensorboard.{key}' in {path} expects a port 1-65535. Received: {cfg['tensorboard'][key]}")
     for key, value in cfg["ssh"].items():
-        if value <= 0:
+        if key != "config_file" and value <= 0:
             raise InventoryError(f"Inventory key 'ssh.{key}' in {path} expects a positive number of seconds (or count). Received: {value}")
     for key, value in (("tmux_session", cfg["tmux_session"]), ("tensorboard.session", cfg["tensorboard"]["session"])):
         if not SESSION_NAME.fullmatch(value):
@@ -181,6 +196,11 @@ def load_inventory(path=None):
                              f"fab task: any of {', '.join(WAIT_FOR)} (or []). Received: {unknown[0]!r}")
     # the agent gives EC2's default address up on a "not EC2" answer, a URL the inventory names never
     cfg["ec2"]["metadata_url_explicit"] = "metadata_url" in (raw.get("ec2") or {})
+    if cfg["ssh"]["config_file"]:
+        cfg["ssh"]["config_file"] = str(_local(base, cfg["ssh"]["config_file"]))
+        if not Path(cfg["ssh"]["config_file"]).is_file():
+            raise InventoryError(f"Inventory key 'ssh.config_file' in {path} names {cfg['ssh']['config_file']}, which is not a file "
+                                 "(an OpenSSH client config, as for `ssh -F`).")
     check_remote_paths(cfg["remote"], path)
     for host in hosts.values():
         if host.remote:
@@ -191,7 +211,7 @@ def load_inventory(path=None):
         train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
-        price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"],
+        price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"], launch=cfg["launch"],
     )
 
 

@@ -22,7 +22,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 from rich.text import Text
 
-from deploy import agent, cluster, lock, observe, sync, training
+from deploy import agent, cluster, ledger, lock, observe, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
@@ -227,8 +227,12 @@ def preflight(h):
 
 @host_task(name="smoke-test", changes_host=True, help=RESTART)
 def smoke_test(h, restart=False):
-    """Run `python -m trainer smoke` on the host (a few clips, 2 epochs, reload, predict); stop and say why if it fails."""
-    training.smoke_test(h.conn, h.inv, say)
+    """Run `python -m trainer smoke` on the host (a few clips, 2 epochs, reload, predict); stop and say why if it fails.
+
+    Then it times the training config's step on the host and prints the estimated time and cost
+    of the full training (epochs x steps x price_per_hour).
+    """
+    training.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))
 
 
 def _run_name(inv, run_name=None, folds=None, resume=False, **_):
@@ -295,7 +299,7 @@ DEPLOY_STEPS = [  # (name, step(h, run, say)): each also a task of its own
     ("sync-code", lambda h, run, say: sync.sync_code(h.target, h.inv, say)),
     ("sync-data", lambda h, run, say: sync.sync_data(h.target, h.inv, say)),
     ("preflight", lambda h, run, say: training.preflight(h.conn, h.inv, say)),
-    ("smoke-test", lambda h, run, say: training.smoke_test(h.conn, h.inv, say)),
+    ("smoke-test", lambda h, run, say: training.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))),  # and the estimate
     ("upload-run", lambda h, run, say: sync.upload_run(h.target, h.inv, run["resume_from"], say)),  # only with --resume-from
     ("train", lambda h, run, say: run.update(name=start_training(h, run_name=run["name"], resume=bool(run["resume_from"])))),
 ]
@@ -449,6 +453,7 @@ def fetch_results(h, run=None, dest="results", backup=False):
     from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
 
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
+    ledger.record_fetch(h.target.label, info)  # `fab down` deletes a host only with its runs fetched after they ended
     metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
     if cv:
         print_cv(cv, console, title=f"Run {info['run']}, cross-validation")

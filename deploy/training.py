@@ -68,10 +68,32 @@ def packed_dir(inv):
     return rjoin(inv.remote["runs_dir"], ".packed")
 
 
-def smoke_test(conn, inv, say):
+def smoke_test(conn, inv, say, price_per_hour=None):
+    """The smoke test, then the estimate of the full training on this host (its step timed with the training config)."""
     out_dir = rjoin(inv.remote["runs_dir"], "smoke")
-    _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", remote_config(inv, inv.smoke_config), "--out", out_dir, *data_args(inv))
+    _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", remote_config(inv, inv.smoke_config), "--out", out_dir,
+                             "--estimate-config", remote_config(inv, inv.train_config), *data_args(inv))
     say(result["message"])
+    if result.get("estimate"):
+        for line in describe_estimate(result["estimate"], inv.train_config, price_per_hour):
+            say(line)
+
+
+def describe_estimate(est, config, price_per_hour):
+    """The estimate's lines: seconds per step measured here, then time and cost of the full training."""
+    hours = est["seconds"] / 3600
+    where = f"{est['replicas']} device(s)" + (", mixed precision" if est["mixed_precision"] else "")
+    cost = (f", about ${hours * price_per_hour:.2f} at ${price_per_hour:.4g}/h" if price_per_hour
+            else " (cost: set price_per_hour, or `fab launch` the host, to see it)")
+    return [f"measured on this host: {est['seconds_per_step']:.4g} s per training step ({config}: global batch {est['global_batch']}, "
+            f"clips of ~{est['frames']} frames, {where}); {est['seconds_per_eval_step']:.4g} s per validation step",
+            f"estimate of the full training: up to {est['epochs']} epochs x {est['steps_per_epoch']} steps = about {_duration(est['seconds'])}"
+            f"{cost} (early stopping may end it sooner)"]
+
+
+def _duration(seconds):
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{minutes} min"
 
 
 def session_alive(conn, session):

@@ -45,7 +45,7 @@ from ec2_metadata import EC2_METADATA_URL, probe_instance, spot_notice
 
 HERE = os.path.abspath(__file__)
 DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
-            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None}
+            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None}
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
 WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
 BOOT_MARK = "# facenet-deploy host agent"
@@ -57,7 +57,8 @@ def agent_dir(runs_dir):
 
 def files(runs_dir):
     d = agent_dir(runs_dir)
-    return {name: os.path.join(d, name) for name in ("settings.json", "heartbeat", "state.json", "fired.json", "agent.log", "agent.lock")}
+    return {name: os.path.join(d, name) for name in ("settings.json", "heartbeat", "state.json", "fired.json", "agent.log", "agent.lock",
+                                                     "budget.json")}
 
 
 def mtime(path):
@@ -127,6 +128,53 @@ def fire(runs_dir, view, state):
     log(runs_dir, f"autostop: idle since {view['last_activity']}; ran {view['command']!r}, which exited {record['exit_code']}")
 
 
+# --- the budget cap (launch.max_hours) ------------------------------------------------------
+
+def notify(runs_dir, event, message):
+    """Tell the user `message`. Notifications do not exist yet: the agent's log and state carry it;
+    a notification channel (mail, chat, push) goes here."""
+    log(runs_dir, f"notify {event}: {message}")
+
+
+def check_budget(runs_dir, settings, running, now):
+    """The budget cap: warn `warn_seconds` before the deadline, then at the deadline stop the training
+    (its backup is kept) and run the command (power off), whatever the host is doing. Each fires once
+    per deadline (budget.json keeps what happened): a host started again by hand is not capped again.
+    Returns the cap's view for the state file, or None when there is no cap."""
+    budget = settings.get("budget")
+    if not budget:
+        return None
+    path = files(runs_dir)["budget.json"]
+    record = run_state.read_json(path) or {}
+    if record.get("deadline") != budget["deadline"]:
+        record = {"deadline": budget["deadline"]}
+    deadline, warn = budget["deadline"], budget.get("warn_seconds", 900)
+    if now >= deadline - warn and "warned_at" not in record and now < deadline:
+        minutes = max(0, round((deadline - now) / 60))
+        record["warning"] = (f"budget cap: this host powers off at {iso(deadline)} ({budget.get('max_hours')} h after launch), "
+                             f"in about {minutes} min" + (f"; training {running[0]} is stopped first (its backup is kept)" if running else ""))
+        record["warned_at"] = iso(now)
+        save(path, record)
+        notify(runs_dir, "budget-warning", record["warning"])
+    if now >= deadline and "fired_at" not in record:
+        record["fired_at"] = iso(now)
+        save(path, record)  # before acting: a crash in between must not fire twice (best-effort: a full disk must not stop the cap)
+        log(runs_dir, f"budget cap reached ({budget.get('max_hours')} h after launch): "
+                      + (f"stopping training {running[0]}, then " if running else "") + f"running {budget['command']!r}")
+        if running:
+            code, lines = run_state.stop(running[1], settings["session"], int(settings["spot_grace_seconds"]),
+                                         reason=f"stopped by the budget cap (launch.max_hours, {budget.get('max_hours')} h)")
+            log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
+        try:
+            out = subprocess.run(["sh", "-c", budget["command"]], capture_output=True, text=True, timeout=120)
+            record.update(exit_code=out.returncode, output=(out.stdout + out.stderr)[-2000:])
+        except (OSError, subprocess.SubprocessError) as e:
+            record.update(exit_code=None, output=str(e))
+        save(path, record)
+        log(runs_dir, f"budget cap: command exited {record['exit_code']}")
+    return {**record, "deadline": iso(deadline), "max_hours": budget.get("max_hours"), "command": budget["command"]}
+
+
 # --- the agent loop -----------------------------------------------------------------------
 
 def read_settings(runs_dir):
@@ -160,6 +208,9 @@ def poll_once(runs_dir, settings, state):
         if notice:
             preempt(runs_dir, settings, running, notice)
             state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now)}
+    state["budget"] = check_budget(runs_dir, settings, running, now)
+    if running and (state["budget"] or {}).get("fired_at") == iso(now):  # the cap stopped it just now
+        running = run_state.running_run(runs_dir, settings["session"])
     auto = settings.get("autostop")
     busy, problems = host_activity.seen(runs_dir, auto.get("wait_for", WAIT_FOR)) if auto else ([], [])
     state.update(activity=busy, activity_problems=problems)
@@ -291,11 +342,15 @@ def configure(runs_dir, changes):
             return {"ok": False, "message": f"autostop cannot power the host off: `sudo -n` asks for a password for {user}. "
                                             "Allow passwordless sudo for /sbin/poweroff, or set autostop.command in the inventory."}
         changes = {**changes, "autostop": auto}
+    if (changes.get("budget") or {}).get("command") == POWEROFF and not can_sudo():
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return {"ok": False, "message": f"the budget cap cannot power the host off: `sudo -n` asks for a password for {user}. "
+                                        "Allow passwordless sudo for /sbin/poweroff, or set autostop.command in the inventory."}
     settings.update(changes)
     run_state.write_atomic(files(runs_dir)["settings.json"], json.dumps(settings))
     outcome = {"ok": True, "settings": settings}
-    if "autostop" in changes:
-        outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"]))
+    if "autostop" in changes or "budget" in changes:
+        outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"] or settings.get("budget")))
     outcome["started"] = start(runs_dir)
     return outcome
 
@@ -309,7 +364,7 @@ def view(runs_dir):
     alive = agent_running(runs_dir)
     running = run_state.running_run(runs_dir, settings["session"])
     return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
-            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe")}
+            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe"), "budget": state.get("budget")}
 
 
 def main(argv):
@@ -317,7 +372,8 @@ def main(argv):
     if command == "run":
         return run(runs_dir)
     if command == "boot":
-        if read_settings(runs_dir).get("autostop"):
+        settings = read_settings(runs_dir)
+        if settings.get("autostop") or settings.get("budget"):
             start(runs_dir)
         return 0
     if command == "configure":

@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -228,3 +229,62 @@ def wait_until(predicate, timeout=120, what="condition"):
             return value
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# --- EC2: moto's standalone server on 127.0.0.1 stands in for AWS (tests/test_ec2_*.py) -------------
+
+DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server (a real HTTP endpoint, boto3 talks to it as to AWS) on 127.0.0.1 at a free port; its URL."""
+    pytest.importorskip("moto", reason="the EC2 tests need moto[server] (the dev extra)")
+    from moto.server import ThreadedMotoServer
+
+    from deploy.localhost import free_port
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch):
+    """A fresh moto account for one test, boto3 pointed at it (AWS_ENDPOINT_URL, fake credentials), and the
+    public DLAMI parameter AWS publishes, which moto lacks: it names one of moto's AMIs. Returns the URL."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).read()
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    seed_public_parameter("us-east-1", DLAMI_PARAMETER, moto_ami("us-east-1"))
+    return moto_server
+
+
+@functools.lru_cache
+def moto_ami(region):
+    """One of the Ubuntu AMIs moto ships (the same after every reset)."""
+    import boto3
+
+    images = boto3.client("ec2", region_name=region).describe_images(Owners=["amazon"])["Images"]
+    return next(i["ImageId"] for i in images if "ubuntu" in i.get("Name", "").lower())
+
+
+def seed_public_parameter(region, name, value):
+    """A public /aws/service/ parameter in moto's SSM (nobody may put one through the API, as on AWS)."""
+    from datetime import datetime, timezone
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ssm.models import Parameter, ssm_backends
+
+    ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters[name].append(Parameter(
+        account_id=DEFAULT_ACCOUNT_ID, name=name, value=value, parameter_type="String", description=None, allowed_pattern=None,
+        keyid=None, last_modified_date=datetime.now(timezone.utc), version=1, data_type="aws:ec2:image"))

@@ -199,9 +199,10 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     proc = deploy_env.popen("sync-data")
     remote = deploy_env.remote_root / "data dir" / "crema-d"
     time.sleep(3)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    proc.send_signal(signal.SIGINT)  # Ctrl-C (tests/test_interrupts.py sends it to the whole process group, as a terminal does)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "Interrupted. Run the same command again" in out, out
+    assert proc.returncode == 130 and "Interrupted. Run the same command again" in out, out
+    assert not (deploy_env.runs / ".lock").exists()  # released on the way out
     arrived = len(list(remote.glob("*.npz")))
     assert 0 < arrived < local_files
     deploy_env.write(rsync_args=[])

@@ -54,25 +54,6 @@ def test_ctrl_c_during_smoke_test_ends_the_remote_step_then_releases_the_lock(ho
     assert after.returncode == 0, after.out
 
 
-def test_ctrl_c_during_sync_data_exits_130_and_releases_the_lock(deploy_env):
-    from trainer.synth import write_corpus
-
-    env = deploy_env
-    write_corpus(env.data, "crema-d", clips=60, seed=9)
-    env.write(rsync_args=["--bwlimit=100"], default_host="local")  # about a minute for the corpus: long enough to interrupt
-    proc = start(env, "sync-data")
-    wait_until(lambda: proc.poll() is not None or (env.runs / ".lock").exists() and list((env.remote_root / "data dir").rglob("*")),
-               60, "the upload to start")
-    assert proc.poll() is None, proc.communicate()[0]
-    time.sleep(1)
-    code, out, took = ctrl_c(proc)
-    assert code == 130, out
-    assert took < 15, (took, out)
-    assert "rsync resumes" in out
-    assert not (env.runs / ".lock").exists()
-    wait_until(lambda: not remote(env, "rsync"), 10, "the host's rsync to end")
-
-
 def test_a_wrong_key_is_exit_2_naming_key_and_user_and_dash_i_beats_the_inventory(deploy_env, ssh_host, tmp_path):
     env = deploy_env
     wrong = tmp_path / "wrong key"

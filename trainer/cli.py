@@ -84,8 +84,10 @@ def cmd_cv(args):
 def cmd_smoke(args):
     from trainer.smoke import smoke
 
-    run_dir, seconds = smoke(args.data, args.out, synthetic=args.synthetic, config=args.config, overrides=args.set)
-    args.outcome.update(run_dir=str(run_dir), seconds=round(seconds, 1), message=f"Smoke test passed in {seconds:.0f} s: {run_dir}")
+    run_dir, seconds, estimated = smoke(args.data, args.out, synthetic=args.synthetic, config=args.config, overrides=args.set,
+                                        estimate_config=args.estimate_config)
+    args.outcome.update(run_dir=str(run_dir), seconds=round(seconds, 1), message=f"Smoke test passed in {seconds:.0f} s: {run_dir}",
+                        estimate=estimated)
 
 
 def cmd_evaluate(args):
@@ -145,6 +147,8 @@ def build_parser():
     common(sp, False)
     sp.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR")
     sp.add_argument("--synthetic", action="store_true", help="add a small synthetic data set (no real data needed)")
+    sp.add_argument("--estimate-config", type=Path, metavar="CONFIG",
+                    help="then time CONFIG's training step here: the result's `estimate` (seconds per step, steps, epochs)")
     sp.set_defaults(func=cmd_smoke)
 
     sp = sub.add_parser("evaluate", help="score a run's best model on its validation split or other data")

@@ -1,10 +1,13 @@
 """The minimal end-to-end check run before a long training: small, fast, and strict.
 
     smoke(["data/crema-d"], "runs")   # raises if anything is off; under a minute on a CPU
+    smoke(["data/crema-d"], "runs", estimate_config="configs/full.yaml")   # also: the full training's time here
 
 Trains `configs/smoke.yaml` (a few dozen clips, 2 epochs, a tiny model) through the
 real run code, then checks that the loss is finite and that the saved model reloads
-and predicts one probability per class.
+and predicts one probability per class. With `estimate_config`, it then times the full
+config's training step on this machine (trainer/estimate.py), for the deploy's estimate of the
+full training's time and cost.
 """
 
 import csv
@@ -25,7 +28,8 @@ class SmokeFailure(Exception):
     exit_code = 1
 
 
-def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=()):
+def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=(), estimate_config=None):
+    """Returns (run dir, seconds, estimate or None)."""
     t0 = time.monotonic()
     if synthetic:
         from trainer.synth import write_corpus
@@ -42,7 +46,14 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=()):
     check_run(run_dir, len(cfg["data"]["classes"]))
     seconds = time.monotonic() - t0
     print(f"Smoke test passed in {seconds:.0f} s: {run_dir}", flush=True)
-    return run_dir, seconds
+    estimated = None
+    if estimate_config:
+        from trainer.estimate import estimate
+
+        estimated = estimate(load_config(estimate_config), Path(run_dir) / "manifest.json")
+        print(f"Full training here: {estimated['seconds_per_step']} s per step, {estimated['steps_per_epoch']} steps per epoch, "
+              f"up to {estimated['epochs']} epochs: about {estimated['seconds']:.0f} s", flush=True)
+    return run_dir, seconds, estimated
 
 
 def check_run(run_dir, num_classes):
