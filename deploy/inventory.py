@@ -63,11 +63,12 @@ DEFAULTS = {
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
     "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff"},
+    "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
-NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds"}  # > 0; null where the default is
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "stall_minutes"}  # > 0; null where the default is
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
 
@@ -115,6 +116,7 @@ class Inventory:
     price_per_hour: float | None
     autostop: dict
     ec2: dict
+    stall_minutes: float | None = None  # a training whose status.json is older than this while it lives is stalled
 
     def find_host(self, name_or_address):
         """The inventory host whose name or address is `name_or_address`, else None."""
@@ -187,7 +189,7 @@ def load_inventory(path=None):
         train_config=cfg["train_config"], smoke_config=cfg["smoke_config"], tmux_session=cfg["tmux_session"],
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
-        price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"],
+        price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"], stall_minutes=cfg["stall_minutes"],
     )
 
 

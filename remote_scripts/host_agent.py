@@ -8,7 +8,7 @@
 Standard library only (it runs with the system python3). Its files are in RUNS_DIR/.agent/:
 
     settings.json   what the deploy side set: session, autostop {idle_seconds, command}, metadata_url,
-                    poll_seconds, spot_grace_seconds, price_per_hour
+                    poll_seconds, spot_grace_seconds, price_per_hour, stall_seconds (null: run_state's default)
     heartbeat       touched by every `fab` task on this host
     state.json      the agent's view, rewritten every poll: pid, EC2 instance (type, spot), autostop
     fired.json      when autostop last fired, its command and exit code
@@ -16,7 +16,9 @@ Standard library only (it runs with the system python3). Its files are in RUNS_D
 
 Autostop fires once when no training runs and nothing happened for idle_seconds, counted from the
 latest of: the heartbeat, the last time the agent saw a training run, the end of the current run,
-the agent's start (so a rebooted host gets the whole idle time) and the arming.
+the agent's start (so a rebooted host gets the whole idle time) and the arming. A stalled run
+(run_state.stalled_since: its processes live, its status.json is not rewritten) counts as idle from
+when it stalled, and the log says so.
 
 On EC2 (IMDSv2 answers at metadata_url) it polls spot/instance-action; on a notice it marks the
 running training preempted and stops it (run_state.stop), keeping the backup of the last epoch.
@@ -38,7 +40,7 @@ import run_state
 
 HERE = os.path.abspath(__file__)
 DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": "http://169.254.169.254",
-            "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None}
+            "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "stall_seconds": None}
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
 BOOT_MARK = "# facenet-deploy host agent"
 INSTANCE_RECHECK_SECONDS = 600  # a host that is not on EC2 is asked again this often
@@ -170,8 +172,13 @@ def poll_once(runs_dir, settings, state):
     if url and (state.get("instance_url") != url or now - state.get("instance_checked", 0) > recheck):
         state.update(instance=instance_info(url), instance_checked=now, instance_url=url)
     running = run_state.running_run(runs_dir, settings["session"])
-    if running:
+    stalled = run_state.stalled_since(running[1], settings.get("stall_seconds")) if running else None
+    if running and not stalled:
         state["training_seen"] = now
+    if stalled and state.get("stalled") != [running[0], iso(stalled)]:
+        state["stalled"] = [running[0], iso(stalled)]
+        log(runs_dir, f"run {running[0]} stalled at {iso(stalled)} (its processes live, its status.json is not rewritten): "
+                      "autostop counts it as idle")
     if running and url and (state.get("instance") or {}).get("ec2"):
         try:
             notice = spot_notice(url)
@@ -180,8 +187,8 @@ def poll_once(runs_dir, settings, state):
         if notice:
             preempt(runs_dir, settings, running, notice)
             state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now)}
-    view = autostop_view(settings, state, runs_dir, running)
-    if view["armed"] and not running and now >= view["fires_at_epoch"] and not view["fired"]:
+    view = autostop_view(settings, state, runs_dir, None if stalled else running)
+    if view["armed"] and (stalled or not running) and now >= view["fires_at_epoch"] and not view["fired"]:
         fire(runs_dir, view)
     state.update(polled_at=iso(now), autostop=view, running=running[0] if running else None)
     return state
@@ -297,6 +304,8 @@ def view(runs_dir):
     settings, state = read_settings(runs_dir), run_state.read_json(paths["state.json"]) or {}
     alive = agent_running(runs_dir)
     running = run_state.running_run(runs_dir, settings["session"])
+    if running and run_state.stalled_since(running[1], settings.get("stall_seconds")):
+        running = None  # stalled: autostop counts it as idle
     return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
             "price_per_hour": settings.get("price_per_hour")}
 

@@ -5,13 +5,16 @@
 #
 # The trainer's output goes to RUN_DIR/train.log. Around it run_state.py (the one owner of the
 # run-file format) records
-#   RUN_DIR/launch.json   when it started, this script's pid and process group, the command
-#   RUN_DIR/exit.json     the trainer's exit code, when it ended and why (reserved up front, so
+#   RUN_DIR/launch.json   this launch's id, when it started, this script's pid and process group
+#                         (with the group leader's start time), the command
+#   RUN_DIR/exits/<launch id>.json, linked as RUN_DIR/exit.json
+#                         the trainer's exit code, when it ended and why (reserved up front, so
 #                         it is written even on a full disk)
 # and points RUNS_DIR/.current at the run, so that afterwards nobody has to guess whether
-# the run finished or died: a run with neither a live session nor exit.json vanished
-# (reboot, kill -9). SIGTERM/SIGHUP/SIGINT are passed on to the trainer, which finishes
-# its epoch, saves its backup and exits 3 (stopped).
+# the run finished or died: a run with no live process of that group and no exit record
+# vanished (reboot, kill -9). The launch is refused (exit 2, nothing recorded) while a process
+# of the run's previous launch lives. SIGTERM/SIGHUP/SIGINT are passed on to the trainer,
+# which finishes its epoch, saves its backup and exits 3 (stopped).
 set -euo pipefail
 
 if [ "$#" -lt 4 ]; then
@@ -28,8 +31,11 @@ log="$run_dir/train.log"
 now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; }
 say() { echo "[launch] $(now) $*" >> "$log" 2>/dev/null || true; }  # a full disk must not stop the launcher
 
-run_state record-launch "$run_dir" "$$" "python -m trainer $*"
-say "python -m trainer $*"
+if ! launch_id="$(run_state record-launch "$run_dir" "$$" "python -m trainer $*" 2>>"$log")"; then
+  say "launch refused (the line above says why); nothing was started"
+  exit 2
+fi
+say "python -m trainer $* (launch $launch_id)"
 
 code=0
 if [ ! -x "$venv/bin/python" ]; then
@@ -50,6 +56,6 @@ else
   done
 fi
 
-run_state record-exit "$run_dir" "$code" > /dev/null
+run_state record-exit "$run_dir" "$code" "$launch_id" > /dev/null
 say "trainer exited with code $code"
 exit "$code"

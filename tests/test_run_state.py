@@ -1,0 +1,94 @@
+"""remote_scripts/run_state.py on its own: liveness from the process group, one exit record per launch.
+Real processes and real /proc; no training, no SSH (fast)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "remote_scripts"))
+import run_state  # noqa: E402
+
+
+@pytest.fixture
+def group():
+    """A real process group: a `sleep` leading its own session, and a child in its group."""
+    proc = subprocess.Popen(["bash", "-c", "sleep 60 & wait"], start_new_session=True)
+    time.sleep(0.2)
+    yield proc
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def launch_of(proc, **changes):
+    return {"pgid": proc.pid, "leader_start": run_state.proc_stat(proc.pid)[2], "boot_id": run_state.boot_id(), **changes}
+
+
+def test_a_live_group_is_alive_and_a_reused_pid_is_not(group):
+    launch = launch_of(group)
+    alive = run_state.live_processes(launch)
+    assert group.pid in alive and len(alive) == 2  # the leader and its `sleep`
+    # the same number, another process: its start time differs from the one recorded at launch
+    assert run_state.live_processes(launch_of(group, leader_start=launch["leader_start"] - 1)) == []
+    # recorded under another boot (the host rebooted, or the run was copied from another host)
+    assert run_state.live_processes(launch_of(group, boot_id="00000000-0000-0000-0000-000000000000")) == []
+    assert run_state.live_processes({"pgid": 1}) == [] and run_state.live_processes({}) == []
+    os.killpg(group.pid, 9)
+    group.wait()
+    assert run_state.live_processes(launch) == []
+
+
+def test_the_leader_gone_with_its_group_alive_is_still_alive(tmp_path):
+    """The launcher killed alone (kill -9 of its pid): the trainer, in its group, still runs."""
+    proc = subprocess.Popen(["bash", "-c", "sleep 60 & echo $!; wait"], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        launch = launch_of(proc)
+        os.kill(proc.pid, 9)
+        proc.wait()
+        assert run_state.live_processes(launch) == [child]
+    finally:
+        os.kill(child, 9)
+
+
+def test_each_launch_has_its_own_exit_record_and_a_late_one_never_takes_over(tmp_path, group):
+    run = tmp_path / "r1"
+    first = run_state.record_launch(str(run), group.pid, "python -m trainer train")
+    assert json.loads((run / "launch.json").read_text())["launch_id"] == first
+    # a second launch while a process of the first lives is refused, and writes nothing
+    with pytest.raises(run_state.RunAlive, match=f"pid {group.pid}"):
+        run_state.record_launch(str(run), os.getpid(), "python -m trainer train --resume")
+    assert json.loads((run / "launch.json").read_text())["launch_id"] == first
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
+    assert info["state"] == "starting" and info["processes"][0]["pid"] == group.pid and not info["session_alive"]
+
+    os.killpg(group.pid, 9)
+    group.wait()
+    time.sleep(1.1)  # launch ids have a one-second clock
+    second = run_state.record_launch(str(run), os.getpid(), "python -m trainer train --resume")
+    assert second != first
+    run_state.record_exit(str(run), 1, launch_id=second)
+    assert json.loads((run / "exit.json").read_text())["launch_id"] == second
+    # the first launch's launcher records its end late: its own record, never the current one's
+    run_state.record_exit(str(run), 3, launch_id=first)
+    assert json.loads((run / "exits" / f"{first}.json").read_text())["exit_code"] == 3
+    assert json.loads((run / "exit.json").read_text()) == json.loads((run / "exits" / f"{second}.json").read_text())
+    assert run_state.exit_record(str(run))["exit_code"] == 1
+
+
+def test_a_run_launched_before_launch_ids_reads_as_before(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "launch.json").write_text(json.dumps({"pid": 999999, "pgid": 999999, "command": "python -m trainer train"}))
+    (run / "exit.json").write_text(json.dumps({"exit_code": 0, "ended_at": "2026-01-01T00:00:00+00:00"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
+    (tmp_path / ".current").write_text("old\n")
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
+    assert info["state"] == "finished" and info["exit"]["exit_code"] == 0 and info["processes"] == []
