@@ -194,9 +194,10 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     NAMES = {"weights": "latest.weights.h5", "metadata": "training_metadata.json", "callbacks": "callbacks.json"}
 
-    def __init__(self, backup_dir, resume_state, log=print):
+    def __init__(self, backup_dir, resume_state, log=print, history=None):
         super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
         self.dir, self.resume_state, self.log = Path(backup_dir), resume_state, log
+        self.history = Path(history) if history else None  # CSVLogger's file: rows past the backup's epoch go
 
     def files(self, previous=False):
         return {key: self.dir / (name + (".bkp" if previous else "")) for key, name in self.NAMES.items()}
@@ -228,10 +229,24 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             if problems:
                 self.log(f"Backup: {'; '.join(problems)}. Resuming from the previous backup instead: epoch {epoch} "
                          f"({self.dir}/*.bkp); the epoch after it is trained again.")
+            self._trim_history(epoch)
             return
         if problems:
             raise ResumeError(f"Cannot resume from {self.dir}: {'; '.join(problems)}. Start a new run, or put back a copy "
                               "of backup/ (`fab fetch-results --backup` keeps one).")
+
+    def _trim_history(self, epoch):
+        """history.csv keeps the rows of the epochs the backup holds (list this before the CSVLogger,
+        which appends): an epoch trained again after a fallback is in it once."""
+        if self.history is None or not self.history.is_file():
+            return
+        lines = self.history.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [line for line in lines[1:] if not line.split(",", 1)[0].isdigit() or int(line.split(",", 1)[0]) < epoch]
+        if len(keep) != len(lines):
+            tmp = self.history.with_name(f".{self.history.name}.tmp")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, self.history)
+            self.log(f"history.csv: {len(lines) - len(keep)} row(s) past epoch {epoch} removed (they are trained again)")
 
     def _read_set(self, paths):
         """(epoch, resume state or None) of one set of backup files; ResumeError saying why it cannot be used."""

@@ -239,7 +239,7 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
             reduce_lr,
             # after those three (it saves and restores their state with the weights); a kill during its save
             # leaves the previous epoch's backup to resume from
-            RunBackup(run_dir / "backup", resume_state, log=console.print),
+            RunBackup(run_dir / "backup", resume_state, log=console.print, history=run_dir / "history.csv"),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         ]
