@@ -75,10 +75,11 @@ def smoke_test(conn, inv, say):
     say(result["message"])
 
 
-def run_state(conn, inv, run=None, log_lines=15, quick=False):
+def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False):
     """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, processes, stall, log_tail,
-    gpus, disk). `quick`: without the GPUs and the host agent (is a training running?). The stall threshold is
-    the inventory's stall_minutes. A run name that comes back from the host is checked before anything uses it as a path."""
+    gpus, disk). `quick`: without the GPUs and the host agent (is a training running?); `missing_ok`: None where
+    the code is not synced yet (no launcher has run either). The stall threshold is the inventory's stall_minutes.
+    A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if run:
         args += ["--run", run]
@@ -87,12 +88,17 @@ def run_state(conn, inv, run=None, log_lines=15, quick=False):
     if quick:
         args.append("--quick")
     words = " ".join(map(rq, args))
-    out = conn.run(f"python3 {script(inv, 'run_state.py')} {words}", hide=True, warn=True, in_stream=False)
+    cmd = f"python3 {script(inv, 'run_state.py')} {words}"
+    if missing_ok:
+        cmd = f"if [ -f {script(inv, 'run_state.py')} ]; then {cmd}; else echo null; fi"
+    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     try:
         info = json.loads(out.stdout)
     except ValueError:
         raise DeployError(f"Could not read the run state on the host (is the code synced? `fab sync-code`): "
                           f"{(out.stderr or out.stdout).strip()[-600:]}") from None
+    if info is None:
+        return None
     if info.get("run") is not None:
         try:
             check_run_name(info["run"], f"the run name the host reported (in {inv.remote['runs_dir']}/.current)")
@@ -130,8 +136,8 @@ def refuse_new_run_name(conn, inv, name):
 def refuse_while_training(conn, inv, say, task, restart):
     """A task that changes code, data or venv must not run while any process of the training lives
     (with or without its tmux session): refuse, or with --restart stop it first."""
-    info = run_state(conn, inv, log_lines=0, quick=True)
-    if not training_lives(info):
+    info = run_state(conn, inv, log_lines=0, quick=True, missing_ok=True)
+    if info is None or not training_lives(info):
         return
     if not restart:
         raise DeployError(f"Training {info.get('run')} is running on the host ({info.get('state')}; {live_processes_text(info)}); "

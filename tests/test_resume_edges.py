@@ -142,9 +142,9 @@ def test_a_non_finite_loss_stops_the_run_before_any_epoch_of_it_is_saved(stopped
 
     proc = run_trainer("train", "--resume", run, "--data", data, "--epochs", done + 5)
     assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert digests(run, saved) == before  # no callback saw the NaN epoch
     assert f"The training loss became nan in epoch {done + 1}" in proc.stderr, proc.stderr
     assert f"its backup holds epoch {done}, the last with a finite loss" in proc.stderr
-    assert digests(run, saved) == before
     st = status(run)
     assert st["state"] == "failed" and st["error"]["type"] == "NonFiniteLoss" and st["epoch"] == done
 
