@@ -139,16 +139,19 @@ class ResumeState:
 
     RunBackup saves `snapshot(epoch)` with each epoch's weights and, on resume, `apply`-s the one
     saved with the weights it loads (after those callbacks' own resets in on_train_begin).
-    EarlyStopping's best weights come from `best_model`. A worker that is not the chief has no
-    backup: it `apply`-s the chief's state (trainer/loop.py).
+    EarlyStopping's best weights come from `best_model`. `best_on_disk` gives the monitored value of
+    the best.keras on disk (status.json's best): when a resume falls back to the previous epoch's
+    backup, best.keras may be the later epoch's, and the checkpoint must not replace it with a worse
+    model. A worker that is not the chief has no backup: it `apply`-s the chief's state (trainer/loop.py).
 
-        resume = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(run_dir / "best.keras"))
+        resume = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(run_dir / "best.keras"),
+                             best_on_disk=lambda: 0.61, mode="max")
         RunBackup(run_dir / "backup", resume)
     """
 
-    def __init__(self, checkpoint, early_stopping, reduce_lr, best_model=None):
+    def __init__(self, checkpoint, early_stopping, reduce_lr, best_model=None, best_on_disk=None, mode="max"):
         self.checkpoint, self.early_stopping, self.reduce_lr = checkpoint, early_stopping, reduce_lr
-        self.best_model = best_model
+        self.best_model, self.best_on_disk, self.mode = best_model, best_on_disk, mode
         self.restored = None
 
     def apply(self, state):
@@ -156,6 +159,10 @@ class ResumeState:
         es, rlr = self.early_stopping, self.reduce_lr
         if state.get("checkpoint_best") is not None and self.checkpoint is not None:
             self.checkpoint.best = state["checkpoint_best"]
+        on_disk = self.best_on_disk() if self.best_on_disk is not None and self.checkpoint is not None else None
+        if on_disk is not None and (self.checkpoint.best is None or (on_disk > self.checkpoint.best if self.mode == "max"
+                                                                     else on_disk < self.checkpoint.best)):
+            self.checkpoint.best = on_disk
         es.best, es.wait, es.best_epoch = state["early_stopping"]["best"], state["early_stopping"]["wait"], state["early_stopping"]["best_epoch"]
         rlr.best, rlr.wait, rlr.cooldown_counter = state["reduce_lr"]["best"], state["reduce_lr"]["wait"], state["reduce_lr"]["cooldown_counter"]
         if es.restore_best_weights and es.best is not None and self.best_model is not None:

@@ -231,7 +231,12 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
                                                   patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"])
     if chief:
         checkpoint = AtomicModelCheckpoint(best_path, monitor=monitor, mode=mode, save_best_only=True)
-        resume_state = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(best_path) if best_path.exists() else None)
+        def best_on_disk():
+            best = status.data.get("best") or {}
+            return best.get("value") if best.get("metric") == monitor and best_path.exists() else None
+
+        resume_state = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(best_path) if best_path.exists() else None,
+                                   best_on_disk=best_on_disk, mode=mode)
         writers = [
             checkpoint,
             ConfusionImages(checkpoint, val_gen, classes, run_dir / "logs"),
