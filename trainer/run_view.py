@@ -148,6 +148,9 @@ def render(info, label, console):
                             f"its processes ({pids}) live but do not progress")
         run.add_row("run", T(f"{info['run']}  ({info.get('run_dir')})"))
         run.add_row("state", headline)
+        if info.get("processes") and not info.get("session_alive") and state in ("starting", "running", "stalled"):
+            pids = ", ".join(str(p["pid"]) for p in info["processes"])
+            run.add_row("session", T(f"tmux session {info['session']} is closed; the training's processes ({pids}) live on"))
         if status.get("epochs"):
             bar = Table.grid(padding=(0, 1))
             bar.add_row(ProgressBar(total=status["epochs"], completed=status.get("epoch", 0), width=30),
