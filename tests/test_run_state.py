@@ -92,3 +92,23 @@ def test_a_run_launched_before_launch_ids_reads_as_before(tmp_path):
     (tmp_path / ".current").write_text("old\n")
     info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
     assert info["state"] == "finished" and info["exit"]["exit_code"] == 0 and info["processes"] == []
+
+
+def test_a_live_run_whose_status_is_older_than_the_threshold_is_stalled(tmp_path, group):
+    run = tmp_path / "slow"
+    run_state.record_launch(str(run), group.pid, "python -m trainer train")
+    (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 3, "slowest_epoch_seconds": 400}))
+    old = time.time() - 30
+    for name in ("status.json", "launch.json"):
+        os.utime(run / name, (old, old))
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True, stall_seconds=20)
+    assert info["state"] == "stalled" and run_state.EXIT_CODES["stalled"] == 8
+    assert info["stall"]["threshold_seconds"] == 20 and 29 <= info["stall"]["seconds_since_update"] < 60
+    assert run_state.stalled_since(str(run), 20) == pytest.approx(old + 20, abs=1)
+    # the default threshold: max(15 minutes, 3 x the slowest epoch so far)
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
+    assert info["state"] == "running" and info["stall"]["threshold_seconds"] == 1200
+    assert run_state.stalled_since(str(run)) is None
+    os.killpg(group.pid, 9)  # no process lives: not stalled, vanished
+    group.wait()
+    assert run_state.collect(str(tmp_path), "no-such-session", quick=True)["state"] == "vanished"

@@ -78,6 +78,7 @@ def closed_session_with_a_live_trainer(env, trainer, launch):
     monitor = env.fab("monitor")
     assert monitor.returncode == 0, monitor.out
     assert "RUNNING" in monitor.out and "VANISHED" not in monitor.out
+    assert "is closed; the training's processes" in flat(monitor.out), monitor.out
     for task in (("train", "--resume"), ("deploy-full",), ("sync-code",)):
         refused = env.fab(*task)
         assert refused.returncode == 1, (task, refused.out)
