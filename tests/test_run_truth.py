@@ -137,3 +137,13 @@ def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_ho
     running = env.fab("monitor")
     assert running.returncode == 0 and "RUNNING" in running.out, running.out
     assert env.fab("stop", "--wait", "60").returncode == 0
+
+
+def test_fab_train_resume_of_a_finished_run_is_refused_and_starts_nothing(host_ready):
+    env = host_ready  # 2 epochs
+    assert env.fab("train", "--run-name", "done").returncode == 0
+    wait_until(lambda: (env.runs / "done" / "exit.json").exists(), what="the run to finish")
+    launch = (env.runs / "done" / "launch.json").read_text()
+    again = env.fab("train", "--resume")
+    assert again.returncode == 1 and "Run done finished; there is nothing to resume" in again.out, again.out
+    assert (env.runs / "done" / "launch.json").read_text() == launch and not session_alive(env)
