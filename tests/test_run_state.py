@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
+import liveness  # noqa: E402
 import run_state  # noqa: E402
 
 
@@ -28,21 +29,21 @@ def group():
 
 
 def launch_of(proc, **changes):
-    return {"pgid": proc.pid, "leader_start": run_state.proc_stat(proc.pid)[2], "boot_id": run_state.boot_id(), **changes}
+    return {"pgid": proc.pid, "leader_start": liveness.proc_stat(proc.pid)[2], "boot_id": liveness.boot_id(), **changes}
 
 
 def test_a_live_group_is_alive_and_a_reused_pid_is_not(group):
     launch = launch_of(group)
-    alive = run_state.live_processes(launch)
+    alive = liveness.live_processes(launch)
     assert group.pid in alive and len(alive) == 2  # the leader and its `sleep`
     # the same number, another process: its start time differs from the one recorded at launch
-    assert run_state.live_processes(launch_of(group, leader_start=launch["leader_start"] - 1)) == []
+    assert liveness.live_processes(launch_of(group, leader_start=launch["leader_start"] - 1)) == []
     # recorded under another boot (the host rebooted, or the run was copied from another host)
-    assert run_state.live_processes(launch_of(group, boot_id="00000000-0000-0000-0000-000000000000")) == []
-    assert run_state.live_processes({"pgid": 1}) == [] and run_state.live_processes({}) == []
+    assert liveness.live_processes(launch_of(group, boot_id="00000000-0000-0000-0000-000000000000")) == []
+    assert liveness.live_processes({"pgid": 1}) == [] and liveness.live_processes({}) == []
     os.killpg(group.pid, 9)
     group.wait()
-    assert run_state.live_processes(launch) == []
+    assert liveness.live_processes(launch) == []
 
 
 def test_the_leader_gone_with_its_group_alive_is_still_alive(tmp_path):
@@ -53,7 +54,7 @@ def test_the_leader_gone_with_its_group_alive_is_still_alive(tmp_path):
         launch = launch_of(proc)
         os.kill(proc.pid, 9)
         proc.wait()
-        assert run_state.live_processes(launch) == [child]
+        assert liveness.live_processes(launch) == [child]
     finally:
         os.kill(child, 9)
 
