@@ -130,11 +130,12 @@ def inventory_autostop(inv):
 
 
 def configure(conn, inv, label, autostop=KEEP):
-    """Send the settings (tmux session, EC2 metadata, price, and autostop unless KEEP) and start the
+    """Send the settings (tmux session, EC2 metadata, price, stall threshold, and autostop unless KEEP) and start the
     agent if it is not running; returns host_agent.py's outcome (settings, boot, started)."""
     changes = {"session": inv.tmux_session, "metadata_url": inv.ec2["metadata_url"],
                "metadata_explicit": inv.ec2.get("metadata_url_explicit", True), "poll_seconds": inv.ec2["poll_seconds"],
-               "spot_grace_seconds": inv.ec2["spot_grace_seconds"], "price_per_hour": inv.price_of(label)}
+               "spot_grace_seconds": inv.ec2["spot_grace_seconds"], "price_per_hour": inv.price_of(label),
+               "stall_seconds": inv.stall_minutes * 60 if inv.stall_minutes else None}  # autostop counts a stalled run as idle
     if autostop is not KEEP:
         changes["autostop"] = autostop
     changes.update(budget_settings(inv, label))  # a launched host's cap (launch.max_hours), sent again at every configure

@@ -21,7 +21,7 @@ from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import connect_host, end_all_steps, remembered_host
 
 # worst first: the cluster's state is that of its worst worker
-SEVERITY = ["failed", "vanished", "preempted", "stopped", "none", "starting", "running", "finished"]
+SEVERITY = ["failed", "vanished", "preempted", "stalled", "stopped", "none", "starting", "running", "finished"]
 
 
 def named_cluster(c, inv):

@@ -64,6 +64,7 @@ DEFAULTS = {
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
     "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]},
+    "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
     "launch": {  # `fab launch` (deploy/aws/): the README's "EC2 from scratch" explains each
         "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
@@ -76,7 +77,7 @@ DEFAULTS = {
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
 # > 0; null where the default is
-NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours"}
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes"}
 WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
@@ -125,6 +126,7 @@ class Inventory:
     price_per_hour: float | None
     autostop: dict
     ec2: dict
+    stall_minutes: float | None = None  # a training whose status.json is older than this while it lives is stalled
     launch: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["launch"]))
 
     def find_host(self, name_or_address):
@@ -212,6 +214,7 @@ def load_inventory(path=None):
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
         price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"], launch=cfg["launch"],
+        stall_minutes=cfg["stall_minutes"],
     )
 
 

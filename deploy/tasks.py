@@ -398,8 +398,9 @@ def monitor(h, follow=False, run=None):
 
     Also the host's uptime, its cost so far and to the end of the run (price_per_hour), the EC2
     instance type and whether it is spot, and when autostop powers the host off.
-    Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished (tmux session gone without
-    an exit record), 5 no run, 6 host unreachable, 7 preempted (spot); scripts can poll it.
+    Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished (no process of the run lives and
+    it left no exit record), 5 no run, 6 host unreachable, 7 preempted (spot), 8 stalled (its processes
+    live but status.json is older than stall_minutes); scripts can poll it.
     On a cluster: a row per worker; the state and exit code are those of its worst worker.
     """
     info = training.run_state(h.conn, h.inv, run=run)

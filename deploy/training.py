@@ -4,6 +4,7 @@
     smoke_test(conn, inv, say)                 # `python -m trainer smoke`
     run = launch(conn, inv, say)               # detached tmux session; returns the run name
     info = run_state(conn, inv, run=None)      # remote_scripts/run_state.py --json
+    refuse_while_training(conn, inv, say, task, restart)   # while any process of the run lives
 
 Every path and argument is quoted for the remote shell (see `deploy.hosts.rq`).
 """
@@ -96,29 +97,48 @@ def _duration(seconds):
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{minutes} min"
 
 
-def session_alive(conn, session):
-    return conn.run(f"tmux has-session -t {shlex.quote('=' + session)}", hide=True, warn=True, in_stream=False).ok
-
-
-def run_state(conn, inv, run=None, log_lines=15):
-    """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, log_tail, gpus, disk).
+def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False):
+    """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, processes, stall, log_tail,
+    gpus, disk). `quick`: without the GPUs and the host agent (is a training running?); `missing_ok`: None where
+    the code is not synced yet (no launcher has run either). The stall threshold is the inventory's stall_minutes.
     A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if run:
         args += ["--run", run]
+    if getattr(inv, "stall_minutes", None):
+        args += ["--stall-seconds", str(inv.stall_minutes * 60)]
+    if quick:
+        args.append("--quick")
     words = " ".join(map(rq, args))
-    out = conn.run(f"python3 {script(inv, 'run_state.py')} {words}", hide=True, warn=True, in_stream=False)
+    cmd = f"python3 {script(inv, 'run_state.py')} {words}"
+    if missing_ok:
+        cmd = f"if [ -f {script(inv, 'run_state.py')} ]; then {cmd}; else echo null; fi"
+    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     try:
         info = json.loads(out.stdout)
     except ValueError:
         raise DeployError(f"Could not read the run state on the host (is the code synced? `fab sync-code`): "
                           f"{(out.stderr or out.stdout).strip()[-600:]}") from None
+    if info is None:
+        return None
     if info.get("run") is not None:
         try:
             check_run_name(info["run"], f"the run name the host reported (in {inv.remote['runs_dir']}/.current)")
         except UserError as e:
             raise DeployError(str(e)) from None
     return info
+
+
+def training_lives(info):
+    """A process of the run lives (or, for a run launched before launch.json held a process group, its state says so)."""
+    return bool(info.get("processes")) or info["state"] in ("starting", "running", "stalled")
+
+
+def live_processes_text(info):
+    """`pid 1234 (python -m trainer train ...), pid 1240 (...)`, and whether the tmux session is gone."""
+    procs = ", ".join(f"pid {p['pid']} ({p['command'][:120] or '?'})" for p in info.get("processes") or [])
+    session = "" if info.get("session_alive") else f"; its tmux session {info['session']} is gone"
+    return f"live process(es): {procs}{session}" if procs else f"tmux session {info['session']}"
 
 
 def valid_run_name(name):
@@ -138,12 +158,13 @@ def refuse_new_run_name(conn, inv, name, resuming=False):
 
 
 def refuse_while_training(conn, inv, say, task, restart):
-    """A task that changes code, data or venv must not run under a training: refuse, or with --restart stop it first."""
-    if not session_alive(conn, inv.tmux_session):
+    """A task that changes code, data or venv must not run while any process of the training lives
+    (with or without its tmux session): refuse, or with --restart stop it first."""
+    info = run_state(conn, inv, log_lines=0, quick=True, missing_ok=True)
+    if info is None or not training_lives(info):
         return
     if not restart:
-        info = run_state(conn, inv, log_lines=0)
-        raise DeployError(f"Training {info.get('run')} is running on the host (tmux session {inv.tmux_session}, {info.get('state')}); "
+        raise DeployError(f"Training {info.get('run')} is running on the host ({info.get('state')}; {live_processes_text(info)}); "
                           f"`{task}` would change what it uses. Watch it with `fab monitor`, end it with `fab stop`, "
                           f"or `fab {task} --restart` to stop it first.")
     say("Stopping the running training first (--restart)")
@@ -169,6 +190,9 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
             raise DeployError(f"Nothing to resume: no run in {runs} on the host. Start one with `fab train`.")
         if info["state"] == "finished":
             raise DeployError(f"Run {name} finished; there is nothing to resume. Start a new one with `fab train`.")
+        if training_lives(info):  # a second trainer on the same run directory would overwrite its files
+            raise DeployError(f"Run {name} is still running on the host ({info['state']}; {live_processes_text(info)}): "
+                              "nothing to resume. Watch it with `fab monitor`, or end it with `fab stop` first.")
         trainer_args = ["train", "--resume", rjoin(runs, name), "--packed", packed_dir(inv)]
     else:
         name = valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
@@ -186,7 +210,7 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"Could not start tmux session {session}: {(out.stderr or out.stdout).strip()}")
-    time.sleep(1.0)  # a launcher that dies at once (missing venv, bad args) has written exit.json by now
+    time.sleep(1.0)  # a launcher that dies at once (missing venv, bad args) has written its exit record by now
     info = run_state(conn, inv, run=name, log_lines=20)
     if info["state"] in ("failed", "vanished"):
         raise DeployError(f"Training {name} ended at once ({info['state']}); last lines of its log:\n" + "\n".join(info.get("log_tail") or []))

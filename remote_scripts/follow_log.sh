@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Streams a run's train.log (control characters made visible: trainer/visible.py) until the run ends (exit.json appears or its tmux session goes):
+# Streams a run's train.log (control characters made visible: trainer/visible.py) until the run ends (no process of it lives; see run_state.py alive):
 #
 #   follow_log.sh RUN_DIR SESSION [LINES]
 set -euo pipefail
@@ -9,7 +9,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 tail -n "$lines" -F "$run_dir/train.log" 2>/dev/null > >(python3 "$here/../trainer/visible.py") &
 tail_pid=$!
 trap 'kill "$tail_pid" 2>/dev/null || true' EXIT
-while [ ! -e "$run_dir/exit.json" ] && tmux has-session -t "=$session" 2>/dev/null; do
+alive() {  # a run launched before launch.json held a process group: while its tmux session lives
+  python3 "$here/run_state.py" alive "$run_dir" || { [ ! -e "$run_dir/exit.json" ] && tmux has-session -t "=$session" 2>/dev/null; }
+}
+while alive; do
   sleep 1
 done
 sleep 1  # let tail print the last lines

@@ -121,9 +121,10 @@ def gpu_processes():
     return [int(line.strip()) for line in out.stdout.splitlines() if line.strip().isdigit()], None
 
 
-def seen(runs_dir, wait_for):
+def seen(runs_dir, wait_for, ignore_pids=()):
     """What keeps the host busy now: a list of sentences (empty: idle), and problems met on the way.
-    `wait_for` names what counts besides a fab task: "ssh" (interactive logins), "gpu" (GPU processes)."""
+    `wait_for` names what counts besides a fab task: "ssh" (interactive logins), "gpu" (GPU processes
+    other than `ignore_pids`: a stalled training's own, which hold GPU memory while doing nothing)."""
     busy, problems = [], []
     task = fab_task(runs_dir)
     if task:
@@ -134,6 +135,7 @@ def seen(runs_dir, wait_for):
             busy.append(f"ssh session open: {', '.join(sessions[:3])}" + (f" and {len(sessions) - 3} more" if len(sessions) > 3 else ""))
     if "gpu" in wait_for:
         pids, error = gpu_processes()
+        pids = [p for p in pids or [] if p not in set(ignore_pids)]
         if pids:
             busy.append(f"GPU in use by pid {', '.join(map(str, pids[:5]))}" + (" ..." if len(pids) > 5 else ""))
         if error:

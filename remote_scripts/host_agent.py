@@ -8,7 +8,8 @@
 Standard library only (it runs with the system python3). Its files are in RUNS_DIR/.agent/:
 
     settings.json   what the deploy side set: session, autostop {idle_seconds, command, wait_for},
-                    metadata_url (null: off), metadata_explicit, poll_seconds, spot_grace_seconds, price_per_hour
+                    metadata_url (null: off), metadata_explicit, poll_seconds, spot_grace_seconds, price_per_hour,
+                    stall_seconds (null: run_state's default), budget
     heartbeat       touched by every `fab` task on this host, at its start and every half minute
     state.json      the agent's view, rewritten every poll: pid, EC2 instance (type, spot), autostop,
                     activity (what it last saw keeping the host busy), metadata_probe and the
@@ -22,7 +23,9 @@ the last time it saw activity (host_activity.py: a fab task holding the host loc
 interactive SSH login, a process on the GPU), the agent's start (so a rebooted host gets the
 whole idle time) and the arming. It runs the command first and records it after (fired.json),
 so a full disk cannot keep it from firing; no OSError ends the agent, and the crontab restarts
-it every minute if it ends anyway.
+it every minute if it ends anyway. A stalled run (run_state.stalled_since: its processes live,
+its status.json is not rewritten) counts as idle from when it stalled, and the log says so; its
+own processes on the GPU do not count as activity.
 
 On EC2 (IMDSv2 answers at metadata_url) it polls spot/instance-action; on a notice it marks the
 running training preempted and stops it (run_state.stop), keeping the backup of the last epoch.
@@ -45,7 +48,8 @@ from ec2_metadata import EC2_METADATA_URL, probe_instance, spot_notice
 
 HERE = os.path.abspath(__file__)
 DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
-            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None}
+            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None,
+            "stall_seconds": None}
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
 WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
 BOOT_MARK = "# facenet-deploy host agent"
@@ -198,8 +202,13 @@ def poll_once(runs_dir, settings, state):
     url = settings["metadata_url"]
     probe_instance(settings, state, now)
     running = run_state.running_run(runs_dir, settings["session"])
-    if running:
+    stalled = run_state.stalled_since(running[1], settings.get("stall_seconds")) if running else None
+    if running and not stalled:
         state["training_seen"] = now
+    if stalled and state.get("stalled") != [running[0], iso(stalled)]:
+        state["stalled"] = [running[0], iso(stalled)]
+        log(runs_dir, f"run {running[0]} stalled at {iso(stalled)} (its processes live, its status.json is not rewritten): "
+                      "autostop counts it as idle")
     if running and url and (state.get("instance") or {}).get("ec2"):
         try:
             notice = spot_notice(state, url)
@@ -211,17 +220,20 @@ def poll_once(runs_dir, settings, state):
     state["budget"] = check_budget(runs_dir, settings, running, now)
     if running and (state["budget"] or {}).get("fired_at") == iso(now):  # the cap stopped it just now
         running = run_state.running_run(runs_dir, settings["session"])
+        stalled = None
     auto = settings.get("autostop")
-    busy, problems = host_activity.seen(runs_dir, auto.get("wait_for", WAIT_FOR)) if auto else ([], [])
+    ignore = set(run_state.live_processes(run_state.read_launch(running[1]))) if stalled else set()  # a stalled run is idle
+    busy, problems = host_activity.seen(runs_dir, auto.get("wait_for", WAIT_FOR), ignore_pids=ignore) if auto else ([], [])
     state.update(activity=busy, activity_problems=problems)
     if busy:
         state["activity_seen"] = now
-    view = autostop_view(settings, state, runs_dir, running)
-    if view["armed"] and not running and now >= view["fires_at_epoch"] and not view["fired"]:
+    waiting_for = None if stalled else running
+    view = autostop_view(settings, state, runs_dir, waiting_for)
+    if view["armed"] and not waiting_for and now >= view["fires_at_epoch"] and not view["fired"]:
         fire(runs_dir, view, state)
     elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
         state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
-    state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, running), running=running[0] if running else None)
+    state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, waiting_for), running=running[0] if running else None)
     return state
 
 
@@ -363,6 +375,8 @@ def view(runs_dir):
     settings, state = read_settings(runs_dir), run_state.read_json(paths["state.json"]) or {}
     alive = agent_running(runs_dir)
     running = run_state.running_run(runs_dir, settings["session"])
+    if running and run_state.stalled_since(running[1], settings.get("stall_seconds")):
+        running = None  # stalled: autostop counts it as idle
     return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
             "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe"), "budget": state.get("budget")}
 

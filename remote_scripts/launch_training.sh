@@ -5,13 +5,16 @@
 #
 # The trainer's output goes to RUN_DIR/train.log. Around it run_state.py (the one owner of the
 # run-file format) records
-#   RUN_DIR/launch.json   when it started, this script's pid and process group, the command
-#   RUN_DIR/exit.json     the trainer's exit code, when it ended and why (reserved up front, so
+#   RUN_DIR/launch.json   this launch's id, when it started, this script's pid and process group
+#                         (with the group leader's start time), the command
+#   RUN_DIR/exits/<launch id>.json, linked as RUN_DIR/exit.json
+#                         the trainer's exit code, when it ended and why (reserved up front, so
 #                         it is written even on a full disk)
 # and points RUNS_DIR/.current at the run, so that afterwards nobody has to guess whether
-# the run finished or died: a run with neither a live session nor exit.json vanished
-# (reboot, kill -9). SIGTERM/SIGHUP/SIGINT are passed on to the trainer, which finishes
-# its epoch, saves its backup and exits 3 (stopped).
+# the run finished or died: a run with no live process of that group and no exit record
+# vanished (reboot, kill -9). The launch is refused (exit 2, nothing recorded) while a process
+# of the run's previous launch lives. SIGTERM/SIGHUP/SIGINT are passed on to the trainer,
+# which finishes its epoch, saves its backup and exits 3 (stopped).
 set -euo pipefail
 
 if [ "$#" -lt 4 ]; then
@@ -36,13 +39,16 @@ say() { echo "[launch] $(now) $*" >> "$log" 2>/dev/null || true; }  # a full dis
 # would have this script and the trainer write through it. Refuse, with an exit record that names them.
 special="$(find -P "$run_dir" -mindepth 1 ! -type f ! -type d -printf '%P (%y %l)  ' 2>/dev/null | head -c 1000 || true)"
 if [ -n "$special" ]; then
-  run_state record-launch "$run_dir" "$$" "python -m trainer $*"
-  run_state record-exit "$run_dir" 2 "refused to start: the run directory holds entries that are not regular files or folders (l: a link): $special" > /dev/null
+  launch_id="$(run_state record-launch "$run_dir" "$$" "python -m trainer $*" 2>/dev/null)" || exit 2
+  run_state record-exit "$run_dir" 2 "$launch_id" "refused to start: the run directory holds entries that are not regular files or folders (l: a link): $special" > /dev/null
   exit 2
 fi
 
-run_state record-launch "$run_dir" "$$" "python -m trainer $*"
-say "python -m trainer $*"
+if ! launch_id="$(run_state record-launch "$run_dir" "$$" "python -m trainer $*" 2>>"$log")"; then
+  say "launch refused (the line above says why); nothing was started"
+  exit 2
+fi
+say "python -m trainer $* (launch $launch_id)"
 
 code=0
 if [ ! -x "$venv/bin/python" ]; then
@@ -63,6 +69,6 @@ else
   done
 fi
 
-run_state record-exit "$run_dir" "$code" > /dev/null
+run_state record-exit "$run_dir" "$code" "$launch_id" > /dev/null
 say "trainer exited with code $code"
 exit "$code"

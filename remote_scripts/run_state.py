@@ -1,28 +1,39 @@
 #!/usr/bin/env python3
 """The run-file format on the host, in one place: the state of a run, and the records around it.
 
-    python3 run_state.py --runs-dir ~/facenet-runs --session facenet-training [--run NAME] [--json]
-    python3 run_state.py record-launch RUN_DIR PID COMMAND   # launch_training.sh, before the trainer
-    python3 run_state.py record-exit RUN_DIR CODE [REASON]   # launch_training.sh, after it
-    python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS   # stop_training.sh
+    python3 run_state.py --runs-dir ~/facenet-runs --session facenet-training [--run NAME] [--stall-seconds S] [--quick] [--json]
+    python3 run_state.py record-launch RUN_DIR PID COMMAND      # launch_training.sh, before the trainer; prints the launch id
+    python3 run_state.py record-exit RUN_DIR CODE [LAUNCH_ID [REASON]]   # launch_training.sh, after it
+    python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS      # stop_training.sh
+    python3 run_state.py alive RUN_DIR                          # exit 0 while a process of the run lives (follow_log.sh)
 
 Standard library only (it runs with the system python3, even before the venv exists).
 The run is RUNS_DIR/.current unless --run names one. Its state is derived from what the
 launcher and the trainer left behind, so a dead run is never mistaken for a missing one:
 
-    exit.json, code 0          finished
-    exit.json, code 3          stopped   (on request; resumable)
-    exit.json with preempted   preempted (a spot interruption notice stopped it: host_agent.py)
-    exit.json, other code      failed    (with a reason: disk-full, killed by a signal, ...)
-    tmux session alive         status.json's state (starting, running)
-    neither                    vanished  (session gone without an exit record: reboot, kill)
+    exit record, code 0        finished
+    exit record, code 3        stopped   (on request; resumable)
+    exit record with preempted preempted (a spot interruption notice stopped it: host_agent.py)
+    exit record, other code    failed    (with a reason: disk-full, killed by a signal, ...)
+    processes alive            status.json's state (starting, running), or stalled: status.json
+                               not rewritten for the stall threshold while the processes live
+    neither                    vanished  (its processes are gone without an exit record: reboot, kill)
     no run at all              none
 
-The exit record is reserved at launch (`.exit.pending`, a block of spaces) and filled in place
-at the end, so it is written even when the disk is full.
+Alive means: a process of the process group recorded in launch.json lives, and the group is the
+launch's (the group leader's start time, /proc/PID/stat field 22, and the boot id match), so a
+reused PID is never taken for the run. The tmux session does not count: closing it while the
+trainer lives leaves the run running. Every launch has a launch id (launch.json) and its own exit
+record, exits/<launch id>.json, reserved at launch (`.pending`, a block of spaces) and filled in
+place at the end, so it is written even when the disk is full; exit.json is a link to the current
+launch's record (for people and old readers), and a late record of an earlier launch never
+becomes it. Runs launched before launch ids have exit.json alone, and it is read as before.
+
+The stall threshold is --stall-seconds (the inventory's stall_minutes), else the host agent's
+setting, else max(15 minutes, 3 x the slowest epoch so far).
 
 Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none,
-7 preempted.
+7 preempted, 8 stalled.
 """
 
 import argparse
@@ -36,15 +47,20 @@ import subprocess
 import sys
 import time
 
-EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7}
+from liveness import boot_id, describe_processes, live_processes, proc_stat
+
+EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
+              "stalled": 8}
 STOPPED = 3  # the trainer's exit code for "stopped on request"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
-CURRENT, LAUNCH, EXIT, PENDING = ".current", "launch.json", "exit.json", ".exit.pending"
+LAUNCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+CURRENT, LAUNCH, EXIT, PENDING, EXITS = ".current", "launch.json", "exit.json", ".exit.pending", "exits"
 PREEMPT = ".preempted.json"  # the spot notice, left by host_agent.py for the exit record
 PENDING_SIZE = 4096
 # `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
 LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
 DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
+STALL_FLOOR_SECONDS, STALL_EPOCHS = 15 * 60, 3  # default stall threshold: max(15 min, 3 x the slowest epoch)
 
 
 def read_json(path):
@@ -99,14 +115,75 @@ def session_alive(session):
         return False
 
 
-def derive_state(exit_record, alive, status):
+def read_launch(run_dir):
+    launch = read_json(os.path.join(run_dir, LAUNCH))
+    return launch if isinstance(launch, dict) else {}
+
+
+def exit_path(run_dir, launch):
+    """Where the exit record of the launch in `launch` is: exits/<launch id>.json, or exit.json for a
+    run launched before launch ids; None for a launch id that is not a plain name."""
+    launch_id = launch.get("launch_id")
+    if launch_id is None:
+        return os.path.join(run_dir, EXIT)
+    if not isinstance(launch_id, str) or not LAUNCH_ID.fullmatch(launch_id):
+        return None
+    return os.path.join(run_dir, EXITS, f"{launch_id}.json")
+
+
+def exit_record(run_dir, launch=None):
+    """The exit record of the run's current launch (launch.json), or None while it has none."""
+    launch = read_launch(run_dir) if launch is None else launch
+    path = exit_path(run_dir, launch)
+    record = read_json(path) if path else None
+    return record if isinstance(record, dict) else None
+
+
+def mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def progress(run_dir, status, stall_seconds=None, runs_dir=None):
+    """How long the run has made no progress: status.json's age (counted from the launch when that is
+    later: a resumed run's status.json is old until the trainer rewrites it) against the stall
+    threshold. {seconds_since_update, threshold_seconds, last_update, stalled}."""
+    if stall_seconds is None and runs_dir is not None:  # e.g. monitor_training.sh on the host: the agent's setting
+        stall_seconds = (read_json(os.path.join(runs_dir, ".agent", "settings.json")) or {}).get("stall_seconds")
+    if stall_seconds is None:
+        slowest = max([v for v in ((status or {}).get(k) for k in ("slowest_epoch_seconds", "last_epoch_seconds"))
+                       if isinstance(v, (int, float))] or [0])
+        stall_seconds = max(STALL_FLOOR_SECONDS, STALL_EPOCHS * slowest)
+    last = max(mtime(os.path.join(run_dir, "status.json")), mtime(os.path.join(run_dir, LAUNCH)))
+    age = max(0.0, time.time() - last)
+    return {"seconds_since_update": round(age, 1), "threshold_seconds": float(stall_seconds),
+            "last_update": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(last)), "stalled": age > stall_seconds}
+
+
+def stalled_since(run_dir, stall_seconds=None):
+    """When the run became stalled (seconds since the epoch: its last progress plus the threshold),
+    or None while it progresses, has ended, or none of its processes lives (host_agent.py's autostop)."""
+    launch = read_launch(run_dir)
+    if not live_processes(launch) or exit_record(run_dir, launch) is not None:
+        return None
+    status = read_json(os.path.join(run_dir, "status.json"))
+    if not isinstance(status, dict) or status.get("state") not in ("starting", "running"):
+        return None
+    seen = progress(run_dir, status, stall_seconds)
+    return time.time() - seen["seconds_since_update"] + seen["threshold_seconds"] if seen["stalled"] else None
+
+
+def derive_state(exit_record, alive, status, stalled=False):
     if exit_record is not None:
         if exit_record.get("preempted"):
             return "preempted"
         code = exit_record.get("exit_code")
         return "finished" if code == 0 else "stopped" if code == STOPPED else "failed"
     if alive:  # the trainer may have ended already, its launcher still recording the exit
-        return status["state"] if status and status.get("state") in ("starting", "running", "finished", "failed", "stopped") else "starting"
+        state = status["state"] if status and status.get("state") in ("starting", "running", "finished", "failed", "stopped") else "starting"
+        return "stalled" if stalled and state in ("starting", "running") else state
     if status and status.get("state") in ("finished", "failed", "stopped"):
         return status["state"]
     return "vanished"
@@ -127,15 +204,17 @@ def read_current(runs_dir):
 
 
 def running_run(runs_dir, session):
-    """(name, run_dir) of the current run while its launcher lives (tmux session or process group), else None."""
+    """(name, run_dir) of the current run while a process of it lives, else None. (A run launched
+    before launch.json held a process group: while its tmux session lives without an exit record.)"""
     name = read_current(runs_dir)
     if name is None or not RUN_NAME.fullmatch(name):
         return None
     run_dir = os.path.join(os.path.expanduser(runs_dir), name)
-    if os.path.exists(os.path.join(run_dir, EXIT)):
-        return None
-    pgid = (read_json(os.path.join(run_dir, LAUNCH)) or {}).get("pgid")
-    return (name, run_dir) if session_alive(session) or (pgid and group_members(pgid)) else None
+    launch = read_launch(run_dir)
+    if live_processes(launch):
+        return name, run_dir
+    legacy = not launch.get("pgid") and exit_record(run_dir, launch) is None and session_alive(session)
+    return (name, run_dir) if legacy else None
 
 
 def uptime():
@@ -146,18 +225,22 @@ def uptime():
         return None
 
 
-def collect(runs_dir, session, run=None, log_lines=15):
-    import host_agent  # imports this module: not at the top
-
+def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick=False):
+    """The run's state and what the monitor shows with it. `quick`: without the GPUs (nvidia-smi) and
+    the host agent, for a task that only asks whether a training runs."""
     runs_dir = os.path.expanduser(runs_dir)
     current = read_current(runs_dir)
     run = run or current
     disk_path = runs_dir if os.path.isdir(runs_dir) else os.path.expanduser("~")
     info = {
-        "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpus": gpus(),
+        "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpus": None if quick else gpus(),
         "disk": disk(disk_path), "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
-        "uptime_seconds": uptime(), "agent": host_agent.view(runs_dir),
+        "uptime_seconds": uptime(), "agent": None, "processes": [],
     }
+    if not quick:
+        import host_agent  # imports this module: not at the top
+
+        info["agent"] = host_agent.view(runs_dir)
     if run is None:
         return info
     if not RUN_NAME.fullmatch(run):  # a name is a path: never follow one that leaves the runs dir
@@ -168,15 +251,20 @@ def collect(runs_dir, session, run=None, log_lines=15):
     if not os.path.isdir(run_dir):
         info.update(state="none", error=f"no run directory {run_dir}")
         return info
-    alive = run == current and session_alive(session)
+    launch = read_launch(run_dir)
+    pids = live_processes(launch)
+    session_up = run == current and session_alive(session)
+    alive = bool(pids) or (not launch.get("pgid") and session_up)  # a run launched before launch.json held a group
     status = read_json(os.path.join(run_dir, "status.json"))
-    exit_record = read_json(os.path.join(run_dir, EXIT))
+    status = status if isinstance(status, dict) else None
+    record = exit_record(run_dir, launch)
+    stall = progress(run_dir, status, stall_seconds, runs_dir) if alive and record is None else None
     info.update(
-        run_dir=run_dir, session_alive=alive, status=status, exit=exit_record,
-        launch=read_json(os.path.join(run_dir, LAUNCH)),
+        run_dir=run_dir, session_alive=session_up, processes=describe_processes(pids), status=status, exit=record,
+        launch=launch or None, stall=stall,
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
         cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/cv.py)
-        state=derive_state(exit_record, alive, status),
+        state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
     )
     return info
@@ -204,20 +292,40 @@ def write_atomic(path, text):
         raise
 
 
+class RunAlive(Exception):
+    """A launch refused: a process of the run's previous launch still lives."""
+
+
 def record_launch(run_dir, pid, command):
-    """launch.json (pid and process group of the launcher), .current, and the reserved exit record."""
+    """launch.json (launch id, pid, process group, the group leader's start time, boot id, command),
+    .current, and the reserved exit record of this launch; returns the launch id. RunAlive, and
+    nothing written, while a process of the run's previous launch lives: two trainers on one run
+    directory would overwrite each other's files."""
     os.makedirs(run_dir, exist_ok=True)
-    for stale in (EXIT, PENDING, PREEMPT):
+    survivors = live_processes(read_launch(run_dir))
+    if survivors:
+        described = "; ".join(f"pid {p['pid']} {p['command']}" for p in describe_processes(survivors))
+        raise RunAlive(f"run {os.path.basename(os.path.abspath(run_dir))} still has live processes ({described}): "
+                       "refusing to start another trainer on it; stop it first (`fab stop`)")
+    if os.path.islink(os.path.join(run_dir, EXITS)):  # a tampered run: never write records through a link
+        os.remove(os.path.join(run_dir, EXITS))
+    for stale in (EXIT, PENDING, PREEMPT):  # exit.json: the previous launch's (its record stays in exits/)
         if os.path.lexists(os.path.join(run_dir, stale)):  # a link too: removed, never written through
             os.remove(os.path.join(run_dir, stale))
-    with open(os.path.join(run_dir, PENDING), "wb") as f:
+    launch_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{pid}"
+    os.makedirs(os.path.join(run_dir, EXITS), exist_ok=True)
+    with open(os.path.join(run_dir, EXITS, f"{launch_id}.pending"), "wb") as f:
         f.write(b" " * PENDING_SIZE)
         f.flush()
         os.fsync(f.fileno())
-    launch = {"started_at": now(), "pid": pid, "pgid": os.getpgid(pid), "command": command}
+    pgid = os.getpgid(pid)
+    leader = proc_stat(pgid)
+    launch = {"launch_id": launch_id, "started_at": now(), "pid": pid, "pgid": pgid, "leader_start": leader[2] if leader else None,
+              "boot_id": boot_id(), "command": command}
     write_atomic(os.path.join(run_dir, LAUNCH), json.dumps(launch))
     run_dir = os.path.abspath(run_dir)
     write_atomic(os.path.join(os.path.dirname(run_dir), CURRENT), os.path.basename(run_dir) + "\n")
+    return launch_id
 
 
 def exit_reason(run_dir, code):
@@ -238,10 +346,17 @@ def exit_reason(run_dir, code):
     return None
 
 
-def record_exit(run_dir, code, reason=None):
-    """Fill the reserved exit record in place (no new disk blocks needed), then rename it to exit.json."""
-    record = {"exit_code": code, "ended_at": now()}
-    preempted = read_json(os.path.join(run_dir, PREEMPT))
+def record_exit(run_dir, code, reason=None, launch_id=None):
+    """The exit record of launch `launch_id` (default: the current one): its reserved file filled in
+    place (no new disk blocks needed), then renamed to exits/<launch id>.json; exit.json links to it
+    while that launch is still the run's current one. A launch's record is never another's."""
+    launch = read_launch(run_dir)
+    launch_id = launch_id or launch.get("launch_id")
+    if launch_id is not None and not LAUNCH_ID.fullmatch(str(launch_id)):
+        raise ValueError(f"invalid launch id {launch_id!r}")
+    current = launch_id is None or launch.get("launch_id") == launch_id
+    record = {"exit_code": code, "ended_at": now(), **({"launch_id": launch_id} if launch_id else {})}
+    preempted = read_json(os.path.join(run_dir, PREEMPT)) if current else None
     if preempted:
         record["preempted"] = preempted
         notice = preempted.get("notice") or {}
@@ -249,35 +364,41 @@ def record_exit(run_dir, code, reason=None):
     reason = reason or exit_reason(run_dir, code)
     if reason:
         record["reason"] = reason
+    if launch_id is None:  # a run launched before launch ids
+        pending, final = os.path.join(run_dir, PENDING), os.path.join(run_dir, EXIT)
+    else:
+        pending, final = (os.path.join(run_dir, EXITS, f"{launch_id}{ext}") for ext in (".pending", ".json"))
     data = json.dumps(record).encode()
-    pending = os.path.join(run_dir, PENDING)
     try:
         with open(pending, "r+b") as f:
             f.write(data.ljust(max(len(data), PENDING_SIZE)))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(pending, os.path.join(run_dir, EXIT))
+        os.replace(pending, final)
     except OSError:
-        write_atomic(os.path.join(run_dir, EXIT), json.dumps(record))
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        write_atomic(final, json.dumps(record))
+    if launch_id is not None and read_launch(run_dir).get("launch_id") == launch_id:
+        _link_exit_json(run_dir, final)
     if preempted:
         os.remove(os.path.join(run_dir, PREEMPT))
     return record
 
 
-def group_members(pgid):
-    """PIDs of the live processes in process group `pgid` (from /proc; zombies do not count)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _link_exit_json(run_dir, record_path):
+    """exit.json as a hard link to the launch's record (a new name, no new data blocks); best-effort."""
+    tmp = os.path.join(run_dir, f"{EXIT}.{os.getpid()}.tmp")
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(record_path, tmp)
+        os.replace(tmp, os.path.join(run_dir, EXIT))
+    except OSError:
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            with open(record_path) as f:
+                write_atomic(os.path.join(run_dir, EXIT), f.read())
         except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+            pass
 
 
 def wait_for(predicate, seconds):
@@ -290,37 +411,50 @@ def wait_for(predicate, seconds):
 
 
 def stop(run_dir, session, wait_s, reason=None):
-    """SIGTERM to the launcher (the trainer finishes its epoch and exits 3); after `wait_s` the whole
-    process group gets SIGTERM, then SIGKILL; nothing of it may survive. Returns (exit code, lines)."""
+    """SIGTERM to the launcher (the trainer finishes its epoch and exits 3), or to the trainer itself
+    when the launcher is gone; SIGCONT with it, so that a stopped process can act on it. After
+    `wait_s` the whole process group gets SIGTERM, then SIGKILL; nothing of it may survive. Works by
+    the process group recorded in launch.json, with or without the tmux session. Returns (exit code, lines)."""
     lines = []
-    launch = read_json(os.path.join(run_dir, LAUNCH)) or {}
+    launch = read_launch(run_dir)
     pid, pgid = launch.get("pid"), launch.get("pgid")
-    members = (lambda: group_members(pgid)) if pgid else (lambda: [])
-    exited = lambda: os.path.exists(os.path.join(run_dir, EXIT))  # noqa: E731
+    members = lambda: live_processes(launch)  # noqa: E731
+    exited = lambda: exit_record(run_dir, launch) is not None  # noqa: E731
     if not session_alive(session) and not members():
-        return 0, [f"No training is running (no tmux session {session})."]
+        return 0, [f"No training is running (no live process of its process group, no tmux session {session})."]
+    forced = False
     if members():
         graceful = 10  # the exit record is written: the launcher is finishing
         if not exited():
-            lines.append(f"Asking the training to stop after its current epoch (SIGTERM to pid {pid}), waiting up to {wait_s}s ...")
-            _signal(pid, signal.SIGTERM)
+            if pid in members():
+                lines.append(f"Asking the training to stop after its current epoch (SIGTERM to its launcher, pid {pid}), "
+                             f"waiting up to {wait_s}s ...")
+                _signal(pid, signal.SIGTERM)
+            else:
+                lines.append(f"Its launcher (pid {pid}) is gone: asking the trainer to stop after its current epoch "
+                             f"(SIGTERM to process group {pgid}), waiting up to {wait_s}s ...")
+                _signal(-pgid, signal.SIGTERM)
+            _signal(-pgid, signal.SIGCONT)  # a stopped (SIGSTOP) trainer must run to act on it
             graceful = wait_s
         if not wait_for(lambda: not members(), graceful):
+            forced = True
             lines.append(f"Still running after {graceful}s: stopping its process group {pgid} at once "
                          "(SIGTERM, then SIGKILL); the backup of the last finished epoch stays.")
             _signal(-pgid, signal.SIGTERM)
+            _signal(-pgid, signal.SIGCONT)
             if not wait_for(lambda: not members(), 10):
                 _signal(-pgid, signal.SIGKILL)
                 wait_for(lambda: not members(), 10)
     survivors = members()
     if launch and not exited() and not survivors:
-        record_exit(run_dir, STOPPED, reason=f"{reason or 'stopped by `fab stop`'}: killed after the {wait_s}s grace period")
+        why = f"killed after the {wait_s}s grace period" if forced else "its launcher was gone, so this stop recorded the end"
+        record_exit(run_dir, STOPPED, reason=f"{reason or 'stopped by `fab stop`'}: {why}")
     subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
     if survivors:
         lines.append(f"FAILED to stop: process(es) {survivors} of group {pgid} still run. Kill them by hand "
                      f"(sudo kill -9 {' '.join(map(str, survivors))}) before starting another training.")
         return 1, lines
-    record = read_json(os.path.join(run_dir, EXIT))
+    record = exit_record(run_dir, launch)
     lines.append(f"Stopped: {json.dumps(record)}" if record else f"The tmux session {session} is gone; the run left no exit record.")
     return 0, lines
 
@@ -335,11 +469,18 @@ def _signal(target, sig):
 def records_main(argv):
     command, run_dir = argv[0], argv[1]
     if command == "record-launch":
-        record_launch(run_dir, int(argv[2]), argv[3])
+        try:
+            print(record_launch(run_dir, int(argv[2]), argv[3]))
+        except RunAlive as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     if command == "record-exit":
-        print(json.dumps(record_exit(run_dir, int(argv[2]), reason=argv[3] if len(argv) > 3 else None)))
+        print(json.dumps(record_exit(run_dir, int(argv[2]), launch_id=argv[3] if len(argv) > 3 and argv[3] else None,
+                                     reason=argv[4] if len(argv) > 4 else None)))
         return 0
+    if command == "alive":
+        return 0 if live_processes(read_launch(run_dir)) else 1
     code, lines = stop(run_dir, argv[2], int(argv[3]))
     print("\n".join(lines))
     return code
@@ -347,16 +488,18 @@ def records_main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("record-launch", "record-exit", "stop"):
+    if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive"):
         return records_main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", required=True)
     p.add_argument("--session", required=True)
     p.add_argument("--run")
     p.add_argument("--log-lines", type=int, default=15)
+    p.add_argument("--stall-seconds", type=float, help="status.json older than this while the run's processes live: stalled")
+    p.add_argument("--quick", action="store_true", help="skip the GPUs and the host agent (is a training running?)")
     p.add_argument("--json", action="store_true", help="(the output is always JSON)")
     args = p.parse_args(argv)
-    info = collect(args.runs_dir, args.session, args.run, args.log_lines)
+    info = collect(args.runs_dir, args.session, args.run, args.log_lines, stall_seconds=args.stall_seconds, quick=args.quick)
     info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too
     print(json.dumps(info))  # trainer/run_view.py renders it, on the laptop and on the host
     return info["exit_code"]

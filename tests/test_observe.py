@@ -94,6 +94,9 @@ def test_monitor_vanished_when_the_session_dies_without_an_exit_record(host_read
     os.killpg(launcher, signal.SIGKILL)  # what a reboot or `kill -9` does: nobody writes anything
     wait_until(lambda: subprocess.run(["tmux", "has-session", "-t", "=" + env.inventory["tmux_session"]]).returncode != 0,
                what="the tmux session to end")
+    from test_run_truth import group_alive
+
+    wait_until(lambda: not group_alive(launcher), what="the killed processes to be gone")  # a run lives while one does
     gone = env.fab("monitor")
     assert gone.returncode == 4, gone.out
     assert "VANISHED" in gone.out and "no exit record" in gone.out and "fab train --resume" in gone.out

@@ -130,14 +130,16 @@ def test_bad_data_fails_with_exit_2_and_a_failed_status(tmp_path):
 def test_a_crash_exits_1_with_traceback_in_train_log_and_failed_status(tmp_path, synth_crema):
     data = tmp_path / "data"
     shutil.copytree(synth_crema, data)
-    proc = run_trainer("train", "--data", data, "--out", tmp_path, "--run-name", "r4", "--epochs", "1", *TINY)
-    assert proc.returncode == 0, proc.stderr
     run = tmp_path / "r4"
+    proc = start_training(data, tmp_path, "r4", 30)  # stopped after an epoch: resumable (a finished run is not)
+    wait_for_epoch(run, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 3
     victim = json.loads((run / "split.json").read_text())["train"][0]
     with open(victim, "r+b") as f:  # the file goes bad after validation: a disk error mid-run
         f.truncate(200)
-    proc = run_trainer("train", "--resume", run, "--epochs", "2")
-    assert proc.returncode == 1
+    proc = run_trainer("train", "--resume", run)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     st = status(run)
     assert st["state"] == "failed" and st["error"]["type"]
     assert "Traceback" in (run / "train.log").read_text()

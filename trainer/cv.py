@@ -80,11 +80,12 @@ def is_cv(run_dir):
 
 def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     """Train every unfinished fold, in order (a fold with data prepared resumes); returns the run directory."""
-    from trainer.run import execute
+    from trainer.run import execute, refuse_finished
     from trainer.runfiles import check_run_paths, refuse_special_entries
 
     run_dir = Path(run_dir)
     refuse_special_entries(run_dir, f"train in {run_dir}")
+    refuse_finished(run_dir)
     check_run_paths(run_dir)  # its data_dirs
     plan = json.loads((run_dir / PLAN).read_text())
     cfg = load_config(run_dir / "config.yaml")

@@ -25,3 +25,19 @@ class PeerLost(Exception):
     worker stopped too. Every worker resumes from the chief's backup with `train --resume`."""
 
     exit_code = 4
+
+
+class NonFiniteLoss(DataError):
+    """The training loss of an epoch became NaN or infinite. The run stops before any callback saves
+    that epoch: its backup and best model are those of the last finite epoch."""
+
+    def __init__(self, epoch, loss):
+        saved = f"its backup holds epoch {epoch - 1}, the last with a finite loss" if epoch > 1 else "no epoch was saved"
+        super().__init__(f"The training loss became {loss} in epoch {epoch}: the run stopped before saving that epoch; {saved}. "
+                         "Lower train.learning_rate or check the data (its normalisation, non-finite values in a file changed "
+                         "since validation), then resume it or start a new run.")
+        self.epoch, self.loss = epoch, loss
+
+
+class ResumeError(UserError):
+    """A run cannot be resumed: its backup cannot be read (the message names the files and why)."""

@@ -13,7 +13,8 @@ batch divided by its size, so gradients all-reduced by sum are those of the glob
 
 At the start every worker takes the chief's resumed state (weights, optimizer, epoch, the
 callbacks' counters); at each epoch end the workers agree on stopping, so none is left waiting
-in a collective for a peer that stopped.
+in a collective for a peer that stopped. An epoch whose training loss is not finite raises
+NonFiniteLoss before any callback sees it, so no checkpoint or backup holds its weights.
 """
 
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import distribute
+from trainer.errors import NonFiniteLoss
 from trainer.metrics import metrics_from_confusion
 
 
@@ -34,7 +36,7 @@ class History(keras.callbacks.History):
 def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=None, resume=None, stop=None,
         workers=1, log=print):
     """Train `model` (built and compiled under `strategy`) for `epochs`; returns the History.
-    `resume` is the ResumeState callback: the chief's `restored` state is `apply`-ed on the others;
+    `resume` is the ResumeState: the chief's `restored` state is `apply`-ed on the others;
     `stop` is the GracefulStop callback whose `requested` flag every worker agrees on."""
     history = History()
     cbs = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=len(train_gen), verbose=0)
@@ -58,11 +60,13 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             train = feeder.run(train_gen, steps.train)
             val = feeder.run(val_gen, steps.evaluate)
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
+            line = f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            if not np.isfinite(logs["loss"]):  # before any callback saves this epoch's (non-finite) weights
+                log(line)
+                raise NonFiniteLoss(epoch + 1, logs["loss"])  # the same loss on every worker: all stop here
             cbs.on_epoch_end(epoch, logs)
             train_gen.on_epoch_end()
-            log(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-            if not np.isfinite(logs["loss"]):
-                model.stop_training = True
+            log(line)
             stop_now, by_signal = distribute.agree(strategy, [model.stop_training, stop is not None and stop.requested])
             if by_signal:
                 history.stopped_by_signal = True

@@ -11,7 +11,6 @@ environment.json, status.json and, at the end, metrics.json.
 
 import contextlib
 import json
-import math
 import os
 import platform
 import re
@@ -65,6 +64,8 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
     refuse_special_entries(run_dir, f"train in {run_dir}")  # before anything is written: a link would be written through
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
+    if resume:
+        refuse_finished(run_dir)
     cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     _stop_at_once_until_training_starts(run_dir)
@@ -89,6 +90,32 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
         finally:
             _ignore_stop_requests()
     return run_dir
+
+
+def refuse_finished(run_dir):
+    """UserError (exit 2) for a finished run (a cross-validation: every fold finished): resuming it
+    would train it again from its start, its backup being gone, and rewrite its history, best model
+    and metrics. Nothing is written."""
+    from trainer.cv import PLAN, is_cv
+
+    run_dir = Path(run_dir)
+    if is_cv(run_dir):
+        try:
+            folds = json.loads((run_dir / PLAN).read_text())["folds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # continue_cv reports a broken plan
+        done = all((run_dir / f"fold-{k}" / "metrics.json").is_file() for k in range(1, folds + 1))
+        results = run_dir / "cv.json"
+    else:
+        try:
+            state = json.loads((run_dir / "status.json").read_text()).get("state")
+        except (OSError, ValueError, AttributeError):
+            state = None
+        done = (run_dir / "metrics.json").is_file() or state == "finished"
+        results = run_dir / "metrics.json"
+    if done:
+        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {results}). "
+                        "Resuming it would train it again from its first epoch and rewrite them.")
 
 
 def _ignore_stop_requests():
@@ -188,7 +215,16 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     import keras
 
     from trainer import data, loop
-    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages, GracefulStop, LearningRateLogger, ResumeState, SafeCSVLogger, StatusCallback
+    from trainer.callbacks import (
+        AtomicModelCheckpoint,
+        ConfusionImages,
+        GracefulStop,
+        LearningRateLogger,
+        ResumeState,
+        RunBackup,
+        SafeCSVLogger,
+        StatusCallback,
+    )
     from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"], packed_dir=packed_dir, console=console)
@@ -206,22 +242,26 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
                                                   patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"])
     if chief:
         checkpoint = AtomicModelCheckpoint(best_path, monitor=monitor, mode=mode, save_best_only=True)
-        resume_state = ResumeState(run_dir / "backup" / "callbacks.json", checkpoint, early_stopping, reduce_lr,
-                                   best_model=lambda: load_model(best_path) if best_path.exists() else None)
+        def best_on_disk():
+            best = status.data.get("best") or {}
+            return best.get("value") if best.get("metric") == monitor and best_path.exists() else None
+
+        resume_state = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(best_path) if best_path.exists() else None,
+                                   best_on_disk=best_on_disk, mode=mode)
         writers = [
             checkpoint,
             ConfusionImages(checkpoint, val_gen, classes, run_dir / "logs"),
             early_stopping,
             reduce_lr,
-            resume_state,
-            # double_checkpoint: a kill during the save leaves the previous epoch's backup to resume from
-            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False, double_checkpoint=True),
+            # after those three (it saves and restores their state with the weights); a kill during its save
+            # leaves the previous epoch's backup to resume from
+            RunBackup(run_dir / "backup", resume_state, log=console.print, history=run_dir / "history.csv"),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             SafeCSVLogger(str(run_dir / "history.csv"), append=True),  # never through a link
         ]
     else:  # the same decisions from the same numbers, and no file of the run's
-        resume_state = ResumeState(None, None, early_stopping, reduce_lr)
-        writers = [early_stopping, reduce_lr, resume_state]
+        resume_state = ResumeState(None, early_stopping, reduce_lr)
+        writers = [early_stopping, reduce_lr]
     callbacks = [LearningRateLogger(), *writers, StatusCallback(status, monitor, mode), stop]
     weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
     started = time.monotonic()
@@ -233,10 +273,6 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
             raise
         raise Stopped(f"at once on a second signal during epoch {status.data['epoch'] + 1}; the backup of epoch "
                       f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
-    losses = history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        raise DataError(f"The training loss became {losses[-1]} at epoch {status.data['epoch']}: "
-                        "lower train.learning_rate or check the data normalisation.")
     if history.stopped_by_signal:
         raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
     return history, model, val_gen, started

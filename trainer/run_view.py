@@ -23,12 +23,15 @@ from trainer.report import scores
 from trainer.visible import visible, visible_tree
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
-          "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "none": "dim"}
+          "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "stalled": "bold red", "none": "dim"}
 WHAT_TO_DO = {
     "failed": "The trainer exited with an error (above). Fix it, then resume with `fab train --resume` "
               "or start over with `fab train`. Full log: `fab logs --lines 200`.",
-    "vanished": "The tmux session is gone and the run left no exit record: the host rebooted or the process was killed. "
+    "vanished": "No process of the run lives and it left no exit record: the host rebooted or its processes were killed. "
                 "Resume from its last finished epoch with `fab train --resume`.",
+    "stalled": "The training's processes live but it makes no progress (a hang: a deadlock, a stopped process, a stuck GPU "
+               "or disk); the host bills all the same. See `fab logs`, then end it with `fab stop` (the backup of its last "
+               "finished epoch stays) and continue with `fab train --resume`.",
     "stopped": "Stopped on request; its backup is intact. Continue with `fab train --resume`.",
     "preempted": "The spot instance is being reclaimed; the backup of the last finished epoch is on the host. Quickly: "
                  "`fab fetch-results --backup`, then on another host `fab -H <host> deploy-full --resume-from results/<host>/<run>` "
@@ -140,9 +143,18 @@ def render(info, label, console):
             if exit_record.get("reason"):
                 headline.append(f": {exit_record['reason']}")
         elif state == "vanished":
-            headline.append(f"  tmux session {info['session']} gone, no exit record")
+            headline.append("  no process of the run lives, no exit record")
+        elif state == "stalled":
+            stall = info.get("stall") or {}
+            pids = ", ".join(str(p["pid"]) for p in info.get("processes") or [])
+            headline.append(f"  no progress for {_duration(stall.get('seconds_since_update'))} (status.json last rewritten at "
+                            f"{_clock(stall.get('last_update'))}; stalled after {_duration(stall.get('threshold_seconds'))}); "
+                            f"its processes ({pids}) live but do not progress")
         run.add_row("run", T(f"{info['run']}  ({info.get('run_dir')})"))
         run.add_row("state", headline)
+        if info.get("processes") and not info.get("session_alive") and state in ("starting", "running", "stalled"):
+            pids = ", ".join(str(p["pid"]) for p in info["processes"])
+            run.add_row("session", T(f"tmux session {info['session']} is closed; the training's processes ({pids}) live on"))
         if status.get("epochs"):
             bar = Table.grid(padding=(0, 1))
             bar.add_row(ProgressBar(total=status["epochs"], completed=status.get("epoch", 0), width=30),

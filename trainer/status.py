@@ -48,7 +48,8 @@ class RunStatus:
         }
         if self.path.exists():  # a resumed run keeps its history, its compute time and its price
             old = json.loads(self.path.read_text())
-            self.data.update({k: old[k] for k in ("started_at", "best", "compute_seconds", "price_per_hour") if k in old})
+            keep = ("started_at", "best", "compute_seconds", "price_per_hour", "slowest_epoch_seconds")
+            self.data.update({k: old[k] for k in keep if k in old})
             self.data["resumed_at"] = now_iso()
         self._compute_before = self.data.setdefault("compute_seconds", 0.0)
         self.update()

@@ -1,0 +1,155 @@
+"""Resuming a run in the moments that break it: a finished run, a torn or inconsistent backup, a
+non-finite loss. Real trainer processes, real signals, real files (tiny configs)."""
+
+import hashlib
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_trainer
+from test_training import start_training, status, wait_for_epoch
+
+pytestmark = pytest.mark.slow
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def digests(run, names):
+    return {name: digest(run / name) for name in names if (run / name).is_file()}
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, synth_crema):
+    """A run stopped on request (SIGTERM) after a few epochs, over its own copy of the data."""
+    root = tmp_path_factory.mktemp("stopped")
+    data = root / "data" / "crema-d"
+    shutil.copytree(synth_crema, data)
+    proc = start_training(data, root / "runs", "base", 30)
+    wait_for_epoch(root / "runs" / "base", 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    return root / "runs" / "base"
+
+
+def copy_run(stopped_run, tmp_path, name):
+    run = tmp_path / name
+    shutil.copytree(stopped_run, run)
+    return run
+
+
+def first_epoch_trained(stdout):
+    return int(next(line for line in stdout.splitlines() if line.startswith("Epoch ")).split()[1].split("/")[0])
+
+
+def test_the_backup_is_stamped_with_its_epoch_and_keeps_the_previous_one(stopped_run):
+    done = status(stopped_run)["epoch"]
+    backup = stopped_run / "backup"
+    for suffix, epoch in (("", done), (".bkp", done - 1)):
+        with h5py.File(backup / f"latest.weights.h5{suffix}", "r") as f:
+            assert int(f.attrs["epoch"]) == epoch
+        assert json.loads((backup / f"training_metadata.json{suffix}").read_text())["epoch"] == epoch
+        assert json.loads((backup / f"callbacks.json{suffix}").read_text())["epoch"] == epoch
+    assert not list(backup.glob(".*"))  # no temp file left behind
+
+
+def test_resuming_a_finished_run_is_refused_and_rewrites_nothing(tmp_path, synth_crema):
+    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "done", "--epochs", "2",
+                       "--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
+                       "--set", "data.max_frames=40", "--set", "train.workers=1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "done"
+    names = ["history.csv", "best.keras", "metrics.json", "status.json", "config.yaml", "train.log", "split.json"]
+    before = digests(run, names)
+    again = run_trainer("train", "--resume", run)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "run done is finished; start a new run" in again.stderr and "Traceback" not in again.stderr
+    assert digests(run, names) == before
+
+    # a cross-validation whose folds all finished: the same
+    cv = tmp_path / "cv"
+    for k in (1, 2):
+        (cv / f"fold-{k}").mkdir(parents=True)
+        (cv / f"fold-{k}" / "metrics.json").write_text("{}")
+    (cv / "cv-plan.json").write_text(json.dumps({"folds": 2, "test_actors": [["1001"], ["1002"]], "seed": 0, "data_dirs": []}))
+    (cv / "config.yaml").write_text("seed: 0\n")
+    again = run_trainer("train", "--resume", cv)
+    assert again.returncode == 2 and "run cv is finished; start a new run" in again.stderr, again.stdout + again.stderr
+    assert not (cv / "cv.json").exists() and not (cv / "status.json").exists()
+
+
+def test_an_empty_training_metadata_falls_back_to_the_previous_backup_and_says_so(stopped_run, tmp_path):
+    run = copy_run(stopped_run, tmp_path, "empty-meta")
+    done = status(run)["epoch"]
+    (run / "backup" / "training_metadata.json").write_text("")  # Keras writes it in place, without fsync: a crash empties it
+    proc = run_trainer("train", "--resume", run, "--epochs", done + 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the latest backup training_metadata.json is empty" in proc.stdout
+    assert f"Resuming from the previous backup instead: epoch {done - 1}" in proc.stdout
+    assert first_epoch_trained(proc.stdout) == done  # epoch `done` (1-based) is trained again
+    epochs = [int(line.split(",")[0]) for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(done + 1))  # each epoch once
+    assert status(run)["state"] == "finished"
+
+
+def test_a_resume_state_ahead_of_its_weights_is_not_used(stopped_run, tmp_path):
+    """The order of the old code: callbacks.json written, then a kill before the weights of that epoch."""
+    run = copy_run(stopped_run, tmp_path, "ahead")
+    done = status(run)["epoch"]
+    path = run / "backup" / "callbacks.json"
+    ahead = {**json.loads(path.read_text()), "epoch": done + 1, "checkpoint_best": 0.99}
+    path.write_text(json.dumps(ahead))
+    proc = run_trainer("train", "--resume", run, "--epochs", done + 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"callbacks.json is of epoch {done + 1}, its weights of epoch {done}" in proc.stdout
+    assert f"Resuming from the previous backup instead: epoch {done - 1}" in proc.stdout
+    assert first_epoch_trained(proc.stdout) == done
+
+
+def test_a_torn_backup_with_no_previous_one_fails_with_a_clear_message(stopped_run, tmp_path):
+    run = copy_run(stopped_run, tmp_path, "no-previous")
+    for old in (run / "backup").glob("*.bkp"):
+        old.unlink()
+    (run / "backup" / "training_metadata.json").write_text("")
+    proc = run_trainer("train", "--resume", run)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"Cannot resume from {run / 'backup'}: the latest backup training_metadata.json is empty" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "JSONDecodeError" not in proc.stdout + proc.stderr
+    assert status(run)["state"] == "failed" and status(run)["error"]["type"] == "ResumeError"
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_epoch_of_it_is_saved(stopped_run, tmp_path):
+    """A clip that holds inf after validation (a file changed on disk): the resumed epoch's loss is NaN.
+    The run ends failed, and its backup, best model and history are those of the last finite epoch."""
+    run = copy_run(stopped_run, tmp_path, "nan")
+    done = status(run)["epoch"]
+    data = tmp_path / "nan data" / "crema-d"  # the run's data, copied: `--resume --data` maps the run to it
+    shutil.copytree(Path(json.loads((run / "manifest.json").read_text())["dirs"][0]), data)
+    victim = data / Path(json.loads((run / "split.json").read_text())["train"][0]).name
+    good = victim.read_bytes()
+    with np.load(victim) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["video_features"] = np.full_like(arrays["video_features"], np.inf)
+    np.savez(victim, **arrays)
+    saved = ["best.keras", "history.csv", *(f"backup/{p.name}" for p in (run / "backup").iterdir())]
+    before = digests(run, saved)
+
+    proc = run_trainer("train", "--resume", run, "--data", data, "--epochs", done + 5)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert digests(run, saved) == before  # no callback saw the NaN epoch
+    assert f"The training loss became nan in epoch {done + 1}" in proc.stderr, proc.stderr
+    assert f"its backup holds epoch {done}, the last with a finite loss" in proc.stderr
+    st = status(run)
+    assert st["state"] == "failed" and st["error"]["type"] == "NonFiniteLoss" and st["epoch"] == done
+
+    victim.write_bytes(good)  # the data repaired: the run continues from its last finite epoch
+    proc = run_trainer("train", "--resume", run, "--epochs", done + 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert first_epoch_trained(proc.stdout) == done + 1
+    assert status(run)["state"] == "finished"

@@ -1,0 +1,115 @@
+"""remote_scripts/run_state.py on its own: liveness from the process group, one exit record per launch.
+Real processes and real /proc; no training, no SSH (fast)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "remote_scripts"))
+import liveness  # noqa: E402
+import run_state  # noqa: E402
+
+
+@pytest.fixture
+def group():
+    """A real process group: a `sleep` leading its own session, and a child in its group."""
+    proc = subprocess.Popen(["bash", "-c", "sleep 60 & wait"], start_new_session=True)
+    time.sleep(0.2)
+    yield proc
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def launch_of(proc, **changes):
+    return {"pgid": proc.pid, "leader_start": liveness.proc_stat(proc.pid)[2], "boot_id": liveness.boot_id(), **changes}
+
+
+def test_a_live_group_is_alive_and_a_reused_pid_is_not(group):
+    launch = launch_of(group)
+    alive = liveness.live_processes(launch)
+    assert group.pid in alive and len(alive) == 2  # the leader and its `sleep`
+    # the same number, another process: its start time differs from the one recorded at launch
+    assert liveness.live_processes(launch_of(group, leader_start=launch["leader_start"] - 1)) == []
+    # recorded under another boot (the host rebooted, or the run was copied from another host)
+    assert liveness.live_processes(launch_of(group, boot_id="00000000-0000-0000-0000-000000000000")) == []
+    assert liveness.live_processes({"pgid": 1}) == [] and liveness.live_processes({}) == []
+    os.killpg(group.pid, 9)
+    group.wait()
+    assert liveness.live_processes(launch) == []
+
+
+def test_the_leader_gone_with_its_group_alive_is_still_alive(tmp_path):
+    """The launcher killed alone (kill -9 of its pid): the trainer, in its group, still runs."""
+    proc = subprocess.Popen(["bash", "-c", "sleep 60 & echo $!; wait"], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        launch = launch_of(proc)
+        os.kill(proc.pid, 9)
+        proc.wait()
+        assert liveness.live_processes(launch) == [child]
+    finally:
+        os.kill(child, 9)
+
+
+def test_each_launch_has_its_own_exit_record_and_a_late_one_never_takes_over(tmp_path, group):
+    run = tmp_path / "r1"
+    first = run_state.record_launch(str(run), group.pid, "python -m trainer train")
+    assert json.loads((run / "launch.json").read_text())["launch_id"] == first
+    # a second launch while a process of the first lives is refused, and writes nothing
+    with pytest.raises(run_state.RunAlive, match=f"pid {group.pid}"):
+        run_state.record_launch(str(run), os.getpid(), "python -m trainer train --resume")
+    assert json.loads((run / "launch.json").read_text())["launch_id"] == first
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
+    assert info["state"] == "starting" and info["processes"][0]["pid"] == group.pid and not info["session_alive"]
+
+    os.killpg(group.pid, 9)
+    group.wait()
+    time.sleep(1.1)  # launch ids have a one-second clock
+    second = run_state.record_launch(str(run), os.getpid(), "python -m trainer train --resume")
+    assert second != first
+    run_state.record_exit(str(run), 1, launch_id=second)
+    assert json.loads((run / "exit.json").read_text())["launch_id"] == second
+    # the first launch's launcher records its end late: its own record, never the current one's
+    run_state.record_exit(str(run), 3, launch_id=first)
+    assert json.loads((run / "exits" / f"{first}.json").read_text())["exit_code"] == 3
+    assert json.loads((run / "exit.json").read_text()) == json.loads((run / "exits" / f"{second}.json").read_text())
+    assert run_state.exit_record(str(run))["exit_code"] == 1
+
+
+def test_a_run_launched_before_launch_ids_reads_as_before(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "launch.json").write_text(json.dumps({"pid": 999999, "pgid": 999999, "command": "python -m trainer train"}))
+    (run / "exit.json").write_text(json.dumps({"exit_code": 0, "ended_at": "2026-01-01T00:00:00+00:00"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
+    (tmp_path / ".current").write_text("old\n")
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
+    assert info["state"] == "finished" and info["exit"]["exit_code"] == 0 and info["processes"] == []
+
+
+def test_a_live_run_whose_status_is_older_than_the_threshold_is_stalled(tmp_path, group):
+    run = tmp_path / "slow"
+    run_state.record_launch(str(run), group.pid, "python -m trainer train")
+    (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 3, "slowest_epoch_seconds": 400}))
+    old = time.time() - 30
+    for name in ("status.json", "launch.json"):
+        os.utime(run / name, (old, old))
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True, stall_seconds=20)
+    assert info["state"] == "stalled" and run_state.EXIT_CODES["stalled"] == 8
+    assert info["stall"]["threshold_seconds"] == 20 and 29 <= info["stall"]["seconds_since_update"] < 60
+    assert run_state.stalled_since(str(run), 20) == pytest.approx(old + 20, abs=1)
+    # the default threshold: max(15 minutes, 3 x the slowest epoch so far)
+    info = run_state.collect(str(tmp_path), "no-such-session", quick=True)
+    assert info["state"] == "running" and info["stall"]["threshold_seconds"] == 1200
+    assert run_state.stalled_since(str(run)) is None
+    os.killpg(group.pid, 9)  # no process lives: not stalled, vanished
+    group.wait()
+    assert run_state.collect(str(tmp_path), "no-such-session", quick=True)["state"] == "vanished"
