@@ -20,10 +20,11 @@ from pathlib import Path
 from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
+from trainer import runfiles
 from trainer.errors import UserError
 from trainer.names import check_run_name
 from trainer.run import code_version  # .code-version stamp or git describe: the same string the trainer records
-from trainer.runfiles import check_run_paths, special_entries
+from trainer.runfiles import check_run_paths
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
@@ -188,12 +189,10 @@ def check_run_to_resume(path):
 
 def refuse_special_entries(run, doing):
     """LocalInputError naming every entry of the local run `run` that is not a regular file or folder."""
-    found = special_entries(run) if run.is_dir() else []
-    if found:
-        raise LocalInputError(f"--resume-from {run}: refusing to {doing} a run that holds {len(found)} entr{'y' if len(found) == 1 else 'ies'} "
-                              f"that {'is' if len(found) == 1 else 'are'} not a regular file or folder: {', '.join(found[:10])}"
-                              f"{' ...' if len(found) > 10 else ''}. A run directory holds regular files and folders only; "
-                              "nothing was done on the host.")
+    try:
+        runfiles.refuse_special_entries(run, doing)
+    except UserError as e:
+        raise LocalInputError(f"--resume-from {run} (nothing was done on the host): {e}") from None
 
 
 def upload_run(target, inv, local_run, say):

@@ -213,5 +213,5 @@ def test_upload_run_checks_again_before_anything_reaches_the_host(tmp_path):
     run = crafted_run(tmp_path, "/old/crema-d")
     (run / "logs").symlink_to(tmp_path)
     never = SimpleNamespace(conn=None)  # no connection: the refusal comes first
-    with pytest.raises(LocalInputError, match=rf"refusing to upload a run that holds 1 entry .*logs \(a link to {tmp_path}\)"):
+    with pytest.raises(LocalInputError, match=rf"Refusing to upload: .* holds 1 entry .*logs \(a link to {tmp_path}\)"):
         upload_run(never, SimpleNamespace(remote={"runs_dir": "/runs"}), run, print)
