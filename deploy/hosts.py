@@ -220,7 +220,8 @@ def connect(c, inv):
     """
     config = c.config
     if isinstance(c, Connection):
-        host = inv.find_host(c.original_host) or inv.find_host(c.host)
+        explicit_port = c.port if c.port != 22 else None  # -H host:PORT (Fabric fills in 22 when there is none)
+        host = inv.find_host(c.original_host) or inv.find_host(c.host, explicit_port)
         if host is None:
             return _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
         # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be

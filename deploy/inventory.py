@@ -129,11 +129,16 @@ class Inventory:
     stall_minutes: float | None = None  # a training whose status.json is older than this while it lives is stalled
     launch: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["launch"]))
 
-    def find_host(self, name_or_address):
-        """The inventory host whose name or address is `name_or_address`, else None."""
+    def find_host(self, name_or_address, port=None):
+        """The inventory host whose name or address is `name_or_address`, else None. Several hosts may
+        share an address (one machine, several sshd ports): `port` picks one; without it, the one at
+        port 22, else the first."""
         if name_or_address in self.hosts:
             return self.hosts[name_or_address]
-        return next((h for h in self.hosts.values() if h.address == name_or_address), None)
+        at = [h for h in self.hosts.values() if h.address == name_or_address]
+        if port is not None:
+            return next((h for h in at if h.port == port), None)
+        return next((h for h in at if h.port == 22), at[0] if at else None)
 
     def for_host(self, name):
         """The inventory as host `name` sees it: its own remote.* paths where it sets them."""

@@ -27,7 +27,7 @@ from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
-from trainer.run_view import render  # the monitor screen; the host's monitor_training.sh draws the same
+from trainer.run_view import MALFORMED, render  # the monitor screen; the host's monitor_training.sh draws the same
 from trainer.visible import visible  # every text from the host: its control characters shown, never obeyed
 
 console = Console(highlight=False, soft_wrap=True)
@@ -456,12 +456,16 @@ def fetch_results(h, run=None, dest="results", backup=False):
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
     ledger.record_fetch(h.target.label, info)  # `fab down` deletes a host only with its runs fetched after they ended
     metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
-    if cv:
-        print_cv(cv, console, title=f"Run {info['run']}, cross-validation")
-    elif metrics:
-        print_run_metrics(metrics, console, title=f"Run {info['run']}")
-    else:
-        say(f"No metrics.json yet: the run is {info['state']}.")
+    try:
+        if cv:
+            print_cv(cv, console, title=f"Run {info['run']}, cross-validation")
+        elif metrics:
+            print_run_metrics(metrics, console, title=f"Run {info['run']}")
+        else:
+            say(f"No metrics.json yet: the run is {info['state']}.")
+    except MALFORMED as e:  # a run file edited or damaged on the host: name it, no traceback
+        raise DeployError(f"{local / ('cv.json' if cv else 'metrics.json')} does not read as a results file of this version "
+                          f"({type(e).__name__}: {e}); the run's files are in {local}.") from None
     pictures = sorted(local.glob("*.png")) + sorted(local.glob("fold-*/*.png"))
     if pictures:
         say(f"Pictures: {', '.join(visible(p.relative_to(local), layout='') for p in pictures)} in {local}")  # names from the host

@@ -31,3 +31,29 @@ def test_the_cost_line_prices_uptime_and_the_rest_of_the_run():
     assert cost_line({"uptime_seconds": 7200}, 1.5, 3600).plain == "up 2h00m   $3.00 so far at $1.5/h   about $1.50 more to finish"
     assert cost_line({"uptime_seconds": 600}, 1.5, None).plain == "up 10m00s   $0.25 so far at $1.5/h"
     assert "set price_per_hour in the inventory" in cost_line({"uptime_seconds": 600}, None, 3600).plain
+
+
+def test_a_run_file_edited_on_the_host_is_a_warning_not_a_traceback():
+    import io
+
+    from rich.console import Console
+
+    from trainer.run_view import render
+
+    out = io.StringIO()
+    info = {"host": "h", "gpus": None, "disk": {"free_bytes": 2**34, "total_bytes": 2**35}, "state": "running", "run": "r1",
+            "run_dir": "/runs/r1", "status": {"state": "running", "epoch": 2, "epochs": 9, "last": [1]}, "uptime_seconds": 60,
+            "agent": None, "log_tail": ["\x1b[2J line"], "exit_code": 0}
+    render(info, "gpu", Console(file=out, width=400))
+    text = out.getvalue()
+    assert "RUNNING" in text and "do not read as this version writes them" in text and "\x1b" not in text
+
+
+def test_hosts_sharing_an_address_are_told_apart_by_port(tmp_path):
+    from deploy.inventory import load_inventory
+
+    (tmp_path / "inventory.yaml").write_text("hosts:\n  a: {address: 10.0.0.5, port: 2201}\n  b: {address: 10.0.0.5, port: 2202}\n"
+                                             "  c: {address: 10.0.0.6}\n")
+    inv = load_inventory(tmp_path / "inventory.yaml")
+    assert inv.find_host("10.0.0.5", 2202).name == "b" and inv.find_host("10.0.0.5", 2201).name == "a"
+    assert inv.find_host("10.0.0.5", 2203) is None and inv.find_host("10.0.0.6").name == "c"

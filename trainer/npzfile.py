@@ -25,8 +25,9 @@ MAX_HEADER_BYTES = 10000  # numpy's own limit (max_header_size) for headers it r
 # {'descr': '<f4', 'fortran_order': False, 'shape': (10, 512), } as numpy writes it (keys sorted, a
 # trailing comma); other writers' spacing, key order and missing trailing comma are accepted too
 _STRING = r"'[^'\\\n]*'|\"[^\"\\\n]*\""
-_TUPLE = r"\(\s*\)|\(\s*\d+\s*,\s*\)|\(\s*\d+(?:\s*,\s*\d+)+\s*,?\s*\)"  # (), (5,), (10, 512): never (5), an int
+_TUPLE = r"\(\s*\)|\(\s*[0-9]+\s*,\s*\)|\(\s*[0-9]+(?:\s*,\s*[0-9]+)+\s*,?\s*\)"  # (), (5,), (10, 512): never (5), an int
 _ITEM = re.compile(rf"\s*({_STRING})\s*:\s*({_TUPLE}|True|False|{_STRING}|\[)\s*(,)?")
+MAX_ARRAY_BYTES = 2**34  # 16 GiB: far above any clip; a larger header is hostile or corrupt
 _DESCR = re.compile(r"[<>|=]?[A-Za-z?][0-9]*(\[[0-9]*[A-Za-z]+\])?")  # '<f4', '|u1', '<U10', '<M8[ns]': one field, no structure
 
 
@@ -66,11 +67,16 @@ def parse_header(text, where):
         raise bad(f"shape {shape} is not a tuple of integers")
     try:
         dtype = np.dtype(descr[1:-1])
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise bad(f"descr {descr} is not a dtype ({e})") from None
     if dtype.hasobject:
         raise ValueError(f"{where} is an object array: reading it would need allow_pickle, which is never used")
-    return tuple(int(n) for n in re.findall(r"\d+", shape)), order == "True", dtype
+    if dtype.itemsize == 0:
+        raise bad(f"descr {descr} has items of zero bytes")
+    dims = tuple(int(n) for n in re.findall(r"[0-9]+", shape))
+    if math.prod(dims) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise bad(f"shape {shape} of {descr} would be {math.prod(dims) * dtype.itemsize} bytes, more than any clip ({MAX_ARRAY_BYTES})")
+    return dims, order == "True", dtype
 
 
 def read_header(fp, where):

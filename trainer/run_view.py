@@ -107,7 +107,23 @@ def T(value):
     return Text(visible(value))
 
 
+MALFORMED = (KeyError, TypeError, AttributeError, ValueError, IndexError)  # what a hand-edited or damaged run file raises here
+
+
 def render(info, label, console):
+    """The monitor screen; when the run's files on the host do not read as this version writes them
+    (edited, damaged), the state line and a warning naming them instead of a traceback."""
+    try:
+        screen(info, label, console)
+    except MALFORMED as e:
+        shown = visible_tree({k: info.get(k) for k in ("state", "run", "run_dir")})
+        console.print(T(f"run {shown['run']} ({shown['run_dir']}): {str(shown['state']).upper()}"))
+        console.print(T(f"warning: the run's files on the host (status.json, metrics.json, launch.json, exit records) do not read as "
+                        f"this version writes them ({type(e).__name__}: {visible(str(e), '')}); showing the state only. "
+                        "Look at them with `fab logs` or on the host."))
+
+
+def screen(info, label, console):
     """The monitor screen: host, GPU, disk, run state, epoch bar, metrics, log tail, what to do."""
     info = visible_tree(info)  # every string in it came from the host
     state = info["state"]

@@ -14,7 +14,7 @@ written as Python escapes. Standard library only: the host's system python3 runs
 import re
 import sys
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # 2028/9: line breaks to Python
 
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
