@@ -34,8 +34,17 @@ class StatusCallback(keras.callbacks.Callback):
         self.status, self.monitor, self.mode = status, monitor, mode
         self.initial_epoch = None
 
+    HEARTBEAT_SECONDS = 60  # status.json is rewritten at least this often within an epoch: a long epoch is not a stall
+
+    def batch_done(self, done, total):
+        """Called by the loop after each training step: rewrites status.json (with the batch reached) once
+        a minute, so a first epoch longer than stall_minutes does not read as stalled."""
+        if time.monotonic() - self._beat >= self.HEARTBEAT_SECONDS:
+            self._beat = time.monotonic()
+            self.status.update(batch=done, batches=total)
+
     def on_epoch_begin(self, epoch, logs=None):
-        self._began = time.monotonic()
+        self._began = self._beat = time.monotonic()
         if self.initial_epoch is None:
             self.initial_epoch = epoch
             self.status.update(state="running", epoch=epoch)

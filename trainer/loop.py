@@ -53,11 +53,12 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     start = _sync_start(strategy, model, getattr(model, "_initial_epoch", None) or 0, resume)
     feeder = _Feeder(strategy, workers)
     logs = {}
+    progress = next((c.batch_done for c in callbacks if hasattr(c, "batch_done")), None)  # StatusCallback's heartbeat
     try:
         for epoch in range(start, epochs):
             t0 = time.monotonic()
             cbs.on_epoch_begin(epoch)
-            train = feeder.run(train_gen, steps.train)
+            train = feeder.run(train_gen, steps.train, on_batch=progress)
             val = feeder.run(val_gen, steps.evaluate)
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
             line = f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
@@ -136,7 +137,7 @@ class _Feeder:
     def _load(self, gen, index):
         return {r: gen.share(index, r, self.replicas) for r in self.local}
 
-    def run(self, gen, step):
+    def run(self, gen, step, on_batch=None):
         pending = [self.pool.submit(self._load, gen, i) for i in range(min(self.AHEAD, len(gen)))]
         total = None
         for index in range(len(gen)):
@@ -147,6 +148,8 @@ class _Feeder:
             y = self._distribute(shares, 1)
             out = step(x, y, tf.constant(float(gen.batch_rows(index)), tf.float32))
             total = out if total is None else total + out
+            if on_batch is not None:
+                on_batch(index + 1, len(gen))
         return total.numpy()
 
     def _distribute(self, shares, part):
