@@ -115,13 +115,17 @@ def seed_venv(venv, site_packages):
 
 def processes_under(root):
     """{pid: command line} of this machine's processes whose command line names a path under `root`
-    (what a local "host" runs for it: trainer, launcher, host agent, TensorBoard), this one excluded."""
+    (what a local "host" runs for it: trainer, launcher, host agent, TensorBoard), this one excluded.
+    Never the tmux server: it is shared by every session of the user, and keeps the command line of
+    the client that started it (a training's launch), so killing it would end every other training."""
     root, found = str(Path(root).resolve()), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             words = (entry / "cmdline").read_bytes().split(b"\0")
+            if (entry / "comm").read_text().startswith("tmux"):  # the user's one tmux server: its sessions are ended by name
+                continue
         except OSError:
             continue
         text = " ".join(w.decode(errors="replace") for w in words if w)
