@@ -63,7 +63,7 @@ def test_the_cap_stops_a_running_training_then_powers_off(fake_bin_host, tmp_pat
     marker = tmp_path / "powered off"
     agent = Path(env.inventory["remote"]["project_dir"]) / "remote_scripts" / "host_agent.py"
     changes = {"poll_seconds": 0.5, "spot_grace_seconds": 60,
-               "budget": {"deadline": time.time() + 2, "max_hours": 2, "command": f"touch {shlex.quote(str(marker))}", "warn_seconds": 900}}
+               "budget": {"deadline": time.time() + 8, "max_hours": 2, "command": f"touch {shlex.quote(str(marker))}", "warn_seconds": 900}}
     configured = subprocess.run([sys.executable, str(agent), "configure", str(env.runs), json.dumps(changes)], capture_output=True, text=True)
     assert configured.returncode == 0 and json.loads(configured.stdout)["ok"], configured.stdout + configured.stderr
 

@@ -76,8 +76,10 @@ def test_deploy_full_resume_from_a_run_the_host_has_stops_before_step_1(host_rea
     env = host_ready
     run = tmp_path / "results" / "other" / "moved"
     (run / "backup").mkdir(parents=True)
-    for name in ("config.yaml", "split.json", "manifest.json", "normalization.npz", "backup/training_metadata.json"):
+    for name in ("config.yaml", "normalization.npz", "backup/training_metadata.json"):
         (run / name).write_text("{}")
+    (run / "manifest.json").write_text(json.dumps({"dirs": ["/old/crema-d"], "files": []}))
+    (run / "split.json").write_text(json.dumps({"train": [], "val": [], "test": []}))
     (env.runs / "moved").mkdir(parents=True)
     (env.runs / "moved" / "config.yaml").write_text("{}")
     t0 = time.monotonic()
