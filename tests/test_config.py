@@ -61,3 +61,13 @@ def test_a_bare_on_or_off_means_the_choice_not_a_boolean(tmp_path):
     assert load_config(None, ["train.mixed_precision=on", "train.distribute=off"])["train"]["mixed_precision"] == "on"
     with pytest.raises(ConfigError, match="train.class_weights"):
         load_config(None, ["train.class_weights=off"])  # not one of its choices: still an error
+
+
+def test_a_learning_rate_in_exponent_notation_without_a_dot_is_a_number(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-4 as a string; a Keras user writes it that way."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 1e-4\n")
+    assert load_config(path)["train"]["learning_rate"] == 1e-4
+    path.write_text("train:\n  learning_rate: fast\n")
+    with pytest.raises(ConfigError, match="'train.learning_rate' expects float"):
+        load_config(path)

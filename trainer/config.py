@@ -8,6 +8,7 @@ Every key must be known and every value of the expected type; anything else is a
 """
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -145,6 +146,9 @@ def _merge(base, new, prefix, source, free=False):
             base[key] = value
 
 
+YAML11_EXPONENT = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def check_config(cfg):
     """Raise ConfigError for the first value of the wrong type or out of range."""
     for dotted, default in _leaves(DEFAULTS):
@@ -152,6 +156,10 @@ def check_config(cfg):
         if dotted in FREE_FORM:
             continue
         expected = type(default)
+        if expected is float and isinstance(value, str) and YAML11_EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 1e-4, without a dot, as a string
+            parent, _, leaf = dotted.rpartition(".")
+            (_get(cfg, parent) if parent else cfg)[leaf] = value
         ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
