@@ -1,7 +1,6 @@
 """The host agent (remote_scripts/host_agent.py) from the laptop: heartbeat, settings, autostop.
 
     with activity(conn, inv): ...                      # every task: the host is busy from its first command to its end
-    beat(conn, inv)                                    # touch the heartbeat at once
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
@@ -111,11 +110,6 @@ class Keeper(threading.Thread):
     def stop(self):
         self.stopped.set()
         self.join(timeout=2)
-
-
-def beat(conn, inv):
-    """Touch the heartbeat now: for a task that stays open (the TensorBoard tunnel)."""
-    conn.run(f"mkdir -p {rq(agent_dir(inv))} && touch {rq(heartbeat(inv))}", hide=True, warn=True, in_stream=False)
 
 
 def autostop_settings(inv, minutes):

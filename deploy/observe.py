@@ -15,14 +15,11 @@ from pathlib import Path
 
 from invoke.exceptions import ThreadException
 
-from deploy import agent
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
 from deploy.sync import RUN_FILES_ONLY, rsync
 from deploy.training import run_state, script
 from trainer.visible import VisibleStream, visible
-
-BEAT_SECONDS = 60  # an open tunnel touches the autostop heartbeat this often
 
 
 def follow(conn, inv, info):
@@ -130,13 +127,9 @@ def tunnel(conn, inv, local_port, say):
     try:
         with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
             say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
-            try:
-                last_beat = time.monotonic()
+            try:  # someone is looking: the task's keeper (deploy.agent.activity) keeps autostop waiting meanwhile
                 while conn.transport.is_active():
                     time.sleep(0.5)
-                    if time.monotonic() - last_beat > BEAT_SECONDS:  # someone is looking: autostop waits
-                        agent.beat(conn, inv)
-                        last_beat = time.monotonic()
             except KeyboardInterrupt:
                 pass
     except ThreadException as e:  # a browser connection that broke inside the tunnel: one line, not a traceback
