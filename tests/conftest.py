@@ -288,3 +288,14 @@ def seed_public_parameter(region, name, value):
     ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters[name].append(Parameter(
         account_id=DEFAULT_ACCOUNT_ID, name=name, value=value, parameter_type="String", description=None, allowed_pattern=None,
         keyid=None, last_modified_date=datetime.now(timezone.utc), version=1, data_type="aws:ec2:image"))
+
+
+def mount_tmpfs(path, size):
+    """A real tmpfs of `size` (e.g. "2m") mounted at `path` (made here): a small disk to fill. Skips the
+    test where that cannot be (not root, mount not permitted). Unmount with `umount -l PATH`."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the host's runs dir")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    return path

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, make_ready, wait_until
+from tests.conftest import ROOT, make_ready, mount_tmpfs, wait_until
 from tests.test_pay_only_for_training import FAKE_CRONTAB
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
@@ -120,12 +120,7 @@ def test_a_held_lock_is_activity_while_its_lease_is_fresh_and_not_once_its_task_
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs. Ask for it before fake_bin_host: pytest then stops the host's agent first."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as the host's runs dir")
-    disk = tmp_path / "small disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
-        pytest.skip("mount -t tmpfs is not permitted here")
+    disk = mount_tmpfs(tmp_path / "small disk", "2m")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import mount_tmpfs
 from test_observe import status, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -122,12 +123,7 @@ def test_a_trainer_killed_with_sigkill_is_explained(ready):
 
 @pytest.fixture
 def small_disk(ready, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as the host's runs dir")
-    mount = tmp_path / "small disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
-        pytest.skip("mount -t tmpfs is not permitted here")
+    mount = mount_tmpfs(tmp_path / "small disk", "24m")
     ready.write(remote={**ready.inventory["remote"], "runs_dir": str(mount / "runs")})
     yield mount
     ready.cleanup()
