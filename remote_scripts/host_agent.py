@@ -43,37 +43,15 @@ import sys
 import time
 
 import host_activity
+import host_files
 import run_state
-from ec2_metadata import EC2_METADATA_URL, probe_instance, spot_notice
+from ec2_metadata import probe_instance, spot_notice
+from host_files import DEFAULTS, WAIT_FOR, agent_dir, agent_running, autostop_view, files, iso, mtime, read_settings
 
 HERE = os.path.abspath(__file__)
-DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
-            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None,
-            "stall_seconds": None}
+SOURCES = (HERE, host_files.__file__)  # the agent's code: a change to either restarts it
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
-WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
 BOOT_MARK = "# facenet-deploy host agent"
-
-
-def agent_dir(runs_dir):
-    return os.path.join(os.path.expanduser(runs_dir), ".agent")
-
-
-def files(runs_dir):
-    d = agent_dir(runs_dir)
-    return {name: os.path.join(d, name) for name in ("settings.json", "heartbeat", "state.json", "fired.json", "agent.log", "agent.lock",
-                                                     "budget.json")}
-
-
-def mtime(path):
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return 0.0
-
-
-def iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t)) if t else None
 
 
 def log(runs_dir, message):
@@ -95,28 +73,6 @@ def save(path, record):
 
 
 # --- autostop -----------------------------------------------------------------------------
-
-def autostop_view(settings, state, runs_dir, running):
-    """{armed, idle_seconds, command, fires_at, waiting_for_training, waiting_for} from the settings and the agent's state."""
-    auto = settings.get("autostop")
-    if not auto:
-        return {"armed": False}
-    paths = files(runs_dir)
-    current = run_state.read_current(runs_dir)
-    valid = current is not None and run_state.RUN_NAME.fullmatch(current)  # a name is a path: only a valid one
-    ended = mtime(os.path.join(os.path.expanduser(runs_dir), current, run_state.EXIT)) if valid else 0.0
-    last_activity = max(mtime(paths["heartbeat"]), ended, auto.get("armed_at", 0), state.get("started", 0),
-                        state.get("training_seen", 0), state.get("activity_seen", 0))
-    view = {"armed": True, "idle_seconds": auto["idle_seconds"], "command": auto["command"], "last_activity": iso(last_activity),
-            "waiting_for_training": bool(running), "waiting_for": state.get("activity") or [],
-            "wait_for": list(auto.get("wait_for", WAIT_FOR))}
-    view["fires_at_epoch"] = None if running else last_activity + auto["idle_seconds"]
-    view["fires_at"] = iso(view["fires_at_epoch"])
-    fired = state.get("fired") or run_state.read_json(paths["fired.json"]) or {}  # this agent's own record first: the disk may be full
-    view["fired"] = fired if fired.get("after_activity") == view["last_activity"] else None  # once per idle period
-    view["last_fired"] = fired or None
-    return view
-
 
 def fire(runs_dir, view, state):
     """Run the command first (nothing written before it: the disk may be full), then record it, best-effort;
@@ -181,10 +137,6 @@ def check_budget(runs_dir, settings, running, now):
 
 # --- the agent loop -----------------------------------------------------------------------
 
-def read_settings(runs_dir):
-    return {**DEFAULTS, **(run_state.read_json(files(runs_dir)["settings.json"]) or {})}
-
-
 def lock(runs_dir):
     """The agent's lock (held for its life), or None if another agent holds it."""
     f = open(files(runs_dir)["agent.lock"], "a")
@@ -201,8 +153,8 @@ def poll_once(runs_dir, settings, state):
     now = time.time()
     url = settings["metadata_url"]
     probe_instance(settings, state, now)
-    running = run_state.running_run(runs_dir, settings["session"])
-    stalled = run_state.stalled_since(running[1], settings.get("stall_seconds")) if running else None
+    running = host_files.running_run(runs_dir, settings["session"])
+    stalled = host_files.stalled_since(running[1], settings.get("stall_seconds")) if running else None
     if running and not stalled:
         state["training_seen"] = now
     if stalled and state.get("stalled") != [running[0], iso(stalled)]:
@@ -219,7 +171,7 @@ def poll_once(runs_dir, settings, state):
             state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now)}
     state["budget"] = check_budget(runs_dir, settings, running, now)
     if running and (state["budget"] or {}).get("fired_at") == iso(now):  # the cap stopped it just now
-        running = run_state.running_run(runs_dir, settings["session"])
+        running = host_files.running_run(runs_dir, settings["session"])
         stalled = None
     auto = settings.get("autostop")
     ignore = set(run_state.live_processes(run_state.read_launch(running[1]))) if stalled else set()  # a stalled run is idle
@@ -259,7 +211,7 @@ def run(runs_dir):
         return 1
     if held is None:
         return 0  # another agent watches this runs dir
-    source = mtime(HERE)
+    source = [mtime(path) for path in SOURCES]
     state = {"pid": os.getpid(), "started": time.time(), "started_at": iso(time.time()), "metadata_requests": 0, "metadata_urls": []}
     old = run_state.read_json(files(runs_dir)["state.json"]) or {}
     if old.get("pid") == os.getpid():  # re-executed after a code sync: keep what it had seen
@@ -280,21 +232,10 @@ def run(runs_dir):
             log(runs_dir, f"poll failed: {type(e).__name__}: {e}")
         save(files(runs_dir)["state.json"], state)
         time.sleep(pause)
-        if mtime(HERE) != source:  # `fab sync-code` brought a new version: continue as it
+        if [mtime(path) for path in SOURCES] != source:  # `fab sync-code` brought a new version: continue as it
             log(runs_dir, "code changed: restarting")
             held.close()
             os.execv(sys.executable, [sys.executable, HERE, "run", runs_dir])
-
-
-def agent_running(runs_dir):
-    """The agent of this runs dir is alive (its pid from state.json runs host_agent.py). Never takes
-    the lock: a check that held it for an instant could make a starting agent give up."""
-    pid = (run_state.read_json(files(runs_dir)["state.json"]) or {}).get("pid")
-    try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            return os.path.basename(HERE).encode() in f.read()
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def start(runs_dir):
@@ -365,20 +306,6 @@ def configure(runs_dir, changes):
         outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"] or settings.get("budget")))
     outcome["started"] = start(runs_dir)
     return outcome
-
-
-def view(runs_dir):
-    """What the monitor shows: is the agent alive, autostop, instance, price (see run_state.collect)."""
-    paths = files(runs_dir)
-    if not os.path.isdir(agent_dir(runs_dir)):
-        return None
-    settings, state = read_settings(runs_dir), run_state.read_json(paths["state.json"]) or {}
-    alive = agent_running(runs_dir)
-    running = run_state.running_run(runs_dir, settings["session"])
-    if running and run_state.stalled_since(running[1], settings.get("stall_seconds")):
-        running = None  # stalled: autostop counts it as idle
-    return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
-            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe"), "budget": state.get("budget")}
 
 
 def main(argv):
