@@ -6,8 +6,7 @@
     forget("gpu1")                          # after `fab down`
 
 `fab down` refuses to delete a host that holds a run at risk, naming it. "Stored" is the other
-way a run is safe (copied off the host by "Never lose a run"); until that exists, `stored_runs`
-knows none.
+way a run is safe: its end is in run storage (`stored_runs`, from storage.url).
 """
 
 import json
