@@ -110,6 +110,16 @@ def test_a_torn_epoch_end_gives_no_snapshot(tmp_path, tear):
     snap.close()
 
 
+def test_a_cross_validation_is_stored_while_it_trains(tmp_path):
+    run = tmp_path / "cv"
+    write(run / "cv-plan.json", {"folds": 3, "data_dirs": []})
+    write(run / "status.json", {"epoch": 4, "state": "running", "fold": 1, "folds": 3})
+    write(run / "fold-1" / "backup" / "training_metadata.json", {"epoch": 4})
+    snap = snapshot.take(run)
+    assert snap is not None and "fold-1/backup/training_metadata.json" in snap.pieces
+    snap.close()
+
+
 # --- the uploader, a real process, against moto's S3 -----------------------------------------
 
 def start_uploader(run, launch_id, url, moto_url, **settings):

@@ -15,10 +15,8 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
-import yaml
 from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
 from storage_check import check_pointers_came_last, client, new_bucket, refusing_unknown_keys
 
@@ -170,6 +168,3 @@ def test_a_storage_that_refuses_writes_shows_on_the_monitor_and_the_training_fin
     assert json.loads((runs_b / "r2" / "status.json").read_text())["state"] == "finished"
     record = storage_record(runs_b, "r2")
     assert record["failures"]["code"] == "InvalidAccessKeyId" and record["stored"] is None, record
-    stale = yaml.safe_load((stored["root"] / "inventory.yaml").read_text())["storage"]
-    assert stale["credentials"] == "laptop"
-    time.sleep(0)  # (the uploader retries for final_retry_seconds after the end, then gives up: test_storage.py checks that)
