@@ -48,6 +48,7 @@ import sys
 import time
 
 import host_files
+import storage_state
 from host_files import (  # the files it shares with host_agent.py (see host_files.py)
     CURRENT,
     EXIT,
@@ -183,6 +184,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/cv.py)
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
+        storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
     return info
 
