@@ -7,8 +7,7 @@
     forget("gpu1")                          # after `fab down`
 
 `fab down` refuses to delete a host that holds a run at risk, naming it. "Stored" is the other
-way a run is safe (copied off the host by "Never lose a run"); until that exists, `stored_runs`
-knows none.
+way a run is safe: its end is in run storage (`stored_runs`, from storage.url).
 """
 
 import json
@@ -84,8 +83,16 @@ def forget(labels):
 
 
 def stored_runs(conn, inv):
-    """Runs of the host copied to storage ("Never lose a run"); none until that exists."""
-    return set()
+    """Runs whose end is in run storage (their pointer is final: deploy/storage.py); none without storage, or when
+    storage cannot be read (then `fab down` asks for them to be fetched, the safe side)."""
+    from deploy import storage
+
+    if not storage.enabled(inv):
+        return set()
+    try:
+        return {name for name, pointer, _ in storage.stored_runs(storage.open_store(inv)) if pointer and pointer.get("final")}
+    except DeployError:
+        return set()
 
 
 def runs_at_risk(conn, inv, label):

@@ -63,7 +63,9 @@ def survey(conn, inv):
 
 
 def requirements(inv, gpu_count):
-    return inv.pip["gpu"] if gpu_count else inv.pip["cpu"]
+    """What the venv needs: pip.gpu or pip.cpu, and pip.storage (boto3, for the uploader) where storage.url is set."""
+    storage = inv.pip.get("storage", []) if (getattr(inv, "storage", None) or {}).get("url") else []
+    return (inv.pip["gpu"] if gpu_count else inv.pip["cpu"]) + storage
 
 
 def marker_for(inv, gpu_count):

@@ -204,6 +204,7 @@ def upload_run(target, inv, local_run, say):
                               "with `fab train --resume`, or remove it first.")
     conn.run(f"mkdir -p {rq(inv.remote['runs_dir'])}", hide=True, in_stream=False)
     # launch.json/exit.json belong to the old host's launcher; the new launcher writes its own
-    excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json"]
+    excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json",
+                "--exclude=/storage.json", "--exclude=/storage.log", "--exclude=/.storage.lock"]  # the old host's uploader's
     n, sent = rsync(conn, [*RUN_FILES_ONLY, *excluded, f"{local_run}/", rsync_target(conn, remote) + "/"])
     say(f"run {local_run.name}: {n} file(s) ({sent} bytes) uploaded to {remote}")

@@ -171,13 +171,14 @@ def refuse_while_training(conn, inv, say, task, restart):
     stop(conn, inv, say)
 
 
-def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, folds=None, tf_config=None):
+def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, folds=None, tf_config=None, storage=None):
     """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name.
 
     `resume` continues the current run, or `run_name` (a run uploaded from another host: its data
     paths are mapped to this host's data dirs). `price_per_hour` goes into the run's cost record.
     `folds`: a K-fold cross-validation by actor (`python -m trainer cv`) instead of one run.
-    `tf_config`: this worker's TF_CONFIG (JSON) when the host is one worker of a cluster."""
+    `tf_config`: this worker's TF_CONFIG (JSON) when the host is one worker of a cluster. `storage`: the
+    uploader's settings (deploy/storage.py launch_settings), which start it beside the trainer."""
     session = inv.tmux_session
     runs = inv.remote["runs_dir"]
     if resume and run_name:
@@ -204,7 +205,9 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     run_dir = rjoin(runs, name)
     words = [inv.remote["venv"], inv.remote["project_dir"], run_dir, *trainer_args]
     quoted = " ".join(map(rq, words))
-    env = f"env {shlex.quote('TF_CONFIG=' + tf_config)} " if tf_config else ""
+    env = "".join(f"{shlex.quote(f'{k}={v}')} " for k, v in (("TF_CONFIG", tf_config), ("FACENET_STORAGE", storage and json.dumps(storage)))
+                  if v)
+    env = f"env {env}" if env else ""
     cmd = (f"mkdir -p {rq(runs)} && tmux new-session -d -s {shlex.quote(session)} "
            f"{env}bash {script(inv, 'launch_training.sh')} {quoted}")
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)

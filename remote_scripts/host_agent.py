@@ -28,10 +28,13 @@ its status.json is not rewritten) counts as idle from when it stalled, and the l
 own processes on the GPU do not count as activity.
 
 On EC2 (IMDSv2 answers at metadata_url) it polls spot/instance-action; on a notice it marks the
-running training preempted and stops it (run_state.stop), keeping the backup of the last epoch.
+running training preempted and stops it (run_state.stop), keeping the backup of the last epoch;
+with run storage it then waits (until shortly before the notice's time) for the run's uploader to
+store that end, and records what was stored (state.json preempted.stored).
 When to ask the metadata service, and when to stop asking: ec2_metadata.py.
 """
 
+import calendar
 import fcntl
 import json
 import os
@@ -45,6 +48,7 @@ import time
 import agent_events
 import host_activity
 import run_state
+import storage_state
 from ec2_metadata import EC2_METADATA_URL, probe_instance, spot_notice
 
 HERE = os.path.abspath(__file__)
@@ -222,8 +226,8 @@ def poll_once(runs_dir, settings, state):
         except (OSError, ValueError) as e:
             notice, state["spot_error"] = None, f"{type(e).__name__}: {e}"[:200]
         if notice:
-            preempt(runs_dir, settings, running, notice)
-            state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now)}
+            stored = preempt(runs_dir, settings, running, notice)
+            state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now), "stored": stored}
     state["budget"] = check_budget(runs_dir, settings, running, now)
     if running and (state["budget"] or {}).get("fired_at") == iso(now):  # the cap stopped it just now
         running = run_state.running_run(runs_dir, settings["session"])
@@ -266,6 +270,23 @@ def preempt(runs_dir, settings, running, notice):
     code, lines = run_state.stop(run_dir, settings["session"], int(settings["spot_grace_seconds"]),
                                  reason=f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})")
     log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
+    return store_before_the_end(runs_dir, run_dir, notice)
+
+
+def store_before_the_end(runs_dir, run_dir, notice):
+    """With run storage: wait, until 5 s before the notice's time (at least 10 s), for the run's uploader to store
+    the stopped run's last epoch; returns what it stored ({epoch, state, final, at}) or None."""
+    try:
+        ends = calendar.timegm(time.strptime(notice.get("time", ""), "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        ends = time.time() + 30
+    record = storage_state.wait_stored(run_dir, max(10.0, ends - 5 - time.time()))
+    if record is None:
+        return None
+    stored = record.get("stored") or {}
+    log(runs_dir, f"storage: {'stored the run end' if stored.get('final') else 'did NOT store the run end'}: "
+                  f"epoch {stored.get('epoch')} ({stored.get('state')}) at {stored.get('at')}; uploader {record.get('state')}")
+    return {k: stored.get(k) for k in ("epoch", "state", "final", "at")}
 
 
 KEPT_ACROSS_RESTARTS = ("instance_url", "metadata_explicit", "metadata_probe", "metadata_requests", "metadata_urls")

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import time
 
+import storage_state
 from liveness import boot_id, describe_processes, live_processes, proc_stat
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
@@ -267,6 +268,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
+        storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
     return info
 

@@ -111,6 +111,33 @@ def cost_line(info, price, eta_seconds):
     return Text(text)
 
 
+def _ago(seconds):
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else _duration(seconds)
+
+
+def storage_line(record):
+    """'stored: epoch 14, 40 s ago' / 'storage: 3 uploads failing: AccessDenied ...' (remote_scripts/storage_state.py)."""
+    stored, failures = record.get("stored") or {}, record.get("failures") or {}
+    text = Text()
+    if stored:
+        text.append(f"stored: epoch {stored.get('epoch')}, {_ago(record.get('seconds_since_stored'))} ago"
+                    + (f" ({stored.get('state')}, final)" if stored.get("final") else "") + f"  {record.get('url')}")
+    if failures:
+        text.append(("; " if stored else "") + f"storage: {failures.get('count')} upload{'s' if failures.get('count') != 1 else ''} "
+                    f"failing: {failures.get('code')}: {failures.get('message')}", style="bold red")
+    if record.get("state") == "gave-up":
+        text.append("; gave up: the run's last state is not stored (the host keeps it)", style="bold red")
+    elif record.get("state") == "superseded":
+        text.append(f"; stopped: {record.get('superseded')}", style="yellow")
+    elif not stored and not failures:
+        text.append(f"storage: nothing stored yet  {record.get('url')}", style="dim")
+    if not record.get("done") and not record.get("alive"):
+        text.append("; its uploader is not running (the host restarted?): `fab train --resume` starts it again", style="yellow")
+    return text
+
+
 def T(value):
     """Remote text as plain text: a run name or a log line is never rich markup, nor a terminal escape."""
     return Text(visible(value))
@@ -208,6 +235,8 @@ def screen(info, label, console):
             if cv.get("mean"):
                 line += f"   test UAR {cv['mean']['uar']:.3f} ± {cv['std']['uar']:.3f} over folds"
             run.add_row("folds", T(line))
+        if info.get("storage"):
+            run.add_row("storage", storage_line(info["storage"]))
         if status.get("error"):
             run.add_row("error", Text(f"{status['error'].get('type')}: {status['error'].get('message')}", style="red"))
         parts += [Text(""), run]
