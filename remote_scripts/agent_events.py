@@ -24,6 +24,7 @@ import sys
 
 import notify
 import run_state
+import storage_state
 
 RECORD = "notifications.json"
 
@@ -180,10 +181,10 @@ def fetched(runs_dir, run, record):
     return isinstance(seen, dict) and seen.get("state") in ENDED and seen.get("ended_at") == record.get("ended_at")
 
 
-def stored(run_dir):
-    """The run's final state is in storage (written by the storage uploader), as far as this host knows."""
-    state = run_state.read_json(os.path.join(run_dir, ".storage", "state.json"))
-    return isinstance(state, dict) and bool(state.get("final_stored"))
+def stored(run_dir, launch):
+    """The run's end is in storage: this launch's uploader stored its final state (RUN/storage.json, storage_state.py)."""
+    record = storage_state.read(run_dir) or {}
+    return bool((record.get("stored") or {}).get("final")) and record.get("launch_id") == launch.get("launch_id")
 
 
 def shutdown_deletes(settings, state):
@@ -204,7 +205,7 @@ def autostop_hold(runs_dir, settings, state):
     run, run_dir = found
     launch = run_state.read_launch(run_dir)
     record = run_state.exit_record(run_dir, launch)
-    if record is None or record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir):
+    if record is None or record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir, launch):
         return None
     return (f"run {run} ended and is neither fetched since nor stored, and a poweroff deletes this host: {deletes}. "
             "`fab fetch-results` (or storage) lets autostop fire")

@@ -6,10 +6,11 @@ Every recovery.poll_seconds the watch asks the run's host for the run's state (r
 as `fab monitor`), decides what it means (machine.decide), records the decision (record.py) and
 acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up 10); or recover:
 
-  1. the run's last stored epoch (storage, LATEST): without one there is nothing to continue;
+  1. the run's last stored epoch (storage, LATEST; when the lost host still answers, after its uploader stored
+     the run's end): without one there is nothing to continue;
   2. the next free host of recovery.hosts (hosts.py), else a launched one (recovery.launch);
   3. `fab -H HOST deploy-full --resume-from STORED-RUN` there (a process of its own: its own lock, output, exit code);
-  4. the recovery recorded (the watch's record, RUN/recoveries.json on the new host, the run's storage),
+  4. the recovery recorded (the watch's record; RUN/recoveries.json on the new host, which its uploader stores),
      the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
      and recovery.launch is set; then the watch follows the run on its new host.
 
@@ -30,6 +31,8 @@ from deploy.recovery import machine, stored
 from deploy.recovery.notify import Sender
 from deploy.recovery.record import Record, iso, write_on_host
 from trainer.visible import visible
+
+UPLOADER_WAIT_SECONDS = 150  # a spot notice gives two minutes; the host agent waits for the upload within them
 
 
 def look(target, inv, run):
@@ -111,10 +114,13 @@ class Watch:
         if not (reachable and (seen["info"] or {}).get("state") == "preempted"):  # a spot notice: the host agent tells
             self.sender.send(f"lost:{n}", "preempted", f"preempted: run {self.run}: {decision.reason}; moving it (recovery {n})",
                              run=self.run, host=lost_host, reason=decision.reason)
-        epoch, url = stored.latest(self.inv, self.run)
+        if reachable and stored.uploader_busy(seen["info"]):  # e.g. after a spot notice: its last epoch is on its way
+            self.say(f"waiting (at most {UPLOADER_WAIT_SECONDS} s) for the uploader on {lost_host} to store the run's end ...")
+            hinv = self.inv.for_host(lost_host)
+            stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
+        epoch, url, why = stored.latest(self.inv, self.run)
         if url is None:
-            return self.give_up(f"{decision.reason}; storage holds no epoch of run {self.run} to continue "
-                                + ("(set storage.url in the inventory)" if not stored.configured(self.inv) else "(none uploaded yet)"))
+            return self.give_up(f"{decision.reason}; cannot continue it from storage: {why}")
         self.say(f"recovering run {self.run} from epoch {epoch} in storage ({url}): recovery {n} of at most "
                  f"{self.inv.recovery['max_restarts']}", "bold")
         self.record.transition("recovering", f"recovery {n}: {decision.reason}")
@@ -129,7 +135,6 @@ class Watch:
         recoveries = self.record.data["recoveries"]
         if not write_on_host(self.target.conn, self.inv.for_host(new_host), self.run, recoveries):
             self.say(f"could not write recoveries.json in the run on {new_host}; the watch's record keeps them", "yellow")
-        stored.put_recoveries(self.inv, self.run, recoveries, self.say)
         self.sender.send(f"recovered:{n}", "recovered", f"recovered: run {self.run} on {new_host} from epoch {epoch} "
                          f"(was on {lost_host}: {decision.reason})", run=self.run, host=new_host, epoch=epoch, from_host=lost_host,
                          recovery=n)
