@@ -208,3 +208,19 @@ def test_a_fetch_from_before_the_run_ended_does_not_count(training, tmp_path):
     training.end("r1", 0)
     host_agent.poll_once(str(runs), armed(None, marker, shutdown_terminates=True), {"started": 0})
     assert not marker.exists()
+
+
+def test_a_run_whose_end_its_uploader_stored_lets_autostop_fire(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    run_dir = training("r1")
+    training.end("r1", 0)
+    launch_id = json.loads((run_dir / "launch.json").read_text())["launch_id"]
+    uploader = {"launch_id": "an-earlier-launch", "state": "final", "done": True, "stored": {"epoch": 5, "state": "finished", "final": True}}
+    (run_dir / "storage.json").write_text(json.dumps(uploader))  # another launch's end: not this one's
+    s = armed(None, marker, shutdown_terminates=True)
+    host_agent.poll_once(str(runs), s, {"started": 0})
+    assert not marker.exists()
+    (run_dir / "storage.json").write_text(json.dumps({**uploader, "launch_id": launch_id}))  # trainer/storage/uploader.py's record
+    host_agent.poll_once(str(runs), s, {"started": 0})
+    assert marker.exists()

@@ -28,8 +28,15 @@ def test_a_living_run_is_followed(state, expected):
 def test_finished_ends_0_and_stopped_ends_3_without_a_restart():
     d = machine.decide(record(), seen("finished"), 0, RECOVERY)
     assert (d.state, d.action, d.exit_code) == ("finished", "end", 0)
-    d = machine.decide(record(), seen("stopped", exit={"exit_code": 3, "reason": "stopped by `fab stop`"}), 0, RECOVERY)
-    assert (d.action, d.exit_code) == ("end", 3) and "stopped by `fab stop`" in d.reason
+    d = machine.decide(record(), seen("stopped", exit={"exit_code": 3, "requested": {"by": "`fab stop`"}}), 0, RECOVERY)
+    assert (d.action, d.exit_code) == ("end", 3) and "stopped on a by `fab stop`: not restarted" in d.reason
+
+
+def test_a_stop_nobody_asked_for_is_a_lost_run():
+    """A shutdown SIGTERMs the trainer, which stops as on `fab stop`; its exit record has no `requested`."""
+    d = machine.decide(record(), seen("stopped", exit={"exit_code": 3}), 0, RECOVERY)
+    assert d.action == "recover" and "without a stop being asked for" in d.reason
+    assert machine.decide(record(), seen("stopped", exit=None), 0, RECOVERY).action == "recover"  # the launcher was killed too
 
 
 @pytest.mark.parametrize("code, reason", [(137, "killed by SIGKILL (exit 137), usually the kernel's out-of-memory killer"),
@@ -92,3 +99,35 @@ def test_settings_are_checked_naming_the_key(tmp_path, monkeypatch):
     inv = load_inventory(write(tmp_path, {"hosts": {"a": {"address": "1.2.3.4"}}, "recovery": {"hosts": ["a", "gone"]}}))
     with pytest.raises(LocalInputError, match="'recovery.hosts' .* names gone, not under hosts"):
         hosts.check_hosts(inv)
+
+
+def test_a_requested_stop_is_in_the_exit_record_and_a_signal_from_elsewhere_is_not(tmp_path):
+    """run_state.stop (`fab stop`, the budget cap, a spot notice) leaves .stop-request.json for the exit record."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import run_state
+
+    def launch(name):
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        run_state.record_launch(str(tmp_path / name), proc.pid, "sleep 60")
+        return proc
+
+    asked = launch("asked")
+    code, lines = run_state.stop(str(tmp_path / "asked"), "no-such-session", 5)
+    asked.wait()
+    asked_record = run_state.exit_record(str(tmp_path / "asked"))
+    assert code == 0 and asked_record["exit_code"] == 3 and asked_record["requested"]["by"] == "`fab stop`", (asked_record, lines)
+    assert not (tmp_path / "asked" / run_state.STOP_REQUEST).exists()
+
+    shutdown = launch("shutdown")
+    shutdown.send_signal(signal.SIGTERM)  # as a host's shutdown does
+    shutdown.wait()
+    shutdown_record = run_state.record_exit(str(tmp_path / "shutdown"), 3)  # what launch_training.sh writes after a trainer's exit 3
+    assert "requested" not in shutdown_record
+    d = machine.decide(record(), {"reachable": True, "info": {"state": "stopped", "exit": shutdown_record}}, 0, RECOVERY)
+    assert d.action == "recover"

@@ -11,7 +11,8 @@ since when the host has not answered, whether the run was seen, how many recover
     starting, running                following    wait
     stalled                          stalled      wait       (the host agent tells; `fab stop` ends it)
     finished                         finished     end 0
-    stopped (on request, budget cap) stopped      end 3
+    stopped (`fab stop`, budget cap) stopped      end 3       (the exit record's `requested`)
+    stopped, nobody asked (shutdown) lost         recover
     failed (code, data, OOM, disk)   failed       end with the run's own exit code: not restarted
     preempted (spot notice)          lost         recover
     vanished (no process, no record) lost         recover
@@ -68,7 +69,10 @@ def decide(record, look, now, recovery):
     if state == "finished":
         return Decision("finished", "end", f"finished on {record['host']}", 0)
     if state == "stopped":
-        return Decision("stopped", "end", f"stopped on {record['host']} ({failure_reason(info)}): not restarted; "
+        requested = (info.get("exit") or {}).get("requested")
+        if not requested:  # a SIGTERM nobody asked for: the host shutting down (a termination, a reboot)
+            return lost(record, recovery, f"stopped on {record['host']} without a stop being asked for (a shutdown's SIGTERM?)")
+        return Decision("stopped", "end", f"stopped on {record['host']} by {requested.get('by')}: not restarted; "
                                           "`fab train --resume` continues it", STOPPED)
     if state == "failed":
         return Decision("failed", "end", f"failed on {record['host']} ({failure_reason(info)}): a run that fails on its own "
