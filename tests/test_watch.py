@@ -204,6 +204,7 @@ def test_a_terminated_host_s_run_is_resumed_on_the_next_host_from_storage(aws, h
 
         monitor = env.fab("-H", "b", "monitor")
         assert monitor.returncode == 0 and "recovered" in monitor.out and f"from epoch {stored_epoch} (was on a" in monitor.out, monitor.out
+        env.env["COLUMNS"] = "250"  # the table on one line per run
         runs = env.fab("runs")  # storage only: host a is gone
         assert runs.returncode == 0 and "e2e" in runs.out and "finished" in runs.out and f"a -> b at epoch {stored_epoch}" in runs.out, runs.out
         fetched = env.fab("-H", "a", "fetch-results", "--run", "e2e", "--dest", two.root / "results")
