@@ -169,5 +169,6 @@ def start_training(conn, inv, label, say, **launch):
         say(describe_budget(outcome["settings"]["budget"]))
     from deploy import storage  # the run's checkpoints in object storage, when the inventory sets storage.url
 
-    launch.setdefault("storage", storage.launch_settings(conn, inv, label, launch.get("tf_config"), say))
+    if "storage" not in launch:
+        launch["storage"] = storage.launch_settings(conn, inv, label, launch.get("tf_config"), say)
     return launch_training(conn, inv, say, price_per_hour=inv.price_of(label), **launch)

@@ -4,7 +4,7 @@
     store = open_store(inv)                          # LocalInputError when storage is off or boto3 is missing
     rows = stored_runs(store)                        # [(name, pointer or None, problem or None)]
     local, pointer = fetch_run(inv, run, dest, say, backup=False)       # DEST/<host>/<run>, from storage
-    path = resume_source(inv, "s3://bucket/prefix/r1")                   # downloaded once, with its backup
+    path = resume_source(inv, "s3://bucket/prefix/r1")                   # downloaded once, with its backup (.facenet/resume/)
 
 The host stores its runs itself (trainer/storage/uploader.py, started by launch_training.sh);
 the laptop only reads, with its own credentials (boto3's default chain). The laptop's keys go to
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import rjoin, rq
+from deploy.hosts import rjoin, rq, state_dir
 from trainer.storage.layout import RUN_NAME, StorageUrlError, parse_url, split_run_url
 
 RESUMED = {}  # resume_source's downloads, once per command: (url, run) -> local folder
@@ -160,9 +160,10 @@ def is_storage_ref(inv, resume_from):
     return text.startswith("s3://") or (enabled(inv) and "/" not in text and not Path(text).exists() and bool(RUN_NAME.fullmatch(text)))
 
 
-def resume_source(inv, resume_from, dest="results", say=print):
+def resume_source(inv, resume_from, dest=None, say=print):
     """The local folder to continue a run from: `resume_from` itself, or (s3://.../RUN, or a run name in storage)
-    the stored run downloaded with its backup into DEST/<host>/<run> (once per command)."""
+    the stored run downloaded with its backup into DEST/<host>/<run> (once per command; DEST: the state dir's
+    resume/, .facenet/resume/ by default: a copy to upload, not results)."""
     if not is_storage_ref(inv, resume_from):
         return Path(resume_from)
     text = str(resume_from)
@@ -171,7 +172,7 @@ def resume_source(inv, resume_from, dest="results", say=print):
     except StorageUrlError as e:
         raise LocalInputError(f"--resume-from: {e}") from None
     if (where.url, run) not in RESUMED:
-        local, pointer = fetch_run(inv, run, dest, say, backup=True, url=where.url)
+        local, pointer = fetch_run(inv, run, dest or state_dir() / "resume", say, backup=True, url=where.url)
         if pointer.get("state") == "finished":
             raise LocalInputError(f"--resume-from {text}: that run finished (stored at {pointer['written_at']}); there is nothing "
                                   "to continue. `fab fetch-results --run` brings its results.")

@@ -1,8 +1,10 @@
 """What the storage tests read from moto's S3 (in this process: ThreadedMotoServer), beyond the S3 API:
 every version of an object with its microsecond timestamp, so that "files first, pointer last" can be checked."""
 
+import contextlib
 import hashlib
 import json
+import urllib.request
 import uuid
 
 import boto3
@@ -49,3 +51,18 @@ def check_pointers_came_last(bucket, run_prefix):
             assert hashlib.md5(before[-1].value).hexdigest() == entry["md5"], f"{entry['key']} is not what LATEST records"
         seen.append((pointer["epoch"], pointer["state"], pointer["final"]))
     return seen
+
+
+@contextlib.contextmanager
+def refusing_unknown_keys(moto_url):
+    """moto checks every request's credentials inside this block (a key it does not know: InvalidAccessKeyId)."""
+    def auth(count):
+        request = urllib.request.Request(f"{moto_url}/moto-api/reset-auth", data=str(count).encode(), method="POST",
+                                         headers={"Content-Type": "text/plain"})
+        urllib.request.urlopen(request, timeout=10).read()
+
+    auth(0)
+    try:
+        yield
+    finally:
+        auth("inf")

@@ -5,13 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, wait_until
-from storage_check import check_pointers_came_last, client, new_bucket
+from storage_check import check_pointers_came_last, client, new_bucket, refusing_unknown_keys
 
 from deploy.errors import InventoryError
 from deploy.inventory import load_inventory
@@ -111,6 +110,16 @@ def test_a_torn_epoch_end_gives_no_snapshot(tmp_path, tear):
     snap.close()
 
 
+def test_a_cross_validation_is_stored_while_it_trains(tmp_path):
+    run = tmp_path / "cv"
+    write(run / "cv-plan.json", {"folds": 3, "data_dirs": []})
+    write(run / "status.json", {"epoch": 4, "state": "running", "fold": 1, "folds": 3})
+    write(run / "fold-1" / "backup" / "training_metadata.json", {"epoch": 4})
+    snap = snapshot.take(run)
+    assert snap is not None and "fold-1/backup/training_metadata.json" in snap.pieces
+    snap.close()
+
+
 # --- the uploader, a real process, against moto's S3 -----------------------------------------
 
 def start_uploader(run, launch_id, url, moto_url, **settings):
@@ -160,16 +169,10 @@ def test_the_uploader_stores_each_epoch_pointer_last_and_the_end(tmp_path, moto_
 
 @pytest.fixture
 def refusing_storage(moto_server):
-    """moto checks every request's credentials from now on (unknown keys: InvalidAccessKeyId), until the test ends."""
-    def auth(count):
-        request = urllib.request.Request(f"{moto_server}/moto-api/reset-auth", data=str(count).encode(), method="POST",
-                                         headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(request, timeout=10).read()
-
+    """A bucket, and moto checking every request's credentials until the test ends."""
     bucket = new_bucket(moto_server)
-    auth(0)
-    yield bucket
-    auth("inf")
+    with refusing_unknown_keys(moto_server):
+        yield bucket
 
 
 def test_an_uploader_whose_writes_are_refused_says_why_and_gives_up_after_the_end(tmp_path, moto_server, refusing_storage):

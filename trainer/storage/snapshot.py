@@ -156,7 +156,9 @@ def _one_epoch(snap):
     pieces, epoch = snap.pieces, snap.epoch
     meta, callbacks = snap.json("backup/training_metadata.json"), snap.json("backup/callbacks.json")
     if "backup/training_metadata.json" not in pieces:
-        return epoch == 0 or snap.status.get("state") not in ("starting", "running")  # no backup yet, or removed at the end
+        # no backup yet, removed at the end, or a cross-validation (its folds' backups are stored as they are: a CV run
+        # continues on its own host only)
+        return epoch == 0 or snap.status.get("state") not in ("starting", "running") or "cv-plan.json" in pieces
     if not isinstance(meta, dict) or meta.get("epoch") != epoch or not isinstance(callbacks, dict) or callbacks.get("epoch") != epoch:
         return False
     written = pieces["backup/training_metadata.json"].stat.st_mtime_ns
