@@ -24,6 +24,7 @@ from deploy.budget import budget_settings
 from deploy.budget import describe as describe_budget
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq
+from deploy.recovery import settings as recovery_settings
 from deploy.training import launch as launch_training
 from deploy.training import script
 
@@ -133,6 +134,7 @@ def configure(conn, inv, label, autostop=KEEP):
     if autostop is not KEEP:
         changes["autostop"] = autostop
     changes.update(budget_settings(inv, label))  # a launched host's cap (launch.max_hours), sent again at every configure
+    changes.update(recovery_settings.agent_settings(inv, label))  # webhook, the host's name, autostop's guard
     cmd = f"python3 {script(inv, 'host_agent.py')} configure {rq(inv.remote['runs_dir'])} {shlex.quote(json.dumps(changes))}"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     try:

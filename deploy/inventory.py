@@ -63,7 +63,7 @@ DEFAULTS = {
     "python": "python3",
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
-    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]},
+    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False},
     "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
     "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/storage.py
@@ -74,11 +74,15 @@ DEFAULTS = {
         "user": "ubuntu", "key_name": None, "public_key_file": None, "key_file": None, "ssh_cidr": None, "instance_profile": None,
         "max_hours": None, "ssh_wait_seconds": 600, "worker_port": 23456,
     },
+    "notify": {"webhook": None},  # deploy/notify.py: Slack- and Discord-compatible incoming webhook
+    "recovery": {"hosts": [], "unreachable_minutes": 5, "max_restarts": 3, "poll_seconds": 30,  # `fab watch` (deploy/watch.py)
+                 "launch": {"type": None, "spot": False}},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
 # > 0; null where the default is
-NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes"}
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes",
+           "recovery.unreachable_minutes", "recovery.poll_seconds"}
 WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
@@ -130,6 +134,8 @@ class Inventory:
     stall_minutes: float | None = None  # a training whose status.json is older than this while it lives is stalled
     launch: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["launch"]))
     storage: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["storage"]))
+    notify: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["notify"]))
+    recovery: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["recovery"]))
 
     def find_host(self, name_or_address, port=None):
         """The inventory host whose name or address is `name_or_address`, else None. Several hosts may
@@ -212,6 +218,9 @@ def load_inventory(path=None):
                                  "(an OpenSSH client config, as for `ssh -F`).")
     check_remote_paths(cfg["remote"], path)
     check_storage(cfg["storage"], path)
+    from deploy.recovery.settings import check_settings  # notify: and recovery: beyond their types
+
+    check_settings(cfg, path)
     for host in hosts.values():
         if host.remote:
             check_remote_paths({**cfg["remote"], **host.remote}, path)
@@ -222,7 +231,7 @@ def load_inventory(path=None):
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
         price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"], launch=cfg["launch"],
-        stall_minutes=cfg["stall_minutes"], storage=cfg["storage"],
+        stall_minutes=cfg["stall_minutes"], storage=cfg["storage"], notify=cfg["notify"], recovery=cfg["recovery"],
     )
 
 

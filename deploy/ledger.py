@@ -1,6 +1,7 @@
 """What the laptop knows about the runs of a host: which were fetched, and is the host idle.
 
     record_fetch("gpu1", info)              # fetch-results: the run and its state when fetched (state dir fetched.json)
+    record_fetch_on_host(conn, inv, info)   # and on the host, for autostop's guard (remote_scripts/agent_events.py)
     runs_at_risk(conn, inv, "gpu1")         # [(run, why)]: runs on the host neither fetched (since they ended) nor stored
     activity(conn, inv)                     # {"state", "run", "idle_seconds", "last_activity"}: asked over SSH
     forget("gpu1")                          # after `fab down`
@@ -61,6 +62,17 @@ def record_fetch(label, info):
     data.setdefault(label, {})[info["run"]] = {"state": info["state"], "ended_at": (info.get("exit") or {}).get("ended_at"),
                                                "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _save(data)
+
+
+def record_fetch_on_host(conn, inv, info):
+    """The host's own record of the fetch (RUNS_DIR/.agent/fetched.json): autostop then may power off a host whose
+    poweroff deletes it. Best-effort: False when the host did not take it."""
+    from deploy.training import script
+
+    ended = (info.get("exit") or {}).get("ended_at") or ""
+    cmd = (f"python3 {script(inv, 'agent_events.py')} fetched {rq(inv.remote['runs_dir'])} {shlex.quote(info['run'])} "
+           f"{shlex.quote(info['state'])} {shlex.quote(ended)}")
+    return conn.run(cmd, hide=True, warn=True, in_stream=False).ok
 
 
 def forget(labels):

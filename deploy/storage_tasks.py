@@ -40,12 +40,12 @@ def runs(c, state=None):
 
 def runs_table(rows, url):
     table = Table(title=Text(visible(f"Runs in {url}")), title_justify="left")
-    for column in ("run", "host", "state", "epochs", "best validation", "test UAR [95% CI]", "cost", "last update"):
+    for column in ("run", "host", "state", "epochs", "best validation", "test UAR [95% CI]", "cost", "last update", "recovered"):
         table.add_column(column, no_wrap=column in ("run", "state"))
     for name, pointer, problem in rows:
         if pointer is None:
             table.add_row(Text(visible(name)), "", Text("unreadable" if problem else "no pointer", style="red"),
-                          Text(visible(problem or "no LATEST (its first checkpoint was not completed)"), style="dim"), "", "", "", "")
+                          Text(visible(problem or "no LATEST (its first checkpoint was not completed)"), style="dim"), "", "", "", "", "")
             continue
         table.add_row(*(Text(visible(str(v))) for v in row(name, pointer)))
     return table
@@ -66,7 +66,16 @@ def row(name, pointer):
     cost = f"${s['cost_usd']:.2f}" if isinstance(s.get("cost_usd"), (int, float)) else (
         f"{s['compute_seconds'] / 3600:.2f} h" if isinstance(s.get("compute_seconds"), (int, float)) else "")
     state = pointer.get("state", "?")
-    return name, pointer.get("host") or "?", state, epochs, best_text, test, cost, ago(pointer.get("written_at"))
+    return name, pointer.get("host") or "?", state, epochs, best_text, test, cost, ago(pointer.get("written_at")), recovered(s)
+
+
+def recovered(summary):
+    """'2x: gpu1 -> gpu2 at epoch 3, ...' from the run's recoveries.json (`fab watch`), or ''."""
+    found = summary.get("recoveries")
+    if not isinstance(found, list) or not found:
+        return ""
+    return f"{len(found)}x: " + ", ".join(f"{r.get('from_host')} -> {r.get('host')} at epoch {r.get('from_epoch')}" for r in found
+                                         if isinstance(r, dict))
 
 
 def ago(iso):

@@ -495,6 +495,8 @@ def fetch_results(h, run=None, dest="results", backup=False, from_storage=False)
         return fetch_stored(h.inv, None, run=run, dest=dest, backup=backup)
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
     ledger.record_fetch(h.target.label, info)  # `fab down` deletes a host only with its runs fetched after they ended
+    if not ledger.record_fetch_on_host(h.conn, h.inv, info):  # autostop's guard on a host whose poweroff deletes it
+        say("note: the host did not record the fetch (is its code synced?); autostop there may wait for it", "yellow")
     show_results(local, info["run"], info["state"])
 
 

@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 
+import agent_events
 import host_activity
 import host_files
 import run_state
@@ -83,6 +84,8 @@ def fire(runs_dir, view, state):
     state.json keeps the record too, and a record the disk refused is written when it takes it again."""
     record = {"fired_at": iso(time.time()), "after_activity": view["last_activity"], "command": view["command"]}
     state["fired"] = record  # in memory: once per idle period, whatever the disk says
+    agent_events.notify_host(runs_dir, read_settings(runs_dir), f"autostop:{view['last_activity']}", "autostop",
+                             f"autostop fired: idle since {view['last_activity']}; running `{view['command']}`", command=view["command"])
     try:
         out = subprocess.run(["sh", "-c", view["command"]], capture_output=True, text=True, timeout=120)
         record.update(exit_code=out.returncode, output=(out.stdout + out.stderr)[-2000:])
@@ -94,10 +97,10 @@ def fire(runs_dir, view, state):
 
 # --- the budget cap (launch.max_hours) ------------------------------------------------------
 
-def notify(runs_dir, event, message):
-    """Tell the user `message`. Notifications do not exist yet: the agent's log and state carry it;
-    a notification channel (mail, chat, push) goes here."""
+def notify(runs_dir, event, message, key):
+    """Tell the user `message`: the agent's log, and the webhook (notify.webhook) once per `key`."""
     log(runs_dir, f"notify {event}: {message}")
+    agent_events.notify_host(runs_dir, read_settings(runs_dir), key, event, message)
 
 
 def check_budget(runs_dir, settings, running, now):
@@ -119,10 +122,13 @@ def check_budget(runs_dir, settings, running, now):
                              f"in about {minutes} min" + (f"; training {running[0]} is stopped first (its backup is kept)" if running else ""))
         record["warned_at"] = iso(now)
         save(path, record)
-        notify(runs_dir, "budget-warning", record["warning"])
+        notify(runs_dir, "budget-warning", record["warning"], f"budget-warning:{deadline}")
     if now >= deadline and "fired_at" not in record:
         record["fired_at"] = iso(now)
         save(path, record)  # before acting: a crash in between must not fire twice (best-effort: a full disk must not stop the cap)
+        notify(runs_dir, "budget-cap", f"budget cap reached ({budget.get('max_hours')} h after launch): "
+               + (f"stopping training {running[0]} (its backup is kept), then " if running else "") + f"running `{budget['command']}`",
+               f"budget-cap:{deadline}")
         log(runs_dir, f"budget cap reached ({budget.get('max_hours')} h after launch): "
                       + (f"stopping training {running[0]}, then " if running else "") + f"running {budget['command']!r}")
         if running:
@@ -185,12 +191,24 @@ def poll_once(runs_dir, settings, state):
         state["activity_seen"] = now
     waiting_for = None if stalled else running
     view = autostop_view(settings, state, runs_dir, waiting_for)
-    if view["armed"] and not waiting_for and now >= view["fires_at_epoch"] and not view["fired"]:
+    due = view["armed"] and not waiting_for and now >= view["fires_at_epoch"] and not view["fired"]
+    state["autostop_held"] = hold(runs_dir, settings, state) if due else None
+    if due and not state["autostop_held"]:
         fire(runs_dir, view, state)
     elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
         state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
+    agent_events.notify_run(runs_dir, settings, running, stalled)
     state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, waiting_for), running=running[0] if running else None)
     return state
+
+
+def hold(runs_dir, settings, state):
+    """Autostop is due: why it must wait (a poweroff would delete an unfetched, unstored run: agent_events), or None."""
+    held = agent_events.autostop_hold(runs_dir, settings, state)
+    if held and state.get("autostop_held") != held:
+        log(runs_dir, f"autostop held back: {held}")
+        agent_events.notify_host(runs_dir, settings, f"autostop-held:{held}", "autostop-held", f"autostop held back: {held}")
+    return held
 
 
 def preempt(runs_dir, settings, running, notice):
@@ -198,6 +216,8 @@ def preempt(runs_dir, settings, running, notice):
     name, run_dir = running
     log(runs_dir, f"spot interruption notice {json.dumps(notice)}: stopping run {name}")
     run_state.write_atomic(os.path.join(run_dir, run_state.PREEMPT), json.dumps({"notice": notice, "received_at": iso(time.time())}))
+    agent_events.notify_preempted(runs_dir, settings, name, run_dir, run_state.read_launch(run_dir).get("launch_id") or "legacy", notice,
+                                  run_state.read_json(os.path.join(run_dir, "status.json")))
     code, lines = run_state.stop(run_dir, settings["session"], int(settings["spot_grace_seconds"]),
                                  reason=f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})")
     log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
@@ -309,6 +329,8 @@ def configure(runs_dir, changes):
     """Merge `changes` into settings.json, keep the boot entry in step, start the agent; returns the outcome."""
     os.makedirs(agent_dir(runs_dir), exist_ok=True)
     settings = read_settings(runs_dir)
+    if changes.get("notify_webhook") and changes["notify_webhook"] != settings.get("notify_webhook"):
+        changes = {**changes, "notify_since": time.time()}  # events from now on: not the end of an old run
     if changes.get("autostop"):
         auto = {"command": POWEROFF, **changes["autostop"], "armed_at": time.time()}
         if auto["command"] == POWEROFF and not can_sudo():

@@ -29,11 +29,12 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
 LAUNCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 CURRENT, LAUNCH, EXIT, PENDING, EXITS = ".current", "launch.json", "exit.json", ".exit.pending", "exits"
 PREEMPT = ".preempted.json"  # the spot notice, left by host_agent.py for the exit record
+STOP_REQUEST = ".stop-request.json"  # a stop somebody asked for (`fab stop`, the budget cap), left by stop() for the exit record
 STALL_FLOOR_SECONDS, STALL_EPOCHS = 15 * 60, 3  # default stall threshold: max(15 min, 3 x the slowest epoch)
 AGENT_SCRIPT = "host_agent.py"  # what an agent process's command line holds
 DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
             "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None,
-            "stall_seconds": None}
+            "stall_seconds": None, "notify_webhook": None, "notify_since": None, "host_label": None, "shutdown_terminates": False}
 WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
 
 
@@ -210,6 +211,7 @@ def autostop_view(settings, state, runs_dir, running):
     fired = state.get("fired") or read_json(paths["fired.json"]) or {}  # this agent's own record first: the disk may be full
     view["fired"] = fired if fired.get("after_activity") == view["last_activity"] else None  # once per idle period
     view["last_fired"] = fired or None
+    view["held"] = state.get("autostop_held") if not running else None  # agent_events.autostop_hold
     return view
 
 

@@ -13,7 +13,8 @@ The run is RUNS_DIR/.current unless --run names one. Its state is derived from w
 launcher and the trainer left behind, so a dead run is never mistaken for a missing one:
 
     exit record, code 0        finished
-    exit record, code 3        stopped   (on request; resumable)
+    exit record, code 3        stopped   (resumable; `requested` in it when `fab stop` or the budget cap asked: stop() leaves
+                                          .stop-request.json for the record, so a shutdown's SIGTERM is told apart)
     exit record with preempted preempted (a spot interruption notice stopped it: host_agent.py)
     exit record, other code    failed    (with a reason: disk-full, killed by a signal, ...)
     processes alive            status.json's state (starting, running), or stalled: status.json
@@ -58,6 +59,7 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
     PENDING,
     PREEMPT,
     RUN_NAME,
+    STOP_REQUEST,
     exit_record,
     now,
     progress,
@@ -182,6 +184,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         launch=launch or None, stall=stall,
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
         cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/cv.py)
+        recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
         storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
@@ -206,7 +209,7 @@ def record_launch(run_dir, pid, command):
                        "refusing to start another trainer on it; stop it first (`fab stop`)")
     if os.path.islink(os.path.join(run_dir, EXITS)):  # a tampered run: never write records through a link
         os.remove(os.path.join(run_dir, EXITS))
-    for stale in (EXIT, PENDING, PREEMPT):  # exit.json: the previous launch's (its record stays in exits/)
+    for stale in (EXIT, PENDING, PREEMPT, STOP_REQUEST):  # exit.json: the previous launch's (its record stays in exits/)
         if os.path.lexists(os.path.join(run_dir, stale)):  # a link too: removed, never written through
             os.remove(os.path.join(run_dir, stale))
     launch_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{pid}"
@@ -254,6 +257,9 @@ def record_exit(run_dir, code, reason=None, launch_id=None):
     current = launch_id is None or launch.get("launch_id") == launch_id
     record = {"exit_code": code, "ended_at": now(), **({"launch_id": launch_id} if launch_id else {})}
     preempted = read_json(os.path.join(run_dir, PREEMPT)) if current else None
+    requested = read_json(os.path.join(run_dir, STOP_REQUEST)) if current else None
+    if requested:  # `fab watch` restarts a stop nobody asked for (a shutdown's SIGTERM), never this one
+        record["requested"] = requested
     if preempted:
         record["preempted"] = preempted
         notice = preempted.get("notice") or {}
@@ -277,8 +283,9 @@ def record_exit(run_dir, code, reason=None, launch_id=None):
         write_atomic(final, json.dumps(record))
     if launch_id is not None and read_launch(run_dir).get("launch_id") == launch_id:
         _link_exit_json(run_dir, final)
-    if preempted:
-        os.remove(os.path.join(run_dir, PREEMPT))
+    for marker in (PREEMPT, STOP_REQUEST) if current else ():
+        if os.path.lexists(os.path.join(run_dir, marker)):
+            os.remove(os.path.join(run_dir, marker))
     return record
 
 
@@ -319,6 +326,11 @@ def stop(run_dir, session, wait_s, reason=None):
     exited = lambda: exit_record(run_dir, launch) is not None  # noqa: E731
     if not session_alive(session) and not members():
         return 0, [f"No training is running (no live process of its process group, no tmux session {session})."]
+    if members() and not exited():
+        try:  # the exit record will say that this stop was asked for (best-effort: a full disk must not keep it from stopping)
+            write_atomic(os.path.join(run_dir, STOP_REQUEST), json.dumps({"by": reason or "`fab stop`", "at": now()}))
+        except OSError:
+            pass
     forced = False
     if members():
         graceful = 10  # the exit record is written: the launcher is finishing

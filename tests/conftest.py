@@ -299,3 +299,12 @@ def mount_tmpfs(path, size):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode != 0:
         pytest.skip("mount -t tmpfs is not permitted here")
     return path
+
+
+@pytest.fixture
+def webhook():
+    """A local HTTP server on 127.0.0.1 that records the webhook posts it gets (tests/webhook.py): .url, .posts, .events()."""
+    from tests.webhook import serve
+
+    with serve() as hook:
+        yield hook

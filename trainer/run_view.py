@@ -83,10 +83,19 @@ def autostop_line(agent):
         return Text(f"fired at {_clock(fired['fired_at'])}: `{fired['command']}` exited {fired.get('exit_code')}", style="bold")
     if auto["waiting_for_training"]:
         return Text(f"{verb} {idle}; waits while the training runs")
+    if auto.get("held"):  # a poweroff would delete the host with a run not yet fetched nor stored (agent_events.py)
+        return Text(f"{verb} {idle}; HELD BACK: {auto['held']}", style="bold yellow")
     last, waiting = auto.get("last_fired"), auto.get("waiting_for") or []
     return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle"
                 + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else "")
                 + (f"; waiting: {'; '.join(map(str, waiting))}" if waiting else ""))
+
+
+def recoveries_line(recoveries):
+    """'2 times; last: on gpu2 at 14:05 from epoch 3 (gpu1 unreachable for 5.0 min)'."""
+    last = recoveries[-1]
+    return (f"{len(recoveries)} time{'s' if len(recoveries) > 1 else ''}; last: on {last.get('host')} at {_clock(last.get('at'))} "
+            f"from epoch {last.get('from_epoch')} (was on {last.get('from_host')}: {last.get('reason')})")
 
 
 def cost_line(info, price, eta_seconds):
@@ -195,6 +204,8 @@ def screen(info, label, console):
                             f"its processes ({pids}) live but do not progress")
         run.add_row("run", T(f"{info['run']}  ({info.get('run_dir')})"))
         run.add_row("state", headline)
+        if info.get("recoveries"):  # `fab watch` moved the run (deploy/recovery)
+            run.add_row("recovered", T(recoveries_line(info["recoveries"])))
         if info.get("processes") and not info.get("session_alive") and state in ("starting", "running", "stalled"):
             pids = ", ".join(str(p["pid"]) for p in info["processes"])
             run.add_row("session", T(f"tmux session {info['session']} is closed; the training's processes ({pids}) live on"))

@@ -86,8 +86,8 @@ def checkpoint_folder(epoch, stamp):
     return f"{CHECKPOINTS}{int(epoch):06d}-{stamp}/"
 
 
-def summary(status, metrics=None, exit_record=None):
-    """What `fab runs` shows of a run, from its status.json (and metrics.json, exit record)."""
+def summary(status, metrics=None, exit_record=None, recoveries=None):
+    """What `fab runs` shows of a run, from its status.json (and metrics.json, exit record, and recoveries.json: `fab watch`)."""
     status = status if isinstance(status, dict) else {}
     seconds, price = status.get("compute_seconds"), status.get("price_per_hour")
     cost = round(seconds / 3600 * price, 4) if isinstance(seconds, (int, float)) and isinstance(price, (int, float)) else None
@@ -95,7 +95,8 @@ def summary(status, metrics=None, exit_record=None):
         cost = metrics["compute"]["cost_usd"]
     return {"epoch": status.get("epoch"), "epochs": status.get("epochs"), "best": status.get("best"), "metrics": status.get("metrics"),
             "compute_seconds": seconds, "price_per_hour": price, "cost_usd": cost, "exit": exit_record,
-            "started_at": status.get("started_at"), "updated_at": status.get("updated_at"), "error": status.get("error")}
+            "started_at": status.get("started_at"), "updated_at": status.get("updated_at"), "error": status.get("error"),
+            "recoveries": (recoveries or {}).get("recoveries") if isinstance(recoveries, dict) else None}
 
 
 def new_pointer(run, epoch, checkpoint, files, state, final, written_at, host=None, launch_id=None, run_started_at=None,

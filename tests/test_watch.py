@@ -1,0 +1,214 @@
+"""`fab watch` through real hosts (issue 18 "Automatic recovery", issue 19 "Recovery launches").
+
+Real parts: `fab` as a user types it, real sshd hosts on 127.0.0.1 (one per "machine"), real tmux,
+rsync and training (tiny), the real host agent, a local HTTP server recording the webhook posts.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+
+def status(env, run):
+    try:
+        return json.loads((env.runs / run / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def trainer_pid(env, run):
+    """The trainer's pid (the python child of the launcher recorded in launch.json)."""
+    launch = json.loads((env.runs / run / "launch.json").read_text())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[2]) == launch["pgid"] and b"-m" in words and b"trainer" in words:
+            return int(entry.name)
+    return None
+
+
+def watch_until_end(env, *args, timeout=240):
+    proc = env.popen("watch", *args)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except Exception:
+        proc.kill()
+        raise
+    return proc.returncode, out
+
+
+def test_watch_follows_a_run_to_its_end_and_does_not_restart_one_that_failed_on_its_own(host_ready, webhook):
+    env = host_ready
+    env.configure(epochs=2)
+    env.write(notify={"webhook": webhook.url}, recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1})
+    assert env.fab("train", "--run-name", "w1").returncode == 0
+    code, out = watch_until_end(env)
+    assert code == 0, out
+    assert "watching run w1 on local" in out and "finished on local; exit 0" in out, out
+    wait_until(lambda: "finished" in webhook.events(), 20, "the finished notification")
+    time.sleep(1.5)  # the agent's next rounds: nothing sent twice
+    assert sorted(webhook.events()) == ["finished", "started"], webhook.posts
+    finished = next(p for p in webhook.posts if p["event"] == "finished")
+    assert finished["run"] == "w1" and finished["host"] == "local" and "UAR" in finished["text"], finished
+    record = json.loads((env.root / "state" / "watch" / "w1.json").read_text())
+    assert record["state"] == "finished" and record["restarts"] == 0
+    assert [t["to"] for t in record["transitions"]][-1] == "finished"
+
+    # a trainer killed by the kernel (SIGKILL: exit 137, the OOM killer's signature) is not moved
+    env.configure(epochs=300)
+    assert env.fab("train", "--run-name", "w2").returncode == 0
+    proc = env.popen("watch")
+    wait_until(lambda: status(env, "w2").get("epoch", 0) >= 1, 180, "the first epoch")
+    os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 137, out
+    assert "failed on local (exit code 137: killed by SIGKILL" in out and "is not restarted" in out, out
+    wait_until(lambda: "failed" in webhook.events(), 20, "the failed notification")
+    failed = [p for p in webhook.posts if p["event"] == "failed"]
+    assert len(failed) == 1 and "out-of-memory" in failed[0]["text"], failed
+
+
+# --- recovery: two "machines" (an sshd each, folders of their own), run storage on moto's S3 ---------
+
+class TwoHosts:
+    """One laptop inventory with hosts a and b, each a real sshd on 127.0.0.1 with its own folders, run storage
+    on moto's S3 (the laptop's fake credentials go to the hosts: storage.credentials laptop), a webhook."""
+
+    def __init__(self, tmp_path, host_venv, moto_url, webhook, epochs):
+        from deploy.localhost import LocalSSHHost
+        from tests.conftest import TINY_CONFIG, DeployEnv, write_config
+        from tests.storage_check import new_bucket
+        from trainer.synth import write_corpus
+
+        self.root = tmp_path / "laptop"
+        self.root.mkdir()
+        self.sshd = {name: LocalSSHHost(tmp_path / f"sshd-{name}").start() for name in ("a", "b")}  # sshd_config: no spaces
+        self.env = DeployEnv(self.root, self.sshd["a"], host_venv)  # after `aws`: its fab sees the fake credentials
+        self.bucket = new_bucket(moto_url)
+        self.moto_url = moto_url
+        hosts = {}
+        for name, sshd in self.sshd.items():
+            base = self.root / f"host {name}"
+            hosts[name] = {**sshd.host_entry(), "remote": {"project_dir": str(base / "project"), "data_dir": str(base / "data"),
+                                                          "runs_dir": str(base / "runs")}}
+        tiny = lambda n: {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": n}}  # noqa: E731
+        self.env.write(hosts=hosts, default_host="a",
+                       train_config=str(write_config(tmp_path / "train.yaml", **tiny(epochs))),
+                       smoke_config=str(write_config(tmp_path / "smoke.yaml", **tiny(1))),
+                       storage={"url": f"s3://{self.bucket}/runs", "endpoint_url": moto_url, "region": "us-east-1", "credentials": "laptop"},
+                       notify={"webhook": webhook.url},
+                       recovery={"hosts": ["b"], "unreachable_minutes": 0.1, "poll_seconds": 1, "max_restarts": 2})
+        write_corpus(self.env.data, "crema-d", clips=60, seed=5)
+
+    def runs(self, name):
+        return self.root / f"host {name}" / "runs"
+
+    def latest(self, run):
+        from tests.storage_check import client
+
+        try:
+            return json.loads(client(self.moto_url).get_object(Bucket=self.bucket, Key=f"runs/{run}/LATEST")["Body"].read())
+        except Exception:  # noqa: BLE001 - not there yet
+            return None
+
+    def terminate(self, name):
+        """Host `name` as EC2 leaves a terminated instance: every process of it ended, its disk gone, its sshd down."""
+        import shutil
+
+        from deploy.localhost import end_host_processes
+
+        sshd = self.sshd[name]
+        kill_tree(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)
+        sshd.stop()
+        end_host_processes(self.root / f"host {name}", (self.env.inventory["tmux_session"],))
+        shutil.rmtree(self.root / f"host {name}")
+
+    def close(self):
+        self.env.cleanup()
+        for sshd in self.sshd.values():
+            sshd.stop()
+
+
+def kill_tree(pid):
+    """SIGKILL `pid` and every process below it."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    todo, found = [pid], []
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    for p in found:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def history_epochs(run_dir):
+    import csv
+
+    with open(run_dir / "history.csv") as f:
+        return [(int(row["epoch"]), float(row["val_uar"])) for row in csv.DictReader(f)]
+
+
+def test_a_terminated_host_s_run_is_resumed_on_the_next_host_from_storage(aws, host_venv, tmp_path, webhook):
+    epochs = 8
+    two = TwoHosts(tmp_path, host_venv, aws, webhook, epochs)
+    env = two.env
+    try:
+        deploy = env.fab("-H", "a", "deploy-full", "--run-name", "e2e", timeout=600)
+        assert deploy.returncode == 0, deploy.out
+        watch = env.popen("watch")
+        wait_until(lambda: (two.latest("e2e") or {}).get("epoch", 0) >= 3, 240, "epoch 3 stored")
+        two.terminate("a")
+        out, _ = watch.communicate(timeout=600)
+        assert watch.returncode == 0, out
+        stored_epoch = int(out.split("recovered: run e2e on b from epoch ")[1].split()[0])
+        assert stored_epoch >= 3, out
+        assert "host a unreachable for" in out and "deploy-full --resume-from s3://" in out, out
+
+        run_b = two.runs("b") / "e2e"
+        history = history_epochs(run_b)
+        assert [e for e, _ in history] == list(range(epochs)), history  # every epoch once
+        metrics = json.loads((run_b / "metrics.json").read_text())
+        best = max(history, key=lambda row: row[1])  # the first epoch with the best val_uar
+        assert metrics["best_epoch"] == best[0] + 1, (metrics["best_epoch"], history)
+        assert abs(metrics["validation"]["uar"] - best[1]) < 1e-6, (metrics["validation"], best)  # scored with best.keras
+        recoveries = json.loads((run_b / "recoveries.json").read_text())["recoveries"]
+        assert [(r["from_host"], r["host"], r["from_epoch"]) for r in recoveries] == [("a", "b", stored_epoch)], recoveries
+
+        assert sorted(webhook.events()) == ["finished", "preempted", "recovered", "started"], webhook.posts
+        recovered = next(p for p in webhook.posts if p["event"] == "recovered")
+        assert recovered["host"] == "b" and recovered["details"]["epoch"] == stored_epoch and "from epoch" in recovered["text"]
+
+        monitor = env.fab("-H", "b", "monitor")
+        assert monitor.returncode == 0 and "recovered" in monitor.out and f"from epoch {stored_epoch} (was on a" in monitor.out, monitor.out
+        env.env["COLUMNS"] = "250"  # the table on one line per run
+        runs = env.fab("runs")  # storage only: host a is gone
+        assert runs.returncode == 0 and "e2e" in runs.out and "finished" in runs.out and f"a -> b at epoch {stored_epoch}" in runs.out, runs.out
+        fetched = env.fab("-H", "a", "fetch-results", "--run", "e2e", "--dest", two.root / "results")
+        assert fetched.returncode == 0 and "reading run e2e from storage instead" in fetched.out, fetched.out
+        assert list((two.root / "results").glob("*/e2e/metrics.json")), fetched.out
+    finally:
+        two.close()
