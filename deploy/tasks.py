@@ -21,7 +21,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 from rich.text import Text
 
-from deploy import agent, cluster, ledger, lock, observe, storage, sync, training
+from deploy import agent, cluster, ledger, lock, observe, session, storage, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
@@ -44,7 +44,8 @@ class Host:
         self.inv, self.target, self.conn = inv, target, target.conn
 
 
-def host_task(name=None, changes_host=False, before_connect=None, on_cluster=None, without_host=None, **task_kwargs):
+def host_task(name=None, changes_host=False, before_connect=None, on_cluster=None, without_host=None, survey=(),
+              leaves_training=False, **task_kwargs):
     """Fabric's `task`, plus: inventory, host and its first line, errors as exit codes (deploy.errors),
     and for `changes_host` tasks the host lock and the --restart rule (refuse under a training).
 
@@ -53,9 +54,13 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
     When -H names an inventory cluster, `on_cluster(hosts: [Host], cluster, ...)` runs instead, with
     every host locked (for `changes_host`); a task without it refuses a cluster. `without_host(inv, error,
     ...)` runs instead of the body when the host cannot be reached (`error`: why), or at once (error None)
-    when the task's `from_storage` option is given: e.g. fetch-results from run storage."""
+    when the task's `from_storage` option is given: e.g. fetch-results from run storage. The tasks of one
+    `fab` invocation share the connection and the lock (deploy.session): `survey` names what the
+    bookkeeping command asks the host for the task's steps, `leaves_training` that it never
+    starts nor stops a training."""
     def decorate(body):
         task_name = name or body.__name__.replace("_", "-")
+        session.register(task_name, changes_host, survey, leaves_training)
 
         @functools.wraps(body)
         def run(c, *args, **kwargs):
@@ -70,21 +75,20 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
                     if before_connect:
                         before_connect(inv, **kwargs)
                     return run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs)
-                target = connect(c, inv)
+                target = session.reuse(connect(c, inv))  # an earlier task of this invocation's connection, if any
                 inv = inv.for_host(target.host_name)  # that host's own folders (hosts.<name>.remote) for every step
                 say(f"host: {target.describe()}", "dim")
                 if before_connect:
                     before_connect(inv, **kwargs)
                 h = Host(inv, target)
-                with agent.activity(h.conn, inv):  # autostop waits while the task runs (heartbeat, lock lease)
-                    if not changes_host:
-                        return body(h, *args, **kwargs)
-                    with lock.host_lock(h.conn, inv, task_name):
-                        training.refuse_while_training(h.conn, inv, say, task_name, kwargs.get("restart", False))
-                        return body(h, *args, **kwargs)
+                # autostop waits while the task runs (heartbeat, lock lease); the lock and the training check (changes_host)
+                with session.task(h, task_name, changes_host, kwargs.get("restart", False), say):
+                    return body(h, *args, **kwargs)
             except Exit:
+                session.end_all()
                 raise
             except BaseException as e:
+                session.end_all()  # a failure before the task began: the lock held for it goes too
                 if without_host is not None and inv is not None and unreachable(e):
                     try:
                         return without_host(inv, e, *args, **kwargs)
@@ -136,16 +140,10 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
                               f"Run it on each: fab -H {group.hosts[0]} {task_name}. On a cluster: deploy-full, train, monitor, stop.")
     members = cluster.connect_members(c, inv, group)
     say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
-    hosts = [Host(hinv, target) for _, target, hinv in members]
+    hosts = [Host(hinv, session.reuse(target)) for _, target, hinv in members]
     with contextlib.ExitStack() as held:
-        for h in hosts:
-            held.enter_context(agent.activity(h.conn, h.inv))
-        if not changes_host:
-            return on_cluster(hosts, group, *args, **kwargs)
-        for h in hosts:
-            held.enter_context(lock.host_lock(h.conn, h.inv, task_name))
-        for h in hosts:
-            training.refuse_while_training(h.conn, h.inv, prefixed(h), task_name, kwargs.get("restart", False))
+        for h in hosts:  # each host locked and checked in turn; a refusal releases those before it
+            held.enter_context(session.task(h, task_name, changes_host, kwargs.get("restart", False), prefixed(h)))
         return on_cluster(hosts, group, *args, **kwargs)
 
 
@@ -202,7 +200,7 @@ def as_exit(e, target=None):
 RESTART = {"restart": "stop the running training first (else the task refuses to change what it uses)"}
 
 
-@host_task(changes_host=True, help=RESTART)
+@host_task(changes_host=True, survey=("provision",), leaves_training=True, help=RESTART)
 def provision(h, restart=False):
     """Install missing apt packages, report the GPU, create the venv, install pinned requirements.
 
@@ -213,7 +211,7 @@ def provision(h, restart=False):
     prov.provision(h.conn, h.inv, say)
 
 
-@host_task(name="sync-code", changes_host=True, help=RESTART)
+@host_task(name="sync-code", changes_host=True, survey=("code",), leaves_training=True, help=RESTART)
 def sync_code(h, restart=False):
     """Rsync trainer/, remote_scripts/, configs/ and the setup files to remote.project_dir.
 
@@ -226,7 +224,7 @@ def _local_data(inv, **_):
     sync.check_local_data(inv)
 
 
-@host_task(name="sync-data", changes_host=True, before_connect=_local_data, help=RESTART)
+@host_task(name="sync-data", changes_host=True, before_connect=_local_data, survey=("data",), leaves_training=True, help=RESTART)
 def sync_data(h, restart=False):
     """Rsync the inventory's local_data dirs to remote.data_dir/<name>/ with progress, then verify files and bytes.
 
@@ -346,6 +344,7 @@ def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=
 
 
 @host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks, on_cluster=deploy_full_cluster,
+           survey=("provision", "code", "data"),
            help={"run_name": "name of the training run (default: a timestamp)",
                  "restart": "stop a running training first (else deploy-full refuses to touch its data)",
                  "resume_from": "a run fetched with `fab fetch-results --backup` (results/<host>/<run>), or one in run storage "
