@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# markers applied by fixture use, and `pytest --fast` (make test-fast): see tests/kinds.py
+pytest_plugins = ["kinds"]
+
 
 def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype=np.float32, **extra):
     """A feature file with `frames` random frames (or `value` as the array itself)."""
