@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("ssh")
         if used & TF_FIXTURES and not item.get_closest_marker("tf"):
             item.add_marker("tf")
-    if config.getoption("fast") and not os.environ.get("KINDS_ALL"):
+    if config.getoption("fast"):
         keep = [item for item in items if not any(item.get_closest_marker(m) for m in FAST_SKIPS)]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
