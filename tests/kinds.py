@@ -4,7 +4,7 @@ TensorFlow and no sshd, for the edit-test loop. `make test` runs every test, wha
     ssh   starts or uses a real sshd on 127.0.0.1; set by fixture use (ssh_host, host_venv,
           fake_bin_host and every fixture built on them), or by hand for a test that starts its own
     tf    imports TensorFlow, in the test's process or in one it starts (a trainer, a smoke test);
-          set by hand (module `pytestmark` or a decorator), or by fixture use (trained_run)
+          set by hand (module `pytestmark` or a decorator), or by fixture use (trained_run, stopped_run)
     slow  trains a model or runs a full deploy (always one of the two above)
 
 Under --fast, the tests of these kinds are deselected and the others are held to it: a test that
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 SSH_FIXTURES = {"ssh_host", "host_venv", "fake_bin_host"}  # every deploy fixture uses one of these
-TF_FIXTURES = {"trained_run"}
+TF_FIXTURES = {"trained_run", "stopped_run"}  # tests/fixtures_runs.py
 FAST_SKIPS = ("ssh", "tf", "slow")
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
 FAST_LOG = "FACENET_TEST_FAST_LOG"  # where a blocked import in a child Python says what it was

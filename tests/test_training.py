@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import ROOT, run_trainer
+from fixtures_runs import copy_trained_run
 
 pytestmark = pytest.mark.slow
 TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
@@ -36,10 +37,8 @@ def wait_for_epoch(run_dir, epoch, proc, timeout=120):
     raise AssertionError(f"epoch {epoch} not reached in {timeout} s")
 
 
-def test_train_writes_a_complete_run_that_reloads(tmp_path, synth_crema):
-    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "r1", "--epochs", "2", *TINY)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = tmp_path / "r1"
+def test_train_writes_a_complete_run_that_reloads(tmp_path, trained_run):
+    run = copy_trained_run(trained_run, tmp_path)  # `train --data SYNTH --epochs 2` (tests/fixtures_runs.py); evaluate adds files
     for name in ("config.yaml", "split.json", "normalization.npz", "manifest.json", "best.keras", "history.csv",
                  "train.log", "environment.json", "status.json", "metrics.json"):
         assert (run / name).is_file(), name
@@ -106,16 +105,11 @@ def test_killed_run_resumes_from_its_backup_not_from_zero(tmp_path, synth_crema)
     assert status(run)["state"] == "finished" and status(run)["epoch"] == 12
 
 
-def test_sigterm_stops_cleanly_with_backup_and_state_stopped(tmp_path, synth_crema):
-    run = tmp_path / "r3"
-    proc = start_training(synth_crema, tmp_path, "r3", epochs=50)
-    wait_for_epoch(run, 1, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 3, out
-    st = status(run)
-    assert st["state"] == "stopped" and st["epoch"] < 50
-    assert (run / "backup").is_dir() and "--resume" in st["error"]["message"]
+def test_sigterm_stops_cleanly_with_backup_and_state_stopped(stopped_run):
+    # 30 epochs, SIGTERM after epoch 3: exit code 3 (tests/fixtures_runs.py)
+    st = status(stopped_run)
+    assert st["state"] == "stopped" and 3 <= st["epoch"] < 30
+    assert (stopped_run / "backup").is_dir() and "--resume" in st["error"]["message"]
 
 
 def test_a_crash_exits_1_with_traceback_in_train_log_and_failed_status(tmp_path, synth_crema):
@@ -227,11 +221,9 @@ def test_mirrored_training_over_two_devices_records_replicas_and_resumes(tmp_pat
     assert json.loads((run / "metrics.json").read_text())["test"]["uar"] > 0
 
 
-def test_auto_uses_one_device_where_there_are_no_gpus(tmp_path, synth_crema):
-    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "a1", "--epochs", "1", *TINY,
-                       env={"FACENET_LOGICAL_CPUS": "2"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert status(tmp_path / "a1")["distribution"]["replicas"] == 1
+def test_auto_uses_one_device_where_there_are_no_gpus(trained_run):
+    # trained with FACENET_LOGICAL_CPUS=2 and train.distribute left at auto: two devices, no GPU
+    assert status(trained_run)["distribution"]["replicas"] == 1
 
 
 FIRST_STEP = """
