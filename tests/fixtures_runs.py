@@ -4,8 +4,11 @@
                    visible and `train.distribute` left at auto
     stopped_run    a tiny run of 30 epochs stopped on request (SIGTERM, exit 3) after epoch 3 or a
                    little later, over its own copy of the data
+    finished_host  a DeployEnv (the session's sshd and host venv) with code and 60 clips synced whose
+                   run `short` (2 tiny epochs, started with `fab train`) has ended
 
-Both are read-only: copy one to change it (copy_trained_run(run, tmp_path)).
+All are read-only: copy a run to change it (copy_trained_run(run, tmp_path)); a test that changes
+a host uses its own (conftest's host_ready).
 
 A test that uses one is of kind `tf` (tests/kinds.py), whatever else it does.
 """
@@ -46,6 +49,22 @@ def stopped_run(tmp_path_factory, synth_crema):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 3, out
     return root / "runs" / "base"
+
+
+@pytest.fixture(scope="session")
+def finished_host(tmp_path_factory, ssh_host, host_venv):
+    from conftest import DeployEnv, make_ready, wait_until
+
+    root = tmp_path_factory.mktemp("finished host") / "facenet deploy"
+    root.mkdir()
+    env = DeployEnv(root, ssh_host, host_venv)
+    try:
+        make_ready(env, root.parent)  # 2 epochs
+        assert env.fab("train", "--run-name", "short").returncode == 0
+        wait_until(lambda: (env.runs / "short" / "exit.json").exists(), what="the run to end")
+        yield env
+    finally:
+        env.cleanup()
 
 
 def copy_trained_run(run, where, name=None):

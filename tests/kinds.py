@@ -4,8 +4,11 @@ TensorFlow and no sshd, for the edit-test loop. `make test` runs every test, wha
     ssh   starts or uses a real sshd on 127.0.0.1; set by fixture use (ssh_host, host_venv,
           fake_bin_host and every fixture built on them), or by hand for a test that starts its own
     tf    imports TensorFlow, in the test's process or in one it starts (a trainer, a smoke test);
-          set by hand (module `pytestmark` or a decorator), or by fixture use (trained_run, stopped_run)
+          set by hand (module `pytestmark` or a decorator), or by fixture use (tests/fixtures_runs.py)
     slow  trains a model or runs a full deploy (always one of the two above)
+
+Under pytest-xdist (make test runs `-n 2 --dist loadgroup`) the slow kinds go first, and the
+tests that read one shared run (tests/fixtures_runs.py) go to one worker, which trains it once.
 
 Under --fast, the tests of these kinds are deselected and the others are held to it: a test that
 imports TensorFlow (here or in a Python it starts) or starts an sshd fails, naming the marker it
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 
 SSH_FIXTURES = {"ssh_host", "host_venv", "fake_bin_host"}  # every deploy fixture uses one of these
-TF_FIXTURES = {"trained_run", "stopped_run"}  # tests/fixtures_runs.py
+TF_FIXTURES = {"trained_run", "stopped_run", "finished_host"}  # tests/fixtures_runs.py
 FAST_SKIPS = ("ssh", "tf", "slow")
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
 FAST_LOG = "FACENET_TEST_FAST_LOG"  # where a blocked import in a child Python says what it was
@@ -32,6 +35,7 @@ def pytest_addoption(parser):
                      help="only the tests that start no TensorFlow and no sshd (make test-fast); each is held to it")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -39,6 +43,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("ssh")
         if used & TF_FIXTURES and not item.get_closest_marker("tf"):
             item.add_marker("tf")
+        if hasattr(config, "workerinput"):  # a pytest-xdist worker: the readers of a shared run share one worker
+            for name in sorted(used & TF_FIXTURES):
+                item.add_marker(pytest.mark.xdist_group(name))
+    if hasattr(config, "workerinput"):
+        # the slowest kinds first, so that the quick tests fill the end and no worker waits on a long one
+        items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("tf") or
+                   item.get_closest_marker("ssh") else 2)
     if config.getoption("fast"):
         keep = [item for item in items if not any(item.get_closest_marker(m) for m in FAST_SKIPS)]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
