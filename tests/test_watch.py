@@ -4,9 +4,11 @@ Real parts: `fab` as a user types it, real sshd hosts on 127.0.0.1 (one per "mac
 rsync and training (tiny), the real host agent, a local HTTP server recording the webhook posts.
 """
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -165,6 +167,28 @@ def kill_tree(pid):
             pass
 
 
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def serve_metadata(handler):
+    """The IMDSv2 stand-in (tests/test_pay_only_for_training.py MetadataService) on 127.0.0.1; its URL."""
+    from http.server import ThreadingHTTPServer
+
+    handler.notice = None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def history_epochs(run_dir):
     import csv
 
@@ -212,3 +236,42 @@ def test_a_terminated_host_s_run_is_resumed_on_the_next_host_from_storage(aws, h
         assert list((two.root / "results").glob("*/e2e/metrics.json")), fetched.out
     finally:
         two.close()
+
+
+def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run_moves_on(aws, host_venv, tmp_path, webhook):
+    from tests.test_pay_only_for_training import MetadataService
+
+    epochs = 10
+    two = TwoHosts(tmp_path, host_venv, aws, webhook, epochs)
+    env = two.env
+    with serve_metadata(MetadataService) as imds:
+        try:
+            env.write(ec2={"metadata_url": imds, "poll_seconds": 0.5, "spot_grace_seconds": 60})
+            deploy = env.fab("-H", "a", "deploy-full", "--run-name", "spot", timeout=600)
+            assert deploy.returncode == 0, deploy.out
+            watch = env.popen("watch")
+            wait_until(lambda: (two.latest("spot") or {}).get("epoch", 0) >= 2, 240, "epoch 2 stored")
+            finished_at_notice = read_json(two.runs("a") / "spot" / "status.json")["epoch"]
+            notice_time = time.time() + 120
+            MetadataService.notice = {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(notice_time))}
+            record = wait_until(lambda: read_json(two.runs("a") / "spot" / "exit.json"), 120, "the run to stop on the notice")
+            MetadataService.notice = None  # host b asks the same stand-in
+            assert record["preempted"] and record["exit_code"] == 3, record
+            agent = wait_until(lambda: ((read_json(two.runs("a") / ".agent" / "state.json") or {}).get("preempted") or {}).get("stored"),
+                               150, "the agent's stop to end")
+            stopped_at = read_json(two.runs("a") / "spot" / "status.json")["epoch"]
+            assert stopped_at > finished_at_notice, (stopped_at, finished_at_notice)  # the epoch running at the notice finished
+            assert agent["epoch"] == stopped_at and agent["final"] is True, agent  # ... and was stored before the stop ended
+            uploaded = json.loads((two.runs("a") / "spot" / "storage.json").read_text())["stored"]
+            assert uploaded["at_epoch_seconds"] < notice_time - 5, uploaded  # within the notice's two minutes
+
+            out, _ = watch.communicate(timeout=600)
+            assert watch.returncode == 0, out
+            assert f"recovered: run spot on b from epoch {stopped_at}" in out and "preempted on a (spot interruption notice" in out, out
+            history = history_epochs(two.runs("b") / "spot")
+            assert [e for e, _ in history] == list(range(epochs)), history
+            assert sorted(webhook.events()) == ["finished", "preempted", "recovered", "started"], webhook.posts
+            preempted = next(p for p in webhook.posts if p["event"] == "preempted")
+            assert preempted["host"] == "a" and "spot interruption notice" in preempted["text"], preempted
+        finally:
+            two.close()
