@@ -32,6 +32,13 @@ def test_finished_ends_0_and_stopped_ends_3_without_a_restart():
     assert (d.action, d.exit_code) == ("end", 3) and "stopped on a by `fab stop`: not restarted" in d.reason
 
 
+def test_an_end_is_decided_on_the_exit_record_not_before():
+    """status.json says stopped (or failed) while the launcher still lives: the exit record, which says why, comes next."""
+    for state in ("stopped", "failed", "finished"):
+        d = machine.decide(record(), seen(state, exit=None, processes=[{"pid": 42, "command": "bash launch_training.sh"}]), 0, RECOVERY)
+        assert (d.state, d.action) == ("ending", "wait"), state
+
+
 def test_a_stop_nobody_asked_for_is_a_lost_run():
     """A shutdown SIGTERMs the trainer, which stops as on `fab stop`; its exit record has no `requested`."""
     d = machine.decide(record(), seen("stopped", exit={"exit_code": 3}), 0, RECOVERY)

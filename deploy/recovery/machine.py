@@ -8,6 +8,7 @@ since when the host has not answered, whether the run was seen, how many recover
 `recovery` is the inventory's `recovery:`.
 
     seen on the host                 state        action
+    trainer ended, exit not recorded ending       wait       (status.json says it, a process of the run lives)
     starting, running                following    wait
     stalled                          stalled      wait       (the host agent tells; `fab stop` ends it)
     finished                         finished     end 0
@@ -62,6 +63,8 @@ def decide(record, look, now, recovery):
                                                f"recovery after {recovery['unreachable_minutes']:g} min without an answer")
     info = look["info"]
     state = info["state"]
+    if state in ("finished", "failed", "stopped") and not info.get("exit") and info.get("processes"):
+        return Decision("ending", "wait", f"{state} on {record['host']}; its launcher is writing the exit record")
     if state in ("starting", "running"):
         return Decision("following", "wait", f"{state} on {record['host']}")
     if state == "stalled":
