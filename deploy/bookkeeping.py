@@ -59,6 +59,7 @@ class Bookkeeping:
                 self.close()
             raise
         if self.answer is None:
+            self.conn.check_alive()  # a connection lost on the way is that (HostUnreachable), not a helper's failure
             error = self._stderr()
             code = self.channel.exit_status if self.channel.status_event.wait(5) else "unknown"
             self.close()

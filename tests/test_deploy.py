@@ -8,11 +8,10 @@ import json
 import re
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, write_clip, write_config
+from conftest import TINY_CONFIG, wait_until, write_clip, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -199,7 +198,7 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     deploy_env.write(default_host="local", rsync_args=["--bwlimit=1500"])  # ~10 MB at 1.5 MB/s: time to interrupt
     proc = deploy_env.popen("sync-data")
     remote = deploy_env.remote_root / "data dir" / "crema-d"
-    time.sleep(3)
+    wait_until(lambda: any(remote.glob("*.npz")), 60, "the first clip uploaded")  # not a fixed sleep: a loaded machine starts slower
     proc.send_signal(signal.SIGINT)  # Ctrl-C (tests/test_interrupts.py sends it to the whole process group, as a terminal does)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Interrupted. Run the same command again" in out, out
