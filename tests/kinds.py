@@ -46,6 +46,7 @@ def pytest_collection_modifyitems(config, items):
         if hasattr(config, "workerinput"):  # a pytest-xdist worker: the readers of a shared run share one worker
             for name in sorted(used & TF_FIXTURES):
                 item.add_marker(pytest.mark.xdist_group(name))
+            _group_for_xdist(config, item)
     if hasattr(config, "workerinput"):
         # the slowest kinds first, so that the quick tests fill the end and no worker waits on a long one
         items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("tf") or
@@ -54,6 +55,14 @@ def pytest_collection_modifyitems(config, items):
         keep = [item for item in items if not any(item.get_closest_marker(m) for m in FAST_SKIPS)]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
+
+
+def _group_for_xdist(config, item):
+    """pytest-xdist 3.8 groups a test by appending `@GROUP` to its node id (item._nodeid), which pytest 9
+    no longer reads: it keeps a structured id (item._id). Do the same on that id, as xdist means to."""
+    groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+    if groups and config.getvalue("loadgroup") and hasattr(item, "_id") and not hasattr(item, "_nodeid"):
+        item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 class _NoTensorFlow:
