@@ -7,10 +7,11 @@ alternately without and with storage (the uploader beside the trainer, moto's S3
 the store), `--rounds` times each. A watcher reads status.json every 20 ms: each epoch's seconds
 as the trainer measures them (last_epoch_seconds: training, validation and every callback's
 writes) and when the epoch's status was written; the uploader's storage.json says when each
-checkpoint was stored. Printed: the mean epoch time without and with storage and their
-difference (target: none measurable, i.e. within the spread of the runs), the upload lag (from an
-epoch's status.json to the pointer naming it or a later epoch: median and max), and the bytes a
-checkpoint sent. Loopback S3: the lag here is the uploader's own work; on a real link add the
+checkpoint was stored and how much CPU time the uploader has used. Printed: the mean epoch time
+without and with storage and their difference (target: none measurable, i.e. within the spread of
+the runs), the upload lag (from an epoch's status.json to the pointer naming it or a later epoch:
+median and max), the bytes a checkpoint sent, and the uploader's CPU time (the most it could take
+from the trainer, on a machine whose cores are all busy). Loopback S3: the lag here is the uploader's own work; on a real link add the
 bytes over the bandwidth.
 """
 
@@ -43,7 +44,9 @@ def watch(run_dir, stop, seen):
         except (OSError, ValueError):
             pass
         try:
-            stored = (json.loads((run_dir / "storage.json").read_text()).get("stored") or {})
+            record = json.loads((run_dir / "storage.json").read_text())
+            seen["cpu_seconds"] = record.get("cpu_seconds")
+            stored = record.get("stored") or {}
             if stored.get("epoch") is not None and stored.get("at_epoch_seconds") not in {s["at"] for s in seen["stored"]}:
                 seen["stored"].append({"epoch": stored["epoch"], "at": stored["at_epoch_seconds"], "bytes": stored.get("bytes"),
                                        "seconds": stored.get("seconds")})
@@ -104,7 +107,7 @@ def main():
     boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"},
                  region_name="us-east-1").create_bucket(Bucket="bench")
     storage_env = {**keys, "FACENET_STORAGE": json.dumps({"url": "s3://bench/runs", "endpoint_url": endpoint, "host": "bench"})}
-    without, with_storage, lags, sent = [], [], [], []
+    without, with_storage, lags, sent, cpu = [], [], [], [], []
     try:
         for r in range(args.rounds):
             for label, env in (("off", {}), ("on", storage_env)):
@@ -117,6 +120,8 @@ def main():
                     if after:
                         lags.append(min(s["at"] for s in after) - e["at"])
                 sent += [s["bytes"] for s in seen["stored"] if s["bytes"]]
+                if env and seen.get("cpu_seconds") is not None:
+                    cpu.append((seen["cpu_seconds"], len(seen["stored"]), sum(e["seconds"] or 0 for e in seen["epochs"].values())))
     finally:
         server.stop()
     mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
@@ -130,6 +135,9 @@ def main():
               f"max {max(lags):.2f} s, n={len(lags)}")
     if sent:
         print(f"bytes a checkpoint sent: median {statistics.median(sent) / 1e6:.2f} MB, max {max(sent) / 1e6:.2f} MB")
+    for seconds, checkpoints, training in cpu:  # what the uploader could take from the trainer at most: its own CPU time
+        print(f"uploader CPU time: {seconds:.2f} s for {checkpoints} checkpoints ({seconds / max(checkpoints, 1):.3f} s each, "
+              f"imports included), {seconds / training * 100:.1f} % of the run's {training:.0f} s of epochs")
 
 
 if __name__ == "__main__":

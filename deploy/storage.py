@@ -160,10 +160,11 @@ def is_storage_ref(inv, resume_from):
     return text.startswith("s3://") or (enabled(inv) and "/" not in text and not Path(text).exists() and bool(RUN_NAME.fullmatch(text)))
 
 
-def resume_source(inv, resume_from, dest=None, say=print):
+def resume_source(inv, resume_from, dest=None, say=print, refresh=False):
     """The local folder to continue a run from: `resume_from` itself, or (s3://.../RUN, or a run name in storage)
-    the stored run downloaded with its backup into DEST/<host>/<run> (once per command; DEST: the state dir's
-    resume/, .facenet/resume/ by default: a copy to upload, not results)."""
+    the stored run downloaded with its backup into DEST/<host>/<run> (DEST: the state dir's resume/, .facenet/resume/
+    by default: a copy to upload, not results). Downloaded once per process (deploy-full asks before connecting and
+    again in its body) unless `refresh`: a caller that resumes the same run again later (a recovery) passes it."""
     if not is_storage_ref(inv, resume_from):
         return Path(resume_from)
     text = str(resume_from)
@@ -171,7 +172,7 @@ def resume_source(inv, resume_from, dest=None, say=print):
         where, run = split_run_url(text) if text.startswith("s3://") else (parse_url(inv.storage["url"]), text)
     except StorageUrlError as e:
         raise LocalInputError(f"--resume-from: {e}") from None
-    if (where.url, run) not in RESUMED:
+    if refresh or (where.url, run) not in RESUMED:
         local, pointer = fetch_run(inv, run, dest or state_dir() / "resume", say, backup=True, url=where.url)
         if pointer.get("state") == "finished":
             raise LocalInputError(f"--resume-from {text}: that run finished (stored at {pointer['written_at']}); there is nothing "

@@ -466,7 +466,7 @@ def fetch_stored(inv, error, run=None, dest="results", backup=False, from_storag
     if error is not None and (run is None or not storage.enabled(inv)):
         hint = ("; with run storage, `fab fetch-results --run NAME` reads the run from there (`fab runs` lists them)"
                 if storage.enabled(inv) else "")
-        raise as_exit(error) if not hint else DeployError(f"{as_exit(error).message.removeprefix('error: ')}{hint}") from None
+        raise as_exit(error) if not hint else HostUnreachable(f"{as_exit(error).message.removeprefix('error: ')}{hint}") from None
     if run is None:
         raise LocalInputError("--from-storage needs --run NAME (`fab runs` lists the runs in storage).")
     training.valid_run_name(run)

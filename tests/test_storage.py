@@ -1,16 +1,18 @@
 """Run storage without a host: the inventory's storage keys, the consistent snapshot of a run directory
-that a trainer is writing, and the uploader as a real process against moto's S3 on 127.0.0.1."""
+that a trainer is writing, the uploader as a real process against moto's S3 on 127.0.0.1, and the
+host agent's spot path waiting for it."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, wait_until
-from storage_check import check_pointers_came_last, client, new_bucket, refusing_unknown_keys
+from storage_check import check_pointers_came_last, client, new_bucket, pointers, refusing_unknown_keys
 
 from deploy.errors import InventoryError
 from deploy.inventory import load_inventory
@@ -191,3 +193,61 @@ def test_an_uploader_whose_writes_are_refused_says_why_and_gives_up_after_the_en
         uploader.kill()
     assert record(run)["state"] == "gave-up" and record(run)["done"] and record(run)["stored"] is None
     assert Path(run / "status.json").exists()  # the run itself untouched
+
+
+FAKE_TRAINER = """
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[2])
+import run_state
+run = sys.argv[1]
+launch_id = run_state.record_launch(run, os.getpid(), "python -m trainer train (a stand-in)")
+print(launch_id, flush=True)
+
+def write(rel, data):
+    path = os.path.join(run, rel)
+    with open(path + ".tmp", "w") as f:
+        f.write(data if isinstance(data, str) else json.dumps(data))
+    os.replace(path + ".tmp", path)
+
+def stop(signum, frame):  # as the trainer does: it finishes the running epoch (3), saves its backup, exits 3
+    write("backup/latest.weights.h5", "weights 3")
+    write("backup/training_metadata.json", {"epoch": 3, "batch": 0})
+    write("backup/callbacks.json", {"epoch": 3})
+    write("history.csv", "epoch,loss\\n0,0.5\\n1,0.5\\n2,0.5\\n")
+    write("status.json", {"epoch": 3, "state": "stopped", "started_at": "2026-11-30T10:00:00+00:00"})
+    run_state.record_exit(run, 3, launch_id=launch_id)
+    sys.exit(3)
+
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_spot_notice_stores_the_running_epoch_before_the_agent_is_done(tmp_path, moto_server):
+    import host_agent
+
+    bucket = new_bucket(moto_server)
+    runs = tmp_path / "runs"
+    run = runs / "r1"
+    epoch_files(run, 2, rows=2)
+    trainer = subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, str(run), str(ROOT / "remote_scripts")], stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        launch_id = trainer.stdout.readline().strip()
+        uploader = start_uploader(run, launch_id, f"s3://{bucket}/team", moto_server)
+        wait_until(lambda: (run / "storage.json").exists() and (record(run).get("stored") or {}).get("epoch") == 2, 30, "epoch 2 stored")
+        os.makedirs(host_agent.agent_dir(str(runs)), exist_ok=True)
+        notice = {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))}
+        stored = host_agent.preempt(str(runs), {"session": "no-such-session", "spot_grace_seconds": 30}, ("r1", str(run)), notice)
+        returned = time.time()
+        assert trainer.wait(10) == 3 and uploader.wait(10) == 0
+    finally:
+        trainer.kill()
+    assert stored["epoch"] == 3 and stored["state"] == "preempted" and stored["final"], stored
+    last_written, latest = pointers(bucket, "team/r1/")[-1]
+    assert latest["epoch"] == 3 and latest["state"] == "preempted" and latest["final"]
+    assert last_written.timestamp() < returned  # stored before the agent's stop was over
+    weights = client(moto_server).get_object(Bucket=bucket, Key="team/r1/" + latest["files"]["backup/latest.weights.h5"]["key"])
+    assert weights["Body"].read() == b"weights 3"
+    assert "storage: stored the run end: epoch 3 (preempted)" in (runs / ".agent" / "agent.log").read_text()

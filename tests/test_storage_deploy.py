@@ -147,6 +147,7 @@ def test_every_stored_pointer_came_after_the_files_it_names_and_the_end_is_store
 
 def test_a_storage_that_refuses_writes_shows_on_the_monitor_and_the_training_finishes(stored):
     env, runs_b = stored["env"], stored["runs_b"]
+    env.write(train_config=str(write_config(stored["root"] / "two epochs.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 2}})))
     key = env.env["AWS_ACCESS_KEY_ID"]
     env.env["AWS_ACCESS_KEY_ID"] = "AKIANOSUCHKEY0000000"  # sent to the host (credentials: laptop); the store knows no such key
     try:

@@ -20,7 +20,8 @@ RUN/storage.json (the monitor's "stored: epoch 14, 40 s ago" / "storage: 3 uploa
 
     {"pid", "launch_id", "url", "state": "starting|waiting|stored|failing|final|gave-up|superseded",
      "stored": {"epoch", "state", "final", "at", "at_epoch_seconds", "checkpoint", "files", "bytes", "seconds"} | null,
-     "failures": {"count", "code", "message", "since", "last_at"} | null, "uploads", "bytes", "done", "updated_at"}
+     "failures": {"count", "code", "message", "since", "last_at"} | null, "uploads", "bytes", "done", "updated_at",
+     "cpu_seconds": the uploader's own CPU time so far}
 
 Before it writes a pointer it reads the stored one: when a later launch wrote it (the run was
 resumed elsewhere while this host lived on), this uploader stops (state superseded). A stored run of the same name
@@ -83,7 +84,8 @@ class Uploader:
     # --- the record the monitor reads ------------------------------------------------------
 
     def save(self, **changes):
-        self.state.update(changes, updated_at=now_iso(), updated_epoch_seconds=time.time())
+        times = os.times()
+        self.state.update(changes, updated_at=now_iso(), updated_epoch_seconds=time.time(), cpu_seconds=round(times.user + times.system, 3))
         try:
             write_json_atomic(self.run_dir / "storage.json", self.state)
         except OSError:
