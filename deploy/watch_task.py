@@ -3,8 +3,8 @@
 from fabric import task
 from invoke.exceptions import Exit
 
-from deploy import training
-from deploy.errors import DeployError
+from deploy import cluster, training
+from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import connect
 from deploy.inventory import load_inventory
 from deploy.tasks import as_exit, interrupts_end_the_step, say
@@ -28,6 +28,10 @@ def watch(c, run=None):
     try:
         with interrupts_end_the_step():
             inv = load_inventory()
+            group = cluster.named_cluster(c, inv)
+            if group is not None:
+                raise LocalInputError(f"`fab watch` follows a run on one host; {group.name} is a cluster. Watch its chief: "
+                                      f"fab -H {group.hosts[0]} watch (a cluster is not moved: `fab -H {group.name} train --resume`).")
             target = connect(c, inv)
             hinv = inv.for_host(target.host_name)
             say(f"host: {target.describe()}", "dim")

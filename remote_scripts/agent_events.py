@@ -116,6 +116,8 @@ def _notify_run(runs_dir, settings, running, stalled):
     launch_id = launch.get("launch_id") or "legacy"
     status = host_files.read_json(os.path.join(run_dir, "status.json"))
     status = status if isinstance(status, dict) else {}
+    if (status.get("distribution") or {}).get("chief") is False:  # a cluster's other workers: the chief's agent tells
+        return
     since = settings.get("notify_since") or 0
     record = host_files.exit_record(run_dir, launch)
     if running and not record:
