@@ -44,9 +44,13 @@ def stopped_run(tmp_path_factory, synth_crema):
     data = root / "data" / "crema-d"
     shutil.copytree(synth_crema, data)
     proc = start_training(data, root / "runs", "base", 30)
-    wait_for_epoch(root / "runs" / "base", 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        wait_for_epoch(root / "runs" / "base", 3, proc, timeout=600)  # it returns at epoch 3: a busy machine only waits longer
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # failed on the way: leave nothing running
+            proc.kill()
     assert proc.returncode == 3, out
     return root / "runs" / "base"
 
@@ -61,7 +65,7 @@ def finished_host(tmp_path_factory, ssh_host, host_venv):
     try:
         make_ready(env, root.parent)  # 2 epochs
         assert env.fab("train", "--run-name", "short").returncode == 0
-        wait_until(lambda: (env.runs / "short" / "exit.json").exists(), what="the run to end")
+        wait_until(lambda: (env.runs / "short" / "exit.json").exists(), 600, "the run to end")  # returns at its end: only a busy machine waits long
         yield env
     finally:
         env.cleanup()

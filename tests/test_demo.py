@@ -27,7 +27,7 @@ LOOPBACK = re.compile(r'inet_addr\("(127\.|0\.0\.0\.0")|inet_pton\(AF_INET6, "(:
 def demo_home(tmp_path_factory):
     """One demo folder for both tests: the second run reuses the first's venv, keys and data, as a
     second `make demo` does (the first run, under strace, is a fresh one)."""
-    return tmp_path_factory.mktemp("demo home")
+    return tmp_path_factory.mktemp("demo-home")  # no space: LocalSSHHost writes its paths into sshd_config unquoted
 
 
 def demo(tmp_path, *args, trace=None):
