@@ -141,9 +141,10 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
     members = cluster.connect_members(c, inv, group)
     say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
     hosts = [Host(hinv, session.reuse(target)) for _, target, hinv in members]
+    to_come = session.advance(task_name)
     with contextlib.ExitStack() as held:
         for h in hosts:  # each host locked and checked in turn; a refusal releases those before it
-            held.enter_context(session.task(h, task_name, changes_host, kwargs.get("restart", False), prefixed(h)))
+            held.enter_context(session.task(h, task_name, changes_host, kwargs.get("restart", False), prefixed(h), to_come))
         return on_cluster(hosts, group, *args, **kwargs)
 
 
