@@ -97,6 +97,16 @@ def test_empty_directory_and_missing_directory_are_errors(tmp_path):
         validate_dirs([tmp_path / "nope"], DATA_CFG)
 
 
+def test_an_unfinished_upload_in_a_data_dir_is_an_error_not_half_a_data_set(tmp_path):
+    write_clip(tmp_path / "crema-d" / "1001_IWL_ANG_XX.npz")
+    (tmp_path / "crema-d" / "sub" / ".rsync-partial").mkdir(parents=True)  # an interrupted `fab sync-data`'s partial files
+    (tmp_path / "crema-d" / "sub" / ".rsync-partial" / "1002_IWL_SAD_XX.npz").write_bytes(b"PK\x03\x04 half")
+    with pytest.raises(DataError, match=r"holds 1 file\(s\) of an unfinished upload in .*sub/\.rsync-partial .*fab sync-data"):
+        validate_dirs([tmp_path / "crema-d"], DATA_CFG)
+    (tmp_path / "crema-d" / "sub" / ".rsync-partial" / "1002_IWL_SAD_XX.npz").unlink()  # rsync removes the folder's files once done
+    assert [e.emotion for e in validate_dirs([tmp_path / "crema-d"], DATA_CFG).entries] == ["ANG"]
+
+
 def test_a_class_without_files_is_an_error_naming_it(tmp_path):
     for i, emotion in enumerate(["ANG", "DIS", "FEA", "HAP", "NEU"]):
         write_clip(tmp_path / f"{1001 + i}_IWL_{emotion}_XX.npz")
