@@ -59,3 +59,21 @@ def test_uar_metric_matches_numpy_and_model_reloads(tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5)
+
+
+@pytest.mark.tf
+def test_predict_is_the_model_s_own_answer_for_batches_of_any_size_and_length_traced_once():
+    from keras import ops
+
+    from trainer.evaluate import inference_function, predict
+    from trainer.model import build_model
+
+    model = build_model(TINY, num_classes=3, feature_dim=16)
+    rng = np.random.default_rng(2)
+    batches = [(rng.normal(size=(n, t, 16)).astype("float32"), rng.integers(0, 3, n)) for n, t in [(4, 9), (3, 20), (1, 5)]]
+    y_true, y_pred = predict(model, batches)
+    eager = [np.argmax(ops.convert_to_numpy(model(x, training=False)), -1) for x, _ in batches]
+    np.testing.assert_array_equal(y_pred, np.concatenate(eager))
+    np.testing.assert_array_equal(y_true, np.concatenate([y for _, y in batches]))
+    assert inference_function(model).experimental_get_tracing_count() == 1
+    assert inference_function(build_model(TINY, num_classes=3, feature_dim=16)) is not inference_function(model)
