@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deploy.inventory import REPO_ROOT  # noqa: E402
 from deploy.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv  # noqa: E402
 from deploy.sync import CODE_PATHS  # noqa: E402
-from trainer.synth import write_corpus  # noqa: E402
+from trainer.data.synth import write_corpus  # noqa: E402
 
 FAB = Path(sys.executable).parent / "fab"
 TARGETS = {"redeploy": 1.5, "monitor": 1.3}

@@ -26,8 +26,8 @@ from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
-from trainer.run_view import MALFORMED, render  # the monitor screen; the host's monitor_training.sh draws the same
-from trainer.visible import visible  # every text from the host: its control characters shown, never obeyed
+from trainer.results.run_view import MALFORMED, render  # the monitor screen; the host's monitor_training.sh draws the same
+from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -502,7 +502,7 @@ def fetch_results(h, run=None, dest="results", backup=False, from_storage=False)
 
 def show_results(local, run, state):
     """The fetched run's metrics table (or its cross-validation's), and where its pictures are."""
-    from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
+    from trainer.results.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
 
     metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
     try:

@@ -33,7 +33,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def synth_crema(tmp_path_factory):
     """240 synthetic CREMA-D clips (read-only: copy before changing)."""
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     out = tmp_path_factory.mktemp("synth") / "crema-d"
     write_corpus(out, "crema-d", clips=240, seed=3)
@@ -204,7 +204,7 @@ def host_ready(deploy_env, tmp_path):
 
 def make_ready(env, tmp_path):
     """`env`'s host with code and 60 clips of data synced, and `env.configure(epochs, **data)`."""
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     write_corpus(env.data, "crema-d", clips=60, seed=9)
 

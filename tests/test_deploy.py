@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 def synth(path, clips=120, seed=5):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     write_corpus(path, "crema-d", clips=clips, seed=seed)
     return path

@@ -40,7 +40,7 @@ def screen(out):
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory, host_venv, moto_server):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     root = tmp_path_factory.mktemp("storage") / "facenet deploy"
     root.mkdir()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from conftest import run_trainer, write_clip
 
-from trainer import validation
 from trainer.config import DEFAULTS
+from trainer.data import validation
+from trainer.data.validation import REASONS, require_trainable, validate_dirs
 from trainer.errors import DataError
-from trainer.validation import REASONS, require_trainable, validate_dirs
 
 DATA_CFG = DEFAULTS["data"]
 

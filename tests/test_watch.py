@@ -118,7 +118,7 @@ class TwoHosts:
         from deploy.localhost import LocalSSHHost
         from tests.conftest import TINY_CONFIG, DeployEnv, write_config
         from tests.storage_check import new_bucket
-        from trainer.synth import write_corpus
+        from trainer.data.synth import write_corpus
 
         self.root, self.launched = tmp_path / "laptop", launched
         self.root.mkdir()

@@ -32,7 +32,7 @@ from deploy.recovery import hosts as recovery_hosts
 from deploy.recovery import machine, stored
 from deploy.recovery.notify import Sender
 from deploy.recovery.record import Record, iso, write_on_host
-from trainer.visible import visible
+from trainer.results.visible import visible
 
 UPLOADER_WAIT_SECONDS = 150  # a spot notice gives two minutes; the host agent waits for the upload within them
 
@@ -204,7 +204,7 @@ class Watch:
 
 
 def finished_summary(metrics):
-    from trainer.report import headline
+    from trainer.results.report import headline
 
     try:
         name, m = headline(metrics)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.errors import DataError, UserError
-from trainer.metrics import classification_metrics
-from trainer.report import make_console
+from trainer.results.metrics import classification_metrics
+from trainer.results.report import make_console
 
 
 def predict(model, gen):
@@ -50,11 +50,11 @@ def score(model, gen, classes):
 
 
 def evaluate_run(run_dir, data_dirs=None, console=None):
-    from trainer import data
     from trainer.config import load_config
-    from trainer.model import load_model
-    from trainer.report import print_metrics
-    from trainer.status import write_json_atomic
+    from trainer.data import pipeline as data
+    from trainer.results.report import print_metrics
+    from trainer.training.model import load_model
+    from trainer.training.status import write_json_atomic
 
     console = console or make_console()
     run_dir = Path(run_dir)

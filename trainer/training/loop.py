@@ -24,9 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribute
 from trainer.errors import NonFiniteLoss
-from trainer.metrics import metrics_from_confusion
+from trainer.results.metrics import metrics_from_confusion
+from trainer.training import distribute
 
 
 class History(keras.callbacks.History):

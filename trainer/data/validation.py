@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.data.labels import Labeller
+from trainer.data.npzfile import read_array
 from trainer.errors import DataError
-from trainer.labels import Labeller
-from trainer.npzfile import read_array
 
 REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
 CACHE_VERSION = 1
@@ -102,7 +102,7 @@ def check_file(path, feature_key="video_features", feature_dim=512):
         except ValueError as e:
             if "allow_pickle" in str(e):
                 return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
-            if "structured dtype" in str(e):  # trainer/npzfile.py reads plain arrays only
+            if "structured dtype" in str(e):  # trainer/data/npzfile.py reads plain arrays only
                 return "wrong-shape", f"expected a numeric (frames, {feature_dim}) array, got a structured dtype", None, keys
             return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
         except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
