@@ -193,7 +193,7 @@ class TwoHosts:
         from deploy.localhost import end_host_processes
 
         sshd = self.sshd[name]
-        kill_tree(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)
+        kill_sshd(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)
         sshd.stop()
         if self.launched:  # the inventory's own remote folders (the venv, shared by both "machines" here, stays)
             end_host_processes(self.env.remote_root, (self.env.inventory["tmux_session"],))
@@ -209,22 +209,26 @@ class TwoHosts:
             sshd.stop()
 
 
-def kill_tree(pid):
-    """SIGKILL `pid` and every process below it."""
-    children = {}
+def kill_sshd(pid):
+    """SIGKILL the sshd listener `pid` and every sshd process below it (one per connection): the host's network gone.
+    Their other children (a command's shell) are left alone: a SIGKILL there could leave a lock behind (the shell's
+    rc files may run `pyenv rehash`, which holds a lock file while it works)."""
+    children, comm = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            comm[int(entry.name)] = (entry / "comm").read_text().strip()
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
     todo, found = [pid], []
     while todo:
         p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
+        if comm.get(p, "sshd").startswith("sshd"):
+            found.append(p)
+            todo += children.get(p, [])
     for p in found:
         try:
             os.kill(p, signal.SIGKILL)
