@@ -177,5 +177,23 @@ def resume_source(inv, resume_from, dest=None, say=print, refresh=False):
         if pointer.get("state") == "finished":
             raise LocalInputError(f"--resume-from {text}: that run finished (stored at {pointer['written_at']}); there is nothing "
                                   "to continue. `fab fetch-results --run` brings its results.")
+        ended = ended_note(pointer)
+        if ended:
+            say(f"note: run {run} {ended} at epoch {pointer['epoch']}; continuing it as asked (--resume-from). `fab watch` "
+                "never restarts such a run by itself.")
         RESUMED[(where.url, run)] = local
     return RESUMED[(where.url, run)]
+
+
+def ended_note(pointer):
+    """'failed on its own (exit code 137: ...)' or 'was stopped on request (fab stop)' for a stored run that ended by itself
+    but may be continued on purpose; '' otherwise."""
+    from deploy.recovery.machine import failure_reason
+
+    summary = pointer.get("summary") if isinstance(pointer.get("summary"), dict) else {}
+    record = summary.get("exit") if isinstance(summary.get("exit"), dict) else {}
+    if pointer.get("state") == "failed":
+        return f"failed on its own ({failure_reason({'exit': record})})"
+    if pointer.get("state") == "stopped" and isinstance(record.get("requested"), dict):
+        return f"was stopped on request ({record['requested'].get('by') or 'fab stop'})"
+    return ""

@@ -7,7 +7,8 @@ as `fab monitor`), decides what it means (machine.decide), records the decision 
 acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up 10); or recover:
 
   1. the run's last stored epoch (storage, LATEST; when the lost host still answers, after its uploader stored
-     the run's end);
+     the run's end). A pointer that says the run ended by itself (finished, failed on its own, stopped on request)
+     ends the watch with the run's code instead, as the host would have (machine.stored_end);
   2. the next free host of recovery.hosts (hosts.py; the lost host last), else a launched one (recovery.launch);
   3. there, as a process of its own (its own lock, output, exit code): `fab -H HOST train --resume` when the host
      holds the run as its current one (the lost host, back with its disk), else `fab -H HOST deploy-full
@@ -115,14 +116,17 @@ class Watch:
         """Move the run (see the module docstring); None when it runs on a new host, else the exit code."""
         n = self.record.data["restarts"] + 1
         lost_host, reachable = self.host, seen["reachable"]
-        if not (reachable and (seen["info"] or {}).get("state") == "preempted"):  # a spot notice: the host agent tells
-            self.sender.send(f"lost:{n}", "preempted", f"preempted: run {self.run}: {decision.reason}; moving it (recovery {n})",
-                             run=self.run, host=lost_host, reason=decision.reason)
         if reachable and stored.uploader_busy(seen["info"]):  # e.g. after a spot notice: its last epoch is on its way
             self.say(f"waiting (at most {UPLOADER_WAIT_SECONDS} s) for the uploader on {lost_host} to store the run's end ...")
             hinv = self.inv.for_host(lost_host)
             stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
-        epoch, url, why = stored.latest(self.inv, self.run)
+        epoch, url, why, end = stored.latest(self.inv, self.run)
+        if end is not None:  # the host could not tell, storage can: the run ended by itself (failed, stopped, finished)
+            self.record.transition(end.state, end.reason)
+            return self.end(end, {"reachable": False})
+        if not (reachable and (seen["info"] or {}).get("state") == "preempted"):  # a spot notice: the host agent tells
+            self.sender.send(f"lost:{n}", "preempted", f"preempted: run {self.run}: {decision.reason}; moving it (recovery {n})",
+                             run=self.run, host=lost_host, reason=decision.reason)
         self.say(f"recovering run {self.run} (recovery {n} of at most {self.inv.recovery['max_restarts']}): "
                  + (f"from epoch {epoch} in storage ({url})" if url else f"storage cannot give it ({why}); only a host that holds it "
                                                                           "can take it"), "bold")
