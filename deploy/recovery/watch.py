@@ -232,6 +232,10 @@ def fab_program():
 def watch(inv, config, target, run, say):
     """Follow `run` on `target` (deploy.hosts.Target) until it ends; the exit code of `fab watch`."""
     recovery_hosts.check_hosts(inv)
+    if stored.configured(inv):  # a store that cannot be opened here (AWS_PROFILE, storage.region ...): said now, not at recovery
+        from deploy import storage
+
+        storage.open_store(inv)
     with Record.held(run, target.label) as record:
         record.save()
         return Watch(inv, config, target, run, say, record).loop()
