@@ -43,18 +43,25 @@ def runs_table(rows, url):
     for column in ("run", "host", "state", "epochs", "best validation", "test UAR [95% CI]", "cost", "last update", "recovered"):
         table.add_column(column, no_wrap=column in ("run", "state"))
     for name, pointer, problem in rows:
-        if pointer is None:
+        cells = None
+        if pointer is not None:
+            try:
+                cells = row(name, pointer)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a summary edited or damaged in storage
+                problem = f"its LATEST's summary does not read ({type(e).__name__}: {e})"
+        if cells is None:
             table.add_row(Text(visible(name)), "", Text("unreadable" if problem else "no pointer", style="red"),
                           Text(visible(problem or "no LATEST (its first checkpoint was not completed)"), style="dim"), "", "", "", "", "")
             continue
-        table.add_row(*(Text(visible(str(v))) for v in row(name, pointer)))
+        table.add_row(*(Text(visible(str(v))) for v in cells))
     return table
 
 
 def row(name, pointer):
     """The table's cells of one stored run."""
     s = pointer.get("summary") or {}
-    epochs = f"{s.get('epoch', pointer.get('epoch'))}/{s.get('epochs') or '?'}"
+    epoch, total = s.get("epoch", pointer.get("epoch")), s.get("epochs")
+    epochs = f"{epoch if isinstance(epoch, int) else '?'}/{total if isinstance(total, int) and total > 0 else '?'}"
     best = s.get("best") or {}
     best_text = f"{best.get('metric')} {best['value']:.3f} (epoch {best.get('epoch')})" if isinstance(best.get("value"), (int, float)) else ""
     metrics = s.get("metrics") or {}
