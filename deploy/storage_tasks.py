@@ -9,11 +9,15 @@ from rich.table import Table
 from rich.text import Text
 
 from deploy import storage
+from deploy.errors import LocalInputError
 from deploy.inventory import load_inventory
 from trainer.results.visible import visible
 
 
-@task(help={"state": "only the runs in this state (running, finished, stopped, failed, preempted, vanished)"})
+STATES = ("starting", "running", "finished", "stopped", "failed", "preempted", "vanished")  # a stored run's (layout.py)
+
+
+@task(help={"state": f"only the runs in this state ({', '.join(STATES)})"})
 def runs(c, state=None):
     """List every run in run storage (storage.url): name, host, state, epochs, best validation, test UAR, cost, last update.
 
@@ -24,6 +28,8 @@ def runs(c, state=None):
     from deploy.tasks import as_exit, console, say
 
     try:
+        if state is not None and state not in STATES:
+            raise LocalInputError(f"--state expects one of {', '.join(STATES)}. Received: {state!r}")
         inv = load_inventory()
         store = storage.open_store(inv)
         rows = storage.stored_runs(store)
