@@ -155,3 +155,13 @@ def test_a_stored_pointer_that_says_the_run_ended_by_itself_ends_the_watch(state
     if d is not None:
         assert d.action == "end" and "storage says run r1" in d.reason
     assert machine.stored_end({**pointer, "summary": "oops"}, "r1") is None or state in ("failed", "finished")
+
+
+@pytest.mark.parametrize("held, stored_epoch, in_place", [
+    (5, None, True),   # no storage: only its own copy
+    (5, 5, True), (6, 5, True),
+    (5, 8, False),     # the run went on elsewhere since: its older copy would redo epochs 6-8
+    (None, 8, False), (None, None, False),
+])
+def test_a_host_holding_an_older_copy_than_storage_does_not_continue_the_run_in_place(held, stored_epoch, in_place):
+    assert machine.resume_in_place(held, stored_epoch) is in_place

@@ -114,6 +114,12 @@ def stored_end(pointer, run):
     return None
 
 
+def resume_in_place(held, stored_epoch):
+    """Whether a host that holds the run as its current one, at epoch `held`, continues it itself (`train --resume`):
+    not when storage holds a later epoch (the run went on elsewhere since; its older copy there would redo those epochs)."""
+    return held is not None and (stored_epoch is None or held >= stored_epoch)
+
+
 def lost(record, recovery, reason):
     if record.get("restarts", 0) >= recovery["max_restarts"]:
         return Decision("gave-up", "end", f"{reason}; not moved again: recovery.max_restarts ({recovery['max_restarts']}) reached",

@@ -11,8 +11,9 @@ acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up
      ends the watch with the run's code instead, as the host would have (machine.stored_end);
   2. the next free host of recovery.hosts (hosts.py; the lost host last), else a launched one (recovery.launch);
   3. there, as a process of its own (its own lock, output, exit code): `fab -H HOST train --resume` when the host
-     holds the run as its current one (the lost host, back with its disk), else `fab -H HOST deploy-full
-     --resume-from STORED-RUN` (without a stored epoch, only a host that holds the run can take it);
+     holds the run as its current one (the lost host, back with its disk) at an epoch no older than storage's, else
+     `fab -H HOST deploy-full --resume-from STORED-RUN` (without a stored epoch, only a host that holds the run can
+     take it; a host holding an older copy is passed over: it would redo the epochs stored since);
   4. the recovery recorded (the watch's record; RUN/recoveries.json on the new host, which its uploader stores),
      the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
      and recovery.launch is set; then the watch follows the run on its new host.
@@ -159,7 +160,9 @@ class Watch:
             free, why, held = recovery_hosts.is_free(self.config, self.inv, name, self.run)
             if not free:
                 self.say(f"  {name}: {why}", "yellow")
-            elif held is not None:  # its own copy, as it was when the run stopped there
+            elif held is not None and not machine.resume_in_place(held, epoch):  # deploy-full would refuse it: it holds the run
+                self.say(f"  {name}: holds the run at epoch {held}, older than storage's epoch {epoch}: not continued from there", "yellow")
+            elif held is not None:  # its own copy, as it was when the run stopped there (as new as storage's, or no storage)
                 if self.run_fab(name, "train", "--resume"):
                     return name, False, held
             elif url is None:
