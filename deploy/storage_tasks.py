@@ -13,7 +13,6 @@ from deploy.errors import LocalInputError
 from deploy.inventory import load_inventory
 from trainer.results.visible import visible
 
-
 STATES = ("starting", "running", "finished", "stopped", "failed", "preempted", "vanished")  # a stored run's (layout.py)
 
 

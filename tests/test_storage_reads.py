@@ -3,7 +3,6 @@
 training): a run that failed or was stopped on its own, a store that boto3 cannot open (a missing AWS profile, an
 endpoint nobody answers), a malformed pointer among good ones, a checkpoint whose bytes do not match their md5."""
 
-import json
 import os
 import subprocess
 
