@@ -22,7 +22,9 @@ def runs(c, state=None):
 
     Reads storage only (one listing, and each run's pointer LATEST), never a host: it works with
     the hosts gone. `fab fetch-results --run NAME` brings a run's files; `fab -H HOST deploy-full
-    --resume-from NAME` continues it on HOST. Exit 2 when no storage is set, 1 when storage cannot be read.
+    --resume-from NAME` continues it on HOST. A run whose pointer does not read is listed as unreadable,
+    with the reason. Exit 2 when no storage is set, it cannot be opened here (AWS_PROFILE, storage.region)
+    or --state names no state; 1 when storage cannot be read (the message names what to check).
     """
     from deploy.tasks import as_exit, console, say
 
