@@ -1,7 +1,7 @@
 """The EC2 tasks: `fab launch`, `fab down`, `fab instances` (thin: the work is in deploy/aws/).
 
 They act on the cloud, not on one host, so they take no -H; errors become exit codes as in
-deploy.tasks (8: no capacity or quota anywhere tried). boto3 is imported only when one runs:
+deploy.tasks (9: no capacity or quota anywhere tried). boto3 is imported only when one runs:
 `fab -l` works on a laptop without the `aws` extra.
 """
 
@@ -93,8 +93,9 @@ def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=F
 def down(k, name, force=False):
     """Terminate a launched host (or every host of a launched cluster) and forget it.
 
-    Refuses while the host holds a run that is neither fetched (after it ended) nor stored, naming
-    it, unless --force; also when the host cannot be asked. Deletes the tool's security group, key
+    Refuses while the host holds a run that is running, or neither fetched (after it ended) nor
+    stored, naming it, unless --force; also when the host cannot be asked. A host EC2 lists as
+    terminated (or no longer knows) is forgotten without asking it: its disk is gone. Deletes the tool's security group, key
     pair and placement group when no other instance uses them.
     """
     from deploy.aws.terminate import terminate
@@ -104,17 +105,41 @@ def down(k, name, force=False):
         known = sorted(launched.load()["hosts"]) or ["none"]
         raise LocalInputError(f"{name} was not launched by `fab launch` from here (launched: {', '.join(known)}). "
                               "`fab instances` lists every instance the tool launched in the region.")
+    gone = gone_hosts(k, names)
+    for host, why in gone.items():
+        say(f"{host} ({launched.entry(host)['instance_id']}): {why}: its disk is gone, nothing of it to fetch; forgetting it", "yellow")
     if not force:
-        refuse_if_runs_at_risk(k, names, name)
+        refuse_if_runs_at_risk(k, names, name, gone)
     terminate(k.inv, name, say)
     say(f"{name} is gone; nothing of it bills any more.", "bold")
 
 
-def refuse_if_runs_at_risk(k, names, name):
+GONE = ("shutting-down", "terminated")  # the disk is gone (or going) with the instance: nothing left to protect
+
+
+def gone_hosts(k, names):
+    """{host: why} of the hosts EC2 lists as terminated, or no longer knows: `fab down` forgets them without asking them."""
+    from deploy.aws.query import states
+    from deploy.aws.session import connect
+
+    gone, by_region = {}, {}
+    for host in names:
+        entry = launched.entry(host)
+        by_region.setdefault(entry["region"], []).append(host)
+    for region, hosts in by_region.items():
+        known = states(connect(k.inv, region), [launched.entry(h)["instance_id"] for h in hosts])
+        for host in hosts:
+            state = known.get(launched.entry(host)["instance_id"])
+            if state is None or state in GONE:
+                gone[host] = f"EC2 lists it as {state}" if state else "EC2 no longer knows it"
+    return gone
+
+
+def refuse_if_runs_at_risk(k, names, name, gone=()):
     problems = []
     for host in names:
         entry = launched.entry(host)
-        if host not in k.inv.hosts:  # never got an address: never reached, holds no run
+        if host not in k.inv.hosts or host in gone:  # never got an address (never reached), or its disk is gone already
             continue
         inv = k.inv.for_host(host)
         target = connect_host(k.config, inv, host)
