@@ -53,7 +53,7 @@ def training(tmp_path):
             (runs / name / "metrics.json").write_text(json.dumps(metrics))
         return run_state.record_exit(str(runs / name), code)
 
-    start.runs, start.end = runs, end
+    start.runs, start.end, start.procs = runs, end, procs
     yield start
     for proc in procs.values():
         proc.kill()
@@ -223,4 +223,35 @@ def test_a_run_whose_end_its_uploader_stored_lets_autostop_fire(training, tmp_pa
     assert not marker.exists()
     (run_dir / "storage.json").write_text(json.dumps({**uploader, "launch_id": launch_id}))  # trainer/storage/uploader.py's record
     host_agent.poll_once(str(runs), s, {"started": 0})
+    assert marker.exists()
+
+
+def test_a_vanished_run_neither_fetched_nor_stored_holds_autostop_back_like_an_ended_one(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    run_dir = training("r1", epoch=3)
+    training.procs["r1"].kill()  # its processes are gone and no exit record was written: vanished (a reboot, a kill -9 of the group)
+    training.procs["r1"].wait()
+    s = armed(None, marker, shutdown_terminates=True)
+    state = {"started": 0}
+    host_agent.poll_once(str(runs), s, state)
+    assert not marker.exists(), "autostop powered off a host whose vanished run was neither fetched nor stored"
+    assert state["autostop_held"].startswith("run r1 vanished (no exit record, no process left) and is neither fetched since nor stored")
+
+    time.sleep(1.1)  # fetched_at has one-second resolution: a fetch after the run's last change
+    agent_events.record_fetch(str(runs), "r1", "vanished", None)  # what `fab fetch-results` leaves for a run without an exit record
+    host_agent.poll_once(str(runs), s, state)
+    assert marker.exists() and state["autostop_held"] is None
+    assert not (run_dir / "exit.json").exists()
+
+
+def test_a_vanished_run_whose_uploader_stored_its_end_lets_autostop_fire(training, tmp_path):
+    marker = tmp_path / "powered off"
+    run_dir = training("r1", epoch=3)
+    training.procs["r1"].kill()
+    training.procs["r1"].wait()
+    launch_id = json.loads((run_dir / "launch.json").read_text())["launch_id"]
+    (run_dir / "storage.json").write_text(json.dumps({"launch_id": launch_id, "state": "final", "done": True,
+                                                      "stored": {"epoch": 3, "state": "vanished", "final": True}}))
+    host_agent.poll_once(str(training.runs), armed(None, marker, shutdown_terminates=True), {"started": 0})
     assert marker.exists()
