@@ -86,13 +86,16 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
     ami, ami_source = find_ami(cloud, inv)
     key = key_pair(cloud, inv)
     cidr, cidr_source = ssh_cidr(inv)
-    group, blocks = security_group(cloud, cidr, inv.launch["worker_port"])
+    sg = security_group(cloud, cidr, inv.launch["worker_port"])
+    group = sg.id
     what = f"{len(names)} hosts ({', '.join(names)}) as cluster {cluster}" if cluster else names[0]
     say(f"launching {what} in {cloud.region}: {' or '.join(req.types)}, {' then '.join(req.markets)}"
         + (f" (a reclaimed spot instance: {req.interruption})" if "spot" in req.markets else ""))
     say(f"  AMI {ami} ({ami_source}); root disk {req.disk_gb} GB gp3; key pair {key.name}")
     say(f"  security group {group}: SSH only from {cidr} ({cidr_source}); the worker port {inv.launch['worker_port']} only "
-        f"within the group" + (f"; SSH also open to {', '.join(b for b in blocks if b != cidr)} from earlier launches" if len(blocks) > 1 else ""))
+        f"within the group" + (f"; SSH also open to {', '.join(sg.kept)} (earlier launches: instances use the group)" if sg.kept else ""))
+    if sg.revoked:
+        say(f"  revoked SSH from {', '.join(sg.revoked)} in {group}: earlier launches' addresses, no instance uses the group")
     if req.max_hours:
         say(f"  budget cap: the host powers itself off {req.max_hours:g} h after launch")
     group_name = placement_group(cloud, f"facenet-deploy-{cluster}") if cluster else None
