@@ -51,9 +51,15 @@ def spot(cloud, instance_type, zone):
 
 
 def price_of(cloud, instance_type, zone, market):
-    """(USD per hour, where it comes from) of one instance in `zone`; spot falls back to the on-demand price, an upper bound."""
+    """(USD per hour, where it comes from) of one instance in `zone`; spot falls back to the on-demand price, an upper bound,
+    also when EC2 does not answer the spot price (throttled, denied): a price is never why a launch stops half-way."""
+    from deploy.aws.errors import aws_errors, code_of
+
     if market == "spot":
-        price, source = spot(cloud, instance_type, zone)
+        try:
+            price, source = spot(cloud, instance_type, zone)
+        except aws_errors() as e:
+            price, source = None, f"the spot price could not be read ({code_of(e) or type(e).__name__}: {str(e)[:120]})"
         if price is not None:
             return price, source
         listed, _ = on_demand(instance_type, cloud.region)
