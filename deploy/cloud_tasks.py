@@ -156,36 +156,42 @@ def refuse_if_runs_at_risk(k, names, name, gone=()):
 
 @cloud_task(help={"region": "the region to list (default launch.region; the regions of launched hosts are always listed)",
                   "idle_minutes": "flag a running instance with no training and no fab task for this long (default 60)"})
-def instances(k, region=None, idle_minutes=60):
+def instances(k, region=None, idle_minutes=None):  # a string option: a bad value gets our error, not invoke's traceback
     """Every instance the tool launched (tag facenet-deploy): state, type, spot, uptime, cost so far, its run.
 
     The forgotten-instance finder: a running instance with no training and no fab task for over an
     hour (--idle-minutes) is flagged. Its work is asked over SSH where it is reachable; otherwise the
     table says it is unknown.
     """
+    from deploy.aws.launch import number
+    from deploy.aws.prices import usd
     from deploy.aws.query import instances as list_instances
     from deploy.aws.session import connect
 
+    idle_minutes = 60.0 if idle_minutes is None else number(idle_minutes, "--idle-minutes", "a number of minutes above 0", float, 0, above=True)
     first = connect(k.inv, region)
     regions = [first.region] + sorted({e["region"] for e in launched.load()["hosts"].values()} - {first.region})
     rows = [row for r in regions for row in list_instances(first if r == first.region else connect(k.inv, r))]
+    for row in rows if k.inv.price_per_hour is not None else ():  # the inventory's price overrides the launch's and the catalog's
+        row.price_per_hour, row.price_source = k.inv.price_per_hour, f"price_per_hour in {k.inv.path}"
     table = Table(title=f"instances in {', '.join(regions)}")
     for column in ("name", "instance", "state", "type", "spot", "zone", "up", "cost so far", "run"):
         table.add_column(column, no_wrap=True)  # ids and names whole; the note wraps
     table.add_column("note")
     idle = []
     for row in rows:
-        run, note = work_of(k, row, float(idle_minutes) * 60, idle)
+        run, note = work_of(k, row, idle_minutes * 60, idle)
         table.add_row(*(Text(str(v)) for v in (
             row.name, row.instance_id, row.state, row.instance_type, "yes" if row.spot else "no", row.zone, hours(row.uptime_seconds),
-            f"${row.cost_so_far:.2f}" if row.cost_so_far is not None else "?", run, note)))
+            f"${row.cost_so_far:.2f} at {usd(row.price_per_hour)}/h" if row.cost_so_far is not None else "?", run, note)))
     console.print(table)
     listed = {row.instance_id for row in rows}
     for n, e in sorted(launched.load()["hosts"].items()):
         if e.get("instance_id") not in listed:
             say(f"{n} ({e.get('instance_id')}, {e.get('region')}) is recorded as launched, but EC2 lists it as terminated or unknown: "
                 f"`fab down {n}` forgets it.", "yellow")
-    say("Cost so far: since each instance's last start, at the price recorded at launch (or the catalog's): an estimate, not the bill.", "dim")
+    price = "the inventory's price_per_hour" if k.inv.price_per_hour is not None else "the price recorded at launch (or the catalog's)"
+    say(f"Cost so far: since each instance's last start, at {price}: an estimate, not the bill.", "dim")
     for name, text in idle:
         say(f"IDLE: {name} {text}: `fab down {name}` (fetch its runs first), or `fab -H {name} autostop --idle-minutes 30`.", "bold yellow")
     if not rows:

@@ -21,6 +21,11 @@ def catalog():
     return json.loads(CATALOG.read_text())
 
 
+def listed(instance_type):
+    """Whether the catalog knows `instance_type` in any region."""
+    return any(instance_type in table for table in catalog()["regions"].values())
+
+
 def usd(price):
     """A price per hour for people: $1.006, $0.1234, $0.000010 (a spot price can be tiny)."""
     return f"${price:.4g}" if price >= 0.01 else f"${price:.6f}"
