@@ -95,8 +95,8 @@ def down(k, name, force=False):
 
     Refuses while the host holds a run that is running, or neither fetched (after it ended) nor
     stored, naming it, unless --force; also when the host cannot be asked. A host EC2 lists as
-    terminated (or no longer knows) is forgotten without asking it: its disk is gone. Deletes the tool's security group, key
-    pair and placement group when no other instance uses them.
+    terminated (or no longer knows) is forgotten without asking it: its disk is gone. Deletes the
+    tool's security group, key pair and placement group when no other instance uses them.
     """
     from deploy.aws.terminate import terminate
 
