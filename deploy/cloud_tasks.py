@@ -1,7 +1,7 @@
 """The EC2 tasks: `fab launch`, `fab down`, `fab instances` (thin: the work is in deploy/aws/).
 
 They act on the cloud, not on one host, so they take no -H; errors become exit codes as in
-deploy.tasks (8: no capacity or quota anywhere tried). boto3 is imported only when one runs:
+deploy.tasks (9: no capacity or quota anywhere tried). boto3 is imported only when one runs:
 `fab -l` works on a laptop without the `aws` extra.
 """
 
@@ -93,9 +93,10 @@ def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=F
 def down(k, name, force=False):
     """Terminate a launched host (or every host of a launched cluster) and forget it.
 
-    Refuses while the host holds a run that is neither fetched (after it ended) nor stored, naming
-    it, unless --force; also when the host cannot be asked. Deletes the tool's security group, key
-    pair and placement group when no other instance uses them.
+    Refuses while the host holds a run that is running, or neither fetched (after it ended) nor
+    stored, naming it, unless --force; also when the host cannot be asked. A host EC2 lists as
+    terminated (or no longer knows) is forgotten without asking it: its disk is gone. Deletes the
+    tool's security group, key pair and placement group when no other instance uses them.
     """
     from deploy.aws.terminate import terminate
 
@@ -104,17 +105,41 @@ def down(k, name, force=False):
         known = sorted(launched.load()["hosts"]) or ["none"]
         raise LocalInputError(f"{name} was not launched by `fab launch` from here (launched: {', '.join(known)}). "
                               "`fab instances` lists every instance the tool launched in the region.")
+    gone = gone_hosts(k, names)
+    for host, why in gone.items():
+        say(f"{host} ({launched.entry(host)['instance_id']}): {why}: its disk is gone, nothing of it to fetch; forgetting it", "yellow")
     if not force:
-        refuse_if_runs_at_risk(k, names, name)
+        refuse_if_runs_at_risk(k, names, name, gone)
     terminate(k.inv, name, say)
     say(f"{name} is gone; nothing of it bills any more.", "bold")
 
 
-def refuse_if_runs_at_risk(k, names, name):
+GONE = ("shutting-down", "terminated")  # the disk is gone (or going) with the instance: nothing left to protect
+
+
+def gone_hosts(k, names):
+    """{host: why} of the hosts EC2 lists as terminated, or no longer knows: `fab down` forgets them without asking them."""
+    from deploy.aws.query import states
+    from deploy.aws.session import connect
+
+    gone, by_region = {}, {}
+    for host in names:
+        entry = launched.entry(host)
+        by_region.setdefault(entry["region"], []).append(host)
+    for region, hosts in by_region.items():
+        known = states(connect(k.inv, region), [launched.entry(h)["instance_id"] for h in hosts])
+        for host in hosts:
+            state = known.get(launched.entry(host)["instance_id"])
+            if state is None or state in GONE:
+                gone[host] = f"EC2 lists it as {state}" if state else "EC2 no longer knows it"
+    return gone
+
+
+def refuse_if_runs_at_risk(k, names, name, gone=()):
     problems = []
     for host in names:
         entry = launched.entry(host)
-        if host not in k.inv.hosts:  # never got an address: never reached, holds no run
+        if host not in k.inv.hosts or host in gone:  # never got an address (never reached), or its disk is gone already
             continue
         inv = k.inv.for_host(host)
         target = connect_host(k.config, inv, host)
@@ -131,36 +156,42 @@ def refuse_if_runs_at_risk(k, names, name):
 
 @cloud_task(help={"region": "the region to list (default launch.region; the regions of launched hosts are always listed)",
                   "idle_minutes": "flag a running instance with no training and no fab task for this long (default 60)"})
-def instances(k, region=None, idle_minutes=60):
+def instances(k, region=None, idle_minutes=None):  # a string option: a bad value gets our error, not invoke's traceback
     """Every instance the tool launched (tag facenet-deploy): state, type, spot, uptime, cost so far, its run.
 
     The forgotten-instance finder: a running instance with no training and no fab task for over an
     hour (--idle-minutes) is flagged. Its work is asked over SSH where it is reachable; otherwise the
     table says it is unknown.
     """
+    from deploy.aws.launch import number
+    from deploy.aws.prices import usd
     from deploy.aws.query import instances as list_instances
     from deploy.aws.session import connect
 
+    idle_minutes = 60.0 if idle_minutes is None else number(idle_minutes, "--idle-minutes", "a number of minutes above 0", float, 0, above=True)
     first = connect(k.inv, region)
     regions = [first.region] + sorted({e["region"] for e in launched.load()["hosts"].values()} - {first.region})
     rows = [row for r in regions for row in list_instances(first if r == first.region else connect(k.inv, r))]
+    for row in rows if k.inv.price_per_hour is not None else ():  # the inventory's price overrides the launch's and the catalog's
+        row.price_per_hour, row.price_source = k.inv.price_per_hour, f"price_per_hour in {k.inv.path}"
     table = Table(title=f"instances in {', '.join(regions)}")
     for column in ("name", "instance", "state", "type", "spot", "zone", "up", "cost so far", "run"):
         table.add_column(column, no_wrap=True)  # ids and names whole; the note wraps
     table.add_column("note")
     idle = []
     for row in rows:
-        run, note = work_of(k, row, float(idle_minutes) * 60, idle)
+        run, note = work_of(k, row, idle_minutes * 60, idle)
         table.add_row(*(Text(str(v)) for v in (
             row.name, row.instance_id, row.state, row.instance_type, "yes" if row.spot else "no", row.zone, hours(row.uptime_seconds),
-            f"${row.cost_so_far:.2f}" if row.cost_so_far is not None else "?", run, note)))
+            f"${row.cost_so_far:.2f} at {usd(row.price_per_hour)}/h" if row.cost_so_far is not None else "?", run, note)))
     console.print(table)
     listed = {row.instance_id for row in rows}
     for n, e in sorted(launched.load()["hosts"].items()):
         if e.get("instance_id") not in listed:
             say(f"{n} ({e.get('instance_id')}, {e.get('region')}) is recorded as launched, but EC2 lists it as terminated or unknown: "
                 f"`fab down {n}` forgets it.", "yellow")
-    say("Cost so far: since each instance's last start, at the price recorded at launch (or the catalog's): an estimate, not the bill.", "dim")
+    price = "the inventory's price_per_hour" if k.inv.price_per_hour is not None else "the price recorded at launch (or the catalog's)"
+    say(f"Cost so far: since each instance's last start, at {price}: an estimate, not the bill.", "dim")
     for name, text in idle:
         say(f"IDLE: {name} {text}: `fab down {name}` (fetch its runs first), or `fab -H {name} autostop --idle-minutes 30`.", "bold yellow")
     if not rows:

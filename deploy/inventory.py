@@ -71,7 +71,8 @@ DEFAULTS = {
         "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
         "spot_interruption": "terminate", "disk_gb": 150, "ami": None,
         "ami_parameter": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id",
-        "user": "ubuntu", "key_name": None, "public_key_file": None, "key_file": None, "ssh_cidr": None, "instance_profile": None,
+        "user": "ubuntu", "key_name": None, "public_key_file": None, "key_file": None, "ssh_cidr": None, "ssh_cidr_wide": False,
+        "instance_profile": None,
         "max_hours": None, "ssh_wait_seconds": 600, "worker_port": 23456,
     },
     "notify": {"webhook": None},  # deploy/notify.py: Slack- and Discord-compatible incoming webhook

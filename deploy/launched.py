@@ -131,11 +131,15 @@ def check_settings(launch, inventory):
         raise InventoryError(f"{where('spot_interruption')} expects one of {', '.join(INTERRUPTIONS)} (what EC2 does to a "
                              f"reclaimed spot instance). Received: {launch['spot_interruption']!r}")
     if launch["ssh_cidr"] is not None:
-        check_cidr(launch["ssh_cidr"], where("ssh_cidr"))
+        check_cidr(launch["ssh_cidr"], where("ssh_cidr"), wide=launch["ssh_cidr_wide"])
 
 
-def check_cidr(cidr, where):
-    """`cidr` as an ip_network; an error for a malformed one or one that opens SSH to everybody."""
+WIDEST = {4: 8, 6: 32}  # the shortest prefix launch.ssh_cidr may have without launch.ssh_cidr_wide: true (a /8, an ISP's /32)
+
+
+def check_cidr(cidr, where, wide=False):
+    """`cidr` as an ip_network; an error for a malformed one, one that opens SSH to everybody (/0, always), or one
+    wider than WIDEST (e.g. 0.0.0.0/1, half the internet) unless `wide` (inventory launch.ssh_cidr_wide: true)."""
     try:
         net = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
@@ -143,4 +147,7 @@ def check_cidr(cidr, where):
     if net.prefixlen == 0:
         raise InventoryError(f"{where} is {cidr}: that opens SSH to the whole internet. Give your own address as /32 "
                              "(or your office's block); leave it unset to use this machine's public address.")
+    if net.prefixlen < WIDEST[net.version] and not wide:
+        raise InventoryError(f"{where} is {cidr}: {net.num_addresses:.3g} addresses may reach SSH, more than a /{WIDEST[net.version]}. "
+                             "Give your own address as /32 (or your office's block); if you mean it, set launch.ssh_cidr_wide: true.")
     return str(net)

@@ -6,8 +6,10 @@
     activity(conn, inv)                     # {"state", "run", "idle_seconds", "last_activity"}: asked over SSH
     forget("gpu1")                          # after `fab down`
 
-`fab down` refuses to delete a host that holds a run at risk, naming it. "Stored" is the other
-way a run is safe: its end is in run storage (`stored_runs`, from storage.url).
+`fab down` refuses to delete a host that holds a run at risk, naming it: one running now, or one
+neither fetched since it ended nor stored. "Stored" means run storage (storage.url) has a final
+pointer for THAT run (`stored_as`: the same start, by its latest launch or a later one), not merely
+one of the same name.
 """
 
 import json
@@ -20,7 +22,20 @@ from deploy.hosts import rq, state_dir
 from trainer.names import RUN_NAME
 
 ENDED = {"finished", "failed", "stopped", "preempted", "vanished"}  # nothing of it runs: a fetch then has all of it
-LIST_RUNS = 'cd {runs} 2>/dev/null || exit 0; for f in */config.yaml; do [ -e "$f" ] && printf "%s\\n" "${{f%/config.yaml}}"; done; exit 0'
+LIST_RUNS = "python3 -c {code} {runs}"
+LIST_RUNS_CODE = """
+import json, os, sys
+runs = os.path.expanduser(sys.argv[1])
+def field(run, name, key):
+    try:
+        with open(os.path.join(runs, run, name)) as f: value = json.load(f)
+    except (OSError, ValueError): return None
+    return value.get(key) if isinstance(value, dict) else None
+try: names = sorted(os.listdir(runs))
+except OSError: names = []
+print(json.dumps([{"run": n, "started_at": field(n, "status.json", "started_at"), "launch_id": field(n, "launch.json", "launch_id")}
+                  for n in names if os.path.isfile(os.path.join(runs, n, "config.yaml"))]))
+"""
 ACTIVITY = "python3 -c {code} {runs} {session}"
 ACTIVITY_CODE = """
 import json, os, subprocess, sys, time
@@ -83,45 +98,79 @@ def forget(labels):
 
 
 def stored_runs(conn, inv):
-    """Runs whose end is in run storage (their pointer is final: deploy/storage.py); none without storage, or when
-    storage cannot be read (then `fab down` asks for them to be fetched, the safe side)."""
+    """{run name: its final pointer} of the runs whose end is in run storage (deploy/storage.py); none without storage,
+    or when storage cannot be read (then `fab down` asks for them to be fetched, the safe side)."""
     from deploy import storage
 
     if not storage.enabled(inv):
-        return set()
+        return {}
     try:
-        return {name for name, pointer, _ in storage.stored_runs(storage.open_store(inv)) if pointer and pointer.get("final")}
+        return {name: pointer for name, pointer, _ in storage.stored_runs(storage.open_store(inv)) if pointer and pointer.get("final")}
     except DeployError:
-        return set()
+        return {}
+
+
+def stored_as(pointer, run):
+    """Whether the final pointer `pointer` holds the end of the host's run `run` ({"run", "started_at", "launch_id"}):
+    the same run (its status.json's started_at), written by the host's latest launch of it or by a later one (the run
+    resumed elsewhere). A run of the same name begun elsewhere, or an earlier launch's end, is not it."""
+    if not pointer or not pointer.get("final"):
+        return False
+    ours, theirs = run.get("started_at"), pointer.get("run_started_at")
+    if ours and theirs and ours != theirs:
+        return False  # another run of this name
+    launch, stored = run.get("launch_id"), str(pointer.get("launch_id") or "")
+    if launch:
+        return stored == launch or bool(ours and theirs and stored > launch)  # launch ids begin with their UTC start time
+    return bool(ours and theirs)  # a run from before launch ids: the same start is all there is to compare
+
+
+def host_runs(conn, inv, label):
+    """[{"run", "started_at", "launch_id"}] of the run folders on the host."""
+    out = conn.run(LIST_RUNS.format(code=shlex.quote(LIST_RUNS_CODE), runs=rq(inv.remote["runs_dir"])), hide=True, warn=True,
+                   in_stream=False)
+    try:
+        runs = json.loads(out.stdout.strip().splitlines()[-1]) if out.ok else None
+    except (ValueError, IndexError):
+        runs = None
+    if not isinstance(runs, list):
+        raise DeployError(f"Could not list the runs on {label}: {(out.stderr or out.stdout).strip()[-300:]}")
+    return [r for r in runs if isinstance(r, dict) and RUN_NAME.fullmatch(str(r.get("run")))]
 
 
 def runs_at_risk(conn, inv, label):
-    """[(run, why)] of the runs on the host that `fab down` would lose."""
+    """[(run, why)] of the runs on the host that `fab down` would lose: a run running now, else one that is neither
+    fetched since it ended nor stored (storage's final pointer is this very run: stored_as)."""
     from deploy.training import run_state
 
-    out = conn.run(LIST_RUNS.format(runs=rq(inv.remote["runs_dir"])), hide=True, warn=True, in_stream=False)
-    if out.failed:
-        raise DeployError(f"Could not list the runs on {label}: {(out.stderr or out.stdout).strip()[-300:]}")
-    names = [n for n in out.stdout.split() if RUN_NAME.fullmatch(n)]
-    if not names:
+    runs = host_runs(conn, inv, label)
+    if not runs:
         return []
     current = run_state(conn, inv, log_lines=0)
     fetched, stored = _load().get(label, {}), stored_runs(conn, inv)
     risky = []
-    for name in names:
+    for run in runs:
+        name = run["run"]
         record = fetched.get(name)
         state = current["state"] if name == current.get("run") else None
-        if name in stored:
-            continue
-        if state in ("starting", "running"):
+        if state in ("starting", "running", "stalled"):
             risky.append((name, f"is {state} now"))
+        elif stored_as(stored.get(name), run):
+            continue
         elif record is None:
-            risky.append((name, "was never fetched"))
+            risky.append((name, "was never fetched" + _not_stored(stored.get(name))))
         elif record["state"] not in ENDED:
             risky.append((name, f"was fetched while it was {record['state']}: fetch it again"))
         elif state is not None and (current.get("exit") or {}).get("ended_at") != record.get("ended_at"):
             risky.append((name, "changed since it was fetched (resumed?): fetch it again"))
     return risky
+
+
+def _not_stored(pointer):
+    if not pointer:
+        return ""
+    return (f" (storage holds another run of this name: begun {pointer.get('run_started_at') or '?'}, launch "
+            f"{pointer.get('launch_id') or '?'} on {pointer.get('host') or '?'})")
 
 
 def activity(conn, inv):

@@ -14,18 +14,22 @@ Run events are recorded in the run's own notifications.json (notify.py), host ev
 Autostop holds back when a poweroff would delete the host with its disk, i.e. the host is spot
 (the metadata service says so) or the inventory says its shutdown terminates it
 (autostop.shutdown_terminates, or a host `fab launch` made as a one-time spot instance), while
-the current run has ended (an exit record) and is neither fetched since it ended nor stored in
-full (storage: the final state uploaded). A preempted run is not held for: the host goes anyway.
+the current run has ended (an exit record, or none and no process left: vanished) and is neither
+fetched since it ended nor stored in full (storage: the final state uploaded). A preempted run is
+not held for: the host goes anyway.
 """
 
+import calendar
 import json
 import os
 import sys
+import time
 
 import host_files
 import notify
 import run_state
 import storage_state
+from liveness import live_processes
 
 RECORD = "notifications.json"
 
@@ -184,6 +188,19 @@ def fetched(runs_dir, run, record):
     return isinstance(seen, dict) and seen.get("state") in ENDED and seen.get("ended_at") == record.get("ended_at")
 
 
+def fetched_vanished(runs_dir, run, run_dir):
+    """A vanished run (no exit record, so no end time) was fetched after its last change (status.json, launch.json)."""
+    seen = (host_files.read_json(fetched_path(runs_dir)) or {}).get(run)
+    if not isinstance(seen, dict) or seen.get("state") not in ENDED:
+        return False
+    try:
+        at = calendar.timegm(time.strptime(str(seen.get("fetched_at")), "%Y-%m-%dT%H:%M:%S+00:00"))
+    except ValueError:
+        return False
+    changed = max(host_files.mtime(os.path.join(run_dir, name)) for name in ("status.json", host_files.LAUNCH))
+    return at >= int(changed)
+
+
 def stored(run_dir, launch):
     """The run's end is in storage: this launch's uploader stored its final state (RUN/storage.json, storage_state.py)."""
     record = storage_state.read(run_dir) or {}
@@ -208,9 +225,15 @@ def autostop_hold(runs_dir, settings, state):
     run, run_dir = found
     launch = host_files.read_launch(run_dir)
     record = host_files.exit_record(run_dir, launch)
-    if record is None or record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir, launch):
+    if record is None:  # no exit record: the run lives (then autostop is not due), or it vanished (reboot, kill)
+        if not os.path.isdir(run_dir) or live_processes(launch) or fetched_vanished(runs_dir, run, run_dir) or stored(run_dir, launch):
+            return None
+        how = "vanished (no exit record, no process left)"
+    elif record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir, launch):
         return None
-    return (f"run {run} ended and is neither fetched since nor stored, and a poweroff deletes this host: {deletes}. "
+    else:
+        how = "ended"
+    return (f"run {run} {how} and is neither fetched since nor stored, and a poweroff deletes this host: {deletes}. "
             "`fab fetch-results` (or storage) lets autostop fire")
 
 

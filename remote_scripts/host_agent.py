@@ -126,15 +126,16 @@ def check_budget(runs_dir, settings, running, now):
     if now >= deadline and "fired_at" not in record:
         record["fired_at"] = iso(now)
         save(path, record)  # before acting: a crash in between must not fire twice (best-effort: a full disk must not stop the cap)
-        notify(runs_dir, "budget-cap", f"budget cap reached ({budget.get('max_hours')} h after launch): "
-               + (f"stopping training {running[0]} (its backup is kept), then " if running else "") + f"running `{budget['command']}`",
-               f"budget-cap:{deadline}")
         log(runs_dir, f"budget cap reached ({budget.get('max_hours')} h after launch): "
                       + (f"stopping training {running[0]}, then " if running else "") + f"running {budget['command']!r}")
         if running:
             code, lines = run_state.stop(running[1], settings["session"], int(settings["spot_grace_seconds"]),
                                          reason=f"stopped by the budget cap (launch.max_hours, {budget.get('max_hours')} h)")
             log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
+        # after the stop, before the poweroff (nothing is sent after it); a POST has 5 s in all (notify.py)
+        notify(runs_dir, "budget-cap", f"budget cap reached ({budget.get('max_hours')} h after launch): "
+               + (f"stopped training {running[0]} (its backup is kept); " if running else "") + f"running `{budget['command']}`",
+               f"budget-cap:{deadline}")
         try:
             out = subprocess.run(["sh", "-c", budget["command"]], capture_output=True, text=True, timeout=120)
             record.update(exit_code=out.returncode, output=(out.stdout + out.stderr)[-2000:])
@@ -216,11 +217,11 @@ def preempt(runs_dir, settings, running, notice):
     name, run_dir = running
     log(runs_dir, f"spot interruption notice {json.dumps(notice)}: stopping run {name}")
     run_state.write_atomic(os.path.join(run_dir, run_state.PREEMPT), json.dumps({"notice": notice, "received_at": iso(time.time())}))
-    agent_events.notify_preempted(runs_dir, settings, name, run_dir, run_state.read_launch(run_dir).get("launch_id") or "legacy", notice,
-                                  run_state.read_json(os.path.join(run_dir, "status.json")))
+    launch_id, status = run_state.read_launch(run_dir).get("launch_id") or "legacy", run_state.read_json(os.path.join(run_dir, "status.json"))
     code, lines = run_state.stop(run_dir, settings["session"], int(settings["spot_grace_seconds"]),
                                  reason=f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})")
     log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
+    agent_events.notify_preempted(runs_dir, settings, name, run_dir, launch_id, notice, status)  # after the stop: a webhook never delays it
     return store_before_the_end(runs_dir, run_dir, notice)
 
 
@@ -343,7 +344,7 @@ def configure(runs_dir, changes):
         return {"ok": False, "message": f"the budget cap cannot power the host off: `sudo -n` asks for a password for {user}. "
                                         "Allow passwordless sudo for /sbin/poweroff, or set autostop.command in the inventory."}
     settings.update(changes)
-    run_state.write_atomic(files(runs_dir)["settings.json"], json.dumps(settings))
+    run_state.write_atomic(files(runs_dir)["settings.json"], json.dumps(settings), mode=0o600)  # the webhook URL is a secret
     outcome = {"ok": True, "settings": settings}
     if "autostop" in changes or "budget" in changes:
         outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"] or settings.get("budget")))

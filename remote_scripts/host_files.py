@@ -59,12 +59,15 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
-def write_atomic(path, text):
+def write_atomic(path, text, mode=0o666):
     """A temp file beside `path`, then a rename: readers see the old file or the new one. A write
-    that fails (a full disk) removes its temp file, so that it holds no space."""
+    that fails (a full disk) removes its temp file, so that it holds no space. `mode` (before the
+    umask): 0o600 for a file only its user may read, from its first byte."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -13,7 +13,7 @@ The body suits Slack's and Discord's incoming webhooks alike and carries the eve
 agent's own for host events) lists every key claimed, by whom, when, and how the POST went. A key
 is claimed under an exclusive lock before the POST, so the host agent and `fab watch` never both
 send one event. A POST that fails is recorded with its error and never raises: a notification must
-not fail anything. Standard library only (the host agent's python3).
+not fail anything, nor hold anything up: a POST has TIMEOUT_SECONDS in all, name lookup included. Standard library only (the host agent's python3).
 """
 
 import fcntl
@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,8 +41,21 @@ def payload(event, text, run=None, host=None, **details):
             "details": details}
 
 
-def post(url, body, timeout=TIMEOUT_SECONDS):
-    """POST `body` as JSON; (True, None) on a 2xx answer, else (False, why). Never raises."""
+def post(url, body, timeout=None):
+    """POST `body` as JSON; (True, None) on a 2xx answer, else (False, why). Never raises, and never takes more
+    than `timeout` seconds in all: the name lookup, the connection and the answer run in a daemon thread that is
+    left behind at the deadline (urllib's own timeout bounds each read, not the whole; a lookup it does not bound)."""
+    timeout = TIMEOUT_SECONDS if timeout is None else timeout
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(_post(url, body, timeout)), name="notify-post", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return False, f"TimeoutError: no answer within {timeout:g} s in all (the notification's deadline)"
+    return outcome[0]
+
+
+def _post(url, body, timeout):
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "facenet-deploy"})
     try:

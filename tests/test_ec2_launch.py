@@ -295,3 +295,26 @@ def test_the_ssh_config_file_must_exist_and_rsync_follows_it_by_the_hosts_name(t
     assert (conn.host, conn.port) == ("203.0.113.5", 2222) and conn.gateway is not None  # Fabric: HostName, Port, ProxyJump
     assert f"-F '{tmp_path / 'ssh config'}'" in ssh_command(conn) and "-p 2222" in ssh_command(conn)
     assert rsync_target(conn, "~/runs") == "ubuntu@gpu.example:runs"  # ssh -F resolves the name itself: the bastion applies
+
+
+def test_a_spot_price_lookup_that_fails_after_the_instance_runs_falls_back_to_the_catalog_and_the_launch_completes(cloud_inv):
+    from botocore.exceptions import ClientError
+    from fabric import Config
+
+    from deploy import launched
+    from deploy.aws.launch import launch_host
+
+    s = session()
+
+    def throttled(params, **_):
+        raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "injected throttling"}}, "DescribeSpotPriceHistory")
+
+    s.events.register("before-parameter-build.ec2.DescribeSpotPriceHistory", throttled)
+    lines = []
+    host = launch_host(load(), "gpu1", Config(), quiet(lines), session=s, wait_for_ssh=False, spot=True)
+    [instance] = [i for r in ec2().describe_instances()["Reservations"] for i in r["Instances"]]
+    assert host.address == instance["PublicIpAddress"] and host.price_per_hour == 1.006  # the catalog's on-demand price
+    entry = launched.entry("gpu1")
+    assert entry["address"] == instance["PublicIpAddress"] and "the spot price could not be read (RequestLimitExceeded" in entry["price_source"]
+    assert "the on-demand price, an upper bound" in entry["price_source"]
+    assert any("$1.006/h (the spot price could not be read (RequestLimitExceeded" in line for line in lines), lines

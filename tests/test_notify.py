@@ -53,7 +53,7 @@ def training(tmp_path):
             (runs / name / "metrics.json").write_text(json.dumps(metrics))
         return run_state.record_exit(str(runs / name), code)
 
-    start.runs, start.end = runs, end
+    start.runs, start.end, start.procs = runs, end, procs
     yield start
     for proc in procs.values():
         proc.kill()
@@ -224,3 +224,140 @@ def test_a_run_whose_end_its_uploader_stored_lets_autostop_fire(training, tmp_pa
     (run_dir / "storage.json").write_text(json.dumps({**uploader, "launch_id": launch_id}))  # trainer/storage/uploader.py's record
     host_agent.poll_once(str(runs), s, {"started": 0})
     assert marker.exists()
+
+
+def test_a_vanished_run_neither_fetched_nor_stored_holds_autostop_back_like_an_ended_one(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    run_dir = training("r1", epoch=3)
+    training.procs["r1"].kill()  # its processes are gone and no exit record was written: vanished (a reboot, a kill -9 of the group)
+    training.procs["r1"].wait()
+    s = armed(None, marker, shutdown_terminates=True)
+    state = {"started": 0}
+    host_agent.poll_once(str(runs), s, state)
+    assert not marker.exists(), "autostop powered off a host whose vanished run was neither fetched nor stored"
+    assert state["autostop_held"].startswith("run r1 vanished (no exit record, no process left) and is neither fetched since nor stored")
+
+    time.sleep(1.1)  # fetched_at has one-second resolution: a fetch after the run's last change
+    agent_events.record_fetch(str(runs), "r1", "vanished", None)  # what `fab fetch-results` leaves for a run without an exit record
+    host_agent.poll_once(str(runs), s, state)
+    assert marker.exists() and state["autostop_held"] is None
+    assert not (run_dir / "exit.json").exists()
+
+
+def test_a_vanished_run_whose_uploader_stored_its_end_lets_autostop_fire(training, tmp_path):
+    marker = tmp_path / "powered off"
+    run_dir = training("r1", epoch=3)
+    training.procs["r1"].kill()
+    training.procs["r1"].wait()
+    launch_id = json.loads((run_dir / "launch.json").read_text())["launch_id"]
+    (run_dir / "storage.json").write_text(json.dumps({"launch_id": launch_id, "state": "final", "done": True,
+                                                      "stored": {"epoch": 3, "state": "vanished", "final": True}}))
+    host_agent.poll_once(str(training.runs), armed(None, marker, shutdown_terminates=True), {"started": 0})
+    assert marker.exists()
+
+
+# --- a slow webhook holds nothing up ---------------------------------------------------------
+
+@pytest.fixture
+def dripping_hook():
+    """A webhook on 127.0.0.1 that accepts the POST, then sends one header line every 0.5 s for 30 s (never ending its
+    answer): each read is quick, the whole answer never comes. `.url`; `.arrivals` is [time.monotonic() of each request];
+    `.on_request` a callable run as each request arrives (what was true then)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+
+    class Hook:
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/hook"
+        arrivals, seen = [], []
+        on_request = staticmethod(lambda: None)
+
+    def drip(conn):
+        with conn:
+            conn.recv(65536)
+            Hook.arrivals.append(time.monotonic())
+            Hook.seen.append(Hook.on_request())
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for i in range(60):
+                time.sleep(0.5)
+                try:
+                    conn.sendall(b"X-Drip-%d: y\r\n" % i)
+                except OSError:
+                    return
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield Hook
+    srv.close()
+
+
+def test_a_post_has_a_total_deadline_however_the_webhook_drips(dripping_hook):
+    t0 = time.monotonic()
+    ok, error = notify.post(dripping_hook.url, {"text": "x"}, timeout=2)
+    took = time.monotonic() - t0
+    assert not ok and "TimeoutError" in error and "in all" in error, error
+    assert dripping_hook.arrivals and took < 3.5, f"notify.post took {took:.1f} s with a 2 s deadline"
+
+
+def test_a_spot_notice_stops_the_training_before_the_webhook_is_told(training, dripping_hook, monkeypatch):
+    run_dir = training("r1", epoch=2)
+    proc = training.procs["r1"]
+    dripping_hook.on_request = lambda: proc.poll() is None  # was the training still running when the POST came?
+    monkeypatch.setattr(notify, "TIMEOUT_SECONDS", 2)
+    notice = {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))}
+    s = settings(dripping_hook.url, session="no-such-session", spot_grace_seconds=5)
+    t0 = time.monotonic()
+    host_agent.preempt(str(training.runs), s, ("r1", str(run_dir)), notice)
+    took = time.monotonic() - t0
+    assert proc.poll() is not None
+    assert dripping_hook.seen == [False], "the preempted notification was posted while the training still ran"
+    assert took < 15, f"preempt took {took:.1f} s"  # the stop (a sleep ends at SIGTERM), one bounded POST, the storage wait (10 s floor)
+    sent = json.loads((run_dir / "notifications.json").read_text())["sent"]
+    assert [(e["event"], e["ok"]) for e in sent] == [("preempted", False)] and "TimeoutError" in sent[0]["error"]
+
+
+def test_the_budget_cap_stops_the_training_then_notifies_then_powers_off(training, dripping_hook, tmp_path, monkeypatch):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    training("capped", epoch=1)
+    proc = training.procs["capped"]
+    dripping_hook.on_request = lambda: (proc.poll() is None, marker.exists())
+    monkeypatch.setattr(notify, "TIMEOUT_SECONDS", 2)
+    budget = {"deadline": time.time() - 1, "max_hours": 1, "command": f"touch {shlex.quote(str(marker))}", "warn_seconds": 900}
+    s = settings(dripping_hook.url, budget=budget, session="no-such-session", spot_grace_seconds=5)
+    (runs / ".agent" / "settings.json").write_text(json.dumps(s))  # notify() reads the agent's settings
+    t0 = time.monotonic()
+    host_agent.poll_once(str(runs), s, {"started": time.time()})
+    assert marker.exists() and proc.poll() is not None
+    assert dripping_hook.seen == [(False, False)], "budget-cap: the POST must come after the stop and before the poweroff"
+    assert time.monotonic() - t0 < 10
+
+
+def test_the_agents_settings_holding_the_webhook_url_are_readable_by_their_user_alone(tmp_path):
+    import stat
+
+    from deploy.localhost import end_host_processes
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    try:
+        outcome = host_agent.configure(str(runs), {"notify_webhook": "https://hooks.example/T000/B000/secret"})
+        assert outcome["ok"], outcome
+        mode = stat.S_IMODE((runs / ".agent" / "settings.json").stat().st_mode)
+        assert mode & 0o077 == 0, f"settings.json is {oct(mode)}: the webhook URL (a secret) is readable by others"
+        host_agent.configure(str(runs), {"stall_seconds": 600})  # rewritten: still its user's alone
+        assert stat.S_IMODE((runs / ".agent" / "settings.json").stat().st_mode) & 0o077 == 0
+    finally:
+        end_host_processes(tmp_path)

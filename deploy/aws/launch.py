@@ -45,12 +45,22 @@ def request(inv, instance_type=None, spot=None, fallback_on_demand=None, disk_gb
     fallback = s["fallback_on_demand"] if fallback_on_demand is None else fallback_on_demand
     first = instance_type or s["type"]
     types = tuple(dict.fromkeys([first, *s["alternatives"]]))
-    disk_gb = int(disk_gb or s["disk_gb"])
-    max_hours = s["max_hours"] if max_hours is None else float(max_hours)
-    if disk_gb < 8 or (max_hours is not None and max_hours <= 0):
-        raise LocalInputError(f"--disk expects GB, 8 or more (got {disk_gb}); --max-hours a number of hours above 0 (got {max_hours}).")
+    disk_gb = s["disk_gb"] if disk_gb is None else number(disk_gb, "--disk", "a whole number of GB, 8 or more", int, 8)
+    max_hours = s["max_hours"] if max_hours is None else number(max_hours, "--max-hours", "a number of hours above 0", float, 0, above=True)
     markets = ("spot", "on-demand") if spot and fallback else ("spot",) if spot else ("on-demand",)
     return Request(types, markets, s["spot_interruption"], disk_gb, region, max_hours)
+
+
+def number(value, option, expected, kind, least, above=False):
+    """`value` of a command-line option as `kind` (int or float), at least `least` (above it with `above`); LocalInputError
+    naming the option otherwise."""
+    try:
+        parsed = kind(str(value).strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed != parsed or parsed in (float("inf"), float("-inf")) or parsed < least or (above and parsed == least):
+        raise LocalInputError(f"{option} expects {expected}. Received: {value!r}")
+    return parsed
 
 
 def launch_host(inv, name, config, say, session=None, wait_for_ssh=True, **options):
@@ -86,13 +96,16 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
     ami, ami_source = find_ami(cloud, inv)
     key = key_pair(cloud, inv)
     cidr, cidr_source = ssh_cidr(inv)
-    group, blocks = security_group(cloud, cidr, inv.launch["worker_port"])
+    sg = security_group(cloud, cidr, inv.launch["worker_port"])
+    group = sg.id
     what = f"{len(names)} hosts ({', '.join(names)}) as cluster {cluster}" if cluster else names[0]
     say(f"launching {what} in {cloud.region}: {' or '.join(req.types)}, {' then '.join(req.markets)}"
         + (f" (a reclaimed spot instance: {req.interruption})" if "spot" in req.markets else ""))
     say(f"  AMI {ami} ({ami_source}); root disk {req.disk_gb} GB gp3; key pair {key.name}")
     say(f"  security group {group}: SSH only from {cidr} ({cidr_source}); the worker port {inv.launch['worker_port']} only "
-        f"within the group" + (f"; SSH also open to {', '.join(b for b in blocks if b != cidr)} from earlier launches" if len(blocks) > 1 else ""))
+        f"within the group" + (f"; SSH also open to {', '.join(sg.kept)} (earlier launches: instances use the group)" if sg.kept else ""))
+    if sg.revoked:
+        say(f"  revoked SSH from {', '.join(sg.revoked)} in {group}: earlier launches' addresses, no instance uses the group")
     if req.max_hours:
         say(f"  budget cap: the host powers itself off {req.max_hours:g} h after launch")
     group_name = placement_group(cloud, f"facenet-deploy-{cluster}") if cluster else None
@@ -147,7 +160,7 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
 def attempts(cloud, req):
     """(every (type, zone, market) to try, in order; the types no zone offers)."""
     found, missing = [], []
-    for instance_type in req.types:
+    for index, instance_type in enumerate(req.types):
         try:
             offers = cloud.ec2.describe_instance_type_offerings(LocationType="availability-zone",
                                                                 Filters=[{"Name": "instance-type", "Values": [instance_type]}])
@@ -155,6 +168,13 @@ def attempts(cloud, req):
             raise explain(e, f"looking up the zones that offer {instance_type}") from None
         zones = sorted(o["Location"] for o in offers["InstanceTypeOfferings"])
         if not zones:
+            given = "--type (or launch.type)" if index == 0 else "launch.alternatives"
+            if not prices.listed(instance_type):  # neither a zone nor the catalog knows it: a typo, never replaced by another type
+                raise LocalInputError(f"{instance_type} ({given}) is not an instance type EC2 offers in {cloud.region} nor one of the "
+                                      "price catalog (deploy/aws/prices.json): check its spelling, e.g. g5.xlarge.")
+            if index == 0:  # alternatives are for capacity and quota errors, not for a type the region lacks
+                raise LocalInputError(f"No zone of {cloud.region} offers {instance_type} ({given}): pick another --type, or "
+                                      "another --region (launch.region) that offers it.")
             missing.append(instance_type)
         found.append((instance_type, zones))
     plan = [Attempt(t, z, m) for m in req.markets for t, zones in found for z in zones]

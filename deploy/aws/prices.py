@@ -21,6 +21,11 @@ def catalog():
     return json.loads(CATALOG.read_text())
 
 
+def listed(instance_type):
+    """Whether the catalog knows `instance_type` in any region."""
+    return any(instance_type in table for table in catalog()["regions"].values())
+
+
 def usd(price):
     """A price per hour for people: $1.006, $0.1234, $0.000010 (a spot price can be tiny)."""
     return f"${price:.4g}" if price >= 0.01 else f"${price:.6f}"
@@ -51,9 +56,15 @@ def spot(cloud, instance_type, zone):
 
 
 def price_of(cloud, instance_type, zone, market):
-    """(USD per hour, where it comes from) of one instance in `zone`; spot falls back to the on-demand price, an upper bound."""
+    """(USD per hour, where it comes from) of one instance in `zone`; spot falls back to the on-demand price, an upper bound,
+    also when EC2 does not answer the spot price (throttled, denied): a price is never why a launch stops half-way."""
+    from deploy.aws.errors import aws_errors, code_of
+
     if market == "spot":
-        price, source = spot(cloud, instance_type, zone)
+        try:
+            price, source = spot(cloud, instance_type, zone)
+        except aws_errors() as e:
+            price, source = None, f"the spot price could not be read ({code_of(e) or type(e).__name__}: {str(e)[:120]})"
         if price is not None:
             return price, source
         listed, _ = on_demand(instance_type, cloud.region)

@@ -1,6 +1,7 @@
 """What the tool launched in a region, as EC2 says it is (the forgotten-instance finder).
 
     rows = instances(cloud)      # [Row]: every instance tagged facenet-deploy that is not terminated
+    states(cloud, ids)           # {instance id: EC2's state name} of those EC2 still knows
 
 A row's cost so far is its time since its last start (EC2's LaunchTime) at the price recorded at
 launch, else the catalog's or the spot price now: an estimate, not the bill.
@@ -68,3 +69,12 @@ def _row(cloud, i, by_id):
     return Row(name=name, instance_id=i["InstanceId"], state=i["State"]["Name"], instance_type=i["InstanceType"], spot=spot,
                zone=i["Placement"]["AvailabilityZone"], address=i.get("PublicIpAddress") or i.get("PrivateIpAddress"),
                started=i["LaunchTime"], price_per_hour=price, price_source=source, recorded=entry is not None)
+
+
+def states(cloud, ids):
+    """{instance id: state name} of the ids EC2 still lists (a long-terminated instance is missing)."""
+    try:
+        pages = cloud.ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "instance-id", "Values": list(ids)}])
+        return {i["InstanceId"]: i["State"]["Name"] for page in pages for r in page["Reservations"] for i in r["Instances"]}
+    except aws_errors() as e:
+        raise explain(e, f"asking EC2 about {', '.join(ids)} in {cloud.region}") from None

@@ -2,12 +2,14 @@
 
     ami, source = find_ami(cloud, inv)          # launch.ami, else the public SSM parameter launch.ami_parameter
     key = key_pair(cloud, inv)                  # KeyPair(name, key_file, owned): your public key, imported once
-    group_id, cidrs = security_group(cloud, cidr, worker_port)   # the tool's own group: SSH from `cidr` only
+    group = security_group(cloud, cidr, worker_port)   # Group: the tool's own, SSH from `cidr` (+ earlier launches' in use)
     cidr, source = ssh_cidr(inv)                # launch.ssh_cidr, else this machine's public address as /32
     placement_group(cloud, name)                # a cluster's: its hosts close together
 
-The security group opens SSH (22) to one address block only, and TensorFlow's worker port only to
-members of the group itself; never to 0.0.0.0/0.
+The security group opens SSH (22) to one address block only (and those of earlier launches while
+instances use the group), and TensorFlow's worker port only to members of the group itself; never
+to 0.0.0.0/0. A hand-made group of the same name, or the tool's group with rules it did not make,
+is refused, never used or deleted.
 """
 
 import getpass
@@ -98,7 +100,8 @@ def _public_key_file(inv):
 def ssh_cidr(inv, lookup=None):
     """(the block SSH is opened to, where it came from): launch.ssh_cidr, else this machine's public address."""
     if inv.launch["ssh_cidr"]:
-        return check_cidr(inv.launch["ssh_cidr"], f"Inventory key 'launch.ssh_cidr' in {inv.path}"), "launch.ssh_cidr"
+        return (check_cidr(inv.launch["ssh_cidr"], f"Inventory key 'launch.ssh_cidr' in {inv.path}", wide=inv.launch["ssh_cidr_wide"]),
+                "launch.ssh_cidr")
     address = (lookup or public_address)()
     return f"{address}/32", f"this machine's public address, from {ADDRESS_SERVICE}; launch.ssh_cidr overrides"
 
@@ -114,9 +117,25 @@ def public_address(url=ADDRESS_SERVICE, timeout=10):
                               "Set launch.ssh_cidr in the inventory to the address block you connect from, e.g. 203.0.113.7/32.") from None
 
 
+TOOL_RULE = "fab launch"  # the end of the description of every SSH rule the tool adds ("USER, fab launch")
+LIVE = ["pending", "running", "shutting-down", "stopping", "stopped"]
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    ssh: tuple  # every block SSH is open to now
+    revoked: tuple  # SSH blocks of earlier launches revoked just now (no instance used the group)
+    kept: tuple  # SSH blocks of earlier launches kept: instances use the group (their launcher's address)
+
+
 def security_group(cloud, cidr, worker_port):
-    """The tool's security group in the default VPC, with SSH from `cidr` and the worker port from itself.
-    Returns (group id, every block SSH is open to)."""
+    """The tool's security group in the default VPC, with SSH from `cidr` and the worker port from itself (a Group).
+
+    Only a group the tool made is used (tag facenet-deploy=group): a hand-made group of that name is refused, as is
+    the tool's group with any rule the tool does not make (anything open to 0.0.0.0/0 or ::/0, another port, all
+    traffic, another group): the error names each. SSH blocks of earlier launches are revoked when no instance uses
+    the group, else kept and listed."""
     ec2 = cloud.ec2
     try:
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -127,18 +146,27 @@ def security_group(cloud, cidr, worker_port):
                                                       {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
         if found:
             group = found[0]
+            check_own_group(group, worker_port, cloud.region)
         else:
             created = ec2.create_security_group(GroupName=GROUP_NAME, VpcId=vpc, TagSpecifications=tags("security-group", **{TAG: "group"}),
                                                 Description="facenet-deploy: SSH from one address, the worker port within the group")
             group = {"GroupId": created["GroupId"], "IpPermissions": []}
         gid = group["GroupId"]
-        ssh_blocks = {r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == 22 for r in p.get("IpRanges", [])}
-        ssh_blocks |= {r["CidrIpv6"] for p in group["IpPermissions"] if p.get("FromPort") == 22 for r in p.get("Ipv6Ranges", [])}
-        who = f"{getpass.getuser()}, fab launch"
+        ssh_blocks = set(_ssh_blocks(group))
+        earlier = sorted(ssh_blocks - {cidr})
+        revoked, kept = [], []
+        if earlier:
+            users = ec2.describe_instances(Filters=[{"Name": "instance.group-id", "Values": [gid]},
+                                                    {"Name": "instance-state-name", "Values": LIVE}])["Reservations"]
+            if users:
+                kept = earlier
+            else:  # nobody uses them: the addresses of earlier launches (another café, a changed home address) are closed
+                ec2.revoke_security_group_ingress(GroupId=gid, IpPermissions=[_ssh_rule(b) for b in earlier])
+                revoked = earlier
+                ssh_blocks -= set(earlier)
         if cidr not in ssh_blocks:
-            ranges = ({"Ipv6Ranges": [{"CidrIpv6": cidr, "Description": who}]} if ":" in cidr
-                      else {"IpRanges": [{"CidrIp": cidr, "Description": who}]})
-            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, **ranges}])
+            who = f"{getpass.getuser()}, {TOOL_RULE}"
+            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[_ssh_rule(cidr, who)])
             ssh_blocks.add(cidr)
         inside = any(p.get("FromPort") == worker_port and any(g.get("GroupId") == gid for g in p.get("UserIdGroupPairs", []))
                      for p in group["IpPermissions"])
@@ -150,7 +178,58 @@ def security_group(cloud, cidr, worker_port):
         raise
     except aws_errors() as e:
         raise explain(e, f"preparing the security group {GROUP_NAME}") from None
-    return gid, sorted(ssh_blocks)
+    return Group(gid, tuple(sorted(ssh_blocks)), tuple(revoked), tuple(kept))
+
+
+def _ssh_rule(block, description=None):
+    extra = {"Description": description} if description else {}
+    if ":" in block:
+        return {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "Ipv6Ranges": [{"CidrIpv6": block, **extra}]}
+    return {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": block, **extra}]}
+
+
+def _ssh_blocks(group):
+    return [r.get("CidrIp") or r.get("CidrIpv6") for p in group["IpPermissions"] if _is_ssh(p)
+            for r in p.get("IpRanges", []) + p.get("Ipv6Ranges", [])]
+
+
+def _is_ssh(p):
+    return p.get("IpProtocol") == "tcp" and p.get("FromPort") == 22 and p.get("ToPort") == 22
+
+
+def foreign_rules(group, worker_port):
+    """The inbound rules of `group` the tool does not make, in words: what is open to the world, or open at all but
+    SSH from an address block (the tool's, by its description) and the worker port from the group itself."""
+    gid, found = group["GroupId"], []
+    for p in group.get("IpPermissions", []):
+        proto = "all traffic" if p.get("IpProtocol") == "-1" else f"{p.get('IpProtocol')} " + (
+            f"{p.get('FromPort')}" if p.get("FromPort") == p.get("ToPort") else f"{p.get('FromPort')}-{p.get('ToPort')}")
+        for r in p.get("IpRanges", []) + p.get("Ipv6Ranges", []):
+            block = r.get("CidrIp") or r.get("CidrIpv6")
+            ours = _is_ssh(p) and str(r.get("Description") or "").endswith(TOOL_RULE) and not block.endswith("/0")
+            if not ours:
+                found.append(f"{proto} from {block}" + (" (the whole internet)" if block.endswith("/0") else ""))
+        for g in p.get("UserIdGroupPairs", []):
+            if not (p.get("IpProtocol") == "tcp" and p.get("FromPort") == p.get("ToPort") == worker_port and g.get("GroupId") == gid):
+                found.append(f"{proto} from the group {g.get('GroupId')}")
+        for prefix in p.get("PrefixListIds", []):
+            found.append(f"{proto} from the prefix list {prefix.get('PrefixListId')}")
+    return found
+
+
+def check_own_group(group, worker_port, region):
+    """DeployError unless `group` is the tool's own (its tag) with none but the tool's rules."""
+    gid, labels = group["GroupId"], {t["Key"]: t["Value"] for t in group.get("Tags", [])}
+    if labels.get(TAG) != "group":
+        raise DeployError(f"A security group named {GROUP_NAME} ({gid}) exists in the default VPC of {region}, but `fab launch` did "
+                          f"not make it (it lacks the tag {TAG}=group): the tool neither launches into it nor ever deletes it. "
+                          f"Delete it if it is unused (`aws ec2 delete-security-group --region {region} --group-id {gid}`), "
+                          "or rename yours, then launch again.")
+    foreign = foreign_rules(group, worker_port)
+    if foreign:
+        raise DeployError(f"The tool's security group {GROUP_NAME} ({gid}, {region}) has inbound rules the tool did not make: "
+                          f"{'; '.join(foreign)}. Not launching into it: revoke them (EC2 console, Security Groups, "
+                          f"{gid}, Inbound rules), then launch again.")
 
 
 def placement_group(cloud, name):

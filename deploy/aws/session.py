@@ -7,6 +7,7 @@ Credentials and the endpoint come from boto3's usual chain (AWS_PROFILE or launc
 ~/.aws/credentials, SSO, instance roles; AWS_ENDPOINT_URL for an EC2-compatible endpoint).
 """
 
+import os
 from dataclasses import dataclass
 
 from deploy.errors import LocalInputError
@@ -36,7 +37,12 @@ def connect(inv, region=None, session=None):
     try:
         session = session or boto3.session.Session(profile_name=inv.launch["profile"])
     except botocore.exceptions.ProfileNotFound as e:
-        raise LocalInputError(f"Inventory key 'launch.profile' in {inv.path}: {e} (profiles are in ~/.aws/config).") from None
+        if inv.launch["profile"]:
+            raise LocalInputError(f"Inventory key 'launch.profile' in {inv.path}: {e} (profiles are in ~/.aws/config).") from None
+        where = next((f"the environment variable {v}={os.environ[v]!r}" for v in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE") if os.environ.get(v)),
+                     "boto3's default profile")
+        raise LocalInputError(f"{where}: {e} (profiles are in ~/.aws/config; unset it, or fix the name; launch.profile in "
+                              f"{inv.path} would override it).") from None
     region = region or inv.launch["region"] or session.region_name
     if not region:
         raise LocalInputError(f"No AWS region: set launch.region in {inv.path} (e.g. us-east-1), or pass --region, "

@@ -2,13 +2,14 @@
 
     terminate(inv, "gpu1", say)       # a host or a cluster: cancels a persistent spot request, terminates, waits, cleans up, forgets
 
-The security group, the tool's own key pair and a cluster's placement group are deleted when no
-instance (other than terminated ones) uses them any more; a key pair of yours (launch.key_name)
+The security group (only one the tool made: its tag), the tool's own key pair and a cluster's
+placement group are deleted when no instance (other than terminated ones) uses them any more; a key pair of yours (launch.key_name)
 is never touched. The caller (`fab down`) checks first that no run would be lost.
 """
 
 from deploy import launched, ledger
 from deploy.aws.errors import aws_errors, code_of, explain
+from deploy.aws.resources import TAG
 from deploy.aws.session import connect
 from deploy.hosts import forget_host_keys
 
@@ -76,7 +77,9 @@ def _in_use(cloud, name, value):
 def _clean_up(cloud, entries, say):
     for group in sorted({e["security_group"] for e in entries if e.get("security_group")}):
         users = _in_use(cloud, "instance.group-id", group)
-        if users:
+        if not _tool_made(cloud, group):
+            say(f"security group {group} kept: the tool did not make it (no {TAG}=group tag)", "dim")
+        elif users:
             say(f"security group {group} kept: {', '.join(users)} still use it", "dim")
         else:
             _delete(lambda g=group: cloud.ec2.delete_security_group(GroupId=g), f"security group {group}", say)
@@ -88,6 +91,15 @@ def _clean_up(cloud, entries, say):
             _delete(lambda k=key: cloud.ec2.delete_key_pair(KeyName=k), f"key pair {key}", say)
     for group in sorted({e["placement_group"] for e in entries if e.get("placement_group")}):  # EC2 refuses while one is in it
         _delete(lambda g=group: cloud.ec2.delete_placement_group(GroupName=g), f"placement group {group}", say)
+
+
+def _tool_made(cloud, group):
+    """Whether the tool made security group `group` (its tag); a group EC2 no longer knows counts as not."""
+    try:
+        [found] = cloud.ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+    except aws_errors() + (ValueError,):
+        return False
+    return {t["Key"]: t["Value"] for t in found.get("Tags", [])}.get(TAG) == "group"
 
 
 def _delete(call, what, say):

@@ -1,0 +1,137 @@
+"""`fab down`: what counts as safe to delete with the host's disk, and a host whose instance is gone already.
+
+Real parts: `fab` as a user types it; boto3 against moto's standalone server on 127.0.0.1 (EC2 and S3);
+the launched instance's made-up address reaches a real sshd on 127.0.0.1 through the inventory's OpenSSH
+config file; the host's run folder is seeded with the host's own record writer (remote_scripts/run_state.py
+record-launch / record-exit), no training.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, DeployEnv
+
+pytestmark = [pytest.mark.ssh]
+
+CIDR = "198.51.100.7/32"
+BUCKET = "runs"
+
+
+def instances_in(region="us-east-1"):
+    import boto3
+
+    return [i for r in boto3.client("ec2", region_name=region).describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def seed_run(runs, name, started_at):
+    """A finished run folder as the host's launcher leaves it: config, status, launch record, exit record; its launch id."""
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {epochs: 2}\n")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 2, "epochs": 2, "started_at": started_at}))
+    script = ROOT / "remote_scripts" / "run_state.py"
+    launch = subprocess.run(["bash", "-c", f'"{sys.executable}" "{script}" record-launch "{run}" $$ train'],
+                            capture_output=True, text=True, check=True, start_new_session=True).stdout.strip()  # its own group, gone
+    subprocess.run([sys.executable, str(script), "record-exit", str(run), "0", launch], capture_output=True, check=True)
+    return launch
+
+
+def store_pointer(s3, run, started_at, launch_id, final=True):
+    body = b"epoch,loss\n1,1.0\n"
+    ck = "checkpoints/000002-20260101T000000000Z/"
+    s3.put_object(Bucket=BUCKET, Key=f"team/{run}/{ck}history.csv", Body=body)
+    pointer = {"format": 1, "run": run, "epoch": 2, "state": "finished", "final": final, "checkpoint": ck,
+               "written_at": "2026-01-01T00:00:00+00:00", "host": "somewhere", "launch_id": launch_id, "run_started_at": started_at,
+               "files": {"history.csv": {"key": ck + "history.csv", "size": len(body), "md5": hashlib.md5(body).hexdigest()}},
+               "summary": {"epoch": 2, "epochs": 2}}
+    s3.put_object(Bucket=BUCKET, Key=f"team/{run}/LATEST", Body=json.dumps(pointer).encode())
+
+
+@pytest.fixture
+def launched_host(aws, moto_server, ssh_host, host_venv, tmp_path):
+    """(env, s3): a DeployEnv whose host gpu1 was made by `fab launch` (moto), with the host scripts in place and storage on."""
+    import boto3
+
+    root = tmp_path / "laptop"
+    root.mkdir()
+    env = DeployEnv(root, ssh_host, host_venv)
+    ssh_config = root / "ssh config"
+    ssh_config.write_text(f"Host * !127.0.0.1\n    HostName 127.0.0.1\n    Port {ssh_host.port}\n")
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    env.write(hosts={}, ssh={"config_file": str(ssh_config)},
+              launch={"region": "us-east-1", "ssh_cidr": CIDR, "user": ssh_host.user, "public_key_file": f"{ssh_host.key_file}.pub",
+                      "ssh_wait_seconds": 60},
+              storage={"url": f"s3://{BUCKET}/team", "endpoint_url": moto_server})
+    launch = env.fab("launch", "gpu1", "--type", "g5.xlarge", timeout=300)
+    assert launch.returncode == 0, launch.out
+    shutil.copytree(ROOT / "remote_scripts", env.remote_root / "project dir" / "remote_scripts")  # what sync-code puts there
+    env.runs.mkdir(parents=True, exist_ok=True)
+    yield env, s3
+    env.cleanup()
+
+
+def test_down_counts_a_run_as_stored_only_when_storage_holds_that_very_run(launched_host):
+    from deploy import ledger
+
+    env, s3 = launched_host
+    started = "2026-11-30T04:00:00+00:00"
+    launch = seed_run(env.runs, "exp", started)
+    store_pointer(s3, "exp", "2020-01-01T00:00:00+00:00", "20200101T000000Z-7")  # another run of the same name, finished in 2020
+
+    refused = env.fab("down", "gpu1")
+    assert refused.returncode == 1 and "run exp on gpu1 was never fetched (storage holds another run of this name" in refused.out, refused.out
+    assert instances_in()[0]["State"]["Name"] == "running"
+
+    # the same run, but not its end (not final), or the end of an earlier launch of it: still at risk
+    for started_at, launch_id, final in ((started, launch, False), (started, "20000101T000000Z-1", True)):
+        store_pointer(s3, "exp", started_at, launch_id, final=final)
+        assert env.fab("down", "gpu1").returncode == 1
+    # its own launch's final pointer, or a later launch's of the same run (resumed elsewhere): stored
+    assert ledger.stored_as({"final": True, "run_started_at": started, "launch_id": launch}, {"started_at": started, "launch_id": launch})
+    assert ledger.stored_as({"final": True, "run_started_at": started, "launch_id": "29990101T000000Z-1"},
+                            {"started_at": started, "launch_id": launch})
+    assert not ledger.stored_as({"final": True, "run_started_at": None, "launch_id": "29990101T000000Z-1"},
+                                {"started_at": started, "launch_id": launch})
+    store_pointer(s3, "exp", started, launch)
+    down = env.fab("down", "gpu1")
+    assert down.returncode == 0 and "terminated gpu1" in down.out, down.out
+    assert instances_in()[0]["State"]["Name"] == "terminated"
+
+
+def test_a_running_run_is_at_risk_even_when_storage_holds_its_end(launched_host):
+    env, s3 = launched_host
+    started = "2026-11-30T04:00:00+00:00"
+    launch = seed_run(env.runs, "live", started)
+    store_pointer(s3, "live", started, launch)  # its end stored ... and yet it runs again (the same launch record, a live process)
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        script = ROOT / "remote_scripts" / "run_state.py"
+        relaunch = subprocess.run([sys.executable, str(script), "record-launch", str(env.runs / "live"), str(sleeper.pid), "train"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        (env.runs / "live" / "status.json").write_text(json.dumps({"state": "running", "epoch": 1, "epochs": 2, "started_at": started}))
+        store_pointer(s3, "live", started, relaunch)  # a final pointer naming the very launch that runs
+        refused = env.fab("down", "gpu1")
+        assert refused.returncode == 1 and "run live on gpu1 is running now" in refused.out, refused.out
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_down_forgets_a_host_ec2_lists_as_terminated_without_asking_it(launched_host):
+    import boto3
+
+    env, _ = launched_host
+    seed_run(env.runs, "lost", "2026-11-30T04:00:00+00:00")  # never fetched: a reachable host would be refused
+    [instance] = instances_in()
+    boto3.client("ec2", region_name="us-east-1").terminate_instances(InstanceIds=[instance["InstanceId"]])
+    listed = env.fab("instances")
+    assert "EC2 lists it as terminated or unknown: `fab down gpu1` forgets it" in listed.out, listed.out
+    down = env.fab("down", "gpu1")
+    assert down.returncode == 0, down.out
+    assert "gpu1 (" + instance["InstanceId"] + "): EC2 lists it as terminated: its disk is gone" in down.out, down.out
+    assert json.loads((env.root / "state" / "launched.json").read_text())["hosts"] == {}
