@@ -53,8 +53,9 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     for c, w in (class_weight or {}).items():
         weights[c] = w
     steps = Steps(model, strategy, classes, weights)
-    with strategy.scope():
-        model.optimizer.build(model.trainable_variables)
+    if not model.optimizer.built:  # built again, a LossScaleOptimizer would start from its initial scale
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     model.stop_training = False
     model._initial_epoch = None
     watch = watchdog or NoWatchdog()
