@@ -240,6 +240,25 @@ def case_dropout():
     return {"replicas": replicas, "digests": digests}
 
 
+def case_per_execution():
+    """2 replicas: the weights after 5 steps (dropout on) run 1 or 3 per call, and where the batches were put."""
+    strategy = strategy_of_case()
+    x, y = clips(20, seed=10)
+    out = {}
+    for k in (1, 3):
+        keras.utils.set_random_seed(12)
+        with strategy.scope():
+            model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
+        loop.fit(model, strategy, Batches(x, y, 4), Batches(x[:4], y[:4], 4), 1, [], log=lambda s: None, steps_per_execution=k)
+        out[f"digest_k{k}"] = digest(model)
+    from trainer.feeder import Feeder
+
+    x_share, _, _ = Feeder(strategy)._load(Batches(x, y, 4), 0)
+    out["share_devices"] = [t.device for t in strategy.experimental_local_results(x_share)]
+    out["replica_devices"] = list(strategy.extended.worker_devices)
+    return out
+
+
 def case_short_batch():
     """2 replicas, the project's generator: 5 clips in global batches of 4 leave a last batch of one
     clip, which would give a replica zero rows."""
@@ -269,20 +288,22 @@ def case_short_batch():
 
 
 def case_threads():
-    """One of 2 loopback workers: 2000 steps of a tiny model; the process's threads before and after."""
+    """One of 2 loopback workers: 2000 steps of a tiny model; the process's threads before and after, and
+    how often the training step was traced."""
     def threads():
         return int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Threads:")))
 
     strategy = strategy_of_case()
     with strategy.scope():
-        model = compile_model(project_model(dropout=0.0, units=2), DEFAULTS["train"], CLASSES)
+        model = compile_model(project_model(dropout=0.0, units=2, probe=Probe()), DEFAULTS["train"], CLASSES)
     rng = np.random.default_rng(0)
     x = [rng.normal(size=(2, DIM)).astype(np.float32) for _ in range(4000)]
     y = rng.integers(0, CLASSES, 4000)
     loop.fit(model, strategy, Batches(x[:8], y[:8], 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)  # traced, warmed
     before, t0 = threads(), time.monotonic()
     loop.fit(model, strategy, Batches(x, y, 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)
-    return {"threads_before": before, "threads_after": threads(), "steps": 2000, "seconds": round(time.monotonic() - t0, 1)}
+    return {"threads_before": before, "threads_after": threads(), "steps": 2000, "seconds": round(time.monotonic() - t0, 1),
+            "train_traces": sum(training for _, training in Probe.calls)}  # clips of one length: one trace per fit call
 
 
 def case_confusion_images():

@@ -54,6 +54,12 @@ def test_one_device_matches_model_fit_for_any_steps_per_execution_and_traces_onc
     assert out["train_traces"] <= 2, out
 
 
+def test_two_replicas_train_alike_for_any_steps_per_execution_and_get_their_batches_on_their_devices():
+    out = run_case("per_execution", replicas=2)
+    assert out["digest_k1"] == out["digest_k3"], out
+    assert out["share_devices"] == out["replica_devices"] and len(set(out["share_devices"])) == 2, out  # each share on its device
+
+
 def test_weight_regularisers_count_in_the_loss_as_in_model_fit():
     """Defect 8: model.losses (regularisers) were left out of the loss."""
     out = run_case("regularizer")
@@ -117,18 +123,19 @@ def test_threads_stay_bounded_over_2000_steps_on_two_workers():
     results = run_case_on_workers("threads", timeout=600)
     for r in results:
         assert r["threads_after"] - r["threads_before"] < 50, results
+        assert r["train_traces"] == 2, results  # once per fit call: a worker's sums keep their type from call to call
 
 
 def test_a_frozen_worker_fails_the_run_within_the_collective_timeout(tmp_path, synth_crema):
     """A peer stopped with SIGSTOP: the other worker records PeerLost and ends within train.collective_timeout."""
     cluster = Cluster(tmp_path)
     try:
-        cluster.start("--data", synth_crema, "--epochs", 200, "--set", "train.collective_timeout=15")
+        cluster.start("--data", synth_crema, "--epochs", 200, "--set", "train.collective_timeout=30")
         cluster.wait_for_epoch(2)
         os.kill(cluster.procs[1].pid, signal.SIGSTOP)
         frozen = time.monotonic()
         cluster.procs[0].wait(timeout=120)
-        assert time.monotonic() - frozen < 60, "the live worker waited too long"
+        assert time.monotonic() - frozen < 90, "the live worker waited too long"
         st = cluster.status(0)
         assert st["state"] == "failed" and st["error"]["type"] == "PeerLost", st
     finally:

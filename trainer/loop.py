@@ -52,13 +52,13 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     weights = np.ones(classes, np.float32)
     for c, w in (class_weight or {}).items():
         weights[c] = w
-    steps = Steps(model, strategy, classes, weights)
+    watch = watchdog or NoWatchdog()
+    steps = Steps(model, strategy, classes, weights, watch)
     if not model.optimizer.built:  # built again, a LossScaleOptimizer would start from its initial scale
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
     model.stop_training = False
     model._initial_epoch = None
-    watch = watchdog or NoWatchdog()
     feeder = Feeder(strategy, workers, steps_per_execution, log)
     feeder.whole_shares(train_gen, "training")
     feeder.whole_shares(val_gen, "validation")

@@ -177,7 +177,8 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
         where = f", worker {distribution['worker']} of {len(distribution['workers'])}" + (" (chief)" if chief else "") if cluster else ""
         console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
-                      f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, global batch {distribution['global_batch_size']}")
+                      f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, "
+                      f"global batch {distribution['global_batch_size']}")
         history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir,
                                                 watch)
     except Exception as e:

@@ -27,8 +27,9 @@ import tensorflow as tf
 
 
 class Steps:
-    def __init__(self, model, strategy, classes, class_weights):
+    def __init__(self, model, strategy, classes, class_weights, watchdog=None):
         self.model, self.strategy, self.classes = model, strategy, classes
+        self.watchdog = watchdog  # trainer/peers.py: paused while a step is traced (this worker's own work)
         self.replicas = strategy.num_replicas_in_sync
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.size = 1 + classes * classes  # loss sum, then the flat confusion counts
@@ -37,12 +38,15 @@ class Steps:
         self.train = self._compile(self._train_step)
         self.evaluate = self._compile(self._eval_step)
         self._reduce = tf.function(self._all_reduce)
+        self._zeros = tf.function(self._replica_zeros)
 
     def zeros(self):
-        """Per replica, the sums of no step yet."""
-        if self.replicas == 1:
-            return tf.zeros([self.size])
-        return self.strategy.experimental_distribute_values_from_function(lambda ctx: tf.zeros([self.size]))
+        """Per replica, the sums of no step yet: of the type the steps return (a worker with one replica
+        gets a plain tensor back from strategy.run), so that the first call of an epoch does not retrace."""
+        return self._zeros()
+
+    def _replica_zeros(self):
+        return self.strategy.run(tf.zeros, args=([self.size],))
 
     def totals(self, *sums):
         """Each of `sums` summed over every replica of every worker, as numpy arrays [loss sum, counts...]:
@@ -67,7 +71,12 @@ class Steps:
 
         @tf.function(reduce_retracing=True)
         def run(batches, sums):
-            return self.strategy.run(replica_fn, args=(batches, sums))
+            if self.watchdog is not None:  # Python runs here only while tracing, which may take long on a busy host
+                self.watchdog.pause()
+            out = self.strategy.run(replica_fn, args=(batches, sums))
+            if self.watchdog is not None:
+                self.watchdog.beat()  # the graph's optimisation and the first call (its collectives) are watched again
+            return out
 
         return run
 
