@@ -6,10 +6,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench system-deps venv clean
+.PHONY: test test-fast demo lint bench system-deps venv clean
 
+# The whole suite, on TEST_WORKERS pytest-xdist workers (tests/kinds.py orders and groups the tests).
+TEST_WORKERS ?= 2
 test: system-deps venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The edit-test loop: every test that starts no TensorFlow and no sshd (tests/kinds.py), in under a minute.
+test-fast: venv
+	$(BIN)/python -m pytest --fast $(PYTEST_ARGS)
 
 demo: system-deps venv
 	$(BIN)/python -m deploy.demo

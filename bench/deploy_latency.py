@@ -1,19 +1,26 @@
-"""Deploy latency benchmark against the local SSH host: the cost of doing nothing, and of looking.
+"""Deploy latency against a local SSH host, beside the raw floor measured in the same run.
 
-    python bench/deploy_latency.py [--clips 300] [--repeats 5]
+    python bench/deploy_latency.py [--clips 300] [--repeats 7] [--repo PATH]
 
-After a first `fab deploy-full` (synthetic data, configs/demo.yaml) to a throwaway sshd on
-127.0.0.1, it measures, as a user runs them:
-1. `fab provision sync-code sync-data` with nothing changed: wall time, SSH connections and
-   remote commands (counted from sshd's own log: "Accepted publickey", "Starting session");
-2. `fab monitor` while the run trains: wall time, SSH connections and remote commands.
-(1) runs after `fab stop`: tasks that change the host refuse while a training runs.
-Targets: (1) under 5 s together; (2) under 1.5 s over a single SSH connection.
-rsync opens its own SSH connection per transfer, which the counts include.
+A throwaway sshd on 127.0.0.1 gets code, data (synthetic) and a finished one-epoch run
+(`fab provision sync-code sync-data`, then `fab train`). Then, `--repeats` times, each pair in
+turn (which one goes first alternates), as a user types them:
+
+    no-op redeploy   `fab provision sync-code sync-data`   against the floor: `ssh host true`, then
+                                                          rsync of the code folders, then rsync of the data
+    monitor          `fab monitor`                         against `ssh host cat RUN/status.json`
+
+It prints the medians, the median of the per-pair ratios (the ratio that counts), and the SSH
+connections and remote commands of each (from sshd's own log: "Accepted publickey" per
+connection, "Starting session" per command; rsync opens a connection of its own per transfer).
+Targets: no-op redeploy <= 1.5x the floor, `fab monitor` <= 1.3x `ssh cat`; exit 1 if missed.
+--repo: the checkout whose fabfile runs (default: this one), e.g. an export of an older commit
+(`git archive COMMIT | tar -x -C /tmp/old`) to measure before and after on the same machine.
 """
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -27,66 +34,137 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy.inventory import REPO_ROOT  # noqa: E402
-from deploy.localhost import LocalSSHHost, free_port, seed_venv  # noqa: E402
+from deploy.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv  # noqa: E402
+from deploy.sync import CODE_PATHS  # noqa: E402
 from trainer.synth import write_corpus  # noqa: E402
 
 FAB = Path(sys.executable).parent / "fab"
+TARGETS = {"redeploy": 1.5, "monitor": 1.3}
+RUN = "bench"
+TRAIN_CONFIG = {"data": {"max_frames": 40}, "model": {"units": 8, "head_units": 8},
+                "train": {"batch_size": 16, "epochs": 1, "workers": 1}}
 
 
-def measure(host, env, args, repeats):
-    """Median wall time of `fab ARGS`, and the SSH connections and commands of one run."""
-    times, counts = [], None
-    for _ in range(repeats):
-        before = host.log_text()
-        t0 = time.perf_counter()
-        proc = subprocess.run([str(FAB), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t0)
-        if proc.returncode not in (0,):
+class Bench:
+    """The host, the inventory's paths and the commands of both sides."""
+
+    def __init__(self, host, tmp, repo, clips):
+        self.host, self.tmp, self.repo = host, tmp, repo
+        self.data = tmp / "data" / "crema-d"
+        write_corpus(self.data, "crema-d", clips=clips, seed=0)
+        self.remote = {"project_dir": str(tmp / "host" / "project"), "venv": str(seed_venv(tmp / "host" / "venv", sysconfig.get_paths()["purelib"])),
+                       "data_dir": str(tmp / "host" / "data"), "runs_dir": str(tmp / "host" / "runs")}
+        (tmp / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
+        self.session = session = f"bench-{os.getpid()}"
+        inventory = {
+            "default_host": "bench", "hosts": {"bench": host.host_entry()}, "remote": self.remote,
+            "local_data": [str(self.data)], "train_config": str(tmp / "train.yaml"), "tmux_session": session,
+            "tensorboard": {"session": f"{session}-tb", "remote_port": free_port(), "local_port": free_port()},
+            "apt_packages": ["tmux", "rsync"], "pip": {"extra_args": ["--no-index"]}, "ec2": {"metadata_url": None},
+        }
+        (tmp / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+        self.env = {**os.environ, "FACENET_INVENTORY": str(tmp / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp / "state"),
+                    "PYTHONPATH": str(repo)}
+        self.ssh = ["ssh", "-p", str(host.port), "-i", str(host.key_file), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                    "-o", f"UserKnownHostsFile={tmp / 'floor_known_hosts'}"]
+        self.login = f"{host.user}@127.0.0.1"
+
+    def fab(self, *args, check=True):
+        proc = subprocess.run([str(FAB), *args], cwd=self.repo, env=self.env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
             raise SystemExit(f"fab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-        time.sleep(0.3)  # let sshd flush its log
-        new = host.log_text()[len(before):]
-        counts = (new.count("Accepted publickey"), new.count("Starting session"))
-    return statistics.median(times), min(times), counts
+        return proc
+
+    def floor_redeploy(self):
+        """What a no-op redeploy cannot do without: one SSH login, and the two rsyncs with fab's filters."""
+        run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, stdin=subprocess.DEVNULL)  # noqa: E731
+        rsync = ["rsync", "-a", "--protect-args", "-e", shlex.join(self.ssh)]
+        code = ["--filter=P __pycache__/", "--exclude=__pycache__/", "--exclude=*.pyc",
+                *(f"--include=/{p}***" if p.endswith("/") else f"--include=/{p}" for p in CODE_PATHS),
+                "--exclude=*", "--delete", "--checksum"]
+        run(*self.ssh, self.login, "true")
+        run(*rsync, *code, f"{self.repo}/", f"{self.login}:{self.remote['project_dir']}/")
+        run(*rsync, "--delete", "--copy-links", f"{self.data}/", f"{self.login}:{self.remote['data_dir']}/crema-d/")
+
+    def floor_monitor(self):
+        status = f"{self.remote['runs_dir']}/{RUN}/status.json"
+        subprocess.run([*self.ssh, self.login, "cat", shlex.quote(status)], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+
+    def timed(self, action):
+        """(seconds, SSH connections, remote commands) of `action()`."""
+        before = len(self.host.log_text())
+        t0 = time.perf_counter()
+        action()
+        seconds = time.perf_counter() - t0
+        time.sleep(0.3)  # sshd writes its log lines as sessions end
+        new = self.host.log_text()[before:]
+        return seconds, new.count("Accepted publickey"), new.count("Starting session")
+
+
+def prepare(bench):
+    t0 = time.perf_counter()
+    bench.fab("provision", "sync-code", "sync-data")
+    bench.fab("train", "--run-name", RUN)
+    exit_json = Path(bench.remote["runs_dir"]) / RUN / "exit.json"
+    deadline = time.monotonic() + 900
+    while not exit_json.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the bench's training did not end within 15 min; see {exit_json.parent / 'train.log'}")
+        time.sleep(2)
+    code = bench.fab("monitor", check=False).returncode
+    if code != 0:
+        raise SystemExit(f"`fab monitor` exits {code} after the bench's training (expected 0: finished)")
+    print(f"prepared: {len(list(bench.data.iterdir()))} clips, "
+          f"{sum(f.stat().st_size for f in bench.data.iterdir()) / 1e6:.0f} MB, a finished run; {time.perf_counter() - t0:.0f} s")
+
+
+def pairs(bench, repeats):
+    """{name: {"fab": [(s, conns, cmds)], "floor": [...]}} from `repeats` paired runs."""
+    sides = {"redeploy": (lambda: bench.fab("provision", "sync-code", "sync-data"), bench.floor_redeploy),
+             "monitor": (lambda: bench.fab("monitor"), bench.floor_monitor)}
+    found = {name: {"fab": [], "floor": []} for name in sides}
+    for i in range(repeats):
+        for name, (fab, floor) in sides.items():
+            order = [("fab", fab), ("floor", floor)] if i % 2 == 0 else [("floor", floor), ("fab", fab)]
+            for side, action in order:
+                found[name][side].append(bench.timed(action))
+    return found
+
+
+def report(found):
+    labels = {"redeploy": ("fab provision sync-code sync-data", "ssh true + rsync code + rsync data"),
+              "monitor": ("fab monitor", "ssh host cat RUN/status.json")}
+    print(f"\n{'command':<38}{'median s':>9}{'min s':>8}{'SSH conns':>10}{'commands':>9}")
+    ok = True
+    for name, (fab_label, floor_label) in labels.items():
+        rows = found[name]
+        for label, side in ((fab_label, "fab"), (floor_label, "floor")):
+            times = [t for t, _, _ in rows[side]]
+            conns, cmds = rows[side][-1][1:]
+            print(f"{label:<38}{statistics.median(times):>9.2f}{min(times):>8.2f}{conns:>10}{cmds:>9}")
+        ratios = [f[0] / g[0] for f, g in zip(rows["fab"], rows["floor"])]
+        ratio = statistics.median(ratios)
+        ok &= ratio <= TARGETS[name]
+        print(f"  ratio (median of {len(ratios)} pairs): {ratio:.2f}x   target <= {TARGETS[name]}x   "
+              f"(pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print("targets met" if ok else "TARGETS MISSED")
+    return ok
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=300)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repo", type=Path, default=REPO_ROOT, help="the checkout whose fabfile runs (default: this one)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp, LocalSSHHost(Path(tmp) / "ssh") as host:
-        tmp = Path(tmp)
-        data = tmp / "data" / "crema-d"
-        write_corpus(data, "crema-d", clips=args.clips, seed=0)
-        venv = seed_venv(tmp / "host" / "venv", sysconfig.get_paths()["purelib"])
-        session = f"bench-{os.getpid()}"
-        inventory = {
-            "default_host": "bench", "hosts": {"bench": host.host_entry()},
-            "remote": {"project_dir": str(tmp / "host" / "project"), "venv": str(venv), "data_dir": str(tmp / "host" / "data"),
-                       "runs_dir": str(tmp / "host" / "runs")},
-            "local_data": [str(data)], "train_config": "configs/demo.yaml", "tmux_session": session,
-            "tensorboard": {"session": f"{session}-tb", "remote_port": free_port(), "local_port": free_port()},
-            "apt_packages": ["tmux", "rsync"], "pip": {"extra_args": ["--no-index"]},
-        }
-        (tmp / "inventory.yaml").write_text(yaml.safe_dump(inventory))
-        env = {**os.environ, "FACENET_INVENTORY": str(tmp / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp / "state")}
-        t0 = time.perf_counter()
-        first = subprocess.run([str(FAB), "deploy-full"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if first.returncode != 0:
-            raise SystemExit(f"first deploy-full failed:\n{first.stdout}{first.stderr}")
-        print(f"first deploy-full ({args.clips} clips, {sum(f.stat().st_size for f in data.iterdir()) / 1e6:.0f} MB): "
-              f"{time.perf_counter() - t0:.1f} s")
+        bench = Bench(host, Path(tmp), args.repo.resolve(), args.clips)
         try:
-            mon = measure(host, env, ["monitor"], args.repeats)  # while the run trains
+            prepare(bench)
+            found = pairs(bench, args.repeats)
         finally:
-            subprocess.run([str(FAB), "stop", "--wait", "5"], cwd=REPO_ROOT, env=env, capture_output=True)
-        noop = measure(host, env, ["provision", "sync-code", "sync-data"], args.repeats)  # these refuse under a training
-    print(f"\n{'command':<40}{'median s':>10}{'min s':>8}{'SSH conns':>11}{'commands':>10}   target")
-    print(f"{'fab provision sync-code sync-data':<40}{noop[0]:>10.2f}{noop[1]:>8.2f}{noop[2][0]:>11}{noop[2][1]:>10}   < 5 s")
-    print(f"{'fab monitor':<40}{mon[0]:>10.2f}{mon[1]:>8.2f}{mon[2][0]:>11}{mon[2][1]:>10}   < 1.5 s, 1 connection")
-    ok = noop[0] < 5 and mon[0] < 1.5 and mon[2][0] == 1
-    print("targets met" if ok else "TARGETS MISSED")
-    return 0 if ok else 1
+            end_host_processes(tmp, (bench.session, f"{bench.session}-tb"))
+    return 0 if report(found) else 1
 
 
 if __name__ == "__main__":

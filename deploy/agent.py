@@ -1,6 +1,6 @@
 """The host agent (remote_scripts/host_agent.py) from the laptop: heartbeat, settings, autostop.
 
-    with activity(conn, inv): ...                      # every task: the host is busy from its first command to its end
+    keeper = Keeper(conn, heartbeat(inv), beat_seconds()); keeper.start()   # deploy.session: every task
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
@@ -8,22 +8,22 @@
 
 The agent runs on the host, so autostop and the spot watcher work with the laptop closed.
 A task is activity for autostop from its first command (which touches the heartbeat) to its end:
-a keeper thread touches the heartbeat, and renews the lease of the host lock the task holds
-(deploy.lock), every BEAT_SECONDS over the task's own SSH connection (a channel of its own,
-beside the task's commands; rsync's OpenSSH connection plays no part).
+a keeper thread touches the heartbeat every BEAT_SECONDS, and renews the lease of the host lock
+the task holds (deploy.lock), through the invocation's bookkeeping command while it holds the
+lock (deploy.bookkeeping: no new command), else on a channel of the task's own SSH connection
+(rsync's OpenSSH connection plays no part).
 """
 
-import contextlib
 import json
 import os
 import shlex
 import threading
 
-from deploy import lock
 from deploy.budget import budget_settings
 from deploy.budget import describe as describe_budget
 from deploy.errors import DeployError, LocalInputError
 from deploy.hosts import rjoin, rq
+from deploy.recovery import settings as recovery_settings
 from deploy.training import launch as launch_training
 from deploy.training import script
 
@@ -58,29 +58,16 @@ def beat_seconds():
     return seconds
 
 
-@contextlib.contextmanager
-def activity(conn, inv):
-    """The task is activity for the host's autostop while this block runs: its first command also
-    touches the heartbeat (HostConnection.touch_first, no round trip of its own), then a keeper
-    thread beats every beat_seconds() while the connection is open."""
-    seconds = beat_seconds()
-    touch(conn, inv)
-    keeper = Keeper(conn, heartbeat(inv), seconds)
-    keeper.start()
-    try:
-        yield keeper
-    finally:
-        keeper.stop()
-
-
 class Keeper(threading.Thread):
-    """Touches the heartbeat and renews the host lock's lease (when this task holds it) every
-    `seconds`, on a channel of the task's open connection; a beat that fails is skipped (the
-    connection's own keepalives decide whether the host is lost)."""
+    """Touches the heartbeat every `seconds`, and renews the host lock's lease while this task holds it:
+    through `via` (the bookkeeping command, deploy.bookkeeping) when it is open, else on a channel of
+    the task's open connection; a beat that fails is skipped (the connection's own keepalives decide
+    whether the host is lost)."""
 
     def __init__(self, conn, heartbeat_path, seconds):
         super().__init__(daemon=True, name="autostop-keeper")
         self.conn, self.path, self.seconds = conn, heartbeat_path, seconds
+        self.via = None
         self.stopped = threading.Event()
         self.beats = 0
 
@@ -92,16 +79,17 @@ class Keeper(threading.Thread):
                 pass
 
     def beat(self):
+        via = self.via
+        if via is not None and via.open:
+            if via.beat():
+                self.beats += 1
+            return
         transport = self.conn.transport if self.conn.is_connected else None
         if transport is None or not transport.is_active():
             return  # not connected yet: the task's first command touches the heartbeat
-        command = f"touch {rq(self.path)} 2>/dev/null"
-        lease = lock.lease_command(self.conn)
-        if lease:
-            command += f"; {lease}"
         channel = transport.open_session(timeout=self.seconds)
         try:
-            channel.exec_command(command)
+            channel.exec_command(f"touch {rq(self.path)} 2>/dev/null")
             if channel.status_event.wait(max(self.seconds, 10)):
                 self.beats += 1
         finally:
@@ -109,7 +97,8 @@ class Keeper(threading.Thread):
 
     def stop(self):
         self.stopped.set()
-        self.join(timeout=2)
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=2)
 
 
 def autostop_settings(inv, minutes):
@@ -133,6 +122,7 @@ def configure(conn, inv, label, autostop=KEEP):
     if autostop is not KEEP:
         changes["autostop"] = autostop
     changes.update(budget_settings(inv, label))  # a launched host's cap (launch.max_hours), sent again at every configure
+    changes.update(recovery_settings.agent_settings(inv, label))  # webhook, the host's name, autostop's guard
     cmd = f"python3 {script(inv, 'host_agent.py')} configure {rq(inv.remote['runs_dir'])} {shlex.quote(json.dumps(changes))}"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     try:
@@ -165,4 +155,8 @@ def start_training(conn, inv, label, say, **launch):
         say(describe(outcome["settings"], outcome["boot"]))
     if outcome["settings"].get("budget"):
         say(describe_budget(outcome["settings"]["budget"]))
+    from deploy import storage  # the run's checkpoints in object storage, when the inventory sets storage.url
+
+    if "storage" not in launch:
+        launch["storage"] = storage.launch_settings(conn, inv, label, launch.get("tf_config"), say)
     return launch_training(conn, inv, say, price_per_hour=inv.price_of(label), **launch)

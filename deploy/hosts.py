@@ -108,12 +108,14 @@ class HostConnection(Connection):
     heartbeat = None
     label = None
     touch_first = None  # a remote file the next command touches as well (the autostop heartbeat, deploy.agent)
+    answers = None  # what the invocation's bookkeeping command found, for the steps that would ask it (deploy.session)
     steps = None
     ssh_config_file = None  # the OpenSSH client config this connection follows (inventory ssh.config_file, fab -F): rsync's too
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.steps = threading.local()  # .current: the token of the step this thread runs
+        self.answers = {}
 
     def _remote_runner(self):
         return StepRunner(context=self, inline_env=self.inline_ssh_env)
@@ -363,6 +365,11 @@ def rsync_target(conn, remote_path):
     host = conn.original_host if conn.ssh_config_file else conn.host  # ssh -F resolves the name as Fabric did (HostName, ProxyJump)
     host = f"[{host}]" if ":" in host else host
     return f"{conn.user}@{host}:{path}"
+
+
+# The host's system python3, for which the stdlib-only host scripts are written (`python3` on PATH where there is
+# none): a user's shim on PATH (pyenv, asdf) would cost up to a second on every command that runs one.
+PYTHON3 = '"$(command -v /usr/bin/python3 || command -v python3)"'
 
 
 def rq(remote_path):

@@ -37,7 +37,7 @@ def host_requirements():
     common = lines(cfg["options"]["install_requires"])
     extras = cfg["options.extras_require"]
     gpu = [re.sub(r"^tensorflow(?=[=<>~!])", "tensorflow[and-cuda]", r) for r in lines(extras["train"])]
-    return {"gpu": gpu + common, "cpu": lines(extras["train-cpu"]) + common}
+    return {"gpu": gpu + common, "cpu": lines(extras["train-cpu"]) + common, "storage": lines(extras["storage"])}
 
 
 DEFAULTS = {
@@ -63,9 +63,10 @@ DEFAULTS = {
     "python": "python3",
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
-    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]},
+    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False},
     "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
+    "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/storage.py
     "launch": {  # `fab launch` (deploy/aws/): the README's "EC2 from scratch" explains each
         "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
         "spot_interruption": "terminate", "disk_gb": 150, "ami": None,
@@ -73,11 +74,15 @@ DEFAULTS = {
         "user": "ubuntu", "key_name": None, "public_key_file": None, "key_file": None, "ssh_cidr": None, "instance_profile": None,
         "max_hours": None, "ssh_wait_seconds": 600, "worker_port": 23456,
     },
+    "notify": {"webhook": None},  # deploy/notify.py: Slack- and Discord-compatible incoming webhook
+    "recovery": {"hosts": [], "unreachable_minutes": 5, "max_restarts": 3, "poll_seconds": 30,  # `fab watch` (deploy/watch.py)
+                 "launch": {"type": None, "spot": False}},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
 # > 0; null where the default is
-NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes"}
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes",
+           "recovery.unreachable_minutes", "recovery.poll_seconds"}
 WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
@@ -128,6 +133,9 @@ class Inventory:
     ec2: dict
     stall_minutes: float | None = None  # a training whose status.json is older than this while it lives is stalled
     launch: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["launch"]))
+    storage: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["storage"]))
+    notify: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["notify"]))
+    recovery: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["recovery"]))
 
     def find_host(self, name_or_address, port=None):
         """The inventory host whose name or address is `name_or_address`, else None. Several hosts may
@@ -209,6 +217,10 @@ def load_inventory(path=None):
             raise InventoryError(f"Inventory key 'ssh.config_file' in {path} names {cfg['ssh']['config_file']}, which is not a file "
                                  "(an OpenSSH client config, as for `ssh -F`).")
     check_remote_paths(cfg["remote"], path)
+    check_storage(cfg["storage"], path)
+    from deploy.recovery.settings import check_settings  # notify: and recovery: beyond their types
+
+    check_settings(cfg, path)
     for host in hosts.values():
         if host.remote:
             check_remote_paths({**cfg["remote"], **host.remote}, path)
@@ -219,7 +231,7 @@ def load_inventory(path=None):
         allow_cpu_training=cfg["allow_cpu_training"], ssh=cfg["ssh"],
         tensorboard=cfg["tensorboard"], apt_packages=cfg["apt_packages"], python=cfg["python"], pip=cfg["pip"],
         price_per_hour=cfg["price_per_hour"], autostop=cfg["autostop"], ec2=cfg["ec2"], launch=cfg["launch"],
-        stall_minutes=cfg["stall_minutes"],
+        stall_minutes=cfg["stall_minutes"], storage=cfg["storage"], notify=cfg["notify"], recovery=cfg["recovery"],
     )
 
 
@@ -292,6 +304,33 @@ def check_remote_paths(remote, path):
             raise InventoryError(f"Inventory key 'remote.project_dir' in {path} is {remote['project_dir']!r}, which is, holds or "
                                  f"sits inside remote.{key} ({remote[key]!r}). The code gets a folder of its own so that no "
                                  "code sync can touch the venv, data or runs: pick another.")
+
+
+STORAGE_CREDENTIALS = ("host", "laptop")
+
+
+def check_storage(storage, path):
+    """storage.url is s3://bucket[/prefix] (or null: off); the other storage keys only with it."""
+    from trainer.storage.layout import StorageUrlError, parse_url
+
+    if storage["url"] is None:
+        given = [k for k in ("endpoint_url", "region") if storage[k] is not None] + (["credentials"] if storage["credentials"] != "host" else [])
+        if given:
+            raise InventoryError(f"Inventory key 'storage.{given[0]}' in {path} is set but 'storage.url' is not: storage is off "
+                                 "without a URL. Set storage.url (e.g. s3://my-bucket/facenet-runs), or remove the other storage keys.")
+        return
+    try:
+        parse_url(storage["url"])
+    except StorageUrlError as e:
+        raise InventoryError(f"Inventory key 'storage.url' in {path}: {e}") from None
+    endpoint = storage["endpoint_url"]
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise InventoryError(f"Inventory key 'storage.endpoint_url' in {path} expects an http:// or https:// URL of an S3-compatible "
+                             f"endpoint (e.g. https://<account>.r2.cloudflarestorage.com). Received: {endpoint!r}")
+    if storage["credentials"] not in STORAGE_CREDENTIALS:
+        raise InventoryError(f"Inventory key 'storage.credentials' in {path} expects host (the host's own AWS credentials: an "
+                             "instance role, its ~/.aws) or laptop (send this machine's credentials to the host). "
+                             f"Received: {storage['credentials']!r}")
 
 
 def _host(name, spec, path):

@@ -1,13 +1,13 @@
 """What the laptop knows about the runs of a host: which were fetched, and is the host idle.
 
     record_fetch("gpu1", info)              # fetch-results: the run and its state when fetched (state dir fetched.json)
+    record_fetch_on_host(conn, inv, info)   # and on the host, for autostop's guard (remote_scripts/agent_events.py)
     runs_at_risk(conn, inv, "gpu1")         # [(run, why)]: runs on the host neither fetched (since they ended) nor stored
     activity(conn, inv)                     # {"state", "run", "idle_seconds", "last_activity"}: asked over SSH
     forget("gpu1")                          # after `fab down`
 
 `fab down` refuses to delete a host that holds a run at risk, naming it. "Stored" is the other
-way a run is safe (copied off the host by "Never lose a run"); until that exists, `stored_runs`
-knows none.
+way a run is safe: its end is in run storage (`stored_runs`, from storage.url).
 """
 
 import json
@@ -64,6 +64,17 @@ def record_fetch(label, info):
     _save(data)
 
 
+def record_fetch_on_host(conn, inv, info):
+    """The host's own record of the fetch (RUNS_DIR/.agent/fetched.json): autostop then may power off a host whose
+    poweroff deletes it. Best-effort: False when the host did not take it."""
+    from deploy.training import script
+
+    ended = (info.get("exit") or {}).get("ended_at") or ""
+    cmd = (f"python3 {script(inv, 'agent_events.py')} fetched {rq(inv.remote['runs_dir'])} {shlex.quote(info['run'])} "
+           f"{shlex.quote(info['state'])} {shlex.quote(ended)}")
+    return conn.run(cmd, hide=True, warn=True, in_stream=False).ok
+
+
 def forget(labels):
     data = _load()
     for label in labels:
@@ -72,8 +83,16 @@ def forget(labels):
 
 
 def stored_runs(conn, inv):
-    """Runs of the host copied to storage ("Never lose a run"); none until that exists."""
-    return set()
+    """Runs whose end is in run storage (their pointer is final: deploy/storage.py); none without storage, or when
+    storage cannot be read (then `fab down` asks for them to be fetched, the safe side)."""
+    from deploy import storage
+
+    if not storage.enabled(inv):
+        return set()
+    try:
+        return {name for name, pointer, _ in storage.stored_runs(storage.open_store(inv)) if pointer and pointer.get("final")}
+    except DeployError:
+        return set()
 
 
 def runs_at_risk(conn, inv, label):

@@ -127,7 +127,7 @@ def tunnel(conn, inv, local_port, say):
     try:
         with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
             say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
-            try:  # someone is looking: the task's keeper (deploy.agent.activity) keeps autostop waiting meanwhile
+            try:  # someone is looking: the task's keeper (deploy.agent.Keeper) keeps autostop waiting meanwhile
                 while conn.transport.is_active():
                     time.sleep(0.5)
             except KeyboardInterrupt:

@@ -2,68 +2,47 @@
 
     report = provision(conn, inv, say=print)
 
-Idempotent and fast when nothing changed: one SSH command gathers what is there (missing
-packages, nvidia-smi, the venv, the requirements marker) and nothing else runs unless
-something is missing. The marker `<venv>/.facenet-requirements` holds a hash of the
-requirements, pip arguments and the GPU count; it is written only after the install and
-the TensorFlow GPU check both succeeded.
+Idempotent and fast when nothing changed: one survey gathers what is there (missing
+packages, nvidia-smi, the venv, the requirements marker), in the invocation's bookkeeping
+command (deploy.session) or a command of its own, and nothing else runs unless something
+is missing. The marker `<venv>/.facenet-requirements` holds a hash of the requirements, pip
+arguments and the GPU count; it is written only after the install and the TensorFlow GPU
+check both succeeded.
 """
 
 import hashlib
 import json
 import shlex
 
+from deploy import bookkeeping
 from deploy.errors import DeployError
 from deploy.hosts import rjoin, rq
 
 MARKER = ".facenet-requirements"
 
 
-SURVEY = r"""
-import json, os, shutil, subprocess, sys
-packages, venv, marker = json.loads(sys.argv[1]), os.path.expanduser(sys.argv[2]), sys.argv[3]
-def run(*cmd):
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        return p.returncode, p.stdout, p.stderr
-    except (OSError, subprocess.SubprocessError) as e:
-        return -1, "", str(e)
-found = {"uid": os.getuid(), "dpkg": bool(shutil.which("dpkg-query")), "missing": [], "nvidia_smi": None,
-         "venv_python": os.access(os.path.join(venv, "bin", "python"), os.X_OK), "venv_pip": False, "marker": ""}
-if found["dpkg"]:
-    for p in packages:
-        code, out, _ = run("dpkg-query", "-W", "-f=${Status}", p)
-        if code != 0 or "ok installed" not in out:
-            found["missing"].append(p)
-if shutil.which("nvidia-smi"):
-    code, out, err = run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
-    rows = [line.strip() for line in out.splitlines() if line.strip()]
-    ok = code == 0 and rows and all(line.count(",") == 2 for line in rows)
-    found["nvidia_smi"] = {"gpus": rows if ok else [], "error": None if ok else (err.strip() or out.strip() or f"exit {code}")[-600:]}
-if found["venv_python"]:
-    found["venv_pip"] = run(os.path.join(venv, "bin", "python"), "-m", "pip", "--version")[0] == 0
-try:
-    with open(os.path.join(venv, marker)) as f:
-        found["marker"] = f.read().strip()
-except OSError:
-    pass
-print(json.dumps(found))
-"""
+def survey_request(inv):
+    """What provisioning asks the host (remote_scripts/fab_session.py, `provision`)."""
+    return {"packages": list(inv.apt_packages), "venv": inv.remote["venv"], "marker": MARKER}
 
 
 def survey(conn, inv):
-    """One round trip, one JSON answer: {uid, dpkg, missing, nvidia_smi: None | {gpus, error}, venv_python, venv_pip, marker}."""
-    args = " ".join(shlex.quote(a) for a in (json.dumps(inv.apt_packages), inv.remote["venv"], MARKER))
-    out = conn.run(f"python3 -c {shlex.quote(SURVEY)} {args}", hide=True, warn=True, in_stream=False)
+    """What is there, in one JSON answer: {uid, dpkg, missing, nvidia_smi: None | {gpus, error}, venv_python, venv_pip,
+    marker}. The invocation's bookkeeping command has usually asked already (deploy.session): that answer, once;
+    else one round trip of its own."""
+    found = conn.answers.pop("provision", None) if getattr(conn, "answers", None) else None
+    if found is not None:
+        return found
     try:
-        return json.loads(out.stdout)
-    except ValueError:
-        raise DeployError(f"Could not survey the host (it needs python3, as every Ubuntu has; exit {out.exited}): "
-                          f"{(out.stderr or out.stdout).strip()[-600:]}") from None
+        return bookkeeping.ask(conn, {"provision": survey_request(inv)})["provision"]
+    except (DeployError, KeyError, TypeError) as e:
+        raise DeployError(f"Could not survey the host (it needs python3, as every Ubuntu has): {e}") from None
 
 
 def requirements(inv, gpu_count):
-    return inv.pip["gpu"] if gpu_count else inv.pip["cpu"]
+    """What the venv needs: pip.gpu or pip.cpu, and pip.storage (boto3, for the uploader) where storage.url is set."""
+    storage = inv.pip.get("storage", []) if (getattr(inv, "storage", None) or {}).get("url") else []
+    return (inv.pip["gpu"] if gpu_count else inv.pip["cpu"]) + storage
 
 
 def marker_for(inv, gpu_count):

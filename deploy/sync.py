@@ -23,7 +23,6 @@ from deploy.inventory import REPO_ROOT
 from trainer import runfiles
 from trainer.errors import UserError
 from trainer.names import check_run_name
-from trainer.run import code_version  # .code-version stamp or git describe: the same string the trainer records
 from trainer.runfiles import check_run_paths
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
@@ -36,6 +35,13 @@ RSYNC_CONNECTION_CODES = {12: "the connection closed mid-transfer", 30: "timed o
 
 def rsync(conn, args, show_progress=False):
     """Run rsync over `conn`'s SSH settings; returns (regular files transferred, bytes sent as rsync writes it)."""
+    stats = rsync_stats(conn, args, show_progress)
+    return stats["transferred"], stats["sent"]
+
+
+def rsync_stats(conn, args, show_progress=False):
+    """rsync as `rsync` runs it; returns {transferred, sent, deleted}: regular files transferred, bytes sent as
+    rsync writes it, and files deleted (None where this rsync does not say)."""
     cmd = ["rsync", "-a", "--protect-args", "--stats", f"--timeout={conn.rsync_timeout}", "-e", ssh_command(conn), *args]
     if show_progress:
         cmd.insert(1, "--info=progress2")
@@ -62,10 +68,10 @@ def rsync(conn, args, show_progress=False):
                               "Run the same command again when the host answers: rsync resumes where it stopped.")
     if code != 0:
         raise DeployError(f"rsync exited with code {code}: {err.strip()[-1200:]}")
-    transferred = next((int(m.group(1).replace(",", "")) for s in stats
-                        if (m := re.match(r"Number of regular files transferred: ([\d,]+)", s))), 0)
+    counted = lambda what, default: next((int(m.group(1).replace(",", "")) for s in stats  # noqa: E731
+                                          if (m := re.match(rf"Number of {what}: ([\d,]+)", s))), default)
     sent = next((s.split(":", 1)[1].strip() for s in stats if s.startswith("Total bytes sent")), "?")
-    return transferred, sent
+    return {"transferred": counted("regular files transferred", 0), "sent": sent, "deleted": counted("deleted files", None)}
 
 
 def sync_code(target, inv, say):
@@ -78,13 +84,18 @@ def sync_code(target, inv, say):
     filters = ["--filter=P __pycache__/", "--exclude=__pycache__/", "--exclude=*.pyc"]
     filters += [f"--include=/{p}***" if p.endswith("/") else f"--include=/{p}" for p in CODE_PATHS]
     filters += ["--exclude=*", "--delete", "--checksum"]
-    conn.run(f"mkdir -p {rq(project)}", hide=True, in_stream=False)
+    answers = conn.answers
+    if project not in answers.get("made", ()):  # the invocation's bookkeeping command made it (deploy.session)
+        conn.run(f"mkdir -p {rq(project)}", hide=True, in_stream=False)
     n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
     env = "".join(f"{k}={rq(v)}\n" for k, v in settings.items())  # `~/x` stays relative to whoever sources it
+    from trainer.run import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
+
     version = code_version()
-    conn.run(f"cd {rq(project)} && printf '%s\\n' {shlex.quote(version)} > .code-version && printf %s {shlex.quote(env)} > .deploy.env",
-             hide=True, in_stream=False)
+    if answers.pop("code", None) != {"code_version": f"{version}\n", "deploy_env": env}:  # the host has them already: no command
+        conn.run(f"cd {rq(project)} && printf '%s\\n' {shlex.quote(version)} > .code-version && printf %s {shlex.quote(env)} > .deploy.env",
+                 hide=True, in_stream=False)
     say(f"code {version}: {n} file(s) updated in {project}" if n else f"code {version}: {project} already up to date")
     return n
 
@@ -131,15 +142,27 @@ def sync_data(target, inv, say):
     conn = target.conn
     for d, (files, size) in local.items():
         say(f"{d}: {files} files, {size / 1e6:.1f} MB")
-    conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
-    total = 0
-    for d, remote in zip(inv.local_data, remote_data_dirs(inv)):
-        n, sent = rsync(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
-                               *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"], show_progress=True)
+    before = conn.answers.pop("data", None) or {}  # {remote dir: (files, bytes)} from the bookkeeping command (deploy.session)
+    if inv.remote["data_dir"] not in conn.answers.get("made", ()):
+        conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
+    total, unchanged = 0, True
+    for (d, counts), remote in zip(local.items(), remote_data_dirs(inv)):
+        stats = rsync_stats(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+                                   *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"], show_progress=True)
+        n, sent = stats["transferred"], stats["sent"]
         total += n
+        unchanged &= n == 0 and stats["deleted"] == 0 and before.get(remote) == counts
         say(f"  -> {remote}: {n} file(s) sent ({sent} bytes on the wire)" if n else f"  -> {remote}: already up to date")
-    verify_data(conn, inv, local, say)
+    if unchanged:  # the host held these files and bytes before, and rsync changed nothing: verified without asking again
+        say_verified(local, say)
+    else:
+        verify_data(conn, inv, local, say)
     return total
+
+
+def say_verified(local, say):
+    say(f"verified: the host holds the same files and bytes ({sum(f for f, _ in local.values())} files, "
+        f"{sum(s for _, s in local.values()) / 1e6:.1f} MB)")
 
 
 def verify_data(conn, inv, local, say):
@@ -155,8 +178,7 @@ def verify_data(conn, inv, local, say):
         if got != (files, size):
             raise DeployError(f"Upload check failed for {d}: here {files} files / {size} bytes, on the host {remote} "
                               f"{got[0]} files / {got[1]} bytes. Run `fab sync-data` again (rsync resumes).")
-    say(f"verified: the host holds the same files and bytes ({sum(f for f, _ in local.values())} files, "
-        f"{sum(s for _, s in local.values()) / 1e6:.1f} MB)")
+    say_verified(local, say)
 
 
 def check_run_to_resume(path):
@@ -204,6 +226,7 @@ def upload_run(target, inv, local_run, say):
                               "with `fab train --resume`, or remove it first.")
     conn.run(f"mkdir -p {rq(inv.remote['runs_dir'])}", hide=True, in_stream=False)
     # launch.json/exit.json belong to the old host's launcher; the new launcher writes its own
-    excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json"]
+    excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json",
+                "--exclude=/storage.json", "--exclude=/storage.log", "--exclude=/.storage.lock"]  # the old host's uploader's
     n, sent = rsync(conn, [*RUN_FILES_ONLY, *excluded, f"{local_run}/", rsync_target(conn, remote) + "/"])
     say(f"run {local_run.name}: {n} file(s) ({sent} bytes) uploaded to {remote}")

@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -22,7 +21,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from rich.console import Console
 from rich.text import Text
 
-from deploy import agent, cluster, ledger, lock, observe, sync, training
+from deploy import agent, cluster, ledger, lock, observe, session, storage, sync, training
 from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
@@ -45,43 +44,58 @@ class Host:
         self.inv, self.target, self.conn = inv, target, target.conn
 
 
-def host_task(name=None, changes_host=False, before_connect=None, on_cluster=None, **task_kwargs):
+def host_task(name=None, changes_host=False, before_connect=None, on_cluster=None, without_host=None, survey=(),
+              leaves_training=False, **task_kwargs):
     """Fabric's `task`, plus: inventory, host and its first line, errors as exit codes (deploy.errors),
     and for `changes_host` tasks the host lock and the --restart rule (refuse under a training).
 
     The body is `body(h: Host, ...)`; a `restart` keyword, when the task has one, stops a running
     training first. `before_connect(inv, **kwargs)` runs local checks before anything reaches the host.
     When -H names an inventory cluster, `on_cluster(hosts: [Host], cluster, ...)` runs instead, with
-    every host locked (for `changes_host`); a task without it refuses a cluster."""
+    every host locked (for `changes_host`); a task without it refuses a cluster. `without_host(inv, error,
+    ...)` runs instead of the body when the host cannot be reached (`error`: why), or at once (error None)
+    when the task's `from_storage` option is given: e.g. fetch-results from run storage. The tasks of one
+    `fab` invocation share the connection and the lock (deploy.session): `survey` names what the
+    bookkeeping command asks the host for the task's steps, `leaves_training` that it never
+    starts nor stops a training."""
     def decorate(body):
         task_name = name or body.__name__.replace("_", "-")
+        session.register(task_name, changes_host, survey, leaves_training)
 
         @functools.wraps(body)
         def run(c, *args, **kwargs):
-            target = None
+            target = inv = None
             try:
                 refuse_several_hosts()
                 inv = load_inventory()
+                if without_host is not None and kwargs.get("from_storage"):
+                    return without_host(inv, None, *args, **kwargs)
                 group = cluster.named_cluster(c, inv)
                 if group is not None:
                     if before_connect:
                         before_connect(inv, **kwargs)
                     return run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs)
-                target = connect(c, inv)
+                target = session.reuse(connect(c, inv))  # an earlier task of this invocation's connection, if any
                 inv = inv.for_host(target.host_name)  # that host's own folders (hosts.<name>.remote) for every step
                 say(f"host: {target.describe()}", "dim")
                 if before_connect:
                     before_connect(inv, **kwargs)
                 h = Host(inv, target)
-                with agent.activity(h.conn, inv):  # autostop waits while the task runs (heartbeat, lock lease)
-                    if not changes_host:
-                        return body(h, *args, **kwargs)
-                    with lock.host_lock(h.conn, inv, task_name):
-                        training.refuse_while_training(h.conn, inv, say, task_name, kwargs.get("restart", False))
-                        return body(h, *args, **kwargs)
+                # autostop waits while the task runs (heartbeat, lock lease); the lock and the training check (changes_host)
+                with session.task(h, task_name, changes_host, kwargs.get("restart", False), say):
+                    return body(h, *args, **kwargs)
             except Exit:
+                session.end_all()
                 raise
             except BaseException as e:
+                session.end_all()  # a failure before the task began: the lock held for it goes too
+                if without_host is not None and inv is not None and unreachable(e):
+                    try:
+                        return without_host(inv, e, *args, **kwargs)
+                    except Exit:
+                        raise
+                    except BaseException as e2:
+                        raise as_exit(e2) from None
                 raise as_exit(e, target) from None
 
         def run_interruptibly(c, *args, **kwargs):
@@ -126,16 +140,10 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
                               f"Run it on each: fab -H {group.hosts[0]} {task_name}. On a cluster: deploy-full, train, monitor, stop.")
     members = cluster.connect_members(c, inv, group)
     say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
-    hosts = [Host(hinv, target) for _, target, hinv in members]
+    hosts = [Host(hinv, session.reuse(target)) for _, target, hinv in members]
     with contextlib.ExitStack() as held:
-        for h in hosts:
-            held.enter_context(agent.activity(h.conn, h.inv))
-        if not changes_host:
-            return on_cluster(hosts, group, *args, **kwargs)
-        for h in hosts:
-            held.enter_context(lock.host_lock(h.conn, h.inv, task_name))
-        for h in hosts:
-            training.refuse_while_training(h.conn, h.inv, prefixed(h), task_name, kwargs.get("restart", False))
+        for h in hosts:  # each host locked and checked in turn; a refusal releases those before it
+            held.enter_context(session.task(h, task_name, changes_host, kwargs.get("restart", False), prefixed(h)))
         return on_cluster(hosts, group, *args, **kwargs)
 
 
@@ -156,6 +164,13 @@ def refuse_several_hosts():
                               "(for deploy-full: separate trainings, not one). To train on several hosts as one, name them "
                               "in inventory.yaml under clusters: (e.g. clusters: {pair: {hosts: [gpu1, gpu2]}}) and run "
                               "`fab -H pair deploy-full`; otherwise run the command once per host.")
+
+
+def unreachable(e):
+    """The host did not answer, or the connection to it died (not: it answered and refused the login)."""
+    if isinstance(e, (AuthenticationException, BadHostKeyException)):
+        return False
+    return isinstance(e, (HostUnreachable, SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError))
 
 
 def as_exit(e, target=None):
@@ -185,7 +200,7 @@ def as_exit(e, target=None):
 RESTART = {"restart": "stop the running training first (else the task refuses to change what it uses)"}
 
 
-@host_task(changes_host=True, help=RESTART)
+@host_task(changes_host=True, survey=("provision",), leaves_training=True, help=RESTART)
 def provision(h, restart=False):
     """Install missing apt packages, report the GPU, create the venv, install pinned requirements.
 
@@ -196,7 +211,7 @@ def provision(h, restart=False):
     prov.provision(h.conn, h.inv, say)
 
 
-@host_task(name="sync-code", changes_host=True, help=RESTART)
+@host_task(name="sync-code", changes_host=True, survey=("code",), leaves_training=True, help=RESTART)
 def sync_code(h, restart=False):
     """Rsync trainer/, remote_scripts/, configs/ and the setup files to remote.project_dir.
 
@@ -209,7 +224,7 @@ def _local_data(inv, **_):
     sync.check_local_data(inv)
 
 
-@host_task(name="sync-data", changes_host=True, before_connect=_local_data, help=RESTART)
+@host_task(name="sync-data", changes_host=True, before_connect=_local_data, survey=("data",), leaves_training=True, help=RESTART)
 def sync_data(h, restart=False):
     """Rsync the inventory's local_data dirs to remote.data_dir/<name>/ with progress, then verify files and bytes.
 
@@ -285,7 +300,7 @@ def _deploy_checks(inv, run_name=None, resume_from=None, **_):
     if resume_from is not None:
         if run_name is not None:
             raise LocalInputError("--resume-from continues a run under its own name: drop --run-name.")
-        sync.check_run_to_resume(resume_from)
+        sync.check_run_to_resume(storage.resume_source(inv, resume_from, say=say))  # s3://.../RUN: downloaded first
     sync.check_local_data(inv)
     for key in ("train_config", "smoke_config"):
         path = getattr(inv, key)
@@ -329,21 +344,24 @@ def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=
 
 
 @host_task(name="deploy-full", changes_host=True, before_connect=_deploy_checks, on_cluster=deploy_full_cluster,
+           survey=("provision", "code", "data"),
            help={"run_name": "name of the training run (default: a timestamp)",
                  "restart": "stop a running training first (else deploy-full refuses to touch its data)",
-                 "resume_from": "a run fetched with `fab fetch-results --backup` (results/<host>/<run>): upload it and continue it here"})
+                 "resume_from": "a run fetched with `fab fetch-results --backup` (results/<host>/<run>), or one in run storage "
+                                "(s3://bucket/prefix/RUN, or its name): upload it and continue it here"})
 def deploy_full(h, run_name=None, restart=False, resume_from=None):
     """Provision, sync-code, sync-data, preflight, smoke-test, train: in that order, stopping at the first failure.
 
     Prints a line per step with its duration, and at the end the run's name and the commands
     to watch it. The host (user, address, port, key file) is remembered, so later tasks need no flags.
     With --resume-from, an upload-run step brings a run from another host (e.g. a preempted spot
-    instance) and training continues it from its last finished epoch. With -H CLUSTER (inventory
+    instance), or from run storage (s3://.../RUN, or a run name `fab runs` lists), and training
+    continues it from its last finished (or stored) epoch. With -H CLUSTER (inventory
     `clusters:`) every host is prepared at once, then one worker per host trains as one run.
     """
     inv = h.inv
     console.rule(f"deploy-full to {h.target.label}")
-    resumed = Path(resume_from) if resume_from else None  # checked before connecting (_deploy_checks)
+    resumed = storage.resume_source(inv, resume_from) if resume_from else None  # checked (and downloaded) before connecting
     if run_name or resumed:
         training.refuse_new_run_name(h.conn, inv, run_name or resumed.name, resuming=bool(resumed))  # now, not after the smoke test
     say(f"data: {', '.join(str(d) for d in inv.local_data)} -> {inv.remote['data_dir']}/")
@@ -443,27 +461,57 @@ def unlock(h):
     say(f"Removed the lock of {lock.describe(holder)}." if holder is not None else "The host was not locked.")
 
 
-@host_task(name="fetch-results", help={"run": "a run other than the current one", "dest": "local folder (default: results)",
-                                       "backup": "also bring backup/ (the last finished epoch), to continue the run on another host"})
-def fetch_results(h, run=None, dest="results", backup=False):
+def fetch_stored(inv, error, run=None, dest="results", backup=False, from_storage=False):
+    """fetch-results from run storage: with --from-storage, or when the host cannot be reached."""
+    if error is not None and (run is None or not storage.enabled(inv)):
+        hint = ("; with run storage, `fab fetch-results --run NAME` reads the run from there (`fab runs` lists them)"
+                if storage.enabled(inv) else "")
+        raise as_exit(error) if not hint else HostUnreachable(f"{as_exit(error).message.removeprefix('error: ')}{hint}") from None
+    if run is None:
+        raise LocalInputError("--from-storage needs --run NAME (`fab runs` lists the runs in storage).")
+    training.valid_run_name(run)
+    if error is not None:
+        say(f"The host cannot be reached ({as_exit(error).message.removeprefix('error: ').splitlines()[0]}); "
+            f"reading run {run} from storage instead.", "yellow")
+    local, pointer = storage.fetch_run(inv, run, dest, say, backup=backup)
+    show_results(local, run, pointer["state"])
+
+
+@host_task(name="fetch-results", without_host=fetch_stored,
+           help={"run": "a run other than the current one", "dest": "local folder (default: results)",
+                 "backup": "also bring backup/ (the last finished epoch), to continue the run on another host",
+                 "from_storage": "read the run (--run) from run storage (storage.url), not from the host"})
+def fetch_results(h, run=None, dest="results", backup=False, from_storage=False):
     """Rsync the run dir back (model, metrics, history, TensorBoard logs, config, split; backup/ with --backup) to DEST/<host>/<run>/.
 
     Prints the final metrics table (accuracy, UAR, macro F1, per-class scores), the confusion
     matrix and the run's compute hours and cost when the run has finished. A run fetched with
     --backup continues elsewhere: `fab -H other deploy-full --resume-from DEST/<host>/<run>`.
+    With run storage (storage.url), a --run that the host cannot give (it is unreachable, or no
+    longer holds the run) is read from storage, and the first line says so; --from-storage skips the host.
     """
-    from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
-
+    if run and storage.enabled(h.inv) and not training.run_state(h.conn, h.inv, run=run, log_lines=0, quick=True).get("run_dir"):
+        say(f"The host {h.target.label} holds no run {run}; reading it from storage instead.", "yellow")
+        return fetch_stored(h.inv, None, run=run, dest=dest, backup=backup)
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
     ledger.record_fetch(h.target.label, info)  # `fab down` deletes a host only with its runs fetched after they ended
+    if not ledger.record_fetch_on_host(h.conn, h.inv, info):  # autostop's guard on a host whose poweroff deletes it
+        say("note: the host did not record the fetch (is its code synced?); autostop there may wait for it", "yellow")
+    show_results(local, info["run"], info["state"])
+
+
+def show_results(local, run, state):
+    """The fetched run's metrics table (or its cross-validation's), and where its pictures are."""
+    from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
+
     metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
     try:
         if cv:
-            print_cv(cv, console, title=f"Run {info['run']}, cross-validation")
+            print_cv(cv, console, title=f"Run {run}, cross-validation")
         elif metrics:
-            print_run_metrics(metrics, console, title=f"Run {info['run']}")
+            print_run_metrics(metrics, console, title=f"Run {run}")
         else:
-            say(f"No metrics.json yet: the run is {info['state']}.")
+            say(f"No metrics.json yet: the run is {state}.")
     except MALFORMED as e:  # a run file edited or damaged on the host: name it, no traceback
         raise DeployError(f"{local / ('cv.json' if cv else 'metrics.json')} does not read as a results file of this version "
                           f"({type(e).__name__}: {e}); the run's files are in {local}.") from None

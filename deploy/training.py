@@ -14,7 +14,7 @@ import shlex
 import time
 
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import rjoin, rq
+from deploy.hosts import PYTHON3, rjoin, rq
 from deploy.provision import run_with_result
 from deploy.sync import remote_data_dirs
 from trainer.errors import UserError
@@ -110,17 +110,29 @@ def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False):
     if quick:
         args.append("--quick")
     words = " ".join(map(rq, args))
-    cmd = f"python3 {script(inv, 'run_state.py')} {words}"
+    cmd = f"{PYTHON3} {script(inv, 'run_state.py')} {words}"
     if missing_ok:
         cmd = f"if [ -f {script(inv, 'run_state.py')} ]; then {cmd}; else echo null; fi"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     try:
         info = json.loads(out.stdout)
     except ValueError:
-        raise DeployError(f"Could not read the run state on the host (is the code synced? `fab sync-code`): "
-                          f"{(out.stderr or out.stdout).strip()[-600:]}") from None
+        info = {"error": (out.stderr or out.stdout).strip()[-600:]}
+    return checked_state(info, inv)
+
+
+def state_request(inv):
+    """run_state's arguments for the bookkeeping command's training check (remote_scripts/fab_session.py)."""
+    return {"scripts": rjoin(inv.remote["project_dir"], "remote_scripts"), "runs_dir": inv.remote["runs_dir"],
+            "session": inv.tmux_session, "stall_seconds": inv.stall_minutes * 60 if getattr(inv, "stall_minutes", None) else None}
+
+
+def checked_state(info, inv):
+    """run_state's answer, its run name checked before anything uses it as a path; None stays None (no code synced)."""
     if info is None:
         return None
+    if "error" in info and "state" not in info:
+        raise DeployError(f"Could not read the run state on the host (is the code synced? `fab sync-code`): {info['error']}")
     if info.get("run") is not None:
         try:
             check_run_name(info["run"], f"the run name the host reported (in {inv.remote['runs_dir']}/.current)")
@@ -157,27 +169,34 @@ def refuse_new_run_name(conn, inv, name, resuming=False):
         raise LocalInputError(f"Run {name} already exists on the host in {inv.remote['runs_dir']}: {what}.")
 
 
-def refuse_while_training(conn, inv, say, task, restart):
+ASK = object()  # refuse_while_training: no run state given, ask the host
+
+
+def refuse_while_training(conn, inv, say, task, restart, info=ASK):
     """A task that changes code, data or venv must not run while any process of the training lives
-    (with or without its tmux session): refuse, or with --restart stop it first."""
-    info = run_state(conn, inv, log_lines=0, quick=True, missing_ok=True)
+    (with or without its tmux session): refuse, or with --restart stop it first (then True).
+    `info`: the quick run state the caller has (deploy.session), else it is asked here."""
+    if info is ASK:
+        info = run_state(conn, inv, log_lines=0, quick=True, missing_ok=True)
     if info is None or not training_lives(info):
-        return
+        return False
     if not restart:
         raise DeployError(f"Training {info.get('run')} is running on the host ({info.get('state')}; {live_processes_text(info)}); "
                           f"`{task}` would change what it uses. Watch it with `fab monitor`, end it with `fab stop`, "
                           f"or `fab {task} --restart` to stop it first.")
     say("Stopping the running training first (--restart)")
     stop(conn, inv, say)
+    return True
 
 
-def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, folds=None, tf_config=None):
+def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, folds=None, tf_config=None, storage=None):
     """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name.
 
     `resume` continues the current run, or `run_name` (a run uploaded from another host: its data
     paths are mapped to this host's data dirs). `price_per_hour` goes into the run's cost record.
     `folds`: a K-fold cross-validation by actor (`python -m trainer cv`) instead of one run.
-    `tf_config`: this worker's TF_CONFIG (JSON) when the host is one worker of a cluster."""
+    `tf_config`: this worker's TF_CONFIG (JSON) when the host is one worker of a cluster. `storage`: the
+    uploader's settings (deploy/storage.py launch_settings), which start it beside the trainer."""
     session = inv.tmux_session
     runs = inv.remote["runs_dir"]
     if resume and run_name:
@@ -204,7 +223,9 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     run_dir = rjoin(runs, name)
     words = [inv.remote["venv"], inv.remote["project_dir"], run_dir, *trainer_args]
     quoted = " ".join(map(rq, words))
-    env = f"env {shlex.quote('TF_CONFIG=' + tf_config)} " if tf_config else ""
+    env = "".join(f"{shlex.quote(f'{k}={v}')} " for k, v in (("TF_CONFIG", tf_config), ("FACENET_STORAGE", storage and json.dumps(storage)))
+                  if v)
+    env = f"env {env}" if env else ""
     cmd = (f"mkdir -p {rq(runs)} && tmux new-session -d -s {shlex.quote(session)} "
            f"{env}bash {script(inv, 'launch_training.sh')} {quoted}")
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)

@@ -28,10 +28,13 @@ its status.json is not rewritten) counts as idle from when it stalled, and the l
 own processes on the GPU do not count as activity.
 
 On EC2 (IMDSv2 answers at metadata_url) it polls spot/instance-action; on a notice it marks the
-running training preempted and stops it (run_state.stop), keeping the backup of the last epoch.
+running training preempted and stops it (run_state.stop), keeping the backup of the last epoch;
+with run storage it then waits (until shortly before the notice's time) for the run's uploader to
+store that end, and records what was stored (state.json preempted.stored).
 When to ask the metadata service, and when to stop asking: ec2_metadata.py.
 """
 
+import calendar
 import fcntl
 import json
 import os
@@ -42,38 +45,18 @@ import subprocess
 import sys
 import time
 
+import agent_events
 import host_activity
+import host_files
 import run_state
-from ec2_metadata import EC2_METADATA_URL, probe_instance, spot_notice
+import storage_state
+from ec2_metadata import probe_instance, spot_notice
+from host_files import DEFAULTS, WAIT_FOR, agent_dir, agent_running, autostop_view, files, iso, mtime, read_settings
 
 HERE = os.path.abspath(__file__)
-DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
-            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None,
-            "stall_seconds": None}
+SOURCES = (HERE, host_files.__file__)  # the agent's code: a change to either restarts it
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
-WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
 BOOT_MARK = "# facenet-deploy host agent"
-
-
-def agent_dir(runs_dir):
-    return os.path.join(os.path.expanduser(runs_dir), ".agent")
-
-
-def files(runs_dir):
-    d = agent_dir(runs_dir)
-    return {name: os.path.join(d, name) for name in ("settings.json", "heartbeat", "state.json", "fired.json", "agent.log", "agent.lock",
-                                                     "budget.json")}
-
-
-def mtime(path):
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return 0.0
-
-
-def iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t)) if t else None
 
 
 def log(runs_dir, message):
@@ -96,33 +79,13 @@ def save(path, record):
 
 # --- autostop -----------------------------------------------------------------------------
 
-def autostop_view(settings, state, runs_dir, running):
-    """{armed, idle_seconds, command, fires_at, waiting_for_training, waiting_for} from the settings and the agent's state."""
-    auto = settings.get("autostop")
-    if not auto:
-        return {"armed": False}
-    paths = files(runs_dir)
-    current = run_state.read_current(runs_dir)
-    valid = current is not None and run_state.RUN_NAME.fullmatch(current)  # a name is a path: only a valid one
-    ended = mtime(os.path.join(os.path.expanduser(runs_dir), current, run_state.EXIT)) if valid else 0.0
-    last_activity = max(mtime(paths["heartbeat"]), ended, auto.get("armed_at", 0), state.get("started", 0),
-                        state.get("training_seen", 0), state.get("activity_seen", 0))
-    view = {"armed": True, "idle_seconds": auto["idle_seconds"], "command": auto["command"], "last_activity": iso(last_activity),
-            "waiting_for_training": bool(running), "waiting_for": state.get("activity") or [],
-            "wait_for": list(auto.get("wait_for", WAIT_FOR))}
-    view["fires_at_epoch"] = None if running else last_activity + auto["idle_seconds"]
-    view["fires_at"] = iso(view["fires_at_epoch"])
-    fired = state.get("fired") or run_state.read_json(paths["fired.json"]) or {}  # this agent's own record first: the disk may be full
-    view["fired"] = fired if fired.get("after_activity") == view["last_activity"] else None  # once per idle period
-    view["last_fired"] = fired or None
-    return view
-
-
 def fire(runs_dir, view, state):
     """Run the command first (nothing written before it: the disk may be full), then record it, best-effort;
     state.json keeps the record too, and a record the disk refused is written when it takes it again."""
     record = {"fired_at": iso(time.time()), "after_activity": view["last_activity"], "command": view["command"]}
     state["fired"] = record  # in memory: once per idle period, whatever the disk says
+    agent_events.notify_host(runs_dir, read_settings(runs_dir), f"autostop:{view['last_activity']}", "autostop",
+                             f"autostop fired: idle since {view['last_activity']}; running `{view['command']}`", command=view["command"])
     try:
         out = subprocess.run(["sh", "-c", view["command"]], capture_output=True, text=True, timeout=120)
         record.update(exit_code=out.returncode, output=(out.stdout + out.stderr)[-2000:])
@@ -134,10 +97,10 @@ def fire(runs_dir, view, state):
 
 # --- the budget cap (launch.max_hours) ------------------------------------------------------
 
-def notify(runs_dir, event, message):
-    """Tell the user `message`. Notifications do not exist yet: the agent's log and state carry it;
-    a notification channel (mail, chat, push) goes here."""
+def notify(runs_dir, event, message, key):
+    """Tell the user `message`: the agent's log, and the webhook (notify.webhook) once per `key`."""
     log(runs_dir, f"notify {event}: {message}")
+    agent_events.notify_host(runs_dir, read_settings(runs_dir), key, event, message)
 
 
 def check_budget(runs_dir, settings, running, now):
@@ -159,10 +122,13 @@ def check_budget(runs_dir, settings, running, now):
                              f"in about {minutes} min" + (f"; training {running[0]} is stopped first (its backup is kept)" if running else ""))
         record["warned_at"] = iso(now)
         save(path, record)
-        notify(runs_dir, "budget-warning", record["warning"])
+        notify(runs_dir, "budget-warning", record["warning"], f"budget-warning:{deadline}")
     if now >= deadline and "fired_at" not in record:
         record["fired_at"] = iso(now)
         save(path, record)  # before acting: a crash in between must not fire twice (best-effort: a full disk must not stop the cap)
+        notify(runs_dir, "budget-cap", f"budget cap reached ({budget.get('max_hours')} h after launch): "
+               + (f"stopping training {running[0]} (its backup is kept), then " if running else "") + f"running `{budget['command']}`",
+               f"budget-cap:{deadline}")
         log(runs_dir, f"budget cap reached ({budget.get('max_hours')} h after launch): "
                       + (f"stopping training {running[0]}, then " if running else "") + f"running {budget['command']!r}")
         if running:
@@ -181,10 +147,6 @@ def check_budget(runs_dir, settings, running, now):
 
 # --- the agent loop -----------------------------------------------------------------------
 
-def read_settings(runs_dir):
-    return {**DEFAULTS, **(run_state.read_json(files(runs_dir)["settings.json"]) or {})}
-
-
 def lock(runs_dir):
     """The agent's lock (held for its life), or None if another agent holds it."""
     f = open(files(runs_dir)["agent.lock"], "a")
@@ -201,8 +163,8 @@ def poll_once(runs_dir, settings, state):
     now = time.time()
     url = settings["metadata_url"]
     probe_instance(settings, state, now)
-    running = run_state.running_run(runs_dir, settings["session"])
-    stalled = run_state.stalled_since(running[1], settings.get("stall_seconds")) if running else None
+    running = host_files.running_run(runs_dir, settings["session"])
+    stalled = host_files.stalled_since(running[1], settings.get("stall_seconds")) if running else None
     if running and not stalled:
         state["training_seen"] = now
     if stalled and state.get("stalled") != [running[0], iso(stalled)]:
@@ -215,11 +177,11 @@ def poll_once(runs_dir, settings, state):
         except (OSError, ValueError) as e:
             notice, state["spot_error"] = None, f"{type(e).__name__}: {e}"[:200]
         if notice:
-            preempt(runs_dir, settings, running, notice)
-            state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now)}
+            stored = preempt(runs_dir, settings, running, notice)
+            state["preempted"] = {"run": running[0], "notice": notice, "at": iso(now), "stored": stored}
     state["budget"] = check_budget(runs_dir, settings, running, now)
     if running and (state["budget"] or {}).get("fired_at") == iso(now):  # the cap stopped it just now
-        running = run_state.running_run(runs_dir, settings["session"])
+        running = host_files.running_run(runs_dir, settings["session"])
         stalled = None
     auto = settings.get("autostop")
     ignore = set(run_state.live_processes(run_state.read_launch(running[1]))) if stalled else set()  # a stalled run is idle
@@ -229,12 +191,24 @@ def poll_once(runs_dir, settings, state):
         state["activity_seen"] = now
     waiting_for = None if stalled else running
     view = autostop_view(settings, state, runs_dir, waiting_for)
-    if view["armed"] and not waiting_for and now >= view["fires_at_epoch"] and not view["fired"]:
+    due = view["armed"] and not waiting_for and now >= view["fires_at_epoch"] and not view["fired"]
+    state["autostop_held"] = hold(runs_dir, settings, state) if due else None
+    if due and not state["autostop_held"]:
         fire(runs_dir, view, state)
     elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
         state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
+    agent_events.notify_run(runs_dir, settings, running, stalled)
     state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, waiting_for), running=running[0] if running else None)
     return state
+
+
+def hold(runs_dir, settings, state):
+    """Autostop is due: why it must wait (a poweroff would delete an unfetched, unstored run: agent_events), or None."""
+    held = agent_events.autostop_hold(runs_dir, settings, state)
+    if held and state.get("autostop_held") != held:
+        log(runs_dir, f"autostop held back: {held}")
+        agent_events.notify_host(runs_dir, settings, f"autostop-held:{held}", "autostop-held", f"autostop held back: {held}")
+    return held
 
 
 def preempt(runs_dir, settings, running, notice):
@@ -242,9 +216,28 @@ def preempt(runs_dir, settings, running, notice):
     name, run_dir = running
     log(runs_dir, f"spot interruption notice {json.dumps(notice)}: stopping run {name}")
     run_state.write_atomic(os.path.join(run_dir, run_state.PREEMPT), json.dumps({"notice": notice, "received_at": iso(time.time())}))
+    agent_events.notify_preempted(runs_dir, settings, name, run_dir, run_state.read_launch(run_dir).get("launch_id") or "legacy", notice,
+                                  run_state.read_json(os.path.join(run_dir, "status.json")))
     code, lines = run_state.stop(run_dir, settings["session"], int(settings["spot_grace_seconds"]),
                                  reason=f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})")
     log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
+    return store_before_the_end(runs_dir, run_dir, notice)
+
+
+def store_before_the_end(runs_dir, run_dir, notice):
+    """With run storage: wait, until 5 s before the notice's time (at least 10 s), for the run's uploader to store
+    the stopped run's last epoch; returns what it stored ({epoch, state, final, at}) or None."""
+    try:
+        ends = calendar.timegm(time.strptime(notice.get("time", ""), "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        ends = time.time() + 30
+    record = storage_state.wait_stored(run_dir, max(10.0, ends - 5 - time.time()))
+    if record is None:
+        return None
+    stored = record.get("stored") or {}
+    log(runs_dir, f"storage: {'stored the run end' if stored.get('final') else 'did NOT store the run end'}: "
+                  f"epoch {stored.get('epoch')} ({stored.get('state')}) at {stored.get('at')}; uploader {record.get('state')}")
+    return {k: stored.get(k) for k in ("epoch", "state", "final", "at")}
 
 
 KEPT_ACROSS_RESTARTS = ("instance_url", "metadata_explicit", "metadata_probe", "metadata_requests", "metadata_urls")
@@ -259,7 +252,7 @@ def run(runs_dir):
         return 1
     if held is None:
         return 0  # another agent watches this runs dir
-    source = mtime(HERE)
+    source = [mtime(path) for path in SOURCES]
     state = {"pid": os.getpid(), "started": time.time(), "started_at": iso(time.time()), "metadata_requests": 0, "metadata_urls": []}
     old = run_state.read_json(files(runs_dir)["state.json"]) or {}
     if old.get("pid") == os.getpid():  # re-executed after a code sync: keep what it had seen
@@ -280,21 +273,10 @@ def run(runs_dir):
             log(runs_dir, f"poll failed: {type(e).__name__}: {e}")
         save(files(runs_dir)["state.json"], state)
         time.sleep(pause)
-        if mtime(HERE) != source:  # `fab sync-code` brought a new version: continue as it
+        if [mtime(path) for path in SOURCES] != source:  # `fab sync-code` brought a new version: continue as it
             log(runs_dir, "code changed: restarting")
             held.close()
             os.execv(sys.executable, [sys.executable, HERE, "run", runs_dir])
-
-
-def agent_running(runs_dir):
-    """The agent of this runs dir is alive (its pid from state.json runs host_agent.py). Never takes
-    the lock: a check that held it for an instant could make a starting agent give up."""
-    pid = (run_state.read_json(files(runs_dir)["state.json"]) or {}).get("pid")
-    try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            return os.path.basename(HERE).encode() in f.read()
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def start(runs_dir):
@@ -347,6 +329,8 @@ def configure(runs_dir, changes):
     """Merge `changes` into settings.json, keep the boot entry in step, start the agent; returns the outcome."""
     os.makedirs(agent_dir(runs_dir), exist_ok=True)
     settings = read_settings(runs_dir)
+    if changes.get("notify_webhook") and changes["notify_webhook"] != settings.get("notify_webhook"):
+        changes = {**changes, "notify_since": time.time()}  # events from now on: not the end of an old run
     if changes.get("autostop"):
         auto = {"command": POWEROFF, **changes["autostop"], "armed_at": time.time()}
         if auto["command"] == POWEROFF and not can_sudo():
@@ -365,20 +349,6 @@ def configure(runs_dir, changes):
         outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"] or settings.get("budget")))
     outcome["started"] = start(runs_dir)
     return outcome
-
-
-def view(runs_dir):
-    """What the monitor shows: is the agent alive, autostop, instance, price (see run_state.collect)."""
-    paths = files(runs_dir)
-    if not os.path.isdir(agent_dir(runs_dir)):
-        return None
-    settings, state = read_settings(runs_dir), run_state.read_json(paths["state.json"]) or {}
-    alive = agent_running(runs_dir)
-    running = run_state.running_run(runs_dir, settings["session"])
-    if running and run_state.stalled_since(running[1], settings.get("stall_seconds")):
-        running = None  # stalled: autostop counts it as idle
-    return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
-            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe"), "budget": state.get("budget")}
 
 
 def main(argv):

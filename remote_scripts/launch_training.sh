@@ -14,7 +14,8 @@
 # the run finished or died: a run with no live process of that group and no exit record
 # vanished (reboot, kill -9). The launch is refused (exit 2, nothing recorded) while a process
 # of the run's previous launch lives. SIGTERM/SIGHUP/SIGINT are passed on to the trainer,
-# which finishes its epoch, saves its backup and exits 3 (stopped).
+# which finishes its epoch, saves its backup and exits 3 (stopped). With FACENET_STORAGE (JSON,
+# set by the deploy when the inventory has storage.url) the run's uploader starts beside it.
 set -euo pipefail
 
 if [ "$#" -lt 4 ]; then
@@ -58,6 +59,12 @@ elif ! cd "$project"; then
   say "project directory $project is missing: run \`fab sync-code\`"
   code=2
 else
+  if [ -n "${FACENET_STORAGE:-}" ]; then
+    # A checkpoint in object storage every epoch (trainer/storage/uploader.py): in a session of its own, so that a stop
+    # of this run's process group leaves it to store the last epoch; it exits once it has stored the run's end.
+    PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer.storage.uploader "$run_dir" "$launch_id" >> "$run_dir/storage.log" 2>&1 < /dev/null &
+    say "storage: uploader pid $! (its state: $run_dir/storage.json)"
+  fi
   PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
   child=$!
   trap 'kill -TERM "$child" 2>/dev/null || true' TERM HUP INT

@@ -7,12 +7,14 @@
     python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS      # stop_training.sh
     python3 run_state.py alive RUN_DIR                          # exit 0 while a process of the run lives (follow_log.sh)
 
-Standard library only (it runs with the system python3, even before the venv exists).
+Standard library only (it runs with the system python3, even before the venv exists). The files it shares with
+host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py.
 The run is RUNS_DIR/.current unless --run names one. Its state is derived from what the
 launcher and the trainer left behind, so a dead run is never mistaken for a missing one:
 
     exit record, code 0        finished
-    exit record, code 3        stopped   (on request; resumable)
+    exit record, code 3        stopped   (resumable; `requested` in it when `fab stop` or the budget cap asked: stop() leaves
+                                          .stop-request.json for the record, so a shutdown's SIGTERM is told apart)
     exit record with preempted preempted (a spot interruption notice stopped it: host_agent.py)
     exit record, other code    failed    (with a reason: disk-full, killed by a signal, ...)
     processes alive            status.json's state (starting, running), or stalled: status.json
@@ -39,7 +41,6 @@ Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -47,28 +48,38 @@ import subprocess
 import sys
 import time
 
+import host_files
+import storage_state
+from host_files import (  # the files it shares with host_agent.py (see host_files.py)
+    CURRENT,
+    EXIT,
+    EXITS,
+    LAUNCH,
+    LAUNCH_ID,
+    PENDING,
+    PREEMPT,
+    RUN_NAME,
+    STOP_REQUEST,
+    exit_record,
+    now,
+    progress,
+    read_current,
+    read_json,
+    read_launch,
+    running_run,  # noqa: F401 - part of this module's API
+    session_alive,
+    stalled_since,  # noqa: F401 - part of this module's API
+    write_atomic,
+)
 from liveness import boot_id, describe_processes, live_processes, proc_stat
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
               "stalled": 8}
 STOPPED = 3  # the trainer's exit code for "stopped on request"
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
-LAUNCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-CURRENT, LAUNCH, EXIT, PENDING, EXITS = ".current", "launch.json", "exit.json", ".exit.pending", "exits"
-PREEMPT = ".preempted.json"  # the spot notice, left by host_agent.py for the exit record
 PENDING_SIZE = 4096
 # `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
 LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
 DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
-STALL_FLOOR_SECONDS, STALL_EPOCHS = 15 * 60, 3  # default stall threshold: max(15 min, 3 x the slowest epoch)
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def tail(path, lines):
@@ -108,73 +119,6 @@ def gpus():
     return rows
 
 
-def session_alive(session):
-    try:
-        return subprocess.run(["tmux", "has-session", "-t", f"={session}"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def read_launch(run_dir):
-    launch = read_json(os.path.join(run_dir, LAUNCH))
-    return launch if isinstance(launch, dict) else {}
-
-
-def exit_path(run_dir, launch):
-    """Where the exit record of the launch in `launch` is: exits/<launch id>.json, or exit.json for a
-    run launched before launch ids; None for a launch id that is not a plain name."""
-    launch_id = launch.get("launch_id")
-    if launch_id is None:
-        return os.path.join(run_dir, EXIT)
-    if not isinstance(launch_id, str) or not LAUNCH_ID.fullmatch(launch_id):
-        return None
-    return os.path.join(run_dir, EXITS, f"{launch_id}.json")
-
-
-def exit_record(run_dir, launch=None):
-    """The exit record of the run's current launch (launch.json), or None while it has none."""
-    launch = read_launch(run_dir) if launch is None else launch
-    path = exit_path(run_dir, launch)
-    record = read_json(path) if path else None
-    return record if isinstance(record, dict) else None
-
-
-def mtime(path):
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return 0.0
-
-
-def progress(run_dir, status, stall_seconds=None, runs_dir=None):
-    """How long the run has made no progress: status.json's age (counted from the launch when that is
-    later: a resumed run's status.json is old until the trainer rewrites it) against the stall
-    threshold. {seconds_since_update, threshold_seconds, last_update, stalled}."""
-    if stall_seconds is None and runs_dir is not None:  # e.g. monitor_training.sh on the host: the agent's setting
-        stall_seconds = (read_json(os.path.join(runs_dir, ".agent", "settings.json")) or {}).get("stall_seconds")
-    if stall_seconds is None:
-        slowest = max([v for v in ((status or {}).get(k) for k in ("slowest_epoch_seconds", "last_epoch_seconds"))
-                       if isinstance(v, (int, float))] or [0])
-        stall_seconds = max(STALL_FLOOR_SECONDS, STALL_EPOCHS * slowest)
-    last = max(mtime(os.path.join(run_dir, "status.json")), mtime(os.path.join(run_dir, LAUNCH)))
-    age = max(0.0, time.time() - last)
-    return {"seconds_since_update": round(age, 1), "threshold_seconds": float(stall_seconds),
-            "last_update": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(last)), "stalled": age > stall_seconds}
-
-
-def stalled_since(run_dir, stall_seconds=None):
-    """When the run became stalled (seconds since the epoch: its last progress plus the threshold),
-    or None while it progresses, has ended, or none of its processes lives (host_agent.py's autostop)."""
-    launch = read_launch(run_dir)
-    if not live_processes(launch) or exit_record(run_dir, launch) is not None:
-        return None
-    status = read_json(os.path.join(run_dir, "status.json"))
-    if not isinstance(status, dict) or status.get("state") not in ("starting", "running"):
-        return None
-    seen = progress(run_dir, status, stall_seconds)
-    return time.time() - seen["seconds_since_update"] + seen["threshold_seconds"] if seen["stalled"] else None
-
-
 def derive_state(exit_record, alive, status, stalled=False):
     if exit_record is not None:
         if exit_record.get("preempted"):
@@ -193,28 +137,6 @@ def disk(path):
     usage = shutil.disk_usage(path)
     low = usage.free < max(min(LOW_DISK_BYTES, LOW_DISK_FRACTION * usage.total), LOW_DISK_FLOOR)
     return {"path": path, "free_bytes": usage.free, "total_bytes": usage.total, "low": low}
-
-
-def read_current(runs_dir):
-    try:
-        with open(os.path.join(os.path.expanduser(runs_dir), CURRENT)) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def running_run(runs_dir, session):
-    """(name, run_dir) of the current run while a process of it lives, else None. (A run launched
-    before launch.json held a process group: while its tmux session lives without an exit record.)"""
-    name = read_current(runs_dir)
-    if name is None or not RUN_NAME.fullmatch(name):
-        return None
-    run_dir = os.path.join(os.path.expanduser(runs_dir), name)
-    launch = read_launch(run_dir)
-    if live_processes(launch):
-        return name, run_dir
-    legacy = not launch.get("pgid") and exit_record(run_dir, launch) is None and session_alive(session)
-    return (name, run_dir) if legacy else None
 
 
 def uptime():
@@ -238,9 +160,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         "uptime_seconds": uptime(), "agent": None, "processes": [],
     }
     if not quick:
-        import host_agent  # imports this module: not at the top
-
-        info["agent"] = host_agent.view(runs_dir)
+        info["agent"] = host_files.view(runs_dir)
     if run is None:
         return info
     if not RUN_NAME.fullmatch(run):  # a name is a path: never follow one that leaves the runs dir
@@ -264,32 +184,12 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         launch=launch or None, stall=stall,
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
         cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/cv.py)
+        recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
+        storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
     return info
-
-
-def now():
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
-def write_atomic(path, text):
-    """A temp file beside `path`, then a rename: readers see the old file or the new one. A write
-    that fails (a full disk) removes its temp file, so that it holds no space."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class RunAlive(Exception):
@@ -309,7 +209,7 @@ def record_launch(run_dir, pid, command):
                        "refusing to start another trainer on it; stop it first (`fab stop`)")
     if os.path.islink(os.path.join(run_dir, EXITS)):  # a tampered run: never write records through a link
         os.remove(os.path.join(run_dir, EXITS))
-    for stale in (EXIT, PENDING, PREEMPT):  # exit.json: the previous launch's (its record stays in exits/)
+    for stale in (EXIT, PENDING, PREEMPT, STOP_REQUEST):  # exit.json: the previous launch's (its record stays in exits/)
         if os.path.lexists(os.path.join(run_dir, stale)):  # a link too: removed, never written through
             os.remove(os.path.join(run_dir, stale))
     launch_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{pid}"
@@ -357,6 +257,9 @@ def record_exit(run_dir, code, reason=None, launch_id=None):
     current = launch_id is None or launch.get("launch_id") == launch_id
     record = {"exit_code": code, "ended_at": now(), **({"launch_id": launch_id} if launch_id else {})}
     preempted = read_json(os.path.join(run_dir, PREEMPT)) if current else None
+    requested = read_json(os.path.join(run_dir, STOP_REQUEST)) if current else None
+    if requested:  # `fab watch` restarts a stop nobody asked for (a shutdown's SIGTERM), never this one
+        record["requested"] = requested
     if preempted:
         record["preempted"] = preempted
         notice = preempted.get("notice") or {}
@@ -380,8 +283,9 @@ def record_exit(run_dir, code, reason=None, launch_id=None):
         write_atomic(final, json.dumps(record))
     if launch_id is not None and read_launch(run_dir).get("launch_id") == launch_id:
         _link_exit_json(run_dir, final)
-    if preempted:
-        os.remove(os.path.join(run_dir, PREEMPT))
+    for marker in (PREEMPT, STOP_REQUEST) if current else ():
+        if os.path.lexists(os.path.join(run_dir, marker)):
+            os.remove(os.path.join(run_dir, marker))
     return record
 
 
@@ -422,6 +326,11 @@ def stop(run_dir, session, wait_s, reason=None):
     exited = lambda: exit_record(run_dir, launch) is not None  # noqa: E731
     if not session_alive(session) and not members():
         return 0, [f"No training is running (no live process of its process group, no tmux session {session})."]
+    if members() and not exited():
+        try:  # the exit record will say that this stop was asked for (best-effort: a full disk must not keep it from stopping)
+            write_atomic(os.path.join(run_dir, STOP_REQUEST), json.dumps({"by": reason or "`fab stop`", "at": now()}))
+        except OSError:
+            pass
     forced = False
     if members():
         graceful = 10  # the exit record is written: the launcher is finishing

@@ -10,6 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# markers applied by fixture use, and `pytest --fast` (make test-fast): see tests/kinds.py;
+# runs trained once a session and read by several tests: tests/fixtures_runs.py
+pytest_plugins = ["kinds", "fixtures_runs"]
+
 
 def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype=np.float32, **extra):
     """A feature file with `frames` random frames (or `value` as the array itself)."""
@@ -59,12 +63,32 @@ def ssh_host(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def host_venv(tmp_path_factory):
-    """The "host"'s venv: a real venv that sees this environment's packages (no second TensorFlow download)."""
+    """The "host"'s venv: a real venv that sees this environment's packages (no second TensorFlow download).
+    Shared by the session: whichever test provisions it first installs; tests that assert the first
+    install use `fresh_venv`."""
+    return make_host_venv(tmp_path_factory.mktemp("host venv") / "venv")
+
+
+@pytest.fixture(scope="session")
+def _pristine_venv(tmp_path_factory):
+    return make_host_venv(tmp_path_factory.mktemp("pristine venv") / "venv")
+
+
+@pytest.fixture
+def fresh_venv(tmp_path, _pristine_venv):
+    """A host venv of this test's own, never provisioned (a copy of one made once a session): `fab provision`
+    installs into it whatever ran before. `bin/python` works from the copy; nothing uses its scripts' shebangs."""
+    import shutil
+
+    return Path(shutil.copytree(_pristine_venv, tmp_path / "fresh venv", symlinks=True))
+
+
+def make_host_venv(path):
     import sysconfig
 
     from deploy.localhost import seed_venv
 
-    venv = seed_venv(tmp_path_factory.mktemp("host venv") / "venv", sysconfig.get_paths()["purelib"])
+    venv = seed_venv(path, sysconfig.get_paths()["purelib"])
     # TensorFlow's absl lines on another CPU reach stderr whatever TF_CPP_MIN_LOG_LEVEL says; every
     # Python of the "host" prints one at exit, so no deploy step may read its result from the output.
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -299,3 +323,12 @@ def mount_tmpfs(path, size):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode != 0:
         pytest.skip("mount -t tmpfs is not permitted here")
     return path
+
+
+@pytest.fixture
+def webhook():
+    """A local HTTP server on 127.0.0.1 that records the webhook posts it gets (tests/webhook.py): .url, .posts, .events()."""
+    from tests.webhook import serve
+
+    with serve() as hook:
+        yield hook

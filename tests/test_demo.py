@@ -17,10 +17,17 @@ from conftest import ROOT, wait_until
 
 from deploy.localhost import processes_under
 
-pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one demo at a time: its tmux session has one name
 
 # 127.0.0.0/8 and ::1; and the unspecified address (0.0.0.0, ::), which connect(2) takes as this host
 LOOPBACK = re.compile(r'inet_addr\("(127\.|0\.0\.0\.0")|inet_pton\(AF_INET6, "(::1|::ffff:127\.[0-9.]*|::|::ffff:0\.0\.0\.0)"')
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    """One demo folder for both tests: the second run reuses the first's venv, keys and data, as a
+    second `make demo` does (the first run, under strace, is a fresh one)."""
+    return tmp_path_factory.mktemp("demo-home")  # no space: LocalSSHHost writes its paths into sshd_config unquoted
 
 
 def demo(tmp_path, *args, trace=None):
@@ -48,24 +55,24 @@ def left_running(tmp_path):
 
 
 @pytest.mark.skipif(not strace_works(), reason="strace cannot trace here (no strace, or ptrace is not permitted)")
-def test_the_demo_runs_to_the_end_then_nothing_of_it_runs_and_it_only_talked_to_loopback(tmp_path):
+def test_the_demo_runs_to_the_end_then_nothing_of_it_runs_and_it_only_talked_to_loopback(tmp_path, demo_home):
     trace = tmp_path / "connects.txt"
-    proc = demo(tmp_path, "--epochs", "2", trace=trace)
+    proc = demo(demo_home, "--epochs", "2", trace=trace)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "Test" in out or "test" in out  # fetch-results printed the metrics
-    procs, sessions = left_running(tmp_path)
+    procs, sessions = left_running(demo_home)
     assert not procs and not sessions, (procs, sessions)
     connects = network_connects(trace)
     assert connects, "the trace saw no connect at all: it did not follow the demo"
     assert [line for line in connects if not LOOPBACK.search(line)] == []
-    agent = (tmp_path / "demo" / "host" / "runs" / ".agent" / "agent.log").read_text()
+    agent = (demo_home / "demo" / "host" / "runs" / ".agent" / "agent.log").read_text()
     assert "agent started" in agent  # the agent did run (and is gone now)
 
 
-def test_ctrl_c_during_the_demo_stops_everything_it_started(tmp_path):
-    proc = demo(tmp_path, "--epochs", "400")
-    runs = tmp_path / "demo" / "host" / "runs"
+def test_ctrl_c_during_the_demo_stops_everything_it_started(demo_home):
+    proc = demo(demo_home, "--epochs", "400")
+    runs = demo_home / "demo" / "host" / "runs"
     try:
         wait_until(lambda: (runs / ".current").exists() and processes_under(runs / (runs / ".current").read_text().strip()),
                    400, "the demo's training to start")
@@ -76,5 +83,5 @@ def test_ctrl_c_during_the_demo_stops_everything_it_started(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out[-3000:]
-    procs, sessions = left_running(tmp_path)
+    procs, sessions = left_running(demo_home)
     assert not procs and not sessions, (procs, sessions)

@@ -8,11 +8,10 @@ import json
 import re
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, write_clip, write_config
+from conftest import TINY_CONFIG, wait_until, write_clip, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -24,12 +23,13 @@ def synth(path, clips=120, seed=5):
     return path
 
 
-def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(deploy_env, ssh_host):
+def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(deploy_env, ssh_host, fresh_venv, tmp_path):
     """The README's flow: `fab -H user@ip -i key deploy-full`, then every later task with no flags.
     The host's Python prints TensorFlow-like noise on stderr at every exit (see conftest.host_venv):
     results travel as JSON, so it changes nothing."""
     synth(deploy_env.data)
-    deploy_env.write(hosts={})
+    tiny = write_config(tmp_path / "tiny.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 2}})
+    deploy_env.write(hosts={}, train_config=str(tiny), remote={**deploy_env.inventory["remote"], "venv": str(fresh_venv)})
     first = deploy_env.fab("-H", f"{ssh_host.user}@127.0.0.1:{ssh_host.port}", "-i", ssh_host.key_file, "deploy-full",
                            "--run-name", "first", timeout=600)
     assert first.returncode == 0, first.out
@@ -109,9 +109,9 @@ def test_a_running_training_blocks_a_second_train_until_restart(deploy_env, tmp_
     assert deploy_env.fab("stop", "--wait", "5").returncode == 0
 
 
-def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env):
+def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env, fresh_venv):
     """The marker holds a hash of the requirements: changing them reinstalls, the same ones do not."""
-    deploy_env.write(default_host="local")
+    deploy_env.write(default_host="local", remote={**deploy_env.inventory["remote"], "venv": str(fresh_venv)})
     assert deploy_env.fab("provision").returncode == 0
     again = deploy_env.fab("provision")
     assert again.returncode == 0 and "up to date" in again.out
@@ -198,7 +198,7 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     deploy_env.write(default_host="local", rsync_args=["--bwlimit=1500"])  # ~10 MB at 1.5 MB/s: time to interrupt
     proc = deploy_env.popen("sync-data")
     remote = deploy_env.remote_root / "data dir" / "crema-d"
-    time.sleep(3)
+    wait_until(lambda: any(remote.glob("*.npz")), 60, "the first clip uploaded")  # not a fixed sleep: a loaded machine starts slower
     proc.send_signal(signal.SIGINT)  # Ctrl-C (tests/test_interrupts.py sends it to the whole process group, as a terminal does)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Interrupted. Run the same command again" in out, out

@@ -6,6 +6,8 @@ from conftest import write_clip
 
 from trainer import FixedVideoFacenetGenerator
 
+pytestmark = pytest.mark.tf  # the generator is a Keras PyDataset
+
 
 @pytest.fixture
 def clips(tmp_path):

@@ -182,6 +182,7 @@ def test_cron_starts_the_agent_again_every_minute_and_never_a_second_one(fake_bi
 
 # 6. idle means no fab task, no SSH login, no process on the GPU -----------------------------------
 
+@pytest.mark.xdist_group("ssh_login")  # its login is activity for every host agent here: not beside a test that waits for autostop
 def test_an_open_ssh_login_keeps_the_host_up(fake_bin_host, tmp_path):
     if host_activity.ssh_sessions():
         pytest.skip(f"an interactive SSH login is open on this machine ({host_activity.ssh_sessions()}): it counts as "

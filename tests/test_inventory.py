@@ -195,7 +195,7 @@ def test_prices_and_autostop_settings_are_read_per_host(tmp_path):
     inv = load_inventory(write(tmp_path, {"hosts": {"gpu": {"address": "1.2.3.4", "price_per_hour": 3.06}, "cpu": {"address": "5.6.7.8"}},
                                          "price_per_hour": 1, "autostop": {"idle_minutes": 0.5}}))
     assert inv.price_of("gpu") == 3.06 and inv.price_of("cpu") == 1 and inv.price_of("root@9.9.9.9:22") == 1
-    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"]}
+    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False}
     assert load_inventory(write(tmp_path, {})).price_of("gpu") is None
 
 

@@ -17,6 +17,7 @@ def test_metrics_on_a_known_confusion():
     assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
 
 
+@pytest.mark.tf
 def test_default_lstm_stays_eligible_for_cudnn():
     from trainer.model import build_model, cudnn_problems
 
@@ -28,6 +29,7 @@ def test_default_lstm_stays_eligible_for_cudnn():
     assert len(cudnn_problems(bad)) == 2
 
 
+@pytest.mark.tf
 @pytest.mark.parametrize("encoder", ["bilstm", "transformer"])
 def test_padding_does_not_change_the_prediction(encoder):
     """A clip alone and the same clip zero-padded in a batch with a longer one score the same."""
@@ -43,6 +45,7 @@ def test_padding_does_not_change_the_prediction(encoder):
     np.testing.assert_allclose(padded[0], alone[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tf
 def test_uar_metric_matches_numpy_and_model_reloads(tmp_path):
     import keras
 

@@ -183,7 +183,7 @@ def test_a_worker_whose_peers_never_start_fails_within_the_collective_timeout(cl
     watchdog process records the failure (PeerLost) and kills it, instead of a run that waits forever."""
     env = cluster.env(0)
     cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth_crema), "--out", str(cluster.root / "w0"), "--run-name", "run",
-           "--epochs", "2", *TINY, "--set", "train.collective_timeout=15"]
+           "--epochs", "2", *TINY, "--set", "train.collective_timeout=5"]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -143,6 +143,7 @@ def expected(i):
     return y
 
 
+@pytest.mark.tf
 def test_headers_read_in_threads_while_tf_functions_are_traced(tmp_path):
     """Before: within a second or two, "SystemError: AST constructor recursion depth mismatch" in a reader, or an
     autograph conversion broken by it in the main thread (numpy's ast.literal_eval of the header)."""

@@ -54,16 +54,14 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
     assert logs.returncode == 0 and "trainer exited with code 3" in logs.out
 
 
-def test_monitor_finished_and_fetch_results_prints_the_metrics(host_ready):
-    env = host_ready
-    assert env.fab("train", "--run-name", "short").returncode == 0
-    wait_until(lambda: (env.runs / "short" / "exit.json").exists(), what="the run to end")
+def test_monitor_finished_and_fetch_results_prints_the_metrics(finished_host, tmp_path):
+    env = finished_host  # `fab train --run-name short`, ended (tests/fixtures_runs.py)
     done = env.fab("monitor")
     assert done.returncode == 0 and "FINISHED" in done.out and "exit code 0" in done.out and "UAR" in done.out
-    fetched = env.fab("fetch-results", "--dest", env.root / "results")
+    fetched = env.fab("fetch-results", "--dest", tmp_path / "results")
     assert fetched.returncode == 0, fetched.out
     assert "UAR" in fetched.out and "Confusion matrix" in fetched.out and "recall" in fetched.out
-    local = env.root / "results" / "local" / "short"
+    local = tmp_path / "results" / "local" / "short"
     assert {"best.keras", "metrics.json", "history.csv", "config.yaml", "split.json"} <= {p.name for p in local.iterdir()}
     # the same essentials for someone logged into the host (the "host" is this machine)
     on_host = subprocess.run(["bash", env.remote_root / "project dir" / "remote_scripts" / "monitor_training.sh"],

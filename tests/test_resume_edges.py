@@ -4,14 +4,14 @@ non-finite loss. Real trainer processes, real signals, real files (tiny configs)
 import hashlib
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from conftest import run_trainer
-from test_training import start_training, status, wait_for_epoch
+from fixtures_runs import copy_trained_run
+from test_training import status
 
 pytestmark = pytest.mark.slow
 
@@ -22,20 +22,6 @@ def digest(path):
 
 def digests(run, names):
     return {name: digest(run / name) for name in names if (run / name).is_file()}
-
-
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory, synth_crema):
-    """A run stopped on request (SIGTERM) after a few epochs, over its own copy of the data."""
-    root = tmp_path_factory.mktemp("stopped")
-    data = root / "data" / "crema-d"
-    shutil.copytree(synth_crema, data)
-    proc = start_training(data, root / "runs", "base", 30)
-    wait_for_epoch(root / "runs" / "base", 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 3, out
-    return root / "runs" / "base"
 
 
 def copy_run(stopped_run, tmp_path, name):
@@ -59,12 +45,8 @@ def test_the_backup_is_stamped_with_its_epoch_and_keeps_the_previous_one(stopped
     assert not list(backup.glob(".*"))  # no temp file left behind
 
 
-def test_resuming_a_finished_run_is_refused_and_rewrites_nothing(tmp_path, synth_crema):
-    proc = run_trainer("train", "--data", synth_crema, "--out", tmp_path, "--run-name", "done", "--epochs", "2",
-                       "--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
-                       "--set", "data.max_frames=40", "--set", "train.workers=1")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = tmp_path / "done"
+def test_resuming_a_finished_run_is_refused_and_rewrites_nothing(tmp_path, trained_run):
+    run = copy_trained_run(trained_run, tmp_path, "done")
     names = ["history.csv", "best.keras", "metrics.json", "status.json", "config.yaml", "train.log", "split.json"]
     before = digests(run, names)
     again = run_trainer("train", "--resume", run)

@@ -97,6 +97,7 @@ def closed_session_with_a_live_trainer(env, trainer, launch):
     assert stopped.returncode == 3 and "STOPPED" in stopped.out, stopped.out
 
 
+@pytest.mark.xdist_group("ssh_login")  # autostop waits while any SSH login is open (test_host_agent opens one)
 def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_host, tmp_path):
     env = make_ready(fake_bin_host(crontab=FAKE_CRONTAB), tmp_path)
     fired = tmp_path / "powered off"
@@ -139,11 +140,9 @@ def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_ho
     assert env.fab("stop", "--wait", "60").returncode == 0
 
 
-def test_fab_train_resume_of_a_finished_run_is_refused_and_starts_nothing(host_ready):
-    env = host_ready  # 2 epochs
-    assert env.fab("train", "--run-name", "done").returncode == 0
-    wait_until(lambda: (env.runs / "done" / "exit.json").exists(), what="the run to finish")
-    launch = (env.runs / "done" / "launch.json").read_text()
+def test_fab_train_resume_of_a_finished_run_is_refused_and_starts_nothing(finished_host):
+    env = finished_host  # `fab train --run-name short` (2 epochs), ended (tests/fixtures_runs.py)
+    launch = (env.runs / "short" / "launch.json").read_text()
     again = env.fab("train", "--resume")
-    assert again.returncode == 1 and "Run done finished; there is nothing to resume" in again.out, again.out
-    assert (env.runs / "done" / "launch.json").read_text() == launch and not session_alive(env)
+    assert again.returncode == 1 and "Run short finished; there is nothing to resume" in again.out, again.out
+    assert (env.runs / "short" / "launch.json").read_text() == launch and not session_alive(env)

@@ -157,6 +157,7 @@ def test_status_files_replace_a_link_never_write_through_it(tmp_path):
     assert target.read_text() == "precious\n"
 
 
+@pytest.mark.tf
 def test_history_csv_is_written_without_following_a_link(tmp_path):
     from trainer.callbacks import SafeCSVLogger
 

@@ -83,10 +83,19 @@ def autostop_line(agent):
         return Text(f"fired at {_clock(fired['fired_at'])}: `{fired['command']}` exited {fired.get('exit_code')}", style="bold")
     if auto["waiting_for_training"]:
         return Text(f"{verb} {idle}; waits while the training runs")
+    if auto.get("held"):  # a poweroff would delete the host with a run not yet fetched nor stored (agent_events.py)
+        return Text(f"{verb} {idle}; HELD BACK: {auto['held']}", style="bold yellow")
     last, waiting = auto.get("last_fired"), auto.get("waiting_for") or []
     return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle"
                 + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else "")
                 + (f"; waiting: {'; '.join(map(str, waiting))}" if waiting else ""))
+
+
+def recoveries_line(recoveries):
+    """'2 times; last: on gpu2 at 14:05 from epoch 3 (gpu1 unreachable for 5.0 min)'."""
+    last = recoveries[-1]
+    return (f"{len(recoveries)} time{'s' if len(recoveries) > 1 else ''}; last: on {last.get('host')} at {_clock(last.get('at'))} "
+            f"from epoch {last.get('from_epoch')} (was on {last.get('from_host')}: {last.get('reason')})")
 
 
 def cost_line(info, price, eta_seconds):
@@ -100,6 +109,33 @@ def cost_line(info, price, eta_seconds):
     else:
         text += "   (set price_per_hour in the inventory to see the cost)"
     return Text(text)
+
+
+def _ago(seconds):
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else _duration(seconds)
+
+
+def storage_line(record):
+    """'stored: epoch 14, 40 s ago' / 'storage: 3 uploads failing: AccessDenied ...' (remote_scripts/storage_state.py)."""
+    stored, failures = record.get("stored") or {}, record.get("failures") or {}
+    text = Text()
+    if stored:
+        text.append(f"stored: epoch {stored.get('epoch')}, {_ago(record.get('seconds_since_stored'))} ago"
+                    + (f" ({stored.get('state')}, final)" if stored.get("final") else "") + f"  {record.get('url')}")
+    if failures:
+        text.append(("; " if stored else "") + f"storage: {failures.get('count')} upload{'s' if failures.get('count') != 1 else ''} "
+                    f"failing: {failures.get('code')}: {failures.get('message')}", style="bold red")
+    if record.get("state") == "gave-up":
+        text.append("; gave up: the run's last state is not stored (the host keeps it)", style="bold red")
+    elif record.get("state") == "superseded":
+        text.append(f"; stopped: {record.get('superseded')}", style="yellow")
+    elif not stored and not failures:
+        text.append(f"storage: nothing stored yet  {record.get('url')}", style="dim")
+    if not record.get("done") and not record.get("alive"):
+        text.append("; its uploader is not running (the host restarted?): `fab train --resume` starts it again", style="yellow")
+    return text
 
 
 def T(value):
@@ -168,6 +204,8 @@ def screen(info, label, console):
                             f"its processes ({pids}) live but do not progress")
         run.add_row("run", T(f"{info['run']}  ({info.get('run_dir')})"))
         run.add_row("state", headline)
+        if info.get("recoveries"):  # `fab watch` moved the run (deploy/recovery)
+            run.add_row("recovered", T(recoveries_line(info["recoveries"])))
         if info.get("processes") and not info.get("session_alive") and state in ("starting", "running", "stalled"):
             pids = ", ".join(str(p["pid"]) for p in info["processes"])
             run.add_row("session", T(f"tmux session {info['session']} is closed; the training's processes ({pids}) live on"))
@@ -197,6 +235,8 @@ def screen(info, label, console):
             if cv.get("mean"):
                 line += f"   test UAR {cv['mean']['uar']:.3f} ± {cv['std']['uar']:.3f} over folds"
             run.add_row("folds", T(line))
+        if info.get("storage"):
+            run.add_row("storage", storage_line(info["storage"]))
         if status.get("error"):
             run.add_row("error", Text(f"{status['error'].get('type')}: {status['error'].get('message')}", style="red"))
         parts += [Text(""), run]

@@ -1,0 +1,89 @@
+"""Where a lost run goes next: the hosts of recovery.hosts, in order, else a launched replacement.
+
+    names = candidates(inv, lost="gpu1")             # recovery.hosts, starting after the lost host (it comes last)
+    free, why = is_free(config, inv, "gpu2")         # answers over SSH, and no training lives there
+    name = launch_replacement(inv, config, run, n, say)   # recovery.launch: {type, spot} (deploy.aws.launch.launch_host)
+    down_lost(config, inv, "gpu1", run, say)         # a launched host that was lost: terminated (fab down), unless it holds other runs
+
+The lost host may be one of recovery.hosts: it is tried last, and only if it answers again.
+"""
+
+import re
+
+from deploy import launched, ledger, training
+from deploy.errors import DeployError, LocalInputError
+from deploy.hosts import connect_host
+
+
+def check_hosts(inv):
+    """recovery.hosts names inventory hosts (launched ones count); a LocalInputError naming the key otherwise."""
+    unknown = [h for h in inv.recovery["hosts"] if h not in inv.hosts]
+    if unknown:
+        raise LocalInputError(f"Inventory key 'recovery.hosts' in {inv.path} names {', '.join(unknown)}, not under hosts: "
+                              f"(known: {', '.join(sorted(inv.hosts)) or 'none'}). List the hosts `fab watch` may move a run to.")
+
+
+def candidates(inv, lost):
+    """recovery.hosts in order, beginning after the lost host; the lost host itself last (if listed)."""
+    hosts = list(inv.recovery["hosts"])
+    if lost in hosts:
+        i = hosts.index(lost)
+        return hosts[i + 1:] + hosts[:i] + [lost]
+    return hosts
+
+
+def is_free(config, inv, name):
+    """(True, "") when host `name` answers and no training lives there; else (False, why)."""
+    hinv = inv.for_host(name)
+    target = connect_host(config, hinv, name)
+    try:
+        info = training.run_state(target.conn, hinv, log_lines=0, quick=True, missing_ok=True)
+    except Exception as e:  # noqa: BLE001 - unreachable, refused, a broken host: not free, say why
+        return False, f"does not answer ({type(e).__name__}: {str(e)[:160]})"
+    finally:
+        target.conn.close()
+    if info is not None and training.training_lives(info):
+        return False, f"busy: training {info.get('run')} is {info['state']} there"
+    return True, ""
+
+
+def replacement_name(run, n):
+    base = re.sub(r"[^A-Za-z0-9_-]", "-", run)[:50].strip("-_") or "run"
+    name = f"{base}-r{n}"
+    while launched.entry(name):
+        name += "x"
+    return name
+
+
+def launch_replacement(inv, config, run, n, say):
+    """Launch a host as recovery.launch says (type, spot); returns its inventory name. DeployError when it cannot."""
+    from deploy.aws.launch import launch_host
+
+    spec = inv.recovery["launch"]
+    name = replacement_name(run, n)
+    say(f"no host of recovery.hosts is free: launching {name} ({spec['type']}{', spot' if spec['spot'] else ''})", "bold")
+    host = launch_host(inv, name, config, say, instance_type=spec["type"], spot=bool(spec["spot"]))
+    return host.name
+
+
+def down_lost(config, inv, name, run, reachable, say):
+    """Terminate the lost host `name` when `fab launch` made it (as `fab down`); a host that answers is asked first and
+    kept while it holds another run at risk. Returns a sentence on what happened (nothing here raises)."""
+    if not launched.entry(name):
+        return f"{name} kept: it is not a host `fab launch` made"
+    from deploy.aws.terminate import terminate
+
+    try:
+        if reachable and name in inv.hosts:
+            hinv = inv.for_host(name)
+            target = connect_host(config, hinv, name)
+            try:
+                risky = [(r, why) for r, why in ledger.runs_at_risk(target.conn, hinv, name) if r != run]
+            finally:
+                target.conn.close()
+            if risky:
+                return f"{name} kept: it holds " + "; ".join(f"run {r} that {why}" for r, why in risky) + f" (`fab down {name}` when fetched)"
+        terminate(inv, name, say)
+        return f"{name} terminated (fab down): the run goes on elsewhere"
+    except (DeployError, Exception) as e:  # noqa: BLE001 - the recovery is done; a host left running is said, not fatal
+        return f"{name} NOT terminated ({type(e).__name__}: {str(e)[:200]}): `fab down {name}` when you can"

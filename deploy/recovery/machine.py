@@ -1,0 +1,97 @@
+"""The watch as a state machine: what one look at the run means, as a pure function.
+
+    decision = decide(record, look, now, recovery)   # Decision(state, action, reason, exit_code)
+
+`look` is what the watch saw this round: {"reachable": bool, "error": str, "info": run_state.py's
+JSON (`fab monitor`'s) or None}. `record` is the watch's record (record.py): the state it was in,
+since when the host has not answered, whether the run was seen, how many recoveries it made.
+`recovery` is the inventory's `recovery:`.
+
+    seen on the host                 state        action
+    trainer ended, exit not recorded ending       wait       (status.json says it, a process of the run lives)
+    starting, running                following    wait
+    stalled                          stalled      wait       (the host agent tells; `fab stop` ends it)
+    finished                         finished     end 0
+    stopped (`fab stop`, budget cap) stopped      end 3       (the exit record's `requested`)
+    stopped, nobody asked (shutdown) lost         recover
+    failed (code, data, OOM, disk)   failed       end with the run's own exit code: not restarted
+    preempted (spot notice)          lost         recover
+    vanished (no process, no record) lost         recover
+    no run directory (after seen)    lost         recover
+    host unreachable                 unreachable  wait, then recover after recovery.unreachable_minutes
+    lost, max_restarts reached       gave-up      end 10
+
+Every state change is a transition the record keeps (record.py), with its reason and time.
+"""
+
+from dataclasses import dataclass
+
+GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README, exit codes)
+STOPPED = 3
+TERMINAL = ("finished", "failed", "stopped", "gave-up")
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: str
+    action: str  # wait, recover, end
+    reason: str
+    exit_code: int | None = None
+
+
+def run_exit_code(info):
+    """The failed run's own exit code (its exit record), as a process exit code (1-255)."""
+    code = (info.get("exit") or {}).get("exit_code")
+    return code if isinstance(code, int) and 0 < code < 256 else 1
+
+
+def failure_reason(info):
+    record, status = info.get("exit") or {}, info.get("status") or {}
+    reason = record.get("reason") or (status.get("error") or {}).get("message")
+    return f"exit code {record.get('exit_code')}" + (f": {reason}" if reason else "")
+
+
+def decide(record, look, now, recovery):
+    """The watch's next state and action for `look` (see the module docstring)."""
+    if not look["reachable"]:
+        since = record.get("unreachable_since") or now
+        waited = now - since
+        limit = recovery["unreachable_minutes"] * 60
+        if waited >= limit:
+            return lost(record, recovery, f"host {record['host']} unreachable for {waited / 60:.1f} min ({look.get('error')})")
+        return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}); "
+                                               f"recovery after {recovery['unreachable_minutes']:g} min without an answer")
+    info = look["info"]
+    state = info["state"]
+    if state in ("finished", "failed", "stopped") and not info.get("exit") and info.get("processes"):
+        return Decision("ending", "wait", f"{state} on {record['host']}; its launcher is writing the exit record")
+    if state in ("starting", "running"):
+        return Decision("following", "wait", f"{state} on {record['host']}")
+    if state == "stalled":
+        return Decision("stalled", "wait", f"stalled on {record['host']}: its processes live but make no progress (`fab stop` ends it)")
+    if state == "finished":
+        return Decision("finished", "end", f"finished on {record['host']}", 0)
+    if state == "stopped":
+        requested = (info.get("exit") or {}).get("requested")
+        if not requested:  # a SIGTERM nobody asked for: the host shutting down (a termination, a reboot)
+            return lost(record, recovery, f"stopped on {record['host']} without a stop being asked for (a shutdown's SIGTERM?)")
+        return Decision("stopped", "end", f"stopped on {record['host']} by {requested.get('by')}: not restarted; "
+                                          "`fab train --resume` continues it", STOPPED)
+    if state == "failed":
+        return Decision("failed", "end", f"failed on {record['host']} ({failure_reason(info)}): a run that fails on its own "
+                                         "is not restarted", run_exit_code(info))
+    if state == "preempted":
+        notice = ((info.get("exit") or {}).get("preempted") or {}).get("notice") or {}
+        return lost(record, recovery, f"preempted on {record['host']} (spot interruption notice: {notice.get('action')} at {notice.get('time')})")
+    if state == "vanished":
+        return lost(record, recovery, f"vanished on {record['host']}: no process of the run lives and it left no exit record (reboot, kill)")
+    if state == "none" and record.get("seen"):
+        return lost(record, recovery, f"the run's directory is gone from {record['host']} ({info.get('error') or 'no run'})")
+    return Decision("waiting", "wait", f"run not started on {record['host']} yet ({state})")
+
+
+def lost(record, recovery, reason):
+    if record.get("restarts", 0) >= recovery["max_restarts"]:
+        return Decision("gave-up", "end", f"{reason}; not moved again: recovery.max_restarts ({recovery['max_restarts']}) reached",
+                        GAVE_UP)
+    return Decision("lost", "recover", reason)

@@ -1,0 +1,104 @@
+"""The watch's record of a run, in the state dir: `.facenet/watch/<run>.json`, and the run's recoveries.json.
+
+    with Record.held("r1", host="gpu1") as record:   # one watch per run (a lock held for the watch's life)
+        record.note(decision, look, now)          # the state, the unreachable clock, a transition when the state changes
+        record.add_recovery({...})                # {n, host, from_host, at, from_epoch, reason, launched}
+
+It holds what the watch decided and why (state, every transition with its time and reason), how
+many recoveries it made (recovery.max_restarts counts them across watches of the same run), and
+where the run is now. The notifications the watch sent are in `<run>.notifications.json` beside it
+(remote_scripts/notify.py's record). `write_on_host` puts the recoveries into the run directory
+on its host (RUN/recoveries.json), where `fab monitor` shows them and storage keeps them.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import time
+
+from deploy.errors import LocalInputError
+from deploy.hosts import rjoin, rq, state_dir
+
+
+def iso(t=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t if t is not None else time.time()))
+
+
+def folder():
+    path = state_dir() / "watch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Record:
+    def __init__(self, run, host):
+        self.path = folder() / f"{run}.json"
+        self.notifications = folder() / f"{run}.notifications.json"
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.data = {"run": run, "host": host, "state": "starting", "since": iso(), "restarts": 0, "seen": False,
+                     "unreachable_since": None, "transitions": [], "recoveries": [], **data}
+        if data.get("state") in ("finished", "failed", "stopped", "gave-up"):  # a new watch of an ended run: look again
+            self.data.update(state="starting")
+        self.data.update(host=host, unreachable_since=None)  # where this watch starts (-H, else the last deploy-full's host)
+
+    @classmethod
+    @contextlib.contextmanager
+    def held(cls, run, host):
+        """The record of `run`, locked for this watch: a second `fab watch` of the run refuses (two would both recover it)."""
+        lock_path = folder() / f"{run}.lock"
+        with open(lock_path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.seek(0)
+                raise LocalInputError(f"Another `fab watch` follows run {run} ({lock.read().strip() or 'pid unknown'}); "
+                                      f"one watch per run (two would both move it). Its record: {folder() / (run + '.json')}") from None
+            lock.truncate(0)
+            lock.write(f"pid {os.getpid()} since {iso()}")
+            lock.flush()
+            yield cls(run, host)
+
+    def save(self):
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+    def note(self, decision, look, now):
+        """Apply one round's decision: the unreachable clock, whether the run was seen, a transition on a change."""
+        d = self.data
+        if look["reachable"]:
+            d["unreachable_since"] = None
+            if (look.get("info") or {}).get("state") not in (None, "none"):
+                d["seen"] = True
+        elif d["unreachable_since"] is None:
+            d["unreachable_since"] = now
+        changed = decision.state != d["state"]
+        if changed:
+            self.transition(decision.state, decision.reason)
+        return changed
+
+    def transition(self, state, reason):
+        d = self.data
+        d["transitions"].append({"at": iso(), "from": d["state"], "to": state, "host": d["host"], "reason": reason})
+        d.update(state=state, since=iso())
+        self.save()
+
+    def add_recovery(self, entry):
+        d = self.data
+        d["recoveries"].append(entry)
+        d.update(restarts=d["restarts"] + 1, host=entry["host"], seen=False, unreachable_since=None)
+        self.save()
+
+
+def write_on_host(conn, inv, run, recoveries):
+    """RUN/recoveries.json on the run's (new) host, written atomically; the run's storage copy gets it from there."""
+    run_dir = rjoin(inv.remote["runs_dir"], run)
+    text = json.dumps({"recoveries": recoveries}, indent=1)
+    tmp, final = rq(rjoin(run_dir, ".recoveries.json.tmp")), rq(rjoin(run_dir, "recoveries.json"))
+    out = conn.run(f"printf %s {shlex.quote(text)} > {tmp} && mv -f {tmp} {final}", hide=True, warn=True, in_stream=False)
+    return out.ok

@@ -1,0 +1,51 @@
+"""What `fab watch` needs of the run's copy in run storage (deploy/storage.py, trainer/storage/).
+
+    configured(inv)                          # storage.url is set
+    epoch, url, why = latest(inv, "r1")      # the last stored epoch (LATEST), the run's address; or (None, None, why)
+    wait_uploader(look_again, seconds)       # the lost host still answers: until its uploader stored the run's end
+
+The run's recoveries.json is a file of the run like any other: its uploader stores it with the
+next checkpoint, and `fab runs` shows it from the pointer's summary.
+"""
+
+import time
+
+
+def configured(inv):
+    from deploy import storage
+
+    return storage.enabled(inv)
+
+
+def latest(inv, run):
+    """(last stored epoch, s3://.../RUN, None), or (None, None, why) when storage has no checkpoint of the run."""
+    from deploy import storage
+    from deploy.errors import DeployError
+
+    if not storage.enabled(inv):
+        return None, None, "no run storage (set storage.url in the inventory)"
+    try:
+        store = storage.open_store(inv)
+        pointer = storage.find_run(store, run)
+    except DeployError as e:
+        return None, None, str(e)
+    if pointer.get("state") == "finished":
+        return None, None, f"storage says run {run} finished (epoch {pointer.get('epoch')}): nothing to continue"
+    return pointer.get("epoch"), store.where.run_url(run), None
+
+
+def uploader_busy(info):
+    """The run's uploader on its host is alive and has not stored the run's end yet."""
+    record = (info or {}).get("storage") or {}
+    return bool(record) and record.get("alive") and not record.get("done")
+
+
+def wait_uploader(look_again, seconds, poll=1.0):
+    """Call `look_again()` (-> run_state info, or None when the host stopped answering) until the run's uploader is
+    done, gone, or `seconds` passed; returns the last info."""
+    deadline = time.monotonic() + seconds
+    info = look_again()
+    while uploader_busy(info) and time.monotonic() < deadline:
+        time.sleep(poll)
+        info = look_again()
+    return info

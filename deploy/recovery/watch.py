@@ -1,0 +1,224 @@
+"""`fab watch`: follow a run until it ends; move it to another host when its host is lost.
+
+    code = watch(inv, config, target, run, say)      # the exit code of `fab watch`
+
+Every recovery.poll_seconds the watch asks the run's host for the run's state (run_state.py's JSON,
+as `fab monitor`), decides what it means (machine.decide), records the decision (record.py) and
+acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up 10); or recover:
+
+  1. the run's last stored epoch (storage, LATEST; when the lost host still answers, after its uploader stored
+     the run's end): without one there is nothing to continue;
+  2. the next free host of recovery.hosts (hosts.py), else a launched one (recovery.launch);
+  3. `fab -H HOST deploy-full --resume-from STORED-RUN` there (a process of its own: its own lock, output, exit code);
+  4. the recovery recorded (the watch's record; RUN/recoveries.json on the new host, which its uploader stores),
+     the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
+     and recovery.launch is set; then the watch follows the run on its new host.
+
+A host that does not answer is retried every round; only after recovery.unreachable_minutes is the
+run moved. A run that failed on its own is never restarted.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deploy import training
+from deploy.errors import DeployError
+from deploy.hosts import connect_host
+from deploy.recovery import hosts as recovery_hosts
+from deploy.recovery import machine, stored
+from deploy.recovery.notify import Sender
+from deploy.recovery.record import Record, iso, write_on_host
+from trainer.visible import visible
+
+UPLOADER_WAIT_SECONDS = 150  # a spot notice gives two minutes; the host agent waits for the upload within them
+
+
+def look(target, inv, run):
+    """One look at the run: {"reachable", "info", "error"}; never raises (an error is the host not answering)."""
+    try:
+        info = training.run_state(target.conn, inv, run=run, log_lines=0, quick=True)
+        return {"reachable": True, "info": info, "error": None}
+    except Exception as e:  # noqa: BLE001 - unreachable, refused, no code there: all "does not answer" for the clock
+        try:
+            target.conn.close()  # a fresh connection next round
+        except Exception:  # noqa: BLE001, S110
+            pass
+        return {"reachable": False, "info": None, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+
+def progress(info):
+    status = info.get("status") or {}
+    last = status.get("last") or {}
+    metric = "   ".join(f"{k} {last[k]:.4g}" for k in ("val_uar", "val_loss") if isinstance(last.get(k), (int, float)))
+    return f"epoch {status.get('epoch', 0)}/{status.get('epochs', '?')}" + (f"   {metric}" if metric else "")
+
+
+class Watch:
+    def __init__(self, inv, config, target, run, say, record, sleep=time.sleep):
+        self.inv, self.config, self.run, self.say, self.record, self.sleep = inv, config, run, say, record, sleep
+        self.host, self.target = target.label, target  # the host's inventory name (or user@address:port)
+        self.sender = Sender(inv, record.notifications, say)
+        self.shown = None
+
+    def loop(self):
+        poll = float(self.inv.recovery["poll_seconds"])
+        while True:
+            seen = look(self.target, self.inv.for_host(self.host), self.run)
+            decision = machine.decide(self.record.data, seen, time.time(), self.inv.recovery)
+            if self.record.note(decision, seen, time.time()):
+                self.say(f"{iso()}  {decision.state}: {decision.reason}", "bold" if decision.action != "wait" else None)
+            if seen["reachable"] and decision.state == "following":
+                line = progress(seen["info"])
+                if line != self.shown:
+                    self.say(f"{iso()}  {self.host}: {line}", "dim")
+                    self.shown = line
+            if decision.action == "end":
+                return self.end(decision, seen)
+            if decision.action == "recover":
+                code = self.recover(decision, seen)
+                if code is not None:
+                    return code
+                continue
+            self.sleep(poll)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def end(self, decision, seen):
+        info = (seen.get("info") or {}) if seen["reachable"] else {}
+        run_dir = info.get("run_dir")
+        if decision.state == "finished" and run_dir:
+            metrics = info.get("metrics") or {}
+            summary = finished_summary(metrics)
+            self.sender.send_shared(self.target.conn, self.inv.for_host(self.host), run_dir, f"finished:{self.run}", "finished",
+                                    f"finished: run {self.run} on {self.host}" + (f": {summary}" if summary else ""),
+                                    run=self.run, host=self.host)
+        elif decision.state == "failed" and run_dir:
+            launch_id = (info.get("launch") or {}).get("launch_id") or "legacy"
+            self.sender.send_shared(self.target.conn, self.inv.for_host(self.host), run_dir, f"failed:{launch_id}", "failed",
+                                    f"failed: run {self.run} on {self.host}: {machine.failure_reason(info)}",
+                                    run=self.run, host=self.host, exit_code=decision.exit_code)
+        elif decision.state == "gave-up":
+            self.sender.send(f"gave-up:{self.record.data['restarts']}", "failed", f"failed: run {self.run}: {decision.reason}",
+                             run=self.run, host=self.host, reason=decision.reason)
+        self.say(f"watch: {decision.reason}; exit {decision.exit_code}", "bold" if decision.exit_code == 0 else "bold red")
+        return decision.exit_code
+
+    # --- recovering -----------------------------------------------------------------------
+
+    def recover(self, decision, seen):
+        """Move the run (see the module docstring); None when it runs on a new host, else the exit code."""
+        n = self.record.data["restarts"] + 1
+        lost_host, reachable = self.host, seen["reachable"]
+        if not (reachable and (seen["info"] or {}).get("state") == "preempted"):  # a spot notice: the host agent tells
+            self.sender.send(f"lost:{n}", "preempted", f"preempted: run {self.run}: {decision.reason}; moving it (recovery {n})",
+                             run=self.run, host=lost_host, reason=decision.reason)
+        if reachable and stored.uploader_busy(seen["info"]):  # e.g. after a spot notice: its last epoch is on its way
+            self.say(f"waiting (at most {UPLOADER_WAIT_SECONDS} s) for the uploader on {lost_host} to store the run's end ...")
+            hinv = self.inv.for_host(lost_host)
+            stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
+        epoch, url, why = stored.latest(self.inv, self.run)
+        if url is None:
+            return self.give_up(f"{decision.reason}; cannot continue it from storage: {why}")
+        self.say(f"recovering run {self.run} from epoch {epoch} in storage ({url}): recovery {n} of at most "
+                 f"{self.inv.recovery['max_restarts']}", "bold")
+        self.record.transition("recovering", f"recovery {n}: {decision.reason}")
+        new_host, launched_one = self.place(url, lost_host, n)
+        if new_host is None:
+            return self.give_up(f"{decision.reason}; no host could take it (recovery.hosts"
+                                + (", then a launched one" if self.inv.recovery["launch"]["type"] else "; recovery.launch is not set") + ")")
+        entry = {"n": n, "host": new_host, "from_host": lost_host, "at": iso(), "from_epoch": epoch, "reason": decision.reason,
+                 "launched": launched_one}
+        self.record.add_recovery(entry)
+        self.move_to(new_host)
+        recoveries = self.record.data["recoveries"]
+        if not write_on_host(self.target.conn, self.inv.for_host(new_host), self.run, recoveries):
+            self.say(f"could not write recoveries.json in the run on {new_host}; the watch's record keeps them", "yellow")
+        self.sender.send(f"recovered:{n}", "recovered", f"recovered: run {self.run} on {new_host} from epoch {epoch} "
+                         f"(was on {lost_host}: {decision.reason})", run=self.run, host=new_host, epoch=epoch, from_host=lost_host,
+                         recovery=n)
+        self.record.transition("following", f"recovered on {new_host} from epoch {epoch}")
+        self.say(f"{iso()}  recovered: run {self.run} on {new_host} from epoch {epoch}", "bold green")
+        if self.inv.recovery["launch"]["type"] and lost_host != new_host:
+            self.say(recovery_hosts.down_lost(self.config, self.inv, lost_host, self.run, reachable, self.say))
+        return None
+
+    def place(self, url, lost_host, n):
+        """Resume the run on the first host that takes it; (host name, launched?) or (None, False)."""
+        for name in recovery_hosts.candidates(self.inv, lost_host):
+            free, why = recovery_hosts.is_free(self.config, self.inv, name)
+            if not free:
+                self.say(f"  {name}: {why}", "yellow")
+                continue
+            if self.resume_on(name, url):
+                return name, False
+        if self.inv.recovery["launch"]["type"]:
+            try:
+                name = recovery_hosts.launch_replacement(self.inv, self.config, self.run, n, self.say)
+            except DeployError as e:
+                self.say(f"  launching a replacement failed: {e}", "red")
+                return None, False
+            self.reload_inventory()
+            if self.resume_on(name, url):
+                return name, True
+        return None, False
+
+    def resume_on(self, name, url):
+        """`fab -H NAME deploy-full --resume-from URL` as a process of its own, its output shown; True on exit 0."""
+        command = [fab_program(), "-H", name, "deploy-full", "--resume-from", url]
+        self.say(f"  {name}: {' '.join(command[1:])}", "bold")
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        for line in proc.stdout:
+            self.say(f"  | {visible(line.rstrip())}", "dim")
+        code = proc.wait()
+        if code != 0:
+            self.say(f"  {name}: deploy-full --resume-from exited {code}: trying the next host", "yellow")
+            self.record.transition("recovering", f"deploy-full on {name} exited {code}")
+        return code == 0
+
+    def reload_inventory(self):
+        from deploy.inventory import load_inventory
+
+        self.inv = load_inventory(self.inv.path)  # a launched host is an inventory host from now on
+
+    def move_to(self, name):
+        try:
+            if self.target is not None:
+                self.target.conn.close()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        self.host, self.shown = name, None
+        self.target = connect_host(self.config, self.inv.for_host(name), name)
+
+    def give_up(self, reason):
+        self.record.transition("gave-up", reason)
+        return self.end(machine.Decision("gave-up", "end", reason, machine.GAVE_UP), {"reachable": False})
+
+
+def finished_summary(metrics):
+    from trainer.report import headline
+
+    try:
+        name, m = headline(metrics)
+        ci = (m.get("ci95") or {}).get("uar")
+        parts = [f"{name} UAR {m['uar']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")]
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        parts = []
+    compute = metrics.get("compute") or {}
+    if isinstance(compute.get("cost_usd"), (int, float)):
+        parts.append(f"cost ${compute['cost_usd']:.2f} ({compute.get('hours', 0):.2f} h)")
+    return ", ".join(parts)
+
+
+def fab_program():
+    beside = Path(sys.executable).parent / "fab"
+    return str(beside) if beside.exists() else "fab"
+
+
+def watch(inv, config, target, run, say):
+    """Follow `run` on `target` (deploy.hosts.Target) until it ends; the exit code of `fab watch`."""
+    recovery_hosts.check_hosts(inv)
+    with Record.held(run, target.label) as record:
+        record.save()
+        return Watch(inv, config, target, run, say, record).loop()

@@ -1,0 +1,90 @@
+"""`fab runs`: the runs in run storage, without touching a host (deploy/storage.py reads them)."""
+
+import time
+from datetime import datetime, timezone
+
+from fabric import task
+from invoke.exceptions import Exit
+from rich.table import Table
+from rich.text import Text
+
+from deploy import storage
+from deploy.inventory import load_inventory
+from trainer.visible import visible
+
+
+@task(help={"state": "only the runs in this state (running, finished, stopped, failed, preempted, vanished)"})
+def runs(c, state=None):
+    """List every run in run storage (storage.url): name, host, state, epochs, best validation, test UAR, cost, last update.
+
+    Reads storage only (one listing, and each run's pointer LATEST), never a host: it works with
+    the hosts gone. `fab fetch-results --run NAME` brings a run's files; `fab -H HOST deploy-full
+    --resume-from NAME` continues it on HOST. Exit 2 when no storage is set, 1 when storage cannot be read.
+    """
+    from deploy.tasks import as_exit, console, say
+
+    try:
+        inv = load_inventory()
+        store = storage.open_store(inv)
+        rows = storage.stored_runs(store)
+    except Exit:
+        raise
+    except BaseException as e:
+        raise as_exit(e) from None
+    shown = [r for r in rows if state is None or (r[1] or {}).get("state") == state]
+    if not shown:
+        say(f"No runs{f' in state {state}' if state else ''} in {store.where.url}.")
+        return
+    console.print(runs_table(shown, store.where.url))
+
+
+def runs_table(rows, url):
+    table = Table(title=Text(visible(f"Runs in {url}")), title_justify="left")
+    for column in ("run", "host", "state", "epochs", "best validation", "test UAR [95% CI]", "cost", "last update", "recovered"):
+        table.add_column(column, no_wrap=column in ("run", "state"))
+    for name, pointer, problem in rows:
+        if pointer is None:
+            table.add_row(Text(visible(name)), "", Text("unreadable" if problem else "no pointer", style="red"),
+                          Text(visible(problem or "no LATEST (its first checkpoint was not completed)"), style="dim"), "", "", "", "", "")
+            continue
+        table.add_row(*(Text(visible(str(v))) for v in row(name, pointer)))
+    return table
+
+
+def row(name, pointer):
+    """The table's cells of one stored run."""
+    s = pointer.get("summary") or {}
+    epochs = f"{s.get('epoch', pointer.get('epoch'))}/{s.get('epochs') or '?'}"
+    best = s.get("best") or {}
+    best_text = f"{best.get('metric')} {best['value']:.3f} (epoch {best.get('epoch')})" if isinstance(best.get("value"), (int, float)) else ""
+    metrics = s.get("metrics") or {}
+    test = ""
+    if isinstance(metrics.get("uar"), (int, float)):
+        ci = (metrics.get("ci95") or {}).get("uar")
+        test = f"{metrics['uar']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        test += "" if metrics.get("split") == "test" else f" ({metrics.get('split')})"  # no test actors: the validation's
+    cost = f"${s['cost_usd']:.2f}" if isinstance(s.get("cost_usd"), (int, float)) else (
+        f"{s['compute_seconds'] / 3600:.2f} h" if isinstance(s.get("compute_seconds"), (int, float)) else "")
+    state = pointer.get("state", "?")
+    return name, pointer.get("host") or "?", state, epochs, best_text, test, cost, ago(pointer.get("written_at")), recovered(s)
+
+
+def recovered(summary):
+    """'2x: gpu1 -> gpu2 at epoch 3, ...' from the run's recoveries.json (`fab watch`), or ''."""
+    found = summary.get("recoveries")
+    if not isinstance(found, list) or not found:
+        return ""
+    return f"{len(found)}x: " + ", ".join(f"{r.get('from_host')} -> {r.get('host')} at epoch {r.get('from_epoch')}" for r in found
+                                         if isinstance(r, dict))
+
+
+def ago(iso):
+    try:
+        seconds = time.time() - datetime.fromisoformat(iso).astimezone(timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return "?"
+    if seconds < 90:
+        return f"{max(0, seconds):.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago" if seconds < 172800 else f"{seconds / 86400:.0f} days ago"

@@ -1,0 +1,227 @@
+"""What the host agent tells the user (notify.py), and when autostop must hold back (the host's disk would
+take an unfetched, unstored run with it). Called by host_agent.py; standard library only.
+
+    notify_run(runs_dir, settings, running, stalled)      # every round: started, stalled, finished, failed, preempted
+    notify_host(runs_dir, settings, key, event, text)     # autostop fired, the budget cap's warning and firing
+    held = autostop_hold(runs_dir, settings, state)       # None, or why autostop must not power this host off now
+    record_fetch(runs_dir, run, state, ended_at)          # `fab fetch-results` brought the run home (agent dir fetched.json)
+    python3 agent_events.py fetched RUNS_DIR RUN STATE ENDED_AT   # the same, over SSH
+
+Run events are recorded in the run's own notifications.json (notify.py), host events in the agent's
+(RUNS_DIR/.agent/notifications.json). Only events after the webhook was set are sent
+(settings' notify_since), so setting one does not announce the end of an old run.
+
+Autostop holds back when a poweroff would delete the host with its disk, i.e. the host is spot
+(the metadata service says so) or the inventory says its shutdown terminates it
+(autostop.shutdown_terminates, or a host `fab launch` made as a one-time spot instance), while
+the current run has ended (an exit record) and is neither fetched since it ended nor stored in
+full (storage: the final state uploaded). A preempted run is not held for: the host goes anyway.
+"""
+
+import json
+import os
+import sys
+
+import host_files
+import notify
+import run_state
+import storage_state
+
+RECORD = "notifications.json"
+
+
+def agent_dir(runs_dir):
+    return os.path.join(os.path.expanduser(runs_dir), ".agent")
+
+
+def log(runs_dir, message):
+    try:
+        with open(os.path.join(agent_dir(runs_dir), "agent.log"), "a") as f:
+            f.write(f"{notify.iso()} {message}\n")
+    except OSError:
+        pass
+
+
+def host_label(settings):
+    return settings.get("host_label")
+
+
+def current(runs_dir):
+    """(name, run_dir) of the current run, or None (no run, or a name that is not one)."""
+    name = host_files.read_current(runs_dir)
+    if name is None or not host_files.RUN_NAME.fullmatch(name):
+        return None
+    return name, os.path.join(os.path.expanduser(runs_dir), name)
+
+
+def notify_host(runs_dir, settings, key, event, text, **details):
+    url = settings.get("notify_webhook")
+    if not url:
+        return None
+    return notify.send_once(url, os.path.join(agent_dir(runs_dir), RECORD), key, event, text, by="agent",
+                            log=lambda m: log(runs_dir, m), host=host_label(settings), **details)
+
+
+def notify_event(runs_dir, settings, run, run_dir, key, event, text, **details):
+    url = settings.get("notify_webhook")
+    if not url:
+        return None
+    return notify.send_once(url, os.path.join(run_dir, RECORD), key, event, text, by="agent", log=lambda m: log(runs_dir, m),
+                            run=run, host=host_label(settings), **details)
+
+
+def where(settings, run):
+    host = host_label(settings)
+    return f"run {run}" + (f" on {host}" if host else "")
+
+
+def finished_text(metrics, status):
+    """'test UAR 0.612 [0.571, 0.650], cost $1.23 (1.2 h)' from metrics.json, as far as it says."""
+    parts = []
+    try:
+        split = metrics.get("headline") or ("test" if metrics.get("test") else "validation")
+        m = metrics.get(split) or {}
+        ci = (m.get("ci95") or {}).get("uar")
+        parts.append(f"{split} UAR {m['uar']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        pass
+    compute = (metrics or {}).get("compute") or {}
+    if isinstance(compute.get("cost_usd"), (int, float)):
+        parts.append(f"cost ${compute['cost_usd']:.2f} ({compute.get('hours', 0):.2f} h)")
+    elif isinstance(compute.get("hours"), (int, float)):
+        parts.append(f"{compute['hours']:.2f} compute hours (no price set)")
+    if isinstance((status or {}).get("epoch"), int):
+        parts.append(f"{status['epoch']} epochs")
+    return ", ".join(parts)
+
+
+def notify_run(runs_dir, settings, running, stalled):
+    """The current run's events, each once: started (its first launch), stalled, and its end
+    (finished, failed with the reason, preempted). A stop on request is the user's own act: not sent.
+    Never raises: a notification must not cost the agent its round."""
+    if not settings.get("notify_webhook"):
+        return
+    try:
+        _notify_run(runs_dir, settings, running, stalled)
+    except Exception as e:  # noqa: BLE001 - e.g. a run file edited by hand
+        log(runs_dir, f"notify: skipped a round ({type(e).__name__}: {e})")
+
+
+def _notify_run(runs_dir, settings, running, stalled):
+    found = current(runs_dir)
+    if found is None:
+        return
+    run, run_dir = found
+    launch = host_files.read_launch(run_dir)
+    launch_id = launch.get("launch_id") or "legacy"
+    status = host_files.read_json(os.path.join(run_dir, "status.json"))
+    status = status if isinstance(status, dict) else {}
+    if (status.get("distribution") or {}).get("chief") is False:  # a cluster's other workers: the chief's agent tells
+        return
+    since = settings.get("notify_since") or 0
+    record = host_files.exit_record(run_dir, launch)
+    if running and not record:
+        fresh = not status.get("resumed_at") and not status.get("epoch")  # a resumed run has epochs already
+        if fresh and host_files.mtime(os.path.join(run_dir, host_files.LAUNCH)) >= since:
+            notify_event(runs_dir, settings, run, run_dir, f"started:{run}", "started",
+                         f"started: {where(settings, run)} ({status.get('epochs') or '?'} epochs planned)", launch_id=launch_id)
+        if stalled:
+            notify_event(runs_dir, settings, run, run_dir, f"stalled:{launch_id}", "stalled",
+                         f"stalled: {where(settings, run)} counts as stalled since {notify.iso(stalled)}: its processes live, its "
+                         "status.json is not rewritten (`fab monitor` says more; `fab stop` ends it)", launch_id=launch_id, epoch=status.get("epoch"))
+        return
+    if not record or host_files.mtime(host_files.exit_path(run_dir, launch) or run_dir) < since:
+        return
+    state = run_state.derive_state(record, False, status)
+    if state == "finished":
+        metrics = host_files.read_json(os.path.join(run_dir, "metrics.json")) or {}
+        summary = finished_text(metrics, status)
+        notify_event(runs_dir, settings, run, run_dir, f"finished:{run}", "finished",
+                     f"finished: {where(settings, run)}" + (f": {summary}" if summary else ""),
+                     metrics={k: metrics.get(k) for k in ("headline", "test", "compute") if k in metrics} or None)
+    elif state == "failed":
+        reason = record.get("reason") or (status.get("error") or {}).get("message") or f"exit code {record.get('exit_code')}"
+        notify_event(runs_dir, settings, run, run_dir, f"failed:{launch_id}", "failed",
+                     f"failed: {where(settings, run)} (exit {record.get('exit_code')}): {reason}", launch_id=launch_id,
+                     exit_code=record.get("exit_code"), reason=reason, epoch=status.get("epoch"))
+    elif state == "preempted":
+        notify_preempted(runs_dir, settings, run, run_dir, launch_id, (record.get("preempted") or {}).get("notice") or {}, status)
+
+
+def notify_preempted(runs_dir, settings, run, run_dir, launch_id, notice, status=None):
+    """The spot notice (sent when it arrives, before the stop: its two minutes run)."""
+    if not settings.get("notify_webhook"):
+        return
+    epoch = (status or {}).get("epoch")
+    notify_event(runs_dir, settings, run, run_dir, f"preempted:{launch_id}", "preempted",
+                 f"preempted: {where(settings, run)}: spot interruption notice ({notice.get('action')} at {notice.get('time')})"
+                 + (f"; epoch {epoch} was the last finished" if epoch is not None else "")
+                 + "; `fab watch` continues it elsewhere from storage", launch_id=launch_id, notice=notice, epoch=epoch)
+
+
+# --- autostop's guard --------------------------------------------------------------------------
+
+ENDED = ("finished", "failed", "stopped", "preempted", "vanished")
+
+
+def fetched_path(runs_dir):
+    return os.path.join(agent_dir(runs_dir), "fetched.json")
+
+
+def record_fetch(runs_dir, run, state, ended_at):
+    """`fab fetch-results` brought run `run` home while it was `state` (its exit record's ended_at)."""
+    path = fetched_path(runs_dir)
+    data = host_files.read_json(path)
+    data = data if isinstance(data, dict) else {}
+    data[run] = {"state": state, "ended_at": ended_at, "fetched_at": notify.iso()}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    host_files.write_atomic(path, json.dumps(data))
+
+
+def fetched(runs_dir, run, record):
+    """The run was fetched after it ended (the fetch saw this exit record's end)."""
+    seen = (host_files.read_json(fetched_path(runs_dir)) or {}).get(run)
+    return isinstance(seen, dict) and seen.get("state") in ENDED and seen.get("ended_at") == record.get("ended_at")
+
+
+def stored(run_dir, launch):
+    """The run's end is in storage: this launch's uploader stored its final state (RUN/storage.json, storage_state.py)."""
+    record = storage_state.read(run_dir) or {}
+    return bool((record.get("stored") or {}).get("final")) and record.get("launch_id") == launch.get("launch_id")
+
+
+def shutdown_deletes(settings, state):
+    """Why a poweroff deletes this host (and its disk), or None."""
+    if settings.get("shutdown_terminates"):
+        return "its shutdown terminates it (inventory autostop.shutdown_terminates, or a one-time spot instance of `fab launch`)"
+    if ((state or {}).get("instance") or {}).get("spot"):
+        return "it is a spot instance"
+    return None
+
+
+def autostop_hold(runs_dir, settings, state):
+    """Why autostop must not fire now (a sentence), or None."""
+    deletes = shutdown_deletes(settings, state)
+    found = current(runs_dir) if deletes else None
+    if found is None:
+        return None
+    run, run_dir = found
+    launch = host_files.read_launch(run_dir)
+    record = host_files.exit_record(run_dir, launch)
+    if record is None or record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir, launch):
+        return None
+    return (f"run {run} ended and is neither fetched since nor stored, and a poweroff deletes this host: {deletes}. "
+            "`fab fetch-results` (or storage) lets autostop fire")
+
+
+def main(argv):
+    """python3 agent_events.py fetched RUNS_DIR RUN STATE ENDED_AT   (`fab fetch-results`, after its rsync)"""
+    if len(argv) == 5 and argv[0] == "fetched" and host_files.RUN_NAME.fullmatch(argv[2]):
+        record_fetch(argv[1], argv[2], argv[3], argv[4] or None)
+        return 0
+    print(main.__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

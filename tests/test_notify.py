@@ -1,0 +1,226 @@
+"""Notifications (notify.webhook) and autostop's guard, on the host agent's own code (issue 18).
+
+Real parts: the host agent's round (remote_scripts/host_agent.py poll_once) on a runs dir of this
+machine, with a real process group as the training (record_launch, as launch_training.sh does) and
+a local HTTP server on 127.0.0.1 that records the webhook posts. No SSH: the end-to-end tests of
+`fab watch` (tests/test_watch.py) run these through real hosts.
+"""
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "remote_scripts"))
+import agent_events  # noqa: E402 - the host's scripts, standard library only
+import host_agent  # noqa: E402
+import notify  # noqa: E402
+import run_state  # noqa: E402
+
+
+def settings(url, **more):
+    return {**host_agent.DEFAULTS, "metadata_url": None, "notify_webhook": url, "notify_since": 0, "host_label": "gpu1", **more}
+
+
+@pytest.fixture
+def training(tmp_path):
+    """`start(name)`: a run dir whose launch is a live process group (a `sleep`), as launch_training.sh records it;
+    `end(name, code)` ends it with that exit record."""
+    runs = tmp_path / "runs"
+    (runs / ".agent").mkdir(parents=True)
+    procs = {}
+
+    def start(name, **status):
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        procs[name] = proc
+        run_dir = runs / name
+        run_dir.mkdir()
+        if status:
+            (run_dir / "status.json").write_text(json.dumps({"state": "running", "epochs": 5, **status}))
+        run_state.record_launch(str(run_dir), proc.pid, "sleep 60")
+        return run_dir
+
+    def end(name, code, metrics=None):
+        procs[name].send_signal(signal.SIGKILL)
+        procs[name].wait()
+        if metrics:
+            (runs / name / "metrics.json").write_text(json.dumps(metrics))
+        return run_state.record_exit(str(runs / name), code)
+
+    start.runs, start.end = runs, end
+    yield start
+    for proc in procs.values():
+        proc.kill()
+        proc.wait()
+
+
+METRICS = {"headline": "test", "test": {"uar": 0.612, "ci95": {"uar": [0.571, 0.650]}}, "validation": {"uar": 0.6},
+           "compute": {"hours": 0.5, "price_per_hour": 1.2, "cost_usd": 0.6}}
+
+
+def test_a_notification_is_slack_and_discord_json_with_the_event_as_fields_and_sent_once(tmp_path, webhook):
+    record = tmp_path / "notifications.json"
+    first = notify.send_once(webhook.url, str(record), "finished:r1", "finished", "finished: run r1", run="r1", host="gpu1", epoch=4)
+    again = notify.send_once(webhook.url, str(record), "finished:r1", "finished", "finished: run r1", run="r1", host="gpu1")
+    assert first == (True, None) and again is None
+    [body] = webhook.posts
+    assert body["text"] == body["content"] == "finished: run r1"  # Slack reads text, Discord content
+    assert body["event"] == "finished" and body["run"] == "r1" and body["host"] == "gpu1" and body["details"] == {"epoch": 4}
+    assert webhook.server.RequestHandlerClass.posts[0]["content_type"] == "application/json"
+    [entry] = json.loads(record.read_text())["sent"]
+    assert entry["key"] == "finished:r1" and entry["ok"] is True and entry["by"] == "agent" and entry["sent_at"]
+
+
+def test_a_failed_notification_is_recorded_with_its_error_and_raises_nothing(tmp_path, webhook):
+    from deploy.localhost import free_port
+
+    record = tmp_path / "notifications.json"
+    ok, error = notify.send_once(f"http://127.0.0.1:{free_port()}/nobody", str(record), "k1", "started", "started")
+    assert ok is False and "ConnectionRefused" in error
+    webhook.answer(500)
+    ok, error = notify.send_once(webhook.url, str(record), "k2", "started", "started")
+    assert ok is False and error.startswith("HTTP 500")
+    assert [(e["key"], e["ok"]) for e in json.loads(record.read_text())["sent"]] == [("k1", False), ("k2", False)]
+    assert notify.main(["claim", str(record), "k2", "watch"]) == 0  # claimed already: the watch will not send it again
+
+
+def test_the_agent_sends_started_then_finished_with_uar_and_cost_once_each(training, webhook):
+    runs = training.runs
+    training("r1")
+    s = settings(webhook.url)
+    state = {"started": time.time()}
+    host_agent.poll_once(str(runs), s, state)
+    host_agent.poll_once(str(runs), s, state)
+    assert webhook.events() == ["started"]
+    assert webhook.posts[0]["text"] == "started: run r1 on gpu1 (? epochs planned)" and webhook.posts[0]["run"] == "r1"
+
+    training.end("r1", 0, METRICS)
+    host_agent.poll_once(str(runs), s, state)
+    host_agent.poll_once(str(runs), s, state)
+    assert webhook.events() == ["started", "finished"]
+    finished = webhook.posts[1]
+    assert finished["text"] == "finished: run r1 on gpu1: test UAR 0.612 [0.571, 0.650], cost $0.60 (0.50 h)", finished
+    assert finished["details"]["metrics"]["test"]["uar"] == 0.612
+    sent = json.loads((runs / "r1" / "notifications.json").read_text())["sent"]
+    assert [(e["key"], e["ok"]) for e in sent] == [("started:r1", True), ("finished:r1", True)]
+
+
+def test_the_agent_sends_a_failure_with_its_reason_and_no_started_for_a_resumed_run(training, webhook):
+    runs = training.runs
+    training("oom", epoch=3, resumed_at="2026-11-30T10:00:00+00:00")  # resumed: it has epochs already
+    s = settings(webhook.url)
+    host_agent.poll_once(str(runs), s, {"started": time.time()})
+    assert webhook.posts == []
+    training.end("oom", 137)
+    host_agent.poll_once(str(runs), s, {"started": time.time()})
+    [failed] = webhook.posts
+    assert failed["event"] == "failed" and failed["details"]["exit_code"] == 137
+    assert failed["text"].startswith("failed: run oom on gpu1 (exit 137): killed by SIGKILL (exit 137), usually the kernel's out-of-memory"), failed
+
+
+def test_an_end_before_the_webhook_was_set_is_not_announced(training, webhook):
+    training("old")
+    training.end("old", 0, METRICS)
+    host_agent.poll_once(str(training.runs), settings(webhook.url, notify_since=time.time() + 5), {"started": time.time()})
+    assert webhook.posts == []
+
+
+def test_no_webhook_no_post_and_no_record(training, webhook):
+    training("quiet")
+    host_agent.poll_once(str(training.runs), settings(None), {"started": time.time()})
+    assert webhook.posts == [] and not (training.runs / "quiet" / "notifications.json").exists()
+
+
+def test_the_budget_warning_and_the_cap_are_notified_once(tmp_path, webhook):
+    runs = tmp_path / "runs"
+    (runs / ".agent").mkdir(parents=True)
+    marker = tmp_path / "powered off"
+    now = time.time()
+    budget = {"deadline": now + 600, "max_hours": 2, "command": f"touch {shlex.quote(str(marker))}", "warn_seconds": 900}
+    s = settings(webhook.url, budget=budget)
+    (runs / ".agent" / "settings.json").write_text(json.dumps(s))  # notify() reads the agent's settings
+    host_agent.poll_once(str(runs), s, {"started": now})
+    host_agent.poll_once(str(runs), s, {"started": now})
+    assert webhook.events() == ["budget-warning"] and "in about 10 min" in webhook.posts[0]["text"]
+    s = settings(webhook.url, budget={**budget, "deadline": now - 1})
+    (runs / ".agent" / "settings.json").write_text(json.dumps(s))
+    host_agent.poll_once(str(runs), s, {"started": now})
+    assert marker.exists() and webhook.events() == ["budget-warning", "budget-cap"]
+
+
+# --- autostop's guard ------------------------------------------------------------------------
+
+def armed(url, marker, **more):
+    return settings(url, autostop={"idle_seconds": 0, "command": f"touch {shlex.quote(str(marker))}", "wait_for": [], "armed_at": 0},
+                    **more)
+
+
+def test_autostop_holds_back_while_a_poweroff_would_delete_an_unfetched_run_then_fires_once_fetched(training, webhook, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    training("r1")
+    record = training.end("r1", 0, METRICS)
+    s = armed(webhook.url, marker, shutdown_terminates=True)
+    (runs / ".agent" / "settings.json").write_text(json.dumps(s))
+    state = {"started": 0}
+    host_agent.poll_once(str(runs), s, state)
+    host_agent.poll_once(str(runs), s, state)
+    assert not marker.exists(), "autostop fired although the run was neither fetched nor stored"
+    assert state["autostop"]["held"].startswith("run r1 ended and is neither fetched since nor stored")
+    assert "held back" in (runs / ".agent" / "agent.log").read_text()
+    assert [e for e in webhook.events() if e.startswith("autostop")] == ["autostop-held"]  # said once
+
+    agent_events.record_fetch(str(runs), "r1", "finished", record["ended_at"])  # what `fab fetch-results` leaves on the host
+    host_agent.poll_once(str(runs), s, state)
+    assert marker.exists() and state["autostop_held"] is None
+    assert webhook.events()[-1] == "autostop" and webhook.posts[-1]["text"].startswith("autostop fired: idle since")
+
+
+def test_autostop_holds_back_on_a_spot_instance_and_not_on_a_host_that_only_stops(training, tmp_path):
+    runs = training.runs
+    training("r1")
+    training.end("r1", 0)
+    spot, stops = tmp_path / "spot fired", tmp_path / "stop fired"
+    url = "http://127.0.0.1:9"  # what the metadata service said a moment ago (probe_instance asks again only later)
+
+    def seen(spot):
+        return {"started": 0, "instance_url": url, "metadata_explicit": True, "metadata_probe": "on", "instance_checked": time.time(),
+                "instance": {"ec2": True, "instance_type": "g5.xlarge", "spot": spot}}
+
+    state = seen(spot=True)
+    host_agent.poll_once(str(runs), armed(None, spot, metadata_url=url, metadata_explicit=True), state)
+    assert not spot.exists() and "it is a spot instance" in state["autostop_held"]
+    host_agent.poll_once(str(runs), armed(None, stops, metadata_url=url, metadata_explicit=True), seen(spot=False))
+    assert stops.exists()  # on-demand, its shutdown stops it: the disk and its run stay
+
+
+def test_a_fetch_from_before_the_run_ended_does_not_count(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    training("r1")
+    agent_events.record_fetch(str(runs), "r1", "running", None)  # fetched while it ran
+    training.end("r1", 0)
+    host_agent.poll_once(str(runs), armed(None, marker, shutdown_terminates=True), {"started": 0})
+    assert not marker.exists()
+
+
+def test_a_run_whose_end_its_uploader_stored_lets_autostop_fire(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    run_dir = training("r1")
+    training.end("r1", 0)
+    launch_id = json.loads((run_dir / "launch.json").read_text())["launch_id"]
+    uploader = {"launch_id": "an-earlier-launch", "state": "final", "done": True, "stored": {"epoch": 5, "state": "finished", "final": True}}
+    (run_dir / "storage.json").write_text(json.dumps(uploader))  # another launch's end: not this one's
+    s = armed(None, marker, shutdown_terminates=True)
+    host_agent.poll_once(str(runs), s, {"started": 0})
+    assert not marker.exists()
+    (run_dir / "storage.json").write_text(json.dumps({**uploader, "launch_id": launch_id}))  # trainer/storage/uploader.py's record
+    host_agent.poll_once(str(runs), s, {"started": 0})
+    assert marker.exists()

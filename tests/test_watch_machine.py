@@ -1,0 +1,140 @@
+"""`fab watch`'s decisions (deploy/recovery/machine.py) and its settings, without SSH: each state of the run
+as run_state.py reports it, and what the watch makes of it. The end-to-end tests are in tests/test_watch.py."""
+
+import pytest
+import yaml
+
+from deploy.errors import InventoryError, LocalInputError
+from deploy.inventory import load_inventory
+from deploy.recovery import hosts, machine
+
+RECOVERY = {"hosts": ["b", "c"], "unreachable_minutes": 5, "max_restarts": 2, "poll_seconds": 30, "launch": {"type": None, "spot": False}}
+
+
+def seen(state, **info):
+    return {"reachable": True, "error": None, "info": {"state": state, **info}}
+
+
+def record(**fields):
+    return {"host": "a", "restarts": 0, "seen": True, "unreachable_since": None, **fields}
+
+
+@pytest.mark.parametrize("state, expected", [("starting", "following"), ("running", "following"), ("stalled", "stalled")])
+def test_a_living_run_is_followed(state, expected):
+    d = machine.decide(record(), seen(state), 1000, RECOVERY)
+    assert (d.state, d.action) == (expected, "wait")
+
+
+def test_finished_ends_0_and_stopped_ends_3_without_a_restart():
+    d = machine.decide(record(), seen("finished"), 0, RECOVERY)
+    assert (d.state, d.action, d.exit_code) == ("finished", "end", 0)
+    d = machine.decide(record(), seen("stopped", exit={"exit_code": 3, "requested": {"by": "`fab stop`"}}), 0, RECOVERY)
+    assert (d.action, d.exit_code) == ("end", 3) and "stopped on a by `fab stop`: not restarted" in d.reason
+
+
+def test_an_end_is_decided_on_the_exit_record_not_before():
+    """status.json says stopped (or failed) while the launcher still lives: the exit record, which says why, comes next."""
+    for state in ("stopped", "failed", "finished"):
+        d = machine.decide(record(), seen(state, exit=None, processes=[{"pid": 42, "command": "bash launch_training.sh"}]), 0, RECOVERY)
+        assert (d.state, d.action) == ("ending", "wait"), state
+
+
+def test_a_stop_nobody_asked_for_is_a_lost_run():
+    """A shutdown SIGTERMs the trainer, which stops as on `fab stop`; its exit record has no `requested`."""
+    d = machine.decide(record(), seen("stopped", exit={"exit_code": 3}), 0, RECOVERY)
+    assert d.action == "recover" and "without a stop being asked for" in d.reason
+    assert machine.decide(record(), seen("stopped", exit=None), 0, RECOVERY).action == "recover"  # the launcher was killed too
+
+
+@pytest.mark.parametrize("code, reason", [(137, "killed by SIGKILL (exit 137), usually the kernel's out-of-memory killer"),
+                                          (2, None), (1, None)])
+def test_a_run_that_fails_on_its_own_is_not_restarted_and_the_watch_exits_with_its_code(code, reason):
+    info = {"exit": {"exit_code": code, **({"reason": reason} if reason else {})},
+            "status": {"error": {"type": "DataError", "message": "no valid file"}} if code == 2 else {}}
+    d = machine.decide(record(), seen("failed", **info), 0, RECOVERY)
+    assert (d.state, d.action, d.exit_code) == ("failed", "end", code)
+    assert "is not restarted" in d.reason
+    assert (reason or ("no valid file" if code == 2 else f"exit code {code}")) in d.reason
+
+
+def test_preempted_vanished_and_a_deleted_run_are_recovered():
+    notice = {"exit": {"exit_code": 3, "preempted": {"notice": {"action": "terminate", "time": "T"}}}}
+    assert machine.decide(record(), seen("preempted", **notice), 0, RECOVERY).action == "recover"
+    assert "spot interruption notice: terminate at T" in machine.decide(record(), seen("preempted", **notice), 0, RECOVERY).reason
+    assert machine.decide(record(), seen("vanished"), 0, RECOVERY).action == "recover"
+    assert machine.decide(record(), seen("none", error="no run directory /x"), 0, RECOVERY).action == "recover"
+    assert machine.decide(record(seen=False), seen("none"), 0, RECOVERY).action == "wait"  # not started yet
+
+
+def test_an_unreachable_host_is_waited_for_then_the_run_is_moved():
+    down = {"reachable": False, "error": "NoValidConnectionsError: refused", "info": None}
+    d = machine.decide(record(unreachable_since=1000), down, 1000 + 4 * 60, RECOVERY)
+    assert (d.state, d.action) == ("unreachable", "wait")
+    d = machine.decide(record(unreachable_since=1000), down, 1000 + 5 * 60, RECOVERY)
+    assert d.action == "recover" and "unreachable for 5.0 min (NoValidConnectionsError: refused)" in d.reason
+
+
+def test_after_max_restarts_the_watch_gives_up_with_exit_10():
+    d = machine.decide(record(restarts=2), seen("vanished"), 0, RECOVERY)
+    assert (d.state, d.action, d.exit_code) == ("gave-up", "end", 10) and "recovery.max_restarts (2) reached" in d.reason
+
+
+def test_the_lost_host_is_tried_last():
+    inv = type("Inv", (), {"recovery": {**RECOVERY, "hosts": ["a", "b", "c"]}})
+    assert hosts.candidates(inv, "b") == ["c", "a", "b"]
+    assert hosts.candidates(inv, "z") == ["a", "b", "c"]
+
+
+def write(tmp_path, data):
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_settings_are_checked_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    inv = load_inventory(write(tmp_path, {"hosts": {"a": {"address": "1.2.3.4"}}}))
+    assert inv.notify == {"webhook": None} and inv.recovery["unreachable_minutes"] == 5 and inv.recovery["max_restarts"] == 3
+    with pytest.raises(InventoryError, match="'notify.webhook' .* expects an http\\(s\\) URL"):
+        load_inventory(write(tmp_path, {"notify": {"webhook": "hooks.slack.com/x"}}))
+    with pytest.raises(InventoryError, match="'recovery.max_restarts' .* 0 or more"):
+        load_inventory(write(tmp_path, {"recovery": {"max_restarts": -1}}))
+    with pytest.raises(InventoryError, match="'recovery.unreachable_minutes' .* a number above 0"):
+        load_inventory(write(tmp_path, {"recovery": {"unreachable_minutes": 0}}))
+    with pytest.raises(InventoryError, match="'recovery.launch.spot' .* true or false"):
+        load_inventory(write(tmp_path, {"recovery": {"launch": {"type": "g5.xlarge", "spot": "yes"}}}))
+    inv = load_inventory(write(tmp_path, {"hosts": {"a": {"address": "1.2.3.4"}}, "recovery": {"hosts": ["a", "gone"]}}))
+    with pytest.raises(LocalInputError, match="'recovery.hosts' .* names gone, not under hosts"):
+        hosts.check_hosts(inv)
+
+
+def test_a_requested_stop_is_in_the_exit_record_and_a_signal_from_elsewhere_is_not(tmp_path):
+    """run_state.stop (`fab stop`, the budget cap, a spot notice) leaves .stop-request.json for the exit record."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import run_state
+
+    def launch(name):
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        run_state.record_launch(str(tmp_path / name), proc.pid, "sleep 60")
+        return proc
+
+    asked = launch("asked")
+    code, lines = run_state.stop(str(tmp_path / "asked"), "no-such-session", 5)
+    asked.wait()
+    asked_record = run_state.exit_record(str(tmp_path / "asked"))
+    assert code == 0 and asked_record["exit_code"] == 3 and asked_record["requested"]["by"] == "`fab stop`", (asked_record, lines)
+    assert not (tmp_path / "asked" / run_state.STOP_REQUEST).exists()
+
+    shutdown = launch("shutdown")
+    shutdown.send_signal(signal.SIGTERM)  # as a host's shutdown does
+    shutdown.wait()
+    shutdown_record = run_state.record_exit(str(tmp_path / "shutdown"), 3)  # what launch_training.sh writes after a trainer's exit 3
+    assert "requested" not in shutdown_record
+    d = machine.decide(record(), {"reachable": True, "info": {"state": "stopped", "exit": shutdown_record}}, 0, RECOVERY)
+    assert d.action == "recover"

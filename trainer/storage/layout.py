@@ -1,0 +1,117 @@
+"""Where a run lives in object storage, and its pointer: pure data, no boto3.
+
+    where = parse_url("s3://my-bucket/facenet/runs")     # Where(bucket="my-bucket", prefix="facenet/runs/")
+    where.run_prefix("r1")                               # "facenet/runs/r1/"
+    pointer = new_pointer("r1", epoch=14, checkpoint=..., files={...}, ...)
+
+A stored run, under s3://BUCKET/PREFIX/:
+
+    RUN/LATEST                                   the pointer (JSON, below), written last
+    RUN/checkpoints/EEEEEE-STAMP/<path in RUN>   the files a checkpoint uploaded (only those that changed)
+
+A checkpoint uploads the run's files that changed since the previous one under a folder of its
+own (never overwriting an object a pointer names), then rewrites LATEST, whose `files` maps
+every file of the run at that epoch to its object. A reader that follows LATEST never sees a
+torn checkpoint; objects no pointer names any more are deleted after the next pointer is written
+(the previous pointer's stay, for a reader that read it a moment ago).
+
+The pointer (POINTER_FORMAT 1):
+
+    {"format": 1, "run": "r1", "epoch": 14, "state": "running", "final": false,
+     "checkpoint": "checkpoints/000014-20261201T101500123Z/", "written_at": "2026-12-01T10:15:02+00:00",
+     "host": "gpu1", "launch_id": "...", "run_started_at": "...",
+     "files": {"backup/latest.weights.h5": {"key": "checkpoints/000014-.../backup/latest.weights.h5", "size": 1234, "md5": "..."}, ...},
+     "summary": {"epoch": 14, "epochs": 50, "best": {...}, "metrics": {...}, "compute_seconds": 812.0,
+                 "price_per_hour": 1.2, "cost_usd": 0.27, "exit": {...} or null, "updated_at": "..."}}
+
+`state` is the run's (running, finished, stopped, failed, preempted, vanished); `final` is true
+once the trainer has ended and its last files are stored (the uploader then exits). `key`s are
+relative to the run's prefix.
+"""
+
+import re
+from dataclasses import dataclass
+
+POINTER = "LATEST"
+CHECKPOINTS = "checkpoints/"
+POINTER_FORMAT = 1
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket naming rules (the common subset)
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
+
+
+class StorageUrlError(ValueError):
+    """A storage URL that is not s3://bucket[/prefix]."""
+
+
+@dataclass(frozen=True)
+class Where:
+    bucket: str
+    prefix: str  # "" or ending in "/"
+
+    @property
+    def url(self):
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def run_prefix(self, run):
+        return f"{self.prefix}{run}/"
+
+    def run_url(self, run):
+        return f"s3://{self.bucket}/{self.run_prefix(run)}".rstrip("/")
+
+
+def parse_url(url):
+    """`s3://bucket[/prefix]` as a Where; StorageUrlError saying what was expected."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise StorageUrlError(f"expected s3://BUCKET or s3://BUCKET/PREFIX. Received: {url!r}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise StorageUrlError(f"expected s3://BUCKET/PREFIX with a bucket name of 3-63 lowercase letters, digits, '.' and '-'. "
+                              f"Received: {url!r}")
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise StorageUrlError(f"expected a prefix of plain folder names (no '//', '.' or '..'). Received: {url!r}")
+    return Where(bucket, prefix + "/" if prefix else "")
+
+
+def split_run_url(url):
+    """`s3://bucket/prefix/RUN` as (Where of the prefix, RUN); StorageUrlError when it names no run."""
+    where = parse_url(url)
+    parts = where.prefix.rstrip("/").split("/") if where.prefix else []
+    if not parts or not RUN_NAME.fullmatch(parts[-1]):
+        raise StorageUrlError(f"expected s3://BUCKET/PREFIX/RUN naming a stored run (as `fab runs` lists them). Received: {url!r}")
+    return Where(where.bucket, "".join(p + "/" for p in parts[:-1])), parts[-1]
+
+
+def checkpoint_folder(epoch, stamp):
+    return f"{CHECKPOINTS}{int(epoch):06d}-{stamp}/"
+
+
+def summary(status, metrics=None, exit_record=None, recoveries=None):
+    """What `fab runs` shows of a run, from its status.json (and metrics.json, exit record, and recoveries.json: `fab watch`)."""
+    status = status if isinstance(status, dict) else {}
+    seconds, price = status.get("compute_seconds"), status.get("price_per_hour")
+    cost = round(seconds / 3600 * price, 4) if isinstance(seconds, (int, float)) and isinstance(price, (int, float)) else None
+    if isinstance(metrics, dict) and isinstance(metrics.get("compute"), dict) and metrics["compute"].get("cost_usd") is not None:
+        cost = metrics["compute"]["cost_usd"]
+    return {"epoch": status.get("epoch"), "epochs": status.get("epochs"), "best": status.get("best"), "metrics": status.get("metrics"),
+            "compute_seconds": seconds, "price_per_hour": price, "cost_usd": cost, "exit": exit_record,
+            "started_at": status.get("started_at"), "updated_at": status.get("updated_at"), "error": status.get("error"),
+            "recoveries": (recoveries or {}).get("recoveries") if isinstance(recoveries, dict) else None}
+
+
+def new_pointer(run, epoch, checkpoint, files, state, final, written_at, host=None, launch_id=None, run_started_at=None,
+                summary=None):
+    return {"format": POINTER_FORMAT, "run": run, "epoch": epoch, "state": state, "final": final, "checkpoint": checkpoint,
+            "written_at": written_at, "host": host, "launch_id": launch_id, "run_started_at": run_started_at,
+            "files": files, "summary": summary or {}}
+
+
+def check_pointer(pointer, where_from):
+    """The pointer if it reads as POINTER_FORMAT; ValueError naming `where_from` otherwise."""
+    if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT or not isinstance(pointer.get("files"), dict):
+        raise ValueError(f"{where_from} is not a run pointer of format {POINTER_FORMAT} (written by another version?)")
+    for rel, entry in pointer["files"].items():
+        if (not isinstance(rel, str) or rel.startswith("/") or ".." in rel.split("/") or not isinstance(entry, dict)
+                or not isinstance(entry.get("key"), str) or not entry["key"].startswith(CHECKPOINTS) or ".." in entry["key"].split("/")):
+            raise ValueError(f"{where_from}: file entry {rel!r} is not a plain path with a checkpoint object")
+    return pointer
