@@ -4,7 +4,7 @@
 
 On synthetic CREMA-D-sized data it measures samples/s over two epochs of
 1. FixedVideoFacenetGenerator (per-dimension normalisation, length buckets, RAM cache), reading
-   the NPZ files, and reading the pack that preflight writes (`validate --pack`, trainer/packed.py),
+   the NPZ files, and reading the pack that preflight writes (`validate --pack`, trainer/data/packed.py),
 2. a naive loader in the style of the original (np.load per file on every batch, pad to
    the global maximum, one scalar mean/std),
 3. the limit: the same batches gathered from clips already in one contiguous RAM array,
@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.generator import FixedVideoFacenetGenerator  # noqa: E402
-from trainer.normalization import compute_stats  # noqa: E402
-from trainer.packed import open_pack, pack  # noqa: E402
-from trainer.synth import write_corpus  # noqa: E402
+from trainer.data.generator import FixedVideoFacenetGenerator  # noqa: E402
+from trainer.data.normalization import compute_stats  # noqa: E402
+from trainer.data.packed import open_pack, pack  # noqa: E402
+from trainer.data.synth import write_corpus  # noqa: E402
 
 
 def epoch_rate(get, n_batches, n_samples):

@@ -8,7 +8,7 @@ On a machine with GPUs: one GPU, then two (one GPU split into 2 logical GPUs whe
 so the 2-device figures show the cost of the distribution machinery, not a speed-up. The model is
 the full config's (about 0.7M parameters at 128 units; mixed_float16 on a GPU) unless --units says
 otherwise; the batches are random clips of --frames frames, --batch-size per device, read from RAM
-through trainer/feeder.py (a thread pool, copies to the devices ahead of the step). Each setting is
+through trainer/training/feeder.py (a thread pool, copies to the devices ahead of the step). Each setting is
 traced and warmed up first, then timed over --batches batches up to the device's last result.
 Without a GPU the defaults are smaller (32 units, 20 frames, 8 clips per device).
 """
@@ -39,10 +39,10 @@ def samples_per_second(strategy, model_cfg, args, mixed, per_call_values, classe
     import numpy as np
 
     from trainer.config import DEFAULTS
-    from trainer.estimate import _Batches
-    from trainer.feeder import Feeder
-    from trainer.model import build_model, compile_model
-    from trainer.steps import Steps
+    from trainer.training.estimate import _Batches
+    from trainer.training.feeder import Feeder
+    from trainer.training.model import build_model, compile_model
+    from trainer.training.steps import Steps
 
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     with strategy.scope():

@@ -90,7 +90,7 @@ def main():
     from moto.server import ThreadedMotoServer
 
     from deploy.localhost import free_port
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     work = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     data = work / "data" / "crema-d"

@@ -108,7 +108,7 @@ def worker_table(group, hosts, infos):
     from rich.table import Table
     from rich.text import Text
 
-    from trainer.visible import visible
+    from trainer.results.visible import visible
 
     rows = Table(title=f"cluster {group.name}", title_justify="left")
     for column in ("worker", "host", "state", "epoch", "s/epoch", "GPU"):

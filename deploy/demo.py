@@ -48,7 +48,7 @@ def main(argv=None):
 
     data = DEMO / "data" / "crema-d"
     if not data.is_dir():
-        from trainer.synth import write_corpus
+        from trainer.data.synth import write_corpus
 
         t0 = time.monotonic()
         write_corpus(data, "crema-d", clips=args.clips, seed=0)

@@ -20,6 +20,16 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 
 
+def config_path(path):
+    """A path as an sshd_config argument, double-quoted: a checkout path may hold spaces. A path holding a
+    double quote, a newline or `%` (AuthorizedKeysFile expands %-tokens) cannot be written."""
+    text = str(path)
+    if any(c in text for c in '"\n%'):
+        raise RuntimeError(f"sshd_config cannot hold the path {text!r} (it has a double quote, a newline or a %): "
+                           "run from a folder whose path has none of them.")
+    return f'"{text}"'
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,8 +64,9 @@ class LocalSSHHost:
         self.port = free_port()
         config = self.root / "sshd_config"
         config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.root / 'host_key'}\nPidFile {self.root / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nAllowUsers {self.user}\n"
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {config_path(self.root / 'host_key')}\n"
+            f"PidFile {config_path(self.root / 'sshd.pid')}\nAuthorizedKeysFile {config_path(self.root / 'authorized_keys')}\n"
+            f"AllowUsers {self.user}\n"
             "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nAllowTcpForwarding local\nX11Forwarding no\n"
             "MaxStartups 50\nMaxSessions 50\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n" + self.extra_config

@@ -1,7 +1,7 @@
 """Watching a run from the laptop: the monitor screen, log tail, results, TensorBoard tunnel.
 
     info = run_state(conn, inv)            # one SSH command (deploy.training)
-    render(info, label, console)           # the monitor screen: trainer.run_view, shared with the host
+    render(info, label, console)           # the monitor screen: trainer.results.run_view, shared with the host
     follow(conn, inv, info)                # stream train.log until the run ends
     fetch_results(target, inv, run, dest)  # rsync the run back (backup/ only when asked)
     tunnel(conn, inv, local_port, say)     # TensorBoard on the host's loopback -> localhost
@@ -19,7 +19,7 @@ from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target
 from deploy.sync import RUN_FILES_ONLY, rsync
 from deploy.training import run_state, script
-from trainer.visible import VisibleStream, visible
+from trainer.results.visible import VisibleStream, visible
 
 
 def follow(conn, inv, info):

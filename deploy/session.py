@@ -71,8 +71,8 @@ def _planned():
     return [ctx.name for ctx in getattr(program, "tasks", None) or []]
 
 
-def _advance(name):
-    """The planned tasks after `name`, which starts now."""
+def advance(name):
+    """The planned tasks after `name`, which starts now (once per task run, however many hosts it acts on)."""
     global _plan
     if _plan is None:
         _plan = _planned()
@@ -146,14 +146,15 @@ class HostSession:
 
 
 @contextlib.contextmanager
-def task(h, name, changes_host, restart, say):
+def task(h, name, changes_host, restart, say, to_come=None):
     """The task `name` on `h`: for a task that changes the host, the lock (taken by the invocation's
     bookkeeping command, or already held) and the refusal to work under a training (--restart stops
-    it first). The lock goes at the end of the last task that changes the host, or at a failure."""
+    it first). The lock goes at the end of the last task that changes the host, or at a failure.
+    `to_come`: advance(name), when the caller acts on several hosts (a cluster)."""
     session = _sessions.get(_key(h.target))
     if session is None:
         session = _sessions[_key(h.target)] = HostSession(h.target, h.inv)
-    to_come = _advance(name)
+    to_come = advance(name) if to_come is None else to_come
     ok = False
     try:
         if changes_host:

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from deploy import storage
 from deploy.inventory import load_inventory
-from trainer.visible import visible
+from trainer.results.visible import visible
 
 
 @task(help={"state": "only the runs in this state (running, finished, stopped, failed, preempted, vanished)"})

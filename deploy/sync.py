@@ -20,10 +20,10 @@ from pathlib import Path
 from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
 from deploy.hosts import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
-from trainer import runfiles
 from trainer.errors import UserError
 from trainer.names import check_run_name
-from trainer.runfiles import check_run_paths
+from trainer.results import runfiles
+from trainer.results.runfiles import check_run_paths
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
@@ -90,7 +90,7 @@ def sync_code(target, inv, say):
     n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
     env = "".join(f"{k}={rq(v)}\n" for k, v in settings.items())  # `~/x` stays relative to whoever sources it
-    from trainer.run import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
+    from trainer.training.run import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
 
     version = code_version()
     if answers.pop("code", None) != {"code_version": f"{version}\n", "deploy_env": env}:  # the host has them already: no command
@@ -184,7 +184,7 @@ def verify_data(conn, inv, local, say):
 def check_run_to_resume(path):
     """A fetched run directory that another host can continue: regular files and folders only, config,
     split, normalisation and backup/ (from `fab fetch-results --backup`), not finished, every path in
-    its JSON files sound (trainer/runfiles.py). LocalInputError naming what is wrong."""
+    its JSON files sound (trainer/results/runfiles.py). LocalInputError naming what is wrong."""
     run = Path(path)
     refuse_special_entries(run, "continue")
     if (run / "cv-plan.json").is_file():

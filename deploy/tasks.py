@@ -26,8 +26,8 @@ from deploy import provision as prov
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.hosts import connect, key_files, known_hosts_file, remember_cluster, remember_host
 from deploy.inventory import REPO_ROOT, load_inventory
-from trainer.run_view import MALFORMED, render  # the monitor screen; the host's monitor_training.sh draws the same
-from trainer.visible import visible  # every text from the host: its control characters shown, never obeyed
+from trainer.results.run_view import MALFORMED, render  # the monitor screen; the host's monitor_training.sh draws the same
+from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -141,9 +141,10 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
     members = cluster.connect_members(c, inv, group)
     say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
     hosts = [Host(hinv, session.reuse(target)) for _, target, hinv in members]
+    to_come = session.advance(task_name)
     with contextlib.ExitStack() as held:
         for h in hosts:  # each host locked and checked in turn; a refusal releases those before it
-            held.enter_context(session.task(h, task_name, changes_host, kwargs.get("restart", False), prefixed(h)))
+            held.enter_context(session.task(h, task_name, changes_host, kwargs.get("restart", False), prefixed(h), to_come))
         return on_cluster(hosts, group, *args, **kwargs)
 
 
@@ -502,7 +503,7 @@ def fetch_results(h, run=None, dest="results", backup=False, from_storage=False)
 
 def show_results(local, run, state):
     """The fetched run's metrics table (or its cross-validation's), and where its pictures are."""
-    from trainer.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
+    from trainer.results.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
 
     metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
     try:

@@ -65,7 +65,7 @@ def preflight(conn, inv, say):
 
 
 def packed_dir(inv):
-    """Where preflight packs the clips into one memory-mapped file, which training reads (trainer/packed.py)."""
+    """Where preflight packs the clips into one memory-mapped file, which training reads (trainer/data/packed.py)."""
     return rjoin(inv.remote["runs_dir"], ".packed")
 
 

@@ -32,8 +32,8 @@ fi
 state="$(python3 "$here/run_state.py" --runs-dir "$RUNS_DIR" --session "$SESSION" "${run[@]}" --json || true)"
 venv="${VENV:-$HOME/facenet-venv}"
 if [ -x "$venv/bin/python" ]; then
-  # the same screen as `fab monitor` (trainer/run_view.py); its exit code is the run state's
-  cd "$here/.." && printf '%s\n' "$state" | "$venv/bin/python" -m trainer.run_view
+  # the same screen as `fab monitor` (trainer/results/run_view.py); its exit code is the run state's
+  cd "$here/.." && printf '%s\n' "$state" | "$venv/bin/python" -m trainer.results.run_view
 else
   echo "No venv at $venv yet (run \`fab provision\`); the run state as JSON:"
   printf '%s\n' "$state"

@@ -183,7 +183,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         run_dir=run_dir, session_alive=session_up, processes=describe_processes(pids), status=status, exit=record,
         launch=launch or None, stall=stall,
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
-        cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/cv.py)
+        cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/training/cv.py)
         recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
@@ -410,7 +410,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines, stall_seconds=args.stall_seconds, quick=args.quick)
     info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too
-    print(json.dumps(info))  # trainer/run_view.py renders it, on the laptop and on the host
+    print(json.dumps(info))  # trainer/results/run_view.py renders it, on the laptop and on the host
     return info["exit_code"]
 
 

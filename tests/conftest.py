@@ -33,7 +33,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def synth_crema(tmp_path_factory):
     """240 synthetic CREMA-D clips (read-only: copy before changing)."""
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     out = tmp_path_factory.mktemp("synth") / "crema-d"
     write_corpus(out, "crema-d", clips=240, seed=3)
@@ -64,14 +64,31 @@ def ssh_host(tmp_path_factory):
 @pytest.fixture(scope="session")
 def host_venv(tmp_path_factory):
     """The "host"'s venv: a real venv that sees this environment's packages (no second TensorFlow download).
-    Shared by the session: whichever test provisions it first installs; tests that assert the first
-    install use `fresh_venv`."""
-    return make_host_venv(tmp_path_factory.mktemp("host venv") / "venv")
+    Shared by the session, and by every pytest-xdist worker of the run: whichever test provisions it first
+    installs; tests that assert the first install use `fresh_venv`."""
+    return run_wide(tmp_path_factory, "host venv", make_host_venv)
 
 
 @pytest.fixture(scope="session")
 def _pristine_venv(tmp_path_factory):
-    return make_host_venv(tmp_path_factory.mktemp("pristine venv") / "venv")
+    return run_wide(tmp_path_factory, "pristine venv", make_host_venv)
+
+
+def run_wide(tmp_path_factory, name, make):
+    """`make(path)` once for the whole run: under pytest-xdist every worker's session gets the one folder the
+    first made (its creation under an exclusive lock), as a run without xdist gets one of its own."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder above popen-gwN
+    path = shared / name / "venv"
+    path.parent.mkdir(exist_ok=True)
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path.parent / "done").exists():
+            make(path)
+            (path.parent / "done").touch()
+    return path
 
 
 @pytest.fixture
@@ -187,7 +204,7 @@ def host_ready(deploy_env, tmp_path):
 
 def make_ready(env, tmp_path):
     """`env`'s host with code and 60 clips of data synced, and `env.configure(epochs, **data)`."""
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     write_corpus(env.data, "crema-d", clips=60, seed=9)
 

@@ -1,4 +1,4 @@
-"""Cases of the training loop (trainer/loop.py), each run by tests/test_loop.py in a fresh process,
+"""Cases of the training loop (trainer/training/loop.py), each run by tests/test_loop.py in a fresh process,
 since the devices are fixed when TensorFlow starts; each prints one JSON line.
 
     python tests/loop_cases.py fit_equal                          # one device
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import distribute  # noqa: E402
+from trainer.training import distribute  # noqa: E402
 
 distribute.configure_devices()
 
@@ -26,9 +26,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import loop  # noqa: E402
 from trainer.config import DEFAULTS  # noqa: E402
-from trainer.model import build_model, compile_model  # noqa: E402
+from trainer.training import loop  # noqa: E402
+from trainer.training.model import build_model, compile_model  # noqa: E402
 
 DIM, CLASSES = 16, 6
 
@@ -251,7 +251,7 @@ def case_per_execution():
             model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
         loop.fit(model, strategy, Batches(x, y, 4), Batches(x[:4], y[:4], 4), 1, [], log=lambda s: None, steps_per_execution=k)
         out[f"digest_k{k}"] = digest(model)
-    from trainer.feeder import Feeder
+    from trainer.training.feeder import Feeder
 
     x_share, _, _ = Feeder(strategy)._load(Batches(x, y, 4), 0)
     out["share_devices"] = [t.device for t in strategy.experimental_local_results(x_share)]
@@ -262,7 +262,7 @@ def case_per_execution():
 def case_short_batch():
     """2 replicas, the project's generator: 5 clips in global batches of 4 leave a last batch of one
     clip, which would give a replica zero rows."""
-    from trainer.generator import FixedVideoFacenetGenerator
+    from trainer.data.generator import FixedVideoFacenetGenerator
 
     tmp = Path(tempfile.mkdtemp())
     x, y = clips(5, seed=8)
@@ -308,7 +308,7 @@ def case_threads():
 
 def case_confusion_images():
     """One device, 2 epochs with ConfusionImages: how often the validation clips were read."""
-    from trainer.callbacks import AtomicModelCheckpoint, ConfusionImages
+    from trainer.training.callbacks import AtomicModelCheckpoint, ConfusionImages
 
     tmp = Path(tempfile.mkdtemp())
     x, y = clips(24, seed=9)

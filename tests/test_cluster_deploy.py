@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
 
 from deploy.localhost import LocalSSHHost, free_port
-from trainer.synth import write_corpus
+from trainer.data.synth import write_corpus
 
 pytestmark = pytest.mark.slow
 

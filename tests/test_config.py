@@ -40,7 +40,7 @@ def test_missing_and_malformed_config_files(tmp_path):
 
 
 def test_shipped_configs_load():
-    from trainer.smoke import SMOKE_CONFIG
+    from trainer.training.smoke import SMOKE_CONFIG
 
     load_config(SMOKE_CONFIG)
     load_config(SMOKE_CONFIG.parent / "full.yaml")

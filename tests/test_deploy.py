@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 def synth(path, clips=120, seed=5):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     write_corpus(path, "crema-d", clips=clips, seed=seed)
     return path
@@ -211,3 +211,13 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     sent = int(re.search(r"(\d+) file\(s\) sent", again.out).group(1))
     assert sent <= local_files - arrived + 1  # only what was missing (and the one cut short) travels
     assert f"verified: the host holds the same files and bytes ({local_files} files" in again.out
+
+
+def test_the_throwaway_host_starts_in_a_folder_whose_path_has_a_space(tmp_path):
+    from deploy.localhost import LocalSSHHost
+
+    with LocalSSHHost(tmp_path / "my checkout" / ".demo host") as host:  # make demo from ~/My Projects/facenet-deploy
+        out = subprocess.run(["ssh", "-i", str(host.key_file), "-p", str(host.port), "-o", "StrictHostKeyChecking=no",
+                              "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"{host.user}@127.0.0.1", "echo logged in"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "logged in\n", out.stderr

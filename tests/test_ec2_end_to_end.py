@@ -27,7 +27,7 @@ def instances_in(region="us-east-1"):
 
 
 def test_launch_deploy_monitor_fetch_down_on_a_launched_host(aws, ssh_host, host_venv, tmp_path):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     root = tmp_path / "laptop"
     root.mkdir()

@@ -79,7 +79,7 @@ def ec2_host():
 
 
 def test_the_whole_path_on_an_ec2_like_host(ec2_host, tmp_path):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     home = Path(f"/home/{USER}")
     assert sorted(p.name for p in home.iterdir()) == []  # empty, as on a fresh instance

@@ -96,8 +96,8 @@ def test_fit_with_several_workers(clips):
 
 
 def test_a_pack_gives_the_same_batches_and_a_changed_file_is_never_read_from_it(tmp_path):
-    from trainer.packed import open_pack, pack
-    from trainer.synth import write_corpus
+    from trainer.data.packed import open_pack, pack
+    from trainer.data.synth import write_corpus
 
     files = sorted(map(str, write_corpus(tmp_path / "crema-d", "crema-d", clips=40, seed=3)))
     labels = np.arange(len(files)) % 6

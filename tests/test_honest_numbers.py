@@ -16,10 +16,10 @@ import pytest
 from conftest import ROOT, TINY_CONFIG, write_config
 from test_split_norm import CLASSES, entries
 
-from trainer.cv import assign_folds
+from trainer.data.split import make_split
 from trainer.errors import DataError
-from trainer.metrics import bootstrap_ci, classification_metrics, held_out_report
-from trainer.split import make_split
+from trainer.results.metrics import bootstrap_ci, classification_metrics, held_out_report
+from trainer.training.cv import assign_folds
 
 
 def actors_of(split, side):
@@ -171,14 +171,14 @@ def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_
 
 def test_the_deploy_side_draws_and_prints_results_without_numpy_tensorflow_or_matplotlib():
     """A laptop with only the `deploy` extra prints the fetched metrics, the CV table and the monitor."""
-    code = ("import sys, deploy.tasks, trainer.report, trainer.run_view; "
+    code = ("import sys, deploy.tasks, trainer.results.report, trainer.results.run_view; "
             "print(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_a_cross_validation_status_counts_the_folds_still_to_come_in_its_eta(tmp_path):
-    from trainer.status import RunStatus
+    from trainer.training.status import RunStatus
 
     (tmp_path / "fold-2").mkdir()
     fold = RunStatus(tmp_path / "fold-2", epochs=10, mirror=(tmp_path / "status.json", {"fold": 2, "folds": 4}))

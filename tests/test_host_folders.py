@@ -20,7 +20,7 @@ def status(runs, run):
 
 
 def test_every_task_uses_the_named_hosts_own_folders(deploy_env, tmp_path):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     env = deploy_env
     write_corpus(env.data, "crema-d", clips=60, seed=9)

@@ -198,7 +198,7 @@ def test_a_venv_without_pip_is_repaired(deploy_env, tmp_path):
 # 12. small ones ----------------------------------------------------------------------------------
 
 def test_a_dangling_symlink_in_local_data_is_a_clear_error(deploy_env):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     write_corpus(deploy_env.data, "crema-d", clips=12, seed=1)
     (deploy_env.data / "1099_IWL_ANG_XX.npz").symlink_to(deploy_env.root / "gone.npz")

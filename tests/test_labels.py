@@ -1,5 +1,5 @@
 from trainer.config import DEFAULTS
-from trainer.labels import Labeller, parse_name
+from trainer.data.labels import Labeller, parse_name
 
 LABELLER = Labeller(DEFAULTS["data"]["label_map"])
 

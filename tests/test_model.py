@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from trainer.config import DEFAULTS
-from trainer.metrics import classification_metrics
+from trainer.results.metrics import classification_metrics
 
 TINY = {**DEFAULTS["model"], "units": 8, "head_units": 8, "heads": 2, "dropout": 0.0}
 
@@ -19,7 +19,7 @@ def test_metrics_on_a_known_confusion():
 
 @pytest.mark.tf
 def test_default_lstm_stays_eligible_for_cudnn():
-    from trainer.model import build_model, cudnn_problems
+    from trainer.training.model import build_model, cudnn_problems
 
     model = build_model({**DEFAULTS["model"], "layers": 2}, num_classes=6)
     assert cudnn_problems(model) == []
@@ -33,7 +33,7 @@ def test_default_lstm_stays_eligible_for_cudnn():
 @pytest.mark.parametrize("encoder", ["bilstm", "transformer"])
 def test_padding_does_not_change_the_prediction(encoder):
     """A clip alone and the same clip zero-padded in a batch with a longer one score the same."""
-    from trainer.model import build_model
+    from trainer.training.model import build_model
 
     model = build_model({**TINY, "encoder": encoder}, num_classes=3, feature_dim=16)
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def test_padding_does_not_change_the_prediction(encoder):
 def test_uar_metric_matches_numpy_and_model_reloads(tmp_path):
     import keras
 
-    from trainer.model import UnweightedAverageRecall, build_model, compile_model
+    from trainer.training.model import UnweightedAverageRecall, build_model, compile_model
 
     metric = UnweightedAverageRecall(3)
     metric.update_state(np.array([0, 0, 1, 2]), np.eye(3)[[0, 1, 1, 1]])
@@ -59,3 +59,21 @@ def test_uar_metric_matches_numpy_and_model_reloads(tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5)
+
+
+@pytest.mark.tf
+def test_predict_is_the_model_s_own_answer_for_batches_of_any_size_and_length_traced_once():
+    from keras import ops
+
+    from trainer.results.evaluate import inference_function, predict
+    from trainer.training.model import build_model
+
+    model = build_model(TINY, num_classes=3, feature_dim=16)
+    rng = np.random.default_rng(2)
+    batches = [(rng.normal(size=(n, t, 16)).astype("float32"), rng.integers(0, 3, n)) for n, t in [(4, 9), (3, 20), (1, 5)]]
+    y_true, y_pred = predict(model, batches)
+    eager = [np.argmax(ops.convert_to_numpy(model(x, training=False)), -1) for x, _ in batches]
+    np.testing.assert_array_equal(y_pred, np.concatenate(eager))
+    np.testing.assert_array_equal(y_true, np.concatenate([y for _, y in batches]))
+    assert inference_function(model).experimental_get_tracing_count() == 1
+    assert inference_function(build_model(TINY, num_classes=3, feature_dim=16)) is not inference_function(model)

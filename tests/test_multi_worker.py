@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import ROOT, run_trainer
 
-from trainer.distribute import read_cluster
 from trainer.errors import ConfigError
+from trainer.training.distribute import read_cluster
 
 pytestmark = pytest.mark.slow
 TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",

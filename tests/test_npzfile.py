@@ -1,4 +1,4 @@
-"""trainer/npzfile.py: .npy headers read without ast/compile, the same as numpy reads them,
+"""trainer/data/npzfile.py: .npy headers read without ast/compile, the same as numpy reads them,
 and safe beside TensorFlow tracing tf.functions in another thread (CPython 3.11, gh-106905)."""
 
 import gc
@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from trainer.npzfile import parse_header, read_array, read_header, read_shape
+from trainer.data.npzfile import parse_header, read_array, read_header, read_shape
 
 ARRAYS = {
     "float32 frames": np.arange(12, dtype=np.float32).reshape(3, 4),

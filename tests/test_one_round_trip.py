@@ -64,6 +64,9 @@ def test_the_tasks_of_one_invocation_hold_one_lock_and_a_training_one_starts_sto
         out = slow.communicate(timeout=60)[0]
     assert slow.returncode == 130 and not (env.runs / ".lock").exists(), out  # released on the way out, interrupted mid-task
     env.write(rsync_args=[])
+    finished = env.fab("sync-data")  # the interrupted upload, finished (the trainer refuses a data dir holding one)
+    assert finished.returncode == 0 and "verified: the host holds the same files and bytes" in finished.out, finished.out
+    assert not list((env.remote_root / "data dir").rglob(".rsync-partial/*")), finished.out
 
     env.configure(epochs=200)
     proc = env.fab("train", "--run-name", "busy", "sync-code", timeout=200)

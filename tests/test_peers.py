@@ -11,7 +11,7 @@ from conftest import ROOT
 
 WATCHED = """
 import sys, time
-from trainer.peers import Watchdog
+from trainer.training.peers import Watchdog
 watch = Watchdog(2, sys.argv[1], "the workers did not all join")
 for _ in range(8):   # 4 s of steps, each well within the 2 s
     time.sleep(0.5)
@@ -43,7 +43,7 @@ def test_the_watchdog_waits_while_steps_end_or_it_is_paused_and_kills_after_the_
 def test_nccl_errors_of_a_lost_peer_are_peer_lost_on_a_cluster_only():
     """Defect 6: on GPUs a lost peer raises NCCL's InternalError or UnknownError, which exited 1."""
     tf = pytest.importorskip("tensorflow")
-    from trainer.peers import lost_peer
+    from trainer.training.peers import lost_peer
 
     nccl = tf.errors.InternalError(None, None, "NCCL failure: remote process exited or there was a network error")
     unknown = tf.errors.UnknownError(None, None, "ncclRemoteError: A call failed possibly due to a network error")

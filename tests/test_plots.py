@@ -2,7 +2,7 @@
 
 import csv
 
-from trainer.plots import learning_curves_figure, learning_curves_png
+from trainer.results.plots import learning_curves_figure, learning_curves_png
 
 
 def write_history(path, epochs):

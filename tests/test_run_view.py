@@ -1,8 +1,8 @@
-"""The monitor screen's cost and autostop lines (trainer/run_view.py): fast, no SSH."""
+"""The monitor screen's cost and autostop lines (trainer/results/run_view.py): fast, no SSH."""
 
 from datetime import datetime, timezone
 
-from trainer.run_view import autostop_line, cost_line
+from trainer.results.run_view import autostop_line, cost_line
 
 
 def agent(alive=True, command="sudo -n /sbin/poweroff", waiting=False, fires_at="2026-11-25T17:45:00+00:00", **auto):
@@ -38,7 +38,7 @@ def test_a_run_file_edited_on_the_host_is_a_warning_not_a_traceback():
 
     from rich.console import Console
 
-    from trainer.run_view import render
+    from trainer.results.run_view import render
 
     out = io.StringIO()
     info = {"host": "h", "gpus": None, "disk": {"free_bytes": 2**34, "total_bytes": 2**35}, "state": "running", "run": "r1",

@@ -3,10 +3,10 @@ import pytest
 from conftest import write_clip
 
 from trainer.config import DEFAULTS
+from trainer.data.normalization import compute_stats
+from trainer.data.split import check_split, make_split
+from trainer.data.validation import Entry, validate_dirs
 from trainer.errors import DataError
-from trainer.normalization import compute_stats
-from trainer.split import check_split, make_split
-from trainer.validation import Entry, validate_dirs
 
 CLASSES = DEFAULTS["data"]["classes"]
 

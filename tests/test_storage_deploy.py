@@ -40,7 +40,7 @@ def screen(out):
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory, host_venv, moto_server):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     root = tmp_path_factory.mktemp("storage") / "facenet deploy"
     root.mkdir()
@@ -133,8 +133,9 @@ def test_deploy_full_resumes_the_stored_run_on_another_host_every_epoch_once(sto
 def test_every_stored_pointer_came_after_the_files_it_names_and_the_end_is_stored(stored):
     history = check_pointers_came_last(stored["bucket"], "team/r1/")
     epochs = [e for e, _, _ in history]
-    # an epoch that ends while the previous one uploads is stored with the next (tiny epochs here: a second or two)
-    assert epochs == sorted(epochs) and {0, 2, stored["at_loss"]["epoch"], EPOCHS} <= set(epochs), history
+    # an epoch that ends while the previous one uploads is stored with the next (tiny epochs here: a second or two),
+    # so which epochs between the first and the loss were stored depends on the machine's speed
+    assert epochs == sorted(epochs) and {0, stored["at_loss"]["epoch"], EPOCHS} <= set(epochs), history
     assert history[-1] == (EPOCHS, "finished", True)
     latest = json.loads(stored["s3"].get_object(Bucket=stored["bucket"], Key="team/r1/LATEST")["Body"].read())
     assert latest["host"] == "b" and latest["summary"]["metrics"]["split"] == "test"

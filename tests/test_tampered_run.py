@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, TINY_CONFIG, run_trainer, write_config
 
 from trainer.errors import DataError, UserError
-from trainer.runfiles import check_run_paths, open_log, special_entries
+from trainer.results.runfiles import check_run_paths, open_log, special_entries
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttackerKeyLine attacker@evil"
 OWNER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwnerKeyLine owner@laptop\n"
@@ -144,7 +144,7 @@ def test_logs_are_never_opened_through_a_link(tmp_path):
 
 
 def test_status_files_replace_a_link_never_write_through_it(tmp_path):
-    from trainer.status import write_json_atomic
+    from trainer.training.status import write_json_atomic
 
     target = tmp_path / "target"
     target.write_text("precious\n")
@@ -159,7 +159,7 @@ def test_status_files_replace_a_link_never_write_through_it(tmp_path):
 
 @pytest.mark.tf
 def test_history_csv_is_written_without_following_a_link(tmp_path):
-    from trainer.callbacks import SafeCSVLogger
+    from trainer.training.callbacks import SafeCSVLogger
 
     target = tmp_path / "shadow"
     target.write_text("precious\n")

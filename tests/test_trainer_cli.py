@@ -41,7 +41,7 @@ def test_a_stop_request_before_training_starts_cannot_be_swallowed(tmp_path):
     """The early SIGTERM handler raises Stopped wherever the trainer is, e.g. inside an import of
     TensorFlow that guards optional parts with `except Exception`: the request must get through,
     or the run trains to the end while `fab stop` waits (seen once in CI on the EC2-like host)."""
-    from trainer.run import Stopped, _stop_at_once_until_training_starts
+    from trainer.training.run import Stopped, _stop_at_once_until_training_starts
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:

@@ -81,7 +81,7 @@ def test_train_writes_a_complete_run_that_reloads(tmp_path, trained_run):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "eval-val.json").read_text())["uar"] == pytest.approx(metrics["validation"]["uar"])
     # and on other held-out data (new actors, another corpus)
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     write_corpus(tmp_path / "ravdess", "ravdess", clips=40, seed=5)
     proc = run_trainer("evaluate", "--run", run, "--data", tmp_path / "ravdess")
@@ -229,11 +229,11 @@ def test_auto_uses_one_device_where_there_are_no_gpus(trained_run):
 FIRST_STEP = """
 import json, sys
 import numpy as np
-from trainer import distribute
+from trainer.training import distribute
 distribute.configure_devices()
 import keras
 from trainer.config import DEFAULTS
-from trainer.model import build_model, compile_model
+from trainer.training.model import build_model, compile_model
 
 keras.utils.set_random_seed(7)
 strategy = distribute.choose_strategy(sys.argv[1])
@@ -263,11 +263,11 @@ def test_two_mirrored_replicas_take_the_same_first_step_as_one_device_on_the_sam
 
 
 MIXED_STATIC = """
-from trainer import distribute
+from trainer.training import distribute
 distribute.configure_devices()
 import keras
 from trainer.config import DEFAULTS
-from trainer.model import build_model, compile_model, cudnn_problems
+from trainer.training.model import build_model, compile_model, cudnn_problems
 
 keras.mixed_precision.set_global_policy("mixed_float16")
 strategy = distribute.choose_strategy("mirrored")

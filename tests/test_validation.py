@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from conftest import run_trainer, write_clip
 
-from trainer import validation
 from trainer.config import DEFAULTS
+from trainer.data import validation
+from trainer.data.validation import REASONS, require_trainable, validate_dirs
 from trainer.errors import DataError
-from trainer.validation import REASONS, require_trainable, validate_dirs
 
 DATA_CFG = DEFAULTS["data"]
 
@@ -95,6 +95,16 @@ def test_empty_directory_and_missing_directory_are_errors(tmp_path):
         require_trainable(validate_dirs([tmp_path], DATA_CFG), DATA_CFG["classes"])
     with pytest.raises(DataError, match="does not exist"):
         validate_dirs([tmp_path / "nope"], DATA_CFG)
+
+
+def test_an_unfinished_upload_in_a_data_dir_is_an_error_not_half_a_data_set(tmp_path):
+    write_clip(tmp_path / "crema-d" / "1001_IWL_ANG_XX.npz")
+    (tmp_path / "crema-d" / "sub" / ".rsync-partial").mkdir(parents=True)  # an interrupted `fab sync-data`'s partial files
+    (tmp_path / "crema-d" / "sub" / ".rsync-partial" / "1002_IWL_SAD_XX.npz").write_bytes(b"PK\x03\x04 half")
+    with pytest.raises(DataError, match=r"holds 1 file\(s\) of an unfinished upload in .*sub/\.rsync-partial .*fab sync-data"):
+        validate_dirs([tmp_path / "crema-d"], DATA_CFG)
+    (tmp_path / "crema-d" / "sub" / ".rsync-partial" / "1002_IWL_SAD_XX.npz").unlink()  # rsync removes the folder's files once done
+    assert [e.emotion for e in validate_dirs([tmp_path / "crema-d"], DATA_CFG).entries] == ["ANG"]
 
 
 def test_a_class_without_files_is_an_error_naming_it(tmp_path):

@@ -1,4 +1,4 @@
-"""Text from the host shown, never obeyed (trainer/visible.py): the monitor screen and the metrics tables
+"""Text from the host shown, never obeyed (trainer/results/visible.py): the monitor screen and the metrics tables
 with hostile strings, fast and without SSH. tests/test_host_text.py does the same through `fab`."""
 
 import io
@@ -7,9 +7,9 @@ import sys
 
 from rich.console import Console
 
-from trainer.report import print_cv, print_run_metrics
-from trainer.run_view import render
-from trainer.visible import VisibleStream, visible, visible_tree
+from trainer.results.report import print_cv, print_run_metrics
+from trainer.results.run_view import render
+from trainer.results.visible import VisibleStream, visible, visible_tree
 
 CLEAR, TITLE, CSI8 = "\x1b[2J", "\x1b]0;pwned\x07", "\x9b31m"  # ED, OSC title, an 8-bit CSI
 LINK = "[link=https://evil.example]click[/link]"  # rich markup that would become an OSC 8 escape
@@ -33,7 +33,7 @@ def test_a_remote_pty_stream_keeps_its_lines_and_shows_escapes():
 
 
 def test_the_filter_of_the_hosts_follow_log_shows_escapes():
-    out = subprocess.run([sys.executable, "trainer/visible.py"], input=f"a{CLEAR}\n{TITLE}\tb\n".encode() + b"\xff\n",
+    out = subprocess.run([sys.executable, "trainer/results/visible.py"], input=f"a{CLEAR}\n{TITLE}\tb\n".encode() + b"\xff\n",
                          capture_output=True, check=True).stdout.decode()
     assert out == "a\\x1b[2J\n\\x1b]0;pwned\\x07\tb\n\ufffd\n"
 

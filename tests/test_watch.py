@@ -52,7 +52,7 @@ def watch_until_end(env, *args, timeout=240):
     return proc.returncode, out
 
 
-def test_watch_follows_a_run_to_its_end_and_does_not_restart_one_that_failed_on_its_own(host_ready, webhook):
+def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_resumes_a_vanished_one_in_place(host_ready, webhook):
     env = host_ready
     env.configure(epochs=2)
     env.write(notify={"webhook": webhook.url}, recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1})
@@ -82,6 +82,24 @@ def test_watch_follows_a_run_to_its_end_and_does_not_restart_one_that_failed_on_
     failed = [p for p in webhook.posts if p["event"] == "failed"]
     assert len(failed) == 1 and "out-of-memory" in failed[0]["text"], failed
 
+    # the whole process group killed (as a reboot leaves it): vanished; no storage, but the host answers and holds
+    # the run, so the watch continues it there (`train --resume`, the lost host is one of recovery.hosts)
+    env.configure(epochs=6)
+    env.write(recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1, "hosts": ["local"]})
+    assert env.fab("train", "--run-name", "w3").returncode == 0
+    proc = env.popen("watch")
+    wait_until(lambda: status(env, "w3").get("epoch", 0) >= 2, 180, "two epochs")
+    os.killpg(json.loads((env.runs / "w3" / "launch.json").read_text())["pgid"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "lost: vanished on local" in out and "local: -H local train --resume" in out and "recovered: run w3 on local from epoch" in out, out
+    history = history_epochs(env.runs / "w3")
+    assert [e for e, _ in history] == list(range(6)), history
+    recoveries = json.loads((env.runs / "w3" / "recoveries.json").read_text())["recoveries"]
+    assert [(r["from_host"], r["host"], r["launched"]) for r in recoveries] == [("local", "local", False)], recoveries
+    w3 = [p["event"] for p in webhook.posts if p["run"] == "w3"]
+    assert sorted(w3) == ["finished", "preempted", "recovered", "started"], webhook.posts
+
 
 # --- recovery: two "machines" (an sshd each, folders of their own), run storage on moto's S3 ---------
 
@@ -100,7 +118,7 @@ class TwoHosts:
         from deploy.localhost import LocalSSHHost
         from tests.conftest import TINY_CONFIG, DeployEnv, write_config
         from tests.storage_check import new_bucket
-        from trainer.synth import write_corpus
+        from trainer.data.synth import write_corpus
 
         self.root, self.launched = tmp_path / "laptop", launched
         self.root.mkdir()

@@ -17,7 +17,7 @@ __all__ = ["FixedVideoFacenetGenerator", "load_config", "validate_dirs", "build_
 
 def __getattr__(name):
     if name == "FixedVideoFacenetGenerator":
-        from trainer.generator import FixedVideoFacenetGenerator
+        from trainer.data.generator import FixedVideoFacenetGenerator
 
         return FixedVideoFacenetGenerator
     if name == "load_config":
@@ -25,15 +25,15 @@ def __getattr__(name):
 
         return load_config
     if name == "validate_dirs":
-        from trainer.validation import validate_dirs
+        from trainer.data.validation import validate_dirs
 
         return validate_dirs
     if name == "build_model":
-        from trainer.model import build_model
+        from trainer.training.model import build_model
 
         return build_model
     if name == "classification_metrics":
-        from trainer.metrics import classification_metrics
+        from trainer.results.metrics import classification_metrics
 
         return classification_metrics
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

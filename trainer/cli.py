@@ -11,14 +11,14 @@ from pathlib import Path
 
 from trainer.errors import UserError
 from trainer.names import check_run_name
-from trainer.status import write_json_atomic
+from trainer.training.status import write_json_atomic
 
 
 def cmd_validate(args):
     from trainer.config import load_config
-    from trainer.data import validate_with_progress
-    from trainer.report import make_console
-    from trainer.validation import require_trainable, write_manifest
+    from trainer.data.pipeline import validate_with_progress
+    from trainer.data.validation import require_trainable, write_manifest
+    from trainer.results.report import make_console
 
     cfg = load_config(args.config, args.set)
     result = validate_with_progress(args.data, cfg["data"], make_console())
@@ -28,7 +28,7 @@ def cmd_validate(args):
     args.outcome.update(files=len(result.entries), accepted=len(result.accepted), rejected=len(result.rejected))
     require_trainable(result, cfg["data"]["classes"])
     if args.pack:
-        from trainer.packed import pack
+        from trainer.data.packed import pack
 
         try:
             clips, written = pack(sorted(e.path for e in result.accepted), cfg["data"]["feature_key"], args.pack)
@@ -43,17 +43,17 @@ def cmd_validate(args):
 
 
 def cmd_synth(args):
-    from trainer.synth import write_corpus
+    from trainer.data.synth import write_corpus
 
     paths = write_corpus(args.out, args.corpus, args.clips, args.seed, suffix=args.suffix)
     print(f"Wrote {len(paths)} synthetic {args.corpus} clips to {args.out}")
 
 
 def cmd_train(args):
-    from trainer.run import execute, new_run
+    from trainer.training.run import execute, new_run
 
     if args.resume:
-        from trainer.cv import continue_cv, is_cv
+        from trainer.training.cv import continue_cv, is_cv
 
         if is_cv(args.resume):
             continue_cv(args.resume, price_per_hour=args.price_per_hour, data_dirs=args.data)
@@ -73,7 +73,7 @@ def cmd_train(args):
 
 def cmd_cv(args):
     from trainer.config import load_config
-    from trainer.cv import start_cv
+    from trainer.training.cv import start_cv
 
     if args.run_name is not None:
         check_run_name(args.run_name, "--run-name")
@@ -82,7 +82,7 @@ def cmd_cv(args):
 
 
 def cmd_smoke(args):
-    from trainer.smoke import smoke
+    from trainer.training.smoke import smoke
 
     run_dir, seconds, estimated = smoke(args.data, args.out, synthetic=args.synthetic, config=args.config, overrides=args.set,
                                         estimate_config=args.estimate_config)
@@ -91,7 +91,7 @@ def cmd_smoke(args):
 
 
 def cmd_evaluate(args):
-    from trainer.evaluate import evaluate_run
+    from trainer.results.evaluate import evaluate_run
 
     evaluate_run(args.run, args.data)
 

@@ -9,6 +9,7 @@ ssh.config_file, known_hosts), so a host that answers here answers `fab -H gpu1 
 
 import time
 
+from invoke.exceptions import CommandTimedOut
 from paramiko.ssh_exception import NoValidConnectionsError, SSHException
 
 from deploy.aws.errors import aws_errors, explain
@@ -44,7 +45,8 @@ def ssh(config, inventory_path, name, seconds, say):
             target.conn.run("true", hide=True, in_stream=False, timeout=30)
             say(f"SSH answers on {name} ({host.address}) after {time.monotonic() - started:.0f} s", "dim")
             return target
-        except (NoValidConnectionsError, SSHException, EOFError, OSError) as e:  # OSError: refused, timed out, unreachable
+        except (NoValidConnectionsError, SSHException, EOFError, OSError, CommandTimedOut) as e:
+            # OSError: refused, timed out, unreachable; CommandTimedOut: logged in, but `true` took over 30 s (a busy host)
             last = f"{type(e).__name__}: {e}"[:200]
         finally:
             target.conn.close()

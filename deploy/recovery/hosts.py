@@ -1,7 +1,7 @@
 """Where a lost run goes next: the hosts of recovery.hosts, in order, else a launched replacement.
 
     names = candidates(inv, lost="gpu1")             # recovery.hosts, starting after the lost host (it comes last)
-    free, why = is_free(config, inv, "gpu2")         # answers over SSH, and no training lives there
+    free, why, held = is_free(config, inv, "gpu2", run)   # answers over SSH, no training lives there; holds the run?
     name = launch_replacement(inv, config, run, n, say)   # recovery.launch: {type, spot} (deploy.aws.launch.launch_host)
     down_lost(config, inv, "gpu1", run, say)         # a launched host that was lost: terminated (fab down), unless it holds other runs
 
@@ -32,19 +32,22 @@ def candidates(inv, lost):
     return hosts
 
 
-def is_free(config, inv, name):
-    """(True, "") when host `name` answers and no training lives there; else (False, why)."""
+def is_free(config, inv, name, run):
+    """(free, why, held): free when host `name` answers and no training lives there; `held` is the last finished epoch
+    of `run` when the host holds it as its current run (it can continue it with `train --resume`), else None."""
     hinv = inv.for_host(name)
     target = connect_host(config, hinv, name)
     try:
         info = training.run_state(target.conn, hinv, log_lines=0, quick=True, missing_ok=True)
     except Exception as e:  # noqa: BLE001 - unreachable, refused, a broken host: not free, say why
-        return False, f"does not answer ({type(e).__name__}: {str(e)[:160]})"
+        return False, f"does not answer ({type(e).__name__}: {str(e)[:160]})", None
     finally:
         target.conn.close()
     if info is not None and training.training_lives(info):
-        return False, f"busy: training {info.get('run')} is {info['state']} there"
-    return True, ""
+        return False, f"busy: training {info.get('run')} is {info['state']} there", None
+    if info is not None and info.get("run") == run and info.get("run_dir") and info["state"] != "finished":
+        return True, "", (info.get("status") or {}).get("epoch") or 0
+    return True, "", None
 
 
 def replacement_name(run, n):

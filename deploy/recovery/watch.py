@@ -7,9 +7,11 @@ as `fab monitor`), decides what it means (machine.decide), records the decision 
 acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up 10); or recover:
 
   1. the run's last stored epoch (storage, LATEST; when the lost host still answers, after its uploader stored
-     the run's end): without one there is nothing to continue;
-  2. the next free host of recovery.hosts (hosts.py), else a launched one (recovery.launch);
-  3. `fab -H HOST deploy-full --resume-from STORED-RUN` there (a process of its own: its own lock, output, exit code);
+     the run's end);
+  2. the next free host of recovery.hosts (hosts.py; the lost host last), else a launched one (recovery.launch);
+  3. there, as a process of its own (its own lock, output, exit code): `fab -H HOST train --resume` when the host
+     holds the run as its current one (the lost host, back with its disk), else `fab -H HOST deploy-full
+     --resume-from STORED-RUN` (without a stored epoch, only a host that holds the run can take it);
   4. the recovery recorded (the watch's record; RUN/recoveries.json on the new host, which its uploader stores),
      the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
      and recovery.launch is set; then the watch follows the run on its new host.
@@ -30,7 +32,7 @@ from deploy.recovery import hosts as recovery_hosts
 from deploy.recovery import machine, stored
 from deploy.recovery.notify import Sender
 from deploy.recovery.record import Record, iso, write_on_host
-from trainer.visible import visible
+from trainer.results.visible import visible
 
 UPLOADER_WAIT_SECONDS = 150  # a spot notice gives two minutes; the host agent waits for the upload within them
 
@@ -119,15 +121,15 @@ class Watch:
             hinv = self.inv.for_host(lost_host)
             stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
         epoch, url, why = stored.latest(self.inv, self.run)
-        if url is None:
-            return self.give_up(f"{decision.reason}; cannot continue it from storage: {why}")
-        self.say(f"recovering run {self.run} from epoch {epoch} in storage ({url}): recovery {n} of at most "
-                 f"{self.inv.recovery['max_restarts']}", "bold")
+        self.say(f"recovering run {self.run} (recovery {n} of at most {self.inv.recovery['max_restarts']}): "
+                 + (f"from epoch {epoch} in storage ({url})" if url else f"storage cannot give it ({why}); only a host that holds it "
+                                                                          "can take it"), "bold")
         self.record.transition("recovering", f"recovery {n}: {decision.reason}")
-        new_host, launched_one = self.place(url, lost_host, n)
+        new_host, launched_one, epoch = self.place(url, epoch, lost_host, n)
         if new_host is None:
             return self.give_up(f"{decision.reason}; no host could take it (recovery.hosts"
-                                + (", then a launched one" if self.inv.recovery["launch"]["type"] else "; recovery.launch is not set") + ")")
+                                + (", then a launched one" if self.inv.recovery["launch"]["type"] and url else "")
+                                + ")" + ("" if url else f"; storage: {why}"))
         entry = {"n": n, "host": new_host, "from_host": lost_host, "at": iso(), "from_epoch": epoch, "reason": decision.reason,
                  "launched": launched_one}
         self.record.add_recovery(entry)
@@ -144,37 +146,42 @@ class Watch:
             self.say(recovery_hosts.down_lost(self.config, self.inv, lost_host, self.run, reachable, self.say))
         return None
 
-    def place(self, url, lost_host, n):
-        """Resume the run on the first host that takes it; (host name, launched?) or (None, False)."""
+    def place(self, url, epoch, lost_host, n):
+        """Continue the run on the first host that takes it: one that holds it as its current run (the lost host, back)
+        with `train --resume`, any other from storage (`url`); (host name, launched?, from epoch) or (None, False, None)."""
         for name in recovery_hosts.candidates(self.inv, lost_host):
-            free, why = recovery_hosts.is_free(self.config, self.inv, name)
+            free, why, held = recovery_hosts.is_free(self.config, self.inv, name, self.run)
             if not free:
                 self.say(f"  {name}: {why}", "yellow")
-                continue
-            if self.resume_on(name, url):
-                return name, False
-        if self.inv.recovery["launch"]["type"]:
+            elif held is not None:  # its own copy, as it was when the run stopped there
+                if self.run_fab(name, "train", "--resume"):
+                    return name, False, held
+            elif url is None:
+                self.say(f"  {name}: does not hold the run, and storage cannot give it", "yellow")
+            elif self.run_fab(name, "deploy-full", "--resume-from", url):
+                return name, False, epoch
+        if self.inv.recovery["launch"]["type"] and url:
             try:
                 name = recovery_hosts.launch_replacement(self.inv, self.config, self.run, n, self.say)
             except DeployError as e:
                 self.say(f"  launching a replacement failed: {e}", "red")
-                return None, False
+                return None, False, None
             self.reload_inventory()
-            if self.resume_on(name, url):
-                return name, True
-        return None, False
+            if self.run_fab(name, "deploy-full", "--resume-from", url):
+                return name, True, epoch
+        return None, False, None
 
-    def resume_on(self, name, url):
-        """`fab -H NAME deploy-full --resume-from URL` as a process of its own, its output shown; True on exit 0."""
-        command = [fab_program(), "-H", name, "deploy-full", "--resume-from", url]
+    def run_fab(self, name, *task):
+        """`fab -H NAME TASK...` as a process of its own (its lock, its output shown indented); True on exit 0."""
+        command = [fab_program(), "-H", name, *task]
         self.say(f"  {name}: {' '.join(command[1:])}", "bold")
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
         for line in proc.stdout:
             self.say(f"  | {visible(line.rstrip())}", "dim")
         code = proc.wait()
         if code != 0:
-            self.say(f"  {name}: deploy-full --resume-from exited {code}: trying the next host", "yellow")
-            self.record.transition("recovering", f"deploy-full on {name} exited {code}")
+            self.say(f"  {name}: {' '.join(task[:1])} exited {code}: trying the next host", "yellow")
+            self.record.transition("recovering", f"{' '.join(task)} on {name} exited {code}")
         return code == 0
 
     def reload_inventory(self):
@@ -197,7 +204,7 @@ class Watch:
 
 
 def finished_summary(metrics):
-    from trainer.report import headline
+    from trainer.results.report import headline
 
     try:
         name, m = headline(metrics)

@@ -6,7 +6,7 @@
     snap.close()
 
 The trainer ends an epoch with best.keras (when it improves), the backup (weights, then
-training_metadata.json, then callbacks.json: trainer/callbacks.py RunBackup), history.csv's row
+training_metadata.json, then callbacks.json: trainer/training/callbacks.py RunBackup), history.csv's row
 and status.json, each replaced by a rename or appended. Every file is opened first (status.json,
 then callbacks.json, then training_metadata.json, then the rest: the reverse of the trainer's
 order), so that what is read is the version that was there (a rename leaves an open file as it

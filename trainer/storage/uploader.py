@@ -37,10 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.status import now_iso, write_json_atomic
 from trainer.storage import snapshot
 from trainer.storage.layout import checkpoint_folder, new_pointer, parse_url, summary
 from trainer.storage.s3 import StorageError, Store, as_storage_error
+from trainer.training.status import now_iso, write_json_atomic
 
 POLL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30

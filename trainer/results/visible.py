@@ -3,7 +3,7 @@
     print(visible(log_text))          # ESC [2J  ->  \\x1b[2J   (tabs and newlines kept: layout)
     print(visible(file_name, ""))     # a name is one line: its newline shows as \\n too
     info = visible_tree(json.loads(text))   # every string (and key) of a JSON document
-    ... | python3 trainer/visible.py  # the same as a filter (the host's follow_log.sh)
+    ... | python3 trainer/results/visible.py  # the same as a filter (the host's follow_log.sh)
 
 A log line, a file name or a field of a JSON file written on the host could otherwise clear
 the screen, retitle the window, or write an escape sequence into the laptop's terminal. C0 and

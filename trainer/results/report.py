@@ -3,7 +3,7 @@
 Uses only the standard library and rich, so the deploy side (no NumPy, no TensorFlow)
 can print a fetched run's metrics with the same code. A fetched run's names (classes,
 corpora, splits) come from the host: they are printed as plain text, never as markup, with
-their control characters made visible (trainer/visible.py).
+their control characters made visible (trainer/results/visible.py).
 """
 
 import collections
@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from trainer.visible import visible_tree
+from trainer.results.visible import visible_tree
 
 
 def make_console(**kwargs):

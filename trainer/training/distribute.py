@@ -58,7 +58,7 @@ def read_cluster(environ=None):
 def choose_strategy(mode, cluster=None):
     """The strategy of `train.distribute` (see above). A multi-worker strategy has no per-collective
     timeout: TensorFlow documents it as a debugging aid, and each collective would leave a thread
-    sleeping out the timeout; trainer/peers.py's watchdog bounds the wait for a peer instead."""
+    sleeping out the timeout; trainer/training/peers.py's watchdog bounds the wait for a peer instead."""
     import tensorflow as tf
 
     if mode == "multi_worker" and cluster is None:

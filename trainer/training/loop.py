@@ -5,8 +5,8 @@
     history.stopped_by_signal      # a worker was asked to stop (SIGTERM): the run is resumable
 
 Keras 3's `model.fit` cannot run under MultiWorkerMirroredStrategy (keras-team/keras 20585), so
-the loop is ours: compiled steps that call `strategy.run` (trainer/steps.py), fed K batches per call
-by trainer/feeder.py, with the Keras callbacks driven as `fit` drives them (train begin, epoch
+the loop is ours: compiled steps that call `strategy.run` (trainer/training/steps.py), fed K batches per call
+by trainer/training/feeder.py, with the Keras callbacks driven as `fit` drives them (train begin, epoch
 begin/end, train end; logs named as `fit` names them: loss, accuracy, uar, val_loss, val_accuracy,
 val_uar). On one device it trains exactly as `fit`, bit for bit. Each global batch of the generator's
 plan (the same on every worker: same data, same seed) is cut into one share per replica. The
@@ -15,7 +15,7 @@ wait for the device come after its validation.
 
 At the start every worker takes the chief's resumed state (weights, optimizer, epoch, the
 callbacks' counters); at each epoch end the workers agree on stopping, so none is left waiting
-in a collective for a peer that stopped; the watchdog of a cluster (trainer/peers.py) is reset by
+in a collective for a peer that stopped; the watchdog of a cluster (trainer/training/peers.py) is reset by
 every step and paused while the callbacks work. An epoch whose training loss is not finite raises
 NonFiniteLoss before any callback sees it, so no checkpoint or backup holds its weights.
 """
@@ -25,12 +25,12 @@ import time
 import keras
 import numpy as np
 
-from trainer import distribute
 from trainer.errors import NonFiniteLoss
-from trainer.feeder import Feeder
-from trainer.metrics import metrics_from_confusion
-from trainer.peers import NoWatchdog
-from trainer.steps import Steps
+from trainer.results.metrics import metrics_from_confusion
+from trainer.training import distribute
+from trainer.training.feeder import Feeder
+from trainer.training.peers import NoWatchdog
+from trainer.training.steps import Steps
 
 
 class History(keras.callbacks.History):
@@ -42,7 +42,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     """Train `model` (built and compiled under `strategy`) for `epochs`; returns the History.
     `resume` is the ResumeState: the chief's `restored` state is `apply`-ed on the others;
     `stop` is the GracefulStop callback whose `requested` flag every worker agrees on;
-    `steps_per_execution` batches go to the device per call; `watchdog` (trainer/peers.py) is beaten
+    `steps_per_execution` batches go to the device per call; `watchdog` (trainer/training/peers.py) is beaten
     after every call. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
     validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
     every call's progress."""

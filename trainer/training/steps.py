@@ -1,7 +1,7 @@
 """The training loop's compiled steps: up to K training (or evaluation) steps per call, on every replica.
 
     steps = Steps(model, strategy, classes=6, class_weights=np.ones(6))
-    sums = steps.train(((x, y, n), ...), steps.zeros())   # K batches per call (trainer/feeder.py makes them)
+    sums = steps.train(((x, y, n), ...), steps.zeros())   # K batches per call (trainer/training/feeder.py makes them)
     train, val = steps.totals(train_sums, val_sums)       # the epoch's one all-reduce and copy to the host
 
 Each replica sums its own loss and confusion counts (one-hot sums: no op that checks its input on the
@@ -29,7 +29,7 @@ import tensorflow as tf
 class Steps:
     def __init__(self, model, strategy, classes, class_weights, watchdog=None):
         self.model, self.strategy, self.classes = model, strategy, classes
-        self.watchdog = watchdog  # trainer/peers.py: paused while a step is traced (this worker's own work)
+        self.watchdog = watchdog  # trainer/training/peers.py: paused while a step is traced (this worker's own work)
         self.replicas = strategy.num_replicas_in_sync
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.size = 1 + classes * classes  # loss sum, then the flat confusion counts

@@ -13,13 +13,13 @@ from pathlib import Path
 from rich.progress import Progress
 from rich.text import Text
 
+from trainer.data.normalization import compute_stats, load_stats, save_stats
+from trainer.data.split import make_split
+from trainer.data.validation import default_cache_path, entries_from_manifest, require_trainable, validate_dirs, write_manifest
 from trainer.errors import DataError
-from trainer.normalization import compute_stats, load_stats, save_stats
-from trainer.report import make_console, print_validation_summary
-from trainer.runfiles import check_run_paths
-from trainer.split import make_split
-from trainer.status import write_json_atomic
-from trainer.validation import default_cache_path, entries_from_manifest, require_trainable, validate_dirs, write_manifest
+from trainer.results.report import make_console, print_validation_summary
+from trainer.results.runfiles import check_run_paths
+from trainer.training.status import write_json_atomic
 
 
 @dataclass
@@ -128,7 +128,7 @@ def subsample(entries, max_clips, seed):
 
 
 def make_generator(cfg, paths, entries, stats, shuffle, batch_size=None, **kwargs):
-    from trainer.generator import FixedVideoFacenetGenerator
+    from trainer.data.generator import FixedVideoFacenetGenerator
 
     data, index = cfg["data"], {c: i for i, c in enumerate(cfg["data"]["classes"])}
     return FixedVideoFacenetGenerator(
@@ -145,7 +145,7 @@ def generators(cfg, prepared, batch_size=None, packed_dir=None, console=None):
     workers = cfg["train"]["workers"]
     packed = None
     if packed_dir:
-        from trainer.packed import open_pack
+        from trainer.data.packed import open_pack
 
         paths = [p for side in ("train", "val", "test") for p in prepared.split.get(side) or []]
         frames, where = open_pack(packed_dir, paths, cfg["data"]["feature_key"])

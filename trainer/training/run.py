@@ -24,12 +24,12 @@ from pathlib import Path
 
 from trainer.config import dump_config, load_config
 from trainer.errors import DataError, PeerLost, UserError
-from trainer.logfile import tee_to
-from trainer.report import make_console
-from trainer.runfiles import refuse_special_entries
-from trainer.status import RunStatus, now_iso, write_json_atomic
+from trainer.results.report import make_console
+from trainer.results.runfiles import refuse_special_entries
+from trainer.training.logfile import tee_to
+from trainer.training.status import RunStatus, now_iso, write_json_atomic
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stopped(BaseException):
@@ -57,7 +57,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
     """Train the run in `run_dir`; with `resume`, reuse its data (moved to `data_dirs`, if given) and continue from backup/.
     `price_per_hour` (USD) prices the compute hours in metrics.json; a resumed run keeps its last price.
     `test_actors` fixes the test split (a cross-validation fold); `mirror` = (path, fields): status.json
-    is also written there with those fields (the CV run's status, see trainer/cv.py). `packed_dir`: the
+    is also written there with those fields (the CV run's status, see trainer/training/cv.py). `packed_dir`: the
     clips' pack (`validate --pack`), read instead of the NPZs where it is current."""
     run_dir = Path(run_dir)
     refuse_special_entries(run_dir, f"train in {run_dir}")  # before anything is written: a link would be written through
@@ -95,7 +95,7 @@ def refuse_finished(run_dir):
     """UserError (exit 2) for a finished run (a cross-validation: every fold finished): resuming it
     would train it again from its start, its backup being gone, and rewrite its history, best model
     and metrics. Nothing is written."""
-    from trainer.cv import PLAN, is_cv
+    from trainer.training.cv import PLAN, is_cv
 
     run_dir = Path(run_dir)
     if is_cv(run_dir):
@@ -139,7 +139,7 @@ def _stop_at_once_until_training_starts(run_dir):
 
 
 def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, packed_dir=None):
-    from trainer import data
+    from trainer.data import pipeline as data
 
     if resume:
         prepared = data.load_prepared(run_dir, data_dirs, console)
@@ -149,7 +149,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         prepared = data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
     import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
 
-    from trainer import distribute, peers
+    from trainer.training import distribute, peers
 
     distribute.configure_devices()
     cluster = distribute.read_cluster()
@@ -193,7 +193,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         status.update(state="finished", eta_seconds=0, weights_sha256=history.weights_sha256)
         console.print(f"Worker {distribution['worker']} done; the chief writes the model and the metrics.")
         return
-    from trainer.model import load_model
+    from trainer.training.model import load_model
 
     best = load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
     metrics = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
@@ -208,7 +208,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
     pictures = draw(run_dir, metrics, status.data["epoch"])  # {file name: PNG bytes}
     write_json_atomic(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
-    from trainer.report import headline, print_run_metrics
+    from trainer.results.report import headline, print_run_metrics
 
     print_run_metrics(metrics, console)
     console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
@@ -222,8 +222,9 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     (best.keras, backup/, logs/, history.csv), every worker its own status.json."""
     import keras
 
-    from trainer import data, loop
-    from trainer.callbacks import (
+    from trainer.data import pipeline as data
+    from trainer.training import loop
+    from trainer.training.callbacks import (
         AtomicModelCheckpoint,
         ConfusionImages,
         GracefulStop,
@@ -233,7 +234,7 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
         SafeCSVLogger,
         StatusCallback,
     )
-    from trainer.model import build_model, class_weights, compile_model, cudnn_problems, load_model
+    from trainer.training.model import build_model, class_weights, compile_model, cudnn_problems, load_model
 
     train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"], packed_dir=packed_dir, console=console)
     classes = cfg["data"]["classes"]
@@ -294,7 +295,7 @@ def _same_data_as_the_chief(strategy, prepared, distribution):
 
     import numpy as np
 
-    from trainer import distribute
+    from trainer.training import distribute
 
     digest = hashlib.sha256()
     for side in ("train", "val", "test"):
@@ -321,9 +322,9 @@ def _peer_hint(error):
 def final_scores(cfg, prepared, model, val_gen, batch_size):
     """The best model scored on the validation split (which chose it) and, once, on the held-out test
     actors, with 95% intervals over actors; `headline` names the split a user should quote."""
-    from trainer import data
-    from trainer.evaluate import predict, score
-    from trainer.metrics import held_out_report
+    from trainer.data import pipeline as data
+    from trainer.results.evaluate import predict, score
+    from trainer.results.metrics import held_out_report
 
     classes = cfg["data"]["classes"]
     metrics = {"validation": score(model, val_gen, classes), "test": None, "headline": "validation"}
@@ -339,7 +340,7 @@ def final_scores(cfg, prepared, model, val_gen, batch_size):
 
 def draw(run_dir, metrics, step):
     """The headline split's PNGs in the run dir; the same and the validation matrix in TensorBoard."""
-    from trainer.plots import confusion_png, log_image, save_pictures
+    from trainer.results.plots import confusion_png, log_image, save_pictures
 
     name = metrics["headline"]
     pictures = save_pictures(run_dir, metrics[name], name, best_epoch=metrics.get("best_epoch"))

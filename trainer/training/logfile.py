@@ -5,7 +5,7 @@
 
 When stdout already goes to that file (the deploy launcher redirects it there), the
 file is left to the redirect, so no line is written twice. A train.log that is a link is
-refused, never written through (trainer/runfiles.open_log).
+refused, never written through (trainer/results/runfiles.open_log).
 """
 
 import contextlib
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from trainer.runfiles import open_log
+from trainer.results.runfiles import open_log
 
 
 class _Tee:

@@ -3,8 +3,8 @@
     est = estimate(load_config("configs/full.yaml"), "runs/smoke/smoke-1/manifest.json")
     est["seconds_per_step"], est["steps_per_epoch"], est["epochs"], est["seconds"]
 
-The smoke test (trainer/smoke.py) calls it after it passes. The model, batch size, precision and
-device strategy are the full config's, and the step is the training loop's own (trainer/loop.py);
+The smoke test (trainer/training/smoke.py) calls it after it passes. The model, batch size, precision and
+device strategy are the full config's, and the step is the training loop's own (trainer/training/loop.py);
 the batches are random features of the data's mean clip length (capped at data.max_frames),
 since the values do not change what a step costs. The first steps (tracing, kernel autotuning)
 are not counted. The steps per epoch come from the clips the data holds (the manifest) and the
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from trainer.data import subsample
-from trainer.validation import entries_from_manifest
+from trainer.data.pipeline import subsample
+from trainer.data.validation import entries_from_manifest
 
 
 class _Batches:
@@ -58,10 +58,10 @@ def estimate(cfg, manifest, steps=4, warmup=1):
     import keras
     import tensorflow as tf
 
-    from trainer import distribute
-    from trainer.feeder import Feeder
-    from trainer.model import build_model, compile_model
-    from trainer.steps import Steps
+    from trainer.training import distribute
+    from trainer.training.feeder import Feeder
+    from trainer.training.model import build_model, compile_model
+    from trainer.training.steps import Steps
 
     train_clips, val_clips, frames = data_shape(cfg, manifest)
     strategy = distribute.choose_strategy(cfg["train"]["distribute"], None)

@@ -18,8 +18,8 @@ import keras
 from keras import ops
 
 from trainer.errors import ResumeError
-from trainer.runfiles import open_log
-from trainer.status import write_json_atomic
+from trainer.results.runfiles import open_log
+from trainer.training.status import write_json_atomic
 
 
 class StatusCallback(keras.callbacks.Callback):
@@ -138,8 +138,8 @@ class ConfusionImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.checkpoint.best == self._before or self._confusion is None:
             return
-        from trainer.metrics import metrics_from_confusion
-        from trainer.plots import confusion_png, log_image, recall_png
+        from trainer.results.metrics import metrics_from_confusion
+        from trainer.results.plots import confusion_png, log_image, recall_png
 
         metrics = metrics_from_confusion(self._confusion, self.classes)
         name = f"validation, epoch {epoch + 1}"
@@ -157,7 +157,7 @@ class ResumeState:
     EarlyStopping's best weights come from `best_model`. `best_on_disk` gives the monitored value of
     the best.keras on disk (status.json's best): when a resume falls back to the previous epoch's
     backup, best.keras may be the later epoch's, and the checkpoint must not replace it with a worse
-    model. A worker that is not the chief has no backup: it `apply`-s the chief's state (trainer/loop.py).
+    model. A worker that is not the chief has no backup: it `apply`-s the chief's state (trainer/training/loop.py).
 
         resume = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(run_dir / "best.keras"),
                              best_on_disk=lambda: 0.61, mode="max")
@@ -353,7 +353,7 @@ def _number(value):
 
 
 class SafeCSVLogger(keras.callbacks.CSVLogger):
-    """Keras' CSVLogger, but history.csv is opened without following a link (trainer/runfiles.open_log):
+    """Keras' CSVLogger, but history.csv is opened without following a link (trainer/results/runfiles.open_log):
     a run directory where `history.csv -> /etc/shadow` is refused, never written through.
 
         SafeCSVLogger(run_dir / "history.csv", append=True)

@@ -18,14 +18,14 @@ import stat
 from pathlib import Path
 
 from trainer.errors import DataError, UserError
-from trainer.visible import visible
+from trainer.results.visible import visible
 
 KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 def special_entries(root):
     """Entries under `root` (not following links) that are neither regular files nor folders, as
-    "relative/path (what it is)", names with control characters shown (trainer/visible.py)."""
+    "relative/path (what it is)", names with control characters shown (trainer/results/visible.py)."""
     found = []
 
     def walk(folder, prefix):

@@ -26,7 +26,7 @@ clip. With `cache_in_memory=True` each clip is decoded once and kept in RAM.
 import keras
 import numpy as np
 
-from trainer.npzfile import read_array, read_shape
+from trainer.data.npzfile import read_array, read_shape
 
 
 class FixedVideoFacenetGenerator(keras.utils.PyDataset):
@@ -53,7 +53,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         self.mean = None if mean is None else np.asarray(mean, np.float32)
         self.std = None if std is None else np.asarray(std, np.float32)
         self.bucket_batches, self.feature_dim = bucket_batches, feature_dim
-        self.packed = packed  # (frames, {path: (offset, frames)}) of trainer.packed: clips read from there, not the NPZ
+        self.packed = packed  # (frames, {path: (offset, frames)}) of trainer.data.packed: clips read from there, not the NPZ
         raw = np.asarray(lengths if lengths is not None else [read_length(f, feature_key) for f in self.files])
         self.lengths = np.minimum(raw, self.max_frames) if self.max_frames else raw
         self._cache = {} if cache_in_memory else None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from trainer.config import dump_config, load_config
 from trainer.errors import DataError
-from trainer.status import write_json_atomic
+from trainer.training.status import write_json_atomic
 
 PLAN, SUMMARY = "cv-plan.json", "cv.json"
 HEADLINE = ("uar", "accuracy", "macro_f1")
@@ -55,9 +55,9 @@ def assign_folds(entries, folds, seed):
 
 def start_cv(cfg, data_dirs, runs_dir, folds, run_name=None, console=None, price_per_hour=None):
     """Plan the folds over the data's actors and train them; returns the run directory."""
-    from trainer import data
-    from trainer.report import make_console
-    from trainer.run import new_run
+    from trainer.data import pipeline as data
+    from trainer.results.report import make_console
+    from trainer.training.run import new_run
 
     if folds < 2:
         raise DataError(f"Cross-validation needs at least 2 folds. Received: --folds {folds}")
@@ -80,8 +80,8 @@ def is_cv(run_dir):
 
 def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     """Train every unfinished fold, in order (a fold with data prepared resumes); returns the run directory."""
-    from trainer.run import execute, refuse_finished
-    from trainer.runfiles import check_run_paths, refuse_special_entries
+    from trainer.results.runfiles import check_run_paths, refuse_special_entries
+    from trainer.training.run import execute, refuse_finished
 
     run_dir = Path(run_dir)
     refuse_special_entries(run_dir, f"train in {run_dir}")
@@ -107,7 +107,7 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     if summary is None:  # every fold had finished before this call
         summary = summarize(run_dir)
         write_json_atomic(run_dir / SUMMARY, summary)
-    from trainer.report import make_console, print_cv
+    from trainer.results.report import make_console, print_cv
 
     print_cv(summary, console or make_console())
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {"run": run_dir.name}
@@ -118,7 +118,7 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
 
 def summarize(run_dir):
     """cv.json from the finished folds: their test metrics, mean, sample standard deviation, pooled confusion matrix."""
-    from trainer.metrics import metrics_from_confusion
+    from trainer.results.metrics import metrics_from_confusion
 
     run_dir = Path(run_dir)
     plan = json.loads((run_dir / PLAN).read_text())

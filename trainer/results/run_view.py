@@ -1,11 +1,11 @@
 """The monitor screen of a run, from the state that remote_scripts/run_state.py reports (JSON).
 
     render(info, "gpu", console)     # `fab monitor` on the laptop
-    python3 run_state.py ... --json | python -m trainer.run_view    # monitor_training.sh on the host
+    python3 run_state.py ... --json | python -m trainer.results.run_view    # monitor_training.sh on the host
 
 One renderer for both places. rich only: the deploy side needs neither NumPy nor TensorFlow.
 Every remote string is rendered as plain text, never as markup, with its control characters
-made visible (trainer/visible.py): a log line cannot clear or retitle the terminal.
+made visible (trainer/results/visible.py): a log line cannot clear or retitle the terminal.
 """
 
 import json
@@ -18,9 +18,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from trainer.report import headline as quoted_split
-from trainer.report import scores
-from trainer.visible import visible, visible_tree
+from trainer.results.report import headline as quoted_split
+from trainer.results.report import scores
+from trainer.results.visible import visible, visible_tree
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
           "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "stalled": "bold red", "none": "dim"}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.npzfile import read_array, read_shape
-from trainer.status import write_json_atomic
+from trainer.data.npzfile import read_array, read_shape
+from trainer.training.status import write_json_atomic
 
 
 def _stamp(path):

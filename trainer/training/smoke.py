@@ -6,7 +6,7 @@
 Trains `configs/smoke.yaml` (a few dozen clips, 2 epochs, a tiny model) through the
 real run code, then checks that the loss is finite and that the saved model reloads
 and predicts one probability per class. With `estimate_config`, it then times the full
-config's training step on this machine (trainer/estimate.py), for the deploy's estimate of the
+config's training step on this machine (trainer/training/estimate.py), for the deploy's estimate of the
 full training's time and cost.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from trainer.config import load_config
 from trainer.errors import UserError
-from trainer.run import CODE_ROOT, execute, new_run
+from trainer.training.run import CODE_ROOT, execute, new_run
 
 SMOKE_CONFIG = CODE_ROOT / "configs" / "smoke.yaml"
 
@@ -32,7 +32,7 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=(), estim
     """Returns (run dir, seconds, estimate or None)."""
     t0 = time.monotonic()
     if synthetic:
-        from trainer.synth import write_corpus
+        from trainer.data.synth import write_corpus
 
         synth_dir = Path(runs_dir) / "smoke-data"
         if not synth_dir.is_dir():
@@ -48,7 +48,7 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=(), estim
     print(f"Smoke test passed in {seconds:.0f} s: {run_dir}", flush=True)
     estimated = None
     if estimate_config:
-        from trainer.estimate import estimate
+        from trainer.training.estimate import estimate
 
         estimated = estimate(load_config(estimate_config), Path(run_dir) / "manifest.json")
         print(f"Full training here: {estimated['seconds_per_step']} s per step, {estimated['steps_per_epoch']} steps per epoch, "
@@ -57,8 +57,8 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=(), estim
 
 
 def check_run(run_dir, num_classes):
-    from trainer import data
-    from trainer.model import load_model
+    from trainer.data import pipeline as data
+    from trainer.training.model import load_model
 
     with open(Path(run_dir) / "history.csv") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.data.labels import Labeller
+from trainer.data.npzfile import read_array
 from trainer.errors import DataError
-from trainer.labels import Labeller
-from trainer.npzfile import read_array
 
 REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
 CACHE_VERSION = 1
@@ -63,14 +63,25 @@ class ValidationResult:
         }
 
 
+UNFINISHED_UPLOAD = ".rsync-partial"  # deploy/sync.py's --partial-dir: an interrupted `fab sync-data` leaves its files here
+
+
 def find_files(dirs):
-    """All *.npz files under each directory, recursively, sorted; DataError for a missing dir."""
+    """All *.npz files under each directory, recursively, sorted; DataError for a missing dir, and for
+    a dir that holds an unfinished upload (training on half the data set would be silent)."""
     files = []
     for d in dirs:
         d = Path(d)
         if not d.is_dir():
             raise DataError(f"Data directory {d} does not exist or is not a directory.")
-        files.extend(sorted(str(p) for p in d.rglob("*.npz") if p.is_file()))
+        found = sorted(p for p in d.rglob("*.npz") if p.is_file())
+        partial = [p for p in found if UNFINISHED_UPLOAD in p.relative_to(d).parts[:-1]]
+        if partial:
+            raise DataError(
+                f"Data directory {d} holds {len(partial)} file(s) of an unfinished upload in "
+                f"{partial[0].parent} (`fab sync-data` was interrupted). Run `fab sync-data` again to finish it "
+                "(rsync resumes), or delete that folder to train on the files already in place.")
+        files.extend(str(p) for p in found)
     return files
 
 
@@ -91,7 +102,7 @@ def check_file(path, feature_key="video_features", feature_dim=512):
         except ValueError as e:
             if "allow_pickle" in str(e):
                 return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
-            if "structured dtype" in str(e):  # trainer/npzfile.py reads plain arrays only
+            if "structured dtype" in str(e):  # trainer/data/npzfile.py reads plain arrays only
                 return "wrong-shape", f"expected a numeric (frames, {feature_dim}) array, got a structured dtype", None, keys
             return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
         except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tensorflow as tf
 
-from trainer import distribute
 from trainer.errors import DataError
+from trainer.training import distribute
 
 
 class Feeder:

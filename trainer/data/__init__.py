@@ -1,0 +1,1 @@
+"""The data layer: FaceNet feature files found, labelled, validated, split, normalised and batched."""
