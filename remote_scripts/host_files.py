@@ -22,7 +22,6 @@ import re
 import subprocess
 import time
 
-from ec2_metadata import EC2_METADATA_URL
 from liveness import live_processes
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
@@ -31,6 +30,7 @@ CURRENT, LAUNCH, EXIT, PENDING, EXITS = ".current", "launch.json", "exit.json", 
 PREEMPT = ".preempted.json"  # the spot notice, left by host_agent.py for the exit record
 STOP_REQUEST = ".stop-request.json"  # a stop somebody asked for (`fab stop`, the budget cap), left by stop() for the exit record
 STALL_FLOOR_SECONDS, STALL_EPOCHS = 15 * 60, 3  # default stall threshold: max(15 min, 3 x the slowest epoch)
+EC2_METADATA_URL = "http://169.254.169.254"  # IMDSv2 (ec2_metadata.py asks it); not imported here: urllib is slow to load
 AGENT_SCRIPT = "host_agent.py"  # what an agent process's command line holds
 DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
             "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None,

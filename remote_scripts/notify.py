@@ -102,10 +102,6 @@ def record_outcome(path, key, ok, error=None, text=None):
     _locked(path, change)
 
 
-def sent_keys(path):
-    return {entry.get("key") for entry in read_record(path)["sent"]}
-
-
 def send_once(url, path, key, event, text, by="agent", log=None, **fields):
     """Send the event `key` unless it was claimed already (record file `path`); returns (ok, error), or
     None when it had been sent. A record the disk refuses, or a failed POST, is logged (`log(message)`)

@@ -42,23 +42,31 @@ def trainer_pid(env, run):
     return None
 
 
-def watch_until_end(env, *args, timeout=240):
-    proc = env.popen("watch", *args)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except Exception:
-        proc.kill()
-        raise
-    return proc.returncode, out
+@pytest.fixture
+def watching():
+    """`watching(env, *args)`: `fab watch ARGS` started in the background; ended with the test whatever happens."""
+    started = []
+
+    def start(env, *args):
+        proc = env.popen("watch", *args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
-def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_resumes_a_vanished_one_in_place(host_ready, webhook):
+def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_resumes_a_vanished_one_in_place(host_ready, webhook, watching):
     env = host_ready
     env.configure(epochs=2)
     env.write(notify={"webhook": webhook.url}, recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1})
     assert env.fab("train", "--run-name", "w1").returncode == 0
-    code, out = watch_until_end(env)
-    assert code == 0, out
+    proc = watching(env)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
     assert "watching run w1 on local" in out and "finished on local; exit 0" in out, out
     wait_until(lambda: "finished" in webhook.events(), 20, "the finished notification")
     time.sleep(1.5)  # the agent's next rounds: nothing sent twice
@@ -72,7 +80,7 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     # a trainer killed by the kernel (SIGKILL: exit 137, the OOM killer's signature) is not moved
     env.configure(epochs=300)
     assert env.fab("train", "--run-name", "w2").returncode == 0
-    proc = env.popen("watch")
+    proc = watching(env)
     wait_until(lambda: status(env, "w2").get("epoch", 0) >= 1, 180, "the first epoch")
     os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
@@ -87,7 +95,7 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     env.configure(epochs=6)
     env.write(recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1, "hosts": ["local"]})
     assert env.fab("train", "--run-name", "w3").returncode == 0
-    proc = env.popen("watch")
+    proc = watching(env)
     wait_until(lambda: status(env, "w3").get("epoch", 0) >= 2, 180, "two epochs")
     os.killpg(json.loads((env.runs / "w3" / "launch.json").read_text())["pgid"], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
@@ -185,7 +193,7 @@ class TwoHosts:
         from deploy.localhost import end_host_processes
 
         sshd = self.sshd[name]
-        kill_tree(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)
+        kill_sshd(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)
         sshd.stop()
         if self.launched:  # the inventory's own remote folders (the venv, shared by both "machines" here, stays)
             end_host_processes(self.env.remote_root, (self.env.inventory["tmux_session"],))
@@ -201,22 +209,26 @@ class TwoHosts:
             sshd.stop()
 
 
-def kill_tree(pid):
-    """SIGKILL `pid` and every process below it."""
-    children = {}
+def kill_sshd(pid):
+    """SIGKILL the sshd listener `pid` and every sshd process below it (one per connection): the host's network gone.
+    Their other children (a command's shell) are left alone: a SIGKILL there could leave a lock behind (the shell's
+    rc files may run `pyenv rehash`, which holds a lock file while it works)."""
+    children, comm = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            comm[int(entry.name)] = (entry / "comm").read_text().strip()
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
     todo, found = [pid], []
     while todo:
         p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
+        if comm.get(p, "sshd").startswith("sshd"):
+            found.append(p)
+            todo += children.get(p, [])
     for p in found:
         try:
             os.kill(p, signal.SIGKILL)
@@ -260,7 +272,7 @@ def instances(region="us-east-1"):
     return {tag["Value"]: i for r in reservations for i in r["Instances"] for tag in i.get("Tags", []) if tag["Key"] == "facenet-deploy"}
 
 
-def test_a_terminated_host_s_run_is_resumed_on_a_launched_replacement_from_storage(aws, host_venv, tmp_path, webhook):
+def test_a_terminated_host_s_run_is_resumed_on_a_launched_replacement_from_storage(aws, host_venv, tmp_path, webhook, watching):
     """Issue 18's end-to-end test, with issue 19's recovery launch: host a (a launched spot instance) is terminated
     after epoch 3; it is the only host of recovery.hosts, so `fab watch` launches a replacement, resumes the run
     there from storage and terminates a (`fab down`)."""
@@ -271,7 +283,7 @@ def test_a_terminated_host_s_run_is_resumed_on_a_launched_replacement_from_stora
         address = two.launch_a()
         deploy = env.fab("-H", "a", "deploy-full", "--run-name", "e2e", timeout=600)
         assert deploy.returncode == 0, deploy.out
-        watch = env.popen("watch")
+        watch = watching(env)
         wait_until(lambda: (two.latest("e2e") or {}).get("epoch", 0) >= 3, 240, "epoch 3 stored")
         two.terminate("a")
         out, _ = watch.communicate(timeout=900)
@@ -314,7 +326,7 @@ def test_a_terminated_host_s_run_is_resumed_on_a_launched_replacement_from_stora
         two.close()
 
 
-def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run_moves_on(aws, host_venv, tmp_path, webhook):
+def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run_moves_on(aws, host_venv, tmp_path, webhook, watching):
     from tests.test_pay_only_for_training import MetadataService
 
     epochs = 10
@@ -325,7 +337,7 @@ def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run
             env.write(ec2={"metadata_url": imds, "poll_seconds": 0.5, "spot_grace_seconds": 60})
             deploy = env.fab("-H", "a", "deploy-full", "--run-name", "spot", timeout=600)
             assert deploy.returncode == 0, deploy.out
-            watch = env.popen("watch")
+            watch = watching(env)
             wait_until(lambda: (two.latest("spot") or {}).get("epoch", 0) >= 2, 240, "epoch 2 stored")
             finished_at_notice = read_json(two.runs("a") / "spot" / "status.json")["epoch"]
             notice_time = time.time() + 120

@@ -58,6 +58,8 @@ def progress(info):
 
 
 class Watch:
+    """One watch of one run: `loop()` until the run ends; its host changes with each recovery."""
+
     def __init__(self, inv, config, target, run, say, record, sleep=time.sleep):
         self.inv, self.config, self.run, self.say, self.record, self.sleep = inv, config, run, say, record, sleep
         self.host, self.target = target.label, target  # the host's inventory name (or user@address:port)
