@@ -307,6 +307,7 @@ def check_remote_paths(remote, path):
 
 
 STORAGE_CREDENTIALS = ("host", "laptop")
+REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # botocore's check of region_name
 
 
 def check_storage(storage, path):
@@ -327,6 +328,10 @@ def check_storage(storage, path):
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise InventoryError(f"Inventory key 'storage.endpoint_url' in {path} expects an http:// or https:// URL of an S3-compatible "
                              f"endpoint (e.g. https://<account>.r2.cloudflarestorage.com). Received: {endpoint!r}")
+    region = storage["region"]
+    if region is not None and not (isinstance(region, str) and REGION.fullmatch(region)):
+        raise InventoryError(f"Inventory key 'storage.region' in {path} expects a region name of letters, digits and '-' "
+                             f"(e.g. eu-west-1; `auto` for Cloudflare R2), or no key: boto3's own. Received: {region!r}")
     if storage["credentials"] not in STORAGE_CREDENTIALS:
         raise InventoryError(f"Inventory key 'storage.credentials' in {path} expects host (the host's own AWS credentials: an "
                              "instance role, its ~/.aws) or laptop (send this machine's credentials to the host). "

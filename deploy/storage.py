@@ -43,13 +43,45 @@ def open_store(inv, url=None):
     try:
         return Store.open(settings(inv, url))
     except StorageError as e:
-        raise LocalInputError(f"Run storage {url or inv.storage['url']}: {e.message}") from None
+        raise LocalInputError(f"Run storage {url or inv.storage['url']} cannot be opened here: {e.code}: {e.message}. "
+                              f"{hint(e.code, inv)}") from None
 
 
-def failure(e, store, doing):
-    """A DeployError for a storage call that failed, naming the store and the code."""
-    return DeployError(f"{doing} in {store.where.url} failed: {e.code}: {e.message}. Check storage.url, storage.endpoint_url "
-                       "and this machine's AWS credentials (boto3's chain: AWS_PROFILE, ~/.aws, ...).")
+def failure(e, store, doing, inv=None):
+    """A DeployError for a storage call that failed, naming the store, the code and the setting to check."""
+    return DeployError(f"{doing} in {store.where.url} failed: {e.code}: {e.message}. {hint(e.code, inv)}")
+
+
+CREDENTIAL_CODES = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "ExpiredTokenException", "InvalidToken",
+                    "InvalidClientTokenId", "TokenRefreshRequired", "CredentialsFile", "403"}
+NETWORK_CODES = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError", "ConnectionError",
+                 "ProxyConnectionError", "SSLError", "ResponseStreamingError", "IncompleteReadError", "InvalidEndpoint",
+                 "ValueError", "UnknownEndpointError"}
+
+
+def hint(code, inv=None):
+    """What to check for a storage error `code`: the setting that names it (storage.region, AWS_PROFILE, ...)."""
+    where = f" in {inv.path}" if inv is not None else ""
+    if code in ("ProfileNotFound", "ConfigNotFound", "ConfigParseError"):
+        return ("Check AWS_PROFILE / AWS_DEFAULT_PROFILE in this shell: boto3 looks the profile up in ~/.aws/config and "
+                "~/.aws/credentials (unset it to use the default profile).")
+    if code in ("InvalidRegionError", "NoRegionError", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+                "PermanentRedirect"):
+        return (f"Check storage.region{where} (the bucket's region, e.g. eu-west-1; `auto` for R2), else AWS_DEFAULT_REGION "
+                "or the profile's region.")
+    if code in NETWORK_CODES:
+        return (f"Check storage.endpoint_url{where} (unset: AWS's own endpoint) and this machine's network: nobody answered "
+                "there in time.")
+    if code in CREDENTIAL_CODES:
+        return ("Check this machine's AWS credentials (boto3's chain: AWS_PROFILE, ~/.aws/credentials, AWS_ACCESS_KEY_ID ...) "
+                "and that they may read the prefix.")
+    if code in ("NoSuchBucket", "InvalidBucketName"):
+        return f"Check storage.url{where}: its bucket does not exist at this endpoint (storage.endpoint_url, storage.region)."
+    if code in ("NoSuchKey", "404", "ChecksumMismatch"):
+        return ("The stored run changed while it was read (a newer checkpoint replaced it) or an object of it is damaged: "
+                "try again; `fab runs` shows the run's state.")
+    return f"Check storage.url, storage.endpoint_url and storage.region{where}, and this machine's AWS credentials."
 
 
 def launch_settings(conn, inv, label, tf_config=None, say=print):
@@ -140,9 +172,11 @@ def fetch_run(inv, run, dest, say, backup=False, url=None):
     try:
         pointer, written = download_run(store, run, local, backup=backup, pointer=pointer)
     except StorageError as e:
-        raise failure(e, store, f"Downloading run {run}") from None
+        raise failure(e, store, f"Downloading run {run}", inv) from None
     except ValueError as e:
         raise DeployError(str(e)) from None
+    except OSError as e:  # a full disk, a folder not ours
+        raise DeployError(f"Downloading run {run} into {local} failed: {e}") from None
     say(f"Fetched run {run} from storage {store.where.run_url(run)} (epoch {pointer['epoch']}, {pointer['state']}"
         f"{', final' if pointer.get('final') else ''}, stored {pointer['written_at']}{', with its backup' if backup else ''}): "
         f"{written} file(s) updated in {local}")
@@ -177,5 +211,23 @@ def resume_source(inv, resume_from, dest=None, say=print, refresh=False):
         if pointer.get("state") == "finished":
             raise LocalInputError(f"--resume-from {text}: that run finished (stored at {pointer['written_at']}); there is nothing "
                                   "to continue. `fab fetch-results --run` brings its results.")
+        ended = ended_note(pointer)
+        if ended:
+            say(f"note: run {run} {ended} at epoch {pointer['epoch']}; continuing it as asked (--resume-from). `fab watch` "
+                "never restarts such a run by itself.")
         RESUMED[(where.url, run)] = local
     return RESUMED[(where.url, run)]
+
+
+def ended_note(pointer):
+    """'failed on its own (exit code 137: ...)' or 'was stopped on request (fab stop)' for a stored run that ended by itself
+    but may be continued on purpose; '' otherwise."""
+    from deploy.recovery.machine import failure_reason
+
+    summary = pointer.get("summary") if isinstance(pointer.get("summary"), dict) else {}
+    record = summary.get("exit") if isinstance(summary.get("exit"), dict) else {}
+    if pointer.get("state") == "failed":
+        return f"failed on its own ({failure_reason({'exit': record})})"
+    if pointer.get("state") == "stopped" and isinstance(record.get("requested"), dict):
+        return f"was stopped on request ({record['requested'].get('by') or 'fab stop'})"
+    return ""

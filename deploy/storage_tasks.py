@@ -9,21 +9,28 @@ from rich.table import Table
 from rich.text import Text
 
 from deploy import storage
+from deploy.errors import LocalInputError
 from deploy.inventory import load_inventory
 from trainer.results.visible import visible
 
+STATES = ("starting", "running", "finished", "stopped", "failed", "preempted", "vanished")  # a stored run's (layout.py)
 
-@task(help={"state": "only the runs in this state (running, finished, stopped, failed, preempted, vanished)"})
+
+@task(help={"state": f"only the runs in this state ({', '.join(STATES)})"})
 def runs(c, state=None):
     """List every run in run storage (storage.url): name, host, state, epochs, best validation, test UAR, cost, last update.
 
     Reads storage only (one listing, and each run's pointer LATEST), never a host: it works with
     the hosts gone. `fab fetch-results --run NAME` brings a run's files; `fab -H HOST deploy-full
-    --resume-from NAME` continues it on HOST. Exit 2 when no storage is set, 1 when storage cannot be read.
+    --resume-from NAME` continues it on HOST. A run whose pointer does not read is listed as unreadable,
+    with the reason. Exit 2 when no storage is set, it cannot be opened here (AWS_PROFILE, storage.region)
+    or --state names no state; 1 when storage cannot be read (the message names what to check).
     """
     from deploy.tasks import as_exit, console, say
 
     try:
+        if state is not None and state not in STATES:
+            raise LocalInputError(f"--state expects one of {', '.join(STATES)}. Received: {state!r}")
         inv = load_inventory()
         store = storage.open_store(inv)
         rows = storage.stored_runs(store)
@@ -43,18 +50,25 @@ def runs_table(rows, url):
     for column in ("run", "host", "state", "epochs", "best validation", "test UAR [95% CI]", "cost", "last update", "recovered"):
         table.add_column(column, no_wrap=column in ("run", "state"))
     for name, pointer, problem in rows:
-        if pointer is None:
+        cells = None
+        if pointer is not None:
+            try:
+                cells = row(name, pointer)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a summary edited or damaged in storage
+                problem = f"its LATEST's summary does not read ({type(e).__name__}: {e})"
+        if cells is None:
             table.add_row(Text(visible(name)), "", Text("unreadable" if problem else "no pointer", style="red"),
                           Text(visible(problem or "no LATEST (its first checkpoint was not completed)"), style="dim"), "", "", "", "", "")
             continue
-        table.add_row(*(Text(visible(str(v))) for v in row(name, pointer)))
+        table.add_row(*(Text(visible(str(v))) for v in cells))
     return table
 
 
 def row(name, pointer):
     """The table's cells of one stored run."""
     s = pointer.get("summary") or {}
-    epochs = f"{s.get('epoch', pointer.get('epoch'))}/{s.get('epochs') or '?'}"
+    epoch, total = s.get("epoch", pointer.get("epoch")), s.get("epochs")
+    epochs = f"{epoch if isinstance(epoch, int) else '?'}/{total if isinstance(total, int) and total > 0 else '?'}"
     best = s.get("best") or {}
     best_text = f"{best.get('metric')} {best['value']:.3f} (epoch {best.get('epoch')})" if isinstance(best.get("value"), (int, float)) else ""
     metrics = s.get("metrics") or {}

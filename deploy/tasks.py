@@ -470,7 +470,7 @@ def fetch_stored(inv, error, run=None, dest="results", backup=False, from_storag
         raise as_exit(error) if not hint else HostUnreachable(f"{as_exit(error).message.removeprefix('error: ')}{hint}") from None
     if run is None:
         raise LocalInputError("--from-storage needs --run NAME (`fab runs` lists the runs in storage).")
-    training.valid_run_name(run)
+    training.valid_run_name(run, "--run")
     if error is not None:
         say(f"The host cannot be reached ({as_exit(error).message.removeprefix('error: ').splitlines()[0]}); "
             f"reading run {run} from storage instead.", "yellow")
@@ -491,9 +491,19 @@ def fetch_results(h, run=None, dest="results", backup=False, from_storage=False)
     With run storage (storage.url), a --run that the host cannot give (it is unreachable, or no
     longer holds the run) is read from storage, and the first line says so; --from-storage skips the host.
     """
-    if run and storage.enabled(h.inv) and not training.run_state(h.conn, h.inv, run=run, log_lines=0, quick=True).get("run_dir"):
-        say(f"The host {h.target.label} holds no run {run}; reading it from storage instead.", "yellow")
-        return fetch_stored(h.inv, None, run=run, dest=dest, backup=backup)
+    if run:
+        training.valid_run_name(run, "--run")
+    if run and storage.enabled(h.inv):
+        try:
+            held = training.run_state(h.conn, h.inv, run=run, log_lines=0, quick=True).get("run_dir")
+            why = f"holds no run {run}"
+        except DeployError as e:  # the host answers but cannot tell (no code synced, a broken venv): storage can
+            if isinstance(e, HostUnreachable):
+                raise
+            held, why = None, f"cannot tell about run {run} ({str(e).splitlines()[0][:200]})"
+        if not held:
+            say(f"The host {h.target.label} {why}; reading it from storage instead.", "yellow")
+            return fetch_stored(h.inv, None, run=run, dest=dest, backup=backup)
     local, info = observe.fetch_results(h.target, h.inv, run, dest, say, backup=backup)
     ledger.record_fetch(h.target.label, info)  # `fab down` deletes a host only with its runs fetched after they ended
     if not ledger.record_fetch_on_host(h.conn, h.inv, info):  # autostop's guard on a host whose poweroff deletes it

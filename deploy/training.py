@@ -153,10 +153,10 @@ def live_processes_text(info):
     return f"live process(es): {procs}{session}" if procs else f"tmux session {info['session']}"
 
 
-def valid_run_name(name):
-    """`name` if it is a valid run name, else LocalInputError (exit 2) before anything reaches the host."""
+def valid_run_name(name, option="--run-name"):
+    """`name` if it is a valid run name, else LocalInputError (exit 2, naming `option`) before anything reaches the host."""
     try:
-        return check_run_name(name, "--run-name")
+        return check_run_name(name, option)
     except UserError as e:
         raise LocalInputError(str(e)) from None
 

@@ -41,7 +41,7 @@ def watch(c, run=None):
                     raise DeployError(f"No run on {target.label} to watch: start one with `fab deploy-full`, or name it with --run.")
                 run = info["run"]
             else:
-                training.valid_run_name(run)
+                training.valid_run_name(run, "--run")
             say(f"watching run {run} on {target.label}: every {inv.recovery['poll_seconds']:g} s; recovery to "
                 f"{', '.join(inv.recovery['hosts']) or 'no listed host'}"
                 + (f", else a launched {inv.recovery['launch']['type']}" if inv.recovery["launch"]["type"] else "")

@@ -37,6 +37,9 @@ def inventory(tmp_path, **storage):
     ({"url": "s3://bucket/x", "credentials": "keys"}, "storage.credentials"),
     ({"endpoint_url": "http://127.0.0.1:9000"}, "storage.endpoint_url"),
     ({"url": "s3://bucket/x", "bucket": "y"}, "storage.bucket"),
+    ({"url": "s3://bucket/x", "region": "us east 1"}, "storage.region"),
+    ({"url": "s3://bucket/x", "region": "eu-west-1-"}, "storage.region"),
+    ({"url": "s3://bucket/x", "region": 12}, "storage.region"),
 ])
 def test_bad_storage_settings_are_refused_naming_the_key(tmp_path, storage, named):
     with pytest.raises(InventoryError, match=named.replace(".", r"\.")):

@@ -138,3 +138,30 @@ def test_a_requested_stop_is_in_the_exit_record_and_a_signal_from_elsewhere_is_n
     assert "requested" not in shutdown_record
     d = machine.decide(record(), {"reachable": True, "info": {"state": "stopped", "exit": shutdown_record}}, 0, RECOVERY)
     assert d.action == "recover"
+
+
+@pytest.mark.parametrize("state, exit_record, expected", [
+    ("failed", {"exit_code": 137, "reason": "killed by SIGKILL"}, ("failed", 137)),
+    ("failed", {}, ("failed", 1)),
+    ("stopped", {"exit_code": 3, "requested": {"by": "fab stop"}}, ("stopped", 3)),
+    ("finished", {"exit_code": 0}, ("finished", 0)),
+    ("stopped", {"exit_code": 3}, None),  # a stop nobody asked for: the run is moved
+    ("running", None, None), ("preempted", {"exit_code": 3}, None), ("vanished", None, None),
+])
+def test_a_stored_pointer_that_says_the_run_ended_by_itself_ends_the_watch(state, exit_record, expected):
+    pointer = {"state": state, "epoch": 4, "host": "a", "written_at": "2026-11-30T04:00:00+00:00", "summary": {"exit": exit_record}}
+    d = machine.stored_end(pointer, "r1")
+    assert (None if d is None else (d.state, d.exit_code)) == expected
+    if d is not None:
+        assert d.action == "end" and "storage says run r1" in d.reason
+    assert machine.stored_end({**pointer, "summary": "oops"}, "r1") is None or state in ("failed", "finished")
+
+
+@pytest.mark.parametrize("held, stored_epoch, in_place", [
+    (5, None, True),   # no storage: only its own copy
+    (5, 5, True), (6, 5, True),
+    (5, 8, False),     # the run went on elsewhere since: its older copy would redo epochs 6-8
+    (None, 8, False), (None, None, False),
+])
+def test_a_host_holding_an_older_copy_than_storage_does_not_continue_the_run_in_place(held, stored_epoch, in_place):
+    assert machine.resume_in_place(held, stored_epoch) is in_place

@@ -21,6 +21,10 @@ since when the host has not answered, whether the run was seen, how many recover
     host unreachable                 unreachable  wait, then recover after recovery.unreachable_minutes
     lost, max_restarts reached       gave-up      end 10
 
+When the host cannot tell (it does not answer, the run's directory is gone), the watch reads the
+run's pointer in storage before moving it (stored_end): a run stored as finished ends 0, failed
+(on its own) ends with its own exit code, stopped on request ends 3: none is restarted.
+
 Every state change is a transition the record keeps (record.py), with its reason and time.
 """
 
@@ -88,6 +92,32 @@ def decide(record, look, now, recovery):
     if state == "none" and record.get("seen"):
         return lost(record, recovery, f"the run's directory is gone from {record['host']} ({info.get('error') or 'no run'})")
     return Decision("waiting", "wait", f"run not started on {record['host']} yet ({state})")
+
+
+def stored_end(pointer, run):
+    """The Decision to end the watch when the run's stored pointer says that it ended by itself (finished, failed, or
+    stopped on request), else None (running, preempted, vanished, a stop nobody asked for: the run is moved)."""
+    state = pointer.get("state")
+    summary = pointer.get("summary") if isinstance(pointer.get("summary"), dict) else {}
+    record = summary.get("exit") if isinstance(summary.get("exit"), dict) else {}
+    where = f"storage says run {run} (epoch {pointer.get('epoch')} on {pointer.get('host') or '?'}, stored {pointer.get('written_at')})"
+    if state == "finished":
+        return Decision("finished", "end", f"{where} finished: nothing to continue (`fab fetch-results --run {run}`)", 0)
+    if state == "failed":
+        info = {"exit": record, "status": {"error": summary["error"] if isinstance(summary.get("error"), dict) else None}}
+        return Decision("failed", "end", f"{where} failed ({failure_reason(info)}): a run that fails on its own is not restarted; "
+                                         f"`fab deploy-full --resume-from {run}` continues it on purpose", run_exit_code(info))
+    if state == "stopped" and record.get("requested"):
+        by = record["requested"].get("by") if isinstance(record["requested"], dict) else None
+        return Decision("stopped", "end", f"{where} stopped on request ({by or 'fab stop'}): not restarted; "
+                                          f"`fab deploy-full --resume-from {run}` continues it", STOPPED)
+    return None
+
+
+def resume_in_place(held, stored_epoch):
+    """Whether a host that holds the run as its current one, at epoch `held`, continues it itself (`train --resume`):
+    not when storage holds a later epoch (the run went on elsewhere since; its older copy there would redo those epochs)."""
+    return held is not None and (stored_epoch is None or held >= stored_epoch)
 
 
 def lost(record, recovery, reason):

@@ -1,7 +1,8 @@
 """What `fab watch` needs of the run's copy in run storage (deploy/storage.py, trainer/storage/).
 
     configured(inv)                          # storage.url is set
-    epoch, url, why = latest(inv, "r1")      # the last stored epoch (LATEST), the run's address; or (None, None, why)
+    epoch, url, why, end = latest(inv, "r1") # the last stored epoch (LATEST), the run's address; or (None, None, why, None);
+                                             # `end`: a machine.Decision when storage says the run ended by itself
     wait_uploader(look_again, seconds)       # the lost host still answers: until its uploader stored the run's end
 
 The run's recoveries.json is a file of the run like any other: its uploader stores it with the
@@ -18,20 +19,24 @@ def configured(inv):
 
 
 def latest(inv, run):
-    """(last stored epoch, s3://.../RUN, None), or (None, None, why) when storage has no checkpoint of the run."""
+    """(last stored epoch, s3://.../RUN, None, None); (None, None, why, None) when storage has no checkpoint of the run
+    or cannot be read; (None, None, why, Decision) when its pointer says that the run ended by itself (finished,
+    failed on its own, stopped on request: machine.stored_end), which no recovery restarts."""
     from deploy import storage
     from deploy.errors import DeployError
+    from deploy.recovery.machine import stored_end
 
     if not storage.enabled(inv):
-        return None, None, "no run storage (set storage.url in the inventory)"
+        return None, None, "no run storage (set storage.url in the inventory)", None
     try:
         store = storage.open_store(inv)
         pointer = storage.find_run(store, run)
     except DeployError as e:
-        return None, None, str(e)
-    if pointer.get("state") == "finished":
-        return None, None, f"storage says run {run} finished (epoch {pointer.get('epoch')}): nothing to continue"
-    return pointer.get("epoch"), store.where.run_url(run), None
+        return None, None, str(e), None
+    end = stored_end(pointer, run)
+    if end is not None:
+        return None, None, end.reason, end
+    return pointer.get("epoch"), store.where.run_url(run), None, None
 
 
 def uploader_busy(info):

@@ -7,11 +7,13 @@ as `fab monitor`), decides what it means (machine.decide), records the decision 
 acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up 10); or recover:
 
   1. the run's last stored epoch (storage, LATEST; when the lost host still answers, after its uploader stored
-     the run's end);
+     the run's end). A pointer that says the run ended by itself (finished, failed on its own, stopped on request)
+     ends the watch with the run's code instead, as the host would have (machine.stored_end);
   2. the next free host of recovery.hosts (hosts.py; the lost host last), else a launched one (recovery.launch);
   3. there, as a process of its own (its own lock, output, exit code): `fab -H HOST train --resume` when the host
-     holds the run as its current one (the lost host, back with its disk), else `fab -H HOST deploy-full
-     --resume-from STORED-RUN` (without a stored epoch, only a host that holds the run can take it);
+     holds the run as its current one (the lost host, back with its disk) at an epoch no older than storage's, else
+     `fab -H HOST deploy-full --resume-from STORED-RUN` (without a stored epoch, only a host that holds the run can
+     take it; a host holding an older copy is passed over: it would redo the epochs stored since);
   4. the recovery recorded (the watch's record; RUN/recoveries.json on the new host, which its uploader stores),
      the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
      and recovery.launch is set; then the watch follows the run on its new host.
@@ -115,14 +117,17 @@ class Watch:
         """Move the run (see the module docstring); None when it runs on a new host, else the exit code."""
         n = self.record.data["restarts"] + 1
         lost_host, reachable = self.host, seen["reachable"]
-        if not (reachable and (seen["info"] or {}).get("state") == "preempted"):  # a spot notice: the host agent tells
-            self.sender.send(f"lost:{n}", "preempted", f"preempted: run {self.run}: {decision.reason}; moving it (recovery {n})",
-                             run=self.run, host=lost_host, reason=decision.reason)
         if reachable and stored.uploader_busy(seen["info"]):  # e.g. after a spot notice: its last epoch is on its way
             self.say(f"waiting (at most {UPLOADER_WAIT_SECONDS} s) for the uploader on {lost_host} to store the run's end ...")
             hinv = self.inv.for_host(lost_host)
             stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
-        epoch, url, why = stored.latest(self.inv, self.run)
+        epoch, url, why, end = stored.latest(self.inv, self.run)
+        if end is not None:  # the host could not tell, storage can: the run ended by itself (failed, stopped, finished)
+            self.record.transition(end.state, end.reason)
+            return self.end(end, {"reachable": False})
+        if not (reachable and (seen["info"] or {}).get("state") == "preempted"):  # a spot notice: the host agent tells
+            self.sender.send(f"lost:{n}", "preempted", f"preempted: run {self.run}: {decision.reason}; moving it (recovery {n})",
+                             run=self.run, host=lost_host, reason=decision.reason)
         self.say(f"recovering run {self.run} (recovery {n} of at most {self.inv.recovery['max_restarts']}): "
                  + (f"from epoch {epoch} in storage ({url})" if url else f"storage cannot give it ({why}); only a host that holds it "
                                                                           "can take it"), "bold")
@@ -155,7 +160,9 @@ class Watch:
             free, why, held = recovery_hosts.is_free(self.config, self.inv, name, self.run)
             if not free:
                 self.say(f"  {name}: {why}", "yellow")
-            elif held is not None:  # its own copy, as it was when the run stopped there
+            elif held is not None and not machine.resume_in_place(held, epoch):  # deploy-full would refuse it: it holds the run
+                self.say(f"  {name}: holds the run at epoch {held}, older than storage's epoch {epoch}: not continued from there", "yellow")
+            elif held is not None:  # its own copy, as it was when the run stopped there (as new as storage's, or no storage)
                 if self.run_fab(name, "train", "--resume"):
                     return name, False, held
             elif url is None:
@@ -228,6 +235,10 @@ def fab_program():
 def watch(inv, config, target, run, say):
     """Follow `run` on `target` (deploy.hosts.Target) until it ends; the exit code of `fab watch`."""
     recovery_hosts.check_hosts(inv)
+    if stored.configured(inv):  # a store that cannot be opened here (AWS_PROFILE, storage.region ...): said now, not at recovery
+        from deploy import storage
+
+        storage.open_store(inv)
     with Record.held(run, target.label) as record:
         record.save()
         return Watch(inv, config, target, run, say, record).loop()

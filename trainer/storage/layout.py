@@ -107,11 +107,33 @@ def new_pointer(run, epoch, checkpoint, files, state, final, written_at, host=No
 
 
 def check_pointer(pointer, where_from):
-    """The pointer if it reads as POINTER_FORMAT; ValueError naming `where_from` otherwise."""
+    """The pointer if it reads as POINTER_FORMAT (its fields of the right types, every file a plain relative path inside
+    the run with a checkpoint object); ValueError naming `where_from` and what is wrong otherwise."""
     if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT or not isinstance(pointer.get("files"), dict):
         raise ValueError(f"{where_from} is not a run pointer of format {POINTER_FORMAT} (written by another version?)")
+    epoch = pointer.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"{where_from}: 'epoch' is {epoch!r}, not an epoch number")
+    for key in ("written_at", "state"):
+        if not isinstance(pointer.get(key), str) or not pointer[key]:
+            raise ValueError(f"{where_from}: '{key}' is {pointer.get(key)!r}, not a text")
+    for key in ("host", "launch_id", "run_started_at", "checkpoint"):
+        if pointer.get(key) is not None and not isinstance(pointer[key], str):
+            raise ValueError(f"{where_from}: '{key}' is {pointer[key]!r}, not a text")
+    if pointer.get("summary") is not None and not isinstance(pointer["summary"], dict):
+        raise ValueError(f"{where_from}: 'summary' is {pointer['summary']!r}, not a mapping")
+    if not isinstance(pointer.get("final", False), bool):
+        raise ValueError(f"{where_from}: 'final' is {pointer['final']!r}, not true or false")
+    folders = {"/".join(rel.split("/")[:i]) for rel in pointer["files"] if isinstance(rel, str) for i in range(1, rel.count("/") + 1)}
     for rel, entry in pointer["files"].items():
-        if (not isinstance(rel, str) or rel.startswith("/") or ".." in rel.split("/") or not isinstance(entry, dict)
-                or not isinstance(entry.get("key"), str) or not entry["key"].startswith(CHECKPOINTS) or ".." in entry["key"].split("/")):
-            raise ValueError(f"{where_from}: file entry {rel!r} is not a plain path with a checkpoint object")
+        if (not plain_path(rel) or rel in folders or not isinstance(entry, dict) or not isinstance(entry.get("key"), str)
+                or not entry["key"].startswith(CHECKPOINTS) or not plain_path(entry["key"])
+                or not isinstance(entry.get("md5"), (str, type(None)))):
+            raise ValueError(f"{where_from}: file entry {rel!r} is not a plain path inside the run (a file, not a folder of "
+                             "others) with a checkpoint object")
     return pointer
+
+
+def plain_path(rel):
+    """A relative path of plain names: no '', '.' or '..' part, not absolute, no backslash."""
+    return isinstance(rel, str) and bool(rel) and "\\" not in rel and all(part not in ("", ".", "..") for part in rel.split("/"))

@@ -75,8 +75,11 @@ class Store:
                 raise StorageError("CredentialsFile", f"cannot read {settings['credentials_file']}: {e}") from None
         config = Config(connect_timeout=settings.get("connect_timeout", 5), read_timeout=settings.get("read_timeout", 30),
                         retries={"mode": "standard", "max_attempts": 3}, signature_version="s3v4")
-        client = boto3.session.Session().client("s3", endpoint_url=settings.get("endpoint_url") or None,
-                                                region_name=settings.get("region") or None, config=config, **keys)
+        try:  # boto3 reads its settings here: ProfileNotFound, InvalidRegionError, a malformed endpoint ... as codes
+            client = boto3.session.Session().client("s3", endpoint_url=settings.get("endpoint_url") or None,
+                                                    region_name=settings.get("region") or None, config=config, **keys)
+        except Exception as e:  # noqa: BLE001 - botocore raises many kinds; each becomes a code
+            raise as_storage_error(e) from None
         return cls(client, where)
 
     def key(self, run, rel):
@@ -145,8 +148,10 @@ class Store:
             batch = [{"Key": self.key(run, rel)} for rel in rels[i:i + 1000]]
             self._call(self.client.delete_objects, Delete={"Objects": batch, "Quiet": True})
 
-    def download(self, run, rel, path):
-        """The object at the run's `rel` into `path` (a temp file beside it, then a rename); returns its md5 (hex)."""
+    def download(self, run, rel, path, md5=None):
+        """The object at the run's `rel` into `path`: into a temp file beside it, checked against `md5` (hex) when given,
+        and only then renamed over `path` (a failed check leaves `path` as it was: StorageError ChecksumMismatch).
+        Returns its md5 (hex)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.download.tmp")
@@ -154,9 +159,15 @@ class Store:
         body = self._call(self.client.get_object, Key=self.key(run, rel))["Body"]
         try:
             with open(tmp, "wb") as f:
-                for chunk in iter(lambda: body.read(1 << 20), b""):
-                    digest.update(chunk)
-                    f.write(chunk)
+                try:
+                    for chunk in iter(lambda: body.read(1 << 20), b""):
+                        digest.update(chunk)
+                        f.write(chunk)
+                except Exception as e:  # noqa: BLE001 - the connection dropped mid-object (botocore's kinds): a code
+                    raise as_storage_error(e) from None
+            if md5 and digest.hexdigest() != md5:
+                raise StorageError("ChecksumMismatch", f"{rel} does not match the md5 its pointer records (the object was "
+                                                       "damaged or replaced); the local copy was left as it was")
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -178,9 +189,7 @@ def download_run(store, run, dest, backup=False, pointer=None, say=None):
         path = dest / rel
         if path.is_file() and entry.get("md5") and _file_md5(path) == entry["md5"]:
             continue
-        got = store.download(run, entry["key"], path)
-        if entry.get("md5") and got != entry["md5"]:
-            raise StorageError("ChecksumMismatch", f"{entry['key']} does not match the md5 its pointer records")
+        store.download(run, entry["key"], path, md5=entry.get("md5"))
         written += 1
     if backup:
         for stale in (p for p in (dest / "backup").rglob("*") if p.is_file()) if (dest / "backup").is_dir() else ():
