@@ -1,14 +1,15 @@
 """Throughput of one training on 1 device, 2 mirrored devices and 2 workers, on the same data.
 
-    python bench/scaling.py [--data DIR] [--clips 600] [--epochs 4]
+    python bench/scaling.py [--data DIR] [--clips 600] [--epochs 4] [--steps-per-execution 1]
 
 Runs `python -m trainer train` three times (train.batch_size 16 per replica, so the 2-replica runs
 have a global batch of 32 and the 1-device run is given 32 too): one device; MirroredStrategy over
 2 logical devices (FACENET_LOGICAL_CPUS=2 on a CPU machine; on a GPU machine with 2 GPUs, the GPUs); and 2
 workers on 127.0.0.1 with TF_CONFIG. It prints the replicas, the global batch, the last epoch's
 seconds (training and validation) and training samples/s, in all and per replica (per GPU on a GPU
-machine), from each run's status.json and metrics.json, and whether the two workers
-ended with identical weights. On a CPU machine the devices share the same cores: the figures show
+machine), from each run's status.json and metrics.json, the scaling efficiency (N-replica samples/s
+over N x the one-device samples/s, on the same global batch), and whether the two workers ended
+with identical weights. On a CPU machine the devices share the same cores: the figures show
 the cost of the distribution machinery, not a speed-up.
 """
 
@@ -49,13 +50,14 @@ def main():
     ap.add_argument("--data", type=Path, help="a feature folder (default: synthetic CREMA-D clips)")
     ap.add_argument("--clips", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps-per-execution", type=int, default=1, help="train.steps_per_execution of every run")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="facenet-scaling-"))
     data = a.data
     if data is None:
         data = tmp / "data"
         finish([trainer(["synth", "--out", data, "--clips", a.clips, "--seed", 1])])
-    common = ["train", "--data", data, "--epochs", a.epochs, *SETTINGS]
+    common = ["train", "--data", data, "--epochs", a.epochs, *SETTINGS, "--set", f"train.steps_per_execution={a.steps_per_execution}"]
     rows = []
     finish([trainer([*common, "--out", tmp, "--run-name", "one", "--set", "train.distribute=off", "--set", "train.batch_size=32"])])
     rows.append(("1 device", tmp / "one"))
@@ -73,12 +75,16 @@ def main():
              for k in range(2)]
     finish(procs)
     rows.append(("2 workers (loopback)", tmp / "w0" / "multi"))
-    print(f"{'setup':<22} {'replicas':>8} {'global batch':>12} {'last epoch s':>13} {'samples/s':>10} {'per replica':>12}")
+    print(f"{'setup':<22} {'replicas':>8} {'global batch':>12} {'last epoch s':>13} {'samples/s':>10} {'per replica':>12} "
+          f"{'efficiency':>11}")
+    one = None
     for name, run in rows:
         status, train = figures(run)
         seconds, replicas = status["last_epoch_seconds"], status["distribution"]["replicas"]
+        rate = train / seconds
+        one = one or rate  # the first row: one device
         print(f"{name:<22} {replicas:>8} {status['distribution']['global_batch_size']:>12} {seconds:>13.2f} "
-              f"{train / seconds:>10.0f} {train / seconds / replicas:>12.0f}")
+              f"{rate:>10.0f} {rate / replicas:>12.0f} {rate / (replicas * one):>11.2f}")
     same = json.loads((tmp / "w0" / "multi" / "status.json").read_text())["weights_sha256"] == \
         json.loads((tmp / "w1" / "multi" / "status.json").read_text())["weights_sha256"]
     print(f"2 workers ended with identical weights: {same}")

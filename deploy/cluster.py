@@ -7,6 +7,7 @@
     launch_workers(hosts, workers, run_name, say_for)  # one worker per host in tmux with its TF_CONFIG, chief first
     workers = tf_config_workers(inv, cluster)      # ["10.0.1.5:23456", ...]: worker k's TF_CONFIG lists them
     line, code = cluster_verdict(infos)            # the cluster's state: its worst worker's, naming the one that failed
+    cost_line(hosts, infos)                        # every host's price_per_hour summed: so far, and to the end of the run
 
 Worker 0, the first host of the cluster, is the chief: it writes the run's model, metrics,
 backup and TensorBoard logs; every other host holds its own status.json and train.log.
@@ -120,6 +121,32 @@ def worker_table(group, hosts, infos):
                  str(st.get("seconds_per_epoch") or "-"), gpu)
         rows.add_row(*(Text(visible(cell)) for cell in cells))  # from the hosts: plain text, control characters shown
     return rows
+
+
+def cost_line(hosts, infos):
+    """The cluster's cost: each host's price_per_hour (the inventory's, else the one its launch recorded)
+    summed; so far (each host's uptime at its price) and to the end of the run (the chief's ETA at the sum)."""
+    prices = {h.target.label: h.inv.price_of(h.target.label) or (info.get("agent") or {}).get("price_per_hour")
+              for h, info in zip(hosts, infos)}
+    uptimes = {h.target.label: info.get("uptime_seconds") for h, info in zip(hosts, infos)}
+    chief = infos[0]
+    eta = (chief.get("status") or {}).get("eta_seconds") if chief["state"] in ("starting", "running") else None
+    return cluster_cost(prices, uptimes, eta)
+
+
+def cluster_cost(prices, uptimes, eta_seconds):
+    """One line from {host: USD per hour or None}, {host: seconds up or None} and the run's ETA in seconds."""
+    unknown = [name for name, price in prices.items() if not price]
+    if unknown:
+        return f"cluster cost: set price_per_hour in the inventory for {', '.join(unknown)} to see the cluster's cost"
+    total = sum(prices.values())
+    text = f"cluster cost ${total:g}/h ({' + '.join(f'{name} ${price:g}' for name, price in prices.items())})"
+    if all(uptimes.get(name) is not None for name in prices):
+        text += f": ${sum(uptimes[name] / 3600 * price for name, price in prices.items()):.2f} so far"
+    if eta_seconds:
+        hours, rest = divmod(int(eta_seconds), 3600)
+        text += f", about ${eta_seconds / 3600 * total:.2f} more to finish (ETA {hours}h{rest // 60:02d}m)"
+    return text
 
 
 def cluster_verdict(infos):

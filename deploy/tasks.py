@@ -404,6 +404,7 @@ def monitor_cluster(hosts, group, follow=False, run=None):
     chief["price_per_hour"] = hosts[0].inv.price_of(hosts[0].target.label)
     render(chief, hosts[0].target.label, console)
     console.print(cluster.worker_table(group, hosts, infos))
+    say(cluster.cost_line(hosts, infos))
     line, code = cluster.cluster_verdict(infos)
     say(line, "bold red" if code else "bold")
     if code:

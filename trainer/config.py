@@ -66,13 +66,17 @@ DEFAULTS = {
         "class_weights": "balanced",  # balanced or none
         "mixed_precision": "auto",  # auto: mixed_float16 on a GPU, float32 on the CPU
         "workers": 2,
+        # training (and evaluation) steps run in one call on the device, as model.fit's steps_per_execution:
+        # on a GPU the host's work per call, not the GPU, sets the pace of a small model; 4-16 amortise it.
+        # The status heartbeat and the watchdog of a cluster are reset once per call.
+        "steps_per_execution": 1,
         # auto: the cluster when TF_CONFIG is set (MultiWorkerMirroredStrategy), else every GPU of the
         # host when there are several (MirroredStrategy), else one device; mirrored: MirroredStrategy
         # always; multi_worker: the TF_CONFIG cluster, required; off: one device. batch_size is per
         # replica: the global batch is batch_size x replicas (GPUs of every worker).
         "distribute": "auto",
-        # multi_worker: seconds a collective (gradient all-reduce) may wait for a peer before the
-        # run fails naming it, instead of hanging on a worker that froze or lost its network
+        # multi_worker: seconds a worker may wait for its peers (to join, or to end a training step) before
+        # the run fails (PeerLost), instead of hanging on a worker that froze or lost its network
         "collective_timeout": 300,
     },
 }
@@ -90,6 +94,7 @@ CHOICES = {
 POSITIVE = {
     "data.feature_dim", "model.units", "model.layers", "model.heads", "model.head_units",
     "train.batch_size", "train.epochs", "train.learning_rate", "train.workers", "train.collective_timeout",
+    "train.steps_per_execution",
 }
 FREE_FORM = {"data.label_map"}  # nested mapping checked by check_label_map
 

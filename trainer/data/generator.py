@@ -14,6 +14,9 @@ shuffled, cut into windows of `bucket_batches` batches, sorted by length inside 
 window, batched, and the batches shuffled; padding stays small and batches stay mixed.
 With `shuffle=False` batches follow clip length (see `order`), which pads least.
 
+Under several replicas every batch needs a clip per replica: `require_rows(replicas)` merges a
+batch of fewer clips (the short last one) into another, now and at every reshuffle.
+
 Clips longer than `max_frames` are cut: `max_frames_mode="crop"` keeps the centre
 `max_frames` frames, `"subsample"` keeps `max_frames` evenly spaced frames of the whole
 clip. With `cache_in_memory=True` each clip is decoded once and kept in RAM.
@@ -55,6 +58,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         self.lengths = np.minimum(raw, self.max_frames) if self.max_frames else raw
         self._cache = {} if cache_in_memory else None
         self._rng = np.random.default_rng(seed)
+        self.min_batch_rows = 1
         self._batches = self._plan()
 
     def __len__(self):
@@ -82,6 +86,14 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         if self.shuffle:
             self._batches = self._plan()
 
+    def require_rows(self, rows):
+        """Every batch holds at least `rows` clips (one per replica) when the data has as many: a shorter
+        batch is merged into the one before it, now and in every later plan. Returns the sizes of the
+        batches merged ([] when none was short)."""
+        self.min_batch_rows = rows
+        self._batches, merged = _merge_short(self._batches, rows)
+        return merged
+
     @property
     def order(self):
         """File indices in the order batches yield them (for aligning predictions)."""
@@ -96,7 +108,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         n, bs = len(self.files), self.batch_size
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
-            return [order[i : i + bs] for i in range(0, n, bs)]
+            return _merge_short([order[i : i + bs] for i in range(0, n, bs)], self.min_batch_rows)[0]
         perm = self._rng.permutation(n)
         window = bs * self.bucket_batches
         batches = []
@@ -104,6 +116,7 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
             chunk = perm[start : start + window]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
             batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        batches = _merge_short(batches, self.min_batch_rows)[0]
         self._rng.shuffle(batches)
         return batches
 
@@ -131,6 +144,22 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x
+
+
+def _merge_short(batches, rows):
+    """(batches with each one of fewer than `rows` clips merged into its neighbour, the sizes merged)."""
+    out, merged = [], []
+    for batch in batches:
+        if len(batch) < rows and out:
+            merged.append(len(batch))
+            out[-1] = np.concatenate([out[-1], batch])
+        else:
+            out.append(batch)
+    if len(out) > 1 and len(out[0]) < rows:
+        merged.append(len(out[0]))
+        out[1] = np.concatenate([out[0], out[1]])
+        out.pop(0)
+    return out, merged
 
 
 def read_length(path, feature_key="video_features"):

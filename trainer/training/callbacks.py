@@ -115,28 +115,33 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class ConfusionImages(keras.callbacks.Callback):
-    """When the checkpoint saves a new best model, that model's validation confusion matrix and recall
+    """When the checkpoint saves a new best model, that epoch's validation confusion matrix and recall
     per class go to TensorBoard (logdir/images), so the pictures of the chosen epoch are there while
-    the run trains.
+    the run trains. The matrix is the one the epoch's evaluation computed (the training loop hands it
+    over with `validation_confusion` before `on_epoch_end`): nothing is predicted again, so the other
+    workers of a cluster do not wait for the chief.
 
-        callbacks=[checkpoint, ConfusionImages(checkpoint, val_gen, classes, "run/logs"), ...]
+        callbacks=[checkpoint, ConfusionImages(checkpoint, classes, "run/logs"), ...]
     """
 
-    def __init__(self, checkpoint, val_gen, classes, logdir):
+    def __init__(self, checkpoint, classes, logdir):
         super().__init__()
-        self.checkpoint, self.val_gen, self.classes, self.logdir = checkpoint, val_gen, classes, logdir
-        self._before = None
+        self.checkpoint, self.classes, self.logdir = checkpoint, classes, logdir
+        self._before = self._confusion = None
+
+    def validation_confusion(self, epoch, matrix):
+        self._confusion = matrix
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._before = self.checkpoint.best
+        self._before, self._confusion = self.checkpoint.best, None
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.checkpoint.best == self._before:
+        if self.checkpoint.best == self._before or self._confusion is None:
             return
-        from trainer.results.evaluate import score
+        from trainer.results.metrics import metrics_from_confusion
         from trainer.results.plots import confusion_png, log_image, recall_png
 
-        metrics = score(self.model, self.val_gen, self.classes)
+        metrics = metrics_from_confusion(self._confusion, self.classes)
         name = f"validation, epoch {epoch + 1}"
         log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, name), epoch + 1)
         log_image(self.logdir, "validation/recall_per_class_at_best_epoch", recall_png(metrics, name), epoch + 1)

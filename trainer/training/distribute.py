@@ -1,7 +1,7 @@
 """Which devices and hosts one training uses: tf.distribute's strategy for `train.distribute`.
 
     cluster = read_cluster()               # the TF_CONFIG cluster (None without one), checked
-    strategy = choose_strategy("auto", cluster, timeout=300)
+    strategy = choose_strategy("auto", cluster)
     with strategy.scope(): model = ...     # build and compile under it
     strategy.num_replicas_in_sync          # replicas of every worker; train.batch_size is per replica
 
@@ -18,11 +18,8 @@ FACENET_LOGICAL_CPUS=N splits this machine's CPU into N logical devices before T
 starts, so that a machine without GPUs can run the mirrored code path (the tests do).
 """
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
 
 from trainer.errors import ConfigError
 
@@ -58,50 +55,17 @@ def read_cluster(environ=None):
     return {"workers": workers, "index": index}
 
 
-WATCHDOG = """
-import json, os, select, signal, sys, time
-pid, seconds, status_path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
-if select.select([sys.stdin], [], [], seconds)[0]:
-    sys.exit(0)  # the pipe closed: the trainer got past the wait (or ended)
-print("PeerLost: " + message, flush=True)
-try:
-    with open(status_path) as f:
-        status = json.load(f)
-    status.update(state="failed", error={"type": "PeerLost", "message": message},
-                  updated_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
-    tmp = status_path + ".watchdog.tmp"
-    with open(tmp, "w") as f:
-        json.dump(status, f, indent=1)
-    os.replace(tmp, status_path)
-finally:
-    os.kill(pid, signal.SIGKILL)
-"""
-
-
-@contextlib.contextmanager
-def deadline(seconds, status_path, message):
-    """Run the body; past `seconds`, record `message` as the run's failure (PeerLost) and kill this process.
-    A worker whose peers never start waits inside TensorFlow's C++ holding the GIL, with SIGTERM
-    taken by TensorFlow's preemption notifier: no thread, exception or signal handler of this
-    process runs, so a watchdog process does it (the launcher then records exit code 137)."""
-    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), str(status_path), message],
-                                stdin=subprocess.PIPE)
-    try:
-        yield
-    finally:
-        watchdog.stdin.close()
-        watchdog.wait()
-
-
-def choose_strategy(mode, cluster=None, timeout=300):
+def choose_strategy(mode, cluster=None):
+    """The strategy of `train.distribute` (see above). A multi-worker strategy has no per-collective
+    timeout: TensorFlow documents it as a debugging aid, and each collective would leave a thread
+    sleeping out the timeout; trainer/training/peers.py's watchdog bounds the wait for a peer instead."""
     import tensorflow as tf
 
     if mode == "multi_worker" and cluster is None:
         raise ConfigError("train.distribute is multi_worker but TF_CONFIG is not set: start the workers with "
                           "`fab -H <cluster> deploy-full` (inventory `clusters:`), or set train.distribute to auto.")
     if cluster is not None and mode in ("auto", "multi_worker"):
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "off" or (mode == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()

@@ -58,11 +58,13 @@ def estimate(cfg, manifest, steps=4, warmup=1):
     import keras
     import tensorflow as tf
 
-    from trainer.training import distribute, loop
+    from trainer.training import distribute
+    from trainer.training.feeder import Feeder
     from trainer.training.model import build_model, compile_model
+    from trainer.training.steps import Steps
 
     train_clips, val_clips, frames = data_shape(cfg, manifest)
-    strategy = distribute.choose_strategy(cfg["train"]["distribute"], None, cfg["train"]["collective_timeout"])
+    strategy = distribute.choose_strategy(cfg["train"]["distribute"], None)
     replicas = strategy.num_replicas_in_sync
     batch = cfg["train"]["batch_size"] * replicas
     gpus = distribute.describe(strategy, cfg["train"]["batch_size"])["devices"]
@@ -74,15 +76,17 @@ def estimate(cfg, manifest, steps=4, warmup=1):
         with strategy.scope():
             model = compile_model(build_model(cfg["model"], classes, cfg["data"]["feature_dim"]), cfg["train"], classes)
             model.optimizer.build(model.trainable_variables)
-        step = loop._Steps(model, strategy, classes, np.ones(classes, np.float32))
-        feeder = loop._Feeder(strategy, 1)
+        step = Steps(model, strategy, classes, np.ones(classes, np.float32))
+        per_call = cfg["train"]["steps_per_execution"]
+        feeder = Feeder(strategy, 1, per_call)
+        timed = per_call * math.ceil(steps / per_call)  # whole calls of steps_per_execution steps
         timings = {}
         for name, fn in (("train", step.train), ("evaluate", step.evaluate)):
             make = lambda count: _Batches(count, batch, frames, cfg["data"]["feature_dim"], classes)  # noqa: E731
-            feeder.run(make(warmup), fn)  # tracing, autotuning: not counted
+            step.totals(feeder.run(make(per_call * warmup), fn, step.zeros()))  # tracing, autotuning: not counted
             t0 = time.perf_counter()
-            feeder.run(make(steps), fn)
-            timings[name] = (time.perf_counter() - t0) / steps
+            step.totals(feeder.run(make(timed), fn, step.zeros()))  # waits for the device
+            timings[name] = (time.perf_counter() - t0) / timed
         feeder.close()
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -9,7 +9,6 @@ best.keras, backup/ (until it finishes), logs/ (TensorBoard), history.csv, train
 environment.json, status.json and, at the end, metrics.json.
 """
 
-import contextlib
 import json
 import os
 import platform
@@ -150,7 +149,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         prepared = data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
     import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
 
-    from trainer.training import distribute
+    from trainer.training import distribute, peers
 
     distribute.configure_devices()
     cluster = distribute.read_cluster()
@@ -159,28 +158,37 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
     nobody_came = (f"the workers of {', '.join(cluster['workers'])} did not all join within train.collective_timeout "
                    f"({timeout} s): is every worker started, and can each reach the others' worker port? Their own train.log says."
                    if cluster else "")
-    with distribute.deadline(timeout, status.path, nobody_came) if cluster else contextlib.nullcontext():
-        strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, timeout)
+    watch = peers.Watchdog(timeout, status.path, nobody_came) if cluster else peers.NoWatchdog()
+    try:
+        strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster)
         _stop_at_once_until_training_starts(run_dir)  # TensorFlow's preemption notifier took SIGTERM over: take it back
         keras.utils.set_random_seed(cfg["seed"])
         distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
         if distribute.worker_count(strategy) > 1:
             _same_data_as_the_chief(strategy, prepared, distribution)
-    chief = distribute.worker_index(strategy) == 0
-    env = {**environment(), "distribution": distribution}
-    write_json_atomic(run_dir / "environment.json", env)
-    status.update(distribution=distribution)
-    use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
-    where = f", worker {distribution['worker']} of {len(distribution['workers'])}" + (" (chief)" if chief else "") if cluster else ""
-    console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
-                  f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, global batch {distribution['global_batch_size']}")
-    try:
-        history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir)
-    except tf_errors() as e:  # a collective failed: a peer died, froze or lost its network
-        raise PeerLost(f"worker {distribution.get('worker', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
+            watch.expect(f"worker {distribution['worker']}: no training step ended within train.collective_timeout ({timeout} s): "
+                         "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
+                         f"Resume every worker with: python -m trainer train --resume {run_dir}")
+        chief = distribute.worker_index(strategy) == 0
+        env = {**environment(), "distribution": distribution}
+        write_json_atomic(run_dir / "environment.json", env)
+        status.update(distribution=distribution)
+        use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
+        keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+        where = f", worker {distribution['worker']} of {len(distribution['workers'])}" + (" (chief)" if chief else "") if cluster else ""
+        console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
+                      f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, "
+                      f"global batch {distribution['global_batch_size']}")
+        history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir,
+                                                watch)
+    except Exception as e:
+        if not peers.lost_peer(e, len(cluster["workers"]) if cluster else 1):
+            raise
+        raise PeerLost(f"worker {(cluster or {}).get('index', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
                        f"stopped; the failed worker's own record says why. Resume every worker with: "
                        f"python -m trainer train --resume {run_dir}") from None
+    finally:
+        watch.close()
     if not chief:
         status.update(state="finished", eta_seconds=0, weights_sha256=history.weights_sha256)
         console.print(f"Worker {distribution['worker']} done; the chief writes the model and the metrics.")
@@ -209,7 +217,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
                                              "ci95": top.get("ci95")}, eta_seconds=0, weights_sha256=history.weights_sha256)
 
 
-def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir=None):
+def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir=None, watchdog=None):
     """Build the model under `strategy` and train it; the chief alone writes the run's shared files
     (best.keras, backup/, logs/, history.csv), every worker its own status.json."""
     import keras
@@ -251,7 +259,7 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
                                    best_on_disk=best_on_disk, mode=mode)
         writers = [
             checkpoint,
-            ConfusionImages(checkpoint, val_gen, classes, run_dir / "logs"),
+            ConfusionImages(checkpoint, classes, run_dir / "logs"),
             early_stopping,
             reduce_lr,
             # after those three (it saves and restores their state with the weights); a kill during its save
@@ -268,7 +276,8 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     started = time.monotonic()
     try:
         history = loop.fit(model, strategy, train_gen, val_gen, cfg["train"]["epochs"], callbacks, class_weight=weights,
-                           resume=resume_state, stop=stop, workers=cfg["train"]["workers"], log=console.print)
+                           resume=resume_state, stop=stop, workers=cfg["train"]["workers"], log=console.print,
+                           steps_per_execution=cfg["train"]["steps_per_execution"], watchdog=watchdog)
     except KeyboardInterrupt:
         if not stop.requested:
             raise
@@ -308,13 +317,6 @@ def _peer_hint(error):
     """The peer TensorFlow's message names, for the reader (the records of the workers are the facts)."""
     found = sorted(set(re.findall(r"/job:worker/replica:\d+/task:(\d+)", str(error))))
     return "worker " + " and ".join(found) if found else "its peers"
-
-
-def tf_errors():
-    """What a failed collective raises: the peer is gone, timed out or aborted the op."""
-    import tensorflow as tf
-
-    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError, tf.errors.AbortedError)
 
 
 def final_scores(cfg, prepared, model, val_gen, batch_size):
