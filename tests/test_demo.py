@@ -35,8 +35,11 @@ def demo(tmp_path, *args, trace=None):
     cmd = [sys.executable, "-m", "deploy.demo", "--clips", "60", *args]
     if trace:
         cmd = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-e", "signal=none", "-o", str(trace), *cmd]
+    # SIGINT as in a terminal, whatever this pytest inherited (a background job of a non-interactive shell ignores it,
+    # and Python then leaves it ignored: Ctrl-C would reach fab but not the demo)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def strace_works():
