@@ -110,7 +110,7 @@ def test_a_held_lock_is_activity_while_its_lease_is_fresh_and_not_once_its_task_
         time.sleep(0.33)
         assert not fired.exists()
     assert "fab sync-data holds the host lock" in agent_state(runs)["activity"][0]
-    died = time.time()  # its laptop closed: the lock stays, its lease is no longer renewed
+    died = (lock / "lease").stat().st_mtime  # its laptop closed: the lock stays, its lease is no longer renewed after this
     wait_until(fired.exists, 10, "autostop to fire once the lease was stale")
     assert fired.stat().st_mtime - died >= 3 + 1 - 0.5 and lock.is_dir()
 

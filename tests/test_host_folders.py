@@ -35,7 +35,7 @@ def test_every_task_uses_the_named_hosts_own_folders(deploy_env, tmp_path):
     for task in ("provision", "sync-code", "sync-data"):
         done = env.fab("-H", "b", task)
         assert done.returncode == 0, done.out
-    assert (own / "code" / "trainer" / "run.py").is_file()
+    assert (own / "code" / "trainer" / "training" / "run.py").is_file()
     assert sorted(p.name for p in (own / "data" / "crema-d").glob("*.npz"))[:1]
     assert (runs / ".agent" / "heartbeat").is_file()  # every task's first command, in b's runs dir
     for key in ("project_dir", "data_dir", "runs_dir"):  # the global folders were never made
