@@ -97,12 +97,15 @@ def _duration(seconds):
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{minutes} min"
 
 
-def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False):
+def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0):
     """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, processes, stall, log_tail,
     gpus, disk). `quick`: without the GPUs and the host agent (is a training running?); `missing_ok`: None where
-    the code is not synced yet (no launcher has run either). The stall threshold is the inventory's stall_minutes.
+    the code is not synced yet (no launcher has run either); `wait_start`: the host answers once the run is past
+    its start, or after that many seconds. The stall threshold is the inventory's stall_minutes.
     A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
+    if wait_start:
+        args += ["--wait-start", str(wait_start)]
     if run:
         args += ["--run", run]
     if getattr(inv, "stall_minutes", None):
@@ -189,6 +192,9 @@ def refuse_while_training(conn, inv, say, task, restart, info=ASK):
     return True
 
 
+START_WAIT_SECONDS = 60  # how long `fab train` waits for the trainer's checks: a bad data key fails within it, loudly
+
+
 def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, folds=None, tf_config=None, storage=None):
     """Start training in the tmux session (the caller has refused or stopped a running one). Returns the run name.
 
@@ -231,11 +237,16 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"Could not start tmux session {session}: {(out.stderr or out.stdout).strip()}")
-    time.sleep(1.0)  # a launcher that dies at once (missing venv, bad args) has written its exit record by now
-    info = run_state(conn, inv, run=name, log_lines=20)
-    if info["state"] in ("failed", "vanished"):
+    if tf_config:  # a worker of a cluster starts its first epoch only once all have joined: only a launch that died at once
+        time.sleep(1.0)
+        info = run_state(conn, inv, run=name, log_lines=20, quick=True)
+    else:
+        say(f"Waiting for run {name} to start (data checks, model build; at most {START_WAIT_SECONDS} s) ...")
+        info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=START_WAIT_SECONDS)
+    if info["state"] in ("failed", "vanished", "none"):
         raise DeployError(f"Training {name} ended at once ({info['state']}); last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
-    say(f"Training {'resumed' if resume else 'started'}: run {name} in tmux session {session} on the host ({run_dir})")
+    starting = {"starting": " (still starting: `fab monitor` follows it)", "finished": " (and finished already)"}.get(info["state"], "")
+    say(f"Training {'resumed' if resume else 'started'}: run {name} in tmux session {session} on the host ({run_dir}){starting}")
     return name
 
 

@@ -2,6 +2,7 @@
 """The run-file format on the host, in one place: the state of a run, and the records around it.
 
     python3 run_state.py --runs-dir ~/facenet-runs --session facenet-training [--run NAME] [--stall-seconds S] [--quick] [--json]
+                         [--wait-start S]   # fab train: answer once the run has left `starting` (or S seconds)
     python3 run_state.py record-launch RUN_DIR PID COMMAND      # launch_training.sh, before the trainer; prints the launch id
     python3 run_state.py record-exit RUN_DIR CODE [LAUNCH_ID [REASON]]   # launch_training.sh, after it
     python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS      # stop_training.sh
@@ -137,6 +138,10 @@ def disk(path):
     usage = shutil.disk_usage(path)
     low = usage.free < max(min(LOW_DISK_BYTES, LOW_DISK_FRACTION * usage.total), LOW_DISK_FLOOR)
     return {"path": path, "free_bytes": usage.free, "total_bytes": usage.total, "low": low}
+
+
+# a run just launched: the trainer checks its data and builds its model, or its launcher has not recorded it yet
+STARTING = ("starting", "none", "vanished")
 
 
 def uptime():
@@ -407,8 +412,15 @@ def main(argv=None):
     p.add_argument("--stall-seconds", type=float, help="status.json older than this while the run's processes live: stalled")
     p.add_argument("--quick", action="store_true", help="skip the GPUs and the host agent (is a training running?)")
     p.add_argument("--json", action="store_true", help="(the output is always JSON)")
+    p.add_argument("--wait-start", type=float, default=0, metavar="S",
+                   help="answer once the run is past its start (its first epoch began, or it ended), or after S seconds")
     args = p.parse_args(argv)
-    info = collect(args.runs_dir, args.session, args.run, args.log_lines, stall_seconds=args.stall_seconds, quick=args.quick)
+    query = dict(stall_seconds=args.stall_seconds, quick=args.quick)
+    info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
+    deadline = time.monotonic() + args.wait_start
+    while info["state"] in STARTING and time.monotonic() < deadline:
+        time.sleep(0.3)
+        info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too
     print(json.dumps(info))  # trainer/results/run_view.py renders it, on the laptop and on the host
     return info["exit_code"]

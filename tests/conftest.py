@@ -48,7 +48,7 @@ def run_trainer(*args, cwd=None, timeout=300, env=None):
 
 # --- the deploy tests: `fab` against a real OpenSSH server on 127.0.0.1 ---------------------
 
-FAB = Path(sys.executable).parent / "fab"
+from fab_runner import FAB, run_fab  # noqa: E402  (`fab` from a warm fork server: tests/fab_server.py)
 
 
 @pytest.fixture(scope="session")
@@ -158,8 +158,7 @@ class DeployEnv:
 
     def fab(self, *args, timeout=300):
         """`fab ARGS` in the repo, as a user types it; CompletedProcess with .out = stdout + stderr."""
-        proc = subprocess.run([str(FAB), *map(str, args)], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = run_fab(args, cwd=ROOT, env=self.env, timeout=timeout)
         proc.out = proc.stdout + proc.stderr
         return proc
 

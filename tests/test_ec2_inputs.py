@@ -5,13 +5,12 @@ Real parts: `fab` as a user types it and the Python API, boto3 against moto's st
 """
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import test_ec2_launch
 import yaml
-from conftest import FAB, ROOT
+from conftest import ROOT, run_fab
 from test_ec2_launch import ec2, load, quiet
 
 cloud_inv = test_ec2_launch.cloud_inv  # the fixture: moto, the local sshd, an inventory with `launch:` settings
@@ -20,8 +19,7 @@ pytestmark = [pytest.mark.ssh]
 
 
 def fab(*args, **env):
-    proc = subprocess.run([str(FAB), *args], cwd=ROOT, env={**os.environ, "COLUMNS": "200", **env}, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    proc = run_fab(args, cwd=ROOT, env={**os.environ, "COLUMNS": "200", **env}, timeout=120)
     proc.out = proc.stdout + proc.stderr
     return proc
 

@@ -4,11 +4,10 @@ training): a run that failed or was stopped on its own, a store that boto3 canno
 endpoint nobody answers), a malformed pointer among good ones, a checkpoint whose bytes do not match their md5."""
 
 import os
-import subprocess
 
 import pytest
 import yaml
-from conftest import FAB, ROOT
+from conftest import ROOT, run_fab
 from storage_check import client, new_bucket, seed_run
 
 from deploy.localhost import free_port
@@ -43,8 +42,7 @@ class Store:
         return seed_run(self.s3, self.bucket, "team/", run, **changes)
 
     def fab(self, *args, env=None, timeout=120):
-        proc = subprocess.run([str(FAB), *map(str, args)], cwd=ROOT, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = run_fab(args, cwd=ROOT, env={**self.env, **(env or {})}, timeout=timeout)
         proc.out = proc.stdout + proc.stderr
         return proc
 
