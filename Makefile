@@ -14,9 +14,10 @@ TEST_WORKERS ?= 2
 test: system-deps venv
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# The edit-test loop: every test that starts no TensorFlow and no sshd (tests/kinds.py), in under a minute.
+# The edit-test loop: every test that starts no TensorFlow and no sshd (tests/kinds.py), in under a minute
+# (many of them wait on a timeout or a retry: two workers overlap the waits).
 test-fast: venv
-	$(BIN)/python -m pytest --fast $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --fast -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: system-deps venv
 	$(BIN)/python -m deploy.demo

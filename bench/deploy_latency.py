@@ -74,7 +74,9 @@ class Bench:
     def env_for(self, repo, name, project_dir):
         inventory = {**self.inventory, "remote": {**self.remote, "project_dir": project_dir}}
         (self.tmp / name).write_text(yaml.safe_dump(inventory))
-        return {**os.environ, "FACENET_INVENTORY": str(self.tmp / name), "FACENET_STATE_DIR": str(self.tmp / "state"), "PYTHONPATH": str(repo)}
+        # bytecode cached, as on a laptop (some sandboxes set PYTHONDONTWRITEBYTECODE: every fab would compile this project)
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+        return {**env, "FACENET_INVENTORY": str(self.tmp / name), "FACENET_STATE_DIR": str(self.tmp / "state"), "PYTHONPATH": str(repo)}
 
     def fab(self, *args, check=True, repo=None):
         repo = repo or self.repo
