@@ -6,17 +6,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo lint bench system-deps venv clean
+.PHONY: test test-fast demo lint bench system-deps venv bytecode clean
 
 # The whole suite on two pytest-xdist workers (tests/kinds.py orders and groups the tests): on 2 cores
 # 27 min against 73 in one process (TEST_WORKERS=0), most tests waiting on sshd, tmux and trainers.
 TEST_WORKERS ?= 2
-test: system-deps venv
+test: system-deps venv bytecode
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The edit-test loop: every test that starts no TensorFlow and no sshd (tests/kinds.py), in under a minute
 # (many of them wait on a timeout or a retry: two workers overlap the waits).
-test-fast: venv
+test-fast: venv bytecode
 	$(BIN)/python -m pytest --fast -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: system-deps venv
@@ -31,6 +31,11 @@ bench: venv
 	$(BIN)/python bench/deploy_latency.py
 
 venv: $(STAMP)
+
+# The project's bytecode, compiled once: where PYTHONDONTWRITEBYTECODE is set (some CI images), every Python
+# the tests start (hundreds of fab processes) would otherwise compile it again.
+bytecode:
+	$(BIN)/python -m compileall -q trainer deploy remote_scripts tests fabfile.py
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
