@@ -113,3 +113,38 @@ def test_a_live_run_whose_status_is_older_than_the_threshold_is_stalled(tmp_path
     os.killpg(group.pid, 9)  # no process lives: not stalled, vanished
     group.wait()
     assert run_state.collect(str(tmp_path), "no-such-session", quick=True)["state"] == "vanished"
+
+
+def test_wait_start_answers_when_the_run_leaves_starting_and_no_later_than_its_bound(tmp_path):
+    """`fab train`'s one query after a launch: a trainer that fails its checks 2 s in is reported failed, not started
+    (a fixed 1 s wait called such a run started whenever the host was slow); one still starting gets the bound."""
+    runs, script = tmp_path / "runs", ROOT / "remote_scripts" / "run_state.py"
+    trainer = subprocess.Popen(["bash", "-c", "sleep 2"], start_new_session=True)
+    try:
+        run_state.record_launch(str(runs / "r1"), trainer.pid, "python -m trainer train (a stand-in)")
+        (runs / ".current").write_text("r1\n")
+
+        def query(*extra):
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, str(script), "--runs-dir", str(runs), "--session", "none", "--quick", *extra],
+                                  capture_output=True, text=True, timeout=60)
+            return json.loads(proc.stdout)["state"], time.monotonic() - started
+
+        assert query()[0] == "starting"
+        waiter = subprocess.Popen([sys.executable, str(script), "--runs-dir", str(runs), "--session", "none", "--quick",
+                                   "--wait-start", "30"], stdout=subprocess.PIPE, text=True)
+        trainer.wait()
+        launch_id = json.loads((runs / "r1" / "launch.json").read_text())["launch_id"]
+        run_state.record_exit(str(runs / "r1"), 2, launch_id=launch_id)  # what the launcher does when the trainer exits 2
+        assert json.loads(waiter.communicate(timeout=30)[0])["state"] == "failed"
+    finally:
+        trainer.kill()
+
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        run_state.record_launch(str(runs / "r2"), live.pid, "python -m trainer train (a stand-in)")
+        state, took = query("--run", "r2", "--wait-start", "1.5")
+        assert state == "starting" and 1.5 <= took < 10, (state, took)
+    finally:
+        live.kill()
+        live.wait()
