@@ -306,6 +306,47 @@ def case_threads():
             "train_traces": sum(training for _, training in Probe.calls)}  # clips of one length: one trace per fit call
 
 
+class SlowOnce(keras.layers.Layer):
+    """Identity whose first run (not its trace) sleeps `seconds`: a first call whose graph optimisation
+    and first execution take long, as they do for a large steps_per_execution."""
+
+    slept = False
+
+    def __init__(self, seconds=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def _sleep_once(self):
+        if not SlowOnce.slept:
+            SlowOnce.slept = True
+            time.sleep(self.seconds)
+        return np.float32(0.0)
+
+    def call(self, x, training=False):
+        zero = tf.py_function(self._sleep_once, [], tf.float32)
+        zero.set_shape([])
+        return x + tf.cast(zero, x.dtype)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def case_slow_first_call():
+    """One device with a cluster's watchdog of 2 s: the first call takes 5 s (then each call well within 2 s)."""
+    from trainer.training.peers import Watchdog
+
+    status = Path(tempfile.mkdtemp()) / "status.json"
+    status.write_text(json.dumps({"state": "running"}))
+    watch = Watchdog(2, status, "no call of K training steps ended within 2 s", first_call_seconds=30)
+    x, y = clips(16, seed=3)
+    model = compile_model(project_model(probe=SlowOnce(5.0)), DEFAULTS["train"], CLASSES)
+    t0 = time.monotonic()
+    loop.fit(model, strategy_of_case(), Batches(x, y, 4), Batches(x[:4], y[:4], 4), 2, [], log=lambda s: None,
+             steps_per_execution=2, watchdog=watch)
+    watch.close()
+    return {"survived": True, "slept": SlowOnce.slept, "seconds": round(time.monotonic() - t0, 1)}
+
+
 def case_confusion_images():
     """One device, 2 epochs with ConfusionImages: how often the validation clips were read."""
     from trainer.training.callbacks import AtomicModelCheckpoint, ConfusionImages

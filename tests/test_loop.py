@@ -118,6 +118,13 @@ def test_validation_pictures_come_from_the_epochs_own_evaluation():
     assert out["image_files"] >= 1, out
 
 
+def test_a_first_call_longer_than_the_collective_timeout_is_not_a_lost_peer():
+    """Review D1: the first call of a newly traced function (graph optimisation + first run, which grow
+    with steps_per_execution) counted against collective_timeout: healthy workers were killed as PeerLost."""
+    out = run_case("slow_first_call")
+    assert out["survived"] and out["slept"], out
+
+
 def test_threads_stay_bounded_over_2000_steps_on_two_workers():
     """Defect 2: each collective with a timeout left a thread sleeping out the timeout (thousands)."""
     results = run_case_on_workers("threads", timeout=600)

@@ -64,7 +64,8 @@ class Feeder:
     def run(self, gen, step, sums, on_batch=None, name="data"):
         """`sums = step(batches, sums)` over every usable batch of `gen`, K batches per call; the last sums."""
         indices = self.usable(gen, name)
-        k, ahead = self.per_execution, 2 * self.per_execution + 2
+        k = min(self.per_execution, len(indices))  # K clamped to the epoch's steps
+        ahead = 2 * k + 2
         pending = collections.deque(self.pool.submit(self._load, gen, i) for i in indices[:ahead])
         submitted = len(pending)
         done = 0

@@ -6,6 +6,7 @@ never answers, and the errors a collective raises when one died.
         watch.expect("no step ended for 300 s ...")   # another message, 300 s from now
         ... watch.beat()                              # after each step: 300 s from now again
         watch.pause()                                 # this worker's own work (saving): no deadline until the next beat
+        watch.first_call()                            # a newly traced function's first call: first_call_seconds from now
     lost_peer(error, workers=2)                       # the error of a collective whose peer died
 
 Past the deadline the watchdog records its message as the run's failure (PeerLost) in status.json
@@ -14,6 +15,12 @@ waits inside TensorFlow's C++, holding the GIL while it joins the cluster, with 
 TensorFlow's preemption notifier, so no thread, exception or signal handler of this process would
 run. One timer reset by every step replaces TensorFlow's per-collective timeout, which starts a
 thread per collective that sleeps out the whole timeout: thousands of threads an epoch.
+
+The deadline is per call of K training steps (train.steps_per_execution), not per step. The first
+call of a newly traced function also optimises its graph and runs it for the first time, which
+grows with K (53 s at K=24 on a loaded 2-core host, against 0.9 s for a later call at K=16): it gets
+`first_call_allowance(seconds)` = max(4 x seconds, 600 s) instead, on every worker (each traces its
+own functions), so a peer that freezes during a first call is detected within that allowance.
 """
 
 import os
@@ -23,6 +30,7 @@ import sys
 WATCHDOG = r"""
 import json, os, select, signal, sys, time
 pid, seconds, status_path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+first_call = float(sys.argv[5])
 fd, pending = sys.stdin.fileno(), b""
 deadline = time.monotonic() + seconds
 while True:
@@ -34,9 +42,14 @@ while True:
         sys.exit(0)  # the pipe closed: the trainer is past what is watched (or ended)
     *lines, pending = (pending + data).split(b"\n")
     for line in lines:
-        deadline = None if line == b"\x00pause" else time.monotonic() + seconds
-        if line and line != b"\x00pause":
-            message = line.decode(errors="replace")
+        if line == b"\x00pause":
+            deadline = None
+        elif line == b"\x00first":
+            deadline = time.monotonic() + first_call
+        else:
+            deadline = time.monotonic() + seconds
+            if line:
+                message = line.decode(errors="replace")
 print("PeerLost: " + message, flush=True)
 try:
     with open(status_path) as f:
@@ -52,16 +65,27 @@ finally:
 """
 
 
-class Watchdog:
-    """A process that kills this one `seconds` after the last beat, recording `message` (see above)."""
+def first_call_allowance(seconds):
+    """The deadline of a newly traced function's first call (its graph optimisation and first run)."""
+    return max(4 * seconds, 600)
 
-    def __init__(self, seconds, status_path, message):
+
+class Watchdog:
+    """A process that kills this one `seconds` after the last beat, recording `message` (see above);
+    `first_call_seconds` after a `first_call()` (default: first_call_allowance(seconds))."""
+
+    def __init__(self, seconds, status_path, message, first_call_seconds=None):
         self.seconds = seconds
+        self.first_call_seconds = first_call_allowance(seconds) if first_call_seconds is None else first_call_seconds
         self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), str(status_path),
-                                      _one_line(message)], stdin=subprocess.PIPE)
+                                      _one_line(message), str(self.first_call_seconds)], stdin=subprocess.PIPE)
 
     def beat(self):
         self._send(b"\n")
+
+    def first_call(self):
+        """A newly traced function is about to be optimised and run for the first time: the longer allowance."""
+        self._send(b"\x00first\n")
 
     def pause(self):
         self._send(b"\x00pause\n")
@@ -100,6 +124,9 @@ class NoWatchdog:
         pass
 
     def pause(self):
+        pass
+
+    def first_call(self):
         pass
 
     def close(self):

@@ -166,7 +166,9 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
         if distribute.worker_count(strategy) > 1:
             _same_data_as_the_chief(strategy, prepared, distribution)
-            watch.expect(f"worker {distribution['worker']}: no training step ended within train.collective_timeout ({timeout} s): "
+            k = cfg["train"]["steps_per_execution"]
+            watch.expect(f"worker {distribution['worker']}: no call of {k} training step(s) (train.steps_per_execution) ended within "
+                         f"train.collective_timeout ({timeout} s; a newly traced call's first run: {peers.first_call_allowance(timeout):g} s): "
                          "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
                          f"Resume every worker with: python -m trainer train --resume {run_dir}")
         chief = distribute.worker_index(strategy) == 0

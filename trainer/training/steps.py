@@ -29,7 +29,7 @@ import tensorflow as tf
 class Steps:
     def __init__(self, model, strategy, classes, class_weights, watchdog=None):
         self.model, self.strategy, self.classes = model, strategy, classes
-        self.watchdog = watchdog  # trainer/training/peers.py: paused while a step is traced (this worker's own work)
+        self.watchdog = watchdog  # trainer/training/peers.py: paused while a step is traced, then the first-call allowance
         self.replicas = strategy.num_replicas_in_sync
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.size = 1 + classes * classes  # loss sum, then the flat confusion counts
@@ -74,8 +74,8 @@ class Steps:
             if self.watchdog is not None:  # Python runs here only while tracing, which may take long on a busy host
                 self.watchdog.pause()
             out = self.strategy.run(replica_fn, args=(batches, sums))
-            if self.watchdog is not None:
-                self.watchdog.beat()  # the graph's optimisation and the first call (its collectives) are watched again
+            if self.watchdog is not None:  # the graph's optimisation and first run (its collectives): the longer allowance
+                self.watchdog.first_call()
             return out
 
         return run
