@@ -37,7 +37,7 @@ def test_the_watchdog_waits_while_steps_end_or_it_is_paused_and_kills_after_the_
     assert 9 < took < 20, took  # 4 s of steps + 3 s paused + the 2 s timeout (+ Python's start)
     recorded = json.loads(status.read_text())
     assert recorded["state"] == "failed" and recorded["epoch"] == 3
-    assert recorded["error"] == {"type": "PeerLost", "message": "no step ended within 2 s"}
+    assert recorded["error"] == {"type": "PeerLost", "message": "no step ended within 2 s", "cause": "timeout", "local": False}
 
 
 @pytest.mark.tf

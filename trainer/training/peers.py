@@ -54,7 +54,7 @@ print("PeerLost: " + message, flush=True)
 try:
     with open(status_path) as f:
         status = json.load(f)
-    status.update(state="failed", error={"type": "PeerLost", "message": message},
+    status.update(state="failed", error={"type": "PeerLost", "message": message, "cause": "timeout", "local": False},
                   updated_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
     tmp = status_path + ".watchdog.tmp"
     with open(tmp, "w") as f:
@@ -146,4 +146,13 @@ def lost_peer(error, workers):
     if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
                           tf.errors.AbortedError)):
         return True
-    return workers > 1 and isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError))
+    return workers > 1 and local_failure(error)
+
+
+def local_failure(error):
+    """Whether `error` is a failure of this worker's own collective library (NCCL's InternalError or
+    UnknownError), as opposed to the signal that a peer is gone (unavailable, cancelled, ...): the
+    cluster's verdict (deploy/cluster.py) blames the worker whose own collective failed."""
+    import tensorflow as tf
+
+    return isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError))
