@@ -287,6 +287,39 @@ def case_short_batch():
     return out
 
 
+def case_short_validation():
+    """2 replicas, K=3, global batch 4: 9 validation clips leave a last batch of one clip. The project's
+    generator merges it; one without require_rows (Batches) cannot. How many clips were scored."""
+    from trainer.data.generator import FixedVideoFacenetGenerator
+    from trainer.errors import DataError
+
+    class Counter(keras.callbacks.Callback):
+        scored = []
+
+        def validation_confusion(self, epoch, matrix):
+            Counter.scored.append(int(matrix.sum()))
+
+    tmp = Path(tempfile.mkdtemp())
+    x, y = clips(9, seed=4)
+    files = []
+    for i, clip in enumerate(x):
+        np.savez(tmp / f"{i}.npz", video_features=clip)
+        files.append(tmp / f"{i}.npz")
+    strategy = strategy_of_case()
+    out = {}
+    for name, val in (("project", FixedVideoFacenetGenerator(files, y, 4, shuffle=False, feature_dim=DIM, seed=1)),
+                      ("plain", Batches(x, y, 4))):
+        with strategy.scope():
+            model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
+        Counter.scored = []
+        try:
+            loop.fit(model, strategy, Batches(x[:8], y[:8], 4), val, 1, [Counter()], log=lambda s: None, steps_per_execution=3)
+            out[name] = {"scored": Counter.scored}
+        except DataError as e:
+            out[name] = {"error": str(e)}
+    return out
+
+
 def case_threads():
     """One of 2 loopback workers: 2000 steps of a tiny model; the process's threads before and after, and
     how often the training step was traced."""

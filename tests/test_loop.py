@@ -111,6 +111,15 @@ def test_a_short_last_batch_is_merged_so_no_replica_gets_zero_rows():
     assert any("merged" in line and "1 clip" in line for line in out["log"]), out
 
 
+def test_no_validation_clip_is_dropped_a_generator_that_cannot_merge_a_short_batch_is_an_error():
+    """Review D4: 9 validation clips on 2 replicas (batch 4, K=3) were scored as 8 with a generator
+    without require_rows: the short batch was left out."""
+    out = run_case("short_validation", replicas=2)
+    assert out["project"] == {"scored": [9]}, out
+    error = out["plain"].get("error", "")
+    assert "validation generator Batches" in error and "1 clip(s)" in error and "require_rows" in error, out
+
+
 def test_validation_pictures_come_from_the_epochs_own_evaluation():
     """Defect 7: ConfusionImages predicted the validation clips again at every new best epoch."""
     out = run_case("confusion_images")

@@ -61,7 +61,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     model._initial_epoch = None
     feeder = Feeder(strategy, workers, steps_per_execution, log)
     feeder.whole_shares(train_gen, "training")
-    feeder.whole_shares(val_gen, "validation")
+    feeder.whole_shares(val_gen, "validation", evaluation=True)
     watch.pause()  # the chief may restore a backup here
     cbs.on_train_begin()
     watch.beat()
