@@ -320,6 +320,26 @@ def case_short_validation():
     return out
 
 
+def case_epoch_timing():
+    """One device, StatusCallback: validation batches that take 1.5 s each to read (3 s an epoch)."""
+    from trainer.training.callbacks import StatusCallback
+    from trainer.training.status import RunStatus
+
+    class SlowBatches(Batches):
+        def share(self, index, part, parts):
+            time.sleep(1.5)
+            return super().share(index, part, parts)
+
+    tmp = Path(tempfile.mkdtemp())
+    x, y = clips(16, seed=5)
+    model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
+    status = RunStatus(tmp, 2)
+    loop.fit(model, strategy_of_case(), Batches(x, y, 4), SlowBatches(x[:8], y[:8], 4), 2, [StatusCallback(status, "val_loss", "min")],
+             log=lambda s: None)
+    st = json.loads((tmp / "status.json").read_text())
+    return {k: st.get(k) for k in ("last_epoch_seconds", "last_epoch_train_seconds")}
+
+
 def case_threads():
     """One of 2 loopback workers: 2000 steps of a tiny model; the process's threads before and after, and
     how often the training step was traced."""

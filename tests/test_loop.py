@@ -120,6 +120,13 @@ def test_no_validation_clip_is_dropped_a_generator_that_cannot_merge_a_short_bat
     assert "validation generator Batches" in error and "1 clip(s)" in error and "require_rows" in error, out
 
 
+def test_status_records_the_epochs_training_seconds_without_its_validation():
+    """Review D5: bench/scaling.py divided training samples by the epoch's training + validation time."""
+    out = run_case("epoch_timing")
+    assert out["last_epoch_train_seconds"] is not None, out
+    assert out["last_epoch_train_seconds"] + 2.5 < out["last_epoch_seconds"], out  # 2 validation batches of 1.5 s left out
+
+
 def test_validation_pictures_come_from_the_epochs_own_evaluation():
     """Defect 7: ConfusionImages predicted the validation clips again at every new best epoch."""
     out = run_case("confusion_images")

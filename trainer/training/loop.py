@@ -45,7 +45,9 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     `steps_per_execution` batches go to the device per call; `watchdog` (trainer/training/peers.py) is beaten
     after every call. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
     validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
-    every call's progress."""
+    every call's progress; one with `training_done(epoch, seconds)` hears how long the epoch's
+    training took, its validation left out (host time until the last training call returned: on a
+    GPU, device work still queued then is counted in the validation's time)."""
     history = History()
     cbs = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=len(train_gen), verbose=0)
     classes = model.output_shape[-1]
@@ -69,6 +71,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     logs = {}
     progress = next((c.batch_done for c in callbacks if hasattr(c, "batch_done")), None)  # StatusCallback's heartbeat
     confusion_takers = [c for c in callbacks if hasattr(c, "validation_confusion")]
+    timers = [c for c in callbacks if hasattr(c, "training_done")]
 
     def step_done(done, total):
         watch.beat()
@@ -79,7 +82,9 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
         for epoch in range(start, epochs):
             t0 = time.monotonic()
             cbs.on_epoch_begin(epoch)
+            t_train = time.monotonic()
             train = feeder.run(train_gen, steps.train, steps.zeros(), on_batch=step_done, name="training")
+            train_seconds = time.monotonic() - t_train
             val = feeder.run(val_gen, steps.evaluate, steps.zeros(), on_batch=lambda done, total: watch.beat(), name="validation")
             train, val = steps.totals(train, val)  # the epoch's one all-reduce and wait for the device
             watch.pause()
@@ -90,6 +95,8 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
                 raise NonFiniteLoss(epoch + 1, logs["loss"])  # the same loss on every worker: all stop here
             for taker in confusion_takers:
                 taker.validation_confusion(epoch, _confusion(val))
+            for timer in timers:
+                timer.training_done(epoch, train_seconds)
             cbs.on_epoch_end(epoch, logs)
             train_gen.on_epoch_end()
             log(line)
