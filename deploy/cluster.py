@@ -135,14 +135,17 @@ def cost_line(hosts, infos):
 
 
 def cluster_cost(prices, uptimes, eta_seconds):
-    """One line from {host: USD per hour or None}, {host: seconds up or None} and the run's ETA in seconds."""
+    """One line from {host: USD per hour or None}, {host: seconds up or None} and the run's ETA in seconds.
+    Hosts without a price are named; the others' cost is still shown, as theirs only."""
     unknown = [name for name, price in prices.items() if not price]
-    if unknown:
+    known = {name: price for name, price in prices.items() if price}
+    if not known:
         return f"cluster cost: set price_per_hour in the inventory for {', '.join(unknown)} to see the cluster's cost"
-    total = sum(prices.values())
-    text = f"cluster cost ${total:g}/h ({' + '.join(f'{name} ${price:g}' for name, price in prices.items())})"
-    if all(uptimes.get(name) is not None for name in prices):
-        text += f": ${sum(uptimes[name] / 3600 * price for name, price in prices.items()):.2f} so far"
+    total = sum(known.values())
+    text = f"cluster cost ${total:g}/h ({' + '.join(f'{name} ${price:g}' for name, price in known.items())}"
+    text += f"; {', '.join(unknown)} not counted: set price_per_hour in the inventory)" if unknown else ")"
+    if all(uptimes.get(name) is not None for name in known):
+        text += f": ${sum(uptimes[name] / 3600 * price for name, price in known.items()):.2f} so far"
     if eta_seconds:
         hours, rest = divmod(int(eta_seconds), 3600)
         text += f", about ${eta_seconds / 3600 * total:.2f} more to finish (ETA {hours}h{rest // 60:02d}m)"
