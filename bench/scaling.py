@@ -50,8 +50,10 @@ def figures(run_dir):
 def devices_used(run_dir, status):
     """The devices a run trained on: its replicas' devices, and the host's GPUs (environment.json)."""
     env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
-    devices = [d.split("/")[-1] if d != "default" else "default device" for d in status["distribution"]["devices"]]
-    return f"{', '.join(devices)} (host GPUs: {', '.join(env.get('gpus') or []) or 'none'})"
+    devices = [d.replace("/job:localhost/replica:0/task:0/", "").replace("/job:worker/replica:0/", "worker ").lstrip("/")
+               if d != "default" else "default device" for d in status["distribution"]["devices"]]
+    where = " (the chief's; each worker has as many)" if status["distribution"].get("workers") else ""
+    return f"{', '.join(devices)}{where}; host GPUs: {', '.join(env.get('gpus') or []) or 'none'}"
 
 
 def main():
