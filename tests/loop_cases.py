@@ -390,7 +390,7 @@ def case_slow_first_call():
 
     status = Path(tempfile.mkdtemp()) / "status.json"
     status.write_text(json.dumps({"state": "running"}))
-    watch = Watchdog(2, status, "no call of K training steps ended within 2 s", first_call_seconds=30)
+    watch = Watchdog(2, status, "no call of K training steps ended within 2 s", long_seconds=30)
     x, y = clips(16, seed=3)
     model = compile_model(project_model(probe=SlowOnce(5.0)), DEFAULTS["train"], CLASSES)
     t0 = time.monotonic()
@@ -398,6 +398,28 @@ def case_slow_first_call():
              steps_per_execution=2, watchdog=watch)
     watch.close()
     return {"survived": True, "slept": SlowOnce.slept, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def case_slow_chief():
+    """One of 2 loopback workers, each with a watchdog of 4 s (60 s for long waits): the chief's epoch
+    end takes 10 s of its own work (its watchdog paused), which the other worker waits out at the agreement."""
+    from trainer.training.peers import Watchdog
+
+    class SlowChief(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if distribute.worker_index(strategy) == 0:
+                time.sleep(10)
+
+    strategy = strategy_of_case()
+    status = Path(tempfile.mkdtemp()) / "status.json"
+    status.write_text(json.dumps({"state": "running"}))
+    watch = Watchdog(4, status, "no call of K training steps ended within 4 s", long_seconds=60)
+    x, y = clips(8, seed=6)
+    with strategy.scope():
+        model = compile_model(project_model(units=4), DEFAULTS["train"], CLASSES)
+    loop.fit(model, strategy, Batches(x, y, 4), Batches(x[:4], y[:4], 4), 2, [SlowChief()], log=lambda s: None, watchdog=watch)
+    watch.close()
+    return {"survived": True}
 
 
 def case_confusion_images():

@@ -141,6 +141,13 @@ def test_a_first_call_longer_than_the_collective_timeout_is_not_a_lost_peer():
     assert out["survived"] and out["slept"], out
 
 
+def test_a_worker_waits_out_the_chiefs_slow_epoch_end_within_the_long_allowance():
+    """Review D2: the chief pauses only its own watchdog for its epoch end: the other worker, waiting for
+    it at the epoch's agreement, was killed as PeerLost once that took longer than the timeout."""
+    results = run_case_on_workers("slow_chief", timeout=300)
+    assert all(r["survived"] for r in results), results
+
+
 def test_threads_stay_bounded_over_2000_steps_on_two_workers():
     """Defect 2: each collective with a timeout left a thread sleeping out the timeout (thousands)."""
     results = run_case_on_workers("threads", timeout=600)

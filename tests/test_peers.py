@@ -58,12 +58,12 @@ def test_nccl_errors_of_a_lost_peer_are_peer_lost_on_a_cluster_only():
 FIRST_CALL = """
 import sys, time
 from trainer.training.peers import Watchdog
-watch = Watchdog(1, sys.argv[1], "no call of K training steps ended within 1 s", first_call_seconds=4)
-watch.first_call()   # a first call: 4 s, not 1 s
+watch = Watchdog(1, sys.argv[1], "no call of K training steps ended within 1 s", long_seconds=4)
+watch.long_wait()   # a first call: 4 s, not 1 s
 time.sleep(2.5)
 watch.beat()
 print("first call survived", flush=True)
-watch.first_call()
+watch.long_wait()
 time.sleep(30)       # a peer frozen during a first call
 print("not killed", flush=True)
 """

@@ -78,7 +78,8 @@ DEFAULTS = {
         "distribute": "auto",
         # multi_worker: seconds a worker may wait for its peers (to join, or to end a call of K training steps)
         # before the run fails (PeerLost), instead of hanging on a worker that froze or lost its network; the
-        # first call of a newly traced step (graph optimisation + first run) gets max(4 x this, 600 s)
+        # first call of a newly traced step (graph optimisation + first run) and a wait for the chief's
+        # start or epoch end (its own work) get max(4 x this, 600 s)
         "collective_timeout": 300,
     },
 }

@@ -16,8 +16,10 @@ wait for the device come after its validation.
 At the start every worker takes the chief's resumed state (weights, optimizer, epoch, the
 callbacks' counters); at each epoch end the workers agree on stopping, so none is left waiting
 in a collective for a peer that stopped; the watchdog of a cluster (trainer/training/peers.py) is reset by
-every step and paused while the callbacks work. An epoch whose training loss is not finite raises
-NonFiniteLoss before any callback sees it, so no checkpoint or backup holds its weights.
+every call and paused while the callbacks work; a wait for the chief's own work (its backup restored at
+the start, its epoch end) and a newly traced step's first call get its long allowance. An epoch whose
+training loss is not finite raises NonFiniteLoss before any callback sees it, so no checkpoint or
+backup holds its weights.
 """
 
 import time
@@ -66,7 +68,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     feeder.whole_shares(val_gen, "validation", evaluation=True)
     watch.pause()  # the chief may restore a backup here
     cbs.on_train_begin()
-    watch.beat()
+    watch.long_wait()  # the others wait here for the chief's restored backup
     start = _sync_start(strategy, model, getattr(model, "_initial_epoch", None) or 0, resume)
     logs = {}
     progress = next((c.batch_done for c in callbacks if hasattr(c, "batch_done")), None)  # StatusCallback's heartbeat
@@ -86,6 +88,9 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             train = feeder.run(train_gen, steps.train, steps.zeros(), on_batch=step_done, name="training")
             train_seconds = time.monotonic() - t_train
             val = feeder.run(val_gen, steps.evaluate, steps.zeros(), on_batch=lambda done, total: watch.beat(), name="validation")
+            if steps.traced:  # a peer may still be tracing (its evaluation has no collective to wait on us in)
+                watch.long_wait()
+                steps.traced = False
             train, val = steps.totals(train, val)  # the epoch's one all-reduce and wait for the device
             watch.pause()
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
@@ -100,7 +105,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             cbs.on_epoch_end(epoch, logs)
             train_gen.on_epoch_end()
             log(line)
-            watch.beat()
+            watch.long_wait()  # the others wait here for the chief's epoch end (checkpoints, backup): its own work
             stop_now, by_signal = distribute.agree(strategy, [model.stop_training, stop is not None and stop.requested])
             if by_signal:
                 history.stopped_by_signal = True

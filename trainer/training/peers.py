@@ -6,7 +6,7 @@ never answers, and the errors a collective raises when one died.
         watch.expect("no step ended for 300 s ...")   # another message, 300 s from now
         ... watch.beat()                              # after each step: 300 s from now again
         watch.pause()                                 # this worker's own work (saving): no deadline until the next beat
-        watch.first_call()                            # a newly traced function's first call: first_call_seconds from now
+        watch.long_wait()                             # a first call, or a wait for the chief's epoch end: long_seconds
     lost_peer(error, workers=2)                       # the error of a collective whose peer died
 
 Past the deadline the watchdog records its message as the run's failure (PeerLost) in status.json
@@ -16,11 +16,15 @@ TensorFlow's preemption notifier, so no thread, exception or signal handler of t
 run. One timer reset by every step replaces TensorFlow's per-collective timeout, which starts a
 thread per collective that sleeps out the whole timeout: thousands of threads an epoch.
 
-The deadline is per call of K training steps (train.steps_per_execution), not per step. The first
-call of a newly traced function also optimises its graph and runs it for the first time, which
-grows with K (53 s at K=24 on a loaded 2-core host, against 0.9 s for a later call at K=16): it gets
-`first_call_allowance(seconds)` = max(4 x seconds, 600 s) instead, on every worker (each traces its
-own functions), so a peer that freezes during a first call is detected within that allowance.
+The deadline is per call of K training steps (train.steps_per_execution), not per step. Two waits
+get `long_allowance(seconds)` = max(4 x seconds, 600 s) instead, on every worker, and a peer that
+freezes during one is detected within it:
+- the first call of a newly traced function, which also optimises its graph and runs it for the
+  first time: that grows with K (53 s at K=24 on a loaded 2-core host, against 0.9 s for a later
+  call at K=16); each worker traces its own functions;
+- a worker's wait for the chief at the start (its backup restored) and at each epoch's end (its
+  checkpoints, backup and pictures written): the chief's own work, which only the chief's
+  watchdog is paused for.
 """
 
 import os
@@ -30,7 +34,7 @@ import sys
 WATCHDOG = r"""
 import json, os, select, signal, sys, time
 pid, seconds, status_path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
-first_call = float(sys.argv[5])
+long_wait = float(sys.argv[5])
 fd, pending = sys.stdin.fileno(), b""
 deadline = time.monotonic() + seconds
 while True:
@@ -44,8 +48,8 @@ while True:
     for line in lines:
         if line == b"\x00pause":
             deadline = None
-        elif line == b"\x00first":
-            deadline = time.monotonic() + first_call
+        elif line == b"\x00long":
+            deadline = time.monotonic() + long_wait
         else:
             deadline = time.monotonic() + seconds
             if line:
@@ -65,27 +69,27 @@ finally:
 """
 
 
-def first_call_allowance(seconds):
+def long_allowance(seconds):
     """The deadline of a newly traced function's first call (its graph optimisation and first run)."""
     return max(4 * seconds, 600)
 
 
 class Watchdog:
     """A process that kills this one `seconds` after the last beat, recording `message` (see above);
-    `first_call_seconds` after a `first_call()` (default: first_call_allowance(seconds))."""
+    `long_seconds` after a `long_wait()` (default: long_allowance(seconds))."""
 
-    def __init__(self, seconds, status_path, message, first_call_seconds=None):
+    def __init__(self, seconds, status_path, message, long_seconds=None):
         self.seconds = seconds
-        self.first_call_seconds = first_call_allowance(seconds) if first_call_seconds is None else first_call_seconds
+        self.long_seconds = long_allowance(seconds) if long_seconds is None else long_seconds
         self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), str(status_path),
-                                      _one_line(message), str(self.first_call_seconds)], stdin=subprocess.PIPE)
+                                      _one_line(message), str(self.long_seconds)], stdin=subprocess.PIPE)
 
     def beat(self):
         self._send(b"\n")
 
-    def first_call(self):
-        """A newly traced function is about to be optimised and run for the first time: the longer allowance."""
-        self._send(b"\x00first\n")
+    def long_wait(self):
+        """A newly traced function's first call, or a wait for the chief's own work: the longer allowance."""
+        self._send(b"\x00long\n")
 
     def pause(self):
         self._send(b"\x00pause\n")
@@ -126,7 +130,7 @@ class NoWatchdog:
     def pause(self):
         pass
 
-    def first_call(self):
+    def long_wait(self):
         pass
 
     def close(self):

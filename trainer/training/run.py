@@ -168,7 +168,8 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
             _same_data_as_the_chief(strategy, prepared, distribution)
             k = cfg["train"]["steps_per_execution"]
             watch.expect(f"worker {distribution['worker']}: no call of {k} training step(s) (train.steps_per_execution) ended within "
-                         f"train.collective_timeout ({timeout} s; a newly traced call's first run: {peers.first_call_allowance(timeout):g} s): "
+                         f"train.collective_timeout ({timeout} s; a newly traced call's first run or a wait for the chief's epoch end: "
+                         f"{peers.long_allowance(timeout):g} s): "
                          "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
                          f"Resume every worker with: python -m trainer train --resume {run_dir}")
         chief = distribute.worker_index(strategy) == 0
