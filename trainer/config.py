@@ -100,10 +100,11 @@ POSITIVE = {
     "train.steps_per_execution",
 }
 # The loop unrolls K steps into one graph: its trace, optimisation and first run grow with K (measured on
-# a 2-core CPU: 53 s at K=24, 163 s for an epoch of 48 steps in one call, against 0.9 s a call at K=16
-# once traced), and 2K+2 batches are read ahead onto the device; at K=64 the host's per-call work is
-# already paid once per 64 steps, so a larger K gains nothing measurable and costs minutes.
-MAX_STEPS_PER_EXECUTION = 64
+# a loaded 2-core CPU: 53 s, and in another run about 5 min, for the first call at K=24; 163 s for an
+# epoch of 48 steps in one call; 0.9 s a call at K=16 once traced), and 2K+2 batches are read ahead onto
+# the device; at K=32 the host's per-call work is already paid once per 32 steps, so a larger K gains
+# little and costs minutes.
+MAX_STEPS_PER_EXECUTION = 32
 FREE_FORM = {"data.label_map"}  # nested mapping checked by check_label_map
 
 
