@@ -5,9 +5,11 @@
 Runs `python -m trainer train` three times (train.batch_size 16 per replica, so the 2-replica runs
 have a global batch of 32 and the 1-device run is given 32 too): one device; MirroredStrategy over
 2 logical devices (FACENET_LOGICAL_CPUS=2 on a CPU machine; on a GPU machine with 2 GPUs, the GPUs); and 2
-workers on 127.0.0.1 with TF_CONFIG. It prints the replicas, the global batch, the last epoch's
-seconds (training and validation) and training samples/s, in all and per replica (per GPU on a GPU
-machine), from each run's status.json and metrics.json, the scaling efficiency (N-replica samples/s
+workers on 127.0.0.1 with TF_CONFIG. It prints the devices each run actually used (status.json's
+distribution, environment.json's GPUs: on a one-GPU host the "mirrored" run is one replica, and the
+bench says so), the replicas, the global batch, the last epoch's training seconds (its validation
+left out: status.json's last_epoch_train_seconds) and training samples/s, in all and per replica
+(per GPU on a GPU machine), from each run's status.json and metrics.json, the scaling efficiency (N-replica samples/s
 over N x the one-device samples/s, on the same global batch), and whether the two workers ended
 with identical weights. On a CPU machine the devices share the same cores: the figures show
 the cost of the distribution machinery, not a speed-up.
@@ -45,6 +47,15 @@ def figures(run_dir):
     return status, train
 
 
+def devices_used(run_dir, status):
+    """The devices a run trained on: its replicas' devices, and the host's GPUs (environment.json)."""
+    env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
+    devices = [d.replace("/job:localhost/replica:0/task:0/", "").replace("/job:worker/replica:0/", "worker ").lstrip("/")
+               if d != "default" else "default device" for d in status["distribution"]["devices"]]
+    where = " (the chief's; each worker has as many)" if status["distribution"].get("workers") else ""
+    return f"{', '.join(devices)}{where}; host GPUs: {', '.join(env.get('gpus') or []) or 'none'}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="a feature folder (default: synthetic CREMA-D clips)")
@@ -75,16 +86,18 @@ def main():
              for k in range(2)]
     finish(procs)
     rows.append(("2 workers (loopback)", tmp / "w0" / "multi"))
-    print(f"{'setup':<22} {'replicas':>8} {'global batch':>12} {'last epoch s':>13} {'samples/s':>10} {'per replica':>12} "
-          f"{'efficiency':>11}")
+    print(f"{'setup':<22} {'replicas':>8} {'global batch':>12} {'train s':>8} {'samples/s':>10} {'per replica':>12} "
+          f"{'efficiency':>11}  devices")
     one = None
     for name, run in rows:
         status, train = figures(run)
-        seconds, replicas = status["last_epoch_seconds"], status["distribution"]["replicas"]
+        seconds, replicas = status["last_epoch_train_seconds"], status["distribution"]["replicas"]
         rate = train / seconds
         one = one or rate  # the first row: one device
-        print(f"{name:<22} {replicas:>8} {status['distribution']['global_batch_size']:>12} {seconds:>13.2f} "
-              f"{rate:>10.0f} {rate / replicas:>12.0f} {rate / (replicas * one):>11.2f}")
+        print(f"{name:<22} {replicas:>8} {status['distribution']['global_batch_size']:>12} {seconds:>8.2f} "
+              f"{rate:>10.0f} {rate / replicas:>12.0f} {rate / (replicas * one):>11.2f}  {devices_used(run, status)}")
+        if name != "1 device" and replicas < 2:
+            print(f"  note: {name} ran on {replicas} replica(s), not 2: not a scaling figure")
     same = json.loads((tmp / "w0" / "multi" / "status.json").read_text())["weights_sha256"] == \
         json.loads((tmp / "w1" / "multi" / "status.json").read_text())["weights_sha256"]
     print(f"2 workers ended with identical weights: {same}")

@@ -135,14 +135,17 @@ def cost_line(hosts, infos):
 
 
 def cluster_cost(prices, uptimes, eta_seconds):
-    """One line from {host: USD per hour or None}, {host: seconds up or None} and the run's ETA in seconds."""
+    """One line from {host: USD per hour or None}, {host: seconds up or None} and the run's ETA in seconds.
+    Hosts without a price are named; the others' cost is still shown, as theirs only."""
     unknown = [name for name, price in prices.items() if not price]
-    if unknown:
+    known = {name: price for name, price in prices.items() if price}
+    if not known:
         return f"cluster cost: set price_per_hour in the inventory for {', '.join(unknown)} to see the cluster's cost"
-    total = sum(prices.values())
-    text = f"cluster cost ${total:g}/h ({' + '.join(f'{name} ${price:g}' for name, price in prices.items())})"
-    if all(uptimes.get(name) is not None for name in prices):
-        text += f": ${sum(uptimes[name] / 3600 * price for name, price in prices.items()):.2f} so far"
+    total = sum(known.values())
+    text = f"cluster cost ${total:g}/h ({' + '.join(f'{name} ${price:g}' for name, price in known.items())}"
+    text += f"; {', '.join(unknown)} not counted: set price_per_hour in the inventory)" if unknown else ")"
+    if all(uptimes.get(name) is not None for name in known):
+        text += f": ${sum(uptimes[name] / 3600 * price for name, price in known.items()):.2f} so far"
     if eta_seconds:
         hours, rest = divmod(int(eta_seconds), 3600)
         text += f", about ${eta_seconds / 3600 * total:.2f} more to finish (ETA {hours}h{rest // 60:02d}m)"
@@ -158,17 +161,35 @@ def cluster_verdict(infos):
         done = sum(s == "finished" for s in states)
         return f"cluster {worst.upper()} ({done} of {len(infos)} workers finished)", code
     bad = [k for k, info in enumerate(infos) if info["state"] in ("failed", "vanished", "preempted")]
-    first = [k for k in bad if ((infos[k].get("status") or {}).get("error") or {}).get("type") != "PeerLost"]
-    culprit = (first or bad)[0]
+    culprit = _culprit(infos, bad)
+    if culprit is None:
+        each = "; ".join(f"worker {k}: {_why(infos[k])}" for k in bad)
+        return (f"cluster {worst.upper()}: which worker failed first cannot be told from their records, each lost contact "
+                f"with a peer ({each})"), code
     why = _why(infos[culprit])
     others = [k for k in bad if k != culprit]
     tail = f"; worker {', '.join(map(str, others))} stopped on losing it (PeerLost)" if others else ""
     return f"cluster {worst.upper()}: worker {culprit} failed first ({why}){tail}", code
 
 
+def _culprit(infos, bad):
+    """The failed worker to blame: the first whose error is its own (not PeerLost: an error, a kill, a
+    vanished trainer), else the one PeerLost whose own collective failed (NCCL: `local` in its record)
+    while the others got the signal of a peer gone; None where the records cannot tell."""
+    errors = {k: (infos[k].get("status") or {}).get("error") or {} for k in bad}
+    own = [k for k in bad if errors[k].get("type") != "PeerLost"]
+    if own:
+        return own[0]
+    local = [k for k in bad if errors[k].get("local")]
+    return local[0] if len(local) == 1 else None
+
+
 def _why(info):
     error = (info.get("status") or {}).get("error") or {}
     record = info.get("exit") or {}
+    if error.get("type") == "PeerLost" and error.get("cause"):
+        own = ", a failure of its own collective" if error.get("local") else ""
+        return f"PeerLost on {error['cause']}{own}: {error.get('message', '')[:160]}"
     if error.get("type"):
         return f"{error['type']}: {error.get('message', '')[:160]}"
     if record.get("exit_code") is not None:

@@ -287,6 +287,59 @@ def case_short_batch():
     return out
 
 
+def case_short_validation():
+    """2 replicas, K=3, global batch 4: 9 validation clips leave a last batch of one clip. The project's
+    generator merges it; one without require_rows (Batches) cannot. How many clips were scored."""
+    from trainer.data.generator import FixedVideoFacenetGenerator
+    from trainer.errors import DataError
+
+    class Counter(keras.callbacks.Callback):
+        scored = []
+
+        def validation_confusion(self, epoch, matrix):
+            Counter.scored.append(int(matrix.sum()))
+
+    tmp = Path(tempfile.mkdtemp())
+    x, y = clips(9, seed=4)
+    files = []
+    for i, clip in enumerate(x):
+        np.savez(tmp / f"{i}.npz", video_features=clip)
+        files.append(tmp / f"{i}.npz")
+    strategy = strategy_of_case()
+    out = {}
+    for name, val in (("project", FixedVideoFacenetGenerator(files, y, 4, shuffle=False, feature_dim=DIM, seed=1)),
+                      ("plain", Batches(x, y, 4))):
+        with strategy.scope():
+            model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
+        Counter.scored = []
+        try:
+            loop.fit(model, strategy, Batches(x[:8], y[:8], 4), val, 1, [Counter()], log=lambda s: None, steps_per_execution=3)
+            out[name] = {"scored": Counter.scored}
+        except DataError as e:
+            out[name] = {"error": str(e)}
+    return out
+
+
+def case_epoch_timing():
+    """One device, StatusCallback: validation batches that take 1.5 s each to read (3 s an epoch)."""
+    from trainer.training.callbacks import StatusCallback
+    from trainer.training.status import RunStatus
+
+    class SlowBatches(Batches):
+        def share(self, index, part, parts):
+            time.sleep(1.5)
+            return super().share(index, part, parts)
+
+    tmp = Path(tempfile.mkdtemp())
+    x, y = clips(16, seed=5)
+    model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
+    status = RunStatus(tmp, 2)
+    loop.fit(model, strategy_of_case(), Batches(x, y, 4), SlowBatches(x[:8], y[:8], 4), 2, [StatusCallback(status, "val_loss", "min")],
+             log=lambda s: None)
+    st = json.loads((tmp / "status.json").read_text())
+    return {k: st.get(k) for k in ("last_epoch_seconds", "last_epoch_train_seconds")}
+
+
 def case_threads():
     """One of 2 loopback workers: 2000 steps of a tiny model; the process's threads before and after, and
     how often the training step was traced."""
@@ -304,6 +357,69 @@ def case_threads():
     loop.fit(model, strategy, Batches(x, y, 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)
     return {"threads_before": before, "threads_after": threads(), "steps": 2000, "seconds": round(time.monotonic() - t0, 1),
             "train_traces": sum(training for _, training in Probe.calls)}  # clips of one length: one trace per fit call
+
+
+class SlowOnce(keras.layers.Layer):
+    """Identity whose first run (not its trace) sleeps `seconds`: a first call whose graph optimisation
+    and first execution take long, as they do for a large steps_per_execution."""
+
+    slept = False
+
+    def __init__(self, seconds=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def _sleep_once(self):
+        if not SlowOnce.slept:
+            SlowOnce.slept = True
+            time.sleep(self.seconds)
+        return np.float32(0.0)
+
+    def call(self, x, training=False):
+        zero = tf.py_function(self._sleep_once, [], tf.float32)
+        zero.set_shape([])
+        return x + tf.cast(zero, x.dtype)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def case_slow_first_call():
+    """One device with a cluster's watchdog of 2 s: the first call takes 5 s (then each call well within 2 s)."""
+    from trainer.training.peers import Watchdog
+
+    status = Path(tempfile.mkdtemp()) / "status.json"
+    status.write_text(json.dumps({"state": "running"}))
+    watch = Watchdog(2, status, "no call of K training steps ended within 2 s", long_seconds=30)
+    x, y = clips(16, seed=3)
+    model = compile_model(project_model(probe=SlowOnce(5.0)), DEFAULTS["train"], CLASSES)
+    t0 = time.monotonic()
+    loop.fit(model, strategy_of_case(), Batches(x, y, 4), Batches(x[:4], y[:4], 4), 2, [], log=lambda s: None,
+             steps_per_execution=2, watchdog=watch)
+    watch.close()
+    return {"survived": True, "slept": SlowOnce.slept, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def case_slow_chief():
+    """One of 2 loopback workers, each with a watchdog of 4 s (60 s for long waits): the chief's epoch
+    end takes 10 s of its own work (its watchdog paused), which the other worker waits out at the agreement."""
+    from trainer.training.peers import Watchdog
+
+    class SlowChief(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if distribute.worker_index(strategy) == 0:
+                time.sleep(10)
+
+    strategy = strategy_of_case()
+    status = Path(tempfile.mkdtemp()) / "status.json"
+    status.write_text(json.dumps({"state": "running"}))
+    watch = Watchdog(4, status, "no call of K training steps ended within 4 s", long_seconds=60)
+    x, y = clips(8, seed=6)
+    with strategy.scope():
+        model = compile_model(project_model(units=4), DEFAULTS["train"], CLASSES)
+    loop.fit(model, strategy, Batches(x, y, 4), Batches(x[:4], y[:4], 4), 2, [SlowChief()], log=lambda s: None, watchdog=watch)
+    watch.close()
+    return {"survived": True}
 
 
 def case_confusion_images():

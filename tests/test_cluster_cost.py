@@ -14,6 +14,13 @@ def test_the_cluster_cost_sums_every_hosts_price_so_far_and_to_the_end():
     assert "gpu2" in cluster_cost({"gpu1": 3.0, "gpu2": None}, {}, 1800) and "set price_per_hour" in cluster_cost({"gpu2": None}, {}, 0)
 
 
+def test_a_host_without_a_price_is_named_and_the_known_hosts_cost_still_shown():
+    """Review (minor): one host without a price hid the cost of the others."""
+    line = cluster_cost({"a": 2.0, "b": None, "c": None}, {"a": 3600, "b": 3600, "c": None}, eta_seconds=1800)
+    assert line == ("cluster cost $2/h (a $2; b, c not counted: set price_per_hour in the inventory): $2.00 so far, "
+                    "about $1.00 more to finish (ETA 0h30m)"), line
+
+
 def test_the_monitor_line_takes_each_hosts_price_from_the_inventory_or_its_launch_and_the_chiefs_eta(tmp_path):
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump({"hosts": {"gpu1": {"address": "10.0.0.1", "price_per_hour": 2.0}, "gpu2": {"address": "10.0.0.2"}},

@@ -22,6 +22,7 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
     ("data.classes=[ANG]", ["data.classes", "two distinct"]),
     ("data.label_map.crema_d.ANG=ANGRY", ["data.label_map.crema_d.ANG", "'ANGRY'"]),
     ("train.epochs", ["key=value"]),
+    ("train.steps_per_execution=1000000000", ["'train.steps_per_execution'", "at most 32", "1000000000"]),  # review D1
 ])
 def test_bad_values_name_the_key_and_what_was_expected(override, words):
     with pytest.raises(ConfigError) as err:
@@ -71,3 +72,10 @@ def test_a_learning_rate_in_exponent_notation_without_a_dot_is_a_number(tmp_path
     path.write_text("train:\n  learning_rate: fast\n")
     with pytest.raises(ConfigError, match="'train.learning_rate' expects float"):
         load_config(path)
+
+
+def test_steps_per_execution_at_its_bound_is_accepted_and_one_more_is_an_exit_2_config_error():
+    assert load_config(None, ["train.steps_per_execution=32"])["train"]["steps_per_execution"] == 32
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.steps_per_execution=33"])
+    assert err.value.exit_code == 2

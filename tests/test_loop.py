@@ -111,11 +111,41 @@ def test_a_short_last_batch_is_merged_so_no_replica_gets_zero_rows():
     assert any("merged" in line and "1 clip" in line for line in out["log"]), out
 
 
+def test_no_validation_clip_is_dropped_a_generator_that_cannot_merge_a_short_batch_is_an_error():
+    """Review D4: 9 validation clips on 2 replicas (batch 4, K=3) were scored as 8 with a generator
+    without require_rows: the short batch was left out."""
+    out = run_case("short_validation", replicas=2)
+    assert out["project"] == {"scored": [9]}, out
+    error = out["plain"].get("error", "")
+    assert "validation generator Batches" in error and "1 clip(s)" in error and "require_rows" in error, out
+
+
+def test_status_records_the_epochs_training_seconds_without_its_validation():
+    """Review D5: bench/scaling.py divided training samples by the epoch's training + validation time."""
+    out = run_case("epoch_timing")
+    assert out["last_epoch_train_seconds"] is not None, out
+    assert out["last_epoch_train_seconds"] + 2.5 < out["last_epoch_seconds"], out  # 2 validation batches of 1.5 s left out
+
+
 def test_validation_pictures_come_from_the_epochs_own_evaluation():
     """Defect 7: ConfusionImages predicted the validation clips again at every new best epoch."""
     out = run_case("confusion_images")
     assert out["val_reads"] == out["epochs"] * out["val_batches"], out
     assert out["image_files"] >= 1, out
+
+
+def test_a_first_call_longer_than_the_collective_timeout_is_not_a_lost_peer():
+    """Review D1: the first call of a newly traced function (graph optimisation + first run, which grow
+    with steps_per_execution) counted against collective_timeout: healthy workers were killed as PeerLost."""
+    out = run_case("slow_first_call")
+    assert out["survived"] and out["slept"], out
+
+
+def test_a_worker_waits_out_the_chiefs_slow_epoch_end_within_the_long_allowance():
+    """Review D2: the chief pauses only its own watchdog for its epoch end: the other worker, waiting for
+    it at the epoch's agreement, was killed as PeerLost once that took longer than the timeout."""
+    results = run_case_on_workers("slow_chief", timeout=300)
+    assert all(r["survived"] for r in results), results
 
 
 def test_threads_stay_bounded_over_2000_steps_on_two_workers():

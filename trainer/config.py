@@ -68,15 +68,18 @@ DEFAULTS = {
         "workers": 2,
         # training (and evaluation) steps run in one call on the device, as model.fit's steps_per_execution:
         # on a GPU the host's work per call, not the GPU, sets the pace of a small model; 4-16 amortise it.
-        # The status heartbeat and the watchdog of a cluster are reset once per call.
+        # The status heartbeat and the watchdog of a cluster are reset once per call. At most
+        # MAX_STEPS_PER_EXECUTION: the K steps are unrolled into one graph, whose optimisation grows with K.
         "steps_per_execution": 1,
         # auto: the cluster when TF_CONFIG is set (MultiWorkerMirroredStrategy), else every GPU of the
         # host when there are several (MirroredStrategy), else one device; mirrored: MirroredStrategy
         # always; multi_worker: the TF_CONFIG cluster, required; off: one device. batch_size is per
         # replica: the global batch is batch_size x replicas (GPUs of every worker).
         "distribute": "auto",
-        # multi_worker: seconds a worker may wait for its peers (to join, or to end a training step) before
-        # the run fails (PeerLost), instead of hanging on a worker that froze or lost its network
+        # multi_worker: seconds a worker may wait for its peers (to join, or to end a call of K training steps)
+        # before the run fails (PeerLost), instead of hanging on a worker that froze or lost its network; the
+        # first call of a newly traced step (graph optimisation + first run) and a wait for the chief's
+        # start or epoch end (its own work) get max(4 x this, 600 s)
         "collective_timeout": 300,
     },
 }
@@ -96,6 +99,12 @@ POSITIVE = {
     "train.batch_size", "train.epochs", "train.learning_rate", "train.workers", "train.collective_timeout",
     "train.steps_per_execution",
 }
+# The loop unrolls K steps into one graph: its trace, optimisation and first run grow with K (measured on
+# a loaded 2-core CPU: 53 s, and in another run about 5 min, for the first call at K=24; 163 s for an
+# epoch of 48 steps in one call; 0.9 s a call at K=16 once traced), and 2K+2 batches are read ahead onto
+# the device; at K=32 the host's per-call work is already paid once per 32 steps, so a larger K gains
+# little and costs minutes.
+MAX_STEPS_PER_EXECUTION = 32
 FREE_FORM = {"data.label_map"}  # nested mapping checked by check_label_map
 
 
@@ -174,6 +183,9 @@ def check_config(cfg):
             raise ConfigError(f"Config key {dotted!r} expects one of {list(CHOICES[dotted])}. Received: {value!r}")
         if dotted in POSITIVE and value <= 0:
             raise ConfigError(f"Config key {dotted!r} must be > 0. Received: {value!r}")
+    if cfg["train"]["steps_per_execution"] > MAX_STEPS_PER_EXECUTION:
+        raise ConfigError(f"Config key 'train.steps_per_execution' must be at most {MAX_STEPS_PER_EXECUTION} (the K steps of a call "
+                          f"are unrolled into one graph, whose build grows with K). Received: {cfg['train']['steps_per_execution']!r}")
     if not 0 < cfg["split"]["val_fraction"] < 1:
         raise ConfigError(f"Config key 'split.val_fraction' must be between 0 and 1. Received: {cfg['split']['val_fraction']!r}")
     if not 0 <= cfg["split"]["test_fraction"] < 1 or cfg["split"]["val_fraction"] + cfg["split"]["test_fraction"] >= 1:

@@ -22,9 +22,16 @@ class DataError(UserError):
 
 class PeerLost(Exception):
     """A worker of a multi-worker training stopped answering (killed, frozen, network gone): this
-    worker stopped too. Every worker resumes from the chief's backup with `train --resume`."""
+    worker stopped too. Every worker resumes from the chief's backup with `train --resume`.
+    `record` goes into status.json's error beside type and message: `cause`, the error this worker
+    saw (UnavailableError, InternalError, ...), and `local`, whether that was a failure of its own
+    collective library (NCCL's InternalError/UnknownError) rather than the signal of a peer gone."""
 
     exit_code = 4
+
+    def __init__(self, message, cause=None, local=False):
+        super().__init__(message)
+        self.record = {"cause": cause, "local": bool(local)} if cause else {}
 
 
 class NonFiniteLoss(DataError):

@@ -49,10 +49,15 @@ class StatusCallback(keras.callbacks.Callback):
             self.initial_epoch = epoch
             self.status.update(state="running", epoch=epoch)
 
+    def training_done(self, epoch, seconds):
+        """Called by the loop with the epoch's training seconds (its validation left out): samples/s."""
+        self._train_seconds = round(seconds, 3)
+
     def on_epoch_end(self, epoch, logs=None):
         seconds = round(time.monotonic() - self._began, 3)  # training + validation
         slowest = max(seconds, self.status.data.get("slowest_epoch_seconds") or 0)  # the stall threshold's measure
-        self.status.data.update(last_epoch_seconds=seconds, slowest_epoch_seconds=slowest)
+        self.status.data.update(last_epoch_seconds=seconds, slowest_epoch_seconds=slowest,
+                                last_epoch_train_seconds=getattr(self, "_train_seconds", None))
         self.status.epoch_done(epoch, logs or {}, self.monitor, self.mode, self.initial_epoch)
 
 

@@ -12,7 +12,8 @@ batches are read and on their devices before they are needed.
 
 A batch of fewer clips than replicas would give a replica a share of zero rows, which cuDNN kernels
 may abort on: a generator with `require_rows` (FixedVideoFacenetGenerator) merges such a batch into
-another; any other generator's such batches are left out. The log says which.
+another; any other generator's such training batches are left out (the log says so), while such an
+evaluation batch is a DataError naming the generator: evaluation scores every clip or none.
 """
 
 import collections
@@ -40,14 +41,21 @@ class Feeder:
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def whole_shares(self, gen, name):
-        """Make every batch of `gen` hold at least one clip per replica, saying how in the log."""
+    def whole_shares(self, gen, name, evaluation=False):
+        """Make every batch of `gen` hold at least one clip per replica, saying how in the log. An
+        evaluation generator that cannot (no `require_rows`) is a DataError: none of its clips is dropped."""
         if self.replicas == 1:
             return
         merged = gen.require_rows(self.replicas) if hasattr(gen, "require_rows") else []
         if merged:
             self.log(f"Batches ({name}): the short batch of {', '.join(map(str, merged))} clip(s) is merged into another, "
                      f"each epoch: each of the {self.replicas} replicas needs a row of every batch.")
+        short = sorted({gen.batch_rows(i) for i in range(len(gen)) if gen.batch_rows(i) < self.replicas})
+        if evaluation and short:
+            raise DataError(f"The {name} generator {type(gen).__name__} has batch(es) of {', '.join(map(str, short))} clip(s), "
+                            f"fewer than the {self.replicas} replicas, and cannot merge them into another (it has no require_rows): "
+                            f"its clips would be left out of the {name} scores. Give it require_rows(rows), as "
+                            "FixedVideoFacenetGenerator has, or a batch size that leaves no such batch.")
 
     def usable(self, gen, name="data"):
         """The indices of `gen`'s batches with a row for every replica; DataError when none has."""
@@ -64,7 +72,8 @@ class Feeder:
     def run(self, gen, step, sums, on_batch=None, name="data"):
         """`sums = step(batches, sums)` over every usable batch of `gen`, K batches per call; the last sums."""
         indices = self.usable(gen, name)
-        k, ahead = self.per_execution, 2 * self.per_execution + 2
+        k = min(self.per_execution, len(indices))  # K clamped to the epoch's steps
+        ahead = 2 * k + 2
         pending = collections.deque(self.pool.submit(self._load, gen, i) for i in indices[:ahead])
         submitted = len(pending)
         done = 0

@@ -16,8 +16,10 @@ wait for the device come after its validation.
 At the start every worker takes the chief's resumed state (weights, optimizer, epoch, the
 callbacks' counters); at each epoch end the workers agree on stopping, so none is left waiting
 in a collective for a peer that stopped; the watchdog of a cluster (trainer/training/peers.py) is reset by
-every step and paused while the callbacks work. An epoch whose training loss is not finite raises
-NonFiniteLoss before any callback sees it, so no checkpoint or backup holds its weights.
+every call and paused while the callbacks work; a wait for the chief's own work (its backup restored at
+the start, its epoch end) and a newly traced step's first call get its long allowance. An epoch whose
+training loss is not finite raises NonFiniteLoss before any callback sees it, so no checkpoint or
+backup holds its weights.
 """
 
 import time
@@ -45,7 +47,9 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     `steps_per_execution` batches go to the device per call; `watchdog` (trainer/training/peers.py) is beaten
     after every call. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
     validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
-    every call's progress."""
+    every call's progress; one with `training_done(epoch, seconds)` hears how long the epoch's
+    training took, its validation left out (host time until the last training call returned: on a
+    GPU, device work still queued then is counted in the validation's time)."""
     history = History()
     cbs = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=len(train_gen), verbose=0)
     classes = model.output_shape[-1]
@@ -61,14 +65,15 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     model._initial_epoch = None
     feeder = Feeder(strategy, workers, steps_per_execution, log)
     feeder.whole_shares(train_gen, "training")
-    feeder.whole_shares(val_gen, "validation")
+    feeder.whole_shares(val_gen, "validation", evaluation=True)
     watch.pause()  # the chief may restore a backup here
     cbs.on_train_begin()
-    watch.beat()
+    watch.long_wait()  # the others wait here for the chief's restored backup
     start = _sync_start(strategy, model, getattr(model, "_initial_epoch", None) or 0, resume)
     logs = {}
     progress = next((c.batch_done for c in callbacks if hasattr(c, "batch_done")), None)  # StatusCallback's heartbeat
     confusion_takers = [c for c in callbacks if hasattr(c, "validation_confusion")]
+    timers = [c for c in callbacks if hasattr(c, "training_done")]
 
     def step_done(done, total):
         watch.beat()
@@ -79,8 +84,13 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
         for epoch in range(start, epochs):
             t0 = time.monotonic()
             cbs.on_epoch_begin(epoch)
+            t_train = time.monotonic()
             train = feeder.run(train_gen, steps.train, steps.zeros(), on_batch=step_done, name="training")
+            train_seconds = time.monotonic() - t_train
             val = feeder.run(val_gen, steps.evaluate, steps.zeros(), on_batch=lambda done, total: watch.beat(), name="validation")
+            if steps.traced:  # a peer may still be tracing (its evaluation has no collective to wait on us in)
+                watch.long_wait()
+                steps.traced = False
             train, val = steps.totals(train, val)  # the epoch's one all-reduce and wait for the device
             watch.pause()
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
@@ -90,10 +100,12 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
                 raise NonFiniteLoss(epoch + 1, logs["loss"])  # the same loss on every worker: all stop here
             for taker in confusion_takers:
                 taker.validation_confusion(epoch, _confusion(val))
+            for timer in timers:
+                timer.training_done(epoch, train_seconds)
             cbs.on_epoch_end(epoch, logs)
             train_gen.on_epoch_end()
             log(line)
-            watch.beat()
+            watch.long_wait()  # the others wait here for the chief's epoch end (checkpoints, backup): its own work
             stop_now, by_signal = distribute.agree(strategy, [model.stop_training, stop is not None and stop.requested])
             if by_signal:
                 history.stopped_by_signal = True

@@ -6,6 +6,7 @@ never answers, and the errors a collective raises when one died.
         watch.expect("no step ended for 300 s ...")   # another message, 300 s from now
         ... watch.beat()                              # after each step: 300 s from now again
         watch.pause()                                 # this worker's own work (saving): no deadline until the next beat
+        watch.long_wait()                             # a first call, or a wait for the chief's epoch end: long_seconds
     lost_peer(error, workers=2)                       # the error of a collective whose peer died
 
 Past the deadline the watchdog records its message as the run's failure (PeerLost) in status.json
@@ -14,6 +15,16 @@ waits inside TensorFlow's C++, holding the GIL while it joins the cluster, with 
 TensorFlow's preemption notifier, so no thread, exception or signal handler of this process would
 run. One timer reset by every step replaces TensorFlow's per-collective timeout, which starts a
 thread per collective that sleeps out the whole timeout: thousands of threads an epoch.
+
+The deadline is per call of K training steps (train.steps_per_execution), not per step. Two waits
+get `long_allowance(seconds)` = max(4 x seconds, 600 s) instead, on every worker, and a peer that
+freezes during one is detected within it:
+- the first call of a newly traced function, which also optimises its graph and runs it for the
+  first time: that grows with K (53 s, and in another run about 5 min, at K=24 on a loaded 2-core host, against 0.9 s for a later
+  call at K=16); each worker traces its own functions;
+- a worker's wait for the chief at the start (its backup restored) and at each epoch's end (its
+  checkpoints, backup and pictures written): the chief's own work, which only the chief's
+  watchdog is paused for.
 """
 
 import os
@@ -23,6 +34,7 @@ import sys
 WATCHDOG = r"""
 import json, os, select, signal, sys, time
 pid, seconds, status_path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+long_wait = float(sys.argv[5])
 fd, pending = sys.stdin.fileno(), b""
 deadline = time.monotonic() + seconds
 while True:
@@ -34,14 +46,19 @@ while True:
         sys.exit(0)  # the pipe closed: the trainer is past what is watched (or ended)
     *lines, pending = (pending + data).split(b"\n")
     for line in lines:
-        deadline = None if line == b"\x00pause" else time.monotonic() + seconds
-        if line and line != b"\x00pause":
-            message = line.decode(errors="replace")
+        if line == b"\x00pause":
+            deadline = None
+        elif line == b"\x00long":
+            deadline = time.monotonic() + long_wait
+        else:
+            deadline = time.monotonic() + seconds
+            if line:
+                message = line.decode(errors="replace")
 print("PeerLost: " + message, flush=True)
 try:
     with open(status_path) as f:
         status = json.load(f)
-    status.update(state="failed", error={"type": "PeerLost", "message": message},
+    status.update(state="failed", error={"type": "PeerLost", "message": message, "cause": "timeout", "local": False},
                   updated_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
     tmp = status_path + ".watchdog.tmp"
     with open(tmp, "w") as f:
@@ -52,16 +69,27 @@ finally:
 """
 
 
-class Watchdog:
-    """A process that kills this one `seconds` after the last beat, recording `message` (see above)."""
+def long_allowance(seconds):
+    """The deadline of a newly traced function's first call (its graph optimisation and first run)."""
+    return max(4 * seconds, 600)
 
-    def __init__(self, seconds, status_path, message):
+
+class Watchdog:
+    """A process that kills this one `seconds` after the last beat, recording `message` (see above);
+    `long_seconds` after a `long_wait()` (default: long_allowance(seconds))."""
+
+    def __init__(self, seconds, status_path, message, long_seconds=None):
         self.seconds = seconds
+        self.long_seconds = long_allowance(seconds) if long_seconds is None else long_seconds
         self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), str(status_path),
-                                      _one_line(message)], stdin=subprocess.PIPE)
+                                      _one_line(message), str(self.long_seconds)], stdin=subprocess.PIPE)
 
     def beat(self):
         self._send(b"\n")
+
+    def long_wait(self):
+        """A newly traced function's first call, or a wait for the chief's own work: the longer allowance."""
+        self._send(b"\x00long\n")
 
     def pause(self):
         self._send(b"\x00pause\n")
@@ -102,6 +130,9 @@ class NoWatchdog:
     def pause(self):
         pass
 
+    def long_wait(self):
+        pass
+
     def close(self):
         pass
 
@@ -119,4 +150,13 @@ def lost_peer(error, workers):
     if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
                           tf.errors.AbortedError)):
         return True
-    return workers > 1 and isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError))
+    return workers > 1 and local_failure(error)
+
+
+def local_failure(error):
+    """Whether `error` is a failure of this worker's own collective library (NCCL's InternalError or
+    UnknownError), as opposed to the signal that a peer is gone (unavailable, cancelled, ...): the
+    cluster's verdict (deploy/cluster.py) blames the worker whose own collective failed."""
+    import tensorflow as tf
+
+    return isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError))

@@ -82,7 +82,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
             print(f"Run stopped: {e}", flush=True)
             raise
         except BaseException as e:
-            status.update(state="failed", error={"type": type(e).__name__, "message": str(e)})
+            status.update(state="failed", error={"type": type(e).__name__, "message": str(e), **getattr(e, "record", {})})
             if getattr(e, "exit_code", 1) == 1:  # not a UserError nor a lost peer: a defect, show where
                 traceback.print_exc()
             raise
@@ -166,7 +166,10 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
         if distribute.worker_count(strategy) > 1:
             _same_data_as_the_chief(strategy, prepared, distribution)
-            watch.expect(f"worker {distribution['worker']}: no training step ended within train.collective_timeout ({timeout} s): "
+            k = cfg["train"]["steps_per_execution"]
+            watch.expect(f"worker {distribution['worker']}: no call of {k} training step(s) (train.steps_per_execution) ended within "
+                         f"train.collective_timeout ({timeout} s; a newly traced call's first run or a wait for the chief's epoch end: "
+                         f"{peers.long_allowance(timeout):g} s): "
                          "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
                          f"Resume every worker with: python -m trainer train --resume {run_dir}")
         chief = distribute.worker_index(strategy) == 0
@@ -186,7 +189,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
             raise
         raise PeerLost(f"worker {(cluster or {}).get('index', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
                        f"stopped; the failed worker's own record says why. Resume every worker with: "
-                       f"python -m trainer train --resume {run_dir}") from None
+                       f"python -m trainer train --resume {run_dir}", cause=type(e).__name__, local=peers.local_failure(e)) from None
     finally:
         watch.close()
     if not chief:

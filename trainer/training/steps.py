@@ -29,10 +29,11 @@ import tensorflow as tf
 class Steps:
     def __init__(self, model, strategy, classes, class_weights, watchdog=None):
         self.model, self.strategy, self.classes = model, strategy, classes
-        self.watchdog = watchdog  # trainer/training/peers.py: paused while a step is traced (this worker's own work)
+        self.watchdog = watchdog  # trainer/training/peers.py: paused while a step is traced, then the first-call allowance
         self.replicas = strategy.num_replicas_in_sync
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.size = 1 + classes * classes  # loss sum, then the flat confusion counts
+        self.traced = False  # set while a step is traced: the loop gives the epoch's all-reduce the long allowance
         self.skip_together = self.replicas > 1 and isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         fold_replica_into_seeds(model)
         self.train = self._compile(self._train_step)
@@ -71,11 +72,12 @@ class Steps:
 
         @tf.function(reduce_retracing=True)
         def run(batches, sums):
-            if self.watchdog is not None:  # Python runs here only while tracing, which may take long on a busy host
+            self.traced = True  # Python runs here only while tracing
+            if self.watchdog is not None:  # which may take long on a busy host
                 self.watchdog.pause()
             out = self.strategy.run(replica_fn, args=(batches, sums))
-            if self.watchdog is not None:
-                self.watchdog.beat()  # the graph's optimisation and the first call (its collectives) are watched again
+            if self.watchdog is not None:  # the graph's optimisation and first run (its collectives): the longer allowance
+                self.watchdog.long_wait()
             return out
 
         return run
