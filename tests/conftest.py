@@ -25,6 +25,20 @@ def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype
 
 
 @pytest.fixture(autouse=True)
+def _signals_restored():
+    """A trainer run in this process ignores SIGTERM and SIGHUP once its end is recorded (trainer/training/run.py),
+    and an ignored signal stays ignored in every child started after: a later test's `sleep` standing in for a
+    trainer then outlived its SIGTERM (test_notify took 17 s instead of 2). Each test starts with this process's own."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Keep the validation cache of each test in its own temp dir, not in ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

@@ -183,8 +183,9 @@ def test_the_tensorflow_pin_and_log_level_each_have_one_owner():
     inv = load_inventory(REPO_ROOT / "inventory.yaml")
     version = next(r for r in inv.pip["cpu"] if r.startswith("tensorflow-cpu==")).split("==")[1]
     assert f"tensorflow[and-cuda]=={version}" in inv.pip["gpu"]
-    sources = [*REPO_ROOT.glob("deploy/*.py"), *REPO_ROOT.glob("trainer/*.py"), *REPO_ROOT.glob("remote_scripts/*"),
-               *REPO_ROOT.glob("configs/*.yaml"), REPO_ROOT / "inventory.yaml", REPO_ROOT / "Makefile"]
+    sources = [p for p in [*REPO_ROOT.glob("deploy/**/*.py"), *REPO_ROOT.glob("trainer/**/*.py"), *REPO_ROOT.glob("remote_scripts/*"),
+                           *REPO_ROOT.glob("configs/*.yaml"), REPO_ROOT / "inventory.yaml", REPO_ROOT / "Makefile"]
+               if p.is_file()]  # (not remote_scripts/__pycache__)
     assert [p.name for p in sources if version in p.read_text()] == []  # setup.cfg alone pins it
     setters = [p.name for p in [*sources, *REPO_ROOT.glob("tests/*.py"), *REPO_ROOT.glob("bench/*.py")]
                if p.name != Path(__file__).name and any(f"TF_CPP_MIN_LOG_LEVEL{end}" in p.read_text() for end in ('"', "="))]

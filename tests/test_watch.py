@@ -190,18 +190,21 @@ class TwoHosts:
         """Host `name` as EC2 leaves a terminated instance: its network gone, every process of it ended, its disk gone."""
         import shutil
 
-        from deploy.localhost import end_host_processes
+        from deploy.localhost import end_host_processes, processes_under
 
         sshd = self.sshd[name]
         kill_sshd(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)
         sshd.stop()
+        # then at once, as a terminated instance: every process killed (no SIGTERM grace: a trainer finishing its epoch
+        # kept the folders here for up to 10 s, while the watch already deployed to a replacement that shares them)
+        root = self.env.remote_root if self.launched else self.root / f"host {name}"
+        end_host_processes(root, (self.env.inventory["tmux_session"],), timeout=0)
+        wait_until(lambda: not processes_under(root), 30, f"host {name}'s processes to end")  # (a zombie names no path)
         if self.launched:  # the inventory's own remote folders (the venv, shared by both "machines" here, stays)
-            end_host_processes(self.env.remote_root, (self.env.inventory["tmux_session"],))
             for key in ("project_dir", "data_dir", "runs_dir"):
                 shutil.rmtree(self.env.inventory["remote"][key], ignore_errors=True)
         else:
-            end_host_processes(self.root / f"host {name}", (self.env.inventory["tmux_session"],))
-            shutil.rmtree(self.root / f"host {name}")
+            shutil.rmtree(root)
 
     def close(self):
         self.env.cleanup()
