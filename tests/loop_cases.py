@@ -259,17 +259,22 @@ def case_per_execution():
     return out
 
 
+def clip_files(x):
+    """Each clip of `x` as a feature file (video_features) in a new temp dir, for the project's generator."""
+    tmp = Path(tempfile.mkdtemp())
+    files = [tmp / f"{i}.npz" for i in range(len(x))]
+    for path, clip in zip(files, x):
+        np.savez(path, video_features=clip)
+    return files
+
+
 def case_short_batch():
     """2 replicas, the project's generator: 5 clips in global batches of 4 leave a last batch of one
     clip, which would give a replica zero rows."""
     from trainer.data.generator import FixedVideoFacenetGenerator
 
-    tmp = Path(tempfile.mkdtemp())
     x, y = clips(5, seed=8)
-    files = []
-    for i, clip in enumerate(x):
-        np.savez(tmp / f"{i}.npz", video_features=clip)
-        files.append(tmp / f"{i}.npz")
+    files = clip_files(x)
     strategy = strategy_of_case()
     with strategy.scope():
         model = compile_model(project_model(probe=Probe(check_rows=True)), DEFAULTS["train"], CLASSES)
@@ -299,12 +304,8 @@ def case_short_validation():
         def validation_confusion(self, epoch, matrix):
             Counter.scored.append(int(matrix.sum()))
 
-    tmp = Path(tempfile.mkdtemp())
     x, y = clips(9, seed=4)
-    files = []
-    for i, clip in enumerate(x):
-        np.savez(tmp / f"{i}.npz", video_features=clip)
-        files.append(tmp / f"{i}.npz")
+    files = clip_files(x)
     strategy = strategy_of_case()
     out = {}
     for name, val in (("project", FixedVideoFacenetGenerator(files, y, 4, shuffle=False, feature_dim=DIM, seed=1)),
