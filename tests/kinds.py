@@ -7,8 +7,9 @@ TensorFlow and no sshd, for the edit-test loop. `make test` runs every test, wha
           set by hand (module `pytestmark` or a decorator), or by fixture use (tests/fixtures_runs.py)
     slow  trains a model or runs a full deploy (always one of the two above)
 
-Under pytest-xdist (make test runs `-n 2 --dist loadgroup`) the slow kinds go first, and the
-tests that read one shared run (tests/fixtures_runs.py) go to one worker, which trains it once.
+Under pytest-xdist (make test runs `-n 2 --dist loadgroup`) the slow kinds go first, the tests that
+read one shared run (tests/fixtures_runs.py) go to one worker, which trains it once, and so do the
+tests of a module that share a module-scoped fixture of that module.
 
 Under --fast, the tests of these kinds are deselected and the others are held to it: a test that
 imports TensorFlow (here or in a Python it starts) or starts an sshd fails, naming the marker it
@@ -46,6 +47,8 @@ def pytest_collection_modifyitems(config, items):
         if hasattr(config, "workerinput"):  # a pytest-xdist worker: the readers of a shared run share one worker
             for name in sorted(used & TF_FIXTURES):
                 item.add_marker(pytest.mark.xdist_group(name))
+            if _uses_a_module_fixture(item):  # set up once per worker that runs one of the module's tests: one worker
+                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
             _group_for_xdist(config, item)
     if hasattr(config, "workerinput"):
         # the slowest kinds first, so that the quick tests fill the end and no worker waits on a long one
@@ -55,6 +58,13 @@ def pytest_collection_modifyitems(config, items):
         keep = [item for item in items if not any(item.get_closest_marker(m) for m in FAST_SKIPS)]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
+
+
+def _uses_a_module_fixture(item):
+    """Whether the test uses a module-scoped fixture of its own module (test_storage_deploy's `stored` trains and
+    stops a host: run on two workers, it would be made twice)."""
+    infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(d.scope == "module" and d.baseid == item.nodeid.split("::")[0] for defs in infos.values() for d in defs)
 
 
 def _group_for_xdist(config, item):

@@ -126,13 +126,20 @@ class ConfusionImages(keras.callbacks.Callback):
     over with `validation_confusion` before `on_epoch_end`): nothing is predicted again, so the other
     workers of a cluster do not wait for the chief.
 
+    Drawing takes about a second of CPU, longer than an epoch of a small run, and the device waits
+    for it: a new best epoch is drawn at once when the last drawing is `every` seconds old or more,
+    else at the next such best epoch, and the last best epoch at the end of training (a graceful stop
+    included) if it was not drawn yet.
+
         callbacks=[checkpoint, ConfusionImages(checkpoint, classes, "run/logs"), ...]
     """
 
-    def __init__(self, checkpoint, classes, logdir):
+    def __init__(self, checkpoint, classes, logdir, every=60.0):
         super().__init__()
-        self.checkpoint, self.classes, self.logdir = checkpoint, classes, logdir
+        self.checkpoint, self.classes, self.logdir, self.every = checkpoint, classes, logdir, every
         self._before = self._confusion = None
+        self._pending = None  # (epoch, matrix) of the latest best epoch, not drawn yet
+        self._drawn_at = None  # time.monotonic() of the last drawing
 
     def validation_confusion(self, epoch, matrix):
         self._confusion = matrix
@@ -143,13 +150,24 @@ class ConfusionImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.checkpoint.best == self._before or self._confusion is None:
             return
+        self._pending = (epoch, self._confusion)
+        if self._drawn_at is None or time.monotonic() - self._drawn_at >= self.every:
+            self._draw()
+
+    def on_train_end(self, logs=None):
+        if self._pending is not None:
+            self._draw()
+
+    def _draw(self):
         from trainer.results.metrics import metrics_from_confusion
         from trainer.results.plots import confusion_png, log_image, recall_png
 
-        metrics = metrics_from_confusion(self._confusion, self.classes)
+        epoch, matrix = self._pending
+        metrics = metrics_from_confusion(matrix, self.classes)
         name = f"validation, epoch {epoch + 1}"
         log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, name), epoch + 1)
         log_image(self.logdir, "validation/recall_per_class_at_best_epoch", recall_png(metrics, name), epoch + 1)
+        self._pending, self._drawn_at = None, time.monotonic()
 
 
 class ResumeState:

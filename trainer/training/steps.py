@@ -4,6 +4,10 @@
     sums = steps.train(((x, y, n), ...), steps.zeros())   # K batches per call (trainer/training/feeder.py makes them)
     train, val = steps.totals(train_sums, val_sums)       # the epoch's one all-reduce and copy to the host
 
+The steps are traced once per number of batches in a call (K, and the epoch's shorter last call),
+for any batch size and padded clip length: a trace, and the graph optimisation of its first call, take
+seconds (more than an epoch of a small run), so a short last batch or another length does not pay them again.
+
 Each replica sums its own loss and confusion counts (one-hot sums: no op that checks its input on the
 device) into a vector [loss sum, counts of (true, predicted)] that stays on its device, and the sums
 are all-reduced once per epoch: a training step's only collective is the gradients' all-reduce.
@@ -80,7 +84,18 @@ class Steps:
                 self.watchdog.long_wait()
             return out
 
-        return run
+        opened = set()
+
+        def call(batches, sums):
+            # The first call of K batches traces the step for any batch size and padded length, once: traced for
+            # the first batch's shape, the short last batch or the next length would trace (and optimise) it again.
+            # Later calls find that trace (tf.function dispatches a call to a trace of a more general type).
+            if len(batches) not in opened:
+                run.get_concrete_function(tf.nest.map_structure(any_batch_and_length, batches), sums)
+                opened.add(len(batches))
+            return run(batches, sums)
+
+        return call
 
     def _extra_losses(self):
         """The model's own losses (regularisers), as `fit` adds them, each replica's share of them."""
@@ -117,6 +132,20 @@ class Steps:
         predicted = tf.argmax(probs, -1, output_type=tf.int32)
         counts = tf.reduce_sum(tf.one_hot(y * k + predicted, k * k, dtype=tf.float32), 0)
         return tf.concat([tf.reshape(tf.cast(loss_sum, tf.float32), [1]), counts], 0)
+
+
+def any_batch_and_length(value):
+    """The type of a batch's tensor (or of its per-replica shares) with the batch size and the clip length
+    (its first two dimensions) left open: x (batch, frames, features) -> (None, None, features)."""
+    spec = tf.type_spec_from_value(value)
+    if isinstance(spec, tf.TensorSpec):
+        return _open(spec)
+    return type(spec)(*map(_open, spec._value_specs))  # distributed values (PerReplicaSpec): one per replica
+
+
+def _open(spec):
+    dims = spec.shape.as_list()
+    return tf.TensorSpec([None] * min(2, len(dims)) + dims[2:], spec.dtype)
 
 
 def fold_replica_into_seeds(model):
