@@ -70,7 +70,6 @@ def smoke_test(h, restart=False):
     training.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))
 
 
-
 def _deploy_checks(inv, run_name=None, resume_from=None, **_):
     """Before touching the host: data dirs exist and hold *.npz, configs exist in the repo, the run name is valid,
     a run to resume was fetched with its backup."""

@@ -1,6 +1,6 @@
 """Looking at a run from the laptop: monitor, logs, fetch-results, tensorboard-tunnel.
 
-None of them changes the host (no lock); fetch-results also reads run storage when the host
+None of them takes the host's lock (they change no run); fetch-results also reads run storage when the host
 cannot give the run (deploy/runs/storage.py).
 """
 

@@ -53,6 +53,7 @@ def train(h, resume=False, restart=False, run_name=None, folds=None):
 def start_training(h, run_name=None, resume=False, folds=None):
     return agent.start_training(h.conn, h.inv, h.target.label, say, resume=resume, run_name=run_name, folds=folds)
 
+
 def stop_cluster(hosts, group, wait=120):
     cluster.each(hosts, lambda h: training.stop(h.conn, h.inv, prefixed(h), wait=wait))
 
