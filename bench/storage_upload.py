@@ -89,7 +89,7 @@ def main():
     import yaml
     from moto.server import ThreadedMotoServer
 
-    from deploy.localhost import free_port
+    from deploy.demo.localhost import free_port
     from trainer.data.synth import write_corpus
 
     work = Path(tempfile.mkdtemp(prefix="bench-storage-"))

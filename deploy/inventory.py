@@ -66,7 +66,7 @@ DEFAULTS = {
     "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False},
     "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
-    "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/storage.py
+    "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/runs/storage.py
     "launch": {  # `fab launch` (deploy/aws/): the README's "EC2 from scratch" explains each
         "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
         "spot_interruption": "terminate", "disk_gb": 150, "ami": None,

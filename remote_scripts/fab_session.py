@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A `fab` invocation's bookkeeping on the host, in one remote command (deploy/bookkeeping.py sends it).
+"""A `fab` invocation's bookkeeping on the host, in one remote command (deploy/host/bookkeeping.py sends it).
 
     python3 fab_session.py REQUEST_JSON    # one JSON line; while it holds the host lock it stays for `beat` and `release`
 
@@ -31,11 +31,11 @@ import shutil
 import subprocess
 import sys
 
-PARTIAL_DIR = ".rsync-partial"  # deploy/sync.py: rsync's resumable partial files, not part of the data
+PARTIAL_DIR = ".rsync-partial"  # deploy/host/sync.py: rsync's resumable partial files, not part of the data
 
 
 def home(path):
-    """`~` and `~/...` as the remote shell reads them (deploy.hosts.rq); other paths as they are."""
+    """`~` and `~/...` as the remote shell reads them (deploy.host.connection.rq); other paths as they are."""
     return os.path.expanduser(path) if path == "~" or path.startswith("~/") else path
 
 
@@ -120,7 +120,7 @@ def run(*cmd):
 
 
 def provision(request):
-    """What provisioning needs to know (deploy/provision.py): missing apt packages, GPUs, the venv, its marker."""
+    """What provisioning needs to know (deploy/host/provision.py): missing apt packages, GPUs, the venv, its marker."""
     venv = home(request["venv"])
     found = {"uid": os.getuid(), "dpkg": bool(shutil.which("dpkg-query")), "missing": [], "nvidia_smi": None,
              "venv_python": os.access(os.path.join(venv, "bin", "python"), os.X_OK), "venv_pip": False, "marker": ""}
@@ -146,7 +146,7 @@ def provision(request):
 
 
 def tree(path):
-    """[files, bytes] of the regular files under `path`, as deploy/sync.py's verification counts them
+    """[files, bytes] of the regular files under `path`, as deploy/host/sync.py's verification counts them
     (`find -path '*/.rsync-partial' -prune -o -type f`); [0, 0] for a folder that is not there."""
     files = size = 0
     for root, dirs, names in os.walk(home(path)):

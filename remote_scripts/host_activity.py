@@ -10,7 +10,7 @@ run over SSH without a terminal (every `fab` task, rsync, scp) is not one; a `fa
 through its heartbeat and the lock's lease instead. The training's own tmux panes descend from
 the tmux server, not from sshd.
 
-A task that changes the host holds RUNS_DIR/.lock (deploy/lock.py) and touches .lock/lease at
+A task that changes the host holds RUNS_DIR/.lock (deploy/host/lock.py) and touches .lock/lease at
 least every minute while it runs; a lock whose lease is older than its holder's `lease_seconds`
 was left by a task that died and counts for nothing.
 """

@@ -68,7 +68,7 @@ from fab_runner import FAB, run_fab  # noqa: E402  (`fab` from a warm fork serve
 @pytest.fixture(scope="session")
 def ssh_host(tmp_path_factory):
     """A real sshd on 127.0.0.1 at a free port, accepting a key generated for this session."""
-    from deploy.localhost import LocalSSHHost
+    from deploy.demo.localhost import LocalSSHHost
 
     host = LocalSSHHost(tmp_path_factory.mktemp("sshd")).start()
     yield host
@@ -117,7 +117,7 @@ def fresh_venv(tmp_path, _pristine_venv):
 def make_host_venv(path):
     import sysconfig
 
-    from deploy.localhost import seed_venv
+    from deploy.demo.localhost import seed_venv
 
     venv = seed_venv(path, sysconfig.get_paths()["purelib"])
     # TensorFlow's absl lines on another CPU reach stderr whatever TF_CPP_MIN_LOG_LEVEL says; every
@@ -140,7 +140,7 @@ class DeployEnv:
 
         import yaml
 
-        from deploy.localhost import free_port
+        from deploy.demo.localhost import free_port
 
         self.root, self.yaml = root, yaml
         self.remote_root = root / "host root"
@@ -194,8 +194,8 @@ class DeployEnv:
 
     def cleanup(self):
         """End everything this env's host still runs: its tmux sessions, and the trainers, host agents
-        and TensorBoard started under its folders (deploy.localhost.end_host_processes)."""
-        from deploy.localhost import end_host_processes
+        and TensorBoard started under its folders (deploy.demo.localhost.end_host_processes)."""
+        from deploy.demo.localhost import end_host_processes
 
         end_host_processes(self.root, (self.inventory["tmux_session"], self.inventory["tensorboard"]["session"]))
 
@@ -237,7 +237,7 @@ def make_ready(env, tmp_path):
 def fake_bin_host(tmp_path, host_venv):
     """`make(**scripts)`: a second real sshd whose PATH starts with fake programs (name -> shell script),
     for what cannot run here (nvidia-smi, a system apt-get); returns its DeployEnv (`.fake_bin` is the folder)."""
-    from deploy.localhost import LocalSSHHost
+    from deploy.demo.localhost import LocalSSHHost
 
     started = []
 
@@ -296,7 +296,7 @@ def moto_server():
     pytest.importorskip("moto", reason="the EC2 tests need moto[server] (the dev extra)")
     from moto.server import ThreadedMotoServer
 
-    from deploy.localhost import free_port
+    from deploy.demo.localhost import free_port
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()

@@ -107,7 +107,7 @@ def pytest_configure(config):
     os.environ[FAST_LOG] = str(log)
     finder = _NoTensorFlow()
     sys.meta_path.insert(0, finder)
-    from deploy import localhost
+    from deploy.demo import localhost
 
     start = localhost.LocalSSHHost.start
 

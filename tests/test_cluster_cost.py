@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from deploy.cluster import cluster_cost, cost_line
+from deploy.host.cluster import cluster_cost, cost_line
 from deploy.inventory import load_inventory
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
 
-from deploy.localhost import LocalSSHHost, free_port
+from deploy.demo.localhost import LocalSSHHost, free_port
 from trainer.data.synth import write_corpus
 
 pytestmark = pytest.mark.slow

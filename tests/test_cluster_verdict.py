@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from deploy.cluster import cluster_verdict
+from deploy.host.cluster import cluster_verdict
 from trainer.config import DEFAULTS, dump_config
 from trainer.errors import PeerLost
 

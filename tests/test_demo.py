@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import ROOT, wait_until
 
-from deploy.localhost import processes_under
+from deploy.demo.localhost import processes_under
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one demo at a time: its tmux session has one name
 

@@ -185,7 +185,7 @@ def test_host_keys_are_trusted_on_first_use_then_a_changed_key_is_refused(deploy
 
 
 def test_an_unreachable_host_is_a_clear_error(deploy_env):
-    from deploy.localhost import free_port
+    from deploy.demo.localhost import free_port
 
     deploy_env.write(hosts={"local": {**deploy_env.inventory["hosts"]["local"], "port": free_port()}}, default_host="local")
     proc = deploy_env.fab("monitor")
@@ -214,7 +214,7 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
 
 
 def test_the_throwaway_host_starts_in_a_folder_whose_path_has_a_space(tmp_path):
-    from deploy.localhost import LocalSSHHost
+    from deploy.demo.localhost import LocalSSHHost
 
     with LocalSSHHost(tmp_path / "my checkout" / ".demo host") as host:  # make demo from ~/My Projects/facenet-deploy
         out = subprocess.run(["ssh", "-i", str(host.key_file), "-p", str(host.port), "-o", "StrictHostKeyChecking=no",

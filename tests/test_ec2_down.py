@@ -76,7 +76,7 @@ def launched_host(aws, moto_server, ssh_host, host_venv, tmp_path):
 
 
 def test_down_counts_a_run_as_stored_only_when_storage_holds_that_very_run(launched_host):
-    from deploy import ledger
+    from deploy.runs import ledger
 
     env, s3 = launched_host
     started = "2026-11-30T04:00:00+00:00"

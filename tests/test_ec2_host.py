@@ -57,7 +57,7 @@ def ec2_host():
         if as_user("test", "-r", os.path.join(site_packages, "tensorflow", "__init__.py")).returncode != 0:
             pytest.skip(f"{USER} cannot read this checkout's packages in {site_packages} (a folder on the way is private)")
         assert as_user("sudo", "-n", "true").returncode == 0
-        from deploy.localhost import LocalSSHHost
+        from deploy.demo.localhost import LocalSSHHost
 
         shared = Path(tempfile.mkdtemp(prefix="facenet-ec2-"))  # readable by the user: sshd reads authorized_keys as it
         shared.chmod(0o755)

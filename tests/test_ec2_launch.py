@@ -211,9 +211,9 @@ def placement_groups(session):
 def test_a_cluster_is_launched_in_one_placement_group_with_private_worker_addresses(cloud_inv):
     from fabric import Config
 
-    from deploy import cluster
     from deploy.aws.launch import launch_cluster
     from deploy.aws.terminate import terminate
+    from deploy.host import cluster
 
     s = session()
     groups, calls = placement_groups(s), refusing(s, [])
@@ -255,8 +255,8 @@ def test_terminating_deletes_the_group_and_key_pair_only_once_no_instance_uses_t
 
 def test_ssh_is_never_opened_to_everybody_and_a_missing_address_asks_for_launch_ssh_cidr(cloud_inv):
     from deploy.aws.resources import public_address
+    from deploy.demo.localhost import free_port
     from deploy.errors import InventoryError, LocalInputError
-    from deploy.localhost import free_port
 
     cloud_inv(ssh_cidr="0.0.0.0/0")
     with pytest.raises(InventoryError, match="launch.ssh_cidr.*0.0.0.0/0: that opens SSH to the whole internet"):
@@ -282,7 +282,7 @@ def test_the_ssh_config_file_must_exist_and_rsync_follows_it_by_the_hosts_name(t
     from fabric import Config
 
     from deploy.errors import InventoryError
-    from deploy.hosts import connect_host, rsync_target, ssh_command
+    from deploy.host.connection import connect_host, rsync_target, ssh_command
     from deploy.inventory import load_inventory
 
     monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))

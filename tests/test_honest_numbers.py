@@ -171,7 +171,7 @@ def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_
 
 def test_the_deploy_side_draws_and_prints_results_without_numpy_tensorflow_or_matplotlib():
     """A laptop with only the `deploy` extra prints the fetched metrics, the CV table and the monitor."""
-    code = ("import sys, deploy.tasks, trainer.results.report, trainer.results.run_view; "
+    code = ("import sys, fabfile, trainer.results.report, trainer.results.run_view; "
             "print(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

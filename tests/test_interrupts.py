@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import FAB, ROOT, wait_until
 
-from deploy.localhost import processes_under
+from deploy.demo.localhost import processes_under
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

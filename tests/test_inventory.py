@@ -8,7 +8,7 @@ from fabric import Config, Connection
 from invoke import Context
 
 from deploy.errors import InventoryError, LocalInputError
-from deploy.hosts import connect, remember_host, rq
+from deploy.host.connection import connect, remember_host, rq
 from deploy.inventory import REPO_ROOT, load_inventory
 
 
@@ -206,7 +206,7 @@ HOSTS = {"gpu1": {"address": "203.0.113.10", "worker_address": "10.0.1.10"},
 
 
 def test_a_cluster_names_its_hosts_chief_first_with_their_worker_addresses_and_own_paths(tmp_path):
-    from deploy.cluster import tf_config, tf_config_workers
+    from deploy.host.cluster import tf_config, tf_config_workers
 
     inv = load_inventory(write(tmp_path, {"hosts": HOSTS, "clusters": {"pair": {"hosts": ["gpu1", "gpu2"]}}}))
     pair = inv.clusters["pair"]

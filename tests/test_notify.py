@@ -78,7 +78,7 @@ def test_a_notification_is_slack_and_discord_json_with_the_event_as_fields_and_s
 
 
 def test_a_failed_notification_is_recorded_with_its_error_and_raises_nothing(tmp_path, webhook):
-    from deploy.localhost import free_port
+    from deploy.demo.localhost import free_port
 
     record = tmp_path / "notifications.json"
     ok, error = notify.send_once(f"http://127.0.0.1:{free_port()}/nobody", str(record), "k1", "started", "started")
@@ -348,7 +348,7 @@ def test_the_budget_cap_stops_the_training_then_notifies_then_powers_off(trainin
 def test_the_agents_settings_holding_the_webhook_url_are_readable_by_their_user_alone(tmp_path):
     import stat
 
-    from deploy.localhost import end_host_processes
+    from deploy.demo.localhost import end_host_processes
 
     runs = tmp_path / "runs"
     runs.mkdir()

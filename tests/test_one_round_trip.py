@@ -1,4 +1,4 @@
-"""One connection, one lock and one bookkeeping command for the tasks of a `fab` invocation (deploy/session.py).
+"""One connection, one lock and one bookkeeping command for the tasks of a `fab` invocation (deploy/host/session.py).
 
 Real parts: `fab` against the suite's sshd on 127.0.0.1, whose own log counts the SSH connections
 ("Accepted publickey") and remote commands ("Starting session"); rsync opens its own connection.
@@ -24,8 +24,8 @@ def sshd_counts(ssh_host, action):
 
 
 def test_a_noop_redeploy_runs_one_bookkeeping_command_and_its_two_rsyncs(host_ready, ssh_host, tmp_path):
+    from deploy.host.provision import MARKER, marker_for
     from deploy.inventory import load_inventory
-    from deploy.provision import MARKER, marker_for
 
     env = host_ready
     venv = tmp_path / "host venv"  # provisioned already: pip in it, and the marker of these requirements (no GPU here)

@@ -20,7 +20,7 @@ import pytest
 from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
 from storage_check import check_pointers_came_last, client, new_bucket, refusing_unknown_keys
 
-from deploy.localhost import LocalSSHHost, processes_under
+from deploy.demo.localhost import LocalSSHHost, processes_under
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 EPOCHS = 12  # room to stop host a after its second stored epoch, before the end, even when storage lags (a busy machine)

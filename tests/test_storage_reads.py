@@ -10,7 +10,7 @@ import yaml
 from conftest import ROOT, run_fab
 from storage_check import client, new_bucket, seed_run
 
-from deploy.localhost import free_port
+from deploy.demo.localhost import free_port
 
 
 class Store:
@@ -83,8 +83,8 @@ def test_watch_still_moves_a_run_stopped_without_a_request(store):
 
 
 def test_resume_from_a_failed_run_is_possible_on_purpose_and_says_what_it_continues(store, monkeypatch, tmp_path):
-    from deploy import storage
     from deploy.inventory import load_inventory
+    from deploy.runs import storage
 
     for key, value in store.env.items():
         if key.startswith(("AWS_", "FACENET_")):

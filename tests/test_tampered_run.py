@@ -209,7 +209,7 @@ def test_upload_run_checks_again_before_anything_reaches_the_host(tmp_path):
     from types import SimpleNamespace
 
     from deploy.errors import LocalInputError
-    from deploy.sync import upload_run
+    from deploy.host.sync import upload_run
 
     run = crafted_run(tmp_path, "/old/crema-d")
     (run / "logs").symlink_to(tmp_path)

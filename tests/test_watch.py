@@ -123,7 +123,7 @@ class TwoHosts:
     def __init__(self, tmp_path, host_venv, moto_url, webhook, epochs, launched=False):
         import shutil
 
-        from deploy.localhost import LocalSSHHost
+        from deploy.demo.localhost import LocalSSHHost
         from tests.conftest import TINY_CONFIG, DeployEnv, write_config
         from tests.storage_check import new_bucket
         from trainer.data.synth import write_corpus
@@ -190,7 +190,7 @@ class TwoHosts:
         """Host `name` as EC2 leaves a terminated instance: its network gone, every process of it ended, its disk gone."""
         import shutil
 
-        from deploy.localhost import end_host_processes, processes_under
+        from deploy.demo.localhost import end_host_processes, processes_under
 
         sshd = self.sshd[name]
         kill_sshd(sshd.proc.pid)  # its network first: the listener and every connection it serves (the watch's too)

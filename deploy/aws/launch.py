@@ -23,7 +23,7 @@ from deploy.aws.errors import Attempt, Failover, aws_errors, code_of, explain
 from deploy.aws.resources import TAG, find_ami, key_pair, placement_group, security_group, ssh_cidr, tags
 from deploy.aws.session import connect
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import forget_host_keys
+from deploy.host.connection import forget_host_keys
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
@@ -148,7 +148,7 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         for name in names:
             target = wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say)
             if req.max_hours:
-                from deploy.budget import arm
+                from deploy.host.budget import arm
 
                 arm(target, inv.path, say)
     from deploy.inventory import load_inventory

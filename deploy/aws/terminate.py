@@ -7,11 +7,12 @@ placement group are deleted when no instance (other than terminated ones) uses t
 is never touched. The caller (`fab down`) checks first that no run would be lost.
 """
 
-from deploy import launched, ledger
+from deploy import launched
 from deploy.aws.errors import aws_errors, code_of, explain
 from deploy.aws.resources import TAG
 from deploy.aws.session import connect
-from deploy.hosts import forget_host_keys
+from deploy.host.connection import forget_host_keys
+from deploy.runs import ledger
 
 LIVE = ["pending", "running", "shutting-down", "stopping", "stopped"]
 

@@ -3,7 +3,7 @@
     instances = running(cloud, ["i-0abc"], say)             # {id: describe_instances' record}
     ssh(config, inventory_path, "gpu1", 600, say)           # returns once `true` ran there as the host's user
 
-SSH is tried through the same connection every task uses (deploy.hosts: the inventory's user, key,
+SSH is tried through the same connection every task uses (deploy.host.connection: the inventory's user, key,
 ssh.config_file, known_hosts), so a host that answers here answers `fab -H gpu1 ...` too.
 """
 
@@ -31,7 +31,7 @@ def running(cloud, ids, say, delay=5, max_attempts=120):
 
 def ssh(config, inventory_path, name, seconds, say):
     """Try SSH to inventory host `name` until it runs a command, for at most `seconds`."""
-    from deploy.hosts import connect_host
+    from deploy.host.connection import connect_host
     from deploy.inventory import load_inventory
 
     inv = load_inventory(inventory_path)  # with the host as recorded now (its address)

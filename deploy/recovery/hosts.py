@@ -10,9 +10,11 @@ The lost host may be one of recovery.hosts: it is tried last, and only if it ans
 
 import re
 
-from deploy import launched, ledger, training
+from deploy import launched
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import connect_host
+from deploy.host import training
+from deploy.host.connection import connect_host
+from deploy.runs import ledger
 
 
 def check_hosts(inv):

@@ -15,7 +15,7 @@ import importlib.util
 import json
 import shlex
 
-from deploy.hosts import rjoin, rq
+from deploy.host.connection import rjoin, rq
 from deploy.inventory import REPO_ROOT
 
 

@@ -19,7 +19,7 @@ import shlex
 import time
 
 from deploy.errors import LocalInputError
-from deploy.hosts import rjoin, rq, state_dir
+from deploy.host.connection import rjoin, rq, state_dir
 
 
 def iso(t=None):

@@ -1,4 +1,4 @@
-"""What `fab watch` needs of the run's copy in run storage (deploy/storage.py, trainer/storage/).
+"""What `fab watch` needs of the run's copy in run storage (deploy/runs/storage.py, trainer/storage/).
 
     configured(inv)                          # storage.url is set
     epoch, url, why, end = latest(inv, "r1") # the last stored epoch (LATEST), the run's address; or (None, None, why, None);
@@ -13,7 +13,7 @@ import time
 
 
 def configured(inv):
-    from deploy import storage
+    from deploy.runs import storage
 
     return storage.enabled(inv)
 
@@ -22,9 +22,9 @@ def latest(inv, run):
     """(last stored epoch, s3://.../RUN, None, None); (None, None, why, None) when storage has no checkpoint of the run
     or cannot be read; (None, None, why, Decision) when its pointer says that the run ended by itself (finished,
     failed on its own, stopped on request: machine.stored_end), which no recovery restarts."""
-    from deploy import storage
     from deploy.errors import DeployError
     from deploy.recovery.machine import stored_end
+    from deploy.runs import storage
 
     if not storage.enabled(inv):
         return None, None, "no run storage (set storage.url in the inventory)", None

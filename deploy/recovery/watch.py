@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from deploy import training
 from deploy.errors import DeployError
-from deploy.hosts import connect_host
+from deploy.host import training
+from deploy.host.connection import connect_host
 from deploy.recovery import hosts as recovery_hosts
 from deploy.recovery import machine, stored
 from deploy.recovery.notify import Sender
@@ -233,10 +233,10 @@ def fab_program():
 
 
 def watch(inv, config, target, run, say):
-    """Follow `run` on `target` (deploy.hosts.Target) until it ends; the exit code of `fab watch`."""
+    """Follow `run` on `target` (deploy.host.connection.Target) until it ends; the exit code of `fab watch`."""
     recovery_hosts.check_hosts(inv)
     if stored.configured(inv):  # a store that cannot be opened here (AWS_PROFILE, storage.region ...): said now, not at recovery
-        from deploy import storage
+        from deploy.runs import storage
 
         storage.open_store(inv)
     with Record.held(run, target.label) as record:

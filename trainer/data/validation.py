@@ -63,7 +63,7 @@ class ValidationResult:
         }
 
 
-UNFINISHED_UPLOAD = ".rsync-partial"  # deploy/sync.py's --partial-dir: an interrupted `fab sync-data` leaves its files here
+UNFINISHED_UPLOAD = ".rsync-partial"  # deploy/host/sync.py's --partial-dir: an interrupted `fab sync-data` leaves its files here
 
 
 def find_files(dirs):

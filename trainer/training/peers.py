@@ -156,7 +156,7 @@ def lost_peer(error, workers):
 def local_failure(error):
     """Whether `error` is a failure of this worker's own collective library (NCCL's InternalError or
     UnknownError), as opposed to the signal that a peer is gone (unavailable, cancelled, ...): the
-    cluster's verdict (deploy/cluster.py) blames the worker whose own collective failed."""
+    cluster's verdict (deploy/host/cluster.py) blames the worker whose own collective failed."""
     import tensorflow as tf
 
     return isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError))

@@ -4,7 +4,7 @@
 
 Idempotent and fast when nothing changed: one survey gathers what is there (missing
 packages, nvidia-smi, the venv, the requirements marker), in the invocation's bookkeeping
-command (deploy.session) or a command of its own, and nothing else runs unless something
+command (deploy.host.session) or a command of its own, and nothing else runs unless something
 is missing. The marker `<venv>/.facenet-requirements` holds a hash of the requirements, pip
 arguments and the GPU count; it is written only after the install and the TensorFlow GPU
 check both succeeded.
@@ -14,9 +14,9 @@ import hashlib
 import json
 import shlex
 
-from deploy import bookkeeping
 from deploy.errors import DeployError
-from deploy.hosts import rjoin, rq
+from deploy.host import bookkeeping
+from deploy.host.connection import rjoin, rq
 
 MARKER = ".facenet-requirements"
 
@@ -28,7 +28,7 @@ def survey_request(inv):
 
 def survey(conn, inv):
     """What is there, in one JSON answer: {uid, dpkg, missing, nvidia_smi: None | {gpus, error}, venv_python, venv_pip,
-    marker}. The invocation's bookkeeping command has usually asked already (deploy.session): that answer, once;
+    marker}. The invocation's bookkeeping command has usually asked already (deploy.host.session): that answer, once;
     else one round trip of its own."""
     found = conn.answers.pop("provision", None) if getattr(conn, "answers", None) else None
     if found is not None:

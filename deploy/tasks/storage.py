@@ -1,4 +1,4 @@
-"""`fab runs`: the runs in run storage, without touching a host (deploy/storage.py reads them)."""
+"""`fab runs`: the runs in run storage, without touching a host (deploy/runs/storage.py reads them)."""
 
 import time
 from datetime import datetime, timezone
@@ -8,9 +8,10 @@ from invoke.exceptions import Exit
 from rich.table import Table
 from rich.text import Text
 
-from deploy import storage
 from deploy.errors import LocalInputError
 from deploy.inventory import load_inventory
+from deploy.runs import storage
+from deploy.tasks.plumbing import as_exit, console, say
 from trainer.results.visible import visible
 
 STATES = ("starting", "running", "finished", "stopped", "failed", "preempted", "vanished")  # a stored run's (layout.py)
@@ -26,8 +27,6 @@ def runs(c, state=None):
     with the reason. Exit 2 when no storage is set, it cannot be opened here (AWS_PROFILE, storage.region)
     or --state names no state; 1 when storage cannot be read (the message names what to check).
     """
-    from deploy.tasks import as_exit, console, say
-
     try:
         if state is not None and state not in STATES:
             raise LocalInputError(f"--state expects one of {', '.join(STATES)}. Received: {state!r}")

@@ -1,6 +1,6 @@
 """The host agent (remote_scripts/host_agent.py) from the laptop: heartbeat, settings, autostop.
 
-    keeper = Keeper(conn, heartbeat(inv), beat_seconds()); keeper.start()   # deploy.session: every task
+    keeper = Keeper(conn, heartbeat(inv), beat_seconds()); keeper.start()   # deploy.host.session: every task
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
@@ -9,8 +9,8 @@
 The agent runs on the host, so autostop and the spot watcher work with the laptop closed.
 A task is activity for autostop from its first command (which touches the heartbeat) to its end:
 a keeper thread touches the heartbeat every BEAT_SECONDS, and renews the lease of the host lock
-the task holds (deploy.lock), through the invocation's bookkeeping command while it holds the
-lock (deploy.bookkeeping: no new command), else on a channel of the task's own SSH connection
+the task holds (deploy.host.lock), through the invocation's bookkeeping command while it holds the
+lock (deploy.host.bookkeeping: no new command), else on a channel of the task's own SSH connection
 (rsync's OpenSSH connection plays no part).
 """
 
@@ -19,13 +19,13 @@ import os
 import shlex
 import threading
 
-from deploy.budget import budget_settings
-from deploy.budget import describe as describe_budget
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import rjoin, rq
+from deploy.host.budget import budget_settings
+from deploy.host.budget import describe as describe_budget
+from deploy.host.connection import rjoin, rq
+from deploy.host.training import launch as launch_training
+from deploy.host.training import script
 from deploy.recovery import settings as recovery_settings
-from deploy.training import launch as launch_training
-from deploy.training import script
 
 KEEP = object()  # configure(): leave autostop as the host has it
 
@@ -60,7 +60,7 @@ def beat_seconds():
 
 class Keeper(threading.Thread):
     """Touches the heartbeat every `seconds`, and renews the host lock's lease while this task holds it:
-    through `via` (the bookkeeping command, deploy.bookkeeping) when it is open, else on a channel of
+    through `via` (the bookkeeping command, deploy.host.bookkeeping) when it is open, else on a channel of
     the task's open connection; a beat that fails is skipped (the connection's own keepalives decide
     whether the host is lost)."""
 
@@ -155,7 +155,7 @@ def start_training(conn, inv, label, say, **launch):
         say(describe(outcome["settings"], outcome["boot"]))
     if outcome["settings"].get("budget"):
         say(describe_budget(outcome["settings"]["budget"]))
-    from deploy import storage  # the run's checkpoints in object storage, when the inventory sets storage.url
+    from deploy.runs import storage  # the run's checkpoints in object storage, when the inventory sets storage.url
 
     if "storage" not in launch:
         launch["storage"] = storage.launch_settings(conn, inv, label, launch.get("tf_config"), say)

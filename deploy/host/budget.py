@@ -28,7 +28,7 @@ def budget_settings(inv, label):
 
 def arm(target, inventory_path, say):
     """Sync the code to a new host and configure its agent, which then holds the cap."""
-    from deploy import agent, sync
+    from deploy.host import agent, sync
     from deploy.inventory import load_inventory
 
     inv = load_inventory(inventory_path).for_host(target.host_name)

@@ -1,7 +1,7 @@
 """The EC2 tasks: `fab launch`, `fab down`, `fab instances` (thin: the work is in deploy/aws/).
 
 They act on the cloud, not on one host, so they take no -H; errors become exit codes as in
-deploy.tasks (9: no capacity or quota anywhere tried). boto3 is imported only when one runs:
+deploy.tasks.plumbing (9: no capacity or quota anywhere tried). boto3 is imported only when one runs:
 `fab -l` works on a laptop without the `aws` extra.
 """
 
@@ -13,11 +13,13 @@ from invoke.exceptions import Exit
 from rich.table import Table
 from rich.text import Text
 
-from deploy import launched, ledger, training
+from deploy import launched
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import connect_host
+from deploy.host import training
+from deploy.host.connection import connect_host
 from deploy.inventory import load_inventory
-from deploy.tasks import as_exit, console, interrupts_end_the_step, say
+from deploy.runs import ledger
+from deploy.tasks.plumbing import as_exit, console, interrupts_end_the_step, say
 
 
 class Laptop:

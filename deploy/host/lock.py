@@ -1,6 +1,6 @@
 """One command at a time changes a host: a lock directory on the host, named after its holder.
 
-    holder = new_holder("sync-data")                  # taken by the invocation's bookkeeping command (deploy.session)
+    holder = new_holder("sync-data")                  # taken by the invocation's bookkeeping command (deploy.host.session)
     refuse_unless_acquired(answer, lock_dir(inv))     # LockHeld (exit 1) naming the holder if taken
 
 `mkdir` is atomic, so two laptops (or two terminals) cannot both take it. The holder
@@ -9,7 +9,7 @@ a lock left by a task that died is removed with `fab unlock`. remote_scripts/fab
 takes, renews and releases it on the host.
 
 The holder renews a lease (.lock/lease, touched at every beat of the task's keeper in
-deploy.agent, at least every minute). The host agent counts a lock with a fresh lease as
+deploy.host.agent, at least every minute). The host agent counts a lock with a fresh lease as
 activity, so autostop waits for the task; a lease older than lease_seconds was left by a task
 that died and counts for nothing.
 """
@@ -22,7 +22,7 @@ import time
 import uuid
 
 from deploy.errors import DeployError
-from deploy.hosts import rjoin, rq
+from deploy.host.connection import rjoin, rq
 
 LEASE_SECONDS = 180  # three renewals missed at the slowest keeper (60 s): the holder is gone
 

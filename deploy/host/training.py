@@ -6,7 +6,7 @@
     info = run_state(conn, inv, run=None)      # remote_scripts/run_state.py --json
     refuse_while_training(conn, inv, say, task, restart)   # while any process of the run lives
 
-Every path and argument is quoted for the remote shell (see `deploy.hosts.rq`).
+Every path and argument is quoted for the remote shell (see `deploy.host.connection.rq`).
 """
 
 import json
@@ -14,9 +14,9 @@ import shlex
 import time
 
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import PYTHON3, rjoin, rq
-from deploy.provision import run_with_result
-from deploy.sync import remote_data_dirs
+from deploy.host.connection import PYTHON3, rjoin, rq
+from deploy.host.provision import run_with_result
+from deploy.host.sync import remote_data_dirs
 from trainer.errors import UserError
 from trainer.names import check_run_name
 
@@ -178,7 +178,7 @@ ASK = object()  # refuse_while_training: no run state given, ask the host
 def refuse_while_training(conn, inv, say, task, restart, info=ASK):
     """A task that changes code, data or venv must not run while any process of the training lives
     (with or without its tmux session): refuse, or with --restart stop it first (then True).
-    `info`: the quick run state the caller has (deploy.session), else it is asked here."""
+    `info`: the quick run state the caller has (deploy.host.session), else it is asked here."""
     if info is ASK:
         info = run_state(conn, inv, log_lines=0, quick=True, missing_ok=True)
     if info is None or not training_lives(info):
@@ -202,7 +202,7 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     paths are mapped to this host's data dirs). `price_per_hour` goes into the run's cost record.
     `folds`: a K-fold cross-validation by actor (`python -m trainer cv`) instead of one run.
     `tf_config`: this worker's TF_CONFIG (JSON) when the host is one worker of a cluster. `storage`: the
-    uploader's settings (deploy/storage.py launch_settings), which start it beside the trainer."""
+    uploader's settings (deploy/runs/storage.py launch_settings), which start it beside the trainer."""
     session = inv.tmux_session
     runs = inv.remote["runs_dir"]
     if resume and run_name:

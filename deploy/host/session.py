@@ -9,7 +9,7 @@ lock. The first task that changes the host sends the invocation's bookkeeping co
 (remote_scripts/fab_session.py): it touches the heartbeat, takes the lock for every task still
 to come that changes the host, asks the host's run_state whether a training runs, and surveys what
 those tasks will ask (provision's survey, the data folders' file counts, the code stamp), all in
-one JSON answer. The command stays open while the lock is held: the keeper (deploy.agent) beats
+one JSON answer. The command stays open while the lock is held: the keeper (deploy.host.agent) beats
 through it (heartbeat and lock lease) and the lock is released through it once no task to come
 changes the host, or at the first failure. So a no-op `fab provision sync-code sync-data` runs
 nothing else on the host but its two rsyncs.
@@ -25,10 +25,10 @@ import atexit
 import contextlib
 from dataclasses import dataclass
 
-from deploy import agent, lock, training
-from deploy import provision as prov
-from deploy.bookkeeping import Bookkeeping
-from deploy.sync import remote_data_dirs
+from deploy.host import agent, lock, training
+from deploy.host import provision as prov
+from deploy.host.bookkeeping import Bookkeeping
+from deploy.host.sync import remote_data_dirs
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Spec:
     leaves_training: bool = False  # it never starts nor stops a training: a training check before it still holds after it
 
 
-SPECS = {}  # task name -> Spec; deploy.tasks.host_task registers each task
+SPECS = {}  # task name -> Spec; deploy.tasks.plumbing.host_task registers each task
 UNKNOWN = object()  # no training check that still holds
 _sessions = {}  # target key -> HostSession, for this process
 _plan = None  # the names of this invocation's tasks still to run

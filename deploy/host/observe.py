@@ -1,6 +1,6 @@
 """Watching a run from the laptop: the monitor screen, log tail, results, TensorBoard tunnel.
 
-    info = run_state(conn, inv)            # one SSH command (deploy.training)
+    info = run_state(conn, inv)            # one SSH command (deploy.host.training)
     render(info, label, console)           # the monitor screen: trainer.results.run_view, shared with the host
     follow(conn, inv, info)                # stream train.log until the run ends
     fetch_results(target, inv, run, dest)  # rsync the run back (backup/ only when asked)
@@ -16,9 +16,9 @@ from pathlib import Path
 from invoke.exceptions import ThreadException
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
-from deploy.hosts import rjoin, rq, rsync_target
-from deploy.sync import RUN_FILES_ONLY, rsync
-from deploy.training import run_state, script
+from deploy.host.connection import rjoin, rq, rsync_target
+from deploy.host.sync import RUN_FILES_ONLY, rsync
+from deploy.host.training import run_state, script
 from trainer.results.visible import VisibleStream, visible
 
 
@@ -127,7 +127,7 @@ def tunnel(conn, inv, local_port, say):
     try:
         with conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
             say(f"TensorBoard: http://localhost:{local_port}/   (tunnel to the host's 127.0.0.1:{remote_port}; Ctrl-C closes it)")
-            try:  # someone is looking: the task's keeper (deploy.agent.Keeper) keeps autostop waiting meanwhile
+            try:  # someone is looking: the task's keeper (deploy.host.agent.Keeper) keeps autostop waiting meanwhile
                 while conn.transport.is_active():
                     time.sleep(0.5)
             except KeyboardInterrupt:

@@ -18,7 +18,7 @@ import shlex
 import time
 
 from deploy.errors import DeployError
-from deploy.hosts import rq, state_dir
+from deploy.host.connection import rq, state_dir
 from trainer.names import RUN_NAME
 
 ENDED = {"finished", "failed", "stopped", "preempted", "vanished"}  # nothing of it runs: a fetch then has all of it
@@ -82,7 +82,7 @@ def record_fetch(label, info):
 def record_fetch_on_host(conn, inv, info):
     """The host's own record of the fetch (RUNS_DIR/.agent/fetched.json): autostop then may power off a host whose
     poweroff deletes it. Best-effort: False when the host did not take it."""
-    from deploy.training import script
+    from deploy.host.training import script
 
     ended = (info.get("exit") or {}).get("ended_at") or ""
     cmd = (f"python3 {script(inv, 'agent_events.py')} fetched {rq(inv.remote['runs_dir'])} {shlex.quote(info['run'])} "
@@ -98,9 +98,9 @@ def forget(labels):
 
 
 def stored_runs(conn, inv):
-    """{run name: its final pointer} of the runs whose end is in run storage (deploy/storage.py); none without storage,
+    """{run name: its final pointer} of the runs whose end is in run storage (deploy/runs/storage.py); none without storage,
     or when storage cannot be read (then `fab down` asks for them to be fetched, the safe side)."""
-    from deploy import storage
+    from deploy.runs import storage
 
     if not storage.enabled(inv):
         return {}
@@ -141,7 +141,7 @@ def host_runs(conn, inv, label):
 def runs_at_risk(conn, inv, label):
     """[(run, why)] of the runs on the host that `fab down` would lose: a run running now, else one that is neither
     fetched since it ended nor stored (storage's final pointer is this very run: stored_as)."""
-    from deploy.training import run_state
+    from deploy.host.training import run_state
 
     runs = host_runs(conn, inv, label)
     if not runs:

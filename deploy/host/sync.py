@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
-from deploy.hosts import rjoin, rq, rsync_target, ssh_command
+from deploy.host.connection import rjoin, rq, rsync_target, ssh_command
 from deploy.inventory import REPO_ROOT
 from trainer.errors import UserError
 from trainer.names import check_run_name
@@ -85,7 +85,7 @@ def sync_code(target, inv, say):
     filters += [f"--include=/{p}***" if p.endswith("/") else f"--include=/{p}" for p in CODE_PATHS]
     filters += ["--exclude=*", "--delete", "--checksum"]
     answers = conn.answers
-    if project not in answers.get("made", ()):  # the invocation's bookkeeping command made it (deploy.session)
+    if project not in answers.get("made", ()):  # the invocation's bookkeeping command made it (deploy.host.session)
         conn.run(f"mkdir -p {rq(project)}", hide=True, in_stream=False)
     n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
@@ -142,7 +142,7 @@ def sync_data(target, inv, say):
     conn = target.conn
     for d, (files, size) in local.items():
         say(f"{d}: {files} files, {size / 1e6:.1f} MB")
-    before = conn.answers.pop("data", None) or {}  # {remote dir: (files, bytes)} from the bookkeeping command (deploy.session)
+    before = conn.answers.pop("data", None) or {}  # {remote dir: (files, bytes)} from the bookkeeping command (deploy.host.session)
     if inv.remote["data_dir"] not in conn.answers.get("made", ()):
         conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
     total, unchanged = 0, True

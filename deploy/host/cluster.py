@@ -17,9 +17,9 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from deploy import agent, training
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import connect_host, end_all_steps, remembered_host
+from deploy.host import agent, training
+from deploy.host.connection import connect_host, end_all_steps, remembered_host
 
 # worst first: the cluster's state is that of its worst worker
 SEVERITY = ["failed", "vanished", "preempted", "stalled", "stopped", "none", "starting", "running", "finished"]

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import rjoin, rq, state_dir
+from deploy.host.connection import rjoin, rq, state_dir
 from trainer.storage.layout import RUN_NAME, StorageUrlError, parse_url, split_run_url
 
 RESUMED = {}  # resume_source's downloads, once per command: (url, run) -> local folder

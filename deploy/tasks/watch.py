@@ -3,11 +3,11 @@
 from fabric import task
 from invoke.exceptions import Exit
 
-from deploy import cluster, training
 from deploy.errors import DeployError, LocalInputError
-from deploy.hosts import connect
+from deploy.host import cluster, training
+from deploy.host.connection import connect
 from deploy.inventory import load_inventory
-from deploy.tasks import as_exit, interrupts_end_the_step, say
+from deploy.tasks.plumbing import as_exit, interrupts_end_the_step, say
 
 
 @task(help={"run": "the run to follow (default: the host's current run)"})

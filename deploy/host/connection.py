@@ -107,8 +107,8 @@ class HostConnection(Connection):
     rsync_timeout = 120
     heartbeat = None
     label = None
-    touch_first = None  # a remote file the next command touches as well (the autostop heartbeat, deploy.agent)
-    answers = None  # what the invocation's bookkeeping command found, for the steps that would ask it (deploy.session)
+    touch_first = None  # a remote file the next command touches as well (the autostop heartbeat, deploy.host.agent)
+    answers = None  # what the invocation's bookkeeping command found, for the steps that would ask it (deploy.host.session)
     steps = None
     ssh_config_file = None  # the OpenSSH client config this connection follows (inventory ssh.config_file, fab -F): rsync's too
 

@@ -8,12 +8,12 @@
 3. runs the real `fab deploy-full` against it (configs/demo.yaml: a short CPU training),
 4. `fab monitor --follow` until the run ends, then `fab fetch-results`, which prints the metrics,
 5. and, also on failure or Ctrl-C, ends everything it started: the SSH server, the tmux sessions,
-   the host agent, TensorBoard and any trainer (deploy.localhost.end_host_processes).
+   the host agent, TensorBoard and any trainer (deploy.demo.localhost.end_host_processes).
 
 Its files are under .facenet/demo/ ($FACENET_DEMO_DIR if set). The host agent's EC2 metadata probe
 is off (`ec2.metadata_url: null`): nothing leaves 127.0.0.1.
 
-The host's venv sees this checkout's .venv packages (see deploy.localhost.seed_venv), so the
+The host's venv sees this checkout's .venv packages (see deploy.demo.localhost.seed_venv), so the
 demo does not download TensorFlow a second time; everything else is the real code path.
 """
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv
 from deploy.inventory import REPO_ROOT
-from deploy.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv
 
 DEMO = Path(os.environ.get("FACENET_DEMO_DIR") or REPO_ROOT / ".facenet" / "demo")
 FAB = Path(sys.executable).parent / "fab"
@@ -40,7 +40,7 @@ def fab(env, *args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=600, help="synthetic clips to generate (first run only)")
     p.add_argument("--keep-host", action="store_true", help="leave the local SSH host running until Enter is pressed")
     p.add_argument("--epochs", type=int, help="epochs of the demo's training (default: configs/demo.yaml's)")

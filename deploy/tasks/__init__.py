@@ -1,0 +1,12 @@
+"""The Fabric tasks (`fab -l`), thin: each parses its options, then calls host operations (deploy/host/).
+
+    plumbing.py    host_task: inventory, host, lock, errors as exit codes, Ctrl-C; `say`
+    deploying.py   provision, sync-code, sync-data, preflight, smoke-test, deploy-full (its steps in order)
+    running.py     train, stop, autostop, unlock
+    observing.py   monitor, logs, fetch-results, tensorboard-tunnel
+    cloud.py       launch, down, instances (EC2: deploy/aws/)
+    storage.py     runs (run storage: deploy/runs/storage.py)
+    watch.py       watch (recovery: deploy/recovery/)
+
+fabfile.py collects them; a task's docstring is its `fab --help TASK` text.
+"""
