@@ -108,3 +108,18 @@ def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state
     answer = json.loads(subprocess.run([sys.executable, str(HELPER), json.dumps(request)], capture_output=True, text=True, check=True,
                                        timeout=60, stdin=subprocess.DEVNULL).stdout)
     assert answer["training"] is None  # the code is not synced: no launcher has run either
+
+
+def test_rsyncs_partial_folder_has_one_name_in_the_uploader_the_survey_and_the_trainer():
+    """An interrupted `fab sync-data` leaves its files in rsync's --partial-dir (deploy/host/sync.py); the
+    survey leaves that folder out of the data's size and the trainer's validation refuses data that still
+    holds one: three copies of one name (the host side cannot import the laptop's), kept equal here."""
+    import importlib.util
+
+    from deploy.host import sync
+    from trainer.data import validation
+
+    spec = importlib.util.spec_from_file_location("fab_session_names", HELPER)
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    assert sync.PARTIAL_DIR == helper.PARTIAL_DIR == validation.UNFINISHED_UPLOAD
