@@ -434,8 +434,30 @@ def case_confusion_images():
     checkpoint = AtomicModelCheckpoint(str(tmp / "best.keras"), monitor="val_loss", mode="min", save_best_only=True)
     images = ConfusionImages(checkpoint, [str(c) for c in range(CLASSES)], tmp / "logs")
     loop.fit(model, strategy_of_case(), Batches(x, y, 8), val, 2, [checkpoint, images], log=lambda s: None)
-    return {"val_batches": len(val), "val_reads": val.reads, "epochs": 2,
-            "image_files": len(list((tmp / "logs" / "images").glob("events.out.tfevents.*")))}
+    out = {"val_batches": len(val), "val_reads": val.reads, "epochs": 2,
+           "image_files": len(list((tmp / "logs" / "images").glob("events.out.tfevents.*")))}
+
+    class Diverge(keras.callbacks.Callback):  # the weights blow up after epoch 4: epoch 5's loss is NaN
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                weights = self.model.trainable_variables[0]
+                weights.assign(np.full(weights.shape, np.nan, np.float32))
+
+    keras.utils.set_random_seed(1)
+    model = compile_model(project_model(dropout=0.0), DEFAULTS["train"], CLASSES)
+    checkpoint = AtomicModelCheckpoint(str(tmp / "failed" / "best.keras"), monitor="loss", mode="min", save_best_only=True)
+    images = ConfusionImages(checkpoint, [str(c) for c in range(CLASSES)], tmp / "failed" / "logs")  # at most one a minute
+    best = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: best.append(float(checkpoint.best)))
+    try:
+        loop.fit(model, strategy_of_case(), Batches(x, y, 8), Batches(x[:12], y[:12], 4), 8, [checkpoint, images, record, Diverge()],
+                 log=lambda s: None)
+    except loop.NonFiniteLoss as e:
+        out["failed"] = str(e)
+    out["best_epochs"] = sorted({best.index(value) + 1 for value in best})
+    out["drawn_after_failure"] = sorted({event.step for f in (tmp / "failed" / "logs" / "images").glob("*tfevents*")
+                                         for event in tf.compat.v1.train.summary_iterator(str(f)) for _ in event.summary.value})
+    return out
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ def test_validation_pictures_come_from_the_epochs_own_evaluation():
     out = run_case("confusion_images")
     assert out["val_reads"] == out["epochs"] * out["val_batches"], out
     assert out["image_files"] >= 1, out
+    # a training that fails (here a non-finite loss in epoch 5) still draws the best epoch it had not drawn yet
+    assert out["failed"] and out["best_epochs"][-1] == 4 and out["drawn_after_failure"] == [1, 4], out
 
 
 def test_a_first_call_longer_than_the_collective_timeout_is_not_a_lost_peer():

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -129,7 +130,8 @@ class ConfusionImages(keras.callbacks.Callback):
     Drawing takes about a second of CPU, longer than an epoch of a small run, and the device waits
     for it: a new best epoch is drawn at once when the last drawing is `every` seconds old or more,
     else at the next such best epoch, and the last best epoch at the end of training (a graceful stop
-    included) if it was not drawn yet.
+    included) or when training fails (a non-finite loss, a lost peer, a second signal) if it was not
+    drawn yet: the pictures always show the epoch best.keras holds.
 
         callbacks=[checkpoint, ConfusionImages(checkpoint, classes, "run/logs"), ...]
     """
@@ -157,6 +159,16 @@ class ConfusionImages(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._pending is not None:
             self._draw()
+
+    def train_failed(self, error):
+        """The loop ended with `error` (trainer/training/loop.py): draw the waiting best epoch; a failure to draw
+        it is said on stderr and does not hide `error`."""
+        if self._pending is None:
+            return
+        try:
+            self._draw()
+        except Exception as e:  # noqa: BLE001 (the training's own error is the one to raise)
+            print(f"The pictures of the best epoch {self._pending[0] + 1} were not drawn: {type(e).__name__}: {e}", file=sys.stderr)
 
     def _draw(self):
         from trainer.results.metrics import metrics_from_confusion

@@ -47,7 +47,8 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     `steps_per_execution` batches go to the device per call; `watchdog` (trainer/training/peers.py) is beaten
     after every call. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
     validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
-    every call's progress; one with `training_done(epoch, seconds)` hears how long the epoch's
+    every call's progress; one with `train_failed(error)` hears of an exception that ends the loop
+(no `on_train_end` then); one with `training_done(epoch, seconds)` hears how long the epoch's
     training took, its validation left out (host time until the last training call returned: on a
     GPU, device work still queued then is counted in the validation's time)."""
     history = History()
@@ -111,6 +112,11 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
                 history.stopped_by_signal = True
             if stop_now:
                 break
+    except BaseException as error:  # no on_train_end: a callback with `train_failed(error)` may still save what it holds
+        for c in callbacks:
+            if hasattr(c, "train_failed"):
+                c.train_failed(error)
+        raise
     finally:
         feeder.close()
         watch.pause()
