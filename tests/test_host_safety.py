@@ -3,6 +3,7 @@ EC2-like host (issue "Safe on a real, paid GPU host"), against the real local SS
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -55,7 +56,10 @@ def test_a_hostile_current_run_cannot_make_fetch_results_write_outside_dest(read
 def test_stop_ends_a_trainer_that_ignores_sigterm_and_leaves_nothing_running(ready, tmp_path):
     fake = tmp_path / "stubborn venv"
     (fake / "bin").mkdir(parents=True)
-    (fake / "bin" / "python").write_text("#!/bin/bash\ntrap '' TERM HUP INT\necho 'ignoring signals'\nwhile true; do sleep 0.2; done\n")
+    status_file = ready.runs / "stubborn" / "status.json"  # past its start, as a trainer says it is: `fab train` need not wait
+    (fake / "bin" / "python").write_text(f"#!/bin/bash\ntrap '' TERM HUP INT\necho 'ignoring signals'\n"
+                                         f"echo '{{\"state\": \"running\", \"epoch\": 0}}' > {shlex.quote(str(status_file))}\n"
+                                         "while true; do sleep 0.2; done\n")
     (fake / "bin" / "python").chmod(0o755)
     ready.write(remote={**ready.inventory["remote"], "venv": str(fake)})
     assert ready.fab("train", "--run-name", "stubborn").returncode == 0
