@@ -84,6 +84,7 @@ ESCAPING_TRAINER = r"""#!/bin/bash
 # a "trainer" whose output and files hold terminal escape sequences: a clear screen, a window title
 while [ $# -gt 0 ]; do case "$1" in --out) out="$2"; shift ;; --run-name) name="$2"; shift ;; esac; shift; done
 run="$out/$name"
+echo '{"state": "running", "epoch": 0}' > "$run/status.json"  # past its start, as a trainer says: `fab train` need not wait
 printf 'epoch 1 \033[2J cleared \033]0;pwned\007 titled\n'
 touch "$run/$(printf 'evil\033[2J\nname.png')"
 cat > "$run/metrics.json" <<'EOF'
