@@ -48,7 +48,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     after every call. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
     validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
     every call's progress; one with `train_failed(error)` hears of an exception that ends the loop
-(no `on_train_end` then); one with `training_done(epoch, seconds)` hears how long the epoch's
+    (no `on_train_end` then); one with `training_done(epoch, seconds)` hears how long the epoch's
     training took, its validation left out (host time until the last training call returned: on a
     GPU, device work still queued then is counted in the validation's time)."""
     history = History()
