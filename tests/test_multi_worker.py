@@ -37,16 +37,16 @@ class Cluster:
     def __init__(self, root, workers=2):
         self.root = root
         self.addresses = [f"127.0.0.1:{p}" for p in free_ports(workers)]
-        self.procs = []
+        self.procs, self.outputs = [], []
 
     def run_dir(self, k, name="run"):
         return self.root / f"w{k}" / name
 
-    def env(self, k):
+    def env(self, k, extra=None):
         spec = {"cluster": {"worker": self.addresses}, "task": {"type": "worker", "index": k}}
-        return {**os.environ, "TF_CONFIG": json.dumps(spec)}
+        return {**os.environ, **(extra or {}), "TF_CONFIG": json.dumps(spec)}
 
-    def start(self, *args, data=None):
+    def start(self, *args, data=None, env=None):
         self.procs = []
         for k in range(len(self.addresses)):
             where = ["--resume", str(self.run_dir(k))] if "--resume" in args else ["--out", str(self.root / f"w{k}"), "--run-name", "run"]
@@ -54,12 +54,12 @@ class Cluster:
             cmd = [sys.executable, "-m", "trainer", "train", *where, *map(str, rest), *TINY]
             if data is not None:
                 cmd += ["--data", str(data[k])]
-            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env(k), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env(k, env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         return self.procs
 
     def wait(self, timeout=300):
-        outs = [p.communicate(timeout=timeout)[0] for p in self.procs]
-        return [p.returncode for p in self.procs], outs
+        self.outputs = [p.communicate(timeout=timeout)[0] for p in self.procs]
+        return [p.returncode for p in self.procs], self.outputs
 
     def status(self, k):
         return json.loads((self.run_dir(k) / "status.json").read_text())
@@ -72,9 +72,24 @@ class Cluster:
                     return
             except (OSError, ValueError):
                 pass
-            assert all(p.poll() is None for p in self.procs), [p.stdout.read() for p in self.procs]
+            if any(p.poll() is not None for p in self.procs):
+                raise AssertionError(f"a worker ended before epoch {epoch}:\n{self.report()}")
             time.sleep(0.2)
-        raise AssertionError(f"epoch {epoch} not reached in {timeout} s")
+        raise AssertionError(f"epoch {epoch} not reached in {timeout} s:\n{self.report()}")
+
+    def report(self):
+        """Each worker's exit code, status.json and last lines, the workers still running killed first
+        (so that reading their output cannot block)."""
+        self.kill()
+        parts = []
+        for k, p in enumerate(self.procs):
+            out = self.outputs[k] if p.stdout.closed else p.communicate(timeout=60)[0]
+            try:
+                status = {key: self.status(k).get(key) for key in ("state", "epoch", "error")}
+            except (OSError, ValueError) as e:
+                status = f"({e})"
+            parts.append(f"--- worker {k}: exit {p.returncode}; status.json: {status}\n{out[-3000:]}")
+        return "\n".join(parts)
 
     def kill(self):
         for p in self.procs:
@@ -190,3 +205,26 @@ def test_a_worker_whose_peers_never_start_fails_within_the_collective_timeout(cl
     assert time.monotonic() - started < 60 and "did not all join" in proc.stdout
     st = cluster.status(0)
     assert st["state"] == "failed" and st["error"]["type"] == "PeerLost" and "did not all join" in st["error"]["message"]
+
+
+def test_a_chief_slow_to_set_up_is_waited_for_within_the_long_allowance(cluster, tmp_path, synth_crema):
+    """The set-up after the join (each worker loads its data, as slow as its own disk; the model's
+    variables wait for the chief's) is the peers' own work: the other worker waits for it within the
+    long allowance, not train.collective_timeout (it was killed as PeerLost: "no call ... ended")."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import json, os, time\n"
+        "if json.loads(os.environ['TF_CONFIG'])['task']['index'] == 0:\n"
+        "    from trainer.data import pipeline\n"
+        "    load = pipeline.generators\n"
+        "    def slow_load(*args, **kwargs):\n"
+        "        time.sleep(12)  # the chief's data on a slow disk\n"
+        "        return load(*args, **kwargs)\n"
+        "    pipeline.generators = slow_load\n")
+    path = os.pathsep.join(filter(None, [str(hooks), str(ROOT), os.environ.get("PYTHONPATH")]))
+    cluster.start("--data", synth_crema, "--epochs", 1, "--set", "train.collective_timeout=4", env={"PYTHONPATH": path})
+    codes, outs = cluster.wait()
+    if codes != [0, 0]:
+        pytest.fail(cluster.report())
+    assert cluster.status(0)["state"] == cluster.status(1)["state"] == "finished"

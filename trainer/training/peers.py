@@ -16,12 +16,14 @@ TensorFlow's preemption notifier, so no thread, exception or signal handler of t
 run. One timer reset by every step replaces TensorFlow's per-collective timeout, which starts a
 thread per collective that sleeps out the whole timeout: thousands of threads an epoch.
 
-The deadline is per call of K training steps (train.steps_per_execution), not per step. Two waits
+The deadline is per call of K training steps (train.steps_per_execution), not per step. Three waits
 get `long_allowance(seconds)` = max(4 x seconds, 600 s) instead, on every worker, and a peer that
 freezes during one is detected within it:
 - the first call of a newly traced function, which also optimises its graph and runs it for the
   first time: that grows with K (53 s, and in another run about 5 min, at K=24 on a loaded 2-core host, against 0.9 s for a later
   call at K=16); each worker traces its own functions;
+- the set-up, from the cluster's join to the first call: each worker loads its data (as slow as
+  its host's disk) and builds the model, whose variables wait for the chief's initial values;
 - a worker's wait for the chief at the start (its backup restored) and at each epoch's end (its
   checkpoints, backup and pictures written): the chief's own work, which only the chief's
   watchdog is paused for.

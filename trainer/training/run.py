@@ -168,10 +168,13 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
             _same_data_as_the_chief(strategy, prepared, distribution)
             k = cfg["train"]["steps_per_execution"]
             watch.expect(f"worker {distribution['worker']}: no call of {k} training step(s) (train.steps_per_execution) ended within "
-                         f"train.collective_timeout ({timeout} s; a newly traced call's first run or a wait for the chief's epoch end: "
-                         f"{peers.long_allowance(timeout):g} s): "
+                         f"train.collective_timeout ({timeout} s; the set-up, a newly traced call's first run or a wait for the chief's "
+                         f"epoch end: {peers.long_allowance(timeout):g} s): "
                          "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
                          f"Resume every worker with: python -m trainer train --resume {run_dir}")
+            # The set-up until training starts (each worker loads its data and builds the model, whose variables
+            # wait for the chief's; the chief alone sets up its checkpoints and pictures): the peers' own work.
+            watch.long_wait()
         chief = distribute.worker_index(strategy) == 0
         env = {**environment(), "distribution": distribution}
         write_json_atomic(run_dir / "environment.json", env)
