@@ -3,6 +3,7 @@
 training): a run that failed or was stopped on its own, a store that boto3 cannot open (a missing AWS profile, an
 endpoint nobody answers), a malformed pointer among good ones, a checkpoint whose bytes do not match their md5."""
 
+import json
 import os
 
 import pytest
@@ -80,6 +81,26 @@ def test_watch_still_moves_a_run_stopped_without_a_request(store):
     watched = store.fab("-H", "gone", "watch", "--run", "r1")
     assert watched.returncode == 10, watched.out
     assert "from epoch 2 in storage" in one_line(watched.out) and "other: does not answer" in one_line(watched.out), watched.out
+
+
+@pytest.mark.parametrize("state", ["finished", "running"])
+def test_a_watch_takes_no_other_run_of_the_same_name_from_storage(store, state):
+    """The watch saw run r1 begin at 09:00 (its record; here a watch restarted after the laptop slept); storage holds
+    an r1 begun at 03:50 (the uploader of the followed run refuses to write over it). That pointer is neither the
+    run's end (it ended 0, "finished", before) nor a checkpoint to resume it from (it was resumed from it)."""
+    store.seed("r1", state=state, final=state == "finished", summary={"epoch": 2, "epochs": 5, "exit": {"exit_code": 0}})
+    folder = store.root / "state" / "watch"
+    folder.mkdir(parents=True)
+    ours = "2026-11-30T09:00:00+00:00"
+    (folder / "r1.json").write_text(json.dumps({"run": "r1", "host": "gone", "state": "following", "seen": True,
+                                                "run_started_at": ours}))
+    watched = store.fab("-H", "gone", "watch", "--run", "r1")
+    out = one_line(watched.out)
+    assert watched.returncode == 10, watched.out
+    assert f"storage holds another run named r1 (begun 2026-11-30T03:50:00+00:00, launch L1 on gpu1), not the one followed (begun {ours})" in out, out
+    assert "storage says" not in out and "from epoch 2 in storage" not in out and "deploy-full" not in out, out
+    assert "other: does not answer" in out and "Traceback" not in out, out
+    assert json.loads((folder / "r1.json").read_text())["run_started_at"] == ours
 
 
 def test_resume_from_a_failed_run_is_possible_on_purpose_and_says_what_it_continues(store, monkeypatch, tmp_path):

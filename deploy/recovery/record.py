@@ -4,8 +4,8 @@
         record.note(decision, look, now)          # the state, the unreachable clock, a transition when the state changes
         record.add_recovery({...})                # {n, host, from_host, at, from_epoch, reason, launched}
 
-It holds what the watch decided and why (state, every transition with its time and reason), how
-many recoveries it made (recovery.max_restarts counts them across watches of the same run), and
+It holds what the watch decided and why (state, every transition with its time and reason), which
+run of the name it follows (run_started_at: its status.json's started_at, once seen), how many recoveries it made (recovery.max_restarts counts them across watches of the same run), and
 where the run is now. The notifications the watch sent are in `<run>.notifications.json` beside it
 (remote_scripts/notify.py's record). `write_on_host` puts the recoveries into the run directory
 on its host (RUN/recoveries.json), where `fab monitor` shows them and storage keeps them.
@@ -44,6 +44,7 @@ class Record:
                      "unreachable_since": None, "transitions": [], "recoveries": [], **data}
         if data.get("state") in ("finished", "failed", "stopped", "gave-up"):  # a new watch of an ended run: look again
             self.data.update(state="starting")
+            self.data.pop("run_started_at", None)  # perhaps a new run of the same name: known once seen
         self.data.update(host=host, unreachable_since=None)  # where this watch starts (-H, else the last deploy-full's host)
 
     @classmethod
@@ -73,8 +74,13 @@ class Record:
         d = self.data
         if look["reachable"]:
             d["unreachable_since"] = None
-            if (look.get("info") or {}).get("state") not in (None, "none"):
+            info = look.get("info") or {}
+            if info.get("state") not in (None, "none"):
                 d["seen"] = True
+            started = (info.get("status") or {}).get("started_at")
+            if started and started != d.get("run_started_at"):  # which run of this name is followed (storage may hold another)
+                d["run_started_at"] = started
+                self.save()
         elif d["unreachable_since"] is None:
             d["unreachable_since"] = now
         changed = decision.state != d["state"]

@@ -1,8 +1,10 @@
 """What `fab watch` needs of the run's copy in run storage (deploy/runs/storage.py, trainer/storage/).
 
     configured(inv)                          # storage.url is set
-    epoch, url, why, end = latest(inv, "r1") # the last stored epoch (LATEST), the run's address; or (None, None, why, None);
-                                             # `end`: a machine.Decision when storage says the run ended by itself
+    epoch, url, why, end = latest(inv, "r1", started_at)  # the last stored epoch (LATEST), the run's address; or
+                                             # (None, None, why, None); `end`: a machine.Decision when storage says the
+                                             # run ended by itself. A pointer of another run of this name (its
+                                             # run_started_at is not `started_at`, the followed run's) is neither.
     wait_uploader(look_again, seconds)       # the lost host still answers: until its uploader stored the run's end
 
 The run's recoveries.json is a file of the run like any other: its uploader stores it with the
@@ -18,10 +20,11 @@ def configured(inv):
     return storage.enabled(inv)
 
 
-def latest(inv, run):
+def latest(inv, run, started_at=None):
     """(last stored epoch, s3://.../RUN, None, None); (None, None, why, None) when storage has no checkpoint of the run
-    or cannot be read; (None, None, why, Decision) when its pointer says that the run ended by itself (finished,
-    failed on its own, stopped on request: machine.stored_end), which no recovery restarts."""
+    or cannot be read, or holds another run of this name (begun at another time than `started_at`, the followed
+    run's status.json started_at, when known); (None, None, why, Decision) when its pointer says that the run ended
+    by itself (finished, failed on its own, stopped on request: machine.stored_end), which no recovery restarts."""
     from deploy.errors import DeployError
     from deploy.recovery.machine import stored_end
     from deploy.runs import storage
@@ -33,6 +36,10 @@ def latest(inv, run):
         pointer = storage.find_run(store, run)
     except DeployError as e:
         return None, None, str(e), None
+    theirs = pointer.get("run_started_at")
+    if started_at and theirs and theirs != started_at:  # its uploader refused to write over it: nothing of ours is there
+        return None, None, (f"storage holds another run named {run} (begun {theirs}, launch {pointer.get('launch_id') or '?'} on "
+                            f"{pointer.get('host') or '?'}), not the one followed (begun {started_at})"), None
     end = stored_end(pointer, run)
     if end is not None:
         return None, None, end.reason, end

@@ -8,7 +8,9 @@ acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up
 
   1. the run's last stored epoch (storage, LATEST; when the lost host still answers, after its uploader stored
      the run's end). A pointer that says the run ended by itself (finished, failed on its own, stopped on request)
-     ends the watch with the run's code instead, as the host would have (machine.stored_end);
+     ends the watch with the run's code instead, as the host would have (machine.stored_end). A pointer of another
+     run of the same name (begun at another time than the run the watch saw: the record's run_started_at) is not
+     the run's: neither resumed from nor taken for its end;
   2. the next free host of recovery.hosts (hosts.py; the lost host last), else a launched one (recovery.launch);
   3. there, as a process of its own (its own lock, output, exit code): `fab -H HOST train --resume` when the host
      holds the run as its current one (the lost host, back with its disk) at an epoch no older than storage's, else
@@ -121,7 +123,7 @@ class Watch:
             self.say(f"waiting (at most {UPLOADER_WAIT_SECONDS} s) for the uploader on {lost_host} to store the run's end ...")
             hinv = self.inv.for_host(lost_host)
             stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
-        epoch, url, why, end = stored.latest(self.inv, self.run)
+        epoch, url, why, end = stored.latest(self.inv, self.run, self.record.data.get("run_started_at"))
         if end is not None:  # the host could not tell, storage can: the run ended by itself (failed, stopped, finished)
             self.record.transition(end.state, end.reason)
             return self.end(end, {"reachable": False})
