@@ -5,7 +5,8 @@
         record.add_recovery({...})                # {n, host, from_host, at, from_epoch, reason, launched}
 
 It holds what the watch decided and why (state, every transition with its time and reason), which
-run of the name it follows (run_started_at: its status.json's started_at, once seen), how many recoveries it made (recovery.max_restarts counts them across watches of the same run), and
+run of the name it follows (run_started_at: its status.json's started_at, once seen), how many
+recoveries it made (recovery.max_restarts counts them across watches of the same run), and
 where the run is now. The notifications the watch sent are in `<run>.notifications.json` beside it
 (remote_scripts/notify.py's record). `write_on_host` puts the recoveries into the run directory
 on its host (RUN/recoveries.json), where `fab monitor` shows them and storage keeps them.
