@@ -14,7 +14,8 @@ it runs before the code is synced. REQUEST_JSON holds any of (each answered unde
                 exit_code; null where run_state.py is not synced yet; {error} if it fails
     provision   {packages, venv, marker}: {uid, dpkg, missing, nvidia_smi: null | {gpus, error}, venv_python,
                 venv_pip (pip's package is in the venv), marker}
-    data        folders: [files, bytes] of each (regular files; rsync's partial folders not counted)
+    data        folders: [files, bytes] of each (regular files; rsync's partial folders not counted), and
+                "incomplete": whether each holds the marker of an unverified upload
     code        the project folder: {code_version, deploy_env}, the text of its .code-version and .deploy.env ("" if missing)
 
 While it holds the lock it reads its standard input, a word a line, and answers each with a JSON
@@ -32,6 +33,7 @@ import subprocess
 import sys
 
 PARTIAL_DIR = ".rsync-partial"  # deploy/host/sync.py: rsync's resumable partial files, not part of the data
+UPLOAD_MARKER = ".facenet-upload-incomplete"  # deploy/host/sync.py: in a data folder while an upload into it is unverified
 
 
 def home(path):
@@ -147,12 +149,13 @@ def provision(request):
 
 def tree(path):
     """[files, bytes] of the regular files under `path`, as deploy/host/sync.py's verification counts them
-    (`find -path '*/.rsync-partial' -prune -o -type f`); [0, 0] for a folder that is not there."""
+    (`find -path '*/.rsync-partial' -prune -o -type f ! -name .facenet-upload-incomplete`); [0, 0] for a
+    folder that is not there."""
     files = size = 0
     for root, dirs, names in os.walk(home(path)):
         dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
         for name in names:
-            if name == PARTIAL_DIR:
+            if name in (PARTIAL_DIR, UPLOAD_MARKER):
                 continue
             try:
                 st = os.lstat(os.path.join(root, name))
@@ -190,6 +193,7 @@ def answer(request):
         found["provision"] = provision(request["provision"])
     if request.get("data"):
         found["data"] = [tree(path) for path in request["data"]]
+        found["incomplete"] = [os.path.lexists(os.path.join(home(path), UPLOAD_MARKER)) for path in request["data"]]
     if request.get("code"):
         found["code"] = code(request["code"])
     return found

@@ -84,6 +84,8 @@ def test_a_release_removes_the_lock_and_the_end_of_input_without_one_leaves_it_f
 
 
 def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state_and_code_stamp(tmp_path):
+    from deploy.host.sync import data_check_command
+
     data = tmp_path / "data dir" / "crema-d"
     (data / "a" / "b").mkdir(parents=True)
     (data / "x.npz").write_bytes(b"12345")
@@ -91,8 +93,11 @@ def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state
     (data / "link.npz").symlink_to(data / "x.npz")  # not a regular file
     (data / ".rsync-partial").mkdir()
     (data / ".rsync-partial" / "half.npz").write_bytes(b"1" * 50)  # rsync's partial file: not data yet
-    find = subprocess.run(f"find '{data}' -path '*/.rsync-partial' -prune -o -type f -printf '%s\\n' | awk '{{n++; s+=$1}} END {{print n+0, s+0}}'",
-                          shell=True, capture_output=True, text=True, check=True).stdout.split()
+    (data / ".facenet-upload-incomplete").write_text('{"files": 3}')  # the deploy's marker of an unverified upload: not data
+    with open(data / "a" / "big.npz", "wb") as f:  # 3 GB, sparse: sums past 2**31 (mawk's print gave 3e+09)
+        f.truncate(3_000_000_000)
+    find = subprocess.run(["bash", "-c", data_check_command(str(data), 0, 0)], capture_output=True, text=True, check=True).stdout.split()
+    assert (data / ".facenet-upload-incomplete").exists()  # not what the laptop holds: the marker stays
     project = tmp_path / "project"
     project.mkdir()
     (project / ".code-version").write_text("v1-dirty\n")
@@ -100,7 +105,10 @@ def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state
                "training": {"scripts": str(ROOT / "remote_scripts"), "runs_dir": str(tmp_path / "runs"), "session": "no-such-session"}}
     answer = json.loads(subprocess.run([sys.executable, str(HELPER), json.dumps(request)], capture_output=True, text=True, check=True,
                                        timeout=60, stdin=subprocess.DEVNULL).stdout)
-    assert answer["data"] == [[int(v) for v in find], [0, 0]] == [[2, 8], [0, 0]]
+    assert answer["data"] == [[int(v) for v in find], [0, 0]] == [[3, 3_000_000_008], [0, 0]]
+    assert answer["incomplete"] == [True, False]
+    subprocess.run(["bash", "-c", data_check_command(str(data), 3, 3_000_000_008)], capture_output=True, check=True)
+    assert not (data / ".facenet-upload-incomplete").exists()  # the laptop's files and bytes: verified, unmarked
     assert answer["code"] == {"code_version": "v1-dirty\n", "deploy_env": ""}
     assert answer["dirs"] == [str(tmp_path / "new" / "dir")] and (tmp_path / "new" / "dir").is_dir()
     assert answer["training"]["state"] == "none" and answer["training"]["exit_code"] == 5
@@ -110,7 +118,7 @@ def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state
     assert answer["training"] is None  # the code is not synced: no launcher has run either
 
 
-def test_rsyncs_partial_folder_has_one_name_in_the_uploader_the_survey_and_the_trainer():
+def test_rsyncs_partial_folder_and_the_upload_marker_have_one_name_in_the_uploader_the_survey_and_the_trainer():
     """An interrupted `fab sync-data` leaves its files in rsync's --partial-dir (deploy/host/sync.py); the
     survey leaves that folder out of the data's size and the trainer's validation refuses data that still
     holds one: three copies of one name (the host side cannot import the laptop's), kept equal here."""
@@ -123,3 +131,4 @@ def test_rsyncs_partial_folder_has_one_name_in_the_uploader_the_survey_and_the_t
     helper = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helper)
     assert sync.PARTIAL_DIR == helper.PARTIAL_DIR == validation.UNFINISHED_UPLOAD
+    assert sync.UPLOAD_MARKER == helper.UPLOAD_MARKER == validation.UPLOAD_MARKER  # an upload not verified yet

@@ -6,12 +6,13 @@ by every test here.
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, wait_until, write_clip, write_config
+from conftest import TINY_CONFIG, run_trainer, wait_until, write_clip, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -205,12 +206,20 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     assert not (deploy_env.runs / ".lock").exists()  # released on the way out
     arrived = len(list(remote.glob("*.npz")))
     assert 0 < arrived < local_files
+    marker = remote / ".facenet-upload-incomplete"
+    assert json.loads(marker.read_text())["files"] == local_files, "the unverified upload is marked on the host"
+    shutil.rmtree(remote / ".rsync-partial", ignore_errors=True)  # as if cut between two files: no partial file to tell
+    refused = run_trainer("train", "--data", remote, "--out", deploy_env.root / "runs-here", "--epochs", "1")
+    assert refused.returncode == 2, refused.stdout + refused.stderr  # not a training on part of the data set
+    assert f"an upload into it has not completed: {arrived} .npz file(s) here, {local_files} file(s) expected" in refused.stderr
+    assert str(marker) in refused.stderr and "Run `fab sync-data` again" in refused.stderr
     deploy_env.write(rsync_args=[])
     again = deploy_env.fab("sync-data")
     assert again.returncode == 0, again.out
     sent = int(re.search(r"(\d+) file\(s\) sent", again.out).group(1))
     assert sent <= local_files - arrived + 1  # only what was missing (and the one cut short) travels
     assert f"verified: the host holds the same files and bytes ({local_files} files" in again.out
+    assert not marker.exists()  # verified: the trainer takes the folder again
 
 
 def test_the_throwaway_host_starts_in_a_folder_whose_path_has_a_space(tmp_path):

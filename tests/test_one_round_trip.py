@@ -45,7 +45,8 @@ def test_a_noop_redeploy_runs_one_bookkeeping_command_and_its_two_rsyncs(host_re
     (env.data / "new clip.npz").write_bytes((env.data / sorted(p.name for p in env.data.glob("*.npz"))[0]).read_bytes())
     conns, commands, proc = sshd_counts(ssh_host, lambda: env.fab("sync-data"))
     assert proc.returncode == 0 and "1 file(s) sent" in proc.out and "(61 files" in proc.out, proc.out
-    assert (conns, commands) == (2, 3)  # a changed upload is checked on the host after it: one command more
+    # a changed upload: the host's data folder is marked unverified before it, and checked (and unmarked) after it
+    assert (conns, commands) == (2, 4), proc.out
 
 
 def test_the_tasks_of_one_invocation_hold_one_lock_and_a_training_one_starts_stops_the_next(host_ready):

@@ -6,15 +6,20 @@
     upload_run(target, inv, run, say)   # a fetched run (with backup/) to continue on this host
 
 rsync keeps partial files in `.rsync-partial/` so an interrupted upload resumes where it
-stopped; the verification compares file counts and bytes on both sides. A run travels as
+stopped; the verification compares file counts and bytes on both sides. A data folder that an
+upload may change holds `.facenet-upload-incomplete` (what is expected, JSON) from before rsync
+starts until the host holds the same files and bytes: an upload interrupted between two files
+leaves no partial file, and the trainer refuses a folder that holds the marker (trainer/data/validation.py). A run travels as
 regular files and folders only (RUN_FILES_ONLY): a link in it is refused, never recreated.
 """
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
@@ -27,6 +32,7 @@ from trainer.results.runfiles import check_run_paths
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
+UPLOAD_MARKER = ".facenet-upload-incomplete"  # in a data folder on the host while an upload into it is not verified
 # a run's files between hosts: never a link, device or FIFO, even one that appears after the check
 RUN_FILES_ONLY = ["--no-links", "--no-devices", "--no-specials"]
 RSYNC_CONNECTION_CODES = {12: "the connection closed mid-transfer", 30: "timed out sending or receiving data",
@@ -107,6 +113,8 @@ def local_tree(path):
     for root, dirs, names in os.walk(path, followlinks=True):
         dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
         for name in names:
+            if name == UPLOAD_MARKER:  # never sent (rsync --exclude): the host's own
+                continue
             file = os.path.join(root, name)
             try:
                 size += os.path.getsize(file)
@@ -143,12 +151,18 @@ def sync_data(target, inv, say):
     for d, (files, size) in local.items():
         say(f"{d}: {files} files, {size / 1e6:.1f} MB")
     before = conn.answers.pop("data", None) or {}  # {remote dir: (files, bytes)} from the bookkeeping command (deploy.host.session)
-    if inv.remote["data_dir"] not in conn.answers.get("made", ()):
+    incomplete = conn.answers.pop("data_incomplete", None) or set()  # the remote dirs that hold UPLOAD_MARKER
+    pairs = list(zip(local.items(), remote_data_dirs(inv)))
+    changing = [(d, counts, remote) for (d, counts), remote in pairs if before.get(remote) != counts]
+    if changing:  # marked before rsync may change them (an upload cut between two files leaves no partial file)
+        conn.run("; ".join(mark_incomplete(d, counts, remote) for d, counts, remote in changing), hide=True, in_stream=False)
+    elif inv.remote["data_dir"] not in conn.answers.get("made", ()):
         conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
-    total, unchanged = 0, True
-    for (d, counts), remote in zip(local.items(), remote_data_dirs(inv)):
+    total, unchanged = 0, not incomplete
+    for (d, counts), remote in pairs:
         stats = rsync_stats(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
-                                   *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"], show_progress=True)
+                                   f"--exclude={UPLOAD_MARKER}", *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"],
+                            show_progress=True)
         n, sent = stats["transferred"], stats["sent"]
         total += n
         unchanged &= n == 0 and stats["deleted"] == 0 and before.get(remote) == counts
@@ -160,17 +174,29 @@ def sync_data(target, inv, say):
     return total
 
 
+def mark_incomplete(d, counts, remote):
+    """The shell command that puts UPLOAD_MARKER into `remote` (made if missing): what the upload from `d` must bring."""
+    marker = json.dumps({"from": str(d), "files": counts[0], "bytes": counts[1], "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
+    return f"mkdir -p {rq(remote)} && printf '%s\\n' {shlex.quote(marker)} > {rq(rjoin(remote, UPLOAD_MARKER))}"
+
+
 def say_verified(local, say):
     say(f"verified: the host holds the same files and bytes ({sum(f for f, _ in local.values())} files, "
         f"{sum(s for _, s in local.values()) / 1e6:.1f} MB)")
 
 
+def data_check_command(remote, files, size):
+    """Shell: print "FILES BYTES" of the regular files under `remote` (rsync's partial folder and the upload
+    marker left out), and remove its marker when they are `files` and `size` (the laptop's). printf %.0f:
+    mawk (Debian's awk) prints a sum over 2**31 as 2.14748e+09."""
+    count = (f"find {rq(remote)} -path '*/{PARTIAL_DIR}' -prune -o -type f ! -name {UPLOAD_MARKER} -printf '%s\\n' | "
+             """awk '{n++; s+=$1} END {printf "%d %.0f\\n", n, s}'""")
+    return f"c=$({count}); echo \"$c\"; if [ \"$c\" = '{files} {size}' ]; then rm -f {rq(rjoin(remote, UPLOAD_MARKER))}; fi"
+
+
 def verify_data(conn, inv, local, say):
     remotes = remote_data_dirs(inv)
-    script = "; ".join(
-        f"find {rq(r)} -path '*/{PARTIAL_DIR}' -prune -o -type f -printf '%s\\n' | awk '{{n++; s+=$1}} END {{print n+0, s+0}}'"
-        for r in remotes
-    )
+    script = "; ".join(data_check_command(r, files, size) for r, (files, size) in zip(remotes, local.values()))
     out = conn.run(script, hide=True, warn=True, in_stream=False)
     lines = out.stdout.split("\n")
     for (d, (files, size)), remote, line in zip(local.items(), remotes, lines):

@@ -64,6 +64,7 @@ class ValidationResult:
 
 
 UNFINISHED_UPLOAD = ".rsync-partial"  # deploy/host/sync.py's --partial-dir: an interrupted `fab sync-data` leaves its files here
+UPLOAD_MARKER = ".facenet-upload-incomplete"  # deploy/host/sync.py: there from before an upload until it is verified
 
 
 def find_files(dirs):
@@ -75,6 +76,11 @@ def find_files(dirs):
         if not d.is_dir():
             raise DataError(f"Data directory {d} does not exist or is not a directory.")
         found = sorted(p for p in d.rglob("*.npz") if p.is_file())
+        if (d / UPLOAD_MARKER).exists():
+            raise DataError(f"Data directory {d}: an upload into it has not completed{_expected(d / UPLOAD_MARKER, len(found))} "
+                            f"({d / UPLOAD_MARKER} is there: `fab sync-data` writes it before it sends and removes it once the "
+                            "host holds the same files and bytes). Run `fab sync-data` again to finish it (rsync resumes), or "
+                            "delete that file to train on the files already in place.")
         partial = [p for p in found if UNFINISHED_UPLOAD in p.relative_to(d).parts[:-1]]
         if partial:
             raise DataError(
@@ -83,6 +89,15 @@ def find_files(dirs):
                 "(rsync resumes), or delete that folder to train on the files already in place.")
         files.extend(str(p) for p in found)
     return files
+
+
+def _expected(marker, npz_files):
+    """What the marker says the upload brings, against what is here; '' when it cannot be read."""
+    try:
+        expected = json.loads(marker.read_text())
+        return f": {npz_files} .npz file(s) here, {int(expected['files'])} file(s) expected from {expected['from']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
 
 
 def check_file(path, feature_key="video_features", feature_dim=512):
