@@ -112,6 +112,8 @@ def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
         time.sleep(0.1)
     assert status(run)["state"] == "running"  # fold 1 is done, the CV run is not
+    started = json.loads((run / "fold-1" / "status.json").read_text())["started_at"]
+    assert status(run)["started_at"] == started  # the run's start, not fold 2's: it names the run in storage and `fab watch`
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 3, proc.stdout.read()
     fold1 = (run / "fold-1" / "metrics.json").stat().st_mtime
@@ -129,7 +131,8 @@ def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_
 
     cv = json.loads((run / "cv.json").read_text())
     plan = json.loads((run / "cv-plan.json").read_text())
-    assert cv["folds_done"] == 3 and status(run)["state"] == "finished"
+    assert cv["folds_done"] == 3 and status(run)["state"] == "finished" and status(run)["started_at"] == started
+    assert json.loads((run / "fold-3" / "status.json").read_text())["started_at"] != started  # a fold of its own
     tested = [a for k in (1, 2, 3) for a in json.loads((run / f"fold-{k}" / "split.json").read_text())["test_actors"]]
     manifest = json.loads((run / "fold-1" / "manifest.json").read_text())
     assert sorted(tested) == sorted({f["actor"] for f in manifest["files"] if f["status"] == "accepted"})  # each actor once

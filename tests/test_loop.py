@@ -158,12 +158,19 @@ def test_threads_stay_bounded_over_2000_steps_on_two_workers():
         assert r["train_traces"] == 2, results  # once per fit call: a worker's sums keep their type from call to call
 
 
-def test_a_frozen_worker_fails_the_run_within_the_collective_timeout(tmp_path, synth_crema):
-    """A peer stopped with SIGSTOP: the other worker records PeerLost and ends within train.collective_timeout."""
+def test_a_stalled_worker_is_waited_for_and_a_frozen_one_fails_the_run_within_the_collective_timeout(tmp_path, synth_crema):
+    """A peer stopped with SIGSTOP for 15 s, less than train.collective_timeout (30 s) but more than TensorFlow's
+    own default heartbeat timeout (10 s, which ended both workers: AbortedError, DeadlineExceededError), is waited
+    for; stopped for good, the other worker records PeerLost and ends within train.collective_timeout."""
     cluster = Cluster(tmp_path)
     try:
         cluster.start("--data", synth_crema, "--epochs", 200, "--set", "train.collective_timeout=30")
         cluster.wait_for_epoch(1, timeout=300)  # its steps are traced: the rest of the run is steps
+        os.kill(cluster.procs[1].pid, signal.SIGSTOP)  # a stall: swapping, a busy disk, a paused VM
+        time.sleep(15)
+        os.kill(cluster.procs[1].pid, signal.SIGCONT)
+        stalled_at = cluster.status(0)["epoch"]
+        cluster.wait_for_epoch(stalled_at + 2, timeout=120)  # both go on
         os.kill(cluster.procs[1].pid, signal.SIGSTOP)
         frozen = time.monotonic()
         cluster.procs[0].wait(timeout=120)

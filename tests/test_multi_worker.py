@@ -58,7 +58,9 @@ class Cluster:
         return self.procs
 
     def wait(self, timeout=300):
-        self.outputs = [p.communicate(timeout=timeout)[0] for p in self.procs]
+        self.outputs = []
+        for p in self.procs:  # kept as each is read: report() after a timeout shows what was
+            self.outputs.append(p.communicate(timeout=timeout)[0])
         return [p.returncode for p in self.procs], self.outputs
 
     def status(self, k):
@@ -83,7 +85,10 @@ class Cluster:
         self.kill()
         parts = []
         for k, p in enumerate(self.procs):
-            out = self.outputs[k] if p.stdout.closed else p.communicate(timeout=60)[0]
+            try:
+                out = p.communicate(timeout=10)[0] if not p.stdout.closed else self.outputs[k] if k < len(self.outputs) else "(not kept)"
+            except subprocess.TimeoutExpired:
+                out = "(not read: a process it started still holds its output open)"
             try:
                 status = {key: self.status(k).get(key) for key in ("state", "epoch", "error")}
             except (OSError, ValueError) as e:

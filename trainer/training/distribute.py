@@ -55,22 +55,37 @@ def read_cluster(environ=None):
     return {"workers": workers, "index": index}
 
 
-def choose_strategy(mode, cluster=None):
+def choose_strategy(mode, cluster=None, peer_timeout=None):
     """The strategy of `train.distribute` (see above). A multi-worker strategy has no per-collective
     timeout: TensorFlow documents it as a debugging aid, and each collective would leave a thread
-    sleeping out the timeout; trainer/training/peers.py's watchdog bounds the wait for a peer instead."""
+    sleeping out the timeout; trainer/training/peers.py's watchdog bounds the wait for a peer instead.
+    TensorFlow's own heartbeat between the workers gets `peer_timeout` seconds (train.collective_timeout)."""
     import tensorflow as tf
 
     if mode == "multi_worker" and cluster is None:
         raise ConfigError("train.distribute is multi_worker but TF_CONFIG is not set: start the workers with "
                           "`fab -H <cluster> deploy-full` (inventory `clusters:`), or set train.distribute to auto.")
     if cluster is not None and mode in ("auto", "multi_worker"):
+        if peer_timeout:
+            _coordinate(len(cluster["workers"]), peer_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "off" or (mode == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def _coordinate(workers, seconds):
+    """TensorFlow's coordination service, set up as MultiWorkerMirroredStrategy would (it leaves one set up
+    before it alone), but with a heartbeat timeout of `seconds`: its default, 10 s, ended every worker of a
+    run when one stalled that long (swapping, a busy disk), whatever train.collective_timeout said."""
+    from tensorflow.python.distribute import collective_all_reduce_strategy as mwms
+    from tensorflow.python.eager import context
+
+    jobs = [mwms.coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=workers)]
+    context.context().configure_coordination_service(service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+                                                     heartbeat_timeout_in_ms=int(seconds * 1000), coordinated_jobs=jobs)
 
 
 def describe(strategy, batch_size, cluster=None):

@@ -160,7 +160,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
                    if cluster else "")
     watch = peers.Watchdog(timeout, status.path, nobody_came) if cluster else peers.NoWatchdog()
     try:
-        strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster)
+        strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, peer_timeout=timeout)
         _stop_at_once_until_training_starts(run_dir)  # TensorFlow's preemption notifier took SIGTERM over: take it back
         keras.utils.set_random_seed(cfg["seed"])
         distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
@@ -190,7 +190,8 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
     except Exception as e:
         if not peers.lost_peer(e, len(cluster["workers"]) if cluster else 1):
             raise
-        raise PeerLost(f"worker {(cluster or {}).get('index', 0)} lost contact with {_peer_hint(e)} ({type(e).__name__}) and "
+        own = (cluster or {}).get("index", 0)
+        raise PeerLost(f"worker {own} lost contact with {_peer_hint(e, own)} ({type(e).__name__}) and "
                        f"stopped; the failed worker's own record says why. Resume every worker with: "
                        f"python -m trainer train --resume {run_dir}", cause=type(e).__name__, local=peers.local_failure(e)) from None
     finally:
@@ -319,10 +320,11 @@ def _same_data_as_the_chief(strategy, prepared, distribution):
                         "split or normalisation). Every worker needs the same data: `fab -H <cluster> deploy-full` syncs every host.")
 
 
-def _peer_hint(error):
-    """The peer TensorFlow's message names, for the reader (the records of the workers are the facts)."""
-    found = sorted(set(re.findall(r"/job:worker/replica:\d+/task:(\d+)", str(error))))
-    return "worker " + " and ".join(found) if found else "its peers"
+def _peer_hint(error, own):
+    """The peers TensorFlow's message names, this worker (`own`) left out: for the reader (the records of the
+    workers are the facts). A heartbeat's timeout names the task that reports it."""
+    found = sorted({int(k) for k in re.findall(r"/job:worker/replica:\d+/task:(\d+)", str(error))} - {own})
+    return "worker " + " and ".join(map(str, found)) if found else "its peers"
 
 
 def final_scores(cfg, prepared, model, val_gen, batch_size):

@@ -39,6 +39,12 @@ class RunStatus:
     def __init__(self, run_dir, epochs, mirror=None, **fields):
         self.path = Path(run_dir) / "status.json"
         self.mirror = mirror  # (path, fields): the same status there too, e.g. a CV run's, with fold k of K
+        self._run_started = None  # the mirrored run's own start (its first fold's), which names it in storage and `fab watch`
+        if mirror:
+            try:
+                self._run_started = json.loads(Path(mirror[0]).read_text()).get("started_at")
+            except (OSError, ValueError, AttributeError):
+                pass
         self._t0 = time.monotonic()
         self.data = {
             "state": "starting", "run": Path(run_dir).name, "pid": os.getpid(),
@@ -61,7 +67,7 @@ class RunStatus:
         write_json_atomic(self.path, self.data)
         if self.mirror:
             path, extra = self.mirror
-            data = {**self.data, **extra}
+            data = {**self.data, **extra, "started_at": self._run_started or self.data["started_at"]}
             later = extra.get("folds", 0) - extra.get("fold", 0)  # folds still to train after this one
             if data["state"] == "finished" and later > 0:
                 data["state"] = "running"  # one fold done, the run goes on
