@@ -26,6 +26,7 @@ Ctrl-C) leaves the lock as a task that died leaves it: its lease goes stale, `fa
 """
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -148,11 +149,13 @@ def provision(request):
 
 
 def tree(path):
-    """[files, bytes] of the regular files under `path`, as deploy/host/sync.py's verification counts them
-    (`find -path '*/.rsync-partial' -prune -o -type f ! -name .facenet-upload-incomplete`); [0, 0] for a
-    folder that is not there."""
+    """[files, bytes, listing] of the regular files under `path`, counted as deploy/host/sync.py's verification
+    counts them (`find -path '*/.rsync-partial' -prune -o -type f ! -name .facenet-upload-incomplete`); listing:
+    the sha256 of their paths, sizes and mtimes, as sync.py's `listing_digest` makes it of the laptop's folder.
+    [0, 0, digest of nothing] for a folder that is not there."""
     files = size = 0
-    for root, dirs, names in os.walk(home(path)):
+    top, lines = home(path), []
+    for root, dirs, names in os.walk(top):
         dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
         for name in names:
             if name in (PARTIAL_DIR, UPLOAD_MARKER):
@@ -163,7 +166,8 @@ def tree(path):
                 continue
             if st.st_mode & 0o170000 == 0o100000:  # S_ISREG: not a link, not a device
                 files, size = files + 1, size + st.st_size
-    return [files, size]
+                lines.append(f"{os.path.relpath(os.path.join(root, name), top)}\0{st.st_size}\0{int(st.st_mtime)}\n")
+    return [files, size, hashlib.sha256("".join(sorted(lines)).encode(errors="surrogateescape")).hexdigest()]
 
 
 def code(project):
@@ -192,7 +196,9 @@ def answer(request):
     if request.get("provision"):
         found["provision"] = provision(request["provision"])
     if request.get("data"):
-        found["data"] = [tree(path) for path in request["data"]]
+        trees = [tree(path) for path in request["data"]]
+        found["data"] = [t[:2] for t in trees]
+        found["listing"] = [t[2] for t in trees]
         found["incomplete"] = [os.path.lexists(os.path.join(home(path), UPLOAD_MARKER)) for path in request["data"]]
     if request.get("code"):
         found["code"] = code(request["code"])

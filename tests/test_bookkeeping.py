@@ -118,6 +118,34 @@ def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state
     assert answer["training"] is None  # the code is not synced: no launcher has run either
 
 
+def test_the_survey_lists_a_folder_rsync_copied_as_the_laptop_lists_it_and_moved_files_change_the_listing(tmp_path):
+    """sync-data marks a host folder unverified before rsync when its listing (paths, sizes, mtimes) differs from
+    the laptop's: equal totals hid moved or rewritten files, and an upload of them cut between two files went unseen."""
+    from deploy.host.sync import listing_digest, local_tree
+
+    src, dst = tmp_path / "laptop" / "crema-d", tmp_path / "host" / "crema-d"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.npz").write_bytes(b"aaaa")
+    (src / "sub" / "b.npz").write_bytes(b"bb")
+    (src / "c.npz").symlink_to(src / "a.npz")  # rsync --copy-links makes a file of it
+    os.utime(src / "a.npz", (1_600_000_000, 1_600_000_000))
+    dst.parent.mkdir()
+    subprocess.run(["rsync", "-a", "--copy-links", f"{src}/", f"{dst}/"], check=True, timeout=60)
+    (dst / ".facenet-upload-incomplete").write_text("{}")  # the host's own: not listed
+
+    def survey():
+        return json.loads(subprocess.run([sys.executable, str(HELPER), json.dumps({"data": [str(dst)]})], capture_output=True,
+                                         text=True, check=True, timeout=60, stdin=subprocess.DEVNULL).stdout)
+
+    found = survey()
+    assert found["data"] == [[3, 10]] and found["listing"] == [listing_digest(src)]
+    counts = local_tree(src)
+    (src / "sub" / "b.npz").rename(src / "b.npz")  # moved: the same files and bytes
+    assert local_tree(src) == counts and listing_digest(src) != found["listing"][0]
+    subprocess.run(["rsync", "-a", "--copy-links", "--delete", f"{src}/", f"{dst}/"], check=True, timeout=60)
+    assert survey()["listing"] == [listing_digest(src)]
+
+
 def test_rsyncs_partial_folder_and_the_upload_marker_have_one_name_in_the_uploader_the_survey_and_the_trainer():
     """An interrupted `fab sync-data` leaves its files in rsync's --partial-dir (deploy/host/sync.py); the
     survey leaves that folder out of the data's size and the trainer's validation refuses data that still

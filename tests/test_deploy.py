@@ -222,6 +222,32 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     assert not marker.exists()  # verified: the trainer takes the folder again
 
 
+def test_moved_files_are_marked_before_the_upload_and_the_trainer_refuses_what_a_cut_one_left(deploy_env):
+    """The same files and bytes in other places (the totals equal the host's): the folder is marked unverified all
+    the same before rsync changes it. rsync's --max-size=1 (an inventory rsync_args) sends nothing: its deletions
+    alone leave part of the data set, as a cut between two files would (the review's Ctrl-C left 32 of 60 clips)."""
+    synth(deploy_env.data, clips=20)
+    deploy_env.write(default_host="local")
+    first = deploy_env.fab("sync-data")
+    assert first.returncode == 0, first.out
+    remote = deploy_env.remote_root / "data dir" / "crema-d"
+    marker = remote / ".facenet-upload-incomplete"
+    assert not marker.exists()
+    (deploy_env.data / "moved").mkdir()
+    for clip in sorted(deploy_env.data.glob("*.npz"))[:10]:
+        clip.rename(deploy_env.data / "moved" / clip.name)
+    deploy_env.write(rsync_args=["--max-size=1"])
+    cut = deploy_env.fab("sync-data")
+    assert cut.returncode == 1 and "Upload check failed" in cut.out, cut.out
+    assert len(list(remote.rglob("*.npz"))) == 10 and marker.exists()
+    refused = run_trainer("train", "--data", remote, "--out", deploy_env.root / "runs-here", "--epochs", "1")
+    assert refused.returncode == 2 and "an upload into it has not completed" in refused.stderr, refused.stdout + refused.stderr
+    deploy_env.write(rsync_args=[])
+    again = deploy_env.fab("sync-data")
+    assert again.returncode == 0 and "verified: the host holds the same files and bytes (20 files" in again.out, again.out
+    assert not marker.exists() and len(list(remote.rglob("*.npz"))) == 20
+
+
 def test_the_throwaway_host_starts_in_a_folder_whose_path_has_a_space(tmp_path):
     from deploy.demo.localhost import LocalSSHHost
 

@@ -233,3 +233,21 @@ def test_a_chief_slow_to_set_up_is_waited_for_within_the_long_allowance(cluster,
     if codes != [0, 0]:
         pytest.fail(cluster.report())
     assert cluster.status(0)["state"] == cluster.status(1)["state"] == "finished"
+
+
+def test_a_worker_killed_before_its_first_step_stops_the_chief_within_the_heartbeat(cluster, synth_crema):
+    """Killed after the join, during the set-up, no collective of the chief fails at once: TensorFlow's heartbeat
+    finds it, within min(train.collective_timeout, 30 s) (300 s here: the chief waited 300 s)."""
+    cluster.start("--data", synth_crema, "--epochs", 200)
+    out = ""
+    for line in cluster.procs[1].stdout:  # the worker has joined: it describes its strategy
+        out += line
+        if "worker 1 of 2" in line:
+            break
+    assert "worker 1 of 2" in out, cluster.report()
+    cluster.procs[1].kill()
+    killed = time.monotonic()
+    cluster.procs[0].wait(timeout=120)
+    assert time.monotonic() - killed < 60, cluster.report()
+    st = cluster.status(0)
+    assert cluster.procs[0].returncode == 4 and st["state"] == "failed" and st["error"]["type"] == "PeerLost", cluster.report()

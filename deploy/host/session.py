@@ -121,6 +121,7 @@ class HostSession:
         if "data" in answer:
             self.conn.answers["data"] = dict(zip(request["data"], map(tuple, answer["data"])))
             self.conn.answers["data_incomplete"] = {d for d, flag in zip(request["data"], answer.get("incomplete") or ()) if flag}
+            self.conn.answers["data_listing"] = dict(zip(request["data"], answer.get("listing") or ()))
         self.training = answer.get("training")
 
     def refuse_while_training(self, inv, name, restart, say):

@@ -13,6 +13,7 @@ leaves no partial file, and the trainer refuses a folder that holds the marker (
 regular files and folders only (RUN_FILES_ONLY): a link in it is refused, never recreated.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -152,13 +153,15 @@ def sync_data(target, inv, say):
         say(f"{d}: {files} files, {size / 1e6:.1f} MB")
     before = conn.answers.pop("data", None) or {}  # {remote dir: (files, bytes)} from the bookkeeping command (deploy.host.session)
     incomplete = conn.answers.pop("data_incomplete", None) or set()  # the remote dirs that hold UPLOAD_MARKER
+    listing = conn.answers.pop("data_listing", None) or {}  # {remote dir: digest of its paths, sizes and mtimes}
     pairs = list(zip(local.items(), remote_data_dirs(inv)))
-    changing = [(d, counts, remote) for (d, counts), remote in pairs if before.get(remote) != counts]
+    changing = [(d, counts, remote) for (d, counts), remote in pairs
+                if before.get(remote) != counts or listing.get(remote) != listing_digest(d)]
     if changing:  # marked before rsync may change them (an upload cut between two files leaves no partial file)
-        conn.run("; ".join(mark_incomplete(d, counts, remote) for d, counts, remote in changing), hide=True, in_stream=False)
+        conn.run(" && ".join(mark_incomplete(d, counts, remote) for d, counts, remote in changing), hide=True, in_stream=False)
     elif inv.remote["data_dir"] not in conn.answers.get("made", ()):
         conn.run(f"mkdir -p {rq(inv.remote['data_dir'])}", hide=True, in_stream=False)
-    total, unchanged = 0, not incomplete
+    total, unchanged = 0, not incomplete and not changing
     for (d, counts), remote in pairs:
         stats = rsync_stats(conn, ["--delete", "--copy-links", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
                                    f"--exclude={UPLOAD_MARKER}", *inv.rsync_args, f"{d}/", rsync_target(conn, remote) + "/"],
@@ -172,6 +175,25 @@ def sync_data(target, inv, say):
     else:
         verify_data(conn, inv, local, say)
     return total
+
+
+def listing_digest(path):
+    """sha256 of the paths, sizes and mtimes (seconds) of the files under local `path` as rsync -a --copy-links
+    leaves them on the host: what remote_scripts/fab_session.py's survey computes there. Equal totals can hide
+    moved or rewritten files."""
+    lines = []
+    for root, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
+        for name in names:
+            if name in (PARTIAL_DIR, UPLOAD_MARKER):
+                continue
+            file = os.path.join(root, name)
+            try:
+                st = os.stat(file)
+            except OSError:
+                continue
+            lines.append(f"{os.path.relpath(file, path)}\0{st.st_size}\0{int(st.st_mtime)}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode(errors="surrogateescape")).hexdigest()
 
 
 def mark_incomplete(d, counts, remote):

@@ -55,11 +55,15 @@ def read_cluster(environ=None):
     return {"workers": workers, "index": index}
 
 
+HEARTBEAT_MAX_SECONDS = 30  # TensorFlow's default, 10 s, ended every worker when one stalled that long
+
+
 def choose_strategy(mode, cluster=None, peer_timeout=None):
     """The strategy of `train.distribute` (see above). A multi-worker strategy has no per-collective
     timeout: TensorFlow documents it as a debugging aid, and each collective would leave a thread
     sleeping out the timeout; trainer/training/peers.py's watchdog bounds the wait for a peer instead.
-    TensorFlow's own heartbeat between the workers gets `peer_timeout` seconds (train.collective_timeout)."""
+    TensorFlow's own heartbeat between the workers gets `peer_timeout` seconds (train.collective_timeout), at most
+    HEARTBEAT_MAX_SECONDS: it is what finds a worker that died during the set-up, before any collective fails."""
     import tensorflow as tf
 
     if mode == "multi_worker" and cluster is None:
@@ -67,7 +71,7 @@ def choose_strategy(mode, cluster=None, peer_timeout=None):
                           "`fab -H <cluster> deploy-full` (inventory `clusters:`), or set train.distribute to auto.")
     if cluster is not None and mode in ("auto", "multi_worker"):
         if peer_timeout:
-            _coordinate(len(cluster["workers"]), peer_timeout)
+            _coordinate(len(cluster["workers"]), min(peer_timeout, HEARTBEAT_MAX_SECONDS))
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "off" or (mode == "auto" and len(gpus) < 2):
