@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: test test-fast demo lint bench system-deps venv bytecode clean
 
 # The whole suite on two pytest-xdist workers (tests/kinds.py orders and groups the tests): on 2 cores
-# 27 min (501 tests) against 73 in one process (TEST_WORKERS=0); the 2 cores are busy ~90 % of it (TensorFlow processes).
+# 30 min (507 tests) against 73 in one process (TEST_WORKERS=0); the 2 cores are busy ~90 % of it (TensorFlow processes).
 TEST_WORKERS ?= 2
 test: system-deps venv bytecode
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
