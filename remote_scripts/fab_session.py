@@ -166,7 +166,7 @@ def tree(path):
                 continue
             if st.st_mode & 0o170000 == 0o100000:  # S_ISREG: not a link, not a device
                 files, size = files + 1, size + st.st_size
-                lines.append(f"{os.path.relpath(os.path.join(root, name), top)}\0{st.st_size}\0{int(st.st_mtime)}\n")
+                lines.append(f"{os.path.relpath(os.path.join(root, name), top)}\0{st.st_size}\0{st.st_mtime_ns // 10**9}\n")
     return [files, size, hashlib.sha256("".join(sorted(lines)).encode(errors="surrogateescape")).hexdigest()]
 
 

@@ -192,7 +192,7 @@ def listing_digest(path):
                 st = os.stat(file)
             except OSError:
                 continue
-            lines.append(f"{os.path.relpath(file, path)}\0{st.st_size}\0{int(st.st_mtime)}\n")
+            lines.append(f"{os.path.relpath(file, path)}\0{st.st_size}\0{st.st_mtime_ns // 10**9}\n")
     return hashlib.sha256("".join(sorted(lines)).encode(errors="surrogateescape")).hexdigest()
 
 
