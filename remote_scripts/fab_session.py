@@ -151,7 +151,7 @@ def provision(request):
 def tree(path):
     """[files, bytes, listing] of the regular files under `path`, counted as deploy/host/sync.py's verification
     counts them (`find -path '*/.rsync-partial' -prune -o -type f ! -name .facenet-upload-incomplete`); listing:
-    the sha256 of their paths, sizes and mtimes, as sync.py's `listing_digest` makes it of the laptop's folder.
+    the sha256 of their paths, sizes and mtimes, as sync.py's `local_listing` makes it of the laptop's folder.
     [0, 0, digest of nothing] for a folder that is not there."""
     files = size = 0
     top, lines = home(path), []

@@ -121,7 +121,7 @@ def test_the_survey_counts_data_as_the_upload_check_does_and_reads_the_run_state
 def test_the_survey_lists_a_folder_rsync_copied_as_the_laptop_lists_it_and_moved_files_change_the_listing(tmp_path):
     """sync-data marks a host folder unverified before rsync when its listing (paths, sizes, mtimes) differs from
     the laptop's: equal totals hid moved or rewritten files, and an upload of them cut between two files went unseen."""
-    from deploy.host.sync import listing_digest, local_tree
+    from deploy.host.sync import local_listing
 
     src, dst = tmp_path / "laptop" / "crema-d", tmp_path / "host" / "crema-d"
     (src / "sub").mkdir(parents=True)
@@ -138,16 +138,16 @@ def test_the_survey_lists_a_folder_rsync_copied_as_the_laptop_lists_it_and_moved
                                          text=True, check=True, timeout=60, stdin=subprocess.DEVNULL).stdout)
 
     found = survey()
-    assert found["data"] == [[3, 10]] and found["listing"] == [listing_digest(src)]
+    assert found["data"] == [[3, 10]] and found["listing"] == [local_listing(src)[2]] and local_listing(src)[:2] == (3, 10)
     os.utime(src / "a.npz", ns=(1_600_000_000_999_999_999,) * 2)  # a host that keeps whole seconds (old rsync, its disk):
     os.utime(dst / "a.npz", ns=(1_600_000_000_000_000_000,) * 2)  # the same second (a float's int() gave the next one)
     found = survey()
-    assert found["listing"] == [listing_digest(src)]
-    counts = local_tree(src)
+    assert found["listing"] == [local_listing(src)[2]]
+    files, size, listed = local_listing(src)
     (src / "sub" / "b.npz").rename(src / "b.npz")  # moved: the same files and bytes
-    assert local_tree(src) == counts and listing_digest(src) != found["listing"][0]
+    assert local_listing(src)[:2] == (files, size) and local_listing(src)[2] != listed
     subprocess.run(["rsync", "-a", "--copy-links", "--delete", f"{src}/", f"{dst}/"], check=True, timeout=60)
-    assert survey()["listing"] == [listing_digest(src)]
+    assert survey()["listing"] == [local_listing(src)[2]]
 
 
 def test_rsyncs_partial_folder_and_the_upload_marker_have_one_name_in_the_uploader_the_survey_and_the_trainer():

@@ -107,10 +107,13 @@ def sync_code(target, inv, say):
     return n
 
 
-def local_tree(path):
-    """(files, bytes) of a local directory, not counting rsync's partial dir; links are followed,
-    as rsync --copy-links does."""
+def local_listing(path):
+    """(files, bytes, listing) of a local directory as rsync -a --copy-links leaves it on the host: links
+    followed, rsync's partial dir and the upload marker left out; listing: the sha256 of the files' paths, sizes
+    and mtimes (seconds), what remote_scripts/fab_session.py's survey computes there (equal totals can hide
+    moved or rewritten files)."""
     files = size = 0
+    lines = []
     for root, dirs, names in os.walk(path, followlinks=True):
         dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
         for name in names:
@@ -118,18 +121,24 @@ def local_tree(path):
                 continue
             file = os.path.join(root, name)
             try:
-                size += os.path.getsize(file)
+                st = os.stat(file)
             except OSError as e:
                 target = f" (a link to {os.readlink(file)}, which does not exist)" if os.path.islink(file) else ""
                 raise LocalInputError(f"Cannot read {file}{target} in local data directory {path}: {e.strerror}. "
                                       "Fix or remove it; nothing was uploaded.") from None
-            files += 1
-    return files, size
+            files, size = files + 1, size + st.st_size
+            lines.append(f"{os.path.relpath(file, path)}\0{st.st_size}\0{st.st_mtime_ns // 10**9}\n")
+    return files, size, hashlib.sha256("".join(sorted(lines)).encode(errors="surrogateescape")).hexdigest()
 
 
 def check_local_data(inv):
     """Every configured data dir exists, holds at least one *.npz and no broken link; LocalInputError
     otherwise. Returns {dir: (files, bytes)}."""
+    return {d: (files, size) for d, (files, size, _) in local_listings(inv).items()}
+
+
+def local_listings(inv):
+    """check_local_data's checks; {dir: (files, bytes, listing)} (local_listing)."""
     if not inv.local_data:
         raise LocalInputError(f"No data to upload: 'local_data' in {inv.path} lists no directory. "
                               "Add the folders that hold your FaceNet *.npz files.")
@@ -138,7 +147,7 @@ def check_local_data(inv):
             raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) does not exist. Nothing was uploaded.")
         if next(d.rglob("*.npz"), None) is None:
             raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) holds no *.npz files. Nothing was uploaded.")
-    return {d: local_tree(d) for d in inv.local_data}
+    return {d: local_listing(d) for d in inv.local_data}
 
 
 def remote_data_dirs(inv):
@@ -147,7 +156,8 @@ def remote_data_dirs(inv):
 
 def sync_data(target, inv, say):
     """Upload each local data dir to remote.data_dir/<name>/ (a mirror), then verify counts and bytes."""
-    local = check_local_data(inv)
+    listed = local_listings(inv)
+    local = {d: (files, size) for d, (files, size, _) in listed.items()}
     conn = target.conn
     for d, (files, size) in local.items():
         say(f"{d}: {files} files, {size / 1e6:.1f} MB")
@@ -156,7 +166,7 @@ def sync_data(target, inv, say):
     listing = conn.answers.pop("data_listing", None) or {}  # {remote dir: digest of its paths, sizes and mtimes}
     pairs = list(zip(local.items(), remote_data_dirs(inv)))
     changing = [(d, counts, remote) for (d, counts), remote in pairs
-                if before.get(remote) != counts or listing.get(remote) != listing_digest(d)]
+                if before.get(remote) != counts or listing.get(remote) != listed[d][2]]
     if changing:  # marked before rsync may change them (an upload cut between two files leaves no partial file)
         conn.run(" && ".join(mark_incomplete(d, counts, remote) for d, counts, remote in changing), hide=True, in_stream=False)
     elif inv.remote["data_dir"] not in conn.answers.get("made", ()):
@@ -175,25 +185,6 @@ def sync_data(target, inv, say):
     else:
         verify_data(conn, inv, local, say)
     return total
-
-
-def listing_digest(path):
-    """sha256 of the paths, sizes and mtimes (seconds) of the files under local `path` as rsync -a --copy-links
-    leaves them on the host: what remote_scripts/fab_session.py's survey computes there. Equal totals can hide
-    moved or rewritten files."""
-    lines = []
-    for root, dirs, names in os.walk(path, followlinks=True):
-        dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
-        for name in names:
-            if name in (PARTIAL_DIR, UPLOAD_MARKER):
-                continue
-            file = os.path.join(root, name)
-            try:
-                st = os.stat(file)
-            except OSError:
-                continue
-            lines.append(f"{os.path.relpath(file, path)}\0{st.st_size}\0{st.st_mtime_ns // 10**9}\n")
-    return hashlib.sha256("".join(sorted(lines)).encode(errors="surrogateescape")).hexdigest()
 
 
 def mark_incomplete(d, counts, remote):
