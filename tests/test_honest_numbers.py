@@ -185,7 +185,7 @@ def test_a_cross_validation_status_counts_the_folds_still_to_come_in_its_eta(tmp
 
     (tmp_path / "fold-2").mkdir()
     fold = RunStatus(tmp_path / "fold-2", epochs=10, mirror=(tmp_path / "status.json", {"fold": 2, "folds": 4}))
-    fold._t0 -= 40  # 4 epochs in 40 s: 10 s per epoch
+    fold._t0 = time.monotonic() - 40  # 4 epochs in 40 s: 10 s per epoch (from now: not counting the set-up's own writes)
     fold.epoch_done(3, {"val_uar": 0.5}, "val_uar", "max", initial_epoch=0)
     own, whole = status(tmp_path / "fold-2"), status(tmp_path)
     assert whole["fold"] == 2 and whole["folds"] == 4 and whole["epoch"] == 4
