@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from trainer.config import DEFAULTS  # noqa: E402
+from trainer.errors import NonFiniteTraining  # noqa: E402
 from trainer.training import loop  # noqa: E402
 from trainer.training.model import build_model, compile_model  # noqa: E402
 
@@ -452,7 +453,7 @@ def case_confusion_images():
     try:
         loop.fit(model, strategy_of_case(), Batches(x, y, 8), Batches(x[:12], y[:12], 4), 8, [checkpoint, images, record, Diverge()],
                  log=lambda s: None)
-    except loop.NonFiniteLoss as e:
+    except NonFiniteTraining as e:  # the loss, or the weights where a kernel turned NaN into 0
         out["failed"] = str(e)
     out["best_epochs"] = sorted({best.index(value) + 1 for value in best})
     out["drawn_after_failure"] = sorted({event.step for f in (tmp / "failed" / "logs" / "images").glob("*tfevents*")

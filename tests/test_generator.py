@@ -119,3 +119,23 @@ def test_a_pack_gives_the_same_batches_and_a_changed_file_is_never_read_from_it(
     assert open_pack(tmp_path / "pack", files) == (None, f"{files[5]} changed since it was packed")
     assert pack(files, "video_features", tmp_path / "pack") == (40, True)  # repacked
     assert open_pack(tmp_path / "pack", files, key="features")[0] is None
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_clip_holding_nan_or_inf_is_refused_when_read_naming_the_file(clips, bad, cache):
+    """Preflight validated the data; a file rewritten since must not train, whatever the loss would do with it."""
+    from trainer.errors import NonFiniteData
+
+    paths, lengths = clips
+    gen = FixedVideoFacenetGenerator(paths, list(range(10)), batch_size=10, shuffle=False, cache_in_memory=cache,
+                                     mean=np.zeros(512), std=np.ones(512))
+    gen[0]  # every clip read once (and cached) while finite
+    arr = np.random.default_rng(0).normal(size=(lengths[3], 512)).astype(np.float32)
+    arr[1, 7] = bad
+    write_clip(paths[3], value=arr)
+    fresh = FixedVideoFacenetGenerator(paths, list(range(10)), batch_size=10, shuffle=False, cache_in_memory=cache)
+    with pytest.raises(NonFiniteData) as error:
+        fresh[0]
+    assert str(paths[3]) in str(error.value) and "1 NaN/inf value(s)" in str(error.value)
+    assert error.value.exit_code == 2

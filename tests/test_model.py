@@ -77,3 +77,23 @@ def test_predict_is_the_model_s_own_answer_for_batches_of_any_size_and_length_tr
     np.testing.assert_array_equal(y_true, np.concatenate([y for _, y in batches]))
     assert inference_function(model).experimental_get_tracing_count() == 1
     assert inference_function(build_model(TINY, num_classes=3, feature_dim=16)) is not inference_function(model)
+
+
+@pytest.mark.tf
+def test_an_epoch_whose_weights_are_not_finite_is_refused_even_when_its_loss_is():
+    """oneDNN's max/ReLU and GPU kernels may turn NaN into 0: the loss can stay finite over NaN weights."""
+    from trainer.errors import NonFiniteLoss, NonFiniteWeights
+    from trainer.training.loop import _refuse_non_finite
+    from trainer.training.model import build_model
+
+    model = build_model(TINY, num_classes=6)
+    _refuse_non_finite(model, 0, {"loss": 1.2}, lambda: None)  # finite: nothing raised
+    with pytest.raises(NonFiniteLoss, match="The training loss became nan in epoch 1"):
+        _refuse_non_finite(model, 0, {"loss": float("nan")}, lambda: None)
+    victim = model.weights[-1]
+    victim.assign(np.where(np.arange(victim.shape[0]) == 0, np.inf, 0.0).astype("float32"))
+    logged = []
+    with pytest.raises(NonFiniteWeights) as error:
+        _refuse_non_finite(model, 4, {"loss": 1.2}, lambda: logged.append(1))
+    assert victim.path in str(error.value) and "in epoch 5" in str(error.value) and logged == [1]
+    assert "its backup holds epoch 4" in str(error.value) and error.value.exit_code == 2

@@ -34,16 +34,44 @@ class PeerLost(Exception):
         self.record = {"cause": cause, "local": bool(local)} if cause else {}
 
 
-class NonFiniteLoss(DataError):
-    """The training loss of an epoch became NaN or infinite. The run stops before any callback saves
-    that epoch: its backup and best model are those of the last finite epoch."""
+class NonFiniteTraining(DataError):
+    """An epoch's training produced NaN or inf (its loss or its weights). The run stops before any
+    callback saves that epoch: its backup and best model are those of the last finite epoch."""
 
-    def __init__(self, epoch, loss):
-        saved = f"its backup holds epoch {epoch - 1}, the last with a finite loss" if epoch > 1 else "no epoch was saved"
-        super().__init__(f"The training loss became {loss} in epoch {epoch}: the run stopped before saving that epoch; {saved}. "
+    def __init__(self, epoch, what):
+        saved = f"its backup holds epoch {epoch - 1}, the last that was finite" if epoch > 1 else "no epoch was saved"
+        super().__init__(f"{what} in epoch {epoch}: the run stopped before saving that epoch; {saved}. "
                          "Lower train.learning_rate or check the data (its normalisation, non-finite values in a file changed "
                          "since validation), then resume it or start a new run.")
-        self.epoch, self.loss = epoch, loss
+        self.epoch = epoch
+
+
+class NonFiniteLoss(NonFiniteTraining):
+    """The training loss of an epoch became NaN or infinite."""
+
+    def __init__(self, epoch, loss):
+        super().__init__(epoch, f"The training loss became {loss}")
+        self.loss = loss
+
+
+class NonFiniteWeights(NonFiniteTraining):
+    """A weight became NaN or infinite while the loss stayed finite: some kernels (oneDNN's max and ReLU,
+    GPU kernels) turn NaN into 0, so the loss alone cannot be trusted to show it."""
+
+    def __init__(self, epoch, names):
+        super().__init__(epoch, f"The weights {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} became non-finite")
+        self.names = names
+
+
+class NonFiniteData(DataError):
+    """A clip read for training holds NaN or inf: it changed on disk after the data was validated (or
+    was never validated). It is refused when read, whatever the loss would do with it."""
+
+    def __init__(self, path, key, count, size):
+        super().__init__(f"{path}: {key!r} holds {count} NaN/inf value(s) of {size}. Expected finite features: the file "
+                         "changed after the data was validated. Replace it (or remove it from the data folder and start a "
+                         "new run), then resume.")
+        self.path = path
 
 
 class ResumeError(UserError):

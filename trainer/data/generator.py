@@ -19,7 +19,8 @@ batch of fewer clips (the short last one) into another, now and at every reshuff
 
 Clips longer than `max_frames` are cut: `max_frames_mode="crop"` keeps the centre
 `max_frames` frames, `"subsample"` keeps `max_frames` evenly spaced frames of the whole
-clip. With `cache_in_memory=True` each clip is decoded once and kept in RAM.
+clip. With `cache_in_memory=True` each clip is decoded once and kept in RAM. A clip holding NaN or
+inf is refused when it is read (`trainer.errors.NonFiniteData`, naming the file).
 """
 
 
@@ -27,6 +28,7 @@ import keras
 import numpy as np
 
 from trainer.data.npzfile import read_array, read_shape
+from trainer.errors import NonFiniteData
 
 
 class FixedVideoFacenetGenerator(keras.utils.PyDataset):
@@ -135,6 +137,9 @@ class FixedVideoFacenetGenerator(keras.utils.PyDataset):
             x = np.asarray(self.packed[0][offset : offset + frames])  # a plain view: a memmap subclass slows every later op
         else:
             x = np.asarray(read_array(path, self.feature_key), dtype=np.float32)  # Keras' workers are threads: see npzfile
+        finite = np.isfinite(x)  # here, not in the loss: kernels that turn NaN into 0 would train on it silently
+        if not finite.all():
+            raise NonFiniteData(path, self.feature_key, int(finite.size - np.count_nonzero(finite)), int(finite.size))
         if self.max_frames and len(x) > self.max_frames:
             if self.max_frames_mode == "crop":
                 start = (len(x) - self.max_frames) // 2

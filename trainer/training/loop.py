@@ -18,8 +18,9 @@ callbacks' counters); at each epoch end the workers agree on stopping, so none i
 in a collective for a peer that stopped; the watchdog of a cluster (trainer/training/peers.py) is reset by
 every call and paused while the callbacks work; a wait for the chief's own work (its backup restored at
 the start, its epoch end) and a newly traced step's first call get its long allowance. An epoch whose
-training loss is not finite raises NonFiniteLoss before any callback sees it, so no checkpoint or
-backup holds its weights.
+training loss or weights are not finite raises NonFiniteLoss or NonFiniteWeights before any callback
+sees it, so no checkpoint or backup holds its weights (the weights are checked too: kernels that
+turn NaN into 0 can keep the loss finite).
 """
 
 import time
@@ -27,7 +28,7 @@ import time
 import keras
 import numpy as np
 
-from trainer.errors import NonFiniteLoss
+from trainer.errors import NonFiniteLoss, NonFiniteWeights
 from trainer.results.metrics import metrics_from_confusion
 from trainer.training import distribute
 from trainer.training.feeder import Feeder
@@ -96,9 +97,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             watch.pause()
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
             line = f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-            if not np.isfinite(logs["loss"]):  # before any callback saves this epoch's (non-finite) weights
-                log(line)
-                raise NonFiniteLoss(epoch + 1, logs["loss"])  # the same loss on every worker: all stop here
+            _refuse_non_finite(model, epoch, logs, lambda: log(line))  # before any callback saves this epoch's weights
             for taker in confusion_takers:
                 taker.validation_confusion(epoch, _confusion(val))
             for timer in timers:
@@ -123,6 +122,18 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     history.weights_sha256 = weights_digest(model)  # the last epoch's, before EarlyStopping restores the best
     cbs.on_train_end(logs)
     return history
+
+
+def _refuse_non_finite(model, epoch, logs, log_line):
+    """NonFiniteLoss or NonFiniteWeights for an epoch whose loss or weights hold NaN/inf (the same on every
+    worker: the loss is all-reduced, the weights mirrored, so all stop here)."""
+    if not np.isfinite(logs["loss"]):
+        log_line()
+        raise NonFiniteLoss(epoch + 1, logs["loss"])
+    bad = [v.path for v, w in zip(model.weights, model.get_weights()) if not np.isfinite(w).all()]
+    if bad:
+        log_line()
+        raise NonFiniteWeights(epoch + 1, bad)
 
 
 def _confusion(total):
