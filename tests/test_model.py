@@ -87,13 +87,13 @@ def test_an_epoch_whose_weights_are_not_finite_is_refused_even_when_its_loss_is(
     from trainer.training.model import build_model
 
     model = build_model(TINY, num_classes=6)
-    _refuse_non_finite(model, 0, {"loss": 1.2}, lambda: None)  # finite: nothing raised
+    _refuse_non_finite(model, 0, {"loss": 1.2}, "", print)  # finite: nothing raised
     with pytest.raises(NonFiniteLoss, match="The training loss became nan in epoch 1"):
-        _refuse_non_finite(model, 0, {"loss": float("nan")}, lambda: None)
+        _refuse_non_finite(model, 0, {"loss": float("nan")}, "", print)
     victim = model.weights[-1]
     victim.assign(np.where(np.arange(victim.shape[0]) == 0, np.inf, 0.0).astype("float32"))
     logged = []
     with pytest.raises(NonFiniteWeights) as error:
-        _refuse_non_finite(model, 4, {"loss": 1.2}, lambda: logged.append(1))
-    assert victim.path in str(error.value) and "in epoch 5" in str(error.value) and logged == [1]
+        _refuse_non_finite(model, 4, {"loss": 1.2}, "Epoch 5/9", logged.append)
+    assert victim.path in str(error.value) and "in epoch 5" in str(error.value) and logged == ["Epoch 5/9"]
     assert "its backup holds epoch 4" in str(error.value) and error.value.exit_code == 2

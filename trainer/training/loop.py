@@ -97,7 +97,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             watch.pause()
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
             line = f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-            _refuse_non_finite(model, epoch, logs, lambda: log(line))  # before any callback saves this epoch's weights
+            _refuse_non_finite(model, epoch, logs, line, log)  # before any callback saves this epoch's weights
             for taker in confusion_takers:
                 taker.validation_confusion(epoch, _confusion(val))
             for timer in timers:
@@ -124,15 +124,15 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     return history
 
 
-def _refuse_non_finite(model, epoch, logs, log_line):
+def _refuse_non_finite(model, epoch, logs, line, log):
     """NonFiniteLoss or NonFiniteWeights for an epoch whose loss or weights hold NaN/inf (the same on every
-    worker: the loss is all-reduced, the weights mirrored, so all stop here)."""
+    worker: the loss is all-reduced, the weights mirrored, so all stop here); `line` is logged first."""
     if not np.isfinite(logs["loss"]):
-        log_line()
+        log(line)
         raise NonFiniteLoss(epoch + 1, logs["loss"])
     bad = [v.path for v, w in zip(model.weights, model.get_weights()) if not np.isfinite(w).all()]
     if bad:
-        log_line()
+        log(line)
         raise NonFiniteWeights(epoch + 1, bad)
 
 
