@@ -280,21 +280,28 @@ def run(runs_dir):
             os.execv(sys.executable, [sys.executable, HERE, "run", runs_dir])
 
 
-def start(runs_dir):
-    """Start the agent, detached from this SSH session; True if one was started (False: one runs already)."""
+def start(runs_dir, wait_seconds=10):
+    """Start the agent, detached from this SSH session, and wait until it is up (it holds its lock and has
+    written its pid), so that whoever ends this host's processes next sees it; returns its pid, or None when
+    one runs already (or another agent took the lock first)."""
     if agent_running(runs_dir):
-        return False
+        return None
     try:
         out = open(files(runs_dir)["agent.log"], "a")
     except OSError:  # a full disk without an inode for the log: start it anyway
         out = subprocess.DEVNULL
     try:
-        subprocess.Popen([sys.executable, HERE, "run", runs_dir], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                         start_new_session=True, close_fds=True, cwd="/")
+        proc = subprocess.Popen([sys.executable, HERE, "run", runs_dir], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/")
     finally:
         if out is not subprocess.DEVNULL:
             out.close()
-    return True
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline and proc.poll() is None:  # exited: another agent holds the lock
+        if (run_state.read_json(files(runs_dir)["state.json"]) or {}).get("pid") == proc.pid:
+            return proc.pid
+        time.sleep(0.02)
+    return proc.pid if proc.poll() is None else None
 
 
 def boot_entry(runs_dir, armed):
@@ -348,7 +355,8 @@ def configure(runs_dir, changes):
     outcome = {"ok": True, "settings": settings}
     if "autostop" in changes or "budget" in changes:
         outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"] or settings.get("budget")))
-    outcome["started"] = start(runs_dir)
+    pid = start(runs_dir)
+    outcome.update(started=pid is not None, agent_pid=pid)
     return outcome
 
 

@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # markers applied by fixture use, and `pytest --fast` (make test-fast): see tests/kinds.py;
-# runs trained once a session and read by several tests: tests/fixtures_runs.py
-pytest_plugins = ["kinds", "fixtures_runs"]
+# runs trained once a session and read by several tests: tests/fixtures_runs.py; nothing left running: tests/leftovers.py
+pytest_plugins = ["kinds", "fixtures_runs", "leftovers"]
 
 
 def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype=np.float32, **extra):

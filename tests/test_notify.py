@@ -353,7 +353,7 @@ def test_the_agents_settings_holding_the_webhook_url_are_readable_by_their_user_
     runs = tmp_path / "runs"
     runs.mkdir()
     try:
-        outcome = host_agent.configure(str(runs), {"notify_webhook": "https://hooks.example/T000/B000/secret"})
+        outcome = host_agent.configure(str(runs), {"notify_webhook": "http://127.0.0.1:9/T000/B000/secret"})
         assert outcome["ok"], outcome
         mode = stat.S_IMODE((runs / ".agent" / "settings.json").stat().st_mode)
         assert mode & 0o077 == 0, f"settings.json is {oct(mode)}: the webhook URL (a secret) is readable by others"

@@ -145,31 +145,40 @@ def processes_under(root):
     return found
 
 
-def end_host_processes(root, sessions=(), timeout=10):
+def end_host_processes(root, sessions=(), timeout=10, rounds=5):
     """End what a local "host" under `root` still runs: its tmux `sessions`, then every process whose
-    command line names a path under `root` (SIGTERM, then SIGKILL after `timeout` s). Returns what it ended."""
+    command line names a path under `root` (SIGTERM, then SIGKILL after `timeout` s), scanning again
+    until a scan finds nothing: a process started a moment before (an agent starting an uploader, a
+    child between fork and exec, whose command line reads empty) is found by the next scan. Returns what
+    it ended."""
     import signal
 
     ended = []
     for session in sessions:
         if subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True).returncode == 0:
             ended.append(f"tmux session {session}")
-    procs = processes_under(root)
-    for pid in procs:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in procs):
-        time.sleep(0.1)
-    for pid in procs:
-        if _alive(pid):
+    seen = {}
+    for _ in range(rounds):
+        procs = {pid: text for pid, text in processes_under(root).items() if _alive(pid)}
+        if not procs:
+            break
+        seen.update(procs)
+        for pid in procs:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    return ended + [f"pid {pid} ({text[:120]})" for pid, text in procs.items()]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(pid) for pid in procs):
+            time.sleep(0.1)
+        for pid in procs:
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.2)  # a process in exec at the scan shows its command line by the next
+    return ended + [f"pid {pid} ({text[:120]})" for pid, text in seen.items()]
 
 
 def _alive(pid):
