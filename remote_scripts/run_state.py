@@ -414,14 +414,20 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="(the output is always JSON)")
     p.add_argument("--wait-start", type=float, default=0, metavar="S",
                    help="answer once the run is past its start (its first epoch began, or it ended), or after S seconds")
+    p.add_argument("--previous-launch", metavar="ID",
+                   help="with --wait-start: the run's launch before this one, whose state is never the answer (a resumed "
+                        "failed run read as failed before its new launcher had recorded itself)")
     args = p.parse_args(argv)
     query = dict(stall_seconds=args.stall_seconds, quick=args.quick)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     deadline = time.monotonic() + args.wait_start
-    while info["state"] in STARTING and time.monotonic() < deadline:
+    old = lambda info: args.previous_launch and (info.get("launch") or {}).get("launch_id") in (args.previous_launch, None)  # noqa: E731
+    while (info["state"] in STARTING or old(info)) and time.monotonic() < deadline:
         time.sleep(0.3)
         info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too
+    if args.wait_start and old(info):
+        info["launch_recorded"] = False  # the new launch never recorded itself: `info` is still the previous one's
     print(json.dumps(info))  # trainer/results/run_view.py renders it, on the laptop and on the host
     return info["exit_code"]
 

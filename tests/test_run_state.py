@@ -148,3 +148,35 @@ def test_wait_start_answers_when_the_run_leaves_starting_and_no_later_than_its_b
     finally:
         live.kill()
         live.wait()
+
+
+def test_wait_start_never_answers_with_the_previous_launchs_state(tmp_path):
+    """`fab train --resume` of a failed run: the wait read the old launch's `failed` before the new launcher had
+    recorded itself (0.22 s), said "ended at once", and a second `train --resume` made two trainers of one run."""
+    runs, script = tmp_path / "runs", ROOT / "remote_scripts" / "run_state.py"
+    old = subprocess.Popen(["sleep", "0.3"], start_new_session=True)
+    previous = run_state.record_launch(str(runs / "r1"), old.pid, "python -m trainer train (a stand-in)")
+    old.wait()
+    run_state.record_exit(str(runs / "r1"), 2, launch_id=previous)
+    (runs / ".current").write_text("r1\n")
+
+    def wait(bound):
+        return subprocess.Popen([sys.executable, str(script), "--runs-dir", str(runs), "--session", "none", "--quick", "--run", "r1",
+                                 "--wait-start", str(bound), "--previous-launch", previous], stdout=subprocess.PIPE, text=True)
+
+    nobody = wait(1.5)  # no new launcher ever records itself: the answer says so, with the old state beside it
+    info = json.loads(nobody.communicate(timeout=30)[0])
+    assert info["state"] == "failed" and info["launch_recorded"] is False, info
+
+    waiter = wait(30)
+    time.sleep(1.2)  # the new launcher is slow to record itself (launch ids have a one-second clock)
+    assert waiter.poll() is None, "answered with the previous launch's state"
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        current = run_state.record_launch(str(runs / "r1"), live.pid, "python -m trainer train --resume (a stand-in)")
+        info = json.loads(waiter.communicate(timeout=30)[0])
+        assert info["launch"]["launch_id"] == current != previous and info["state"] == "starting", info
+        assert "launch_recorded" not in info
+    finally:
+        live.kill()
+        live.wait()

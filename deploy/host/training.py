@@ -97,15 +97,18 @@ def _duration(seconds):
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{minutes} min"
 
 
-def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0):
+def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0, previous_launch=None):
     """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, processes, stall, log_tail,
     gpus, disk). `quick`: without the GPUs and the host agent (is a training running?); `missing_ok`: None where
     the code is not synced yet (no launcher has run either); `wait_start`: the host answers once the run is past
-    its start, or after that many seconds. The stall threshold is the inventory's stall_minutes.
+    its start, or after that many seconds, and never with the state of `previous_launch` (the launch id the run had
+    before this one started). The stall threshold is the inventory's stall_minutes.
     A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if wait_start:
         args += ["--wait-start", str(wait_start)]
+    if wait_start and previous_launch:
+        args += ["--previous-launch", previous_launch]
     if run:
         args += ["--run", run]
     if getattr(inv, "stall_minutes", None):
@@ -232,22 +235,36 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     env = "".join(f"{shlex.quote(f'{k}={v}')} " for k, v in (("TF_CONFIG", tf_config), ("FACENET_STORAGE", storage and json.dumps(storage)))
                   if v)
     env = f"env {env}" if env else ""
-    cmd = (f"mkdir -p {rq(runs)} && tmux new-session -d -s {shlex.quote(session)} "
-           f"{env}bash {script(inv, 'launch_training.sh')} {quoted}")
+    # the run's launch before this one (printed first: no command more), whose state the wait below never takes for this one's
+    cmd = (f"mkdir -p {rq(runs)} && {{ cat {rq(rjoin(run_dir, 'launch.json'))} 2>/dev/null || true; }} && echo && "
+           f"tmux new-session -d -s {shlex.quote(session)} {env}bash {script(inv, 'launch_training.sh')} {quoted}")
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"Could not start tmux session {session}: {(out.stderr or out.stdout).strip()}")
+    previous = previous_launch_id(out.stdout)
     if tf_config:  # a worker of a cluster starts its first epoch only once all have joined: only a launch that died at once
         time.sleep(1.0)
         info = run_state(conn, inv, run=name, log_lines=20, quick=True)
     else:
         say(f"Waiting for run {name} to start (data checks, model build; at most {START_WAIT_SECONDS} s) ...")
-        info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=START_WAIT_SECONDS)
+        info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=START_WAIT_SECONDS, previous_launch=previous)
+    if info.get("launch_recorded") is False:
+        raise DeployError(f"Training {name} did not start: its launcher recorded no launch within {START_WAIT_SECONDS} s (the run's "
+                          f"previous launch {previous} is {info['state']}). Last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
     if info["state"] in ("failed", "vanished", "none"):
         raise DeployError(f"Training {name} ended at once ({info['state']}); last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
     starting = {"starting": " (still starting: `fab monitor` follows it)", "finished": " (and finished already)"}.get(info["state"], "")
     say(f"Training {'resumed' if resume else 'started'}: run {name} in tmux session {session} on the host ({run_dir}){starting}")
     return name
+
+
+def previous_launch_id(text):
+    """The launch id in the launch.json printed before a launch (None: the run had none, or it is unreadable)."""
+    try:
+        launch_id = json.loads(text.strip().splitlines()[0]).get("launch_id")
+    except (ValueError, IndexError, AttributeError):
+        return None
+    return launch_id if isinstance(launch_id, str) else None
 
 
 def stop(conn, inv, say, wait=120):
