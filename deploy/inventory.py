@@ -76,14 +76,15 @@ DEFAULTS = {
         "max_hours": None, "ssh_wait_seconds": 600, "worker_port": 23456,
     },
     "notify": {"webhook": None},  # deploy/notify.py: Slack- and Discord-compatible incoming webhook
-    "recovery": {"hosts": [], "unreachable_minutes": 5, "max_restarts": 3, "poll_seconds": 30,  # `fab watch` (deploy/watch.py)
+    "recovery": {"hosts": [], "unreachable_minutes": 5, "max_restarts": 3, "poll_seconds": 30,  # `fab watch` (deploy/recovery/)
+                 "give_up_minutes": 30, "max_restarts_on_kill": 1,
                  "launch": {"type": None, "spot": False}},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
 # > 0; null where the default is
 NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes",
-           "recovery.unreachable_minutes", "recovery.poll_seconds"}
+           "recovery.unreachable_minutes", "recovery.poll_seconds", "recovery.give_up_minutes"}
 WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 

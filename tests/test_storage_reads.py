@@ -25,7 +25,7 @@ class Store:
             "hosts": {"gone": {"address": "127.0.0.1", "port": free_port(), "user": "nobody"},
                       "other": {"address": "127.0.0.1", "port": free_port(), "user": "nobody"}},
             "storage": {"url": f"s3://{self.bucket}/team", "endpoint_url": moto_url},
-            "recovery": {"hosts": ["other"], "unreachable_minutes": 0.01, "poll_seconds": 0.2, "max_restarts": 2},
+            "recovery": {"hosts": ["other"], "unreachable_minutes": 0.01, "poll_seconds": 0.2, "max_restarts": 2, "give_up_minutes": 0.03},
         }
         self.write()
         self.env = {**os.environ, "FACENET_INVENTORY": str(root / "inventory.yaml"), "FACENET_STATE_DIR": str(root / "state"),
@@ -81,6 +81,9 @@ def test_watch_still_moves_a_run_stopped_without_a_request(store):
     watched = store.fab("-H", "gone", "watch", "--run", "r1")
     assert watched.returncode == 10, watched.out
     assert "from epoch 2 in storage" in one_line(watched.out) and "other: does not answer" in one_line(watched.out), watched.out
+    # the lost host is a candidate too (not listed in recovery.hosts), and placement is tried again until give_up_minutes
+    assert "gone: does not answer" in one_line(watched.out) and "no host could take run r1: trying again in" in watched.out, watched.out
+    assert "(recovery.give_up_minutes: 0.03)" in one_line(watched.out), watched.out
 
 
 @pytest.mark.parametrize("state", ["finished", "running"])

@@ -77,15 +77,21 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     assert record["state"] == "finished" and record["restarts"] == 0
     assert [t["to"] for t in record["transitions"]][-1] == "finished"
 
-    # a trainer killed by the kernel (SIGKILL: exit 137, the OOM killer's signature) is not moved
+    # a trainer killed by SIGKILL (exit 137: the OOM killer, or a person) is restarted in place from its last epoch once
+    # (recovery.max_restarts_on_kill); a second kill is taken for the out-of-memory killer and ends the watch with 137
     env.configure(epochs=300)
     assert env.fab("train", "--run-name", "w2").returncode == 0
     proc = watching(env)
     wait_until(lambda: status(env, "w2").get("epoch", 0) >= 1, 180, "the first epoch")
+    first = json.loads((env.runs / "w2" / "launch.json").read_text())["launch_id"]
+    os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
+    wait_until(lambda: json.loads((env.runs / "w2" / "launch.json").read_text())["launch_id"] != first and trainer_pid(env, "w2"),
+               180, "the trainer restarted")
     os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 137, out
-    assert "failed on local (exit code 137: killed by SIGKILL" in out and "is not restarted" in out, out
+    assert "restarting it from its last epoch (1 of at most 1: recovery.max_restarts_on_kill)" in out, out
+    assert "restarted: run w2 on local from epoch" in out and "most likely the out-of-memory killer" in out, out
     wait_until(lambda: "failed" in webhook.events(), 20, "the failed notification")
     failed = [p for p in webhook.posts if p["event"] == "failed"]
     assert len(failed) == 1 and "out-of-memory" in failed[0]["text"], failed

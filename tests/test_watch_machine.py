@@ -1,6 +1,8 @@
 """`fab watch`'s decisions (deploy/recovery/machine.py) and its settings, without SSH: each state of the run
 as run_state.py reports it, and what the watch makes of it. The end-to-end tests are in tests/test_watch.py."""
 
+import json
+
 import pytest
 import yaml
 
@@ -8,7 +10,8 @@ from deploy.errors import InventoryError, LocalInputError
 from deploy.inventory import load_inventory
 from deploy.recovery import hosts, machine
 
-RECOVERY = {"hosts": ["b", "c"], "unreachable_minutes": 5, "max_restarts": 2, "poll_seconds": 30, "launch": {"type": None, "spot": False}}
+RECOVERY = {"hosts": ["b", "c"], "unreachable_minutes": 5, "max_restarts": 2, "poll_seconds": 30, "launch": {"type": None, "spot": False},
+            "give_up_minutes": 30, "max_restarts_on_kill": 1}
 
 
 def seen(state, **info):
@@ -46,15 +49,28 @@ def test_a_stop_nobody_asked_for_is_a_lost_run():
     assert machine.decide(record(), seen("stopped", exit=None), 0, RECOVERY).action == "recover"  # the launcher was killed too
 
 
-@pytest.mark.parametrize("code, reason", [(137, "killed by SIGKILL (exit 137), usually the kernel's out-of-memory killer"),
-                                          (2, None), (1, None)])
-def test_a_run_that_fails_on_its_own_is_not_restarted_and_the_watch_exits_with_its_code(code, reason):
-    info = {"exit": {"exit_code": code, **({"reason": reason} if reason else {})},
-            "status": {"error": {"type": "DataError", "message": "no valid file"}} if code == 2 else {}}
+@pytest.mark.parametrize("code", [2, 1])
+def test_a_run_that_fails_on_its_own_is_not_restarted_and_the_watch_exits_with_its_code(code):
+    info = {"exit": {"exit_code": code}, "status": {"error": {"type": "DataError", "message": "no valid file"}} if code == 2 else {}}
     d = machine.decide(record(), seen("failed", **info), 0, RECOVERY)
     assert (d.state, d.action, d.exit_code) == ("failed", "end", code)
     assert "is not restarted" in d.reason
-    assert (reason or ("no valid file" if code == 2 else f"exit code {code}")) in d.reason
+    assert ("no valid file" if code == 2 else f"exit code {code}") in d.reason
+
+
+def test_a_trainer_killed_by_sigkill_is_restarted_in_place_once_then_taken_for_the_oom_killer():
+    """One kill is no proof of a repeatable out-of-memory: restarted from its last epoch up to max_restarts_on_kill."""
+    killed = seen("failed", exit={"exit_code": 137, "reason": "killed by SIGKILL"}, status={"epoch": 7})
+    d = machine.decide(record(), killed, 0, RECOVERY)
+    assert (d.state, d.action) == ("killed", "restart") and "killed by SIGKILL (exit 137) at epoch 7" in d.reason, d
+    d = machine.decide(record(kills=[{"epoch": 7}]), killed, 0, RECOVERY)
+    assert (d.state, d.action, d.exit_code) == ("failed", "end", 137) and "out-of-memory killer" in d.reason, d
+    more = {**RECOVERY, "max_restarts_on_kill": 3}
+    assert machine.decide(record(kills=[{"epoch": 3}]), killed, 0, more).action == "restart"
+    d = machine.decide(record(kills=[{"epoch": 3}, {"epoch": 7}]), killed, 0, more)  # twice at one epoch: the same OOM
+    assert (d.action, d.exit_code) == ("end", 137), d
+    d = machine.decide(record(), killed, 0, {**RECOVERY, "max_restarts_on_kill": 0})
+    assert (d.action, d.exit_code) == ("end", 137) and "restarts on kill are off" in d.reason, d
 
 
 def test_preempted_vanished_and_a_deleted_run_are_recovered():
@@ -74,6 +90,26 @@ def test_an_unreachable_host_is_waited_for_then_the_run_is_moved():
     assert d.action == "recover" and "unreachable for 5.0 min (NoValidConnectionsError: refused)" in d.reason
 
 
+def test_an_unreachable_host_whose_stored_epochs_still_arrive_is_not_moved():
+    """Split brain: sshd down 36 s, the run moved to b while a's trainer went on (two trainers, two `finished`).
+    Storage receiving new epochs of the followed launch is proof of life: the watch waits."""
+    from deploy.recovery.record import Record
+
+    down = {"reachable": False, "error": "NoValidConnectionsError: refused", "info": None}
+    rec = Record.__new__(Record)
+    rec.data = record(launch_id="L1", unreachable_since=1000, stored_epoch=None)
+    rec.note_stored({"epoch": 5, "state": "running", "launch_id": "L1"}, 1010)  # the baseline: no proof yet
+    assert rec.data["stored_epoch"] == 5 and not rec.data.get("stored_progress_at")
+    rec.note_stored({"epoch": 9, "state": "running", "launch_id": "L2"}, 1100)  # another launch's pointer: not ours
+    assert rec.data["stored_epoch"] == 5 and not rec.data.get("stored_progress_at")
+    rec.note_stored({"epoch": 6, "state": "running", "launch_id": "L1"}, 1250)
+    assert rec.data["stored_progress_at"] == 1250
+    d = machine.decide(rec.data, down, 1000 + 5 * 60 + 10, RECOVERY)  # past unreachable_minutes, but epoch 6 came 60 s ago
+    assert (d.state, d.action) == ("unreachable", "wait") and "its run goes on: storage received epoch 6 60 s ago" in d.reason, d
+    d = machine.decide(rec.data, down, 1250 + 5 * 60, RECOVERY)  # no new epoch for unreachable_minutes: lost
+    assert d.action == "recover" and "no new epoch in storage for 5.0 min" in d.reason, d
+
+
 def test_after_max_restarts_the_watch_gives_up_with_exit_10():
     d = machine.decide(record(restarts=2), seen("vanished"), 0, RECOVERY)
     assert (d.state, d.action, d.exit_code) == ("gave-up", "end", 10) and "recovery.max_restarts (2) reached" in d.reason
@@ -82,7 +118,7 @@ def test_after_max_restarts_the_watch_gives_up_with_exit_10():
 def test_the_lost_host_is_tried_last():
     inv = type("Inv", (), {"recovery": {**RECOVERY, "hosts": ["a", "b", "c"]}})
     assert hosts.candidates(inv, "b") == ["c", "a", "b"]
-    assert hosts.candidates(inv, "z") == ["a", "b", "c"]
+    assert hosts.candidates(inv, "z") == ["a", "b", "c", "z"]  # not listed: still a candidate once it answers (it holds the run)
 
 
 def write(tmp_path, data):
@@ -99,6 +135,11 @@ def test_settings_are_checked_naming_the_key(tmp_path, monkeypatch):
         load_inventory(write(tmp_path, {"notify": {"webhook": "hooks.slack.com/x"}}))
     with pytest.raises(InventoryError, match="'recovery.max_restarts' .* 0 or more"):
         load_inventory(write(tmp_path, {"recovery": {"max_restarts": -1}}))
+    assert inv.recovery["give_up_minutes"] == 30 and inv.recovery["max_restarts_on_kill"] == 1
+    with pytest.raises(InventoryError, match="'recovery.max_restarts_on_kill' .* 0 or more"):
+        load_inventory(write(tmp_path, {"recovery": {"max_restarts_on_kill": -1}}))
+    with pytest.raises(InventoryError, match="'recovery.give_up_minutes' .* a number above 0"):
+        load_inventory(write(tmp_path, {"recovery": {"give_up_minutes": 0}}))
     with pytest.raises(InventoryError, match="'recovery.unreachable_minutes' .* a number above 0"):
         load_inventory(write(tmp_path, {"recovery": {"unreachable_minutes": 0}}))
     with pytest.raises(InventoryError, match="'recovery.launch.spot' .* true or false"):
@@ -165,3 +206,27 @@ def test_a_stored_pointer_that_says_the_run_ended_by_itself_ends_the_watch(state
 ])
 def test_a_host_holding_an_older_copy_than_storage_does_not_continue_the_run_in_place(held, stored_epoch, in_place):
     assert machine.resume_in_place(held, stored_epoch) is in_place
+
+
+def test_a_run_lost_before_its_first_epoch_can_start_again_elsewhere_without_a_backup(tmp_path):
+    """A host crash during the first epoch: storage held config, split, manifest and normalisation but no backup, and
+    `deploy-full --resume-from` refused ("has no backup/"). Before its first epoch there is none to have: the run starts
+    again from epoch 0 under its name and split. After an epoch, a missing backup is still refused."""
+    from deploy.host.sync import check_run_to_resume
+
+    run = tmp_path / "r1"
+    run.mkdir()
+    clip = "/data/crema-d/1001_IWL_ANG_XX.npz"
+    (run / "manifest.json").write_text(json.dumps({"dirs": ["/data/crema-d"], "files": [{"path": clip, "status": "accepted"}]}))
+    (run / "split.json").write_text(json.dumps({"train": [clip], "val": [], "test": []}))
+    for name in ("config.yaml", "normalization.npz"):
+        (run / name).write_text("x: 1\n")
+    (run / "status.json").write_text('{"state": "running", "epoch": 0}')
+    assert check_run_to_resume(run) == run
+    (run / "status.json").write_text('{"state": "running", "epoch": 2}')
+    with pytest.raises(LocalInputError, match="has no backup/"):
+        check_run_to_resume(run)
+    (run / "status.json").unlink()
+    (run / "history.csv").write_text("epoch,loss\n0,1.7\n")
+    with pytest.raises(LocalInputError, match="has no backup/"):
+        check_run_to_resume(run)

@@ -235,7 +235,8 @@ def check_run_to_resume(path):
     if (run / "metrics.json").is_file() and not (run / "backup").is_dir():
         raise LocalInputError(f"--resume-from {run}: that run finished (it has metrics.json); there is nothing to continue.")
     missing = [name for name in ("split.json", "manifest.json", "normalization.npz") if not (run / name).is_file()]
-    if not (run / "backup").is_dir() or not any((run / "backup").iterdir()):
+    no_backup = not (run / "backup").is_dir() or not any((run / "backup").iterdir())
+    if no_backup and epochs_done(run) > 0:  # before its first epoch there is no backup: it starts again, same name and split
         missing.append("backup/")
     if missing:
         raise LocalInputError(f"--resume-from {run} has no {', '.join(missing)}: fetch the run with "
@@ -246,6 +247,20 @@ def check_run_to_resume(path):
     except UserError as e:
         raise LocalInputError(f"--resume-from {run}: {e}" if str(run) not in str(e) else str(e)) from None
     return run
+
+
+def epochs_done(run):
+    """How many epochs the fetched run finished (status.json's epoch, else history.csv's rows; 0 when neither says)."""
+    try:
+        epoch = json.loads((run / "status.json").read_text()).get("epoch")
+        if isinstance(epoch, int):
+            return epoch
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        return max(0, len((run / "history.csv").read_text().strip().splitlines()) - 1)
+    except OSError:
+        return 0
 
 
 def refuse_special_entries(run, doing):

@@ -1,11 +1,12 @@
 """Where a lost run goes next: the hosts of recovery.hosts, in order, else a launched replacement.
 
-    names = candidates(inv, lost="gpu1")             # recovery.hosts, starting after the lost host (it comes last)
+    names = candidates(inv, lost="gpu1")             # recovery.hosts, starting after the lost host; the lost host last
     free, why, held = is_free(config, inv, "gpu2", run)   # answers over SSH, no training lives there; holds the run?
     name = launch_replacement(inv, config, run, n, say)   # recovery.launch: {type, spot} (deploy.aws.launch.launch_host)
     down_lost(config, inv, "gpu1", run, say)         # a launched host that was lost: terminated (fab down), unless it holds other runs
 
-The lost host may be one of recovery.hosts: it is tried last, and only if it answers again.
+The lost host is always tried, last (listed in recovery.hosts or not): when it answers again it still holds the
+run, and may be the only host that can continue a run of which storage has no epoch.
 """
 
 import re
@@ -26,12 +27,12 @@ def check_hosts(inv):
 
 
 def candidates(inv, lost):
-    """recovery.hosts in order, beginning after the lost host; the lost host itself last (if listed)."""
+    """recovery.hosts in order, beginning after the lost host; the lost host itself last, whether listed or not."""
     hosts = list(inv.recovery["hosts"])
     if lost in hosts:
         i = hosts.index(lost)
         return hosts[i + 1:] + hosts[:i] + [lost]
-    return hosts
+    return hosts + [lost]
 
 
 def is_free(config, inv, name, run):

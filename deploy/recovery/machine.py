@@ -15,10 +15,15 @@ since when the host has not answered, whether the run was seen, how many recover
     stopped (`fab stop`, budget cap) stopped      end 3       (the exit record's `requested`)
     stopped, nobody asked (shutdown) lost         recover
     failed (code, data, OOM, disk)   failed       end with the run's own exit code: not restarted
+    failed: trainer SIGKILLed (137)  killed       restart in place (`train --resume`) up to
+                                                   recovery.max_restarts_on_kill; then (or a kill at
+                                                   the epoch of the last one) failed: the likely OOM
     preempted (spot notice)          lost         recover
     vanished (no process, no record) lost         recover
     no run directory (after seen)    lost         recover
     host unreachable                 unreachable  wait, then recover after recovery.unreachable_minutes
+                                                   without an answer and without a new epoch in storage
+                                                   (a run whose stored epochs still arrive is alive)
     lost, max_restarts reached       gave-up      end 10
 
 When the host cannot tell (it does not answer, the run's directory is gone), the watch reads the
@@ -32,13 +37,14 @@ from dataclasses import dataclass
 
 GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README, exit codes)
 STOPPED = 3
+KILLED = 128 + 9  # the launcher's code for a trainer ended by SIGKILL: the OOM killer, or a person's kill -9
 TERMINAL = ("finished", "failed", "stopped", "gave-up")
 
 
 @dataclass(frozen=True)
 class Decision:
     state: str
-    action: str  # wait, recover, end
+    action: str  # wait, recover, restart (in place: `train --resume`), end
     reason: str
     exit_code: int | None = None
 
@@ -59,10 +65,16 @@ def decide(record, look, now, recovery):
     """The watch's next state and action for `look` (see the module docstring)."""
     if not look["reachable"]:
         since = record.get("unreachable_since") or now
-        waited = now - since
+        alive_at = record.get("stored_progress_at")  # a new epoch of the followed launch arrived in storage then
+        waited = now - max(since, alive_at or since)
         limit = recovery["unreachable_minutes"] * 60
         if waited >= limit:
-            return lost(record, recovery, f"host {record['host']} unreachable for {waited / 60:.1f} min ({look.get('error')})")
+            return lost(record, recovery, f"host {record['host']} unreachable for {(now - since) / 60:.1f} min ({look.get('error')})"
+                        + (f"; no new epoch in storage for {waited / 60:.1f} min" if alive_at else ""))
+        if alive_at and alive_at > since:
+            return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}), but its run goes on: "
+                                                   f"storage received epoch {record.get('stored_epoch')} {now - alive_at:.0f} s ago. "
+                                                   "A network problem, not a lost run: waiting")
         return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}); "
                                                f"recovery after {recovery['unreachable_minutes']:g} min without an answer")
     info = look["info"]
@@ -81,6 +93,8 @@ def decide(record, look, now, recovery):
             return lost(record, recovery, f"stopped on {record['host']} without a stop being asked for (a shutdown's SIGTERM?)")
         return Decision("stopped", "end", f"stopped on {record['host']} by {requested.get('by')}: not restarted; "
                                           "`fab train --resume` continues it", STOPPED)
+    if state == "failed" and (info.get("exit") or {}).get("exit_code") == KILLED:
+        return killed(record, info, recovery)
     if state == "failed":
         return Decision("failed", "end", f"failed on {record['host']} ({failure_reason(info)}): a run that fails on its own "
                                          "is not restarted", run_exit_code(info))
@@ -118,6 +132,21 @@ def resume_in_place(held, stored_epoch):
     """Whether a host that holds the run as its current one, at epoch `held`, continues it itself (`train --resume`):
     not when storage holds a later epoch (the run went on elsewhere since; its older copy there would redo those epochs)."""
     return held is not None and (stored_epoch is None or held >= stored_epoch)
+
+
+def killed(record, info, recovery):
+    """A trainer ended by SIGKILL: restarted in place from its last epoch up to recovery.max_restarts_on_kill times; one
+    kill is no proof of a repeatable out-of-memory, a second (or one at the epoch of the last) is taken as one."""
+    epoch = (info.get("status") or {}).get("epoch") or 0
+    kills = record.get("kills") or []
+    where = f"on {record['host']}: the trainer was killed by SIGKILL (exit {KILLED}) at epoch {epoch}"
+    if len(kills) < recovery["max_restarts_on_kill"] and epoch not in [k.get("epoch") for k in kills]:
+        return Decision("killed", "restart", f"{where}; restarting it from its last epoch ({len(kills) + 1} of at most "
+                                             f"{recovery['max_restarts_on_kill']}: recovery.max_restarts_on_kill)")
+    again = f"again (kills at epochs {', '.join(str(k.get('epoch')) for k in kills)})" if kills else "and restarts on kill are off"
+    return Decision("failed", "end", f"{where} {again}: most likely the out-of-memory killer (see `dmesg` on the host); lower "
+                                     "train.batch_size or data.max_frames, or use a host with more memory. Not restarted",
+                    KILLED)
 
 
 def lost(record, recovery, reason):

@@ -3,6 +3,7 @@
     with Record.held("r1", host="gpu1") as record:   # one watch per run (a lock held for the watch's life)
         record.note(decision, look, now)          # the state, the unreachable clock, a transition when the state changes
         record.add_recovery({...})                # {n, host, from_host, at, from_epoch, reason, launched}
+        record.add_kill(epoch)                    # a SIGKILLed trainer restarted in place (recovery.max_restarts_on_kill)
 
 It holds what the watch decided and why (state, every transition with its time and reason), which
 run of the name it follows (run_started_at: its status.json's started_at, once seen), how many
@@ -74,20 +75,37 @@ class Record:
         """Apply one round's decision: the unreachable clock, whether the run was seen, a transition on a change."""
         d = self.data
         if look["reachable"]:
-            d["unreachable_since"] = None
+            d.update(unreachable_since=None, stored_epoch=None, stored_progress_at=None)
             info = look.get("info") or {}
             if info.get("state") not in (None, "none"):
                 d["seen"] = True
+            launch_id = (info.get("launch") or {}).get("launch_id")
+            if launch_id:
+                d["launch_id"] = launch_id  # the launch followed: storage's epochs count as its proof of life
             started = (info.get("status") or {}).get("started_at")
             if started and started != d.get("run_started_at"):  # which run of this name is followed (storage may hold another)
                 d["run_started_at"] = started
                 self.save()
-        elif d["unreachable_since"] is None:
-            d["unreachable_since"] = now
+        else:
+            if d["unreachable_since"] is None:
+                d["unreachable_since"] = now
+            self.note_stored(look.get("stored"), now)
         changed = decision.state != d["state"]
         if changed:
             self.transition(decision.state, decision.reason)
         return changed
+
+    def note_stored(self, pointer, now):
+        """Storage's pointer seen while the host does not answer: a later epoch of the followed launch than the last one
+        seen is proof that the run lives (machine.decide waits for it); the first pointer seen is the baseline."""
+        d = self.data
+        if not pointer or not isinstance(pointer.get("epoch"), int) or pointer.get("state") != "running":
+            return
+        if d.get("launch_id") and pointer.get("launch_id") != d["launch_id"]:
+            return  # another launch's pointer (the run moved, or another run of the name): not this one's life
+        if d.get("stored_epoch") is not None and pointer["epoch"] > d["stored_epoch"]:
+            d["stored_progress_at"] = now
+        d["stored_epoch"] = pointer["epoch"]
 
     def transition(self, state, reason):
         d = self.data
@@ -98,7 +116,12 @@ class Record:
     def add_recovery(self, entry):
         d = self.data
         d["recoveries"].append(entry)
-        d.update(restarts=d["restarts"] + 1, host=entry["host"], seen=False, unreachable_since=None)
+        d.update(restarts=d["restarts"] + 1, host=entry["host"], seen=False, unreachable_since=None, stored_epoch=None,
+                 stored_progress_at=None, placing_since=None, launch_id=None)
+        self.save()
+
+    def add_kill(self, epoch):
+        self.data.setdefault("kills", []).append({"epoch": epoch, "at": iso()})
         self.save()
 
 

@@ -21,6 +21,9 @@ def check_settings(cfg, path):
     if recovery["max_restarts"] < 0:
         raise InventoryError(f"Inventory key 'recovery.max_restarts' in {path} expects how many times `fab watch` may move a run, "
                              f"0 or more. Received: {recovery['max_restarts']}")
+    if recovery["max_restarts_on_kill"] < 0:
+        raise InventoryError(f"Inventory key 'recovery.max_restarts_on_kill' in {path} expects how many times `fab watch` may restart "
+                             f"a trainer ended by SIGKILL, 0 or more. Received: {recovery['max_restarts_on_kill']}")
     dupes = sorted({h for h in recovery["hosts"] if recovery["hosts"].count(h) > 1})
     if dupes:
         raise InventoryError(f"Inventory key 'recovery.hosts' in {path} names {dupes[0]!r} twice: list each host once, in the order to try.")

@@ -6,6 +6,7 @@
                                              # run ended by itself. A pointer of another run of this name (its
                                              # run_started_at is not `started_at`, the followed run's) is neither.
     wait_uploader(look_again, seconds)       # the lost host still answers: until its uploader stored the run's end
+    pointer(inv, "r1")                       # the run's pointer (epoch, state, launch_id), or None: proof of life
 
 The run's recoveries.json is a file of the run like any other: its uploader stores it with the
 next checkpoint, and `fab runs` shows it from the pointer's summary.
@@ -44,6 +45,20 @@ def latest(inv, run, started_at=None):
     if end is not None:
         return None, None, end.reason, end
     return pointer.get("epoch"), store.where.run_url(run), None, None
+
+
+def pointer(inv, run):
+    """The run's stored pointer (epoch, state, launch_id, written_at), or None (no storage, no such run, unreadable):
+    read while the run's host does not answer, as proof that its run still goes on. Never raises."""
+    from deploy.runs import storage
+
+    if not storage.enabled(inv):
+        return None
+    try:
+        found = storage.find_run(storage.open_store(inv), run)
+    except Exception:  # noqa: BLE001 - storage unanswering is no proof either way
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def uploader_busy(info):

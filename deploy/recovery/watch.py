@@ -20,8 +20,13 @@ acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up
      the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
      and recovery.launch is set; then the watch follows the run on its new host.
 
-A host that does not answer is retried every round; only after recovery.unreachable_minutes is the
-run moved. A run that failed on its own is never restarted.
+A host that does not answer is retried every round; only after recovery.unreachable_minutes without an
+answer, and without a new epoch of its launch arriving in storage (proof that the run goes on: a network
+problem, not a lost run), is the run moved. The lost host is always a candidate once it answers again,
+listed in recovery.hosts or not. When no host can take the run, placement is tried again every round,
+with a backoff, until recovery.give_up_minutes have passed; only then is `failed` sent. A run that failed
+on its own is never restarted, except a trainer ended by SIGKILL, restarted in place up to
+recovery.max_restarts_on_kill times (one kill is no proof of a repeatable out-of-memory).
 """
 
 import subprocess
@@ -74,6 +79,8 @@ class Watch:
         poll = float(self.inv.recovery["poll_seconds"])
         while True:
             seen = look(self.target, self.inv.for_host(self.host), self.run)
+            if not seen["reachable"] and stored.configured(self.inv):
+                seen["stored"] = stored.pointer(self.inv, self.run)
             decision = machine.decide(self.record.data, seen, time.time(), self.inv.recovery)
             if self.record.note(decision, seen, time.time()):
                 self.say(f"{iso()}  {decision.state}: {decision.reason}", "bold" if decision.action != "wait" else None)
@@ -89,6 +96,8 @@ class Watch:
                 if code is not None:
                     return code
                 continue
+            if decision.action == "restart":
+                self.restart(decision, seen)
             self.sleep(poll)
 
     # --- ending ---------------------------------------------------------------------------
@@ -136,9 +145,10 @@ class Watch:
         self.record.transition("recovering", f"recovery {n}: {decision.reason}")
         new_host, launched_one, epoch = self.place(url, epoch, lost_host, n)
         if new_host is None:
-            return self.give_up(f"{decision.reason}; no host could take it (recovery.hosts"
-                                + (", then a launched one" if self.inv.recovery["launch"]["type"] and url else "")
-                                + ")" + ("" if url else f"; storage: {why}"))
+            reason = (f"{decision.reason}; no host could take it (recovery.hosts, the lost host"
+                      + (", then a launched one" if self.inv.recovery["launch"]["type"] and url else "")
+                      + ")" + ("" if url else f"; storage: {why}"))
+            return self.retry_later(reason)
         entry = {"n": n, "host": new_host, "from_host": lost_host, "at": iso(), "from_epoch": epoch, "reason": decision.reason,
                  "launched": launched_one}
         self.record.add_recovery(entry)
@@ -154,6 +164,33 @@ class Watch:
         if self.inv.recovery["launch"]["type"] and lost_host != new_host:
             self.say(recovery_hosts.down_lost(self.config, self.inv, lost_host, self.run, reachable, self.say))
         return None
+
+    def retry_later(self, reason):
+        """No host took the run: None after a backoff (the next round looks at the lost host again and retries the
+        placement), or the exit code once recovery.give_up_minutes have passed since the first failed placement."""
+        now, d = time.time(), self.record.data
+        if not d.get("placing_since"):
+            d.update(placing_since=now, placing_tries=0)
+        d["placing_tries"] = d.get("placing_tries", 0) + 1
+        self.record.save()
+        give_up = self.inv.recovery["give_up_minutes"] * 60
+        if now - d["placing_since"] >= give_up:
+            return self.give_up(f"{reason}; tried {d['placing_tries']} time(s) for {(now - d['placing_since']) / 60:.1f} min "
+                                f"(recovery.give_up_minutes: {self.inv.recovery['give_up_minutes']:g})")
+        pause = min(300.0, float(self.inv.recovery["poll_seconds"]) * 2 ** min(d["placing_tries"], 8), give_up - (now - d["placing_since"]))
+        self.record.transition("placing", f"{reason}; trying again in {pause:.0f} s (until {iso(d['placing_since'] + give_up)})")
+        self.say(f"{iso()}  no host could take run {self.run}: trying again in {pause:.0f} s, until "
+                 f"{iso(d['placing_since'] + give_up)} (recovery.give_up_minutes)", "yellow")
+        self.sleep(max(pause, 0.0))
+        return None
+
+    def restart(self, decision, seen):
+        """A trainer ended by SIGKILL: `train --resume` on its own host (machine.killed allowed it)."""
+        epoch = ((seen.get("info") or {}).get("status") or {}).get("epoch") or 0
+        self.record.add_kill(epoch)
+        if self.run_fab(self.host, "train", "--resume"):
+            self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
+            self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
 
     def place(self, url, epoch, lost_host, n):
         """Continue the run on the first host that takes it: one that holds it as its current run (the lost host, back)
