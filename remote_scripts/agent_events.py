@@ -118,6 +118,8 @@ def _notify_run(runs_dir, settings, running, stalled):
     run, run_dir = found
     launch = host_files.read_launch(run_dir)
     launch_id = launch.get("launch_id") or "legacy"
+    if run_state.fenced(run_dir, launch_id):  # the run continues under another launch: its events are that one's
+        return
     status = host_files.read_json(os.path.join(run_dir, "status.json"))
     status = status if isinstance(status, dict) else {}
     if (status.get("distribution") or {}).get("chief") is False:  # a cluster's other workers: the chief's agent tells
@@ -165,7 +167,7 @@ def notify_preempted(runs_dir, settings, run, run_dir, launch_id, notice, status
 
 # --- autostop's guard --------------------------------------------------------------------------
 
-ENDED = ("finished", "failed", "stopped", "preempted", "vanished")
+ENDED = ("finished", "failed", "stopped", "preempted", "vanished", "superseded")
 
 
 def fetched_path(runs_dir):
@@ -229,7 +231,8 @@ def autostop_hold(runs_dir, settings, state):
         if not os.path.isdir(run_dir) or live_processes(launch) or fetched_vanished(runs_dir, run, run_dir) or stored(run_dir, launch):
             return None
         how = "vanished (no exit record, no process left)"
-    elif record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir, launch):
+    elif record.get("preempted") or fetched(runs_dir, run, record) or stored(run_dir, launch) or \
+            record.get("exit_code") == run_state.SUPERSEDED:  # the run continues elsewhere: nothing of it to keep here
         return None
     else:
         how = "ended"

@@ -32,6 +32,10 @@ running training preempted and stops it (run_state.stop), keeping the backup of 
 with run storage it then waits (until shortly before the notice's time) for the run's uploader to
 store that end, and records what was stored (state.json preempted.stored).
 When to ask the metadata service, and when to stop asking: ec2_metadata.py.
+
+With run storage, the current launch's uploader (RUN/storage.json) is started again when it died before it was
+done (a kill, the OOM killer), at most MAX_UPLOADER_RESTARTS times a launch, and agent.log says so; the monitor
+shows the count. A fenced launch (RUN/fenced.json: the run moved on) is neither revived nor notified.
 """
 
 import calendar
@@ -54,6 +58,7 @@ from ec2_metadata import probe_instance, spot_notice
 from host_files import DEFAULTS, WAIT_FOR, agent_dir, agent_running, autostop_view, files, iso, mtime, read_settings
 
 HERE = os.path.abspath(__file__)
+MAX_UPLOADER_RESTARTS = 5  # a launch's uploader started again at most this often: one that dies every time is said, not looped
 SOURCES = (HERE, host_files.__file__)  # the agent's code: a change to either restarts it
 POWEROFF = "sudo -n /sbin/poweroff"  # the default autostop command
 BOOT_MARK = "# facenet-deploy host agent"
@@ -198,6 +203,7 @@ def poll_once(runs_dir, settings, state):
         fire(runs_dir, view, state)
     elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
         state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
+    state["uploader"] = revive_uploader(runs_dir) or state.get("uploader")
     agent_events.notify_run(runs_dir, settings, running, stalled)
     state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, waiting_for), running=running[0] if running else None)
     return state
@@ -242,6 +248,43 @@ def store_before_the_end(runs_dir, run_dir, notice):
 
 
 KEPT_ACROSS_RESTARTS = ("instance_url", "metadata_explicit", "metadata_probe", "metadata_requests", "metadata_urls")
+
+
+def revive_uploader(runs_dir):
+    """Start the current launch's uploader again when it died before it was done; returns what was done (a dict for
+    state.json) or None when nothing was to do."""
+    found = agent_events.current(runs_dir)
+    if found is None:
+        return None
+    run, run_dir = found
+    record = storage_state.read(run_dir)
+    launch = host_files.read_launch(run_dir)
+    launch_id = launch.get("launch_id")
+    if (not record or record.get("done") or not launch_id or record.get("launch_id") != launch_id
+            or storage_state.alive(record.get("pid")) or run_state.fenced(run_dir, launch_id)):
+        return None
+    if record.get("state") in ("waiting", "starting", "restarting") and time.time() - (record.get("updated_epoch_seconds") or 0) < 30:
+        return None  # just started: a moment from writing its own record
+    settings, python, cwd = record.get("settings"), record.get("python"), record.get("cwd")
+    restarts = int(record.get("restarts") or 0)
+    if not isinstance(settings, dict) or not python or not cwd:
+        return None  # an uploader of an older version: it did not say how to start it again
+    if restarts >= MAX_UPLOADER_RESTARTS:
+        if record.get("state") != "abandoned":
+            record.update(state="abandoned", done=True, abandoned=f"died {restarts + 1} times; not started again")
+            run_state.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
+            log(runs_dir, f"uploader of run {run} (launch {launch_id}) died again after {restarts} restarts: not started again; "
+                          "storage keeps its last stored epoch (see the run's storage.log)")
+        return {"run": run, "launch_id": launch_id, "abandoned_at": iso(time.time())}
+    record.update(restarts=restarts + 1, state="restarting", pid=None, updated_epoch_seconds=time.time())  # read by the new uploader
+    run_state.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
+    env = {**os.environ, "FACENET_STORAGE": json.dumps(settings), "PYTHONUNBUFFERED": "1"}
+    with open(os.path.join(run_dir, "storage.log"), "a") as out:
+        proc = subprocess.Popen([python, "-m", "trainer.storage.uploader", run_dir, launch_id], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    log(runs_dir, f"uploader of run {run} (launch {launch_id}) was not running (pid {record.get('pid')}, state {record.get('state')}): "
+                  f"started again as pid {proc.pid} (restart {restarts + 1} of at most {MAX_UPLOADER_RESTARTS})")
+    return {"run": run, "launch_id": launch_id, "pid": proc.pid, "restarts": restarts + 1, "at": iso(time.time())}
 
 
 def run(runs_dir):

@@ -65,7 +65,8 @@ else
     PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer.storage.uploader "$run_dir" "$launch_id" >> "$run_dir/storage.log" 2>&1 < /dev/null &
     say "storage: uploader pid $! (its state: $run_dir/storage.json)"
   fi
-  PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
+  # FACENET_LAUNCH_ID: the trainer stops at an epoch end once RUN/fenced.json names this launch (the run moved on)
+  FACENET_LAUNCH_ID="$launch_id" PYTHONUNBUFFERED=1 "$venv/bin/python" -m trainer "$@" >> "$log" 2>&1 &
   child=$!
   trap 'kill -TERM "$child" 2>/dev/null || true' TERM HUP INT
   wait "$child" || code=$?

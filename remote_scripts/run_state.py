@@ -7,6 +7,7 @@
     python3 run_state.py record-exit RUN_DIR CODE [LAUNCH_ID [REASON]]   # launch_training.sh, after it
     python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS      # stop_training.sh
     python3 run_state.py alive RUN_DIR                          # exit 0 while a process of the run lives (follow_log.sh)
+    python3 run_state.py fence RUN_DIR LAUNCH_ID REASON         # fab watch: that launch may no longer train the run
 
 Standard library only (it runs with the system python3, even before the venv exists). The files it shares with
 host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py.
@@ -14,6 +15,8 @@ The run is RUNS_DIR/.current unless --run names one. Its state is derived from w
 launcher and the trainer left behind, so a dead run is never mistaken for a missing one:
 
     exit record, code 0        finished
+    exit record, code 5        superseded (fenced: RUN/fenced.json named its launch, the run continues under another one;
+                                          it stopped at an epoch end without a result)
     exit record, code 3        stopped   (resumable; `requested` in it when `fab stop` or the budget cap asked: stop() leaves
                                           .stop-request.json for the record, so a shutdown's SIGTERM is told apart)
     exit record with preempted preempted (a spot interruption notice stopped it: host_agent.py)
@@ -36,7 +39,7 @@ The stall threshold is --stall-seconds (the inventory's stall_minutes), else the
 setting, else max(15 minutes, 3 x the slowest epoch so far).
 
 Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none,
-7 preempted, 8 stalled.
+7 preempted, 8 stalled, 9 superseded.
 """
 
 import argparse
@@ -75,8 +78,10 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
 from liveness import boot_id, describe_processes, live_processes, proc_stat
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
-              "stalled": 8}
+              "stalled": 8, "superseded": 9}
 STOPPED = 3  # the trainer's exit code for "stopped on request"
+SUPERSEDED = 5  # the trainer's exit code for "fenced: the run continues under another launch" (trainer/errors.py Superseded)
+FENCE = "fenced.json"  # RUN/fenced.json: {launch_id, reason, at}: that launch may no longer train the run
 PENDING_SIZE = 4096
 # `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
 LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
@@ -125,7 +130,7 @@ def derive_state(exit_record, alive, status, stalled=False):
         if exit_record.get("preempted"):
             return "preempted"
         code = exit_record.get("exit_code")
-        return "finished" if code == 0 else "stopped" if code == STOPPED else "failed"
+        return "finished" if code == 0 else "stopped" if code == STOPPED else "superseded" if code == SUPERSEDED else "failed"
     if alive:  # the trainer may have ended already, its launcher still recording the exit
         state = status["state"] if status and status.get("state") in ("starting", "running", "finished", "failed", "stopped") else "starting"
         return "stalled" if stalled and state in ("starting", "running") else state
@@ -373,6 +378,22 @@ def stop(run_dir, session, wait_s, reason=None):
     return 0, lines
 
 
+def fence(run_dir, launch_id, reason):
+    """Launch `launch_id` may no longer train the run (it moved to another launch): its trainer stops at its next epoch
+    end without a result (exit SUPERSEDED), its host agent sends nothing of it. Written atomically; returns the record."""
+    if not LAUNCH_ID.fullmatch(str(launch_id)):
+        raise ValueError(f"invalid launch id {launch_id!r}")
+    record = {"launch_id": launch_id, "reason": str(reason)[:500], "at": now()}
+    write_atomic(os.path.join(run_dir, FENCE), json.dumps(record))
+    return record
+
+
+def fenced(run_dir, launch_id):
+    """The fence record when it names launch `launch_id`, else None."""
+    record = read_json(os.path.join(run_dir, FENCE))
+    return record if isinstance(record, dict) and launch_id and record.get("launch_id") == launch_id else None
+
+
 def _signal(target, sig):
     try:
         os.kill(target, sig)
@@ -389,6 +410,9 @@ def records_main(argv):
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    if command == "fence":  # run_state.py fence RUN_DIR LAUNCH_ID REASON   (`fab watch`, when the old host answers again)
+        print(json.dumps(fence(run_dir, argv[2], argv[3] if len(argv) > 3 else "")))
+        return 0
     if command == "record-exit":
         print(json.dumps(record_exit(run_dir, int(argv[2]), launch_id=argv[3] if len(argv) > 3 and argv[3] else None,
                                      reason=argv[4] if len(argv) > 4 else None)))
@@ -402,7 +426,7 @@ def records_main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive"):
+    if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive", "fence"):
         return records_main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", required=True)

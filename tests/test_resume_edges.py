@@ -3,6 +3,7 @@ non-finite loss. Real trainer processes, real signals, real files (tiny configs)
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -136,3 +137,39 @@ def test_a_clip_holding_inf_is_refused_when_read_before_any_epoch_of_it_is_saved
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert first_epoch_trained(proc.stdout) == done + 1
     assert status(run)["state"] == "finished"
+
+
+def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, synth_crema):
+    """Exactly one trainer per run: once RUN/fenced.json names this launch (the run moved to another host), its trainer
+    stops at its next epoch end (exit 5) before any callback saves that epoch, and writes no result."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, TINY_CONFIG, wait_until, write_config
+
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import run_state
+
+    cfg = write_config(tmp_path / "long.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 300}})
+    launch_id = "20261206T120000Z-4242"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", "--config", cfg, "--data", synth_crema, "--out", tmp_path / "runs",
+                             "--run-name", "f1"], cwd=ROOT, env={**os.environ, "FACENET_LAUNCH_ID": launch_id},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "runs" / "f1"
+    try:
+        wait_until(lambda: status(run).get("epoch", 0) >= 2 if (run / "status.json").exists() else False, 240, "two epochs")
+        run_state.fence(str(run), "20261206T110000Z-1", "another launch's fence")  # not this launch's: it goes on
+        time.sleep(0.1)
+        fenced_at = status(run)["epoch"]
+        run_state.fence(str(run), launch_id, "run f1 moved to b (recovery 1)")
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 5, out
+    assert f"launch {launch_id} was fenced at" in out and "run f1 moved to b" in out and "writes no result" in out, out
+    st = status(run)
+    assert st["epoch"] <= fenced_at + 1 and st["error"]["type"] == "Superseded", st
+    rows = (run / "history.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == st["epoch"], rows  # the epoch it stopped at was never saved
+    assert not (run / "metrics.json").exists() and "Traceback" not in out

@@ -254,3 +254,96 @@ def test_a_spot_notice_stores_the_running_epoch_before_the_agent_is_done(tmp_pat
     weights = client(moto_server).get_object(Bucket=bucket, Key="team/r1/" + latest["files"]["backup/latest.weights.h5"]["key"])
     assert weights["Body"].read() == b"weights 3"
     assert "storage: stored the run end: epoch 3 (preempted)" in (runs / ".agent" / "agent.log").read_text()
+
+
+def test_an_uploader_that_finds_a_later_launch_in_storage_fences_its_own_and_one_fenced_stands_down(tmp_path, moto_server):
+    """Split brain: the run moved to another host while this one lived on. Its uploader finds the new launch's pointer,
+    stops without writing over it and fences its launch (the trainer stops at its next epoch end, without a result)."""
+    bucket = new_bucket(moto_server)
+    run = tmp_path / "runs" / "r1"
+    epoch_files(run, 1, rows=1)
+    launch_id = run_state.record_launch(str(run), os.getpid(), "python -m trainer train (this test)")
+    uploader = start_uploader(run, launch_id, f"s3://{bucket}/team", moto_server)
+    try:
+        wait_until(lambda: (run / "storage.json").exists() and (record(run).get("stored") or {}).get("epoch") == 1, 30, "epoch 1 stored")
+        s3 = client(moto_server)
+        latest = json.loads(s3.get_object(Bucket=bucket, Key="team/r1/LATEST")["Body"].read())
+        later = "29991231T000000Z-7"  # the launch that took the run over on host b
+        s3.put_object(Bucket=bucket, Key="team/r1/LATEST", Body=json.dumps({**latest, "launch_id": later, "host": "b", "epoch": 3}))
+        epoch_files(run, 2, rows=2, t=1020.0)
+        assert uploader.wait(60) == 3
+    finally:
+        uploader.kill()
+    assert record(run)["state"] == "superseded" and later in record(run)["superseded"], record(run)
+    fence = run_state.fenced(str(run), launch_id)
+    assert fence and "this host's uploader found that" in fence["reason"] and later in fence["reason"], fence
+    assert json.loads(s3.get_object(Bucket=bucket, Key="team/r1/LATEST")["Body"].read())["launch_id"] == later  # not written over
+
+    # a launch fenced by `fab watch` (its host answered again): its uploader stands down at once, storing nothing more
+    run2 = tmp_path / "runs" / "r2"
+    epoch_files(run2, 1, rows=1)
+    second = run_state.record_launch(str(run2), os.getpid(), "python -m trainer train (this test)")
+    run_state.fence(str(run2), second, "run r2 moved to b (recovery 1)")
+    uploader = start_uploader(run2, second, f"s3://{bucket}/team", moto_server)
+    try:
+        assert uploader.wait(60) == 3
+    finally:
+        uploader.kill()
+    assert record(run2)["state"] == "superseded" and "moved to b" in record(run2)["superseded"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="team/r2/")
+
+
+def test_the_host_agent_starts_a_dead_uploader_again_and_stops_after_its_limit(tmp_path, moto_server, monkeypatch):
+    """An uploader that died (a kill, the OOM killer) froze storage at its epoch and nothing said so."""
+    import host_agent
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)  # the agent's own environment (on a host: its role, its ~/.aws) is the uploader's
+
+    bucket = new_bucket(moto_server)
+    runs = tmp_path / "runs"
+    run = runs / "r1"
+    epoch_files(run, 1, rows=1)
+    (runs / ".current").write_text("r1\n")
+    (runs / ".agent").mkdir()
+    trainer = subprocess.Popen(["sleep", "300"], start_new_session=True)  # the launch's trainer, alive
+    launch_id = run_state.record_launch(str(run), trainer.pid, "python -m trainer train (this test)")
+    uploader = start_uploader(run, launch_id, f"s3://{bucket}/team", moto_server)
+    revived = []
+    try:
+        wait_until(lambda: (run / "storage.json").exists() and (record(run).get("stored") or {}).get("epoch") == 1, 30, "epoch 1 stored")
+        assert host_agent.revive_uploader(str(runs)) is None  # alive: nothing to do
+        uploader.kill()
+        uploader.wait()
+        did = host_agent.revive_uploader(str(runs))
+        assert did and did["restarts"] == 1 and did["launch_id"] == launch_id, did
+        revived.append(did["pid"])
+        epoch_files(run, 2, rows=2, t=1020.0)
+        wait_until(lambda: (record(run).get("stored") or {}).get("epoch") == 2, 30, "epoch 2 stored by the revived uploader")
+        assert record(run)["restarts"] == 1 and record(run)["pid"] == did["pid"]
+        assert "started again as pid" in (runs / ".agent" / "agent.log").read_text()
+        for _ in range(host_agent.MAX_UPLOADER_RESTARTS):  # one that dies every time is not started forever
+            os.kill(record(run)["pid"] or revived[-1], 9)
+            wait_until(lambda: not storage_alive(record(run).get("pid")), 10, "the uploader gone")
+            data = record(run)
+            data["updated_epoch_seconds"] = 0  # its "just started" grace over
+            (run / "storage.json").write_text(json.dumps(data))
+            did = host_agent.revive_uploader(str(runs))
+            if did.get("pid"):
+                revived.append(did["pid"])
+                wait_until(lambda pid=did["pid"]: record(run).get("pid") == pid, 30, "the revived uploader's own record")
+        assert "abandoned_at" in did and record(run)["state"] == "abandoned" and record(run)["done"], record(run)
+        assert host_agent.revive_uploader(str(runs)) is None
+    finally:
+        trainer.kill()
+        for pid in revived:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def storage_alive(pid):
+    import storage_state
+
+    return storage_state.alive(pid)

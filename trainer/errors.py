@@ -2,7 +2,8 @@
 
 Exit codes of every `python -m trainer` command: 0 success, 2 bad input or
 configuration (a `UserError`, message says what and where), 4 a peer of a multi-worker
-training was lost (`PeerLost`), 1 anything else.
+training was lost (`PeerLost`), 5 superseded (`Superseded`: the run moved to another launch),
+1 anything else.
 """
 
 
@@ -32,6 +33,14 @@ class PeerLost(Exception):
     def __init__(self, message, cause=None, local=False):
         super().__init__(message)
         self.record = {"cause": cause, "local": bool(local)} if cause else {}
+
+
+class Superseded(Exception):
+    """This launch was fenced (RUN/fenced.json names it: `fab watch` moved the run to another launch, or this host's
+    uploader found a later launch's pointer in storage). It stopped at an epoch end, before any callback saved that
+    epoch, and writes no result: the run's result is the other launch's."""
+
+    exit_code = 5
 
 
 class NonFiniteTraining(DataError):

@@ -22,7 +22,7 @@ from deploy.host import agent, training
 from deploy.host.connection import connect_host, end_all_steps, remembered_host
 
 # worst first: the cluster's state is that of its worst worker
-SEVERITY = ["failed", "vanished", "preempted", "stalled", "stopped", "none", "starting", "running", "finished"]
+SEVERITY = ["failed", "vanished", "preempted", "stalled", "superseded", "stopped", "none", "starting", "running", "finished"]
 
 
 def named_cluster(c, inv):

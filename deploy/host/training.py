@@ -258,6 +258,16 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     return name
 
 
+def fence(conn, inv, run, launch_id, reason):
+    """Fence launch `launch_id` of `run` on this host (remote_scripts/run_state.py fence): its trainer stops at its next
+    epoch end without a result, its uploader and agent stand down. True when fenced, or when the host holds no such
+    run (nothing to fence); False when the command failed."""
+    run_dir = rjoin(inv.remote["runs_dir"], valid_run_name(run))
+    cmd = (f"if [ -d {rq(run_dir)} ]; then {PYTHON3} {script(inv, 'run_state.py')} fence {rq(run_dir)} {shlex.quote(launch_id)} "
+           f"{shlex.quote(reason)}; fi")
+    return conn.run(cmd, hide=True, warn=True, in_stream=False, timeout=60).ok
+
+
 def previous_launch_id(text):
     """The launch id in the launch.json printed before a launch (None: the run had none, or it is unreadable)."""
     try:

@@ -21,6 +21,7 @@ since when the host has not answered, whether the run was seen, how many recover
     preempted (spot notice)          lost         recover
     vanished (no process, no record) lost         recover
     no run directory (after seen)    lost         recover
+    superseded (this launch fenced)  superseded   end 5       (the run moved to another launch: not this watch's)
     host unreachable                 unreachable  wait, then recover after recovery.unreachable_minutes
                                                    without an answer and without a new epoch in storage
                                                    (a run whose stored epochs still arrive is alive)
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README, exit codes)
 STOPPED = 3
+SUPERSEDED = 5  # the followed launch was fenced: another launch owns the run now
 KILLED = 128 + 9  # the launcher's code for a trainer ended by SIGKILL: the OOM killer, or a person's kill -9
 TERMINAL = ("finished", "failed", "stopped", "gave-up")
 
@@ -98,6 +100,9 @@ def decide(record, look, now, recovery):
     if state == "failed":
         return Decision("failed", "end", f"failed on {record['host']} ({failure_reason(info)}): a run that fails on its own "
                                          "is not restarted", run_exit_code(info))
+    if state == "superseded":
+        return Decision("superseded", "end", f"the launch on {record['host']} was fenced ({failure_reason(info)}): the run continues "
+                                             "under another launch, which this watch does not follow", SUPERSEDED)
     if state == "preempted":
         notice = ((info.get("exit") or {}).get("preempted") or {}).get("notice") or {}
         return lost(record, recovery, f"preempted on {record['host']} (spot interruption notice: {notice.get('action')} at {notice.get('time')})")

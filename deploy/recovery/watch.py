@@ -27,6 +27,12 @@ listed in recovery.hosts or not. When no host can take the run, placement is tri
 with a backoff, until recovery.give_up_minutes have passed; only then is `failed` sent. A run that failed
 on its own is never restarted, except a trainer ended by SIGKILL, restarted in place up to
 recovery.max_restarts_on_kill times (one kill is no proof of a repeatable out-of-memory).
+
+A run has one owner: the launch that may train it. When the run moves to another host, the launch it left
+is fenced as soon as its host answers again (its record keeps the fences still to do, tried at most every
+FENCE_RETRY_SECONDS): RUN/fenced.json names it there, its trainer stops at its next epoch end without a
+result, its uploader and host agent stand down (remote_scripts/run_state.py fence). The old launch's
+uploader fences it by itself too when it finds the new launch's pointer in storage.
 """
 
 import subprocess
@@ -44,6 +50,7 @@ from deploy.recovery.record import Record, iso, write_on_host
 from trainer.results.visible import visible
 
 UPLOADER_WAIT_SECONDS = 150  # a spot notice gives two minutes; the host agent waits for the upload within them
+FENCE_RETRY_SECONDS = 10  # a fence still to do is tried again (one SSH connection to a host that may be down) this often
 
 
 def look(target, inv, run):
@@ -74,10 +81,12 @@ class Watch:
         self.host, self.target = target.label, target  # the host's inventory name (or user@address:port)
         self.sender = Sender(inv, record.notifications, say)
         self.shown = None
+        self.fence_tried = 0.0
 
     def loop(self):
         poll = float(self.inv.recovery["poll_seconds"])
         while True:
+            self.fence_old_launches()
             seen = look(self.target, self.inv.for_host(self.host), self.run)
             if not seen["reachable"] and stored.configured(self.inv):
                 seen["stored"] = stored.pointer(self.inv, self.run)
@@ -151,6 +160,10 @@ class Watch:
             return self.retry_later(reason)
         entry = {"n": n, "host": new_host, "from_host": lost_host, "at": iso(), "from_epoch": epoch, "reason": decision.reason,
                  "launched": launched_one}
+        old_launch = self.record.data.get("launch_id")
+        if old_launch and new_host != lost_host:  # the launch left behind may still live (a network fault): fenced when it answers
+            self.record.data.setdefault("fences", []).append({"host": lost_host, "launch_id": old_launch, "since": iso(),
+                                                             "reason": f"run {self.run} moved to {new_host} (recovery {n}: {decision.reason})"})
         self.record.add_recovery(entry)
         self.move_to(new_host)
         recoveries = self.record.data["recoveries"]
@@ -164,6 +177,32 @@ class Watch:
         if self.inv.recovery["launch"]["type"] and lost_host != new_host:
             self.say(recovery_hosts.down_lost(self.config, self.inv, lost_host, self.run, reachable, self.say))
         return None
+
+    def fence_old_launches(self):
+        """Fence each launch this run left behind whose host answers now (see the module docstring); the others stay to do."""
+        fences = self.record.data.get("fences") or []
+        if not fences or time.monotonic() - self.fence_tried < FENCE_RETRY_SECONDS:
+            return
+        self.fence_tried = time.monotonic()
+        left = []
+        for item in fences:
+            try:
+                target = connect_host(self.config, self.inv.for_host(item["host"]), item["host"])
+                try:
+                    done = training.fence(target.conn, self.inv.for_host(item["host"]), self.run, item["launch_id"], item["reason"])
+                finally:
+                    target.conn.close()
+            except Exception:  # noqa: BLE001 - the host does not answer yet: next time
+                done = False
+            if done:
+                self.record.transition(self.record.data["state"], f"fenced launch {item['launch_id']} on {item['host']}: it stops "
+                                                                  "at its next epoch end without a result")
+                self.say(f"{iso()}  {item['host']} answers again: its launch {item['launch_id']} of run {self.run} is fenced (it stops at "
+                         "its next epoch end, without a result)", "bold")
+            else:
+                left.append(item)
+        self.record.data["fences"] = left
+        self.record.save()
 
     def retry_later(self, reason):
         """No host took the run: None after a backoff (the next round looks at the lost host again and retries the

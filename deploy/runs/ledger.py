@@ -21,7 +21,7 @@ from deploy.errors import DeployError
 from deploy.host.connection import rq, state_dir
 from trainer.names import RUN_NAME
 
-ENDED = {"finished", "failed", "stopped", "preempted", "vanished"}  # nothing of it runs: a fetch then has all of it
+ENDED = {"finished", "failed", "stopped", "preempted", "vanished", "superseded"}  # nothing of it runs: a fetch then has all of it
 LIST_RUNS = "python3 -c {code} {runs}"
 LIST_RUNS_CODE = """
 import json, os, sys

@@ -23,7 +23,8 @@ from trainer.results.report import scores
 from trainer.results.visible import visible, visible_tree
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
-          "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "stalled": "bold red", "none": "dim"}
+          "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "stalled": "bold red", "none": "dim",
+          "superseded": "bold yellow"}
 WHAT_TO_DO = {
     "failed": "The trainer exited with an error (above). Fix it, then resume with `fab train --resume` "
               "or start over with `fab train`. Full log: `fab logs --lines 200`.",
@@ -37,6 +38,9 @@ WHAT_TO_DO = {
                  "`fab fetch-results --backup`, then on another host `fab -H <host> deploy-full --resume-from results/<host>/<run>` "
                  "(or, if the instance only stops, start it again and `fab train --resume`).",
     "finished": "Done. Bring the results home with `fab fetch-results`.",
+    "superseded": "This launch was fenced: the run moved to another launch (`fab watch` moved it, or storage holds a later "
+                  "launch's epochs), so it stopped without a result. The run's result is the other launch's: `fab runs` "
+                  "says where it is. Nothing to do here.",
     "none": "No training has been started on this host: `fab deploy-full` (or `fab train`).",
 }
 
@@ -117,13 +121,17 @@ def _ago(seconds):
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else _duration(seconds)
 
 
-def storage_line(record):
-    """'stored: epoch 14, 40 s ago' / 'storage: 3 uploads failing: AccessDenied ...' (remote_scripts/storage_state.py)."""
+def storage_line(record, host_epoch=None):
+    """'stored: epoch 14, 40 s ago' / 'storage: 3 uploads failing: AccessDenied ...' (remote_scripts/storage_state.py);
+    with the host's epoch, how many epochs storage lags behind it."""
     stored, failures = record.get("stored") or {}, record.get("failures") or {}
     text = Text()
     if stored:
         text.append(f"stored: epoch {stored.get('epoch')}, {_ago(record.get('seconds_since_stored'))} ago"
                     + (f" ({stored.get('state')}, final)" if stored.get("final") else "") + f"  {record.get('url')}")
+    lag = storage_lag(record, host_epoch)
+    if lag:
+        text.append(f"; storage is {lag} epoch{'s' if lag != 1 else ''} behind the host", style="bold yellow" if lag > 1 else "yellow")
     if failures:
         text.append(("; " if stored else "") + f"storage: {failures.get('count')} upload{'s' if failures.get('count') != 1 else ''} "
                     f"failing: {failures.get('code')}: {failures.get('message')}", style="bold red")
@@ -134,8 +142,19 @@ def storage_line(record):
     elif not stored and not failures:
         text.append(f"storage: nothing stored yet  {record.get('url')}", style="dim")
     if not record.get("done") and not record.get("alive"):
-        text.append("; its uploader is not running (the host restarted?): `fab train --resume` starts it again", style="yellow")
+        text.append("; its uploader is not running: the host agent starts it again at its next round", style="bold yellow")
+    if record.get("restarts"):
+        text.append(f"; uploader restarted {record['restarts']} time(s) by the host agent (its storage.log says why it ended)",
+                    style="yellow")
     return text
+
+
+def storage_lag(record, host_epoch):
+    """Epochs the host finished that storage does not hold yet (None when either is unknown)."""
+    stored = (record or {}).get("stored") or {}
+    if not isinstance(host_epoch, int) or (stored and not isinstance(stored.get("epoch"), int)):
+        return None
+    return max(0, host_epoch - (stored.get("epoch") if stored else 0))
 
 
 def T(value):
@@ -236,7 +255,7 @@ def screen(info, label, console):
                 line += f"   test UAR {cv['mean']['uar']:.3f} ± {cv['std']['uar']:.3f} over folds"
             run.add_row("folds", T(line))
         if info.get("storage"):
-            run.add_row("storage", storage_line(info["storage"]))
+            run.add_row("storage", storage_line(info["storage"], (info.get("status") or {}).get("epoch")))
         if status.get("error"):
             run.add_row("error", Text(f"{status['error'].get('type')}: {status['error'].get('message')}", style="red"))
         parts += [Text(""), run]

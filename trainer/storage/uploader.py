@@ -24,8 +24,13 @@ RUN/storage.json (the monitor's "stored: epoch 14, 40 s ago" / "storage: 3 uploa
      "cpu_seconds": the uploader's own CPU time so far}
 
 Before it writes a pointer it reads the stored one: when a later launch wrote it (the run was
-resumed elsewhere while this host lived on), this uploader stops (state superseded). A stored run of the same name
-that began at another time (a different run) is never written over.
+resumed elsewhere while this host lived on), this uploader stops (state superseded) and fences its launch
+(RUN/fenced.json, remote_scripts/run_state.py): the trainer stops at its next epoch end without a result, the host
+agent sends nothing of it. A launch fenced by `fab watch` has its uploader stand down the same way. A stored run of
+the same name that began at another time (a different run) is never written over.
+
+storage.json also keeps what the host agent needs to start the uploader again if it dies before it is done
+(settings, python, cwd; `restarts` counts the times it did).
 """
 
 import fcntl
@@ -78,8 +83,13 @@ class Uploader:
         self.status_mtime = None
         self.terminated = False
         self.records = host_records()
+        old = self.read_json("storage.json") or {}
+        same = old.get("launch_id") == launch_id  # started again by the host agent: what its predecessor stored stays said
+        restarts = old.get("restarts", 0) if same else 0
         self.state = {"pid": os.getpid(), "launch_id": launch_id, "url": self.where.run_url(self.name), "state": "starting",
-                      "stored": None, "failures": None, "uploads": 0, "bytes": 0, "done": False, "started_at": now_iso()}
+                      "stored": old.get("stored") if same else None, "failures": None, "uploads": 0, "bytes": 0, "done": False,
+                      "started_at": now_iso(),
+                      "settings": settings, "python": sys.executable, "cwd": os.getcwd(), "restarts": restarts}
 
     # --- the record the monitor reads ------------------------------------------------------
 
@@ -249,7 +259,9 @@ class Uploader:
                 return self.loop()
             except Superseded as e:
                 self.save(state="superseded", superseded=str(e), done=True)
-                self.log(f"[storage] {now_iso()} {e}; stopping")
+                if self.records.fenced(str(self.run_dir), self.launch_id) is None:  # its trainer stops at its next epoch end
+                    self.records.fence(str(self.run_dir), self.launch_id, f"this host's uploader found that {e}")
+                self.log(f"[storage] {now_iso()} {e}; stopping, and the launch is fenced")
                 return SUPERSEDED
 
     def on_term(self, signum, frame):
@@ -257,6 +269,9 @@ class Uploader:
 
     def loop(self):
         while True:
+            fence = self.records.fenced(str(self.run_dir), self.launch_id)
+            if fence is not None:
+                raise Superseded(f"launch {self.launch_id} was fenced at {fence.get('at')}: {fence.get('reason')}")
             state = self.ended()
             if state is not None or self.terminated:
                 return self.finish(state)

@@ -28,7 +28,7 @@ import time
 import keras
 import numpy as np
 
-from trainer.errors import NonFiniteLoss, NonFiniteWeights
+from trainer.errors import NonFiniteLoss, NonFiniteWeights, Superseded
 from trainer.results.metrics import metrics_from_confusion
 from trainer.training import distribute
 from trainer.training.feeder import Feeder
@@ -41,12 +41,13 @@ class History(keras.callbacks.History):
 
 
 def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=None, resume=None, stop=None,
-        workers=1, log=print, steps_per_execution=1, watchdog=None):
+        workers=1, log=print, steps_per_execution=1, watchdog=None, fence=None):
     """Train `model` (built and compiled under `strategy`) for `epochs`; returns the History.
     `resume` is the ResumeState: the chief's `restored` state is `apply`-ed on the others;
     `stop` is the GracefulStop callback whose `requested` flag every worker agrees on;
     `steps_per_execution` batches go to the device per call; `watchdog` (trainer/training/peers.py) is beaten
-    after every call. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
+    after every call; `fence()` (trainer/training/fence.py) says why this launch no longer owns the run, or None: asked
+    at every epoch end before any callback, it raises Superseded. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
     validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
     every call's progress; one with `train_failed(error)` hears of an exception that ends the loop
     (no `on_train_end` then); one with `training_done(epoch, seconds)` hears how long the epoch's
@@ -98,6 +99,12 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
             line = f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
             _refuse_non_finite(model, epoch, logs, line, log)  # before any callback saves this epoch's weights
+            if fence is not None:
+                reason = fence()
+                if distribute.agree(strategy, [reason is not None])[0]:  # every worker stops here, none waits on a peer
+                    log(line)
+                    raise Superseded(f"{reason or 'another worker was fenced'}; epoch {epoch + 1} was not saved, and this launch "
+                                     "writes no result (the run continues under the launch that took it over)")
             for taker in confusion_takers:
                 taker.validation_confusion(epoch, _confusion(val))
             for timer in timers:

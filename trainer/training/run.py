@@ -23,9 +23,10 @@ from datetime import datetime
 from pathlib import Path
 
 from trainer.config import dump_config, load_config
-from trainer.errors import DataError, PeerLost, UserError
+from trainer.errors import DataError, PeerLost, Superseded, UserError
 from trainer.results.report import make_console
 from trainer.results.runfiles import refuse_special_entries
+from trainer.training.fence import fence_check
 from trainer.training.logfile import tee_to
 from trainer.training.status import RunStatus, now_iso, write_json_atomic
 
@@ -281,10 +282,11 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
     callbacks = [LearningRateLogger(), *writers, StatusCallback(status, monitor, mode), stop]
     weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
     started = time.monotonic()
+    fence = fence_check(run_dir)
     try:
         history = loop.fit(model, strategy, train_gen, val_gen, cfg["train"]["epochs"], callbacks, class_weight=weights,
                            resume=resume_state, stop=stop, workers=cfg["train"]["workers"], log=console.print,
-                           steps_per_execution=cfg["train"]["steps_per_execution"], watchdog=watchdog)
+                           steps_per_execution=cfg["train"]["steps_per_execution"], watchdog=watchdog, fence=fence)
     except KeyboardInterrupt:
         if not stop.requested:
             raise
@@ -292,6 +294,8 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
                       f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
     if history.stopped_by_signal:
         raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
+    if fence is not None and fence() is not None:  # fenced after its last epoch: still no result of this launch
+        raise Superseded(f"{fence()}; this launch writes no result (the run continues under the launch that took it over)")
     return history, model, val_gen, started
 
 
