@@ -152,7 +152,10 @@ class Watch:
                  + (f"from epoch {epoch} in storage ({url})" if url else f"storage cannot give it ({why}); only a host that holds it "
                                                                           "can take it"), "bold")
         self.record.transition("recovering", f"recovery {n}: {decision.reason}")
-        new_host, launched_one, epoch = self.place(url, epoch, lost_host, n)
+        # a host that answers and lost the run's processes (vanished) keeps its disk: its copy, newer than storage's by the
+        # epoch in flight, is tried first (not after a spot notice or a shutdown: that host is going away)
+        first = reachable and (seen["info"] or {}).get("state") in ("vanished", "none")
+        new_host, launched_one, epoch = self.place(url, epoch, lost_host, n, lost_first=first)
         if new_host is None:
             reason = (f"{decision.reason}; no host could take it (recovery.hosts, the lost host"
                       + (", then a launched one" if self.inv.recovery["launch"]["type"] and url else "")
@@ -231,10 +234,13 @@ class Watch:
             self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
             self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
 
-    def place(self, url, epoch, lost_host, n):
+    def place(self, url, epoch, lost_host, n, lost_first=False):
         """Continue the run on the first host that takes it: one that holds it as its current run (the lost host, back)
         with `train --resume`, any other from storage (`url`); (host name, launched?, from epoch) or (None, False, None)."""
-        for name in recovery_hosts.candidates(self.inv, lost_host):
+        names = recovery_hosts.candidates(self.inv, lost_host)
+        if lost_first:
+            names = [lost_host] + [name for name in names if name != lost_host]
+        for name in names:
             free, why, held = recovery_hosts.is_free(self.config, self.inv, name, self.run)
             if not free:
                 self.say(f"  {name}: {why}", "yellow")
