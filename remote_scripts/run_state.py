@@ -169,6 +169,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         "disk": disk(disk_path), "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
         "uptime_seconds": uptime(), "agent": None, "processes": [],
     }
+    info["agent_alive"] = host_files.agent_running(runs_dir)  # cheap (a pid and its command line): `fab watch` restarts a dead one
     if not quick:
         info["agent"] = host_files.view(runs_dir)
     if run is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
+from tests.random_faults import kill_sshd
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -216,33 +217,6 @@ class TwoHosts:
         self.env.cleanup()
         for sshd in self.sshd.values():
             sshd.stop()
-
-
-def kill_sshd(pid):
-    """SIGKILL the sshd listener `pid` and every sshd process below it (one per connection): the host's network gone.
-    Their other children (a command's shell) are left alone: a SIGKILL there could leave a lock behind (the shell's
-    rc files may run `pyenv rehash`, which holds a lock file while it works)."""
-    children, comm = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            comm[int(entry.name)] = (entry / "comm").read_text().strip()
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    todo, found = [pid], []
-    while todo:
-        p = todo.pop()
-        if comm.get(p, "sshd").startswith("sshd"):
-            found.append(p)
-            todo += children.get(p, [])
-    for p in found:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def read_json(path):

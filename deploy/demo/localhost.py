@@ -61,7 +61,7 @@ class LocalSSHHost:
         os.chmod(self.root / "authorized_keys", 0o600 if self.user == getpass.getuser() else 0o644)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        self.port = free_port()
+        self.port = self.port or free_port()  # started again (an outage ended): the same address
         config = self.root / "sshd_config"
         config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {config_path(self.root / 'host_key')}\n"

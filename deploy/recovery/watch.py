@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from deploy.errors import DeployError
-from deploy.host import training
+from deploy.host import agent, training
 from deploy.host.connection import connect_host
 from deploy.recovery import hosts as recovery_hosts
 from deploy.recovery import machine, stored
@@ -93,6 +93,8 @@ class Watch:
             decision = machine.decide(self.record.data, seen, time.time(), self.inv.recovery)
             if self.record.note(decision, seen, time.time()):
                 self.say(f"{iso()}  {decision.state}: {decision.reason}", "bold" if decision.action != "wait" else None)
+            if seen["reachable"] and decision.state == "following" and seen["info"].get("agent_alive") is False:
+                self.start_agent()
             if seen["reachable"] and decision.state == "following":
                 line = progress(seen["info"])
                 if line != self.shown:
@@ -180,6 +182,16 @@ class Watch:
         if self.inv.recovery["launch"]["type"] and lost_host != new_host:
             self.say(recovery_hosts.down_lost(self.config, self.inv, lost_host, self.run, reachable, self.say))
         return None
+
+    def start_agent(self):
+        """The run's host agent died (a kill, the OOM killer): started again, with the inventory's settings, so that its
+        uploader is revived, its notifications sent and autostop armed. Never raises: the next round tries again."""
+        try:
+            agent.configure(self.target.conn, self.inv.for_host(self.host), self.host)
+            self.say(f"{iso()}  the host agent on {self.host} was not running: started again", "yellow")
+            self.record.transition(self.record.data["state"], f"host agent on {self.host} started again (it was not running)")
+        except Exception as e:  # noqa: BLE001 - said; the next round tries again
+            self.say(f"{iso()}  the host agent on {self.host} is not running and could not be started: {type(e).__name__}: {e}", "yellow")
 
     def fence_old_launches(self):
         """Fence each launch this run left behind whose host answers now (see the module docstring); the others stay to do."""

@@ -270,11 +270,13 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
             ConfusionImages(checkpoint, classes, run_dir / "logs"),
             early_stopping,
             reduce_lr,
-            # after those three (it saves and restores their state with the weights); a kill during its save
-            # leaves the previous epoch's backup to resume from
-            RunBackup(run_dir / "backup", resume_state, log=console.print, history=run_dir / "history.csv"),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
+            # the epoch's row before its backup: a kill between the two leaves a row past the backup's epoch, which the
+            # resume removes and writes again; the other way round it left the run's history without that epoch's row
             SafeCSVLogger(str(run_dir / "history.csv"), append=True),  # never through a link
+            # after the checkpoint, early stopping and the LR schedule (it saves and restores their state with the
+            # weights); a kill during its save leaves the previous epoch's backup to resume from
+            RunBackup(run_dir / "backup", resume_state, log=console.print, history=run_dir / "history.csv"),
         ]
     else:  # the same decisions from the same numbers, and no file of the run's
         resume_state = ResumeState(None, early_stopping, reduce_lr)
