@@ -57,3 +57,29 @@ def test_hosts_sharing_an_address_are_told_apart_by_port(tmp_path):
     inv = load_inventory(tmp_path / "inventory.yaml")
     assert inv.find_host("10.0.0.5", 2202).name == "b" and inv.find_host("10.0.0.5", 2201).name == "a"
     assert inv.find_host("10.0.0.5", 2203) is None and inv.find_host("10.0.0.6").name == "c"
+
+
+def test_storage_says_how_many_epochs_it_lags_behind_the_host_and_whether_its_uploader_was_restarted():
+    """A dead uploader froze storage at its epoch while `fab runs` said "running" forever."""
+    import time as clock
+
+    from deploy.recovery.watch import progress
+    from deploy.tasks.storage import lag_estimate
+    from trainer.results.run_view import storage_line
+
+    record = {"stored": {"epoch": 7, "at_epoch_seconds": clock.time() - 30}, "url": "s3://b/r1", "alive": True, "done": False,
+              "seconds_since_stored": 30}
+    assert "behind" not in storage_line(record, 7).plain
+    assert "storage is 1 epoch behind the host" in storage_line(record, 8).plain
+    assert "storage is 5 epochs behind the host" in storage_line(record, 12).plain
+    dead = storage_line({**record, "alive": False, "restarts": 2}, 12).plain
+    assert "its uploader is not running: the host agent starts it again" in dead and "restarted 2 time(s)" in dead, dead
+    assert "fab train --resume" not in dead  # refused while the trainer lives: never the advice
+
+    info = {"status": {"epoch": 12, "epochs": 30}, "storage": {"stored": {"epoch": 7}}}
+    assert "storage 5 epochs behind (stored: epoch 7)" in progress(info)
+    assert "behind" not in progress({"status": {"epoch": 8, "epochs": 30}, "storage": {"stored": {"epoch": 7}}})
+
+    ten_minutes_ago = datetime.fromtimestamp(clock.time() - 600, timezone.utc).isoformat()
+    assert "~5 epochs behind its host" in lag_estimate("running", ten_minutes_ago, 120)
+    assert lag_estimate("finished", ten_minutes_ago, 120) == "" and lag_estimate("running", ten_minutes_ago, None) == ""

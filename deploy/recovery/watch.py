@@ -70,7 +70,10 @@ def progress(info):
     status = info.get("status") or {}
     last = status.get("last") or {}
     metric = "   ".join(f"{k} {last[k]:.4g}" for k in ("val_uar", "val_loss") if isinstance(last.get(k), (int, float)))
-    return f"epoch {status.get('epoch', 0)}/{status.get('epochs', '?')}" + (f"   {metric}" if metric else "")
+    stored = ((info.get("storage") or {}).get("stored") or {}).get("epoch")
+    behind = status.get("epoch", 0) - stored if isinstance(stored, int) and isinstance(status.get("epoch"), int) else None
+    storage = f"   storage {behind} epochs behind (stored: epoch {stored})" if behind and behind > 1 else ""
+    return f"epoch {status.get('epoch', 0)}/{status.get('epochs', '?')}" + (f"   {metric}" if metric else "") + storage
 
 
 class Watch:

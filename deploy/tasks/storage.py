@@ -79,7 +79,21 @@ def row(name, pointer):
     cost = f"${s['cost_usd']:.2f}" if isinstance(s.get("cost_usd"), (int, float)) else (
         f"{s['compute_seconds'] / 3600:.2f} h" if isinstance(s.get("compute_seconds"), (int, float)) else "")
     state = pointer.get("state", "?")
-    return name, pointer.get("host") or "?", state, epochs, best_text, test, cost, ago(pointer.get("written_at")), recovered(s)
+    updated = ago(pointer.get("written_at")) + lag_estimate(state, pointer.get("written_at"), s.get("seconds_per_epoch"))
+    return name, pointer.get("host") or "?", state, epochs, best_text, test, cost, updated, recovered(s)
+
+
+def lag_estimate(state, written_at, seconds_per_epoch):
+    """For a running run whose last stored epoch is older than two of its epochs: how many epochs storage is likely
+    behind its host (an estimate from its seconds per epoch: `fab runs` reads no host; `fab monitor` tells exactly)."""
+    if state not in ("starting", "running") or not isinstance(seconds_per_epoch, (int, float)) or seconds_per_epoch <= 0:
+        return ""
+    try:
+        seconds = time.time() - datetime.fromisoformat(written_at).astimezone(timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return ""
+    behind = int(seconds // seconds_per_epoch)
+    return f" (~{behind} epochs behind its host, or it stopped: `fab monitor` says)" if behind >= 2 else ""
 
 
 def recovered(summary):

@@ -96,6 +96,7 @@ def summary(status, metrics=None, exit_record=None, recoveries=None):
     return {"epoch": status.get("epoch"), "epochs": status.get("epochs"), "best": status.get("best"), "metrics": status.get("metrics"),
             "compute_seconds": seconds, "price_per_hour": price, "cost_usd": cost, "exit": exit_record,
             "started_at": status.get("started_at"), "updated_at": status.get("updated_at"), "error": status.get("error"),
+            "seconds_per_epoch": status.get("seconds_per_epoch"),
             "recoveries": (recoveries or {}).get("recoveries") if isinstance(recoveries, dict) else None}
 
 
