@@ -50,7 +50,7 @@ def main():
         venv = make_host_venv(Path(tmp) / "host venv")
         for seed in range(args.first, args.first + args.seeds):
             with serve() as webhook:
-                report = run_scenario(seed, Path(tmp) / f"seed {seed}", moto, venv, webhook, faults=args.faults, epochs=args.epochs,
+                report = run_scenario(seed, Path(tmp) / f"seed-{seed}", moto, venv, webhook, faults=args.faults, epochs=args.epochs,
                                       log=lambda line: print(line, file=sys.stderr, flush=True))
             rows.append(report.row())
             print(report.row(), file=sys.stderr, flush=True)

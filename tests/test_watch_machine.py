@@ -230,3 +230,21 @@ def test_a_run_lost_before_its_first_epoch_can_start_again_elsewhere_without_a_b
     (run / "history.csv").write_text("epoch,loss\n0,1.7\n")
     with pytest.raises(LocalInputError, match="has no backup/"):
         check_run_to_resume(run)
+
+
+def test_a_recovery_records_the_epoch_the_run_continued_from_not_the_one_read_before(tmp_path, monkeypatch):
+    """Storage moved on between the watch's read (epoch 13) and deploy-full's download (epoch 14): the recovery said
+    "from epoch 13" where the new host resumed at 14. deploy-full's downloaded backup says which."""
+    import os
+    import time
+
+    from deploy.recovery import stored
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    assert stored.resumed_epoch("r1") is None
+    for host, epoch, age in (("a", 13, 60), ("b", 14, 0)):
+        backup = tmp_path / "state" / "resume" / host / "r1" / "backup"
+        backup.mkdir(parents=True)
+        (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch, "batch": -1}))
+        os.utime(backup / "training_metadata.json", (time.time() - age, time.time() - age))
+    assert stored.resumed_epoch("r1") == 14  # the latest download

@@ -7,6 +7,7 @@
                                              # run_started_at is not `started_at`, the followed run's) is neither.
     wait_uploader(look_again, seconds)       # the lost host still answers: until its uploader stored the run's end
     pointer(inv, "r1")                       # the run's pointer (epoch, state, launch_id), or None: proof of life
+    resumed_epoch("r1")                      # the epoch `deploy-full --resume-from` just continued the run from
 
 The run's recoveries.json is a file of the run like any other: its uploader stores it with the
 next checkpoint, and `fab runs` shows it from the pointer's summary.
@@ -59,6 +60,22 @@ def pointer(inv, run):
     except Exception:  # noqa: BLE001 - storage unanswering is no proof either way
         return None
     return found if isinstance(found, dict) else None
+
+
+def resumed_epoch(run):
+    """The epoch of the backup that the last `deploy-full --resume-from` of `run` downloaded (the state dir's resume/
+    HOST/RUN: what it uploaded to the new host), or None. Storage may have moved on between the watch's read and the
+    deploy's: this is the epoch the run continues from."""
+    import json
+
+    from deploy.host.connection import state_dir
+
+    found = sorted((state_dir() / "resume").glob(f"*/{run}/backup/training_metadata.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        epoch = json.loads(found[-1].read_text()).get("epoch") if found else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
 
 
 def uploader_busy(info):

@@ -267,7 +267,7 @@ class Watch:
             elif url is None:
                 self.say(f"  {name}: does not hold the run, and storage cannot give it", "yellow")
             elif self.run_fab(name, "deploy-full", "--resume-from", url):
-                return name, False, epoch
+                return name, False, first_known(stored.resumed_epoch(self.run), epoch)
         if self.inv.recovery["launch"]["type"] and url:
             try:
                 name = recovery_hosts.launch_replacement(self.inv, self.config, self.run, n, self.say)
@@ -276,7 +276,7 @@ class Watch:
                 return None, False, None
             self.reload_inventory()
             if self.run_fab(name, "deploy-full", "--resume-from", url):
-                return name, True, epoch
+                return name, True, first_known(stored.resumed_epoch(self.run), epoch)
         return None, False, None
 
     def run_fab(self, name, *task):
@@ -324,6 +324,10 @@ def finished_summary(metrics):
     if isinstance(compute.get("cost_usd"), (int, float)):
         parts.append(f"cost ${compute['cost_usd']:.2f} ({compute.get('hours', 0):.2f} h)")
     return ", ".join(parts)
+
+
+def first_known(*values):
+    return next((v for v in values if v is not None), None)
 
 
 def fab_program():
