@@ -101,7 +101,10 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             _refuse_non_finite(model, epoch, logs, line, log)  # before any callback saves this epoch's weights
             if fence is not None:
                 reason = fence()
-                if distribute.agree(strategy, [reason is not None])[0]:  # every worker stops here, none waits on a peer
+                watch.long_wait()  # a collective: a peer lost here is found within the long allowance
+                fenced = distribute.agree(strategy, [reason is not None])[0]  # every worker stops here, none waits on a peer
+                watch.pause()
+                if fenced:
                     log(line)
                     raise Superseded(f"{reason or 'another worker was fenced'}; epoch {epoch + 1} was not saved, and this launch "
                                      "writes no result (the run continues under the launch that took it over)")
