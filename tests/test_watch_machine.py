@@ -60,10 +60,15 @@ def test_a_run_that_fails_on_its_own_is_not_restarted_and_the_watch_exits_with_i
 
 def test_a_trainer_killed_by_sigkill_is_restarted_in_place_once_then_taken_for_the_oom_killer():
     """One kill is no proof of a repeatable out-of-memory: restarted from its last epoch up to max_restarts_on_kill."""
-    killed = seen("failed", exit={"exit_code": 137, "reason": "killed by SIGKILL"}, status={"epoch": 7})
+    killed = seen("failed", exit={"exit_code": 137, "reason": "killed by SIGKILL", "launch_id": "L2"}, status={"epoch": 7})
     d = machine.decide(record(), killed, 0, RECOVERY)
     assert (d.state, d.action) == ("killed", "restart") and "killed by SIGKILL (exit 137) at epoch 7" in d.reason, d
-    d = machine.decide(record(kills=[{"epoch": 7}]), killed, 0, RECOVERY)
+    # its restart did not start (the host went away meanwhile): the same kill, tried again, not a second one
+    d = machine.decide(record(kills=[{"epoch": 7, "launch_id": "L2", "tries": 1}]), killed, 0, RECOVERY)
+    assert (d.state, d.action) == ("killed", "restart") and "its restart did not start (try 1 of 5)" in d.reason, d
+    d = machine.decide(record(kills=[{"epoch": 7, "launch_id": "L2", "tries": 5}]), killed, 0, RECOVERY)
+    assert (d.action, d.exit_code) == ("end", 137) and "could not be restarted in 5 tries" in d.reason, d
+    d = machine.decide(record(kills=[{"epoch": 7, "launch_id": "L1"}]), killed, 0, RECOVERY)  # L1 was killed before: a second kill
     assert (d.state, d.action, d.exit_code) == ("failed", "end", 137) and "out-of-memory killer" in d.reason, d
     more = {**RECOVERY, "max_restarts_on_kill": 3}
     assert machine.decide(record(kills=[{"epoch": 3}]), killed, 0, more).action == "restart"

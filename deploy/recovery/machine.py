@@ -40,6 +40,7 @@ GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README, ex
 STOPPED = 3
 SUPERSEDED = 5  # the followed launch was fenced: another launch owns the run now
 KILLED = 128 + 9  # the launcher's code for a trainer ended by SIGKILL: the OOM killer, or a person's kill -9
+RESTART_TRIES = 5  # a restart after a kill that does not start (the host away meanwhile) is tried this often
 TERMINAL = ("finished", "failed", "stopped", "gave-up")
 
 
@@ -141,10 +142,20 @@ def resume_in_place(held, stored_epoch):
 
 def killed(record, info, recovery):
     """A trainer ended by SIGKILL: restarted in place from its last epoch up to recovery.max_restarts_on_kill times; one
-    kill is no proof of a repeatable out-of-memory, a second (or one at the epoch of the last) is taken as one."""
+    kill is no proof of a repeatable out-of-memory, a second (or one at the epoch of the last) is taken as one. A kill is
+    a launch that ended so (the record's `kills`, one per launch): a restart that could not start (the host went away
+    meanwhile) is tried again, up to RESTART_TRIES times, and is no second kill."""
     epoch = (info.get("status") or {}).get("epoch") or 0
+    launch_id = (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id")
     kills = record.get("kills") or []
     where = f"on {record['host']}: the trainer was killed by SIGKILL (exit {KILLED}) at epoch {epoch}"
+    tried = next((k for k in kills if launch_id and k.get("launch_id") == launch_id), None)
+    if tried is not None:  # this kill's restart did not start a new launch
+        if tried.get("tries", 1) < RESTART_TRIES:
+            return Decision("killed", "restart", f"{where}; its restart did not start (try {tried.get('tries', 1)} of "
+                                                 f"{RESTART_TRIES}): trying again")
+        return Decision("failed", "end", f"{where}; it could not be restarted in {RESTART_TRIES} tries (see above). Not restarted",
+                        KILLED)
     if len(kills) < recovery["max_restarts_on_kill"] and epoch not in [k.get("epoch") for k in kills]:
         return Decision("killed", "restart", f"{where}; restarting it from its last epoch ({len(kills) + 1} of at most "
                                              f"{recovery['max_restarts_on_kill']}: recovery.max_restarts_on_kill)")

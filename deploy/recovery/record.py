@@ -3,7 +3,7 @@
     with Record.held("r1", host="gpu1") as record:   # one watch per run (a lock held for the watch's life)
         record.note(decision, look, now)          # the state, the unreachable clock, a transition when the state changes
         record.add_recovery({...})                # {n, host, from_host, at, from_epoch, reason, launched}
-        record.add_kill(epoch)                    # a SIGKILLed trainer restarted in place (recovery.max_restarts_on_kill)
+        record.add_kill(epoch, launch_id)         # a SIGKILLed trainer restarted in place (recovery.max_restarts_on_kill)
 
 It holds what the watch decided and why (state, every transition with its time and reason), which
 run of the name it follows (run_started_at: its status.json's started_at, once seen), how many
@@ -120,8 +120,14 @@ class Record:
                  stored_progress_at=None, placing_since=None, launch_id=None)
         self.save()
 
-    def add_kill(self, epoch):
-        self.data.setdefault("kills", []).append({"epoch": epoch, "at": iso()})
+    def add_kill(self, epoch, launch_id):
+        """A restart after the kill of launch `launch_id` (one entry a launch; a restart tried again counts its tries)."""
+        kills = self.data.setdefault("kills", [])
+        known = next((k for k in kills if launch_id and k.get("launch_id") == launch_id), None)
+        if known is not None:
+            known["tries"] = known.get("tries", 1) + 1
+        else:
+            kills.append({"epoch": epoch, "launch_id": launch_id, "at": iso(), "tries": 1})
         self.save()
 
 

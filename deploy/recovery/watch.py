@@ -243,8 +243,9 @@ class Watch:
 
     def restart(self, decision, seen):
         """A trainer ended by SIGKILL: `train --resume` on its own host (machine.killed allowed it)."""
-        epoch = ((seen.get("info") or {}).get("status") or {}).get("epoch") or 0
-        self.record.add_kill(epoch)
+        info = seen.get("info") or {}
+        epoch = (info.get("status") or {}).get("epoch") or 0
+        self.record.add_kill(epoch, (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id"))
         if self.run_fab(self.host, "train", "--resume"):
             self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
             self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
