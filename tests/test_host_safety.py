@@ -109,6 +109,21 @@ def test_unlock_removes_a_lock_left_by_a_task_that_died(ready):
     assert unlocked.returncode == 0 and "Removed the lock of `fab deploy-full` by me@laptop" in unlocked.out
     assert ready.fab("sync-code").returncode == 0
 
+    # left by a `fab` of this machine that no longer runs (the host crashed under it): removed without a person
+    import getpass
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (ready.runs / ".lock").mkdir(parents=True)
+    (ready.runs / ".lock" / "holder.json").write_text(json.dumps({"task": "train", "by": f"{getpass.getuser()}@{socket.gethostname()}",
+                                                                  "pid": gone.pid, "since": "a minute ago"}))
+    again = ready.fab("sync-code")
+    assert again.returncode == 0, again.out
+    assert f"The host's lock was left by `fab train` by {getpass.getuser()}@{socket.gethostname()} (pid {gone.pid})" in again.out
+    assert "which no longer runs on this machine: removing it" in again.out
+
 
 # 11. killed by the OOM killer --------------------------------------------------------------------
 

@@ -47,6 +47,24 @@ def new_holder(task):
             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": uuid.uuid4().hex, "lease_seconds": LEASE_SECONDS}
 
 
+def left_by_a_dead_process_here(holder):
+    """The lock's holder (the bookkeeping command's answer when the lock was not acquired) is a `fab` of this user on
+    this machine that no longer runs: the lock is left over (the host crashed under the task, or the task was killed).
+    A pid alive now may be another process that reused it: then the lock is not taken for left over."""
+    if holder.get("acquired") or holder.get("by") != f"{getpass.getuser()}@{socket.gethostname()}":
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def refuse_unless_acquired(answer, path):
     """The bookkeeping command's answer about the lock (remote_scripts/fab_session.py): LockHeld naming the
     holder when another command holds it, DeployError when it could not be made."""

@@ -94,8 +94,9 @@ class HostSession:
         self.keeper = agent.Keeper(self.conn, agent.heartbeat(inv), agent.beat_seconds())
         self.keeper.start()
 
-    def take_lock(self, inv, tasks):
-        """The bookkeeping command: the lock for `tasks`, the training check and their survey, in one round trip."""
+    def take_lock(self, inv, tasks, say=print):
+        """The bookkeeping command: the lock for `tasks`, the training check and their survey, in one round trip. A lock
+        left by a `fab` of this machine that no longer runs (the host crashed under it, it was killed) is removed first."""
         survey = {part for name in tasks for part in spec(name).survey}
         holder = lock.new_holder(" ".join(t for t in tasks if spec(t).changes_host))
         request = {"heartbeat": agent.heartbeat(inv), "lock": {"dir": lock.lock_dir(inv), "holder": holder},
@@ -111,6 +112,11 @@ class HostSession:
         held = Bookkeeping(self.conn, request)
         self.conn.touch_first = None  # the bookkeeping command touched it
         answer = held.answer
+        if lock.left_by_a_dead_process_here(answer["lock"]):
+            say(f"The host's lock was left by {lock.describe(answer['lock'])}, which no longer runs on this machine: removing it")
+            lock.unlock(self.conn, inv)
+            held = Bookkeeping(self.conn, request)
+            answer = held.answer
         lock.refuse_unless_acquired(answer["lock"], lock.lock_dir(inv))
         self.held, self.keeper.via = held, held
         made = set(answer.get("dirs") or ())
@@ -161,7 +167,7 @@ def task(h, name, changes_host, restart, say, to_come=None):
     try:
         if changes_host:
             if session.held is None:
-                session.take_lock(h.inv, [name, *to_come])
+                session.take_lock(h.inv, [name, *to_come], say)
             session.refuse_while_training(h.inv, name, restart, say)
         yield
         ok = True

@@ -249,6 +249,9 @@ class Watch:
         if self.run_fab(self.host, "train", "--resume"):
             self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
             self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
+        else:  # tried again at a later round (machine.killed counts the tries), after a backoff
+            tries = max((k.get("tries", 1) for k in self.record.data.get("kills") or []), default=1)
+            self.sleep(min(60.0, float(self.inv.recovery["poll_seconds"]) * 2 ** tries))
 
     def place(self, url, epoch, lost_host, n, lost_first=False):
         """Continue the run on the first host that takes it: one that holds it as its current run (the lost host, back)
