@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -240,6 +241,7 @@ class Scenario:
         self.terminated = set()
         self.samples = []  # (time, {pid: host}, {(host, launch_id): epoch})
         self.logs = {}  # host -> the run's train.log as last read (a terminated host's is gone with its disk)
+        self.epoch_seconds = []  # status.json's seconds_per_epoch as sampled (useful time: epochs x their median)
         self.watch, self.watch_out, self.stop_sampling = None, [], threading.Event()
         self.t0 = time.monotonic()
 
@@ -252,7 +254,10 @@ class Scenario:
             for name, root in self.hosts.items():
                 run_dir = root / "runs" / self.run
                 launch = (read_json(run_dir / "launch.json") or {}).get("launch_id")
-                epoch = (read_json(run_dir / "status.json") or {}).get("epoch")
+                status = read_json(run_dir / "status.json") or {}
+                epoch = status.get("epoch")
+                if isinstance(status.get("seconds_per_epoch"), (int, float)):
+                    self.epoch_seconds.append(status["seconds_per_epoch"])
                 if launch and isinstance(epoch, int):
                     epochs[(name, launch)] = epoch
                 with contextlib.suppress(OSError):
@@ -440,8 +445,7 @@ class Scenario:
                 r.history = [(int(row["epoch"]), float(row["val_uar"])) for row in csv.DictReader(f)]
         except OSError:
             r.history = []
-        status = read_json(run_dir / "status.json") or {}
-        r.useful_seconds = float(status.get("seconds_per_epoch") or 0) * r.epochs
+        r.useful_seconds = statistics.median(self.epoch_seconds) * r.epochs if self.epoch_seconds else 0.0
         r.finished_posts = sum(1 for p in self.webhook.posts if p.get("event") == "finished" and p.get("run") == self.run)
         r.watch_tail = "".join(self.watch_out[-1][-60:]) if self.watch_out else ""
         r.watch_text = "".join("".join(out) for out in self.watch_out)
