@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import mount_tmpfs
+from conftest import ROOT, mount_tmpfs
 from test_observe import status, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -300,3 +300,27 @@ def test_a_dropped_connection_ends_monitor_follow_with_exit_6_instead_of_hanging
     assert took < 30
     ready.write(hosts={"local": ssh_host.host_entry()})
     assert ready.fab("stop", "--wait", "30").returncode == 0
+
+
+# 12. a launch fenced on its host (the run moved to another host) --------------------------------------
+
+def test_a_fenced_launch_stops_without_a_result_and_its_old_copy_is_not_resumed(ready):
+    """Exactly one trainer per run: `fab watch` fences the launch a run moved away from (RUN/fenced.json) once its
+    host answers. Its trainer stops at its next epoch end (exit 5), the monitor says superseded (exit 9), and a
+    `fab train --resume` there, which would make a second trainer of the run from an older copy, is refused."""
+    import sys
+
+    assert ready.fab("train", "--run-name", "moved").returncode == 0
+    wait_until(lambda: status(ready, "moved").get("epoch", 0) >= 1, what="the first epoch")
+    launch_id = json.loads((ready.runs / "moved" / "launch.json").read_text())["launch_id"]
+    fence = subprocess.run([sys.executable, "remote_scripts/run_state.py", "fence", str(ready.runs / "moved"), launch_id,
+                            "run moved moved to b (recovery 1)"], cwd=ROOT, capture_output=True, text=True)
+    assert fence.returncode == 0, fence.stderr
+    wait_until(lambda: (ready.runs / "moved" / "exit.json").exists(), what="the fenced trainer's exit")
+    assert json.loads((ready.runs / "moved" / "exit.json").read_text())["exit_code"] == 5
+    assert not (ready.runs / "moved" / "metrics.json").exists()
+    monitor = ready.fab("monitor")
+    assert monitor.returncode == 9 and "superseded" in monitor.out and "Nothing to do here" in monitor.out, monitor.out
+    resumed = ready.fab("train", "--resume")
+    assert resumed.returncode == 1 and "Run moved on this host was superseded" in resumed.out, resumed.out
+    assert "run moved moved to b (recovery 1)" in resumed.out, resumed.out

@@ -218,6 +218,10 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
             raise DeployError(f"Nothing to resume: no run in {runs} on the host. Start one with `fab train`.")
         if info["state"] == "finished":
             raise DeployError(f"Run {name} finished; there is nothing to resume. Start a new one with `fab train`.")
+        if info["state"] == "superseded":  # its launch here was fenced: resuming this older copy would make two trainers
+            raise DeployError(f"Run {name} on this host was superseded: it continues under another launch (RUN/fenced.json: "
+                              f"{failure_text(info)}). `fab runs` says where it is; continue it there, or bring it here with "
+                              f"`fab deploy-full --resume-from {name}` after removing this copy.")
         if training_lives(info):  # a second trainer on the same run directory would overwrite its files
             raise DeployError(f"Run {name} is still running on the host ({info['state']}; {live_processes_text(info)}): "
                               "nothing to resume. Watch it with `fab monitor`, or end it with `fab stop` first.")
@@ -266,6 +270,11 @@ def fence(conn, inv, run, launch_id, reason):
     cmd = (f"if [ -d {rq(run_dir)} ]; then {PYTHON3} {script(inv, 'run_state.py')} fence {rq(run_dir)} {shlex.quote(launch_id)} "
            f"{shlex.quote(reason)}; fi")
     return conn.run(cmd, hide=True, warn=True, in_stream=False, timeout=60).ok
+
+
+def failure_text(info):
+    status = info.get("status") or {}
+    return ((status.get("error") or {}).get("message") or f"exit {(info.get('exit') or {}).get('exit_code')}")[:300]
 
 
 def previous_launch_id(text):
