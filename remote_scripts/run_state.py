@@ -39,7 +39,7 @@ The stall threshold is --stall-seconds (the inventory's stall_minutes), else the
 setting, else max(15 minutes, 3 x the slowest epoch so far).
 
 Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 4 vanished, 5 none,
-7 preempted, 8 stalled, 9 superseded.
+7 preempted, 8 stalled, 11 superseded.
 """
 
 import argparse
@@ -78,7 +78,7 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
 from liveness import boot_id, describe_processes, live_processes, proc_stat
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
-              "stalled": 8, "superseded": 9}
+              "stalled": 8, "superseded": 11}
 STOPPED = 3  # the trainer's exit code for "stopped on request"
 SUPERSEDED = 5  # the trainer's exit code for "fenced: the run continues under another launch" (trainer/errors.py Superseded)
 FENCE = "fenced.json"  # RUN/fenced.json: {launch_id, reason, at}: that launch may no longer train the run
@@ -442,12 +442,16 @@ def main(argv=None):
     p.add_argument("--previous-launch", metavar="ID",
                    help="with --wait-start: the run's launch before this one, whose state is never the answer (a resumed "
                         "failed run read as failed before its new launcher had recorded itself)")
+    p.add_argument("--recorded-only", action="store_true",
+                   help="with --previous-launch: answer once the new launch has recorded itself, whatever its state (a "
+                        "worker of a cluster stays starting until every worker joined)")
     args = p.parse_args(argv)
     query = dict(stall_seconds=args.stall_seconds, quick=args.quick)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     deadline = time.monotonic() + args.wait_start
     old = lambda info: args.previous_launch and (info.get("launch") or {}).get("launch_id") in (args.previous_launch, None)  # noqa: E731
-    while (info["state"] in STARTING or old(info)) and time.monotonic() < deadline:
+    starting = (lambda info: False) if args.recorded_only else (lambda info: info["state"] in STARTING)  # noqa: E731
+    while (starting(info) or old(info)) and time.monotonic() < deadline:
         time.sleep(0.3)
         info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     info["exit_code"] = EXIT_CODES[info["state"]]  # `fab monitor` exits with it too

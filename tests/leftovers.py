@@ -5,15 +5,18 @@ What counts as started by the suite, found from the kernel (/proc), not from a l
 - a process whose environment holds this session's FACENET_TEST_SESSION token (set here, inherited by every
   process the tests start: fab, trainers, sshd, moto, agents started on a local "host" by a test itself);
 - a process whose command line names a path under the session's temp folder (what a test host's SSH login
-  started: sshd gives a login a fresh environment);
-- a tmux server started during the session that serves one of those, ended with it; on a tmux server that
-  ran before the session (the user's own), only the sessions named `test-...` created during it.
+  started: sshd gives a login a fresh environment); a process of yours that names one (a `tail -f` of a test's
+  log while the suite runs) is taken for the suite's too;
+- a tmux session whose command names a path under the session's temp folder (a test host's training or
+  TensorBoard), on this user's default tmux server. A tmux server is never ended itself: it may hold the
+  user's own sessions, and it exits by itself once it has none.
 
 Checked on the pytest process that runs the session (under pytest-xdist, the controller, after its workers
 have ended): pytest_sessionfinish is `trylast`, after xdist's own, which ends the workers.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -30,7 +33,6 @@ def pytest_configure(config):
         return  # a pytest-xdist worker: the controller checks the whole run
     os.environ[TOKEN] = f"{os.getpid()}-{time.time_ns()}"
     config.stash[_started] = time.time()
-    config.stash[_tmux_before] = set(_tmux_servers())
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM of pytest ends the session as Ctrl-C does: teardowns, then the check
 
@@ -40,7 +42,6 @@ def _interrupt(signum, frame):
 
 
 _started = pytest.StashKey[float]()
-_tmux_before = pytest.StashKey[set]()
 
 
 @pytest.hookimpl(trylast=True)
@@ -52,12 +53,12 @@ def pytest_sessionfinish(session, exitstatus):
     # is set on the config by pytest's tmp_path plugin, the only place that knows the folder it numbered
     factory = getattr(config, "_tmp_path_factory", None)
     root = factory.getbasetemp() if factory is not None else None
-    survivors = _wait_out(lambda: suite_processes(os.environ[TOKEN], root, config.stash[_tmux_before]), GRACE_SECONDS)
-    sessions = test_tmux_sessions(config.stash[_started])
-    if not survivors and not sessions:
-        return
+    sessions = suite_tmux_sessions(root) if root else []
     for name in sessions:
         subprocess.run(["tmux", "kill-session", "-t", f"={name}"], capture_output=True)
+    survivors = _wait_out(lambda: suite_processes(os.environ[TOKEN], root), GRACE_SECONDS)
+    if not survivors and not sessions:
+        return
     _end(survivors)
     lines = [f"  pid {pid}: {text[:200]}" for pid, text in sorted(survivors.items())] + [f"  tmux session {s}" for s in sessions]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -71,9 +72,9 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def suite_processes(token, root, tmux_before=()):
+def suite_processes(token, root):
     """{pid: command line} of live processes started by the suite: its `token` in their environment, or a path under
-    `root` on their command line; this process and its ancestors excluded, and tmux servers that ran before."""
+    `root` on their command line; this process, its ancestors and every tmux server left out."""
     mine = _ancestors()
     needle = token.encode()
     under = str(Path(root).resolve()) if root else None
@@ -82,31 +83,43 @@ def suite_processes(token, root, tmux_before=()):
         if not entry.name.isdigit() or int(entry.name) in mine or not _alive(int(entry.name)):
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
-            text = " ".join(w.decode(errors="replace") for w in cmdline.split(b"\0") if w)
-            if int(entry.name) in tmux_before:
+            if (entry / "comm").read_text().startswith("tmux"):
                 continue
-            if (under and under in text) or needle in _environ(entry):
-                found[int(entry.name)] = text or f"[{(entry / 'comm').read_text().strip()}]"
+            words = [w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0") if w]
+            if (under and any(_names_path_under(w, under) for w in words)) or needle in _environ(entry):
+                found[int(entry.name)] = " ".join(words) or f"[{(entry / 'comm').read_text().strip()}]"
         except OSError:
             continue
     return found
 
 
-def test_tmux_sessions(since):
-    """Names of this user's default tmux server's sessions named test-... that were created after `since`."""
-    out = subprocess.run(["tmux", "list-sessions", "-F", "#{session_created} #{session_name}"], capture_output=True, text=True)
+def _names_path_under(word, root):
+    """`word` (one argument) is `root` or a path inside it, or holds one after a separator (`--out=/tmp/...`)."""
+    at = word.find(root)
+    return at >= 0 and (at == 0 or word[at - 1] in "=:'\" ") and word[at + len(root):at + len(root) + 1] in ("", "/")
+
+
+def suite_tmux_sessions(root):
+    """This user's default tmux server's sessions whose command names a path under `root` (a test host's training or
+    TensorBoard, started by `fab` over a test sshd)."""
+    out = subprocess.run(["tmux", "list-panes", "-a", "-F", "#{session_name}\t#{pane_start_command}"], capture_output=True, text=True)
     if out.returncode != 0:
         return []
+    under = str(Path(root).resolve())
     names = []
     for line in out.stdout.splitlines():
-        created, _, name = line.partition(" ")
-        if name.startswith("test-") and created.isdigit() and int(created) >= int(since):
+        name, _, command = line.partition("\t")
+        if any(_names_path_under(w, under) for w in _words(command)) and name not in names:
             names.append(name)
     return names
 
 
-test_tmux_sessions.__test__ = False  # a helper, not a test
+def _words(command):
+    """The words of a pane's start command as tmux shows it (the shell command, quoted once more by tmux)."""
+    try:
+        return [word for outer in shlex.split(command) for word in shlex.split(outer)]
+    except ValueError:
+        return command.split()
 
 
 def _environ(entry):
@@ -114,15 +127,6 @@ def _environ(entry):
         return (entry / "environ").read_bytes()
     except OSError:  # another user's process (read as a non-root user): its command line decides
         return b""
-
-
-def _tmux_servers():
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().startswith("tmux"):
-                yield int(entry.name)
-        except OSError:
-            continue
 
 
 def _ancestors():

@@ -114,11 +114,17 @@ def test_unlock_removes_a_lock_left_by_a_task_that_died(ready):
     import socket
     import subprocess
 
+    from deploy.host.lock import machine_id
+
     gone = subprocess.Popen(["true"])
     gone.wait()
     (ready.runs / ".lock").mkdir(parents=True)
-    (ready.runs / ".lock" / "holder.json").write_text(json.dumps({"task": "train", "by": f"{getpass.getuser()}@{socket.gethostname()}",
-                                                                  "pid": gone.pid, "since": "a minute ago"}))
+    holder = {"task": "train", "by": f"{getpass.getuser()}@{socket.gethostname()}", "pid": gone.pid, "since": "a minute ago",
+              "machine": "another machine of the same name"}
+    (ready.runs / ".lock" / "holder.json").write_text(json.dumps(holder))
+    refused = ready.fab("sync-code")  # its pid means nothing here: not taken
+    assert refused.returncode == 1 and "Another command is changing this host" in refused.out, refused.out
+    (ready.runs / ".lock" / "holder.json").write_text(json.dumps({**holder, "machine": machine_id()}))
     again = ready.fab("sync-code")
     assert again.returncode == 0, again.out
     assert f"The host's lock was left by `fab train` by {getpass.getuser()}@{socket.gethostname()} (pid {gone.pid})" in again.out
@@ -306,7 +312,7 @@ def test_a_dropped_connection_ends_monitor_follow_with_exit_6_instead_of_hanging
 
 def test_a_fenced_launch_stops_without_a_result_and_its_old_copy_is_not_resumed(ready):
     """Exactly one trainer per run: `fab watch` fences the launch a run moved away from (RUN/fenced.json) once its
-    host answers. Its trainer stops at its next epoch end (exit 5), the monitor says superseded (exit 9), and a
+    host answers. Its trainer stops at its next epoch end (exit 5), the monitor says superseded (exit 11), and a
     `fab train --resume` there, which would make a second trainer of the run from an older copy, is refused."""
     import sys
 
@@ -320,7 +326,7 @@ def test_a_fenced_launch_stops_without_a_result_and_its_old_copy_is_not_resumed(
     assert json.loads((ready.runs / "moved" / "exit.json").read_text())["exit_code"] == 5
     assert not (ready.runs / "moved" / "metrics.json").exists()
     monitor = ready.fab("monitor")
-    assert monitor.returncode == 9 and "superseded" in monitor.out and "Nothing to do here" in monitor.out, monitor.out
+    assert monitor.returncode == 11 and "superseded" in monitor.out and "Nothing to do here" in monitor.out, monitor.out
     resumed = ready.fab("train", "--resume")
     assert resumed.returncode == 1 and "Run moved on this host was superseded" in resumed.out, resumed.out
     assert "run moved moved to b (recovery 1)" in resumed.out, resumed.out

@@ -59,3 +59,30 @@ def test_an_interrupted_session_ends_what_it_started(tmp_path, sig):
     assert proc.returncode != 0, out
     assert f"sleep 3{marker}" in out and f"time.sleep(4{marker})" in out, out
     assert sleepers(marker) == [], out
+
+
+TMUX = '''
+import subprocess
+def test_tmux(tmp_path):
+    subprocess.run(["tmux", "new-session", "-d", "-s", "ours", "sleep 300; : '" + str(tmp_path) + "'"], check=True)
+'''
+
+
+def test_a_tmux_session_of_the_suite_is_ended_and_one_it_did_not_start_is_left_alone(tmp_path):
+    """Only sessions whose command names the suite's temp folder: another checkout's `test-...` session, or the user's own
+    session on a tmux server a test started, is not the suite's to end."""
+    private = tmp_path / "tmux"
+    private.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(HERE), "TMUX_TMPDIR": str(private)}
+    env.pop("FACENET_TEST_SESSION", None)
+    subprocess.run(["tmux", "new-session", "-d", "-s", "test-other", "sleep 300"], env=env, check=True)
+    try:
+        (tmp_path / "test_inner.py").write_text(TMUX)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "leftovers", "-p", "no:cacheprovider", "-q", "-c", os.devnull,
+                               "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "base"), str(tmp_path / "test_inner.py")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "tmux session ours" in proc.stdout, proc.stdout
+        sessions = subprocess.run(["tmux", "list-sessions", "-F", "#{session_name}"], env=env, capture_output=True, text=True).stdout
+        assert sessions.split() == ["test-other"], sessions
+    finally:
+        subprocess.run(["tmux", "kill-server"], env=env, capture_output=True)

@@ -173,3 +173,51 @@ def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, 
     rows = (run / "history.csv").read_text().strip().splitlines()[1:]
     assert len(rows) == st["epoch"], rows  # the epoch it stopped at was never saved
     assert not (run / "metrics.json").exists() and "Traceback" not in out
+
+
+def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_hits(tmp_path, synth_crema):
+    """A kill between the epoch's backup and its history row left the run's history without that epoch (found by the
+    random faults); a kill between the row and the backup must not leave it twice. Kills land right after a new row
+    and right after a new backup, then the run is resumed to its end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, TINY_CONFIG, write_config
+
+    epochs = 8
+    cfg = write_config(tmp_path / "c.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
+    run = tmp_path / "runs" / "k1"
+    history, backup = run / "history.csv", run / "backup" / "training_metadata.json"
+
+    def rows():
+        try:
+            return len(history.read_text().splitlines())
+        except OSError:
+            return 0
+
+    def stamp():
+        try:
+            return backup.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    first = ["train", "--config", cfg, "--data", synth_crema, "--out", tmp_path / "runs", "--run-name", "k1"]
+    for watched in ("row", "backup", "row", "backup"):
+        args = first if not run.exists() else ["train", "--resume", run]
+        proc = subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        before = rows() if watched == "row" else stamp()
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            now = rows() if watched == "row" else stamp()
+            if now != before and (watched != "row" or now > 1):
+                os.kill(proc.pid, signal.SIGKILL)  # right after the row (or the backup) of an epoch, before the other
+                break
+            time.sleep(0.001)
+        proc.wait()
+    done = run_trainer("train", "--resume", run, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    epochs_in_history = [int(line.split(",", 1)[0]) for line in history.read_text().splitlines()[1:]]
+    assert epochs_in_history == list(range(epochs)), epochs_in_history

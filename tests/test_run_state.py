@@ -180,3 +180,24 @@ def test_wait_start_never_answers_with_the_previous_launchs_state(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_recorded_only_answers_once_the_new_launch_recorded_itself_though_it_still_starts(tmp_path):
+    """A resumed worker of a cluster stays `starting` until every worker joined: its launch answers once it recorded itself."""
+    runs, script = tmp_path / "runs", ROOT / "remote_scripts" / "run_state.py"
+    old = subprocess.Popen(["sleep", "0.3"], start_new_session=True)
+    previous = run_state.record_launch(str(runs / "r1"), old.pid, "python -m trainer train (a stand-in)")
+    old.wait()
+    run_state.record_exit(str(runs / "r1"), 4, launch_id=previous)
+    time.sleep(1.1)
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        run_state.record_launch(str(runs / "r1"), live.pid, "python -m trainer train --resume (a stand-in)")
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, str(script), "--runs-dir", str(runs), "--session", "none", "--quick", "--run", "r1",
+                              "--wait-start", "20", "--previous-launch", previous, "--recorded-only"], capture_output=True, text=True)
+        info = json.loads(out.stdout)
+        assert info["state"] == "starting" and info["launch"]["launch_id"] != previous and time.monotonic() - started < 10, info
+    finally:
+        live.kill()
+        live.wait()

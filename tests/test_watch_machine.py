@@ -253,3 +253,29 @@ def test_a_recovery_records_the_epoch_the_run_continued_from_not_the_one_read_be
         (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch, "batch": -1}))
         os.utime(backup / "training_metadata.json", (time.time() - age, time.time() - age))
     assert stored.resumed_epoch("r1") == 14  # the latest download
+
+
+def test_a_host_back_by_itself_clears_the_placement_clock_and_a_new_watch_forgets_the_old_runs_kills(tmp_path, monkeypatch):
+    """A 12-minute outage with no free host started the placement clock; the host came back and the clock stayed, so a
+    real loss hours later gave up at once. And a new run of the same name inherited the old run's kills (taken for OOM)."""
+    from deploy.recovery.record import Record
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    with Record.held("r1", "a") as rec:
+        rec.data.update(placing_since=1000.0, placing_tries=3)
+        rec.note(machine.Decision("following", "wait", "running on a"), seen("running", launch={"launch_id": "L1"}), 2000)
+        assert rec.data["placing_since"] is None and rec.data["placing_tries"] == 0
+        rec.data.update(kills=[{"epoch": 17, "launch_id": "L0"}], placing_since=5.0, launch_id="L1")
+        rec.transition("finished", "finished on a")
+    with Record.held("r1", "a") as rec:  # a new watch of a new run named r1
+        assert "kills" not in rec.data and "placing_since" not in rec.data and "launch_id" not in rec.data, rec.data
+        assert machine.decide(rec.data, seen("failed", exit={"exit_code": 137, "launch_id": "L5"}, status={"epoch": 2}), 0,
+                              RECOVERY).action == "restart"
+
+
+def test_launch_ids_sort_as_the_launches_began_within_one_second_too():
+    from trainer.storage.uploader import launch_order
+
+    assert launch_order("20261206T120000Z-1000") > launch_order("20261206T120000Z-999")  # as strings, the other way
+    assert launch_order("20261206T120001Z-5") > launch_order("20261206T120000Z-99999")
+    assert launch_order(None) < launch_order("20261206T120000Z-1")

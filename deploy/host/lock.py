@@ -43,15 +43,32 @@ def describe(holder):
 
 def new_holder(task):
     """The holder record of a lock taken now by this process for `task` (the task names of a `fab` invocation)."""
-    return {"task": task, "by": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(),
+    return {"task": task, "by": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(), "machine": machine_id(),
             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": uuid.uuid4().hex, "lease_seconds": LEASE_SECONDS}
+
+
+def machine_id():
+    """This machine's id (systemd's /etc/machine-id, else the boot id), so that two machines of one hostname are told
+    apart; None when neither is readable."""
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+            if value:
+                return value
+        except OSError:
+            continue
+    return None
 
 
 def left_by_a_dead_process_here(holder):
     """The lock's holder (the bookkeeping command's answer when the lock was not acquired) is a `fab` of this user on
-    this machine that no longer runs: the lock is left over (the host crashed under the task, or the task was killed).
-    A pid alive now may be another process that reused it: then the lock is not taken for left over."""
+    this machine (its name and its machine id) that no longer runs: the lock is left over (the host crashed under the
+    task, or the task was killed). A pid alive now may be another process that reused it: then the lock is not taken
+    for left over. A container sharing this machine's id but not its processes would be taken for this machine."""
     if holder.get("acquired") or holder.get("by") != f"{getpass.getuser()}@{socket.gethostname()}":
+        return False
+    if not holder.get("machine") or holder["machine"] != machine_id():  # another machine of this name (or an old holder record)
         return False
     pid = holder.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():

@@ -97,18 +97,20 @@ def _duration(seconds):
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{minutes} min"
 
 
-def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0, previous_launch=None):
+def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0, previous_launch=None,
+              recorded_only=False):
     """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, processes, stall, log_tail,
     gpus, disk). `quick`: without the GPUs and the host agent (is a training running?); `missing_ok`: None where
     the code is not synced yet (no launcher has run either); `wait_start`: the host answers once the run is past
     its start, or after that many seconds, and never with the state of `previous_launch` (the launch id the run had
-    before this one started). The stall threshold is the inventory's stall_minutes.
+    before this one started; `recorded_only`: once that launch recorded itself, whatever its state). The stall threshold
+    is the inventory's stall_minutes.
     A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if wait_start:
         args += ["--wait-start", str(wait_start)]
     if wait_start and previous_launch:
-        args += ["--previous-launch", previous_launch]
+        args += ["--previous-launch", previous_launch] + (["--recorded-only"] if recorded_only else [])
     if run:
         args += ["--run", run]
     if getattr(inv, "stall_minutes", None):
@@ -248,7 +250,9 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
     previous = previous_launch_id(out.stdout)
     if tf_config:  # a worker of a cluster starts its first epoch only once all have joined: only a launch that died at once
         time.sleep(1.0)
-        info = run_state(conn, inv, run=name, log_lines=20, quick=True)
+        # a resumed worker: never the previous launch's state (the wait ends once this launch recorded itself, or its run left starting)
+        info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=10 if previous else 0, previous_launch=previous,
+                         recorded_only=True)
     else:
         say(f"Waiting for run {name} to start (data checks, model build; at most {START_WAIT_SECONDS} s) ...")
         info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=START_WAIT_SECONDS, previous_launch=previous)

@@ -44,9 +44,10 @@ class Record:
             data = {}
         self.data = {"run": run, "host": host, "state": "starting", "since": iso(), "restarts": 0, "seen": False,
                      "unreachable_since": None, "transitions": [], "recoveries": [], **data}
-        if data.get("state") in ("finished", "failed", "stopped", "gave-up"):  # a new watch of an ended run: look again
+        if data.get("state") in ("finished", "failed", "stopped", "gave-up", "superseded"):  # a new watch of an ended run
             self.data.update(state="starting")
-            self.data.pop("run_started_at", None)  # perhaps a new run of the same name: known once seen
+            for key in ("run_started_at", "kills", "placing_since", "placing_tries", "launch_id", "stored_epoch", "stored_progress_at"):
+                self.data.pop(key, None)  # perhaps a new run of the same name: its own kills and placement, known once seen
         self.data.update(host=host, unreachable_since=None)  # where this watch starts (-H, else the last deploy-full's host)
 
     @classmethod
@@ -82,6 +83,8 @@ class Record:
             launch_id = (info.get("launch") or {}).get("launch_id")
             if launch_id:
                 d["launch_id"] = launch_id  # the launch followed: storage's epochs count as its proof of life
+            if info.get("state") in ("starting", "running") and d.get("placing_since"):
+                d.update(placing_since=None, placing_tries=0)  # back by itself: a later loss gets the whole give_up_minutes
             started = (info.get("status") or {}).get("started_at")
             if started and started != d.get("run_started_at"):  # which run of this name is followed (storage may hold another)
                 d["run_started_at"] = started

@@ -249,6 +249,10 @@ class Watch:
         if self.run_fab(self.host, "train", "--resume"):
             self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
             self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
+            kills = len(self.record.data.get("kills") or [])
+            self.sender.send(f"restarted:{kills}", "recovered", f"recovered: run {self.run} restarted on {self.host} from epoch {epoch} "
+                             f"after its trainer was killed (SIGKILL; restart {kills} of at most "
+                             f"{self.inv.recovery['max_restarts_on_kill']})", run=self.run, host=self.host, epoch=epoch)
         else:  # tried again at a later round (machine.killed counts the tries), after a backoff
             tries = max((k.get("tries", 1) for k in self.record.data.get("kills") or []), default=1)
             self.sleep(min(60.0, float(self.inv.recovery["poll_seconds"]) * 2 ** tries))

@@ -44,7 +44,7 @@ def monitor(h, follow=False, run=None):
     instance type and whether it is spot, and when autostop powers the host off.
     Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished (no process of the run lives and
     it left no exit record), 5 no run, 6 host unreachable, 7 preempted (spot), 8 stalled (its processes
-    live but status.json is older than stall_minutes), 9 superseded (this launch was fenced: the run moved
+    live but status.json is older than stall_minutes), 11 superseded (this launch was fenced: the run moved
     to another launch); scripts can poll it.
     On a cluster: a row per worker; the state and exit code are those of its worst worker.
     """

@@ -5,11 +5,11 @@
     snap.epoch, snap.status, snap.pieces  # {path in the run: Piece}
     snap.close()
 
-The trainer ends an epoch with best.keras (when it improves), the backup (weights, then
-training_metadata.json, then callbacks.json: trainer/training/callbacks.py RunBackup), history.csv's row
+The trainer ends an epoch with best.keras (when it improves), history.csv's row, the backup
+(callbacks.json, then the weights, then training_metadata.json: trainer/training/callbacks.py RunBackup)
 and status.json, each replaced by a rename or appended. Every file is opened first (status.json,
-then callbacks.json, then training_metadata.json, then the rest: the reverse of the trainer's
-order), so that what is read is the version that was there (a rename leaves an open file as it
+then training_metadata.json, then callbacks.json, then the rest: the backup's pointer before what it
+points to), so that what is read is the version that was there (a rename leaves an open file as it
 was); then the set is taken only if it is of one epoch:
 
     status.json's epoch E equals the backup's (training_metadata.json and callbacks.json);
@@ -133,7 +133,7 @@ def take(run_dir, final=False):
         snap.status = snap.json("status.json") or {}
         snap.epoch = snap.status.get("epoch") if isinstance(snap.status.get("epoch"), int) else 0
         files = list_files(run_dir, final)
-        first = [r for r in ("backup/callbacks.json", "backup/training_metadata.json") if r in files]  # see the module docstring
+        first = [r for r in ("backup/training_metadata.json", "backup/callbacks.json") if r in files]  # see the module docstring
         for rel in first + [r for r in files if r not in first]:
             if rel in pieces:
                 continue

@@ -177,10 +177,10 @@ class Uploader:
         return self.seen[rel][1]
 
     def check_not_superseded(self):
-        """Superseded when a later launch (the run resumed elsewhere) wrote the stored pointer. Launch ids begin with
-        their UTC start time, so they sort as the launches began; an earlier launch's late write is written over."""
+        """Superseded when a later launch (the run resumed elsewhere) wrote the stored pointer (launch_order: their UTC
+        start, then their pid); an earlier launch's late write is written over."""
         stored = self.store.pointer(self.name)
-        if stored is not None and str(stored.get("launch_id") or "") > str(self.launch_id):
+        if stored is not None and launch_order(stored.get("launch_id")) > launch_order(self.launch_id):
             raise Superseded(f"{self.where.run_url(self.name)}/LATEST was written by launch {stored.get('launch_id')} on "
                              f"{stored.get('host')} at {stored.get('written_at')}: the run continues there")
 
@@ -294,6 +294,14 @@ class Uploader:
                 self.log(f"[storage] {now_iso()} gave up storing the run's last state after {self.failures} failures")
                 return 1
             time.sleep(max(self.poll, self.retry_at - time.monotonic()))
+
+
+def launch_order(launch_id):
+    """A launch id (`20261206T120000Z-4242`: its UTC start, then its launcher's pid) as a key that sorts as the launches
+    began: the start first, then the pid as a number (two launches in one second). Hosts' clocks are assumed in step
+    (NTP, as on EC2): a clock ahead by more than the time between two launches would order them wrongly."""
+    start, _, pid = str(launch_id or "").partition("-")
+    return (start, int(pid) if pid.isdigit() else -1)
 
 
 def main(argv=None):

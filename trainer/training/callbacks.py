@@ -263,7 +263,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         latest, previous = self.files(), self.files(previous=True)
         problems = []
         for name, paths in (("latest", latest), ("previous", previous)):
-            if not any(p.exists() for p in paths.values()):
+            if not paths["metadata"].exists():  # never committed (its metadata is written last), or none at all
                 continue
             try:
                 epoch, state = self._read_set(paths)
@@ -291,10 +291,12 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         if problems:
             raise ResumeError(f"Cannot resume from {self.dir}: {'; '.join(problems)}. Start a new run, or put back a copy "
                               "of backup/ (`fab fetch-results --backup` keeps one).")
+        self._trim_history(0)  # no backup yet: the run starts at epoch 0, and a row a kill left before its backup goes
 
     def _trim_history(self, epoch):
-        """history.csv keeps the rows of the epochs the backup holds (list this before the CSVLogger,
-        which appends): an epoch trained again after a fallback is in it once."""
+        """history.csv keeps the rows of the epochs the backup holds (SafeCSVLogger opens it at its first epoch end,
+        after this): an epoch trained again after a fallback, or a row written before a kill took the epoch's
+        backup, is in it once."""
         if self.history is None or not self.history.is_file():
             return
         lines = self.history.read_text().splitlines(keepends=True)
@@ -343,6 +345,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         for key in self.NAMES:
             if latest[key].exists():
                 _copy_atomic(latest[key], previous[key])
+        # commit, then point: callbacks.json and the weights first, training_metadata.json (the set's epoch) last; a set
+        # without it was never committed (a kill during the first backup) and is no backup
+        write_json_atomic(latest["callbacks"], self.resume_state.snapshot(epoch))
         incoming = self.dir / ".incoming.weights.h5"  # Keras saves only to a name ending in .weights.h5
         self.model.save_weights(str(incoming), overwrite=True)
         import h5py
@@ -352,7 +357,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         _fsync(incoming)
         os.replace(incoming, latest["weights"])
         write_json_atomic(latest["metadata"], {"epoch": epoch, "batch": 0})
-        write_json_atomic(latest["callbacks"], self.resume_state.snapshot(epoch))
 
 
 def _weights_epoch(path):
@@ -397,6 +401,12 @@ class SafeCSVLogger(keras.callbacks.CSVLogger):
     def on_train_begin(self, logs=None):
         if self.csv_file and not self.csv_file.closed:
             self.csv_file.close()
-        self.csv_file = open_log(self.filename, "a" if self.append else "w")
-        self.append_header = not (self.append and os.fstat(self.csv_file.fileno()).st_size)
-        self.writer, self.keys = None, None
+        # opened at the first epoch end, not here: a resume's RunBackup trims the file (a rename) in its own
+        # on_train_begin, which may come after this one (the row is written before the epoch's backup)
+        self.csv_file, self.writer, self.keys = None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.csv_file is None:
+            self.csv_file = open_log(self.filename, "a" if self.append else "w")
+            self.append_header = not (self.append and os.fstat(self.csv_file.fileno()).st_size)
+        super().on_epoch_end(epoch, logs)
