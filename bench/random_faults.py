@@ -6,8 +6,9 @@ Each seed runs tests/random_faults.py's scenario (hosts a and b on local sshd, r
 S3 through a proxy that can stop answering, `fab deploy-full` then `fab watch`, `--faults` faults of
 random kinds at random moments; a killed `fab watch` is started again, as a supervisor would). A row
 per seed: ok or FAILED, the most trainers of the run alive at one sample, epochs trained by two
-launches, billed trainer seconds (the time some trainer of the run lived), useful seconds (epochs x
-seconds per epoch of the finished run), the scenario's seconds, and the faults with their moments.
+launches, billed trainer seconds (the time some trainer of the run lived, its start-ups and a stopped
+trainer's pause included), useful seconds (epochs x the median of the epochs' own times), the scenario's
+seconds, and the faults with their moments.
 Every problem found is printed below the table. Exit 1 if any seed failed.
 """
 

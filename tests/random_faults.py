@@ -241,7 +241,7 @@ class Scenario:
         self.terminated = set()
         self.samples = []  # (time, {pid: host}, {(host, launch_id): epoch})
         self.logs = {}  # host -> the run's train.log as last read (a terminated host's is gone with its disk)
-        self.epoch_seconds = []  # status.json's seconds_per_epoch as sampled (useful time: epochs x their median)
+        self.epoch_seconds = []  # status.json's last_epoch_seconds as sampled (useful time: epochs x their median)
         self.watch, self.watch_out, self.stop_sampling = None, [], threading.Event()
         self.t0 = time.monotonic()
 
@@ -256,8 +256,8 @@ class Scenario:
                 launch = (read_json(run_dir / "launch.json") or {}).get("launch_id")
                 status = read_json(run_dir / "status.json") or {}
                 epoch = status.get("epoch")
-                if isinstance(status.get("seconds_per_epoch"), (int, float)):
-                    self.epoch_seconds.append(status["seconds_per_epoch"])
+                if isinstance(status.get("last_epoch_seconds"), (int, float)):  # one epoch's own time (its start-up left out)
+                    self.epoch_seconds.append(status["last_epoch_seconds"])
                 if launch and isinstance(epoch, int):
                     epochs[(name, launch)] = epoch
                 with contextlib.suppress(OSError):
