@@ -148,7 +148,7 @@ def _notify_run(runs_dir, settings, running, stalled):
     elif state == "failed":
         reason = record.get("reason") or (status.get("error") or {}).get("message") or f"exit code {record.get('exit_code')}"
         if record.get("exit_code") == 128 + 9:  # a kill: a `fab watch` following the run restarts it (recovery.max_restarts_on_kill)
-            reason += "; a `fab watch` following the run restarts it and says so (`recovered`)"
+            reason += "; a `fab watch` following the run may restart it (recovery.max_restarts_on_kill) and says so (`recovered`)"
         notify_event(runs_dir, settings, run, run_dir, f"failed:{launch_id}", "failed",
                      f"failed: {where(settings, run)} (exit {record.get('exit_code')}): {reason}", launch_id=launch_id,
                      exit_code=record.get("exit_code"), reason=reason, epoch=status.get("epoch"))

@@ -107,6 +107,19 @@ def test_a_torn_backup_with_no_previous_one_fails_with_a_clear_message(stopped_r
     assert status(run)["state"] == "failed" and status(run)["error"]["type"] == "ResumeError"
 
 
+def test_a_backup_whose_metadata_files_are_gone_is_refused_not_restarted_from_zero(stopped_run, tmp_path):
+    """Only the first backup cut before its metadata (no .bkp set yet) reads as "no epoch backed up": a run with epochs
+    backed up whose metadata files went missing is refused (exit 2), its history kept, never trained again from 0."""
+    run = copy_run(stopped_run, tmp_path, "no-metadata")
+    rows = (run / "history.csv").read_text()
+    for path in (run / "backup").glob("training_metadata.json*"):
+        path.unlink()
+    proc = run_trainer("train", "--resume", run)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"Cannot resume from {run / 'backup'}" in proc.stderr and "holds no epoch" in proc.stderr, proc.stderr
+    assert (run / "history.csv").read_text() == rows
+
+
 def test_a_clip_holding_inf_is_refused_when_read_before_any_epoch_of_it_is_saved(stopped_run, tmp_path):
     """A clip that holds inf after validation (a file changed on disk) is refused when the generator reads it,
     on any CPU (some kernels turn NaN into 0, so the loss may stay finite). The run ends failed (exit 2, the

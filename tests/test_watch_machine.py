@@ -265,17 +265,25 @@ def test_a_host_back_by_itself_clears_the_placement_clock_and_a_new_watch_forget
         rec.data.update(placing_since=1000.0, placing_tries=3)
         rec.note(machine.Decision("following", "wait", "running on a"), seen("running", launch={"launch_id": "L1"}), 2000)
         assert rec.data["placing_since"] is None and rec.data["placing_tries"] == 0
-        rec.data.update(kills=[{"epoch": 17, "launch_id": "L0"}], placing_since=5.0, launch_id="L1")
+        rec.data.update(kills=[{"epoch": 17, "launch_id": "L0"}], placing_since=5.0, launch_id="L1", restarts=2,
+                        recoveries=[{"n": 1}, {"n": 2}])
         rec.transition("finished", "finished on a")
     with Record.held("r1", "a") as rec:  # a new watch of a new run named r1
         assert "kills" not in rec.data and "placing_since" not in rec.data and "launch_id" not in rec.data, rec.data
+        assert rec.data["restarts"] == 0 and rec.data["recoveries"] == [] and rec.data["earlier"][0]["restarts"] == 2
+        assert machine.decide(rec.data, seen("vanished"), 0, RECOVERY).action == "recover"  # not "max_restarts reached"
         assert machine.decide(rec.data, seen("failed", exit={"exit_code": 137, "launch_id": "L5"}, status={"epoch": 2}), 0,
                               RECOVERY).action == "restart"
 
 
 def test_launch_ids_sort_as_the_launches_began_within_one_second_too():
-    from trainer.storage.uploader import launch_order
+    from trainer.storage.layout import launch_order
 
     assert launch_order("20261206T120000Z-1000") > launch_order("20261206T120000Z-999")  # as strings, the other way
     assert launch_order("20261206T120001Z-5") > launch_order("20261206T120000Z-99999")
     assert launch_order(None) < launch_order("20261206T120000Z-1")
+    from deploy.runs.ledger import stored_as  # `fab down`'s guard: an earlier launch's final save does not cover a later one
+
+    run = {"run": "r1", "started_at": "t0", "launch_id": "20261206T120000Z-999"}
+    assert stored_as({"final": True, "run_started_at": "t0", "launch_id": "20261206T120000Z-1000"}, run)
+    assert not stored_as({"final": True, "run_started_at": "t0", "launch_id": "20261206T120000Z-998"}, run)

@@ -17,6 +17,7 @@ that died and counts for nothing.
 import getpass
 import json
 import os
+import shlex
 import socket
 import time
 import uuid
@@ -48,8 +49,8 @@ def new_holder(task):
 
 
 def machine_id():
-    """This machine's id (systemd's /etc/machine-id, else the boot id), so that two machines of one hostname are told
-    apart; None when neither is readable."""
+    """This machine's id (systemd's /etc/machine-id, else the boot id, which changes at a reboot), so that two machines
+    of one hostname are told apart; None when neither is readable (macOS): then a left-over lock waits for `fab unlock`."""
     for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
         try:
             with open(path) as f:
@@ -93,10 +94,13 @@ def refuse_unless_acquired(answer, path):
                    f"longer running (its terminal closed, its laptop slept), remove its lock with `fab unlock`.")
 
 
-def unlock(conn, inv):
-    """Remove the host's lock; returns the holder it had (None if there was none)."""
+def unlock(conn, inv, token=None):
+    """Remove the host's lock; returns the holder it had (None if there was none). With `token`, only while the lock is
+    still that holder's (two `fab` of this machine finding one left-over lock: the second must not remove the first's)."""
     path = lock_dir(inv)
-    out = conn.run(f"cat {rq(rjoin(path, 'holder.json'))} 2>/dev/null || echo null; rm -rf {rq(path)}", hide=True, warn=True, in_stream=False)
+    holder = rq(rjoin(path, "holder.json"))
+    remove = f"grep -qF {shlex.quote(token)} {holder} && rm -rf {rq(path)}" if token else f"rm -rf {rq(path)}"
+    out = conn.run(f"cat {holder} 2>/dev/null || echo null; {remove}", hide=True, warn=True, in_stream=False)
     try:
         return json.loads(out.stdout)
     except ValueError:

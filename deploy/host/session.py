@@ -114,7 +114,7 @@ class HostSession:
         answer = held.answer
         if lock.left_by_a_dead_process_here(answer["lock"]):
             say(f"The host's lock was left by {lock.describe(answer['lock'])}, which no longer runs on this machine: removing it")
-            lock.unlock(self.conn, inv)
+            lock.unlock(self.conn, inv, token=answer["lock"].get("token"))
             held = Bookkeeping(self.conn, request)
             answer = held.answer
         lock.refuse_unless_acquired(answer["lock"], lock.lock_dir(inv))

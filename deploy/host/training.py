@@ -257,7 +257,8 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
         say(f"Waiting for run {name} to start (data checks, model build; at most {START_WAIT_SECONDS} s) ...")
         info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=START_WAIT_SECONDS, previous_launch=previous)
     if info.get("launch_recorded") is False:
-        raise DeployError(f"Training {name} did not start: its launcher recorded no launch within {START_WAIT_SECONDS} s (the run's "
+        waited = 10 if tf_config else START_WAIT_SECONDS
+        raise DeployError(f"Training {name} did not start: its launcher recorded no launch within {waited} s (the run's "
                           f"previous launch {previous} is {info['state']}). Last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
     if info["state"] in ("failed", "vanished", "none"):
         raise DeployError(f"Training {name} ended at once ({info['state']}); last lines of its log:\n" + "\n".join(info.get("log_tail") or []))

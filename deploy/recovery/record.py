@@ -7,7 +7,8 @@
 
 It holds what the watch decided and why (state, every transition with its time and reason), which
 run of the name it follows (run_started_at: its status.json's started_at, once seen), how many
-recoveries it made (recovery.max_restarts counts them across watches of the same run), and
+recoveries it made (recovery.max_restarts counts them across watches of the same run; a new watch
+after the run ended starts again from 0, the old count kept under `earlier`), and
 where the run is now. The notifications the watch sent are in `<run>.notifications.json` beside it
 (remote_scripts/notify.py's record). `write_on_host` puts the recoveries into the run directory
 on its host (RUN/recoveries.json), where `fab monitor` shows them and storage keeps them.
@@ -47,7 +48,10 @@ class Record:
         if data.get("state") in ("finished", "failed", "stopped", "gave-up", "superseded"):  # a new watch of an ended run
             self.data.update(state="starting")
             for key in ("run_started_at", "kills", "placing_since", "placing_tries", "launch_id", "stored_epoch", "stored_progress_at"):
-                self.data.pop(key, None)  # perhaps a new run of the same name: its own kills and placement, known once seen
+                self.data.pop(key, None)  # perhaps a new run of the same name: its own kills, moves and placement
+            if self.data["restarts"] or self.data["recoveries"]:
+                self.data.setdefault("earlier", []).append({"restarts": self.data["restarts"], "recoveries": self.data["recoveries"]})
+                self.data.update(restarts=0, recoveries=[])
         self.data.update(host=host, unreachable_since=None)  # where this watch starts (-H, else the last deploy-full's host)
 
     @classmethod

@@ -250,7 +250,8 @@ class Watch:
             self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
             self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
             kills = len(self.record.data.get("kills") or [])
-            self.sender.send(f"restarted:{kills}", "recovered", f"recovered: run {self.run} restarted on {self.host} from epoch {epoch} "
+            killed_launch = (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id") or kills
+            self.sender.send(f"restarted:{killed_launch}", "recovered", f"recovered: run {self.run} restarted on {self.host} from epoch {epoch} "
                              f"after its trainer was killed (SIGKILL; restart {kills} of at most "
                              f"{self.inv.recovery['max_restarts_on_kill']})", run=self.run, host=self.host, epoch=epoch)
         else:  # tried again at a later round (machine.killed counts the tries), after a backoff

@@ -20,6 +20,7 @@ import time
 from deploy.errors import DeployError
 from deploy.host.connection import rq, state_dir
 from trainer.names import RUN_NAME
+from trainer.storage.layout import launch_order
 
 ENDED = {"finished", "failed", "stopped", "preempted", "vanished", "superseded"}  # nothing of it runs: a fetch then has all of it
 LIST_RUNS = "python3 -c {code} {runs}"
@@ -121,7 +122,7 @@ def stored_as(pointer, run):
         return False  # another run of this name
     launch, stored = run.get("launch_id"), str(pointer.get("launch_id") or "")
     if launch:
-        return stored == launch or bool(ours and theirs and stored > launch)  # launch ids begin with their UTC start time
+        return stored == launch or bool(ours and theirs and launch_order(stored) > launch_order(launch))
     return bool(ours and theirs)  # a run from before launch ids: the same start is all there is to compare
 
 

@@ -100,6 +100,14 @@ def summary(status, metrics=None, exit_record=None, recoveries=None):
             "recoveries": (recoveries or {}).get("recoveries") if isinstance(recoveries, dict) else None}
 
 
+def launch_order(launch_id):
+    """A launch id (`20261206T120000Z-4242`: its UTC start, then its launcher's pid) as a key that sorts as the launches
+    began: the start first, then the pid as a number (two launches in one second). Hosts' clocks are assumed in step
+    (NTP, as on EC2): a clock ahead by more than the time between two launches would order them wrongly."""
+    start, _, pid = str(launch_id or "").partition("-")
+    return (start, int(pid) if pid.isdigit() else -1)
+
+
 def new_pointer(run, epoch, checkpoint, files, state, final, written_at, host=None, launch_id=None, run_started_at=None,
                 summary=None):
     return {"format": POINTER_FORMAT, "run": run, "epoch": epoch, "state": state, "final": final, "checkpoint": checkpoint,

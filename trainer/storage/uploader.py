@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from trainer.storage import snapshot
-from trainer.storage.layout import checkpoint_folder, new_pointer, parse_url, summary
+from trainer.storage.layout import checkpoint_folder, launch_order, new_pointer, parse_url, summary
 from trainer.storage.s3 import StorageError, Store, as_storage_error
 from trainer.training.status import now_iso, write_json_atomic
 
@@ -294,14 +294,6 @@ class Uploader:
                 self.log(f"[storage] {now_iso()} gave up storing the run's last state after {self.failures} failures")
                 return 1
             time.sleep(max(self.poll, self.retry_at - time.monotonic()))
-
-
-def launch_order(launch_id):
-    """A launch id (`20261206T120000Z-4242`: its UTC start, then its launcher's pid) as a key that sorts as the launches
-    began: the start first, then the pid as a number (two launches in one second). Hosts' clocks are assumed in step
-    (NTP, as on EC2): a clock ahead by more than the time between two launches would order them wrongly."""
-    start, _, pid = str(launch_id or "").partition("-")
-    return (start, int(pid) if pid.isdigit() else -1)
 
 
 def main(argv=None):

@@ -262,9 +262,10 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         latest, previous = self.files(), self.files(previous=True)
         problems = []
+        first_torn = not any(p.exists() for p in previous.values()) and not latest["metadata"].exists()
         for name, paths in (("latest", latest), ("previous", previous)):
-            if not paths["metadata"].exists():  # never committed (its metadata is written last), or none at all
-                continue
+            if not any(p.exists() for p in paths.values()) or (paths is latest and first_torn):
+                continue  # none, or the first backup cut before its metadata (written last): no epoch was backed up
             try:
                 epoch, state = self._read_set(paths)
             except ResumeError as e:
@@ -291,6 +292,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         if problems:
             raise ResumeError(f"Cannot resume from {self.dir}: {'; '.join(problems)}. Start a new run, or put back a copy "
                               "of backup/ (`fab fetch-results --backup` keeps one).")
+        if first_torn and any(p.exists() for p in latest.values()):
+            self.log(f"Backup: the first backup in {self.dir} was cut before it was complete (no {latest['metadata'].name}): "
+                     "no epoch was backed up; the run starts again at epoch 0.")
         self._trim_history(0)  # no backup yet: the run starts at epoch 0, and a row a kill left before its backup goes
 
     def _trim_history(self, epoch):
@@ -401,8 +405,10 @@ class SafeCSVLogger(keras.callbacks.CSVLogger):
     def on_train_begin(self, logs=None):
         if self.csv_file and not self.csv_file.closed:
             self.csv_file.close()
-        # opened at the first epoch end, not here: a resume's RunBackup trims the file (a rename) in its own
-        # on_train_begin, which may come after this one (the row is written before the epoch's backup)
+        # opened for the rows at the first epoch end, not here: a resume's RunBackup trims the file (a rename) in its own
+        # on_train_begin, which may come after this one (the row is written before the epoch's backup); a link is
+        # refused now, before any epoch is trained
+        open_log(self.filename, "a").close()
         self.csv_file, self.writer, self.keys = None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
