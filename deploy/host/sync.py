@@ -236,7 +236,9 @@ def check_run_to_resume(path):
         raise LocalInputError(f"--resume-from {run}: that run finished (it has metrics.json); there is nothing to continue.")
     missing = [name for name in ("split.json", "manifest.json", "normalization.npz") if not (run / name).is_file()]
     no_backup = not (run / "backup").is_dir() or not any((run / "backup").iterdir())
-    if no_backup and epochs_done(run) > 0:  # before its first epoch there is no backup: it starts again, same name and split
+    if no_backup and epochs_done(run) == 0:
+        missing = []  # lost before its first epoch: it starts again under its name (its data prepared again if need be)
+    elif no_backup:
         missing.append("backup/")
     if missing:
         raise LocalInputError(f"--resume-from {run} has no {', '.join(missing)}: fetch the run with "

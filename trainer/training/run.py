@@ -128,6 +128,14 @@ def _ignore_stop_requests():
         signal.signal(sig, signal.SIG_IGN)
 
 
+def never_prepared(run_dir):
+    """The run ended before its data was prepared (split.json, manifest.json or normalization.npz missing) and before
+    any backup (not one epoch trained)."""
+    run_dir = Path(run_dir)
+    prepared = all((run_dir / name).is_file() for name in ("split.json", "manifest.json", "normalization.npz"))
+    return not prepared and not any((run_dir / "backup").glob("training_metadata.json*"))
+
+
 def _stop_at_once_until_training_starts(run_dir):
     """A stop request before the first epoch has nothing to save: end the run now as `stopped`.
     GracefulStop takes these signals over once training starts."""
@@ -142,7 +150,11 @@ def _stop_at_once_until_training_starts(run_dir):
 def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, packed_dir=None):
     from trainer.data import pipeline as data
 
-    if resume:
+    if resume and never_prepared(run_dir) and data_dirs:  # lost before its data was ready: no epoch, no split yet
+        console.print(f"Run {run_dir.name} ended before its data was prepared (no backup, no split yet): preparing it now "
+                      "with its config and seed, as a new run would")
+        prepared = data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
+    elif resume:
         prepared = data.load_prepared(run_dir, data_dirs, console)
     else:
         if not data_dirs:
