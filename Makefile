@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test test-fast demo lint bench system-deps venv bytecode clean
 
-# The whole suite on two pytest-xdist workers (tests/kinds.py orders and groups the tests): on 2 cores
-# 30 min (507 tests) against 73 in one process (TEST_WORKERS=0); the 2 cores are busy ~90 % of it (TensorFlow processes).
+# The whole suite on two pytest-xdist workers (tests/kinds.py orders and groups the tests): on 2 cores about
+# 22-24 min (533-535 tests; bench/README.md); the 2 cores are busy most of it (TensorFlow processes).
 TEST_WORKERS ?= 2
 test: system-deps venv bytecode
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
