@@ -140,13 +140,18 @@ def resume_in_place(held, stored_epoch):
     return held is not None and (stored_epoch is None or held >= stored_epoch)
 
 
+def ended_launch(info):
+    """The launch id of the run's end (its exit record's, else its launch.json's), or None."""
+    return (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id")
+
+
 def killed(record, info, recovery):
     """A trainer ended by SIGKILL: restarted in place from its last epoch up to recovery.max_restarts_on_kill times; one
     kill is no proof of a repeatable out-of-memory, a second (or one at the epoch of the last) is taken as one. A kill is
     a launch that ended so (the record's `kills`, one per launch): a restart that could not start (the host went away
     meanwhile) is tried again, up to RESTART_TRIES times, and is no second kill."""
     epoch = (info.get("status") or {}).get("epoch") or 0
-    launch_id = (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id")
+    launch_id = ended_launch(info)
     kills = record.get("kills") or []
     where = f"on {record['host']}: the trainer was killed by SIGKILL (exit {KILLED}) at epoch {epoch}"
     tried = next((k for k in kills if launch_id and k.get("launch_id") == launch_id), None)

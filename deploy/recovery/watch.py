@@ -245,13 +245,14 @@ class Watch:
         """A trainer ended by SIGKILL: `train --resume` on its own host (machine.killed allowed it)."""
         info = seen.get("info") or {}
         epoch = (info.get("status") or {}).get("epoch") or 0
-        self.record.add_kill(epoch, (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id"))
+        killed_launch = machine.ended_launch(info)
+        self.record.add_kill(epoch, killed_launch)
         if self.run_fab(self.host, "train", "--resume"):
             self.record.transition("following", f"restarted on {self.host} from epoch {epoch} after a SIGKILL")
             self.say(f"{iso()}  restarted: run {self.run} on {self.host} from epoch {epoch}", "bold green")
             kills = len(self.record.data.get("kills") or [])
-            killed_launch = (info.get("exit") or {}).get("launch_id") or (info.get("launch") or {}).get("launch_id") or kills
-            self.sender.send(f"restarted:{killed_launch}", "recovered", f"recovered: run {self.run} restarted on {self.host} from epoch {epoch} "
+            self.sender.send(f"restarted:{killed_launch or kills}", "recovered",
+                             f"recovered: run {self.run} restarted on {self.host} from epoch {epoch} "
                              f"after its trainer was killed (SIGKILL; restart {kills} of at most "
                              f"{self.inv.recovery['max_restarts_on_kill']})", run=self.run, host=self.host, epoch=epoch)
         else:  # tried again at a later round (machine.killed counts the tries), after a backoff
