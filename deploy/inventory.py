@@ -63,7 +63,9 @@ DEFAULTS = {
     "python": "python3",
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
-    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False},
+    # done_minutes: once the run's end is stored or fetched, autostop waits only this long (deploy/host/agent.py)
+    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False,
+                 "done_minutes": 10},
     "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
     "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/runs/storage.py
@@ -73,18 +75,21 @@ DEFAULTS = {
         "ami_parameter": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id",
         "user": "ubuntu", "key_name": None, "public_key_file": None, "key_file": None, "ssh_cidr": None, "ssh_cidr_wide": False,
         "instance_profile": None,
-        "max_hours": None, "ssh_wait_seconds": 600, "worker_port": 23456,
+        # a launched host stops billing on its own: autostop armed at launch, and the budget cap (null: off)
+        "autostop_minutes": 30, "max_hours": 24, "ssh_wait_seconds": 600, "worker_port": 23456,
     },
     "notify": {"webhook": None},  # deploy/notify.py: Slack- and Discord-compatible incoming webhook
     "recovery": {"hosts": [], "unreachable_minutes": 5, "max_restarts": 3, "poll_seconds": 30,  # `fab watch` (deploy/recovery/)
-                 "give_up_minutes": 30, "max_restarts_on_kill": 1,
+                 "give_up_minutes": 30, "max_restarts_on_kill": 1, "down_when_done": False,
                  "launch": {"type": None, "spot": False}},
 }
 HOST_KEYS = {"address": str, "user": str, "port": int, "key_file": str, "price_per_hour": (int, float),
              "worker_address": str, "worker_port": int, "remote": dict}
-# > 0; null where the default is
-NUMBERS = {"price_per_hour", "autostop.idle_minutes", "ec2.poll_seconds", "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes",
-           "recovery.unreachable_minutes", "recovery.poll_seconds", "recovery.give_up_minutes"}
+# > 0; null where the default is, or where null turns the setting off (OFF)
+NUMBERS = {"price_per_hour", "autostop.idle_minutes", "autostop.done_minutes", "launch.autostop_minutes", "ec2.poll_seconds",
+           "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes", "recovery.unreachable_minutes",
+           "recovery.poll_seconds", "recovery.give_up_minutes"}
+OFF = {"autostop.done_minutes", "launch.autostop_minutes", "launch.max_hours"}
 WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 
@@ -244,9 +249,10 @@ def _merge(base, new, prefix, path):
             raise InventoryError(f"Unknown inventory key {dotted!r} in {path}. Known keys here: {', '.join(sorted(base))}")
         default = base[key]
         if dotted in NUMBERS:
-            if not (value is None and default is None) and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            nullable = default is None or dotted in OFF
+            if not (value is None and nullable) and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects a number above 0"
-                                     f"{' or null' if default is None else ''}. Received: {value!r}")
+                                     f"{' or null' if nullable else ''}. Received: {value!r}")
             base[key] = value
         elif dotted in ("hosts", "clusters"):
             value = {} if value is None else value  # only commented-out entries

@@ -4,6 +4,7 @@ take an unfetched, unstored run with it). Called by host_agent.py; standard libr
     notify_run(runs_dir, settings, running, stalled)      # every round: started, stalled, finished, failed, preempted
     notify_host(runs_dir, settings, key, event, text)     # autostop fired, the budget cap's warning and firing
     held = autostop_hold(runs_dir, settings, state)       # None, or why autostop must not power this host off now
+    state["done"] = done(runs_dir, state)                 # the run ended and its end is safe: autostop's short wait
     record_fetch(runs_dir, run, state, ended_at)          # `fab fetch-results` brought the run home (agent dir fetched.json)
     python3 agent_events.py fetched RUNS_DIR RUN STATE ENDED_AT   # the same, over SSH
 
@@ -99,19 +100,19 @@ def finished_text(metrics, status):
     return ", ".join(parts)
 
 
-def notify_run(runs_dir, settings, running, stalled):
+def notify_run(runs_dir, settings, running, stalled, autostop=None):
     """The current run's events, each once: started (its first launch), stalled, and its end
     (finished, failed with the reason, preempted). A stop on request is the user's own act: not sent.
     Never raises: a notification must not cost the agent its round."""
     if not settings.get("notify_webhook"):
         return
     try:
-        _notify_run(runs_dir, settings, running, stalled)
+        _notify_run(runs_dir, settings, running, stalled, autostop)
     except Exception as e:  # noqa: BLE001 - e.g. a run file edited by hand
         log(runs_dir, f"notify: skipped a round ({type(e).__name__}: {e})")
 
 
-def _notify_run(runs_dir, settings, running, stalled):
+def _notify_run(runs_dir, settings, running, stalled, autostop):
     found = current(runs_dir)
     if found is None:
         return
@@ -143,7 +144,8 @@ def _notify_run(runs_dir, settings, running, stalled):
         metrics = host_files.read_json(os.path.join(run_dir, "metrics.json")) or {}
         summary = finished_text(metrics, status)
         notify_event(runs_dir, settings, run, run_dir, f"finished:{run}", "finished",
-                     f"finished: {where(settings, run)}" + (f": {summary}" if summary else ""),
+                     f"finished: {where(settings, run)}" + (f": {summary}" if summary else "")
+                     + f"; {poweroff_text(settings, autostop, run_dir, launch)}",
                      metrics={k: metrics.get(k) for k in ("headline", "test", "compute") if k in metrics} or None)
     elif state == "failed":
         reason = record.get("reason") or (status.get("error") or {}).get("message") or f"exit code {record.get('exit_code')}"
@@ -154,6 +156,27 @@ def _notify_run(runs_dir, settings, running, stalled):
                      exit_code=record.get("exit_code"), reason=reason, epoch=status.get("epoch"))
     elif state == "preempted":
         notify_preempted(runs_dir, settings, run, run_dir, launch_id, (record.get("preempted") or {}).get("notice") or {}, status)
+
+
+def poweroff_text(settings, autostop, run_dir, launch, now=None):
+    """When and why the host powers off, for the `finished` notification: autostop (its short wait once the run's end is
+    stored, when storage is storing it) or the budget cap, whichever comes first."""
+    now = time.time() if now is None else now
+    plans = []
+    auto, view = settings.get("autostop") or {}, autostop or {}
+    if view.get("armed") and view.get("fires_at_epoch"):
+        at, why = view["fires_at_epoch"], view.get("why") or "autostop"
+        short, record = auto.get("done_seconds"), storage_state.read(run_dir) or {}
+        if short and short < auto["idle_seconds"] and record.get("launch_id") == launch.get("launch_id") and at > now + short:
+            at, why = now + short, f"{short / 60:.3g} idle minutes after its end is stored"
+        plans.append((at, f"autostop: {why}"))
+    budget = settings.get("budget") or {}
+    if isinstance(budget.get("deadline"), (int, float)):
+        plans.append((budget["deadline"], f"budget cap, {budget.get('max_hours')} h after launch"))
+    if not plans:
+        return "the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"
+    at, why = min(plans)
+    return f"the host powers off at {time.strftime('%H:%M', time.gmtime(at))} UTC ({why})"
 
 
 def notify_preempted(runs_dir, settings, run, run_dir, launch_id, notice, status=None):
@@ -209,6 +232,34 @@ def stored(run_dir, launch):
     """The run's end is in storage: this launch's uploader stored its final state (RUN/storage.json, storage_state.py)."""
     record = storage_state.read(run_dir) or {}
     return bool((record.get("stored") or {}).get("final")) and record.get("launch_id") == launch.get("launch_id")
+
+
+DONE = ("finished", "failed", "superseded")  # a stopped run is the user's to continue here: autostop's full wait
+
+
+def done(runs_dir, state):
+    """The current run ended (finished, failed, or moved to another launch) and its end is safe, stored or fetched
+    (a superseded one's result is another launch's): {run, state, how, since, key}, `since` the first round that saw
+    it so; else None. Autostop then waits only autostop.done_seconds (host_files.autostop_view)."""
+    found = current(runs_dir)
+    if found is None:
+        return None
+    run, run_dir = found
+    launch = host_files.read_launch(run_dir)
+    record = host_files.exit_record(run_dir, launch)
+    if record is None:
+        return None
+    what = run_state.derive_state(record, False, host_files.read_json(os.path.join(run_dir, "status.json")))
+    if what not in DONE:
+        return None
+    how = "moved to another launch" if what == "superseded" else "stored" if stored(run_dir, launch) else \
+        "fetched" if fetched(runs_dir, run, record) else None
+    if how is None:
+        return None
+    key = [run, launch.get("launch_id"), record.get("ended_at")]
+    old = (state or {}).get("done") or {}
+    since = old["since"] if old.get("key") == key and isinstance(old.get("since"), (int, float)) else time.time()
+    return {"run": run, "state": what, "how": how, "since": since, "key": key}
 
 
 def shutdown_deletes(settings, state):

@@ -7,7 +7,7 @@
 
 Standard library only (it runs with the system python3). Its files are in RUNS_DIR/.agent/:
 
-    settings.json   what the deploy side set: session, autostop {idle_seconds, command, wait_for},
+    settings.json   what the deploy side set: session, autostop {idle_seconds, command, wait_for, done_seconds},
                     metadata_url (null: off), metadata_explicit, poll_seconds, spot_grace_seconds, price_per_hour,
                     stall_seconds (null: run_state's default), budget
     heartbeat       touched by every `fab` task on this host, at its start and every half minute
@@ -196,6 +196,7 @@ def poll_once(runs_dir, settings, state):
     if busy:
         state["activity_seen"] = now
     waiting_for = None if stalled else running
+    state["done"] = agent_events.done(runs_dir, state) if auto else None  # the run's end is safe: autostop's short wait
     view = autostop_view(settings, state, runs_dir, waiting_for)
     due = view["armed"] and not waiting_for and now >= view["fires_at_epoch"] and not view["fired"]
     state["autostop_held"] = hold(runs_dir, settings, state) if due else None
@@ -204,7 +205,7 @@ def poll_once(runs_dir, settings, state):
     elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
         state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
     state["uploader"] = revive_uploader(runs_dir) or state.get("uploader")
-    agent_events.notify_run(runs_dir, settings, running, stalled)
+    agent_events.notify_run(runs_dir, settings, running, stalled, view)
     state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, waiting_for), running=running[0] if running else None)
     return state
 

@@ -210,6 +210,12 @@ def autostop_view(settings, state, runs_dir, running):
             "waiting_for_training": bool(running), "waiting_for": state.get("activity") or [],
             "wait_for": list(auto.get("wait_for", WAIT_FOR))}
     view["fires_at_epoch"] = None if running else last_activity + auto["idle_seconds"]
+    finished, short = state.get("done"), auto.get("done_seconds")  # agent_events.done: the run's end is safe
+    if finished and short and not running and max(last_activity, finished["since"]) + short < view["fires_at_epoch"]:
+        view["fires_at_epoch"] = max(last_activity, finished["since"]) + short
+        view["why"] = f"run {finished['run']} {finished['state']}, its end {finished['how']}: {short / 60:.3g} idle minutes"
+    elif not running:
+        view["why"] = f"{auto['idle_seconds'] / 60:.4g} idle minutes"
     view["fires_at"] = iso(view["fires_at_epoch"])
     fired = state.get("fired") or read_json(paths["fired.json"]) or {}  # this agent's own record first: the disk may be full
     view["fired"] = fired if fired.get("after_activity") == view["last_activity"] else None  # once per idle period

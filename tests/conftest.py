@@ -1,5 +1,6 @@
 import functools
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -157,6 +158,8 @@ class DeployEnv:
             "apt_packages": ["tmux", "rsync"],
             "pip": {"extra_args": ["--no-index"]},
             "ec2": {"metadata_url": None},  # no metadata requests from a test's host agent (issue 22)
+            # a host `fab launch` makes has autostop armed: never this machine's poweroff
+            "autostop": {"command": f"touch {shlex.quote(str(root / 'powered off'))}"},
         }
         self.write()
         self.env = {**os.environ, "FACENET_INVENTORY": str(root / "inventory.yaml"), "FACENET_STATE_DIR": str(root / "state"),

@@ -69,7 +69,7 @@ def launched_host(aws, moto_server, ssh_host, host_venv, tmp_path):
               storage={"url": f"s3://{BUCKET}/team", "endpoint_url": moto_server})
     launch = env.fab("launch", "gpu1", "--type", "g5.xlarge", timeout=300)
     assert launch.returncode == 0, launch.out
-    shutil.copytree(ROOT / "remote_scripts", env.remote_root / "project dir" / "remote_scripts")  # what sync-code puts there
+    shutil.copytree(ROOT / "remote_scripts", env.remote_root / "project dir" / "remote_scripts", dirs_exist_ok=True)  # sync-code did (launch)
     env.runs.mkdir(parents=True, exist_ok=True)
     yield env, s3
     env.cleanup()
@@ -135,3 +135,24 @@ def test_down_forgets_a_host_ec2_lists_as_terminated_without_asking_it(launched_
     assert down.returncode == 0, down.out
     assert "gpu1 (" + instance["InstanceId"] + "): EC2 lists it as terminated: its disk is gone" in down.out, down.out
     assert json.loads((env.root / "state" / "launched.json").read_text())["hosts"] == {}
+
+
+def test_the_watch_downs_a_launched_host_whose_finished_run_is_stored_when_the_inventory_says_so(launched_host):
+    env, s3 = launched_host
+    started = "2026-11-30T04:00:00+00:00"
+    launch = seed_run(env.runs, "exp", started)
+    (env.runs / ".current").write_text("exp")
+    env.write(recovery={"down_when_done": True, "poll_seconds": 1})
+    kept = env.fab("-H", "gpu1", "watch", "--run", "exp", timeout=120)
+    assert kept.returncode == 0 and "gpu1 kept: it holds run exp that was never fetched" in kept.out, kept.out
+    assert instances_in()[0]["State"]["Name"] == "running"  # its end is neither stored nor fetched: the disk holds the only copy
+
+    store_pointer(s3, "exp", started, launch)
+    env.write(recovery={"down_when_done": False, "poll_seconds": 1})  # the default: the watch leaves the host to autostop
+    left = env.fab("-H", "gpu1", "watch", "--run", "exp", timeout=120)
+    assert left.returncode == 0 and "gpu1 terminated" not in left.out and instances_in()[0]["State"]["Name"] == "running", left.out
+
+    env.write(recovery={"down_when_done": True, "poll_seconds": 1})
+    downed = env.fab("-H", "gpu1", "watch", "--run", "exp", timeout=120)
+    assert downed.returncode == 0 and "gpu1 terminated (fab down, recovery.down_when_done): its run is stored" in downed.out, downed.out
+    assert instances_in()[0]["State"]["Name"] == "terminated"

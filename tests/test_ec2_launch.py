@@ -90,7 +90,8 @@ def test_a_launched_host_is_an_inventory_host_reached_over_ssh_with_imdsv2_and_s
 
     before = ssh_host.log_text().count("Accepted publickey")
     lines = []
-    host = launch_host(load(), "gpu1", Config(), quiet(lines), instance_type="g5.xlarge", disk_gb=200)
+    # no autostop, no cap: nothing is armed on the local sshd's user (tests/test_ec2_end_to_end.py arms both)
+    host = launch_host(load(), "gpu1", Config(), quiet(lines), instance_type="g5.xlarge", disk_gb=200, idle_minutes=0, max_hours=0)
 
     [instance] = [i for r in ec2().describe_instances()["Reservations"] for i in r["Instances"]]
     assert host.name == "gpu1" and host.address == instance["PublicIpAddress"] and host.user == ssh_host.user
@@ -121,6 +122,27 @@ def test_a_launched_host_is_an_inventory_host_reached_over_ssh_with_imdsv2_and_s
     assert ssh_host.log_text().count("Accepted publickey") > before  # the wait for SSH reached the sshd through the alias
     text = "\n".join(lines)
     assert f"SSH only from {CIDR} (launch.ssh_cidr)" in text and "$1.006/h (on-demand list price in us-east-1" in text, text
+    assert "stops billing on its own: NO autostop; NO budget cap. Change with --idle-minutes / --max-hours (0: off)" in text, text
+    assert record["max_hours"] is None and record["autostop_minutes"] is None
+
+
+def test_a_launch_stops_billing_on_its_own_unless_told_not_to(cloud_inv):
+    from deploy.aws.launch import request, stops_billing
+    from deploy.errors import LocalInputError
+
+    inv = load()
+    default = request(inv)
+    assert (default.autostop_minutes, default.max_hours) == (30, 24)
+    assert stops_billing(inv, default).startswith("  stops billing on its own: autostop after 30 idle minutes (10 once its run's end is "
+                                                  "stored or fetched); budget cap 24 h after launch.")
+    assert (request(inv, idle_minutes="45", max_hours="0.5").autostop_minutes, request(inv, max_hours="0.5").max_hours) == (45, 0.5)
+    off = request(inv, idle_minutes="0", max_hours="0")
+    assert (off.autostop_minutes, off.max_hours) == (None, None)
+    for option, value in (("--idle-minutes", "-1"), ("--max-hours", "soon")):
+        with pytest.raises(LocalInputError, match=f"{option} expects a number of"):
+            request(inv, **{option[2:].replace("-", "_"): value})
+    cloud_inv(autostop_minutes=None, max_hours=None)  # the inventory's way to turn both off
+    assert "NO autostop; NO budget cap" in stops_billing(load(), request(load()))
 
 
 def test_capacity_errors_try_every_zone_then_the_alternative_type(cloud_inv):

@@ -196,8 +196,20 @@ def test_prices_and_autostop_settings_are_read_per_host(tmp_path):
     inv = load_inventory(write(tmp_path, {"hosts": {"gpu": {"address": "1.2.3.4", "price_per_hour": 3.06}, "cpu": {"address": "5.6.7.8"}},
                                          "price_per_hour": 1, "autostop": {"idle_minutes": 0.5}}))
     assert inv.price_of("gpu") == 3.06 and inv.price_of("cpu") == 1 and inv.price_of("root@9.9.9.9:22") == 1
-    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False}
+    assert inv.autostop == {"idle_minutes": 0.5, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False,
+                            "done_minutes": 10}
     assert load_inventory(write(tmp_path, {})).price_of("gpu") is None
+
+
+def test_a_launched_host_stops_billing_by_default_and_null_turns_each_guard_off(tmp_path):
+    inv = load_inventory(write(tmp_path, {}))
+    assert (inv.launch["autostop_minutes"], inv.launch["max_hours"], inv.autostop["done_minutes"]) == (30, 24, 10)
+    assert inv.recovery["down_when_done"] is False
+    off = load_inventory(write(tmp_path, {"launch": {"autostop_minutes": None, "max_hours": None}, "autostop": {"done_minutes": None}}))
+    assert (off.launch["autostop_minutes"], off.launch["max_hours"], off.autostop["done_minutes"]) == (None, None, None)
+    for key in ("autostop_minutes", "max_hours"):
+        with pytest.raises(InventoryError, match=f"'launch.{key}' in .* expects a number above 0 or null. Received: 0"):
+            load_inventory(write(tmp_path, {"launch": {key: 0}}))
 
 
 HOSTS = {"gpu1": {"address": "203.0.113.10", "worker_address": "10.0.1.10"},

@@ -105,7 +105,8 @@ def test_the_agent_sends_started_then_finished_with_uar_and_cost_once_each(train
     host_agent.poll_once(str(runs), s, state)
     assert webhook.events() == ["started", "finished"]
     finished = webhook.posts[1]
-    assert finished["text"] == "finished: run r1 on gpu1: test UAR 0.612 [0.571, 0.650], cost $0.60 (0.50 h)", finished
+    assert finished["text"] == ("finished: run r1 on gpu1: test UAR 0.612 [0.571, 0.650], cost $0.60 (0.50 h); "
+                                "the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"), finished
     assert finished["details"]["metrics"]["test"]["uar"] == 0.612
     sent = json.loads((runs / "r1" / "notifications.json").read_text())["sent"]
     assert [(e["key"], e["ok"]) for e in sent] == [("started:r1", True), ("finished:r1", True)]
@@ -223,6 +224,86 @@ def test_a_run_whose_end_its_uploader_stored_lets_autostop_fire(training, tmp_pa
     assert not marker.exists()
     (run_dir / "storage.json").write_text(json.dumps({**uploader, "launch_id": launch_id}))  # trainer/storage/uploader.py's record
     host_agent.poll_once(str(runs), s, {"started": 0})
+    assert marker.exists()
+
+
+def waits(marker, idle_seconds, done_seconds):
+    return {"idle_seconds": idle_seconds, "command": f"touch {shlex.quote(str(marker))}", "wait_for": [], "armed_at": 0,
+            "done_seconds": done_seconds}
+
+
+def store_end(run_dir):
+    """What trainer/storage/uploader.py leaves once it stored this launch's end."""
+    launch_id = json.loads((run_dir / "launch.json").read_text())["launch_id"]
+    (run_dir / "storage.json").write_text(json.dumps({"launch_id": launch_id, "state": "final", "done": True,
+                                                      "stored": {"epoch": 5, "state": "finished", "final": True}}))
+
+
+@pytest.mark.parametrize("safe", ["stored", "fetched"])
+def test_once_a_finished_runs_end_is_stored_or_fetched_autostop_waits_only_its_short_grace(training, webhook, tmp_path, safe):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    run_dir = training("r1")
+    s = settings(webhook.url, autostop=waits(marker, idle_seconds=3600, done_seconds=1.5))
+    if safe == "stored":
+        (run_dir / "storage.json").write_text(json.dumps({"launch_id": json.loads((run_dir / "launch.json").read_text())["launch_id"],
+                                                          "state": "uploading", "stored": {"epoch": 4, "final": False}}))
+    state = {"started": time.time()}
+    host_agent.poll_once(str(runs), s, state)
+    record = training.end("r1", 0, METRICS)
+    before = time.time()
+    host_agent.poll_once(str(runs), s, state)
+    after = time.time()
+    assert not marker.exists() and state["done"] is None  # ended, but neither stored nor fetched: the full idle wait
+    assert state["autostop"]["why"] == "60 idle minutes"
+    finished = webhook.posts[-1]["text"]
+    if safe == "stored":  # its uploader is at work: the short grace after the end is stored
+        expected = {f"the host powers off at {time.strftime('%H:%M', time.gmtime(t + 1.5))} UTC "
+                    "(autostop: 0.025 idle minutes after its end is stored)" for t in (before, after)}
+    else:  # no storage: the full idle wait, until a fetch
+        expected = {f"the host powers off at {time.strftime('%H:%M', time.gmtime(state['autostop']['fires_at_epoch']))} UTC "
+                    "(autostop: 60 idle minutes)"}
+    assert finished.startswith("finished: run r1") and any(finished.endswith(e) for e in expected), finished
+
+    if safe == "stored":
+        store_end(run_dir)
+    else:
+        agent_events.record_fetch(str(runs), "r1", "finished", record["ended_at"])
+    host_agent.poll_once(str(runs), s, state)
+    assert state["done"]["run"] == "r1" and state["done"]["how"] == safe and not marker.exists()  # the grace: someone may look
+    assert state["autostop"]["why"] == f"run r1 finished, its end {safe}: 0.025 idle minutes"
+    deadline = time.time() + 10
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.3)
+        host_agent.poll_once(str(runs), s, state)
+    assert marker.exists(), "the host was not powered off after the short grace"
+    assert time.time() - state["done"]["since"] >= 1.5
+
+
+def test_a_stopped_run_and_a_person_at_work_keep_the_full_idle_wait(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    run_dir = training("r1")
+    training.end("r1", run_state.STOPPED)
+    store_end(run_dir)
+    s = settings(None, autostop=waits(marker, idle_seconds=3600, done_seconds=0.5))
+    state = {"started": time.time()}
+    for _ in range(3):
+        host_agent.poll_once(str(runs), s, state)
+        time.sleep(0.4)
+    assert state["done"] is None and not marker.exists()  # stopped on request: the user's to continue here
+
+    run_dir2 = training("r2")
+    training.end("r2", 0)
+    store_end(run_dir2)
+    heartbeat = runs / ".agent" / "heartbeat"
+    for _ in range(4):  # a fab task at work touches the heartbeat: the grace counts from its last beat
+        heartbeat.touch()
+        host_agent.poll_once(str(runs), s, state)
+        time.sleep(0.3)
+    assert state["done"]["run"] == "r2" and not marker.exists()
+    time.sleep(0.6)
+    host_agent.poll_once(str(runs), s, state)
     assert marker.exists()
 
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from trainer.results.run_view import autostop_line, cost_line
+from trainer.results.run_view import autostop_line, budget_line, cost_line
 
 
 def agent(alive=True, command="sudo -n /sbin/poweroff", waiting=False, fires_at="2026-11-25T17:45:00+00:00", **auto):
@@ -25,6 +25,15 @@ def test_autostop_says_when_the_host_powers_off_in_the_viewers_time():
     assert "the host agent is not running" in autostop_line(agent(alive=False)).plain
     fired = {"fired_at": "2026-11-25T18:15:00+00:00", "exit_code": 0, "command": "sudo -n /sbin/poweroff"}
     assert autostop_line(agent(last_fired=fired)).plain.endswith(f"(last fired at {local_clock(fired['fired_at'])}, exit 0)")
+
+
+def test_the_monitor_says_when_and_why_the_host_powers_off():
+    why = "run r1 finished, its end stored: 10 idle minutes"
+    assert autostop_line(agent(why=why)).plain == f"powers off at {local_clock('2026-11-25T17:45:00+00:00')} if still idle ({why})"
+    cap = {"deadline": "2026-11-26T17:00:00+00:00", "max_hours": 24, "command": "sudo -n /sbin/poweroff"}
+    assert budget_line(cap).plain == f"powers off at {local_clock(cap['deadline'])} (24 h after launch), whatever it is doing"
+    reached = budget_line({**cap, "fired_at": "2026-11-26T17:00:03+00:00", "exit_code": 0}).plain
+    assert reached == f"reached at {local_clock(cap['deadline'])}: `sudo -n /sbin/poweroff` exited 0"
 
 
 def test_the_cost_line_prices_uptime_and_the_rest_of_the_run():

@@ -7,7 +7,8 @@ The plan: AMI, key pair, security group (resources.py); then run_instances over 
 (spot, then on-demand with --fallback-on-demand), each type (--type, then launch.alternatives)
 and each zone that offers it, as errors.Failover decides; the instances are recorded at once
 (deploy.launched), so none is ever untracked; then EC2's waiter for running, the price, SSH
-answering, and with a budget cap (max_hours) the host agent armed. `config` is the Fabric config
+answering, and the host agent armed: autostop (launch.autostop_minutes) and the budget cap
+(launch.max_hours), both on by default, so a launched host stops billing on its own. `config` is the Fabric config
 the SSH connections use. Recovery calls `launch_host` the same way to get a replacement.
 """
 
@@ -36,9 +37,10 @@ class Request:
     disk_gb: int
     region: str | None
     max_hours: float | None
+    autostop_minutes: float | None
 
 
-def request(inv, instance_type=None, spot=None, fallback_on_demand=None, disk_gb=None, region=None, max_hours=None):
+def request(inv, instance_type=None, spot=None, fallback_on_demand=None, disk_gb=None, region=None, max_hours=None, idle_minutes=None):
     """The launch options: the arguments given, else the inventory's `launch:` settings."""
     s = inv.launch
     spot = s["spot"] if spot is None else spot
@@ -46,9 +48,21 @@ def request(inv, instance_type=None, spot=None, fallback_on_demand=None, disk_gb
     first = instance_type or s["type"]
     types = tuple(dict.fromkeys([first, *s["alternatives"]]))
     disk_gb = s["disk_gb"] if disk_gb is None else number(disk_gb, "--disk", "a whole number of GB, 8 or more", int, 8)
-    max_hours = s["max_hours"] if max_hours is None else number(max_hours, "--max-hours", "a number of hours above 0", float, 0, above=True)
+    max_hours = s["max_hours"] if max_hours is None else number(max_hours, "--max-hours", "a number of hours (0: no cap)", float, 0) or None
+    idle = s["autostop_minutes"] if idle_minutes is None else \
+        number(idle_minutes, "--idle-minutes", "a number of minutes (0: no autostop)", float, 0) or None
     markets = ("spot", "on-demand") if spot and fallback else ("spot",) if spot else ("on-demand",)
-    return Request(types, markets, s["spot_interruption"], disk_gb, region, max_hours)
+    return Request(types, markets, s["spot_interruption"], disk_gb, region, max_hours, idle)
+
+
+def stops_billing(inv, req):
+    """The plan's line on how the host stops billing on its own, and how to change that."""
+    auto = inv.autostop["idle_minutes"] or req.autostop_minutes
+    done = inv.autostop["done_minutes"]
+    parts = [f"autostop after {auto:g} idle minutes" + (f" ({done:g} once its run's end is stored or fetched)" if done and done < auto else "")
+             if auto else "NO autostop", f"budget cap {req.max_hours:g} h after launch" if req.max_hours else "NO budget cap"]
+    return (f"  stops billing on its own: {'; '.join(parts)}. Change with --idle-minutes / --max-hours (0: off), or "
+            "launch.autostop_minutes / launch.max_hours in the inventory; `fab -H NAME autostop --cancel` disarms autostop")
 
 
 def number(value, option, expected, kind, least, above=False):
@@ -106,8 +120,7 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         f"within the group" + (f"; SSH also open to {', '.join(sg.kept)} (earlier launches: instances use the group)" if sg.kept else ""))
     if sg.revoked:
         say(f"  revoked SSH from {', '.join(sg.revoked)} in {group}: earlier launches' addresses, no instance uses the group")
-    if req.max_hours:
-        say(f"  budget cap: the host powers itself off {req.max_hours:g} h after launch")
+    say(stops_billing(inv, req), None if req.max_hours and (inv.autostop["idle_minutes"] or req.autostop_minutes) else "yellow")
     group_name = placement_group(cloud, f"facenet-deploy-{cluster}") if cluster else None
     root = root_device(cloud, ami)
     tries, missing = attempts(cloud, req)
@@ -147,10 +160,10 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
     if wait_for_ssh:
         for name in names:
             target = wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say)
-            if req.max_hours:
-                from deploy.host.budget import arm
+            if req.max_hours or req.autostop_minutes or inv.autostop["idle_minutes"]:
+                from deploy.host.agent import arm_launched
 
-                arm(target, inv.path, say)
+                arm_launched(target, inv.path, say)
     from deploy.inventory import load_inventory
 
     now = load_inventory(inv.path)
@@ -226,5 +239,5 @@ def record(inv, req, attempt, instance, cloud, ami, key, group, group_name, clus
         "market": attempt.market, "spot_interruption": req.interruption if attempt.market == "spot" else None,
         "spot_request": instance.get("SpotInstanceRequestId"), "ami": ami, "security_group": group, "key_name": key.name,
         "key_owned": key.owned, "key_file": key.key_file, "user": inv.launch["user"], "placement_group": group_name,
-        "cluster": cluster, "max_hours": req.max_hours, "launched_at": instance["LaunchTime"].isoformat(),
+        "cluster": cluster, "max_hours": req.max_hours, "autostop_minutes": req.autostop_minutes, "launched_at": instance["LaunchTime"].isoformat(),
     }

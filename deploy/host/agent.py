@@ -4,6 +4,7 @@
     outcome = configure(conn, inv, label)              # settings from the inventory; starts the agent
     outcome = configure(conn, inv, label, autostop={"idle_seconds": 1800, "command": "..."})   # arm
     outcome = configure(conn, inv, label, autostop=None)                                       # disarm
+    arm_launched(target, inventory_path, say)          # right after `fab launch`: code synced, autostop and budget cap armed
     run = start_training(conn, inv, label, say, run_name="r1")  # settings first, then training.launch
 
 The agent runs on the host, so autostop and the spot watcher work with the laptop closed.
@@ -102,8 +103,11 @@ class Keeper(threading.Thread):
 
 
 def autostop_settings(inv, minutes):
-    """Autostop armed for `minutes` idle minutes, as the agent's settings."""
-    return {"idle_seconds": minutes * 60, "command": inv.autostop["command"], "wait_for": inv.autostop["wait_for"]}
+    """Autostop armed for `minutes` idle minutes, as the agent's settings: once the run's end is stored or fetched, it waits
+    only autostop.done_minutes (when shorter)."""
+    done = inv.autostop["done_minutes"]
+    return {"idle_seconds": minutes * 60, "command": inv.autostop["command"], "wait_for": inv.autostop["wait_for"],
+            "done_seconds": done * 60 if done else None}
 
 
 def inventory_autostop(inv):
@@ -135,14 +139,31 @@ def configure(conn, inv, label, autostop=KEEP):
     return outcome
 
 
+def arm_launched(target, inventory_path, say):
+    """Right after `fab launch`: sync the code and configure the agent, which then holds autostop (the inventory's
+    autostop.idle_minutes, else the launch's launch.autostop_minutes) and the budget cap (launch.max_hours)."""
+    from deploy import launched
+    from deploy.host import sync
+    from deploy.inventory import load_inventory
+
+    inv = load_inventory(inventory_path).for_host(target.host_name)
+    sync.sync_code(target, inv, say)
+    minutes = inv.autostop["idle_minutes"] or (launched.entry(target.label) or {}).get("autostop_minutes")
+    outcome = configure(target.conn, inv, target.label, autostop=autostop_settings(inv, minutes) if minutes else KEEP)
+    say(describe(outcome["settings"], outcome["boot"]))
+    say(describe_budget(outcome["settings"].get("budget")))
+
+
 def describe(settings, boot=None):
     """One sentence on autostop, for the task that armed or disarmed it."""
     auto = settings.get("autostop")
     if not auto:
         return "autostop: off" + (f" ({boot})" if boot else "")
     waits = {"ssh": "no SSH login", "gpu": "no process on the GPU"}
+    done = auto.get("done_seconds")
     text = (f"autostop: armed: the host runs `{auto['command']}` after {auto['idle_seconds'] / 60:.4g} idle minutes "
-            f"({', '.join(['no training running', 'no fab task'] + [waits[w] for w in auto.get('wait_for', []) if w in waits])})")
+            + (f"({done / 60:.4g} once its run's end is stored or fetched) " if done and done < auto["idle_seconds"] else "")
+            + f"({', '.join(['no training running', 'no fab task'] + [waits[w] for w in auto.get('wait_for', []) if w in waits])})")
     return text + (f"; {boot}" if boot else "")
 
 

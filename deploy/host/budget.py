@@ -1,13 +1,13 @@
 """The budget cap of a launched host (launch.max_hours, `fab launch --max-hours`).
 
     budget_settings(inv, "gpu1")       # {"budget": {deadline, max_hours, command, warn_seconds}} for the host agent, or {}
-    arm(target, inventory_path, say)   # right after launch: the code synced, the agent configured (it holds the deadline)
     describe(view)                     # "budget cap: powers off at 21:30 (8 h after launch)"
 
 The host agent (remote_scripts/host_agent.py) keeps the cap with the laptop closed: 15 minutes
 before the deadline it warns (its log and state; the hook where a notification will go), at the
 deadline it stops the training (the backup of the last epoch stays) and powers the host off
-(autostop.command), whatever it is doing. Every `train` and `deploy-full` sends the cap again.
+(autostop.command), whatever it is doing. `fab launch` arms it (deploy.host.agent.arm_launched);
+every `train` and `deploy-full` sends the cap again.
 """
 
 from datetime import datetime
@@ -24,17 +24,6 @@ def budget_settings(inv, label):
     start = datetime.fromisoformat(entry["launched_at"]).timestamp()
     return {"budget": {"deadline": start + entry["max_hours"] * 3600, "max_hours": entry["max_hours"],
                        "command": inv.autostop["command"], "warn_seconds": WARN_SECONDS}}
-
-
-def arm(target, inventory_path, say):
-    """Sync the code to a new host and configure its agent, which then holds the cap."""
-    from deploy.host import agent, sync
-    from deploy.inventory import load_inventory
-
-    inv = load_inventory(inventory_path).for_host(target.host_name)
-    sync.sync_code(target, inv, say)
-    outcome = agent.configure(target.conn, inv, target.label)
-    say(describe(outcome["settings"].get("budget")))
 
 
 def describe(budget):

@@ -4,6 +4,7 @@
     free, why, held = is_free(config, inv, "gpu2", run)   # answers over SSH, no training lives there; holds the run?
     name = launch_replacement(inv, config, run, n, say)   # recovery.launch: {type, spot} (deploy.aws.launch.launch_host)
     down_lost(config, inv, "gpu1", run, say)         # a launched host that was lost: terminated (fab down), unless it holds other runs
+    down_done(config, inv, "gpu1", say)              # recovery.down_when_done: a launched host whose run finished and is stored
 
 The lost host is always tried, last (listed in recovery.hosts or not): when it answers again it still holds the
 run, and may be the only host that can continue a run of which storage has no epoch.
@@ -70,6 +71,30 @@ def launch_replacement(inv, config, run, n, say):
     say(f"no host of recovery.hosts is free: launching {name} ({spec['type']}{', spot' if spec['spot'] else ''})", "bold")
     host = launch_host(inv, name, config, say, instance_type=spec["type"], spot=bool(spec["spot"]))
     return host.name
+
+
+def down_done(config, inv, name, say):
+    """recovery.down_when_done: terminate the launched host `name` whose run finished, once no run of it is at risk
+    (running, or neither fetched nor stored). Returns a sentence on what happened (nothing here raises)."""
+    if not launched.entry(name):
+        return f"{name} kept: it is not a host `fab launch` made"
+    if launched.entry(name).get("cluster"):
+        return f"{name} kept: it is one host of cluster {launched.entry(name)['cluster']} (`fab down {launched.entry(name)['cluster']}`)"
+    from deploy.aws.terminate import terminate
+
+    try:
+        hinv = inv.for_host(name)
+        target = connect_host(config, hinv, name)
+        try:
+            risky = ledger.runs_at_risk(target.conn, hinv, name)
+        finally:
+            target.conn.close()
+        if risky:
+            return f"{name} kept: it holds " + "; ".join(f"run {r} that {why}" for r, why in risky) + " (autostop powers it off when idle)"
+        terminate(inv, name, say)
+        return f"{name} terminated (fab down, recovery.down_when_done): its run is stored"
+    except (DeployError, Exception) as e:  # noqa: BLE001 - the run is done; a host left running is said, not fatal
+        return f"{name} NOT terminated ({type(e).__name__}: {str(e)[:200]}): `fab down {name}` when you can"
 
 
 def down_lost(config, inv, name, run, reachable, say):

@@ -19,6 +19,7 @@ acts: wait; end (finished 0, stopped 3, failed: the run's own exit code, gave up
   4. the recovery recorded (the watch's record; RUN/recoveries.json on the new host, which its uploader stores),
      the user told ("recovered on HOST from epoch E"), the lost host downed if `fab launch` made it
      and recovery.launch is set; then the watch follows the run on its new host.
+With recovery.down_when_done, a host `fab launch` made is terminated once its run finished and is stored.
 
 A host that does not answer is retried every round; only after recovery.unreachable_minutes without an
 answer, and without a new epoch of its launch arriving in storage (proof that the run goes on: a network
@@ -133,8 +134,18 @@ class Watch:
         elif decision.state == "gave-up":
             self.sender.send(f"gave-up:{self.record.data['restarts']}", "failed", f"failed: run {self.run}: {decision.reason}",
                              run=self.run, host=self.host, reason=decision.reason)
+        if decision.state == "finished" and seen["reachable"] and self.inv.recovery["down_when_done"]:
+            self.down_when_done(seen)
         self.say(f"watch: {decision.reason}; exit {decision.exit_code}", "bold" if decision.exit_code == 0 else "bold red")
         return decision.exit_code
+
+    def down_when_done(self, seen):
+        """recovery.down_when_done: a host `fab launch` made is terminated once its finished run is stored (its uploader
+        is given UPLOADER_WAIT_SECONDS to store the end)."""
+        if stored.uploader_busy(seen["info"]):
+            hinv = self.inv.for_host(self.host)
+            stored.wait_uploader(lambda: look(self.target, hinv, self.run)["info"], UPLOADER_WAIT_SECONDS)
+        self.say(f"{iso()}  {recovery_hosts.down_done(self.config, self.inv, self.host, self.say)}", "bold")
 
     # --- recovering -----------------------------------------------------------------------
 

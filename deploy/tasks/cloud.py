@@ -52,10 +52,11 @@ def cloud_task(name=None, **task_kwargs):
     "on_demand": "on-demand even where the inventory says launch.spot: true",
     "fallback_on_demand": "with --spot: on-demand when no spot capacity is found",
     "disk": "root disk in GB (default launch.disk_gb, 150)", "region": "AWS region (default launch.region)",
-    "max_hours": "budget cap: the host powers itself off this many hours after launch (default launch.max_hours)",
+    "max_hours": "budget cap: the host powers itself off this many hours after launch (default launch.max_hours, 24; 0: none)",
+    "idle_minutes": "autostop: the host powers itself off after this many idle minutes (default launch.autostop_minutes, 30; 0: none)",
     "count": "2 or more: a cluster NAME of that many hosts in one placement group (a clusters: entry)"}, positional=["name"])
 def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=False, disk=None, region=None,  # noqa: A002
-           max_hours=None, count=None):
+           max_hours=None, count=None, idle_minutes=None):
     """Launch an EC2 GPU instance and make it inventory host NAME (usable with -H NAME by every task).
 
     The AWS Deep Learning Base GPU AMI for Ubuntu (launch.ami_parameter, or launch.ami), your public
@@ -63,6 +64,8 @@ def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=F
     this machine's public address as /32) and the worker port only within the group, IMDSv2 required.
     Capacity and quota errors try the next zone, then launch.alternatives; exit 9 when all fail,
     naming what was tried and the quota to raise. Waits for SSH, then prints the price per hour.
+    The host stops billing on its own: autostop after 30 idle minutes (10 once its run's end is
+    stored or fetched) and a budget cap 24 h after launch, unless --idle-minutes 0 / --max-hours 0.
     With --count N: a cluster NAME of N hosts (NAME-1..N) in one placement group, whose private
     addresses are its worker addresses (`fab -H NAME deploy-full` trains on all of them).
     """
@@ -75,7 +78,8 @@ def launch(k, name, type=None, spot=False, on_demand=False, fallback_on_demand=F
         raise LocalInputError(f"--count expects 2 or more hosts (a cluster; one host needs no --count). Received: {count!r}")
     cluster = name if count is not None else None
     options = {"instance_type": type, "spot": True if spot else False if on_demand else None, "disk_gb": disk, "region": region,
-               "fallback_on_demand": True if fallback_on_demand else None, "max_hours": max_hours}
+               "fallback_on_demand": True if fallback_on_demand else None, "max_hours": max_hours,
+               "idle_minutes": idle_minutes}
     started = time.monotonic()
     if cluster:
         hosts = launch_cluster(k.inv, cluster, int(count), k.config, say, **options)

@@ -90,9 +90,16 @@ def autostop_line(agent):
     if auto.get("held"):  # a poweroff would delete the host with a run not yet fetched nor stored (agent_events.py)
         return Text(f"{verb} {idle}; HELD BACK: {auto['held']}", style="bold yellow")
     last, waiting = auto.get("last_fired"), auto.get("waiting_for") or []
-    return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle"
+    return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle" + (f" ({auto['why']})" if auto.get("why") else "")
                 + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else "")
                 + (f"; waiting: {'; '.join(map(str, waiting))}" if waiting else ""))
+
+
+def budget_line(budget):
+    """The budget cap (launch.max_hours): when it powers the host off, whatever it is doing."""
+    if budget.get("fired_at"):
+        return Text(f"reached at {_clock(budget['fired_at'])}: `{budget.get('command')}` exited {budget.get('exit_code')}", style="bold")
+    return Text(f"powers off at {_clock(budget.get('deadline'))} ({budget.get('max_hours')} h after launch), whatever it is doing")
 
 
 def recoveries_line(recoveries):
@@ -201,6 +208,8 @@ def screen(info, label, console):
     eta = (info.get("status") or {}).get("eta_seconds") if state in ("starting", "running") else None
     host.add_row("cost", cost_line(info, price, eta))
     host.add_row("autostop", autostop_line(agent))
+    if agent and agent.get("budget"):
+        host.add_row("budget cap", budget_line(agent["budget"]))
     if info.get("error"):
         host.add_row("error", Text(str(info["error"]), style="red"))
     parts = [host]
