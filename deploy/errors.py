@@ -3,7 +3,7 @@
 Exit codes of `fab`: 0 success; 1 a step on the host failed (the message names it and what to
 do); 2 bad inventory, host choice or input (nothing was done on the host); 6 the host cannot be
 reached, or the connection to it was lost; 130 interrupted (Ctrl-C: the remote step was ended and the
-host's lock released). `fab monitor` adds the run's states (README).
+host's lock released). `fab monitor` adds the run's states (README.md, exit codes).
 """
 
 

@@ -5,7 +5,7 @@
     inv.remote["runs_dir"]                 # "~/facenet-runs"
     inv.local_data                         # [Path("/home/me/data/crema-d")]
 
-Defaults are in DEFAULTS below (the README documents each key). A file only needs what
+Defaults are in DEFAULTS below (docs/inventory.md documents each key). A file only needs what
 differs. Unknown keys and values of the wrong type are an `InventoryError` naming the key.
 Local paths are relative to the inventory file; remote paths starting with `~/` are
 relative to the remote user's home.
@@ -69,7 +69,7 @@ DEFAULTS = {
     "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
     "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
     "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/runs/storage.py
-    "launch": {  # `fab launch` (deploy/aws/): the README's "EC2 from scratch" explains each
+    "launch": {  # `fab launch` (deploy/aws/): docs/ec2.md explains each
         "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
         "spot_interruption": "terminate", "disk_gb": 150, "ami": None,
         "ami_parameter": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id",
@@ -175,7 +175,7 @@ def inventory_path():
 def load_inventory(path=None):
     path = Path(path) if path else inventory_path()
     if not path.is_file():
-        raise InventoryError(f"Inventory {path} does not exist. Create it (see the README, 'inventory.yaml'), "
+        raise InventoryError(f"Inventory {path} does not exist. Create it (see docs/inventory.md), "
                              "or point FACENET_INVENTORY at one.")
     try:
         raw = yaml.safe_load(path.read_text()) or {}

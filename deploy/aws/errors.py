@@ -127,7 +127,7 @@ def explain(error, doing="calling EC2"):
 
     if isinstance(error, (bx.NoCredentialsError, bx.PartialCredentialsError)):
         return LocalInputError(f"No AWS credentials for {doing}: run `aws configure` (or `aws sso login`), or set launch.profile "
-                               "in the inventory, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (README, 'EC2 from scratch').")
+                               "in the inventory, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (docs/ec2.md).")
     if isinstance(error, bx.ProfileNotFound):
         return LocalInputError(f"{error}: set launch.profile to a profile of ~/.aws/config.")
     if isinstance(error, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError)):
@@ -136,7 +136,7 @@ def explain(error, doing="calling EC2"):
     message = getattr(error, "response", {}).get("Error", {}).get("Message", str(error))
     if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
         return LocalInputError(f"AWS refused {doing}: {code}: {message[:300]}. The IAM user or role needs the permissions of the "
-                               "README's policy (section 'EC2 from scratch').")
+                               "policy in docs/ec2.md (IAM permissions).")
     if code in ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "ExpiredToken",
                 "RequestExpired"):
         return LocalInputError(f"AWS did not accept the credentials while {doing}: {code}: {message[:300]}. Renew them "

@@ -110,7 +110,7 @@ class HostConnection(Connection):
     touch_first = None  # a remote file the next command touches as well (the autostop heartbeat, deploy.host.agent)
     answers = None  # what the invocation's bookkeeping command found, for the steps that would ask it (deploy.host.session)
     steps = None
-    ssh_config_file = None  # the OpenSSH client config this connection follows (inventory ssh.config_file, fab -F): rsync's too
+    ssh_config_file = None  # the OpenSSH client config this connection follows (inventory ssh.config_file, fab -S): rsync's too
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -298,7 +298,7 @@ def with_ssh_config(config, path):
 
     config = config.clone()
     config.set_runtime_ssh_path(path)
-    config._set(base_ssh_config=SSHConfig.from_path(path))  # as Config.load_ssh_config does for `fab -F`, which clone() skips
+    config._set(base_ssh_config=SSHConfig.from_path(path))  # as Config.load_ssh_config does for `fab -S`, which clone() skips
     return config, path
 
 

@@ -36,7 +36,7 @@ Every state change is a transition the record keeps (record.py), with its reason
 
 from dataclasses import dataclass
 
-GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README, exit codes)
+GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README.md, exit codes)
 STOPPED = 3
 SUPERSEDED = 5  # the followed launch was fenced: another launch owns the run now
 KILLED = 128 + 9  # the launcher's code for a trainer ended by SIGKILL: the OOM killer, or a person's kill -9

@@ -38,8 +38,8 @@ def open_store(inv, url=None):
     from trainer.storage.s3 import StorageError, Store
 
     if not url and not enabled(inv):
-        raise LocalInputError(f"No run storage: set storage.url in {inv.path} (e.g. s3://my-bucket/facenet-runs; see the README, "
-                              "'Runs in object storage').")
+        raise LocalInputError(f"No run storage: set storage.url in {inv.path} (e.g. s3://my-bucket/facenet-runs; see "
+                              "docs/run-storage.md).")
     try:
         return Store.open(settings(inv, url))
     except StorageError as e:
