@@ -74,6 +74,7 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     assert sorted(webhook.events()) == ["finished", "started"], webhook.posts
     finished = next(p for p in webhook.posts if p["event"] == "finished")
     assert finished["run"] == "w1" and finished["host"] == "local" and "UAR" in finished["text"], finished
+    assert finished["text"].endswith("; the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"), finished
     record = json.loads((env.root / "state" / "watch" / "w1.json").read_text())
     assert record["state"] == "finished" and record["restarts"] == 0
     assert [t["to"] for t in record["transitions"]][-1] == "finished"

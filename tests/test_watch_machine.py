@@ -287,3 +287,18 @@ def test_launch_ids_sort_as_the_launches_began_within_one_second_too():
     run = {"run": "r1", "started_at": "t0", "launch_id": "20261206T120000Z-999"}
     assert stored_as({"final": True, "run_started_at": "t0", "launch_id": "20261206T120000Z-1000"}, run)
     assert not stored_as({"final": True, "run_started_at": "t0", "launch_id": "20261206T120000Z-998"}, run)
+
+
+def test_the_watchs_finished_notification_says_when_and_why_the_host_powers_off():
+    from datetime import datetime, timezone
+
+    from deploy.recovery.watch import poweroff_phrase
+
+    at = datetime(2026, 12, 7, 3, 42, tzinfo=timezone.utc)
+    auto = {"armed": True, "fires_at_epoch": at.timestamp(), "why": "run r1 finished, its end stored: 10 idle minutes"}
+    assert poweroff_phrase({"autostop": auto}) == "the host powers off at 03:42 UTC (autostop: run r1 finished, its end stored: 10 idle minutes)"
+    cap = {"deadline": "2026-12-07T01:00:00+00:00", "max_hours": 24}
+    assert poweroff_phrase({"autostop": auto, "budget": cap}) == "the host powers off at 01:00 UTC (budget cap, 24 h after launch)"
+    assert poweroff_phrase({"autostop": auto, "budget": {**cap, "fired_at": "2026-12-07T01:00:02+00:00"}}).startswith("the host powers off at 03:42")
+    assert poweroff_phrase({"autostop": {"armed": False}}).startswith("the host stays up: autostop is off")
+    assert poweroff_phrase(None).startswith("the host stays up")

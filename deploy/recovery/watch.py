@@ -124,7 +124,8 @@ class Watch:
             metrics = info.get("metrics") or {}
             summary = finished_summary(metrics)
             self.sender.send_shared(self.target.conn, self.inv.for_host(self.host), run_dir, f"finished:{self.run}", "finished",
-                                    f"finished: run {self.run} on {self.host}" + (f": {summary}" if summary else ""),
+                                    f"finished: run {self.run} on {self.host}" + (f": {summary}" if summary else "")
+                                    + f"; {poweroff_phrase(info.get('agent'))}",
                                     run=self.run, host=self.host)
         elif decision.state == "failed" and run_dir:
             launch_id = (info.get("launch") or {}).get("launch_id") or "legacy"
@@ -330,6 +331,26 @@ class Watch:
     def give_up(self, reason):
         self.record.transition("gave-up", reason)
         return self.end(machine.Decision("gave-up", "end", reason, machine.GAVE_UP), {"reachable": False})
+
+
+def poweroff_phrase(agent):
+    """'the host powers off at 03:42 UTC (autostop: ...)' from the host agent's view (run_state's `agent`): autostop or
+    the budget cap, whichever comes first (remote_scripts/agent_events.poweroff_text says the same on the host)."""
+    from datetime import datetime, timezone
+
+    plans = []
+    auto, budget = ((agent or {}).get("autostop") or {}), ((agent or {}).get("budget") or {})
+    if auto.get("armed") and isinstance(auto.get("fires_at_epoch"), (int, float)):
+        plans.append((auto["fires_at_epoch"], f"autostop: {auto.get('why') or 'when idle'}"))
+    if budget.get("deadline") and not budget.get("fired_at"):
+        try:
+            plans.append((datetime.fromisoformat(budget["deadline"]).timestamp(), f"budget cap, {budget.get('max_hours')} h after launch"))
+        except (TypeError, ValueError):
+            pass
+    if not plans:
+        return "the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"
+    at, why = min(plans)
+    return f"the host powers off at {datetime.fromtimestamp(at, timezone.utc):%H:%M} UTC ({why})"
 
 
 def finished_summary(metrics):
