@@ -250,9 +250,10 @@ def _merge(base, new, prefix, path):
         default = base[key]
         if dotted in NUMBERS:
             nullable = default is None or dotted in OFF
+            value = None if dotted in OFF and value == 0 and not isinstance(value, bool) else value  # 0: off, as on the command line
             if not (value is None and nullable) and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise InventoryError(f"Inventory key {dotted!r} in {path} expects a number above 0"
-                                     f"{' or null' if nullable else ''}. Received: {value!r}")
+                                     f"{' or null' if default is None else ' (null or 0: off)' if dotted in OFF else ''}. Received: {value!r}")
             base[key] = value
         elif dotted in ("hosts", "clusters"):
             value = {} if value is None else value  # only commented-out entries

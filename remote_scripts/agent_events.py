@@ -100,19 +100,19 @@ def finished_text(metrics, status):
     return ", ".join(parts)
 
 
-def notify_run(runs_dir, settings, running, stalled, autostop=None):
+def notify_run(runs_dir, settings, running, stalled, autostop=None, state=None):
     """The current run's events, each once: started (its first launch), stalled, and its end
     (finished, failed with the reason, preempted). A stop on request is the user's own act: not sent.
     Never raises: a notification must not cost the agent its round."""
     if not settings.get("notify_webhook"):
         return
     try:
-        _notify_run(runs_dir, settings, running, stalled, autostop)
+        _notify_run(runs_dir, settings, running, stalled, autostop, state or {})
     except Exception as e:  # noqa: BLE001 - e.g. a run file edited by hand
         log(runs_dir, f"notify: skipped a round ({type(e).__name__}: {e})")
 
 
-def _notify_run(runs_dir, settings, running, stalled, autostop):
+def _notify_run(runs_dir, settings, running, stalled, autostop, agent_state):
     found = current(runs_dir)
     if found is None:
         return
@@ -145,7 +145,7 @@ def _notify_run(runs_dir, settings, running, stalled, autostop):
         summary = finished_text(metrics, status)
         notify_event(runs_dir, settings, run, run_dir, f"finished:{run}", "finished",
                      f"finished: {where(settings, run)}" + (f": {summary}" if summary else "")
-                     + f"; {poweroff_text(settings, autostop, run_dir, launch)}",
+                     + f"; {poweroff_plan(runs_dir, settings, agent_state, autostop or {})['text']}",
                      metrics={k: metrics.get(k) for k in ("headline", "test", "compute") if k in metrics} or None)
     elif state == "failed":
         reason = record.get("reason") or (status.get("error") or {}).get("message") or f"exit code {record.get('exit_code')}"
@@ -158,25 +158,39 @@ def _notify_run(runs_dir, settings, running, stalled, autostop):
         notify_preempted(runs_dir, settings, run, run_dir, launch_id, (record.get("preempted") or {}).get("notice") or {}, status)
 
 
-def poweroff_text(settings, autostop, run_dir, launch, now=None):
-    """When and why the host powers off, for the `finished` notification: autostop (its short wait once the run's end is
-    stored, when storage is storing it) or the budget cap, whichever comes first."""
+def clock(at, now):
+    """'03:42 UTC', or 'Mon 03:42 UTC' when it is not today (UTC)."""
+    same_day = time.gmtime(at)[:3] == time.gmtime(now)[:3]
+    return time.strftime("%H:%M UTC" if same_day else "%a %H:%M UTC", time.gmtime(at))
+
+
+def poweroff_plan(runs_dir, settings, state, view, now=None):
+    """When and why the host powers off, in a sentence: autostop (its short wait once the run's end is safe) or the
+    budget cap, whichever comes first. The agent keeps it in state.json (`poweroff`) every round; the `finished`
+    notification and `fab watch` say it."""
     now = time.time() if now is None else now
-    plans = []
-    auto, view = settings.get("autostop") or {}, autostop or {}
-    if view.get("armed") and view.get("fires_at_epoch"):
-        at, why = view["fires_at_epoch"], view.get("why") or "autostop"
-        short, record = auto.get("done_seconds"), storage_state.read(run_dir) or {}
-        if short and short < auto["idle_seconds"] and record.get("launch_id") == launch.get("launch_id") and at > now + short:
-            at, why = now + short, f"{short / 60:.3g} idle minutes after its end is stored"
-        plans.append((at, f"autostop: {why}"))
+    auto, plans, notes = settings.get("autostop") or {}, [], []
     budget = settings.get("budget") or {}
-    if isinstance(budget.get("deadline"), (int, float)):
+    if isinstance(budget.get("deadline"), (int, float)) and not (state.get("budget") or {}).get("fired_at"):
         plans.append((budget["deadline"], f"budget cap, {budget.get('max_hours')} h after launch"))
+    held = autostop_hold(runs_dir, settings, state) if view.get("armed") and not view.get("waiting_for_training") else None
+    short = auto.get("done_seconds") if auto.get("done_seconds") and auto.get("done_seconds") < auto.get("idle_seconds", 0) else None
+    if held:
+        notes.append("autostop waits until the run is fetched or stored: a poweroff deletes this host")
+    elif view.get("armed") and view.get("fires_at_epoch"):
+        at, why = view["fires_at_epoch"], view.get("why") or "autostop"
+        found = current(runs_dir) if short and not state.get("done") else None
+        record = storage_state.read(found[1]) or {} if found else {}
+        launch = host_files.read_launch(found[1]) if found else {}
+        if found and record.get("launch_id") == launch.get("launch_id") and not record.get("done") and at > now + short:
+            at, why = now + short, f"about {short / 60:.3g} idle minutes after its end is stored"
+        elif found:
+            notes.append(f"a fetch brings it to {short / 60:.3g} idle minutes after")
+        plans.append((at, f"autostop: {why}, if still idle"))
     if not plans:
-        return "the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"
+        return {"at": None, "text": "; ".join(notes) or "the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"}
     at, why = min(plans)
-    return f"the host powers off at {time.strftime('%H:%M', time.gmtime(at))} UTC ({why})"
+    return {"at": at, "text": f"the host powers off at {clock(at, now)} ({'; '.join([why, *notes])})"}
 
 
 def notify_preempted(runs_dir, settings, run, run_dir, launch_id, notice, status=None):
@@ -249,11 +263,14 @@ def done(runs_dir, state):
     record = host_files.exit_record(run_dir, launch)
     if record is None:
         return None
-    what = run_state.derive_state(record, False, host_files.read_json(os.path.join(run_dir, "status.json")))
+    status = host_files.read_json(os.path.join(run_dir, "status.json"))
+    status = status if isinstance(status, dict) else {}
+    what = run_state.derive_state(record, False, status)
     if what not in DONE:
         return None
-    how = "moved to another launch" if what == "superseded" else "stored" if stored(run_dir, launch) else \
-        "fetched" if fetched(runs_dir, run, record) else None
+    worker = (status.get("distribution") or {}).get("chief") is False  # a cluster's other workers: the chief holds the result
+    how = "moved to another launch" if what == "superseded" else "kept by the chief (a worker of a cluster)" if worker else \
+        "stored" if stored(run_dir, launch) else "fetched" if fetched(runs_dir, run, record) else None
     if how is None:
         return None
     key = [run, launch.get("launch_id"), record.get("ended_at")]

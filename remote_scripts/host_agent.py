@@ -21,7 +21,10 @@ Autostop fires once when no training runs and nothing happened for idle_seconds,
 latest of: the heartbeat, the last time the agent saw a training run, the end of the current run,
 the last time it saw activity (host_activity.py: a fab task holding the host lock, an
 interactive SSH login, a process on the GPU), the agent's start (so a rebooted host gets the
-whole idle time) and the arming. It runs the command first and records it after (fired.json),
+whole idle time) and the arming. Once the current run finished or failed and its end is stored or
+fetched (agent_events.done), it waits only done_seconds (when shorter), counted from the latest of
+those and the round that first saw the end safe (a restarted agent counts the grace again).
+It runs the command first and records it after (fired.json),
 so a full disk cannot keep it from firing; no OSError ends the agent, and the crontab restarts
 it every minute if it ends anyway. A stalled run (run_state.stalled_since: its processes live,
 its status.json is not rewritten) counts as idle from when it stalled, and the log says so; its
@@ -205,7 +208,8 @@ def poll_once(runs_dir, settings, state):
     elif state.get("fired") and state.get("fired_saved") is False:  # the disk refused the record: again
         state["fired_saved"] = save(files(runs_dir)["fired.json"], state["fired"])
     state["uploader"] = revive_uploader(runs_dir) or state.get("uploader")
-    agent_events.notify_run(runs_dir, settings, running, stalled, view)
+    state["poweroff"] = agent_events.poweroff_plan(runs_dir, settings, state, view, now)  # said by monitor, notifications, watch
+    agent_events.notify_run(runs_dir, settings, running, stalled, view, state)
     state.update(polled_at=iso(now), autostop=autostop_view(settings, state, runs_dir, waiting_for), running=running[0] if running else None)
     return state
 

@@ -235,4 +235,5 @@ def view(runs_dir):
     if running and stalled_since(running[1], settings.get("stall_seconds")):
         running = None  # stalled: autostop counts it as idle
     return {"alive": alive, "autostop": autostop_view(settings, state, runs_dir, running), "instance": state.get("instance"),
-            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe"), "budget": state.get("budget")}
+            "price_per_hour": settings.get("price_per_hour"), "metadata_probe": state.get("metadata_probe"), "budget": state.get("budget"),
+            "poweroff": state.get("poweroff"), "polled_at": state.get("polled_at")}

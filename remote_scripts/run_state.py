@@ -45,6 +45,7 @@ Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,22 +89,40 @@ LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
 DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
 
 
-def tail(path, lines):
-    """The last `lines` lines of a text file, reading only its end."""
+# TensorFlow's C++ log lines (absl's `E0000 00:00:1764000000.000000 4242 file.cc:55] ...`: before absl::InitializeLog
+# its seconds are the epoch's; and the older
+# `2026-12-06 10:00:00.123456: I tensorflow/.../file.cc:153] ...`), absl's preamble and cpu_feature_guard's second
+# line: they differ by CPU and say nothing about the run. `fab monitor` and `fab logs` leave them out unless --raw.
+TF_NOISE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
+                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] [\w./-]+:\d+\] "
+                      r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+                      r"|To enable the following instructions: .* in other operations, rebuild TensorFlow")
+
+
+def quiet(lines):
+    """`lines` without TensorFlow's C++ log lines (TF_NOISE)."""
+    return [line for line in lines if not TF_NOISE.match(line)]
+
+
+def tail(path, lines, raw=False):
+    """The last `lines` non-blank lines of a text file, reading only its end; without TensorFlow's C++ log lines
+    unless `raw`."""
+    keep = (lambda found: found) if raw else quiet
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a log that is a link is not read
             f.seek(0, os.SEEK_END)
             size = f.tell()
             block, data = 8192, b""
-            while size > 0 and data.count(b"\n") <= lines:
+            while size > 0 and (data.count(b"\n") <= lines or len(keep(data.decode("utf-8", "replace").splitlines())) <= lines):
                 step = min(block, size)
                 size -= step
                 f.seek(size)
                 data = f.read(step) + data
+                block = min(block * 2, 1 << 20)
     except OSError:
         return []
     text = data.decode("utf-8", "replace").replace("\r", "\n")
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+    return keep([line for line in text.splitlines() if line.strip()])[-lines:] if lines > 0 else []
 
 
 def gpus():
@@ -157,7 +176,7 @@ def uptime():
         return None
 
 
-def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick=False):
+def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick=False, raw_log=False):
     """The run's state and what the monitor shows with it. `quick`: without the GPUs (nvidia-smi) and
     the host agent, for a task that only asks whether a training runs."""
     runs_dir = os.path.expanduser(runs_dir)
@@ -196,11 +215,21 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
         cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/training/cv.py)
         recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
-        state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])),
-        log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines),
+        state=derive_state(record, alive, current_status(run_dir, status) if alive else status, stalled=bool(stall and stall["stalled"])),
+        log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines, raw_log),
         storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
     return info
+
+
+def current_status(run_dir, status):
+    """status.json as this launch's word: None while it is older than launch.json (a resumed run's trainer has not
+    rewritten it yet, and its `failed` is the previous launch's, not this one's)."""
+    try:
+        stale = os.stat(os.path.join(run_dir, "status.json")).st_mtime_ns < os.stat(os.path.join(run_dir, LAUNCH)).st_mtime_ns
+    except OSError:
+        return status
+    return None if stale else status
 
 
 class RunAlive(Exception):
@@ -375,8 +404,24 @@ def stop(run_dir, session, wait_s, reason=None):
                      f"(sudo kill -9 {' '.join(map(str, survivors))}) before starting another training.")
         return 1, lines
     record = exit_record(run_dir, launch)
-    lines.append(f"Stopped: {json.dumps(record)}" if record else f"The tmux session {session} is gone; the run left no exit record.")
+    lines.append(stopped_sentence(run_dir, record) if record else f"The tmux session {session} is gone; the run left no exit record.")
     return 0, lines
+
+
+def stopped_sentence(run_dir, record):
+    """What `fab stop` answers: the run, its epoch, and how to continue (from its exit record and status.json)."""
+    name, status = os.path.basename(os.path.normpath(run_dir)), read_json(os.path.join(run_dir, "status.json")) or {}
+    epoch, epochs = status.get("epoch"), status.get("epochs")
+    at = (f"after epoch {epoch}" + (f" of {epochs}" if epochs else "") if isinstance(epoch, int) and epoch > 0
+          else "before its first epoch ended")
+    code = record.get("exit_code")
+    if code == STOPPED:
+        keep = "the backup of that epoch is kept" if isinstance(epoch, int) and epoch > 0 else "nothing was trained yet"
+        return f"Stopped run {name} {at}; {keep}. Continue it with `fab train --resume`."
+    if code == 0:
+        return f"Run {name} had finished already ({at}): nothing to stop. `fab fetch-results` brings it home."
+    why = record.get("reason") or f"exit code {code}"
+    return f"Run {name} ended {at} with exit code {code} ({why}). `fab monitor` says what to do next."
 
 
 def fence(run_dir, launch_id, reason):
@@ -429,6 +474,15 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive", "fence"):
         return records_main(argv)
+    if argv and argv[0] == "tail":  # run_state.py tail FILE LINES [--raw]   (`fab logs`)
+        print("\n".join(tail(argv[1], int(argv[2]), raw="--raw" in argv[3:])))
+        return 0
+    if argv and argv[0] == "quiet":  # run_state.py quiet < LOG   (follow_log.sh: stdin without TensorFlow's C++ lines)
+        for line in sys.stdin:
+            if not TF_NOISE.match(line):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", required=True)
     p.add_argument("--session", required=True)
@@ -436,6 +490,7 @@ def main(argv=None):
     p.add_argument("--log-lines", type=int, default=15)
     p.add_argument("--stall-seconds", type=float, help="status.json older than this while the run's processes live: stalled")
     p.add_argument("--quick", action="store_true", help="skip the GPUs and the host agent (is a training running?)")
+    p.add_argument("--raw-log", action="store_true", help="the log's last lines as they are (default: without TensorFlow's C++ lines)")
     p.add_argument("--json", action="store_true", help="(the output is always JSON)")
     p.add_argument("--wait-start", type=float, default=0, metavar="S",
                    help="answer once the run is past its start (its first epoch began, or it ended), or after S seconds")
@@ -446,7 +501,7 @@ def main(argv=None):
                    help="with --previous-launch: answer once the new launch has recorded itself, whatever its state (a "
                         "worker of a cluster stays starting until every worker joined)")
     args = p.parse_args(argv)
-    query = dict(stall_seconds=args.stall_seconds, quick=args.quick)
+    query = dict(stall_seconds=args.stall_seconds, quick=args.quick, raw_log=args.raw_log)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     deadline = time.monotonic() + args.wait_start
     old = lambda info: args.previous_launch and (info.get("launch") or {}).get("launch_id") in (args.previous_launch, None)  # noqa: E731

@@ -154,5 +154,5 @@ def test_the_watch_downs_a_launched_host_whose_finished_run_is_stored_when_the_i
 
     env.write(recovery={"down_when_done": True, "poll_seconds": 1})
     downed = env.fab("-H", "gpu1", "watch", "--run", "exp", timeout=120)
-    assert downed.returncode == 0 and "gpu1 terminated (fab down, recovery.down_when_done): its run is stored" in downed.out, downed.out
+    assert downed.returncode == 0 and "gpu1 terminated (fab down, recovery.down_when_done): its runs are stored or fetched" in downed.out, downed.out
     assert instances_in()[0]["State"]["Name"] == "terminated"

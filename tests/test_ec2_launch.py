@@ -340,3 +340,26 @@ def test_a_spot_price_lookup_that_fails_after_the_instance_runs_falls_back_to_th
     assert entry["address"] == instance["PublicIpAddress"] and "the spot price could not be read (RequestLimitExceeded" in entry["price_source"]
     assert "the on-demand price, an upper bound" in entry["price_source"]
     assert any("$1.006/h (the spot price could not be read (RequestLimitExceeded" in line for line in lines), lines
+
+
+def test_a_host_that_cannot_be_armed_is_named_after_every_host_was_tried_and_still_recorded(cloud_inv, tmp_path):
+    from fabric import Config
+
+    from deploy.aws.launch import launch_cluster
+    from deploy.errors import DeployError
+
+    path = cloud_inv()
+    data = yaml.safe_load(path.read_text())
+    data["remote"] = {"project_dir": str(tmp_path / "project"), "data_dir": str(tmp_path / "data"),
+                      "runs_dir": "/proc/no-such-folder/runs"}  # the agent cannot write its settings there
+    data["autostop"] = {"command": f"touch {tmp_path / 'powered off'}"}
+    path.write_text(yaml.safe_dump(data))
+    lines, s = [], session()
+    placement_groups(s)  # moto has none
+    with pytest.raises(DeployError) as caught:
+        launch_cluster(load(), "pair", 2, Config(), quiet(lines), session=s)
+    text = str(caught.value)
+    assert text.startswith("Launched, but NOT armed (no autostop, no budget cap: it bills until stopped):"), text
+    assert "pair-1: " in text and "pair-2: " in text and "`fab down NAME` terminates it (it is recorded)" in text, text
+    assert sum("SSH answers on pair-" in line for line in lines) == 2  # both were waited for before either was armed
+    assert sorted(json.loads((Path(os.environ["FACENET_STATE_DIR"]) / "launched.json").read_text())["hosts"]) == ["pair-1", "pair-2"]

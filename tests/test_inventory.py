@@ -207,9 +207,11 @@ def test_a_launched_host_stops_billing_by_default_and_null_turns_each_guard_off(
     assert inv.recovery["down_when_done"] is False
     off = load_inventory(write(tmp_path, {"launch": {"autostop_minutes": None, "max_hours": None}, "autostop": {"done_minutes": None}}))
     assert (off.launch["autostop_minutes"], off.launch["max_hours"], off.autostop["done_minutes"]) == (None, None, None)
+    zero = load_inventory(write(tmp_path, {"launch": {"autostop_minutes": 0, "max_hours": 0}}))  # 0: off, as --idle-minutes 0
+    assert (zero.launch["autostop_minutes"], zero.launch["max_hours"]) == (None, None)
     for key in ("autostop_minutes", "max_hours"):
-        with pytest.raises(InventoryError, match=f"'launch.{key}' in .* expects a number above 0 or null. Received: 0"):
-            load_inventory(write(tmp_path, {"launch": {key: 0}}))
+        with pytest.raises(InventoryError, match=rf"'launch.{key}' in .* expects a number above 0 \(null or 0: off\). Received: -1"):
+            load_inventory(write(tmp_path, {"launch": {key: -1}}))
 
 
 HOSTS = {"gpu1": {"address": "203.0.113.10", "worker_address": "10.0.1.10"},

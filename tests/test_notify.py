@@ -258,11 +258,11 @@ def test_once_a_finished_runs_end_is_stored_or_fetched_autostop_waits_only_its_s
     assert state["autostop"]["why"] == "60 idle minutes"
     finished = webhook.posts[-1]["text"]
     if safe == "stored":  # its uploader is at work: the short grace after the end is stored
-        expected = {f"the host powers off at {time.strftime('%H:%M', time.gmtime(t + 1.5))} UTC "
-                    "(autostop: 0.025 idle minutes after its end is stored)" for t in (before, after)}
+        expected = {f"the host powers off at {agent_events.clock(t + 1.5, t)} "
+                    "(autostop: about 0.025 idle minutes after its end is stored, if still idle)" for t in (before, after)}
     else:  # no storage: the full idle wait, until a fetch
-        expected = {f"the host powers off at {time.strftime('%H:%M', time.gmtime(state['autostop']['fires_at_epoch']))} UTC "
-                    "(autostop: 60 idle minutes)"}
+        expected = {f"the host powers off at {agent_events.clock(state['autostop']['fires_at_epoch'], t)} "
+                    "(autostop: 60 idle minutes, if still idle; a fetch brings it to 0.025 idle minutes after)" for t in (before, after)}
     assert finished.startswith("finished: run r1") and any(finished.endswith(e) for e in expected), finished
 
     if safe == "stored":
@@ -442,3 +442,28 @@ def test_the_agents_settings_holding_the_webhook_url_are_readable_by_their_user_
         assert stat.S_IMODE((runs / ".agent" / "settings.json").stat().st_mode) & 0o077 == 0
     finally:
         end_host_processes(tmp_path)
+
+
+def test_the_finished_notification_never_promises_a_poweroff_that_autostop_holds_back(training, webhook, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    training("r1")
+    s = settings(webhook.url, autostop=waits(marker, idle_seconds=0.5, done_seconds=0.2), shutdown_terminates=True)
+    state = {"started": time.time()}
+    host_agent.poll_once(str(runs), s, state)
+    training.end("r1", 0, METRICS)
+    host_agent.poll_once(str(runs), s, state)
+    finished = webhook.posts[-1]["text"]
+    assert finished.endswith("; autostop waits until the run is fetched or stored: a poweroff deletes this host"), finished
+    assert state["poweroff"]["at"] is None and not marker.exists()
+
+
+def test_a_worker_of_a_cluster_gets_the_short_wait_once_its_part_ended(training, tmp_path):
+    runs = training.runs
+    marker = tmp_path / "powered off"
+    training("w1", distribution={"chief": False, "worker": 1})  # the chief holds the result and stores it
+    training.end("w1", 0)
+    state = {"started": time.time()}
+    host_agent.poll_once(str(runs), settings(None, autostop=waits(marker, idle_seconds=3600, done_seconds=0.3)), state)
+    assert state["done"]["how"] == "kept by the chief (a worker of a cluster)"
+    assert state["autostop"]["fires_at_epoch"] < time.time() + 60

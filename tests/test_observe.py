@@ -35,7 +35,7 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
     assert took < 10  # generous for CI; bench/deploy_latency.py measures the real figure
 
     stop = env.fab("stop", "--wait", "60")
-    assert stop.returncode == 0 and "exit_code\": 3" in stop.out, stop.out
+    assert stop.returncode == 0 and "Stopped run long-run after epoch " in stop.out and "`fab train --resume`" in stop.out, stop.out
     stopped = env.fab("monitor")
     assert stopped.returncode == 3 and "STOPPED" in stopped.out and "fab train --resume" in stopped.out
     assert status(env, "long-run")["state"] == "stopped"
@@ -76,7 +76,9 @@ def test_monitor_failed_shows_the_error_and_the_resume_command(host_ready):
     env = host_ready
     env.configure(2, feature_key="no_such_key")
     launch = env.fab("train", "--run-name", "broken")
-    assert launch.returncode == 1 and "ended at once (failed)" in launch.out
+    assert launch.returncode == 1 and "Training broken ended at once: " in launch.out, launch.out
+    cause = launch.out.split("Training broken ended at once: ", 1)[1].splitlines()[0]  # the cause leads, in one line
+    assert "no key 'no_such_key'" in cause, launch.out
     failed = env.fab("monitor")
     assert failed.returncode == 1, failed.out
     assert "FAILED" in failed.out and "exit code 2" in failed.out and "DataError" in failed.out

@@ -201,3 +201,35 @@ def test_recorded_only_answers_once_the_new_launch_recorded_itself_though_it_sti
     finally:
         live.kill()
         live.wait()
+
+
+def test_the_log_shown_leaves_out_tensorflows_cpp_lines_and_raw_keeps_them(tmp_path):
+    noise = ["E0000 00:00:1764000000.000000 4242 onednn_util.cc:55] oneDNN supports DT_BOOL only on platforms with AVX-512.",
+             "I0000 00:00:1733512345.678901   12345 cpu_feature_guard.cc:210] This TensorFlow binary is optimized to use ...",
+             "2024-12-06 10:00:00.123456: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.",
+             "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+             "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags."]
+    own = ["Epoch 1/2: loss 1.2 (a line the trainer wrote)", "DataError: a line with file.cc:55] in it, but not at its start"]
+    log = tmp_path / "train.log"
+    log.write_text("\n".join([own[0], *noise * 400, own[1], *noise]) + "\n")  # the run's own lines far apart, noise between
+    assert run_state.quiet(noise + own) == own
+    assert run_state.tail(str(log), 2) == own  # reads back past the noise, however much of it there is
+    assert run_state.tail(str(log), 3, raw=True) == noise[-3:]
+
+
+def test_a_resumed_run_is_starting_not_failed_until_its_new_trainer_rewrites_status(tmp_path):
+    runs = tmp_path / "runs"
+    run = runs / "r2"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "failed", "error": {"message": "an upload has not completed"}}))
+    time.sleep(0.01)
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)  # the new launch's trainer, still importing TensorFlow
+    try:
+        run_state.record_launch(str(run), proc.pid, "sleep 30")
+        assert run_state.collect(str(runs), "no-such-session", "r2", quick=True)["state"] == "starting"  # not the old `failed`
+        time.sleep(0.01)
+        (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 0}))  # its own word
+        assert run_state.collect(str(runs), "no-such-session", "r2", quick=True)["state"] == "running"
+    finally:
+        proc.kill()
+        proc.wait()

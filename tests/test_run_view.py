@@ -30,9 +30,12 @@ def test_autostop_says_when_the_host_powers_off_in_the_viewers_time():
 def test_the_monitor_says_when_and_why_the_host_powers_off():
     why = "run r1 finished, its end stored: 10 idle minutes"
     assert autostop_line(agent(why=why)).plain == f"powers off at {local_clock('2026-11-25T17:45:00+00:00')} if still idle ({why})"
-    cap = {"deadline": "2026-11-26T17:00:00+00:00", "max_hours": 24, "command": "sudo -n /sbin/poweroff"}
+    soon = datetime.now(timezone.utc).replace(microsecond=0)
+    cap = {"deadline": soon.isoformat(), "max_hours": 24, "command": "sudo -n /sbin/poweroff"}
     assert budget_line(cap).plain == f"powers off at {local_clock(cap['deadline'])} (24 h after launch), whatever it is doing"
-    reached = budget_line({**cap, "fired_at": "2026-11-26T17:00:03+00:00", "exit_code": 0}).plain
+    later = datetime.fromisoformat("2026-11-26T17:00:00+00:00").astimezone()  # not today: its day too
+    assert budget_line({**cap, "deadline": later.isoformat()}).plain.startswith(f"powers off at {later:%a %H:%M} (24 h")
+    reached = budget_line({**cap, "fired_at": cap["deadline"], "exit_code": 0}).plain
     assert reached == f"reached at {local_clock(cap['deadline'])}: `sudo -n /sbin/poweroff` exited 0"
 
 

@@ -289,16 +289,12 @@ def test_launch_ids_sort_as_the_launches_began_within_one_second_too():
     assert not stored_as({"final": True, "run_started_at": "t0", "launch_id": "20261206T120000Z-998"}, run)
 
 
-def test_the_watchs_finished_notification_says_when_and_why_the_host_powers_off():
-    from datetime import datetime, timezone
-
+def test_the_watchs_finished_notification_says_what_the_host_agent_says_once_it_saw_the_end():
     from deploy.recovery.watch import poweroff_phrase
 
-    at = datetime(2026, 12, 7, 3, 42, tzinfo=timezone.utc)
-    auto = {"armed": True, "fires_at_epoch": at.timestamp(), "why": "run r1 finished, its end stored: 10 idle minutes"}
-    assert poweroff_phrase({"autostop": auto}) == "the host powers off at 03:42 UTC (autostop: run r1 finished, its end stored: 10 idle minutes)"
-    cap = {"deadline": "2026-12-07T01:00:00+00:00", "max_hours": 24}
-    assert poweroff_phrase({"autostop": auto, "budget": cap}) == "the host powers off at 01:00 UTC (budget cap, 24 h after launch)"
-    assert poweroff_phrase({"autostop": auto, "budget": {**cap, "fired_at": "2026-12-07T01:00:02+00:00"}}).startswith("the host powers off at 03:42")
-    assert poweroff_phrase({"autostop": {"armed": False}}).startswith("the host stays up: autostop is off")
-    assert poweroff_phrase(None).startswith("the host stays up")
+    text = "the host powers off at 03:42 UTC (autostop: run r1 finished, its end stored: 10 idle minutes, if still idle)"
+    agent = {"poweroff": {"at": 0, "text": text}, "polled_at": "2026-12-07T03:32:05+00:00"}
+    assert poweroff_phrase(agent, "2026-12-07T03:32:01+00:00") == text
+    assert poweroff_phrase(agent, "2026-12-07T03:32:05+00:00") is None  # a round of the same second may predate the end
+    assert poweroff_phrase({**agent, "polled_at": "2026-12-07T03:31:59+00:00"}, "2026-12-07T03:32:01+00:00") is None
+    assert poweroff_phrase(None, "2026-12-07T03:32:01+00:00") is None and poweroff_phrase(agent, None) is None

@@ -49,7 +49,7 @@ def request(inv, instance_type=None, spot=None, fallback_on_demand=None, disk_gb
     types = tuple(dict.fromkeys([first, *s["alternatives"]]))
     disk_gb = s["disk_gb"] if disk_gb is None else number(disk_gb, "--disk", "a whole number of GB, 8 or more", int, 8)
     max_hours = s["max_hours"] if max_hours is None else number(max_hours, "--max-hours", "a number of hours (0: no cap)", float, 0) or None
-    idle = s["autostop_minutes"] if idle_minutes is None else \
+    idle = inv.autostop["idle_minutes"] or s["autostop_minutes"] if idle_minutes is None else \
         number(idle_minutes, "--idle-minutes", "a number of minutes (0: no autostop)", float, 0) or None
     markets = ("spot", "on-demand") if spot and fallback else ("spot",) if spot else ("on-demand",)
     return Request(types, markets, s["spot_interruption"], disk_gb, region, max_hours, idle)
@@ -57,8 +57,7 @@ def request(inv, instance_type=None, spot=None, fallback_on_demand=None, disk_gb
 
 def stops_billing(inv, req):
     """The plan's line on how the host stops billing on its own, and how to change that."""
-    auto = inv.autostop["idle_minutes"] or req.autostop_minutes
-    done = inv.autostop["done_minutes"]
+    auto, done = req.autostop_minutes, inv.autostop["done_minutes"]
     parts = [f"autostop after {auto:g} idle minutes" + (f" ({done:g} once its run's end is stored or fetched)" if done and done < auto else "")
              if auto else "NO autostop", f"budget cap {req.max_hours:g} h after launch" if req.max_hours else "NO budget cap"]
     return (f"  stops billing on its own: {'; '.join(parts)}. Change with --idle-minutes / --max-hours (0: off), or "
@@ -120,7 +119,7 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         f"within the group" + (f"; SSH also open to {', '.join(sg.kept)} (earlier launches: instances use the group)" if sg.kept else ""))
     if sg.revoked:
         say(f"  revoked SSH from {', '.join(sg.revoked)} in {group}: earlier launches' addresses, no instance uses the group")
-    say(stops_billing(inv, req), None if req.max_hours and (inv.autostop["idle_minutes"] or req.autostop_minutes) else "yellow")
+    say(stops_billing(inv, req), None if req.max_hours and req.autostop_minutes else "yellow")
     group_name = placement_group(cloud, f"facenet-deploy-{cluster}") if cluster else None
     root = root_device(cloud, ami)
     tries, missing = attempts(cloud, req)
@@ -158,16 +157,30 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         say(f"{name}: {iid} running in {attempt.zone} at {address} (private {i['PrivateIpAddress']}); "
             + (f"{prices.usd(price)}/h ({source})" if price is not None else source))
     if wait_for_ssh:
-        for name in names:
-            target = wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say)
-            if req.max_hours or req.autostop_minutes or inv.autostop["idle_minutes"]:
-                from deploy.host.agent import arm_launched
-
-                arm_launched(target, inv.path, say)
+        targets = [wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say) for name in names]
+        if req.max_hours or req.autostop_minutes:
+            arm(targets, inv.path, say)
     from deploy.inventory import load_inventory
 
     now = load_inventory(inv.path)
     return [now.hosts[name] for name in names]
+
+
+def arm(targets, inventory_path, say):
+    """Arm autostop and the budget cap on every new host; a host that cannot be armed is named (it runs and bills) after
+    the others were armed, with what to do."""
+    from deploy.host.agent import arm_launched
+
+    failed = []
+    for target in targets:
+        try:
+            arm_launched(target, inventory_path, say)
+        except Exception as e:  # noqa: BLE001 - the instance runs either way: say so, then arm the next one
+            failed.append((target.label, e))
+    if failed:
+        raise DeployError("Launched, but NOT armed (no autostop, no budget cap: it bills until stopped):\n  "
+                          + "\n  ".join(f"{name}: {str(e).removeprefix('error: ')}" for name, e in failed)
+                          + "\nFix that, then `fab -H NAME autostop --idle-minutes 30`; or `fab down NAME` terminates it (it is recorded).")
 
 
 def attempts(cloud, req):

@@ -140,15 +140,16 @@ def configure(conn, inv, label, autostop=KEEP):
 
 
 def arm_launched(target, inventory_path, say):
-    """Right after `fab launch`: sync the code and configure the agent, which then holds autostop (the inventory's
-    autostop.idle_minutes, else the launch's launch.autostop_minutes) and the budget cap (launch.max_hours)."""
+    """Right after `fab launch`: sync the code and configure the agent, which then holds autostop (--idle-minutes, else
+    the inventory's autostop.idle_minutes, else launch.autostop_minutes; `train` arms autostop.idle_minutes again when
+    set) and the budget cap (launch.max_hours)."""
     from deploy import launched
     from deploy.host import sync
     from deploy.inventory import load_inventory
 
     inv = load_inventory(inventory_path).for_host(target.host_name)
     sync.sync_code(target, inv, say)
-    minutes = inv.autostop["idle_minutes"] or (launched.entry(target.label) or {}).get("autostop_minutes")
+    minutes = (launched.entry(target.label) or {}).get("autostop_minutes")  # --idle-minutes, else the inventory's
     outcome = configure(target.conn, inv, target.label, autostop=autostop_settings(inv, minutes) if minutes else KEEP)
     say(describe(outcome["settings"], outcome["boot"]))
     say(describe_budget(outcome["settings"].get("budget")))

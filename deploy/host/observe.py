@@ -16,26 +16,30 @@ from pathlib import Path
 from invoke.exceptions import ThreadException
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
-from deploy.host.connection import rjoin, rq, rsync_target
+from deploy.host.connection import PYTHON3, rjoin, rq, rsync_target
 from deploy.host.sync import RUN_FILES_ONLY, rsync
 from deploy.host.training import run_state, script
 from trainer.results.visible import VisibleStream, visible
 
 
-def follow(conn, inv, info):
-    """Stream the run's train.log until the run ends or Ctrl-C, its control characters made visible."""
+def follow(conn, inv, info, raw=False):
+    """Stream the run's train.log until the run ends or Ctrl-C, its control characters made visible (and without
+    TensorFlow's C++ log lines unless `raw`)."""
     if not info.get("run_dir"):
         return
-    cmd = f"bash {script(inv, 'follow_log.sh')} {rq(info['run_dir'])} {rq(inv.tmux_session)} 20"
+    cmd = f"bash {script(inv, 'follow_log.sh')} {rq(info['run_dir'])} {rq(inv.tmux_session)} 20" + (" raw" if raw else "")
     try:
         conn.run(cmd, pty=True, warn=True, in_stream=False, out_stream=VisibleStream(sys.stdout), err_stream=VisibleStream(sys.stderr))
     except KeyboardInterrupt:
         pass
 
 
-def tail_log(conn, inv, run, lines):
+def tail_log(conn, inv, run, lines, raw=False):
+    """(run info, the last `lines` lines of its train.log: without TensorFlow's C++ log lines unless `raw`)."""
     info = _run_info(conn, inv, run)
-    out = conn.run(f"tail -n {int(lines)} {rq(rjoin(info['run_dir'], 'train.log'))}", hide=True, warn=True, in_stream=False)
+    log = rq(rjoin(info["run_dir"], "train.log"))
+    cmd = f"tail -n {int(lines)} {log}" if raw else f"{PYTHON3} {script(inv, 'run_state.py')} tail {log} {int(lines)}"
+    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"Could not read {info['run_dir']}/train.log: {out.stderr.strip()}")
     return info, out.stdout

@@ -9,9 +9,11 @@
 Every path and argument is quoted for the remote shell (see `deploy.host.connection.rq`).
 """
 
+import hashlib
 import json
 import shlex
 import time
+from pathlib import Path
 
 from deploy.errors import DeployError, LocalInputError
 from deploy.host.connection import PYTHON3, rjoin, rq
@@ -41,6 +43,51 @@ def remote_config(inv, path):
     return path if path.startswith(("/", "~/")) else rjoin(inv.remote["project_dir"], path)
 
 
+def local_config(path):
+    """This machine's copy of an inventory config path (relative paths are in the repo), or None when it has none."""
+    from deploy.inventory import REPO_ROOT
+
+    local = Path(path).expanduser() if path.startswith(("/", "~/")) else REPO_ROOT / path
+    return local if local.is_file() else None
+
+
+def send_config(conn, inv, path, key="train_config"):
+    """The config `path` (inventory `key`) as the host will read it: this machine's copy, sent to
+    runs_dir/.configs/STEM-HASH.yaml, so that preflight, the smoke test and `train` use the config as it is here,
+    whatever the host's synced copy holds. An absolute path this machine does not have is the host's own."""
+    local = local_config(path)
+    if local is None:
+        if path.startswith(("/", "~/")):
+            return remote_config(inv, path)
+        raise LocalInputError(f"Inventory key {key!r} names {path}, which is not a file in this repo: expected a YAML config "
+                              "such as configs/full.yaml (relative paths are in the repo).")
+    text = local.read_bytes()
+    try:
+        body = text.decode()
+    except UnicodeDecodeError:
+        raise LocalInputError(f"The config {local} (inventory {key!r}) is not UTF-8 text: expected a YAML config.") from None
+    folder = rjoin(inv.remote["runs_dir"], ".configs")
+    sent = rjoin(folder, f"{local.stem}-{hashlib.sha256(text).hexdigest()[:12]}.yaml")
+    cmd = (f"test -e {rq(sent)} || {{ mkdir -p {rq(folder)} && printf %s {shlex.quote(body)} > {rq(sent + '.part')} "
+           f"&& mv -f {rq(sent + '.part')} {rq(sent)}; }}")
+    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
+    if out.failed:
+        raise DeployError(f"Could not send the config {path} to the host ({sent}): {(out.stderr or out.stdout).strip()[-400:]}")
+    return sent
+
+
+def config_summary(path):
+    """'configs/full.yaml (train.epochs 150)': the config as this machine has it, for the line that starts a run."""
+    import yaml
+
+    local = local_config(path)
+    try:
+        epochs = ((yaml.safe_load(local.read_text()) or {}).get("train") or {}).get("epochs") if local else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        epochs = None
+    return f"{path}" + (f" (train.epochs {epochs})" if epochs is not None else "") + ("" if local else " (the host's own copy)")
+
+
 def trainer_step(conn, inv, name, *args):
     """`python -m trainer ARGS --result FILE` on the host; returns its JSON result, or raises with its message."""
     out, result = run_with_result(conn, inv, name, trainer_cmd(inv, *args, "--result"))
@@ -55,7 +102,7 @@ def trainer_step(conn, inv, name, *args):
 def preflight(conn, inv, say):
     """Validate the host's copy of the data with the training config; DeployError with the summary if it cannot train."""
     try:
-        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", remote_config(inv, inv.train_config), *data_args(inv),
+        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", send_config(conn, inv, inv.train_config), *data_args(inv),
                                    "--pack", packed_dir(inv))
     except DeployError as e:
         raise DeployError(f"The data on the host would not train. {e}\n"
@@ -72,8 +119,8 @@ def packed_dir(inv):
 def smoke_test(conn, inv, say, price_per_hour=None):
     """The smoke test, then the estimate of the full training on this host (its step timed with the training config)."""
     out_dir = rjoin(inv.remote["runs_dir"], "smoke")
-    _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", remote_config(inv, inv.smoke_config), "--out", out_dir,
-                             "--estimate-config", remote_config(inv, inv.train_config), *data_args(inv))
+    _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
+                             "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
     say(result["message"])
     if result.get("estimate"):
         for line in describe_estimate(result["estimate"], inv.train_config, price_per_hour):
@@ -98,13 +145,13 @@ def _duration(seconds):
 
 
 def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0, previous_launch=None,
-              recorded_only=False):
+              recorded_only=False, raw_log=False):
     """What remote_scripts/run_state.py says, as a dict (state, exit_code, status, exit, processes, stall, log_tail,
     gpus, disk). `quick`: without the GPUs and the host agent (is a training running?); `missing_ok`: None where
     the code is not synced yet (no launcher has run either); `wait_start`: the host answers once the run is past
     its start, or after that many seconds, and never with the state of `previous_launch` (the launch id the run had
     before this one started; `recorded_only`: once that launch recorded itself, whatever its state). The stall threshold
-    is the inventory's stall_minutes.
+    is the inventory's stall_minutes. `raw_log`: the log's last lines with TensorFlow's C++ lines (left out by default).
     A run name that comes back from the host is checked before anything uses it as a path."""
     args = ["--runs-dir", inv.remote["runs_dir"], "--session", inv.tmux_session, "--log-lines", str(log_lines), "--json"]
     if wait_start:
@@ -117,6 +164,8 @@ def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, 
         args += ["--stall-seconds", str(inv.stall_minutes * 60)]
     if quick:
         args.append("--quick")
+    if raw_log:
+        args.append("--raw-log")
     words = " ".join(map(rq, args))
     cmd = f"{PYTHON3} {script(inv, 'run_state.py')} {words}"
     if missing_ok:
@@ -227,12 +276,13 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
         if training_lives(info):  # a second trainer on the same run directory would overwrite its files
             raise DeployError(f"Run {name} is still running on the host ({info['state']}; {live_processes_text(info)}): "
                               "nothing to resume. Watch it with `fab monitor`, or end it with `fab stop` first.")
-        trainer_args = ["train", "--resume", rjoin(runs, name), "--packed", packed_dir(inv)]
+        # the data dirs too: a run that failed before its data was ready (no split yet) is prepared now, as a new run would be
+        trainer_args = ["train", "--resume", rjoin(runs, name), *data_args(inv), "--packed", packed_dir(inv)]
     else:
         name = valid_run_name(run_name or time.strftime("%Y%m%d-%H%M%S"))
         refuse_new_run_name(conn, inv, name)
         command = ["cv", "--folds", str(folds)] if folds else ["train", "--packed", packed_dir(inv)]
-        trainer_args = [*command, "--config", remote_config(inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
+        trainer_args = [*command, "--config", send_config(conn, inv, inv.train_config), *data_args(inv), "--out", runs, "--run-name", name]
     if price_per_hour:
         trainer_args += ["--price-per-hour", str(price_per_hour)]
     run_dir = rjoin(runs, name)
@@ -261,9 +311,13 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
         raise DeployError(f"Training {name} did not start: its launcher recorded no launch within {waited} s (the run's "
                           f"previous launch {previous} is {info['state']}). Last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
     if info["state"] in ("failed", "vanished", "none"):
-        raise DeployError(f"Training {name} ended at once ({info['state']}); last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
+        cause = failure_text(info) if info["state"] == "failed" else f"it {info['state']}"
+        raise DeployError(f"Training {name} ended at once: {cause}\nLast lines of its log (`fab logs --lines 200` for more):\n"
+                          + "\n".join(info.get("log_tail") or []))
     starting = {"starting": " (still starting: `fab monitor` follows it)", "finished": " (and finished already)"}.get(info["state"], "")
-    say(f"Training {'resumed' if resume else 'started'}: run {name} in tmux session {session} on the host ({run_dir}){starting}")
+    config = "its own config (RUN/config.yaml)" if resume else f"config {config_summary(inv.train_config)} as on this machine"
+    say(f"Training {'resumed' if resume else 'started'}: run {name} with {config}, in tmux session {session} on the host "
+        f"({run_dir}){starting}")
     return name
 
 

@@ -92,7 +92,7 @@ def down_done(config, inv, name, say):
         if risky:
             return f"{name} kept: it holds " + "; ".join(f"run {r} that {why}" for r, why in risky) + " (autostop powers it off when idle)"
         terminate(inv, name, say)
-        return f"{name} terminated (fab down, recovery.down_when_done): its run is stored"
+        return f"{name} terminated (fab down, recovery.down_when_done): its runs are stored or fetched"
     except (DeployError, Exception) as e:  # noqa: BLE001 - the run is done; a host left running is said, not fatal
         return f"{name} NOT terminated ({type(e).__name__}: {str(e)[:200]}): `fab down {name}` when you can"
 

@@ -51,6 +51,7 @@ from deploy.recovery.record import Record, iso, write_on_host
 from trainer.results.visible import visible
 
 UPLOADER_WAIT_SECONDS = 150  # a spot notice gives two minutes; the host agent waits for the upload within them
+AGENT_ROUND_WAIT_SECONDS = 15  # the finished notification waits this long for the host agent's word on the poweroff
 FENCE_RETRY_SECONDS = 10  # a fence still to do is tried again (one SSH connection to a host that may be down) this often
 
 
@@ -123,9 +124,10 @@ class Watch:
         if decision.state == "finished" and run_dir:
             metrics = info.get("metrics") or {}
             summary = finished_summary(metrics)
+            poweroff = self.poweroff_said(info)
             self.sender.send_shared(self.target.conn, self.inv.for_host(self.host), run_dir, f"finished:{self.run}", "finished",
                                     f"finished: run {self.run} on {self.host}" + (f": {summary}" if summary else "")
-                                    + f"; {poweroff_phrase(info.get('agent'))}",
+                                    + (f"; {poweroff}" if poweroff else ""),
                                     run=self.run, host=self.host)
         elif decision.state == "failed" and run_dir:
             launch_id = (info.get("launch") or {}).get("launch_id") or "legacy"
@@ -139,6 +141,21 @@ class Watch:
             self.down_when_done(seen)
         self.say(f"watch: {decision.reason}; exit {decision.exit_code}", "bold" if decision.exit_code == 0 else "bold red")
         return decision.exit_code
+
+    def poweroff_said(self, info, seconds=AGENT_ROUND_WAIT_SECONDS):
+        """What the host's agent says of its poweroff once it has seen the run's end (it looks every few seconds); None
+        when it says nothing within `seconds` (no agent running there, or the host stopped answering)."""
+        ended_at = (info.get("exit") or {}).get("ended_at")
+        deadline = time.monotonic() + seconds
+        while True:
+            try:  # not quick: the agent's view too
+                full = training.run_state(self.target.conn, self.inv.for_host(self.host), run=self.run, log_lines=0)
+            except Exception:  # noqa: BLE001 - the notification goes without it
+                return None
+            said = poweroff_phrase(full.get("agent"), ended_at)
+            if said or not full.get("agent_alive") or time.monotonic() >= deadline:
+                return said
+            time.sleep(1)
 
     def down_when_done(self, seen):
         """recovery.down_when_done: a host `fab launch` made is terminated once its finished run is stored (its uploader
@@ -333,24 +350,14 @@ class Watch:
         return self.end(machine.Decision("gave-up", "end", reason, machine.GAVE_UP), {"reachable": False})
 
 
-def poweroff_phrase(agent):
-    """'the host powers off at 03:42 UTC (autostop: ...)' from the host agent's view (run_state's `agent`): autostop or
-    the budget cap, whichever comes first (remote_scripts/agent_events.poweroff_text says the same on the host)."""
-    from datetime import datetime, timezone
-
-    plans = []
-    auto, budget = ((agent or {}).get("autostop") or {}), ((agent or {}).get("budget") or {})
-    if auto.get("armed") and isinstance(auto.get("fires_at_epoch"), (int, float)):
-        plans.append((auto["fires_at_epoch"], f"autostop: {auto.get('why') or 'when idle'}"))
-    if budget.get("deadline") and not budget.get("fired_at"):
-        try:
-            plans.append((datetime.fromisoformat(budget["deadline"]).timestamp(), f"budget cap, {budget.get('max_hours')} h after launch"))
-        except (TypeError, ValueError):
-            pass
-    if not plans:
-        return "the host stays up: autostop is off (`fab down` or `fab autostop` stops the billing)"
-    at, why = min(plans)
-    return f"the host powers off at {datetime.fromtimestamp(at, timezone.utc):%H:%M} UTC ({why})"
+def poweroff_phrase(agent, ended_at):
+    """When and why the host powers off, as its agent said in its first round after the run ended (remote_scripts/
+    agent_events.poweroff_plan: the agent's own `finished` notification says the same); None while it has not said."""
+    said = (agent or {}).get("poweroff") or {}
+    polled = (agent or {}).get("polled_at")
+    if not said.get("text") or not polled or not ended_at or str(polled) <= str(ended_at):  # a round begun after the end
+        return None
+    return said["text"]
 
 
 def finished_summary(metrics):

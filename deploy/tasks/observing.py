@@ -15,14 +15,14 @@ from trainer.results.run_view import MALFORMED, render  # the monitor screen; th
 from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
 
 
-def monitor_cluster(hosts, group, follow=False, run=None):
+def monitor_cluster(hosts, group, follow=False, run=None, raw=False):
     """monitor on a cluster: the chief's screen, then a row per worker and the cluster's state (its worst worker's)."""
     def states():
-        return cluster.each(hosts, lambda h: training.run_state(h.conn, h.inv, run=run))
+        return cluster.each(hosts, lambda h: training.run_state(h.conn, h.inv, run=run, raw_log=raw))
 
     infos = states()
     if follow and infos[0]["state"] in ("starting", "running"):  # the chief's log: it prints every epoch of the run
-        observe.follow(hosts[0].conn, hosts[0].inv, infos[0])
+        observe.follow(hosts[0].conn, hosts[0].inv, infos[0], raw=raw)
         infos = states()
     chief = infos[0]
     chief["price_per_hour"] = hosts[0].inv.price_of(hosts[0].target.label)
@@ -36,8 +36,9 @@ def monitor_cluster(hosts, group, follow=False, run=None):
 
 
 @host_task(help={"follow": "stream the log until the run ends or Ctrl-C, then show the final state",
-                 "run": "a run other than the current one"}, on_cluster=monitor_cluster)
-def monitor(h, follow=False, run=None):
+                 "run": "a run other than the current one",
+                 "raw": "the log's lines as they are (default: without TensorFlow's C++ log lines)"}, on_cluster=monitor_cluster)
+def monitor(h, follow=False, run=None, raw=False):
     """One screen: host, GPU, the run's state, epoch progress with ETA, metrics, disk, last log lines.
 
     Also the host's uptime, its cost so far and to the end of the run (price_per_hour), the EC2
@@ -48,22 +49,23 @@ def monitor(h, follow=False, run=None):
     to another launch); scripts can poll it.
     On a cluster: a row per worker; the state and exit code are those of its worst worker.
     """
-    info = training.run_state(h.conn, h.inv, run=run)
+    info = training.run_state(h.conn, h.inv, run=run, raw_log=raw)
     if follow and info["state"] in ("starting", "running"):
-        observe.follow(h.conn, h.inv, info)
-        info = training.run_state(h.conn, h.inv, run=run)
+        observe.follow(h.conn, h.inv, info, raw=raw)
+        info = training.run_state(h.conn, h.inv, run=run, raw_log=raw)
     info["price_per_hour"] = h.inv.price_of(h.target.label)  # the inventory as it is now
     render(info, h.target.label, console)
     if info["exit_code"]:
         raise Exit(code=info["exit_code"])
 
 
-@host_task(help={"lines": "how many lines", "run": "a run other than the current one"})
-def logs(h, lines=50, run=None):
-    """Print the last lines of the current run's train.log."""
-    info, text = observe.tail_log(h.conn, h.inv, run, lines)
+@host_task(help={"lines": "how many lines", "run": "a run other than the current one",
+                 "raw": "the file as it is (default: without TensorFlow's C++ log lines)"})
+def logs(h, lines=50, run=None, raw=False):
+    """Print the last lines of the current run's train.log (without TensorFlow's C++ log lines unless --raw)."""
+    info, text = observe.tail_log(h.conn, h.inv, run, lines, raw=raw)
     console.rule(Text(visible(f"{info['run_dir']}/train.log ({info['state']})")))
-    console.out(visible(text), end="", highlight=False)
+    console.out(visible(text if text.endswith("\n") or not text else text + "\n"), end="", highlight=False)
 
 
 def fetch_stored(inv, error, run=None, dest="results", backup=False, from_storage=False):

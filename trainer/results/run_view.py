@@ -99,7 +99,12 @@ def budget_line(budget):
     """The budget cap (launch.max_hours): when it powers the host off, whatever it is doing."""
     if budget.get("fired_at"):
         return Text(f"reached at {_clock(budget['fired_at'])}: `{budget.get('command')}` exited {budget.get('exit_code')}", style="bold")
-    return Text(f"powers off at {_clock(budget.get('deadline'))} ({budget.get('max_hours')} h after launch), whatever it is doing")
+    try:
+        when = datetime.fromisoformat(budget["deadline"]).astimezone()
+        at = f"{when:%H:%M}" if when.date() == datetime.now().astimezone().date() else f"{when:%a %H:%M}"
+    except (KeyError, TypeError, ValueError):
+        at = "?"
+    return Text(f"powers off at {at} ({budget.get('max_hours')} h after launch), whatever it is doing")
 
 
 def recoveries_line(recoveries):
