@@ -49,6 +49,7 @@ DEFAULTS = {
         "venv": "~/facenet-venv",
         "data_dir": "~/facenet-data",
         "runs_dir": "~/facenet-runs",
+        "smoke_dir": None,  # null: beside runs_dir, see smoke_dir()
     },
     "local_data": [],
     "rsync_args": [],
@@ -299,20 +300,37 @@ def _remote_norm(p):
     return posixpath.normpath(p)
 
 
+def smoke_dir(remote):
+    """Where `fab smoke-test` writes its runs: remote.smoke_dir, or beside runs_dir (~/facenet-runs-smoke).
+    Never inside runs_dir: TensorBoard reads that folder whole and would list the smoke runs beside the real ones."""
+    return remote["smoke_dir"] or remote["runs_dir"].rstrip("/") + "-smoke"
+
+
+def _inside(a, b):
+    """Remote path `a` is `b` or sits inside it (both as _remote_norm spells them)."""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
 def check_remote_paths(remote, path):
     """sync-code mirrors into remote.project_dir: it must be a folder of its own, never the home
-    directory, `/`, or one that holds (or sits inside) the venv, the data or the runs."""
+    directory, `/`, or one that holds (or sits inside) the venv, the data, the runs or the smoke runs.
+    The smoke runs stay out of runs_dir, TensorBoard's logdir."""
     project = _remote_norm(remote["project_dir"])
     if project in ("$HOME", "/"):
         raise InventoryError(f"Inventory key 'remote.project_dir' in {path} is {remote['project_dir']!r}: the code needs a folder "
                              "of its own (e.g. ~/facenet-deploy), not the home directory or /.")
-    for key in ("venv", "data_dir", "runs_dir"):
-        other = _remote_norm(remote[key])
-        inside = lambda a, b: a == b or a.startswith(b.rstrip("/") + "/")  # noqa: E731
-        if inside(project, other) or inside(other, project):
+    folders = {"venv": remote["venv"], "data_dir": remote["data_dir"], "runs_dir": remote["runs_dir"], "smoke_dir": smoke_dir(remote)}
+    for key, folder in folders.items():
+        other = _remote_norm(folder)
+        if _inside(project, other) or _inside(other, project):
             raise InventoryError(f"Inventory key 'remote.project_dir' in {path} is {remote['project_dir']!r}, which is, holds or "
-                                 f"sits inside remote.{key} ({remote[key]!r}). The code gets a folder of its own so that no "
+                                 f"sits inside remote.{key} ({folder!r}). The code gets a folder of its own so that no "
                                  "code sync can touch the venv, data or runs: pick another.")
+    if _inside(_remote_norm(folders["smoke_dir"]), _remote_norm(remote["runs_dir"])):
+        raise InventoryError(f"Inventory key 'remote.smoke_dir' in {path} is {remote['smoke_dir']!r}, which is or sits inside "
+                             f"remote.runs_dir ({remote['runs_dir']!r}): TensorBoard reads runs_dir whole and would list the smoke "
+                             "runs beside the real ones. Pick a folder outside it, or null (beside runs_dir: "
+                             f"{remote['runs_dir'].rstrip('/')}-smoke).")
 
 
 STORAGE_CREDENTIALS = ("host", "laptop")

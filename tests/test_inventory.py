@@ -256,3 +256,55 @@ def test_a_host_may_override_only_known_remote_paths(tmp_path):
     inside = {"gpu1": {"address": "10.0.0.1", "remote": {"project_dir": "~/facenet-runs/code"}}}
     with pytest.raises(InventoryError, match="remote.project_dir"):
         load_inventory(write(tmp_path, {"hosts": inside}))
+
+
+class Recorder:
+    """A Connection that runs nothing: it keeps each command and answers as a host would (the smoke test's
+    result file holds {"ok": true})."""
+
+    def __init__(self):
+        self.commands = []
+
+    def run(self, command, **kwargs):
+        from types import SimpleNamespace
+
+        self.commands.append(command)
+        stdout = '{"ok": true, "message": "Smoke test passed"}' if command.startswith("cat ") else "started"
+        return SimpleNamespace(ok=True, failed=False, exited=0, stdout=stdout, stderr="")
+
+
+def argument(command, flag):
+    """The word after `flag` in a shell command (quoted as rq quotes it: "$HOME"/'x' reads back as ~/x)."""
+    import shlex
+
+    words = shlex.split(command.replace('"$HOME"', "~"))
+    return words[words.index(flag) + 1]
+
+
+@pytest.mark.parametrize("data, smoke", [
+    ({}, "~/facenet-runs-smoke"),
+    ({"remote": {"runs_dir": "/data/runs/"}}, "/data/runs-smoke"),
+    ({"remote": {"smoke_dir": "/scratch/smoke"}}, "/scratch/smoke"),
+])
+def test_the_smoke_test_writes_its_runs_outside_the_folder_tensorboard_reads(tmp_path, data, smoke):
+    from deploy.host import observe, training
+
+    inv = load_inventory(write(tmp_path, data))
+    host = Recorder()
+    training.smoke_test(host, inv, lambda line: None)
+    observe.start_tensorboard(host, inv, lambda line: None)
+    (smoke_command,) = [c for c in host.commands if " -m trainer smoke " in c]
+    (tensorboard_command,) = [c for c in host.commands if "tensorboard.sh" in c]
+    out = argument(smoke_command, "--out")
+    logdir = argument(tensorboard_command, inv.remote["venv"])  # tensorboard.sh VENV RUNS_DIR SESSION PORT: its --logdir
+    assert out == smoke and logdir == inv.remote["runs_dir"]
+    assert not (out.rstrip("/") + "/").startswith(logdir.rstrip("/") + "/"), (out, logdir)
+
+
+@pytest.mark.parametrize("remote", [{"smoke_dir": "~/facenet-runs"}, {"smoke_dir": "~/facenet-runs/smoke"},
+                                    {"runs_dir": "/runs", "smoke_dir": "/runs/.smoke"}])
+def test_a_smoke_dir_inside_the_runs_dir_is_refused(tmp_path, remote):
+    with pytest.raises(InventoryError, match="'remote.smoke_dir' .* TensorBoard reads runs_dir whole"):
+        load_inventory(write(tmp_path, {"remote": remote}))
+    with pytest.raises(InventoryError, match="'remote.project_dir' .* remote.smoke_dir"):
+        load_inventory(write(tmp_path, {"remote": {"project_dir": "~/facenet-runs-smoke/code"}}))

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from trainer.data.npzfile import parse_header, read_array, read_header, read_shape
+from trainer.data.npzfile import NotAnNpz, npz_keys, parse_header, read_array, read_header, read_shape
 
 ARRAYS = {
     "float32 frames": np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -110,6 +110,55 @@ def test_a_broken_preamble_is_a_value_error_naming_the_file(raw, why):
     with pytest.raises(ValueError) as e:
         read_header(io.BytesIO(raw), "clip.npz (video_features.npy)")
     assert "clip.npz (video_features.npy)" in str(e.value) and why in str(e.value), str(e.value)
+
+
+def _text(path):
+    path.write_text("label,file\nANG,1001_IWL_ANG_XX\n")  # a CSV saved under the wrong name
+
+
+def _bare_npy(path):
+    with open(path, "wb") as f:
+        np.save(f, np.ones((3, 512), np.float32))
+
+
+def _cut_short(path):
+    np.savez(path, video_features=np.ones((40, 512), np.float32))
+    path.write_bytes(path.read_bytes()[:300])
+
+
+NOT_NPZ = {  # a file named .npz that is no zip: what the error says it is instead
+    "text": (_text, "not an NPZ archive (a zip of .npy arrays): it starts with b'label,file\\nANG,1'"),
+    "bare .npy": (_bare_npy, "a bare .npy array, not an NPZ archive (a zip of .npy arrays): save it with numpy.savez"),
+    "empty": (lambda p: p.write_bytes(b""), "empty (0 bytes), not an NPZ archive"),
+    "cut short": (_cut_short, "a damaged zip archive"),
+}
+
+
+def _readers():
+    """Every reader of NPZ files in the trainer: (name, call on a path)."""
+    from trainer.data import generator, normalization
+
+    return {
+        "read_array": lambda p: read_array(p, "video_features"),
+        "read_shape": lambda p: read_shape(p, "video_features"),
+        "npz_keys": npz_keys,
+        "generator.read_length": lambda p: generator.read_length(p, "video_features"),
+        "normalization.compute_stats": lambda p: normalization.compute_stats([p]),
+        "normalization.load_stats": normalization.load_stats,
+    }
+
+
+@pytest.mark.parametrize("case", list(NOT_NPZ))
+def test_a_file_that_is_no_npz_is_said_to_be_so_by_every_reader_naming_it(tmp_path, case):
+    make, says = NOT_NPZ[case]
+    path = tmp_path / "1001_IWL_ANG_XX.npz"
+    make(path)
+    for reader, read in _readers().items():
+        with pytest.raises(NotAnNpz) as e:
+            read(path)
+        message = str(e.value)
+        assert message.startswith(f"{path} is ") and says in message, (reader, message)
+        assert "pickle" not in message, (reader, message)  # numpy's hint: the trainer never unpickles
 
 
 class CyclicGarbage:

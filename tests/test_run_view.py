@@ -42,7 +42,12 @@ def test_the_monitor_says_when_and_why_the_host_powers_off():
 def test_the_cost_line_prices_uptime_and_the_rest_of_the_run():
     assert cost_line({"uptime_seconds": 7200}, 1.5, 3600).plain == "up 2h00m   $3.00 so far at $1.5/h   about $1.50 more to finish"
     assert cost_line({"uptime_seconds": 600}, 1.5, None).plain == "up 10m00s   $0.25 so far at $1.5/h"
-    assert "set price_per_hour in the inventory" in cost_line({"uptime_seconds": 600}, None, 3600).plain
+
+
+def test_without_a_price_the_cost_row_says_so_and_does_not_pass_uptime_off_as_the_cost():
+    assert cost_line({"uptime_seconds": 7200}, None, 3600).plain == "no price set (price_per_hour in the inventory); host up 2h00m"
+    assert cost_line({"uptime_seconds": 7200}, 0, None).plain == "no price set (price_per_hour in the inventory); host up 2h00m"
+    assert cost_line({}, None, None).plain == "no price set (price_per_hour in the inventory)"
 
 
 def test_a_run_file_edited_on_the_host_is_a_warning_not_a_traceback():

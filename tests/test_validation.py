@@ -70,6 +70,14 @@ def test_each_malformed_file_is_rejected_with_its_reason(tmp_path, case):
     assert e.detail
 
 
+def test_a_text_file_named_npz_is_rejected_as_no_npz_archive_without_numpys_pickle_hint(tmp_path):
+    (tmp_path / "1001_IWL_ANG_XX.npz").write_text("this is a text file, not features\n")
+    e = one(tmp_path)
+    assert (e.status, e.reason) == ("rejected", "corrupt")
+    assert e.detail == "not an NPZ archive (a zip of .npy arrays): it starts with b'this is a text f'"
+    assert str(tmp_path / "1001_IWL_ANG_XX.npz") in validation.most_common_problem([e])
+
+
 def test_label_problems_are_rejected_before_reading(tmp_path):
     write_clip(tmp_path / "features_clip_7.npz")
     write_clip(tmp_path / "1001_IWL_XYZ_XX.npz")

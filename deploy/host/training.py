@@ -19,6 +19,7 @@ from deploy.errors import DeployError, LocalInputError
 from deploy.host.connection import PYTHON3, rjoin, rq
 from deploy.host.provision import run_with_result
 from deploy.host.sync import remote_data_dirs
+from deploy.inventory import smoke_dir
 from trainer.errors import UserError
 from trainer.names import check_run_name
 
@@ -118,7 +119,7 @@ def packed_dir(inv):
 
 def smoke_test(conn, inv, say, price_per_hour=None):
     """The smoke test, then the estimate of the full training on this host (its step timed with the training config)."""
-    out_dir = rjoin(inv.remote["runs_dir"], "smoke")
+    out_dir = smoke_dir(inv.remote)  # outside runs_dir, TensorBoard's logdir: it lists the real runs only
     _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
                              "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
     say(result["message"])

@@ -9,14 +9,15 @@ the corpus, and the result matches a single pass over all frames.
 
 import numpy as np
 
+from trainer.data.npzfile import read_array
+
 MIN_STD = 1e-6  # a constant dimension is centred, not divided by zero
 
 
 def compute_stats(paths, feature_key="video_features"):
     count, mean, m2 = 0, None, None
     for path in paths:
-        with np.load(path, allow_pickle=False) as npz:
-            x = np.asarray(npz[feature_key], dtype=np.float64)
+        x = np.asarray(read_array(path, feature_key), dtype=np.float64)
         n = x.shape[0]
         x_mean = x.mean(axis=0)
         x_m2 = ((x - x_mean) ** 2).sum(axis=0)
@@ -39,5 +40,4 @@ def save_stats(stats, path):
 
 
 def load_stats(path):
-    with np.load(path, allow_pickle=False) as npz:
-        return {"mean": npz["mean"], "std": npz["std"], "frames": int(npz["frames"])}
+    return {"mean": read_array(path, "mean"), "std": read_array(path, "std"), "frames": int(read_array(path, "frames"))}

@@ -2,6 +2,11 @@
 
     arr = read_array("clip.npz", "video_features")    # ValueError for an object array, KeyError if absent
     shape = read_shape("clip.npz", "video_features")  # from the header only
+    keys = npz_keys("clip.npz")                        # ["video_features"]; NotAnNpz for a file that is no zip
+
+A file named .npz that is no zip archive (a text file, a bare .npy, a truncated copy) is a NotAnNpz
+that says what the file is instead, naming it: numpy's np.load would suggest allow_pickle, which the
+trainer never uses.
 
 numpy parses every .npy header with ast.literal_eval. CPython 3.11's AST converter keeps its
 recursion depth in per-interpreter state, so a parse in a loader thread while another thread
@@ -19,6 +24,7 @@ import zipfile
 import numpy as np
 
 MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK"  # every zip part starts with PK and two bytes
 LENGTH_BYTES = {(1, 0): 2, (2, 0): 4, (3, 0): 4}  # header length field of each format version (little-endian)
 MAX_HEADER_BYTES = 10000  # numpy's own limit (max_header_size) for headers it reads without allow_pickle
 
@@ -101,15 +107,52 @@ def read_header(fp, where):
     return parse_header(text, where)
 
 
+class NotAnNpz(ValueError):
+    """The file at `path` is not a zip archive: str() names the file, `why` says what it is instead
+    ("a bare .npy array, not an NPZ archive ...")."""
+
+    def __init__(self, path, why):
+        super().__init__(f"{path} is {why}")
+        self.path, self.why = path, why
+
+
+def what_it_is(path, error):
+    """What the file at `path`, which zipfile refused with `error`, is instead of an NPZ: from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty (0 bytes), not an NPZ archive (a zip of .npy arrays)"
+    if head.startswith(MAGIC):
+        return "a bare .npy array, not an NPZ archive (a zip of .npy arrays): save it with numpy.savez"
+    if head.startswith(ZIP_MAGIC):
+        return f"a damaged zip archive ({error}): cut short or corrupted in a copy; copy it again"
+    return f"not an NPZ archive (a zip of .npy arrays): it starts with {head!r}"
+
+
+def open_npz(path):
+    """zipfile.ZipFile of the NPZ at `path`; NotAnNpz (a ValueError) when the file is no zip archive."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise NotAnNpz(path, what_it_is(path, e)) from None
+
+
+def npz_keys(path):
+    """The names of the arrays in the NPZ at `path`, as numpy's NpzFile.files lists them."""
+    with open_npz(path) as zf:
+        return [name.removesuffix(".npy") for name in zf.namelist()]
+
+
 def read_shape(path, key):
-    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fp:
+    with open_npz(path) as zf, zf.open(f"{key}.npy") as fp:
         return read_header(fp, f"{path} ({key}.npy)")[0]
 
 
 def read_array(path, key):
     """The array `key` of the NPZ at `path` (read-only). Never unpickles: an object array is a
-    ValueError that says so. KeyError if the archive has no such array; zipfile/zlib errors as raised."""
-    with zipfile.ZipFile(path) as zf:
+    ValueError that says so, a file that is no zip a NotAnNpz. KeyError if the archive has no such
+    array; other zipfile/zlib errors as raised."""
+    with open_npz(path) as zf:
         if f"{key}.npy" not in zf.namelist():
             raise KeyError(key)
         with zf.open(f"{key}.npy") as fp:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.labels import Labeller
-from trainer.data.npzfile import read_array
+from trainer.data.npzfile import NotAnNpz, npz_keys, read_array
 from trainer.errors import DataError
 
 REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
@@ -103,25 +103,23 @@ def _expected(marker, npz_files):
 def check_file(path, feature_key="video_features", feature_dim=512):
     """Read one file and return (reason, detail, frames, keys); reason None when valid."""
     try:
-        npz = np.load(path, allow_pickle=False)
+        keys = sorted(npz_keys(path))
+    except NotAnNpz as e:
+        return "corrupt", e.why, None, None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         return "corrupt", f"cannot be opened as NPZ: {e}", None, None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        return "corrupt", "is a bare .npy array, not an NPZ archive", None, None
-    with npz:
-        keys = sorted(npz.files)
-        if feature_key not in keys:
-            return "missing-key", f"no key {feature_key!r}; keys present: {keys}", None, keys
-        try:
-            arr = read_array(path, feature_key)  # not npz[...]: numpy's header parse is not thread-safe on 3.11
-        except ValueError as e:
-            if "allow_pickle" in str(e):
-                return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
-            if "structured dtype" in str(e):  # trainer/data/npzfile.py reads plain arrays only
-                return "wrong-shape", f"expected a numeric (frames, {feature_dim}) array, got a structured dtype", None, keys
-            return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
-        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-            return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
+    if feature_key not in keys:
+        return "missing-key", f"no key {feature_key!r}; keys present: {keys}", None, keys
+    try:
+        arr = read_array(path, feature_key)  # not np.load: numpy's header parse is not thread-safe on 3.11
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            return "object-array", f"{feature_key!r} is an object array (would need pickle)", None, keys
+        if "structured dtype" in str(e):  # trainer/data/npzfile.py reads plain arrays only
+            return "wrong-shape", f"expected a numeric (frames, {feature_dim}) array, got a structured dtype", None, keys
+        return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        return "corrupt", f"cannot read {feature_key!r}: {e}", None, keys
     if arr.dtype.hasobject:
         return "object-array", f"{feature_key!r} is an object array", None, keys
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):

@@ -1,10 +1,12 @@
 """Pictures of a run: the confusion matrix, per-class recall and the learning curves, as PNG.
 
-    png = confusion_png(metrics, "test")        # bytes: counts and row-normalised, side by side
-    pngs = save_pictures(run_dir, metrics, "test")   # {"confusion_matrix.png": bytes, "recall.png": ..., "learning_curves.png": ...}
+    png = confusion_png(metrics, "test", run="exp-3")   # bytes: counts and row-normalised, side by side
+    pngs = save_pictures(run_dir, metrics, "test")       # {"confusion_matrix.png": bytes, "recall.png": ..., "learning_curves.png": ...}
     log_image(run_dir / "logs", "test/confusion_matrix", png, step)    # the same picture in TensorBoard
 
-matplotlib's object API with the Agg canvas: no display, no global pyplot state.
+Every picture names its run (`run_label(run_dir)`: "exp-3", or "cv-1/fold-2" for a fold), so a PNG
+copied out of its folder still says where it came from. Each `*_png` draws its `*_figure`, which
+tests read. matplotlib's object API with the Agg canvas: no display, no global pyplot state.
 """
 
 import csv
@@ -16,6 +18,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 PICTURES = ("confusion_matrix.png", "recall.png", "learning_curves.png")
+RATE_TOP = 1.04  # y-limit of the accuracy and UAR panels: a curve at 1.0 stays in sight, not on the frame
+
+
+def run_label(run_dir):
+    """The run a picture belongs to: the run directory's name, with its CV run's name for a fold."""
+    run_dir = Path(run_dir)
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.startswith("fold-") else run_dir.name
 
 
 def _png(fig):
@@ -25,8 +34,12 @@ def _png(fig):
     return buf.getvalue()
 
 
-def confusion_png(metrics, name):
-    """Counts and row-normalised confusion matrix of one split's metrics (classification_metrics)."""
+def confusion_png(metrics, name, run):
+    return _png(confusion_figure(metrics, name, run))
+
+
+def confusion_figure(metrics, name, run):
+    """Counts and row-normalised confusion matrix of one split's metrics (classification_metrics), of run `run`."""
     classes, cm = metrics["classes"], np.asarray(metrics["confusion_matrix"], float)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -41,29 +54,36 @@ def confusion_png(metrics, name):
             for j in range(len(classes)):
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if values[i, j] > top / 2 else "black")
-    fig.suptitle(f"{name}: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f} ({metrics['samples']} clips)")
-    return _png(fig)
+    fig.suptitle(f"Run {run}, {name}: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f} ({metrics['samples']} clips)")
+    return fig
 
 
-def recall_png(metrics, name):
+def recall_png(metrics, name, run):
+    return _png(recall_figure(metrics, name, run))
+
+
+def recall_figure(metrics, name, run):
+    """One bar per class, its recall written on it, against UAR and chance."""
     classes = metrics["classes"]
     recall = [metrics["per_class"][c]["recall"] for c in classes]
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot()
-    ax.bar(classes, recall, color="tab:blue")
+    bars = ax.bar(classes, recall, color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2, bbox={"fc": "white", "ec": "none", "pad": 1})  # readable over the UAR line
     ax.axhline(metrics["uar"], color="tab:red", linestyle="--", label=f"UAR {metrics['uar']:.3f}")
     ax.axhline(1 / len(classes), color="gray", linestyle=":", label="chance")
-    ax.set(ylim=(0, 1), ylabel="recall", title=f"{name}: recall per class")
-    ax.legend(loc="upper right", fontsize=8)
-    return _png(fig)
+    ax.set(ylim=(0, 1.15), ylabel="recall", title=f"Run {run}, {name}: recall per class")  # room for a label over 1.00
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never over a label
+    return fig
 
 
-def learning_curves_png(history_csv, best_epoch=None, classes=None):
-    return _png(learning_curves_figure(history_csv, best_epoch, classes))
+def learning_curves_png(history_csv, best_epoch=None, classes=None, run=None):
+    return _png(learning_curves_figure(history_csv, best_epoch, classes, run))
 
 
-def learning_curves_figure(history_csv, best_epoch=None, classes=None):
-    """Loss, accuracy and UAR per epoch, training and validation, from history.csv (CSVLogger).
+def learning_curves_figure(history_csv, best_epoch=None, classes=None, run=None):
+    """Loss, accuracy and UAR per epoch, training and validation, from history.csv (CSVLogger), of run `run`
+    (default: the name of history.csv's folder, see run_label).
 
     Whole epochs on the x axis; `best_epoch` (1-based: the epoch best.keras holds) is marked on
     every panel, and chance (1 / `classes`) is drawn on the accuracy and UAR panels."""
@@ -72,7 +92,7 @@ def learning_curves_figure(history_csv, best_epoch=None, classes=None):
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig = Figure(figsize=(15, 4))
+    fig = Figure(figsize=(15, 4), layout="constrained")  # room for the suptitle above the panel titles
     for i, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"), ("uar", "UAR")), 1):
         ax = fig.add_subplot(1, 3, i)
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
@@ -86,17 +106,19 @@ def learning_curves_figure(history_csv, best_epoch=None, classes=None):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=label, title=label)
         if metric != "loss":
-            ax.set_ylim(0, 1)
+            ax.set_ylim(0, RATE_TOP)
         ax.legend(fontsize=8)
+    fig.suptitle(f"Run {run or run_label(Path(history_csv).parent)}: learning curves")
     return fig
 
 
 def save_pictures(run_dir, metrics, name, best_epoch=None):
     """The run's PNGs beside metrics.json; returns them as {file name: PNG bytes}."""
     run_dir = Path(run_dir)
-    pictures = {"confusion_matrix.png": confusion_png(metrics, name), "recall.png": recall_png(metrics, name)}
+    run = run_label(run_dir)
+    pictures = {"confusion_matrix.png": confusion_png(metrics, name, run), "recall.png": recall_png(metrics, name, run)}
     if (run_dir / "history.csv").is_file():
-        pictures["learning_curves.png"] = learning_curves_png(run_dir / "history.csv", best_epoch, len(metrics["classes"]))
+        pictures["learning_curves.png"] = learning_curves_png(run_dir / "history.csv", best_epoch, len(metrics["classes"]), run)
     for file, png in pictures.items():
         (run_dir / file).write_bytes(png)
     return pictures

@@ -115,15 +115,15 @@ def recoveries_line(recoveries):
 
 
 def cost_line(info, price, eta_seconds):
-    """Uptime, cost so far and to the end of the run (ETA x price)."""
+    """Uptime, cost so far and to the end of the run (ETA x price). Without a price the row says so
+    first, the uptime after it: an uptime in the cost row must not read as the cost."""
     up = info.get("uptime_seconds")
+    if not price:
+        return Text("no price set (price_per_hour in the inventory)" + (f"; host up {_duration(up)}" if up is not None else ""))
     text = f"up {_duration(up)}"
-    if price:
-        text += f"   ${up / 3600 * price:.2f} so far at ${price:g}/h" if up is not None else f"   ${price:g}/h"
-        if eta_seconds:
-            text += f"   about ${eta_seconds / 3600 * price:.2f} more to finish"
-    else:
-        text += "   (set price_per_hour in the inventory to see the cost)"
+    text += f"   ${up / 3600 * price:.2f} so far at ${price:g}/h" if up is not None else f"   ${price:g}/h"
+    if eta_seconds:
+        text += f"   about ${eta_seconds / 3600 * price:.2f} more to finish"
     return Text(text)
 
 

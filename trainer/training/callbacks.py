@@ -131,14 +131,18 @@ class ConfusionImages(keras.callbacks.Callback):
     for it: a new best epoch is drawn at once when the last drawing is `every` seconds old or more,
     else at the next such best epoch, and the last best epoch at the end of training (a graceful stop
     included) or when training fails (a non-finite loss, a lost peer, a second signal) if it was not
-    drawn yet: the pictures always show the epoch best.keras holds.
+    drawn yet: the pictures always show the epoch best.keras holds. Their titles name the run `run`
+    (default: logdir's folder, as trainer/results/plots.py's run_label names it).
 
-        callbacks=[checkpoint, ConfusionImages(checkpoint, classes, "run/logs"), ...]
+        callbacks=[checkpoint, ConfusionImages(checkpoint, classes, "runs/exp-3/logs"), ...]
     """
 
-    def __init__(self, checkpoint, classes, logdir, every=60.0):
+    def __init__(self, checkpoint, classes, logdir, every=60.0, run=None):
+        from trainer.results.plots import run_label
+
         super().__init__()
         self.checkpoint, self.classes, self.logdir, self.every = checkpoint, classes, logdir, every
+        self.run = run or run_label(Path(logdir).parent)
         self._before = self._confusion = None
         self._pending = None  # (epoch, matrix) of the latest best epoch, not drawn yet
         self._drawn_at = None  # time.monotonic() of the last drawing
@@ -177,8 +181,8 @@ class ConfusionImages(keras.callbacks.Callback):
         epoch, matrix = self._pending
         metrics = metrics_from_confusion(matrix, self.classes)
         name = f"validation, epoch {epoch + 1}"
-        log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, name), epoch + 1)
-        log_image(self.logdir, "validation/recall_per_class_at_best_epoch", recall_png(metrics, name), epoch + 1)
+        log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, name, self.run), epoch + 1)
+        log_image(self.logdir, "validation/recall_per_class_at_best_epoch", recall_png(metrics, name, self.run), epoch + 1)
         self._pending, self._drawn_at = None, time.monotonic()
 
 

@@ -366,14 +366,15 @@ def final_scores(cfg, prepared, model, val_gen, batch_size):
 
 def draw(run_dir, metrics, step):
     """The headline split's PNGs in the run dir; the same and the validation matrix in TensorBoard."""
-    from trainer.results.plots import confusion_png, log_image, save_pictures
+    from trainer.results.plots import confusion_png, log_image, run_label, save_pictures
 
     name = metrics["headline"]
     pictures = save_pictures(run_dir, metrics[name], name, best_epoch=metrics.get("best_epoch"))
     log_image(run_dir / "logs", f"{name}/confusion_matrix_at_end", pictures["confusion_matrix.png"], step)
     log_image(run_dir / "logs", f"{name}/recall_per_class_at_end", pictures["recall.png"], step)
     if name != "validation":
-        log_image(run_dir / "logs", "validation/confusion_matrix_at_end", confusion_png(metrics["validation"], "validation"), step)
+        png = confusion_png(metrics["validation"], "validation", run_label(run_dir))
+        log_image(run_dir / "logs", "validation/confusion_matrix_at_end", png, step)
     return pictures
 
 
