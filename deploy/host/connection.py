@@ -15,6 +15,7 @@ closes the connection, and the task ends with `HostUnreachable` instead of hangi
 import json
 import os
 import posixpath
+import re
 import shlex
 import stat
 import threading
@@ -307,11 +308,33 @@ def key_files(conn):
     return list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)))
 
 
+PUBLIC_KEY = re.compile(rb"\s*(ssh-(rsa|dss|ed25519) |ecdsa-sha2-|sk-(ssh|ecdsa)-|---- BEGIN SSH2 PUBLIC KEY)")
+
+
 def check_key_file(path):
-    """OpenSSH (rsync's transport) refuses a private key that others can read; paramiko would not: check up front."""
+    """A key file the login can use: a private key file (not a folder, not the public half), that only its owner can
+    read, as OpenSSH (rsync's transport) demands and paramiko does not: checked up front."""
     p = Path(os.path.expanduser(path))
+    if p.is_dir():
+        keys = sorted((pub.with_suffix("") for pub in p.glob("*.pub") if pub.with_suffix("").is_file()),
+                      key=lambda k: (not k.name.startswith("id_"), k.name))  # a pair: a private key beside its .pub
+        example = (f"e.g. -i {shlex.quote(str(keys[0]))}; private keys there: {', '.join(k.name for k in keys)}" if keys
+                   else "such as ~/.ssh/id_ed25519, or an EC2 key pair's .pem")
+        raise LocalInputError(f"SSH key file {p} is a folder, not a key file (from -i, hosts.<name>.key_file or the remembered host): "
+                              f"name the private key file itself ({example}).")
     if not p.is_file():
         raise LocalInputError(f"SSH key file {p} does not exist (from -i, hosts.<name>.key_file or the remembered host).")
+    try:
+        with p.open("rb") as f:
+            head = f.read(64)
+    except OSError:
+        head = b""
+    if PUBLIC_KEY.match(head):
+        private = p.with_suffix("") if p.suffix == ".pub" else None
+        fix = (f"give the private key beside it: -i {shlex.quote(str(private))} (or hosts.<name>.key_file)" if private and private.is_file()
+               else f"give its private key (usually of the same name without .pub; not in {p.parent})")
+        raise LocalInputError(f"SSH key file {p} is a public key (the half that goes into the host's authorized_keys); the login "
+                              f"needs the private one: {fix}.")
     mode = stat.S_IMODE(p.stat().st_mode)
     if mode & 0o077:
         raise LocalInputError(f"SSH key file {p} has mode {mode:04o}: OpenSSH, which rsync uses, refuses a private key that "
