@@ -190,7 +190,7 @@ def as_exit(e, target=None):
     if isinstance(e, BadHostKeyException):
         return Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
                     "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
-                    "the connection.", code=1)
+                    "the connection.", code=LocalInputError.exit_code)  # nothing was done on the host
     if isinstance(e, (SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError)):
         return Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {visible(e)}\n"
                     "Check the address, port, user and key (-H, -i, or hosts: in the inventory), and that the host is up.",
