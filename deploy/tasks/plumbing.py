@@ -6,8 +6,8 @@
 
 Each docstring is the task's `fab --help TASK` text. Without -H a task acts on the host of
 the last successful deploy-full, else the inventory's default_host. `host_task` gives every
-task its inventory, its host (named in the first line it prints), its error handling and,
-for tasks that change the host, the host's lock and the refusal to work under a training.
+task its inventory, its host (named in the first line: once for the tasks of a command line), its
+error handling and, for tasks that change the host, the host's lock and the refusal to work under a training.
 """
 
 import contextlib
@@ -37,6 +37,16 @@ console = Console(highlight=False, soft_wrap=True)
 def say(message, style=None):
     """Print a line as plain text (paths and remote output may hold brackets: never markup; nor terminal escapes)."""
     console.print(Text(visible(message), style=style or ""))
+
+
+_said = set()  # the lines said once per `fab` command line: its tasks act on one host (and share its connection)
+
+
+def say_once(message, style=None):
+    """`say`, unless an earlier task of this command line said the same (its host line, `fab sync-code train`)."""
+    if message not in _said:
+        _said.add(message)
+        say(message, style)
 
 
 class Host:
@@ -79,7 +89,7 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
                     return run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs)
                 target = session.reuse(connect(c, inv))  # an earlier task of this invocation's connection, if any
                 inv = inv.for_host(target.host_name)  # that host's own folders (hosts.<name>.remote) for every step
-                say(f"host: {target.describe()}", "dim")
+                say_once(f"host: {target.describe()}", "dim")
                 if before_connect:
                     before_connect(inv, **kwargs)
                 h = Host(inv, target)
@@ -141,7 +151,7 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
         raise LocalInputError(f"`fab {task_name}` acts on one host; {group.name} is a cluster ({', '.join(group.hosts)}). "
                               f"Run it on each: fab -H {group.hosts[0]} {task_name}. On a cluster: deploy-full, train, monitor, stop.")
     members = cluster.connect_members(c, inv, group)
-    say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
+    say_once(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
     hosts = [Host(hinv, session.reuse(target)) for _, target, hinv in members]
     to_come = session.advance(task_name)
     with contextlib.ExitStack() as held:
