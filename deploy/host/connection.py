@@ -17,6 +17,7 @@ import os
 import posixpath
 import re
 import shlex
+import socket
 import stat
 import threading
 import time
@@ -224,13 +225,19 @@ def connect(c, inv):
     config = c.config
     if isinstance(c, Connection):
         explicit_port = c.port if c.port != 22 else None  # -H host:PORT (Fabric fills in 22 when there is none)
+        # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
+        # told apart from no user: then the inventory entry's (or the remembered host's) user applies.
+        explicit_user = c.user if c.user != config.user else None
         host = inv.find_host(c.original_host) or inv.find_host(c.host, explicit_port)
         if host is None:
-            return _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
-        # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
-        # told apart from no user: then the inventory entry's user applies.
-        explicit_user = c.user if c.user != config.user else None
-        explicit_port = c.port if c.port != 22 else None
+            record = remembered_as(c.host, explicit_user, explicit_port)  # the remembered host, named by its address
+            if record is None:
+                target = _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
+            else:
+                target = _make(inv, config, c.host, explicit_user or record["user"], explicit_port or record["port"],
+                               given_keys(config) or record.get("key_files") or key_files(c), label=None)
+            refuse_unknown_name(c, target.conn, inv)
+            return target
         keys = command_line_keys() or ([host.key_file] if host.key_file else key_files(c))
         return _make(inv, config, host.address, explicit_user or host.user, explicit_port or host.port, keys,
                      label=host.name if not (explicit_user or explicit_port) else None, host_name=host.name)
@@ -252,6 +259,41 @@ def connect(c, inv):
     entry = record.get("inventory_host")
     return _make(inv, config, record["address"], record.get("user"), record.get("port", 22), record.get("key_files") or [],
                  label=record["label"], host_name=entry if entry in inv.hosts else None)
+
+
+def remembered_as(address, user=None, port=None):
+    """The remembered host's record if it is `address` (and `user`, `port` where given), else None: `fab -H` naming
+    the host that deploy-full remembered logs in with its key, as `fab` without -H does."""
+    record = remembered_host()
+    if not record or record.get("address") != address or not record.get("user") or not record.get("port"):
+        return None
+    if (user is not None and user != record["user"]) or (port is not None and port != record["port"]):
+        return None
+    return record
+
+
+def refuse_unknown_name(c, conn, inv):
+    """-H named no inventory host: refuse, before any connection, a name that neither an OpenSSH config (its HostName,
+    ProxyJump or ProxyCommand: a bastion may resolve what this machine cannot) nor the resolver knows. A resolver that
+    does not answer is left to the connection (a network fault, exit 6)."""
+    if any(x.gateway or x.host != x.original_host for x in (c, conn)):
+        return
+    try:
+        socket.getaddrinfo(conn.host, conn.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        if e.errno not in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return
+        known = f"hosts: {', '.join(inv.hosts) or 'none'}" + (f"; clusters: {', '.join(inv.clusters)}" if inv.clusters else "")
+        via = f", nor a Host with a HostName in {conn.ssh_config_file}" if conn.ssh_config_file else ""
+        raise LocalInputError(f"{c.original_host} is not a host of {inv.path} ({known}{via}) and does not resolve as an address: "
+                              f"{e.strerror or e}.\nName an inventory host (-H NAME), add it under hosts: with its address, "
+                              "or give its IP address (-H user@address).") from None
+
+
+def given_keys(config):
+    """The key files given for whichever host: `fab -i`, or connect_kwargs.key_filename of a Fabric config file."""
+    keys = config.connect_kwargs.get("key_filename") or []
+    return command_line_keys() or list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)))
 
 
 def command_line_keys():
