@@ -64,12 +64,12 @@ def test_a_refused_login_names_every_key_tried(bare, ssh_host, ssh_agent, tmp_pa
     only_default = bare.fab("-H", bare.target, "unlock")
     assert only_default.returncode == 2, only_default.out
     assert error_line(only_default.out).startswith(f"the host refused the SSH login of user {ssh_host.user!r} at 127.0.0.1:"
-                                                   f"{ssh_host.port}; keys tried: {default} (~/.ssh) ")
+                                                   f"{ssh_host.port}; keys tried: {default} (default).")
     bare.env["SSH_AUTH_SOCK"] = ssh_agent(keygen(tmp_path / "agent key"))
     given = keygen(tmp_path / "given key")
     refused = bare.fab("-H", bare.target, "-i", given, "unlock")
     assert refused.returncode == 2, refused.out
-    assert f"; keys tried: {given} (given), 1 key of ssh-agent, {default} (~/.ssh) " in error_line(refused.out), refused.out
+    assert f"; keys tried: {given} (given), 1 key of ssh-agent, {default} (default)." in error_line(refused.out), refused.out
     assert "-i KEY" in refused.out and "authorized_keys" in refused.out
 
 

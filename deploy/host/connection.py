@@ -15,10 +15,8 @@ closes the connection, and the task ends with `HostUnreachable` instead of hangi
 import json
 import os
 import posixpath
-import re
 import shlex
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -27,8 +25,10 @@ from pathlib import Path
 
 from fabric import Connection
 from fabric.runners import Remote
+from paramiko import SSHException
 
 from deploy.errors import HostUnreachable, LocalInputError
+from deploy.host.login import check_key_file, key_files, key_list, login_failure  # noqa: F401 (key_files: also from here)
 from deploy.inventory import REPO_ROOT
 
 
@@ -123,7 +123,14 @@ class HostConnection(Connection):
         return StepRunner(context=self, inline_env=self.inline_ssh_env)
 
     def open(self):
-        result = super().open()
+        try:
+            result = super().open()
+        except SSHException as e:  # a login that came to nothing is bad input, not a network fault (deploy.host.login)
+            gateway = self.gateway if isinstance(self.gateway, Connection) and not self.gateway.is_connected else None
+            failed = login_failure(gateway or self, e)  # a bastion (ProxyJump) that refused us: its own login
+            if failed is None:
+                raise
+            raise failed from None
         transport = self.client.get_transport()
         if transport is not None and (self.heartbeat is None or not self.heartbeat.is_alive()):
             self.heartbeat = Heartbeat(transport, self.keepalive_interval, self.keepalive_count_max)
@@ -292,8 +299,7 @@ def refuse_unknown_name(c, conn, inv):
 
 def given_keys(config):
     """The key files given for whichever host: `fab -i`, or connect_kwargs.key_filename of a Fabric config file."""
-    keys = config.connect_kwargs.get("key_filename") or []
-    return command_line_keys() or list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)))
+    return command_line_keys() or key_list(config.connect_kwargs.get("key_filename"))
 
 
 def command_line_keys():
@@ -343,44 +349,6 @@ def with_ssh_config(config, path):
     config.set_runtime_ssh_path(path)
     config._set(base_ssh_config=SSHConfig.from_path(path))  # as Config.load_ssh_config does for `fab -S`, which clone() skips
     return config, path
-
-
-def key_files(conn):
-    keys = conn.connect_kwargs.get("key_filename") or []
-    return list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)))
-
-
-PUBLIC_KEY = re.compile(rb"\s*(ssh-(rsa|dss|ed25519) |ecdsa-sha2-|sk-(ssh|ecdsa)-|---- BEGIN SSH2 PUBLIC KEY)")
-
-
-def check_key_file(path):
-    """A key file the login can use: a private key file (not a folder, not the public half), that only its owner can
-    read, as OpenSSH (rsync's transport) demands and paramiko does not: checked up front."""
-    p = Path(os.path.expanduser(path))
-    if p.is_dir():
-        keys = sorted((pub.with_suffix("") for pub in p.glob("*.pub") if pub.with_suffix("").is_file()),
-                      key=lambda k: (not k.name.startswith("id_"), k.name))  # a pair: a private key beside its .pub
-        example = (f"e.g. -i {shlex.quote(str(keys[0]))}; private keys there: {', '.join(k.name for k in keys)}" if keys
-                   else "such as ~/.ssh/id_ed25519, or an EC2 key pair's .pem")
-        raise LocalInputError(f"SSH key file {p} is a folder, not a key file (from -i, hosts.<name>.key_file or the remembered host): "
-                              f"name the private key file itself ({example}).")
-    if not p.is_file():
-        raise LocalInputError(f"SSH key file {p} does not exist (from -i, hosts.<name>.key_file or the remembered host).")
-    try:
-        with p.open("rb") as f:
-            head = f.read(64)
-    except OSError:
-        head = b""
-    if PUBLIC_KEY.match(head):
-        private = p.with_suffix("") if p.suffix == ".pub" else None
-        fix = (f"give the private key beside it: -i {shlex.quote(str(private))} (or hosts.<name>.key_file)" if private and private.is_file()
-               else f"give its private key (usually of the same name without .pub; not in {p.parent})")
-        raise LocalInputError(f"SSH key file {p} is a public key (the half that goes into the host's authorized_keys); the login "
-                              f"needs the private one: {fix}.")
-    mode = stat.S_IMODE(p.stat().st_mode)
-    if mode & 0o077:
-        raise LocalInputError(f"SSH key file {p} has mode {mode:04o}: OpenSSH, which rsync uses, refuses a private key that "
-                              f"other users can read. Run: chmod 600 {shlex.quote(str(p))}")
 
 
 def known_hosts_file():

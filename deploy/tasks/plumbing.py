@@ -27,7 +27,8 @@ from rich.text import Text
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.host import cluster, session
-from deploy.host.connection import connect, key_files, known_hosts_file
+from deploy.host.connection import connect, known_hosts_file
+from deploy.host.login import NO_KEY, login_failure
 from deploy.inventory import load_inventory
 from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
 
@@ -181,7 +182,7 @@ def refuse_several_hosts():
 
 def unreachable(e):
     """The host did not answer, or the connection to it died (not: it answered and refused the login)."""
-    if isinstance(e, (AuthenticationException, BadHostKeyException)):
+    if isinstance(e, (AuthenticationException, BadHostKeyException)) or (isinstance(e, SSHException) and str(e) == NO_KEY):
         return False
     return isinstance(e, (HostUnreachable, SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError))
 
@@ -190,13 +191,12 @@ def as_exit(e, target=None):
     """An exception as the one line and exit code the user sees (see deploy.errors)."""
     if isinstance(e, DeployError):
         return Exit(f"error: {visible(e)}", code=e.exit_code)
+    failed = login_failure(target.conn, e) if target else None  # a HostConnection says so itself (LoginFailed); others: here
+    if failed is not None:
+        return Exit(f"error: {visible(failed)}", code=failed.exit_code)
     if isinstance(e, AuthenticationException):  # the host answered: it is the key or the user, not the network
-        conn = target.conn if target else None
-        who = f"user {conn.user!r} at {conn.host}:{conn.port}" if conn else "the host"
-        keys = ", ".join(key_files(conn)) if conn and key_files(conn) else "none given (only ssh-agent and ~/.ssh defaults)"
-        return Exit(f"error: the host refused the SSH login of {who} with key {keys} ({e}). Check the user (-H user@host or "
-                    "hosts.<name>.user) and the key (-i, or hosts.<name>.key_file): the host's authorized_keys must hold its public key.",
-                    code=LocalInputError.exit_code)
+        return Exit(f"error: the host refused the SSH login ({e}). Check the user (-H user@host or hosts.<name>.user) and the key "
+                    f"(-i KEY, or hosts.<name>.key_file): the host's authorized_keys must hold its public key.", code=LocalInputError.exit_code)
     if isinstance(e, BadHostKeyException):
         return Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
                     "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
