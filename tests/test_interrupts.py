@@ -48,6 +48,8 @@ def test_ctrl_c_during_smoke_test_ends_the_remote_step_then_releases_the_lock(ho
     code, out, took = ctrl_c(proc)
     assert code == 130, out
     assert took < 15, (took, out)  # not the rest of the smoke test
+    assert "error: Interrupted the smoke test on local: its trainer there was ended and the host's lock released. " in out, out
+    assert "No training was started" in out and "Next: `fab smoke-test` again, or `fab deploy-full`" in out
     wait_until(lambda: not remote(env, "trainer smoke"), 10, "the host's smoke test to be gone")
     assert not (env.runs / ".lock").exists(), "the lock outlived the task"
     after = env.fab("sync-code")  # the next host-changing task is not refused

@@ -8,7 +8,7 @@ from fabric import Config, Connection
 from invoke import Context
 
 from deploy.errors import InventoryError, LocalInputError
-from deploy.host.connection import connect, remember_host, rq
+from deploy.host.connection import connect, key_files, remember_host, rq
 from deploy.inventory import REPO_ROOT, load_inventory
 
 
@@ -308,3 +308,72 @@ def test_a_smoke_dir_inside_the_runs_dir_is_refused(tmp_path, remote):
         load_inventory(write(tmp_path, {"remote": remote}))
     with pytest.raises(InventoryError, match="'remote.project_dir' .* remote.smoke_dir"):
         load_inventory(write(tmp_path, {"remote": {"project_dir": "~/facenet-runs-smoke/code"}}))
+
+
+def dash_i(*keys):
+    """The Config `fab -i KEY ...` gives a task."""
+    return Config(overrides={"connect_kwargs": {"key_filename": [str(k) for k in keys]}})
+
+
+def test_a_public_key_or_a_folder_given_as_the_key_says_what_it_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    inv = load_inventory(write(tmp_path, {}))
+    private = key(tmp_path, "gpu")
+    public = tmp_path / "gpu.pub"
+    public.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKc8 me@laptop\n")
+    for mode in (0o644, 0o600):  # chmod 600 changes nothing: it is still the public half
+        public.chmod(mode)
+        with pytest.raises(LocalInputError, match=rf"SSH key file {public} is a public key .*the private key beside it: -i {private}\b"):
+            connect(Connection("ubuntu@198.51.100.7", config=dash_i(public)), inv)
+    lone = tmp_path / "lone.pub"
+    lone.write_text("ecdsa-sha2-nistp256 AAAAE2VjZHNh me@laptop\n")
+    with pytest.raises(LocalInputError, match=rf"SSH key file {lone} is a public key .*its private key \(.*; not in {tmp_path}\)"):
+        connect(Connection("ubuntu@198.51.100.7", config=dash_i(lone)), inv)
+    with pytest.raises(LocalInputError, match=rf"SSH key file {tmp_path} is a folder, not a key file"):
+        connect(Connection("ubuntu@198.51.100.7", config=dash_i(tmp_path)), inv)
+
+
+def test_dash_h_naming_the_remembered_host_keeps_its_key(tmp_path, monkeypatch):
+    """`fab -H ubuntu@IP:PORT -i key.pem deploy-full`, then `fab -H ubuntu@IP:PORT monitor`: the same key, remembered."""
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    pem = key(tmp_path, "gpu.pem")
+    inv = load_inventory(write(tmp_path, {}))
+    remember_host(connect(Connection("ubuntu@198.51.100.7:2200", config=dash_i(pem)), inv))
+    for given in ("ubuntu@198.51.100.7:2200", "198.51.100.7:2200", "198.51.100.7"):
+        same = connect(Connection(given, config=Config()), inv)
+        assert (same.conn.user, same.conn.port, same.conn.connect_kwargs.get("key_filename")) == ("ubuntu", 2200, [pem]), given
+        assert same.describe() == f"ubuntu@198.51.100.7:2200, key {pem}"
+    for other in ("admin@198.51.100.7:2200", "ubuntu@198.51.100.7:2201", "ubuntu@198.51.100.8:2200"):
+        assert not connect(Connection(other, config=Config()), inv).conn.connect_kwargs.get("key_filename"), other
+    own = key(tmp_path, "other.pem")
+    assert key_files(connect(Connection("ubuntu@198.51.100.7:2200", config=dash_i(own)), inv).conn) == [own]  # -i wins
+
+
+def test_a_dash_h_name_nobody_knows_is_refused_before_any_connection(tmp_path, monkeypatch):
+    """Neither the inventory, an OpenSSH config nor the resolver knows the name: bad input (exit 2), not a network fault."""
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    path = write(tmp_path, {"hosts": {"gpu": {"address": "10.0.0.5"}, "gpu2": {"address": "10.0.0.6"}},
+                            "clusters": {"pair": {"hosts": ["gpu", "gpu2"]}}})
+    inv = load_inventory(path)
+    with pytest.raises(LocalInputError, match=rf"^no-such-host.invalid is not a host of {path} \(hosts: gpu, gpu2; clusters: pair\) "
+                                              r"and does not resolve as an address: .*Name or service not known"):
+        connect(Connection("ubuntu@no-such-host.invalid", config=Config()), inv)
+    ssh_config = tmp_path / "ssh config"
+    ssh_config.write_text("Host no-such-host.invalid\n    HostName 127.0.0.1\n    Port 2222\n"
+                          "Host behind.invalid\n    ProxyJump bastion.example\n")
+    by_inventory = load_inventory(write(tmp_path, {"ssh": {"config_file": str(ssh_config)}}))
+    for config, named in ((Config(runtime_ssh_path=str(ssh_config)), inv), (Config(), by_inventory)):  # fab -S FILE; ssh.config_file
+        aliased = connect(Connection("no-such-host.invalid", config=config), named)
+        assert (aliased.conn.host, aliased.conn.port) == ("127.0.0.1", 2222)
+        assert connect(Connection("behind.invalid", config=config), named).conn.host == "behind.invalid"  # its bastion resolves it
+
+
+def test_a_local_data_entry_that_is_a_file_says_so(tmp_path):
+    from deploy.host.sync import check_local_data
+
+    clip = tmp_path / "1001_DFA_ANG_XX.npz"
+    clip.write_bytes(b"")
+    inv = load_inventory(write(tmp_path, {"local_data": [clip.name]}))
+    with pytest.raises(LocalInputError, match=rf"Local data directory {clip} \(local_data in .*\) is a file, not a folder of "
+                                              rf"feature files: list the folder that holds them \(e\.g\. {tmp_path}\)"):
+        check_local_data(inv)

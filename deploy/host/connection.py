@@ -16,7 +16,7 @@ import json
 import os
 import posixpath
 import shlex
-import stat
+import socket
 import threading
 import time
 import uuid
@@ -25,8 +25,10 @@ from pathlib import Path
 
 from fabric import Connection
 from fabric.runners import Remote
+from paramiko import SSHException
 
 from deploy.errors import HostUnreachable, LocalInputError
+from deploy.host.login import check_key_file, key_files, key_list, login_failure  # noqa: F401 (key_files: also from here)
 from deploy.inventory import REPO_ROOT
 
 
@@ -121,7 +123,14 @@ class HostConnection(Connection):
         return StepRunner(context=self, inline_env=self.inline_ssh_env)
 
     def open(self):
-        result = super().open()
+        try:
+            result = super().open()
+        except SSHException as e:  # a login that came to nothing is bad input, not a network fault (deploy.host.login)
+            gateway = self.gateway if isinstance(self.gateway, Connection) and not self.gateway.is_connected else None
+            failed = login_failure(gateway or self, e)  # a bastion (ProxyJump) that refused us: its own login
+            if failed is None:
+                raise
+            raise failed from None
         transport = self.client.get_transport()
         if transport is not None and (self.heartbeat is None or not self.heartbeat.is_alive()):
             self.heartbeat = Heartbeat(transport, self.keepalive_interval, self.keepalive_count_max)
@@ -223,13 +232,19 @@ def connect(c, inv):
     config = c.config
     if isinstance(c, Connection):
         explicit_port = c.port if c.port != 22 else None  # -H host:PORT (Fabric fills in 22 when there is none)
+        # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
+        # told apart from no user: then the inventory entry's (or the remembered host's) user applies.
+        explicit_user = c.user if c.user != config.user else None
         host = inv.find_host(c.original_host) or inv.find_host(c.host, explicit_port)
         if host is None:
-            return _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
-        # Fabric fills in the local user name when -H has none, so a -H user equal to it cannot be
-        # told apart from no user: then the inventory entry's user applies.
-        explicit_user = c.user if c.user != config.user else None
-        explicit_port = c.port if c.port != 22 else None
+            record = remembered_as(c.host, explicit_user, explicit_port)  # the remembered host, named by its address
+            if record is None:
+                target = _make(inv, config, c.host, c.user, c.port, key_files(c), label=None)
+            else:
+                target = _make(inv, config, c.host, explicit_user or record["user"], explicit_port or record["port"],
+                               given_keys(config) or record.get("key_files") or key_files(c), label=None)
+            refuse_unknown_name(c, target.conn, inv)
+            return target
         keys = command_line_keys() or ([host.key_file] if host.key_file else key_files(c))
         return _make(inv, config, host.address, explicit_user or host.user, explicit_port or host.port, keys,
                      label=host.name if not (explicit_user or explicit_port) else None, host_name=host.name)
@@ -251,6 +266,40 @@ def connect(c, inv):
     entry = record.get("inventory_host")
     return _make(inv, config, record["address"], record.get("user"), record.get("port", 22), record.get("key_files") or [],
                  label=record["label"], host_name=entry if entry in inv.hosts else None)
+
+
+def remembered_as(address, user=None, port=None):
+    """The remembered host's record if it is `address` (and `user`, `port` where given), else None: `fab -H` naming
+    the host that deploy-full remembered logs in with its key, as `fab` without -H does."""
+    record = remembered_host()
+    if not record or record.get("address") != address or not record.get("user") or not record.get("port"):
+        return None
+    if (user is not None and user != record["user"]) or (port is not None and port != record["port"]):
+        return None
+    return record
+
+
+def refuse_unknown_name(c, conn, inv):
+    """-H named no inventory host: refuse, before any connection, a name that neither an OpenSSH config (its HostName,
+    ProxyJump or ProxyCommand: a bastion may resolve what this machine cannot) nor the resolver knows. A resolver that
+    does not answer is left to the connection (a network fault, exit 6)."""
+    if any(x.gateway or x.host != x.original_host for x in (c, conn)):
+        return
+    try:
+        socket.getaddrinfo(conn.host, conn.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        if e.errno not in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return
+        known = f"hosts: {', '.join(inv.hosts) or 'none'}" + (f"; clusters: {', '.join(inv.clusters)}" if inv.clusters else "")
+        via = f", nor a Host with a HostName in {conn.ssh_config_file}" if conn.ssh_config_file else ""
+        raise LocalInputError(f"{c.original_host} is not a host of {inv.path} ({known}{via}) and does not resolve as an address: "
+                              f"{e.strerror or e}.\nName an inventory host (-H NAME), add it under hosts: with its address, "
+                              "or give its IP address (-H user@address).") from None
+
+
+def given_keys(config):
+    """The key files given for whichever host: `fab -i`, or connect_kwargs.key_filename of a Fabric config file."""
+    return command_line_keys() or key_list(config.connect_kwargs.get("key_filename"))
 
 
 def command_line_keys():
@@ -300,22 +349,6 @@ def with_ssh_config(config, path):
     config.set_runtime_ssh_path(path)
     config._set(base_ssh_config=SSHConfig.from_path(path))  # as Config.load_ssh_config does for `fab -S`, which clone() skips
     return config, path
-
-
-def key_files(conn):
-    keys = conn.connect_kwargs.get("key_filename") or []
-    return list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, (str, os.PathLike)) else keys)))
-
-
-def check_key_file(path):
-    """OpenSSH (rsync's transport) refuses a private key that others can read; paramiko would not: check up front."""
-    p = Path(os.path.expanduser(path))
-    if not p.is_file():
-        raise LocalInputError(f"SSH key file {p} does not exist (from -i, hosts.<name>.key_file or the remembered host).")
-    mode = stat.S_IMODE(p.stat().st_mode)
-    if mode & 0o077:
-        raise LocalInputError(f"SSH key file {p} has mode {mode:04o}: OpenSSH, which rsync uses, refuses a private key that "
-                              f"other users can read. Run: chmod 600 {shlex.quote(str(p))}")
 
 
 def known_hosts_file():

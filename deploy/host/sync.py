@@ -143,6 +143,9 @@ def local_listings(inv):
         raise LocalInputError(f"No data to upload: 'local_data' in {inv.path} lists no directory. "
                               "Add the folders that hold your FaceNet *.npz files.")
     for d in inv.local_data:
+        if d.exists() and not d.is_dir():
+            raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) is a file, not a folder of feature files: "
+                                  f"list the folder that holds them (e.g. {d.parent}). Nothing was uploaded.")
         if not d.is_dir():
             raise LocalInputError(f"Local data directory {d} (local_data in {inv.path}) does not exist. Nothing was uploaded.")
         if next(d.rglob("*.npz"), None) is None:

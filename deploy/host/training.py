@@ -15,7 +15,7 @@ import shlex
 import time
 from pathlib import Path
 
-from deploy.errors import DeployError, LocalInputError
+from deploy.errors import DeployError, Interrupted, LocalInputError
 from deploy.host.connection import PYTHON3, rjoin, rq
 from deploy.host.provision import run_with_result
 from deploy.host.sync import remote_data_dirs
@@ -120,8 +120,14 @@ def packed_dir(inv):
 def smoke_test(conn, inv, say, price_per_hour=None):
     """The smoke test, then the estimate of the full training on this host (its step timed with the training config)."""
     out_dir = smoke_dir(inv.remote)  # outside runs_dir, TensorBoard's logdir: it lists the real runs only
-    _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
-                             "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
+    try:
+        _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
+                                 "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
+    except KeyboardInterrupt:  # the step's process group on the host is ended by now (deploy.host.connection.StepRunner)
+        raise Interrupted(f"Interrupted the smoke test on {conn.label}: its trainer there was ended and the host's lock released. "
+                          "No training was started and nothing a training uses changed (code, data, venv); the unfinished test "
+                          f"left a folder under {out_dir} that nothing reads.\nNext: `fab smoke-test` again, or `fab deploy-full` "
+                          "(it runs the smoke test before starting the training).") from None
     say(result["message"])
     if result.get("estimate"):
         for line in describe_estimate(result["estimate"], inv.train_config, price_per_hour):

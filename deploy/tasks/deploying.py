@@ -8,7 +8,7 @@ import time
 
 from rich.text import Text
 
-from deploy.errors import DeployError, LocalInputError
+from deploy.errors import DeployError, Interrupted, LocalInputError
 from deploy.host import cluster, sync, training
 from deploy.host import provision as prov
 from deploy.host.connection import remember_cluster, remember_host
@@ -154,9 +154,10 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
         try:
             step(h, run, say)
         except DeployError as e:
-            console.print(Text(f"✗ {name} failed", style="bold red") + Text(f" after {time.monotonic() - t0:.1f} s"))
-            e.args = (f"deploy-full stopped at step {name}: {e}\nFix this, then run `fab deploy-full` again "
-                      "(the steps before it are quick when nothing changed).",)
+            ended = "interrupted" if isinstance(e, Interrupted) else "failed"
+            console.print(Text(f"✗ {name} {ended}", style="bold red") + Text(f" after {time.monotonic() - t0:.1f} s"))
+            e.args = (f"deploy-full stopped at step {name}: {e}" + ("" if isinstance(e, Interrupted) else  # it says what to run next
+                      "\nFix this, then run `fab deploy-full` again (the steps before it are quick when nothing changed)."),)
             raise
         console.print(Text(f"✓ {name}", style="green") + Text(f" {time.monotonic() - t0:.1f} s"))
     remember_host(h.target)

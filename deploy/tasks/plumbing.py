@@ -6,8 +6,8 @@
 
 Each docstring is the task's `fab --help TASK` text. Without -H a task acts on the host of
 the last successful deploy-full, else the inventory's default_host. `host_task` gives every
-task its inventory, its host (named in the first line it prints), its error handling and,
-for tasks that change the host, the host's lock and the refusal to work under a training.
+task its inventory, its host (named in the first line: once for the tasks of a command line), its
+error handling and, for tasks that change the host, the host's lock and the refusal to work under a training.
 """
 
 import contextlib
@@ -27,7 +27,8 @@ from rich.text import Text
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.host import cluster, session
-from deploy.host.connection import connect, key_files, known_hosts_file
+from deploy.host.connection import connect, known_hosts_file
+from deploy.host.login import NO_KEY, login_failure
 from deploy.inventory import load_inventory
 from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
 
@@ -37,6 +38,16 @@ console = Console(highlight=False, soft_wrap=True)
 def say(message, style=None):
     """Print a line as plain text (paths and remote output may hold brackets: never markup; nor terminal escapes)."""
     console.print(Text(visible(message), style=style or ""))
+
+
+_said = set()  # the lines said once per `fab` command line: its tasks act on one host (and share its connection)
+
+
+def say_once(message, style=None):
+    """`say`, unless an earlier task of this command line said the same (its host line, `fab sync-code train`)."""
+    if message not in _said:
+        _said.add(message)
+        say(message, style)
 
 
 class Host:
@@ -79,7 +90,7 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
                     return run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **kwargs)
                 target = session.reuse(connect(c, inv))  # an earlier task of this invocation's connection, if any
                 inv = inv.for_host(target.host_name)  # that host's own folders (hosts.<name>.remote) for every step
-                say(f"host: {target.describe()}", "dim")
+                say_once(f"host: {target.describe()}", "dim")
                 if before_connect:
                     before_connect(inv, **kwargs)
                 h = Host(inv, target)
@@ -141,7 +152,7 @@ def run_on_cluster(task_name, on_cluster, changes_host, inv, group, c, *args, **
         raise LocalInputError(f"`fab {task_name}` acts on one host; {group.name} is a cluster ({', '.join(group.hosts)}). "
                               f"Run it on each: fab -H {group.hosts[0]} {task_name}. On a cluster: deploy-full, train, monitor, stop.")
     members = cluster.connect_members(c, inv, group)
-    say(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
+    say_once(f"cluster {group.name}: " + ", ".join(f"{n} (worker {k}{', chief' if k == 0 else ''})" for k, (n, _, _) in enumerate(members)), "dim")
     hosts = [Host(hinv, session.reuse(target)) for _, target, hinv in members]
     to_come = session.advance(task_name)
     with contextlib.ExitStack() as held:
@@ -171,7 +182,7 @@ def refuse_several_hosts():
 
 def unreachable(e):
     """The host did not answer, or the connection to it died (not: it answered and refused the login)."""
-    if isinstance(e, (AuthenticationException, BadHostKeyException)):
+    if isinstance(e, (AuthenticationException, BadHostKeyException)) or (isinstance(e, SSHException) and str(e) == NO_KEY):
         return False
     return isinstance(e, (HostUnreachable, SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError))
 
@@ -180,17 +191,16 @@ def as_exit(e, target=None):
     """An exception as the one line and exit code the user sees (see deploy.errors)."""
     if isinstance(e, DeployError):
         return Exit(f"error: {visible(e)}", code=e.exit_code)
+    failed = login_failure(target.conn, e) if target else None  # a HostConnection says so itself (LoginFailed); others: here
+    if failed is not None:
+        return Exit(f"error: {visible(failed)}", code=failed.exit_code)
     if isinstance(e, AuthenticationException):  # the host answered: it is the key or the user, not the network
-        conn = target.conn if target else None
-        who = f"user {conn.user!r} at {conn.host}:{conn.port}" if conn else "the host"
-        keys = ", ".join(key_files(conn)) if conn and key_files(conn) else "none given (only ssh-agent and ~/.ssh defaults)"
-        return Exit(f"error: the host refused the SSH login of {who} with key {keys} ({e}). Check the user (-H user@host or "
-                    "hosts.<name>.user) and the key (-i, or hosts.<name>.key_file): the host's authorized_keys must hold its public key.",
-                    code=LocalInputError.exit_code)
+        return Exit(f"error: the host refused the SSH login ({e}). Check the user (-H user@host or hosts.<name>.user) and the key "
+                    f"(-i KEY, or hosts.<name>.key_file): the host's authorized_keys must hold its public key.", code=LocalInputError.exit_code)
     if isinstance(e, BadHostKeyException):
         return Exit(f"error: the SSH host key of {e.hostname} is not the one seen at first contact (kept in {known_hosts_file()}). "
                     "If the host was rebuilt, delete its line there and try again; if not, something is intercepting "
-                    "the connection.", code=1)
+                    "the connection.", code=LocalInputError.exit_code)  # nothing was done on the host
     if isinstance(e, (SSHException, NoValidConnectionsError, TimeoutError, ConnectionError, socket.gaierror, EOFError)):
         return Exit(f"error: cannot reach the host over SSH: {type(e).__name__}: {visible(e)}\n"
                     "Check the address, port, user and key (-H, -i, or hosts: in the inventory), and that the host is up.",
