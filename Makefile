@@ -20,7 +20,7 @@ test-fast: venv bytecode
 	$(BIN)/python -m pytest --fast -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: system-deps venv
-	$(BIN)/python -m deploy.demo
+	@$(BIN)/python -m deploy.demo
 
 lint: venv
 	$(BIN)/ruff check trainer deploy tests bench fabfile.py remote_scripts
@@ -35,13 +35,14 @@ venv: $(STAMP)
 # The project's bytecode, compiled once: where PYTHONDONTWRITEBYTECODE is set (some CI images), every Python
 # the tests start (hundreds of fab processes) would otherwise compile it again.
 bytecode:
-	$(BIN)/python -m compileall -q trainer deploy remote_scripts tests fabfile.py
+	@$(BIN)/python -m compileall -q trainer deploy remote_scripts tests fabfile.py
 
+# pip's output goes to .venv/install.log; one progress line shows the elapsed time (deploy/host/progress.py, stdlib only).
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train-cpu,deploy,aws,dev]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@$(PYTHON) deploy/host/progress.py $(VENV)/install.log "installing the Python packages into $(VENV) (TensorFlow: minutes)" -- \
+	  sh -c "$(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[train-cpu,deploy,aws,dev]'"
+	@touch $(STAMP)
 
 # sshd, rsync and tmux stand in for the GPU host in tests and the demo; sudo for its EC2-like user;
 # strace records every connect(2) of the demo (tests/test_demo.py: nothing leaves 127.0.0.0/8).
@@ -56,7 +57,7 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
 	    echo "missing system packages:$$missing (run as root, or: sudo apt-get install$$missing)" >&2; exit 2; \
 	  fi; \

@@ -12,11 +12,13 @@ check both succeeded.
 
 import hashlib
 import json
+import re
 import shlex
 
 from deploy.errors import DeployError
 from deploy.host import bookkeeping
-from deploy.host.connection import rjoin, rq
+from deploy.host.connection import rjoin, rq, state_dir
+from deploy.host.progress import Progress
 
 MARKER = ".facenet-requirements"
 
@@ -121,10 +123,15 @@ def provision(conn, inv, say):
     say(f"Installing {'GPU' if gpu_lines else 'CPU'} requirements into {venv}: {', '.join(reqs)}")
     pip = f"{python} -m pip install --disable-pip-version-check --progress-bar off"
     args = " ".join(shlex.quote(a) for a in [*inv.pip["extra_args"], *reqs])
-    # Shown as it runs: the CUDA build of TensorFlow is gigabytes, and a silent step looks hung.
-    out = conn.run(f"{pip} {args}", hide=False, warn=True, in_stream=False)
+    # One line with the elapsed time and what pip is at (the CUDA build of TensorFlow is gigabytes: a silent step looks
+    # hung); its full output goes to a log file here (FACENET_VERBOSE=1, or --verbose, shows it as it comes).
+    log = state_dir() / "logs" / f"pip-{re.sub(r'[^A-Za-z0-9_.-]', '_', str(getattr(conn, 'label', None) or conn.host))}.log"
+    with Progress(f"installing {'GPU' if gpu_lines else 'CPU'} requirements", log, say) as progress:
+        out = conn.run(f"{pip} {args}", hide=False, warn=True, in_stream=False, out_stream=progress, err_stream=progress)
     if out.failed:
-        raise DeployError(f"pip install failed on the host:\n{(out.stdout + out.stderr).strip()[-1500:]}")
+        raise DeployError(f"pip install failed on the host (exit {out.exited}); its last lines:\n{progress.tail()}\n"
+                          f"Its full output: {log}")
+    say(f"requirements installed in {progress.elapsed():.0f} s (pip's output: {log})")
     done["pip_installed"] = True
     check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
     conn.run(f"printf '%s\\n' {want} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)

@@ -4,6 +4,7 @@ deploy-full runs DEPLOY_STEPS in order (each also a task of its own), on one hos
 CLUSTER, on every host of the cluster at once; the steps are host operations in deploy/host/.
 """
 
+import os
 import time
 
 from rich.text import Text
@@ -20,15 +21,23 @@ from deploy.tasks.running import check_train_options, start_training
 RESTART = {"restart": "stop the running training first (else the task refuses to change what it uses)"}
 
 
-@host_task(changes_host=True, survey=("provision",), leaves_training=True, help=RESTART)
-def provision(h, restart=False):
+@host_task(changes_host=True, survey=("provision",), leaves_training=True,
+           help={**RESTART, "verbose": "show pip's output as it comes (else one progress line; the full output goes to a log file)"})
+def provision(h, restart=False, verbose=False):
     """Install missing apt packages, report the GPU, create the venv, install pinned requirements.
 
     Idempotent: a second run only checks (one SSH command) unless the requirements or the GPU
     count changed. Uses non-interactive sudo when not root. Fails if nvidia-smi is broken (unless
     allow_cpu_training) or if TensorFlow sees fewer GPUs than nvidia-smi, and says why.
     """
+    show_all(verbose)
     prov.provision(h.conn, h.inv, say)
+
+
+def show_all(verbose):
+    """--verbose: long steps show their output as it comes (deploy.host.progress reads FACENET_VERBOSE)."""
+    if verbose:
+        os.environ["FACENET_VERBOSE"] = "1"
 
 
 @host_task(name="sync-code", changes_host=True, survey=("code",), leaves_training=True, help=RESTART)
@@ -97,9 +106,10 @@ DEPLOY_STEPS = [  # (name, step(h, run, say)): each also a task of its own
 ]
 
 
-def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=None):
+def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=None, verbose=False):
     """deploy-full on a cluster: every host prepared at once (a line per host and step), then one
     worker per host in tmux with its TF_CONFIG, the chief first."""
+    show_all(verbose)
     if resume_from:
         raise LocalInputError("--resume-from brings a one-host run; a cluster continues its own run with `fab -H "
                               f"{group.name} train --resume`.")
@@ -125,8 +135,9 @@ def deploy_full_cluster(hosts, group, run_name=None, restart=False, resume_from=
            help={"run_name": "name of the training run (default: a timestamp)",
                  "restart": "stop a running training first (else deploy-full refuses to touch its data)",
                  "resume_from": "a run fetched with `fab fetch-results --backup` (results/<host>/<run>), or one in run storage "
-                                "(s3://bucket/prefix/RUN, or its name): upload it and continue it here"})
-def deploy_full(h, run_name=None, restart=False, resume_from=None):
+                                "(s3://bucket/prefix/RUN, or its name): upload it and continue it here",
+                 "verbose": "show the long steps' output (pip) as it comes"})
+def deploy_full(h, run_name=None, restart=False, resume_from=None, verbose=False):
     """Provision, sync-code, sync-data, preflight, smoke-test, train: in that order, stopping at the first failure.
 
     Prints a line per step with its duration, and at the end the run's name and the commands
@@ -137,6 +148,7 @@ def deploy_full(h, run_name=None, restart=False, resume_from=None):
     `clusters:`) every host is prepared at once, then one worker per host trains as one run.
     """
     inv = h.inv
+    show_all(verbose)
     console.rule(f"deploy-full to {h.target.label}")
     resumed = storage.resume_source(inv, resume_from) if resume_from else None  # checked (and downloaded) before connecting
     if run_name or resumed:
