@@ -63,7 +63,15 @@ def run_trainer(*args, cwd=None, timeout=300, env=None):
 
 # --- the deploy tests: `fab` against a real OpenSSH server on 127.0.0.1 ---------------------
 
+import fab_runner  # noqa: E402
 from fab_runner import FAB, run_fab  # noqa: E402  (`fab` from a warm fork server: tests/fab_server.py)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """The warm fab servers end with the session, before tests/leftovers.py looks for what outlived it (without
+    pytest-xdist the session's process is this one, and atexit would be too late)."""
+    fab_runner.close_all()
 
 
 @pytest.fixture(scope="session")

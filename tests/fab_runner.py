@@ -113,6 +113,9 @@ _started = []
 
 
 @atexit.register
-def _close_all():
-    for server in _started:
+def close_all():
+    """End every server started here (the session's end, and at exit); a later request starts a new one."""
+    with _lock:
+        servers, _started[:], _idle[:] = list(_started), [], []
+    for server in servers:
         server.close()
