@@ -89,18 +89,23 @@ LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
 DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
 
 
-# TensorFlow's C++ log lines (absl's `E0000 00:00:1764000000.000000 4242 file.cc:55] ...`: before absl::InitializeLog
-# its seconds are the epoch's; and the older
-# `2026-12-06 10:00:00.123456: I tensorflow/.../file.cc:153] ...`), absl's preamble and cpu_feature_guard's second
-# line: they differ by CPU and say nothing about the run. `fab monitor` and `fab logs` leave them out unless --raw.
-TF_NOISE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
-                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] [\w./-]+:\d+\] "
-                      r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+# TensorFlow's C++ log lines that say nothing about the run: its info and warning lines (absl's
+# `W0000 00:00:1764000000.000000 4242 file.cc:55] ...`, whose seconds are the epoch's before absl::InitializeLog, and
+# the older `2026-12-06 10:00:00.123456: I tensorflow/.../file.cc:153] ...`), absl's preamble, cpu_feature_guard's
+# second line, and the error-level lines every start prints on some machines (a second registration of a CUDA
+# library, oneDNN's DT_BOOL note). Other errors and every fatal line stay: they explain a crash.
+# `fab monitor` and `fab logs` leave these out unless --raw.
+_ABSL = r"(?:{0}\d{{4}} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] |\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: {0} [\w./-]+:\d+\] )"
+TF_NOISE = re.compile(_ABSL.format("[IW]")
+                      + "|" + _ABSL.format("E") + r"(?:Unable to register cu\w+ factory|oneDNN supports DT_\w+ only"
+                                                   r"|computation placer already registered)"
+                      + r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
                       r"|To enable the following instructions: .* in other operations, rebuild TensorFlow")
+TAIL_MAX_BYTES = 8 * 2**20  # the log's end read at most: past it, noise alone is not searched further
 
 
 def quiet(lines):
-    """`lines` without TensorFlow's C++ log lines (TF_NOISE)."""
+    """`lines` without TensorFlow's C++ log lines that say nothing about the run (TF_NOISE)."""
     return [line for line in lines if not TF_NOISE.match(line)]
 
 
@@ -113,7 +118,8 @@ def tail(path, lines, raw=False):
             f.seek(0, os.SEEK_END)
             size = f.tell()
             block, data = 8192, b""
-            while size > 0 and (data.count(b"\n") <= lines or len(keep(data.decode("utf-8", "replace").splitlines())) <= lines):
+            while size > 0 and len(data) < TAIL_MAX_BYTES and (
+                    data.count(b"\n") <= lines or len(keep(data.decode("utf-8", "replace").splitlines())) <= lines):
                 step = min(block, size)
                 size -= step
                 f.seek(size)
@@ -207,6 +213,9 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     alive = bool(pids) or (not launch.get("pgid") and session_up)  # a run launched before launch.json held a group
     status = read_json(os.path.join(run_dir, "status.json"))
     status = status if isinstance(status, dict) else None
+    stale = status is not None and current_status(run_dir, status) is None
+    if stale:  # the previous launch's word: its epochs hold, its state and error are not this launch's
+        status = {k: v for k, v in status.items() if k not in ("state", "error")}
     record = exit_record(run_dir, launch)
     stall = progress(run_dir, status, stall_seconds, runs_dir) if alive and record is None else None
     info.update(
@@ -215,7 +224,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         metrics=read_json(os.path.join(run_dir, "metrics.json")),
         cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/training/cv.py)
         recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
-        state=derive_state(record, alive, current_status(run_dir, status) if alive else status, stalled=bool(stall and stall["stalled"])),
+        state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])), stale_status=stale,
         log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines, raw_log),
         storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )

@@ -38,6 +38,14 @@ def test_train_runs_the_config_as_this_machine_has_it_not_the_hosts_old_copy(hos
     assert line.startswith("Stopped run sent ") and line.endswith("Continue it with `fab train --resume`."), stopped.out
     assert "{" not in stopped.out  # a sentence, not the exit record's JSON
 
+    big = env.root / "big config.yaml"  # over a shell command line's limit (128 KiB per argument): sent on stdin
+    big.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())}) + "# padding\n" * 30000)
+    env.write(train_config=str(big))
+    checked = env.fab("preflight")
+    assert checked.returncode == 0, checked.out[-2000:]
+    [sent] = [p for p in (env.runs / ".configs").iterdir() if p.name.startswith("big config-")]
+    assert sent.read_bytes() == big.read_bytes()
+
 
 def test_a_run_that_failed_before_its_data_was_ready_resumes_once_the_data_is_there(host_ready):
     env = host_ready

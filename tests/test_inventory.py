@@ -377,3 +377,11 @@ def test_a_local_data_entry_that_is_a_file_says_so(tmp_path):
     with pytest.raises(LocalInputError, match=rf"Local data directory {clip} \(local_data in .*\) is a file, not a folder of "
                                               rf"feature files: list the folder that holds them \(e\.g\. {tmp_path}\)"):
         check_local_data(inv)
+
+
+def test_preflight_names_a_missing_training_config_as_a_bad_input_not_as_data_that_would_not_train(tmp_path):
+    from deploy.host import training
+
+    inv = load_inventory(write(tmp_path, {"train_config": "configs/no-such-config.yaml"}))
+    with pytest.raises(LocalInputError, match="'train_config' names configs/no-such-config.yaml, which is not a file in this repo"):
+        training.preflight(Recorder(), inv, lambda line: None)

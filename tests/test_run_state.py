@@ -209,11 +209,14 @@ def test_the_log_shown_leaves_out_tensorflows_cpp_lines_and_raw_keeps_them(tmp_p
              "2024-12-06 10:00:00.123456: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.",
              "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
              "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags."]
-    own = ["Epoch 1/2: loss 1.2 (a line the trainer wrote)", "DataError: a line with file.cc:55] in it, but not at its start"]
+    own = ["Epoch 1/2: loss 1.2 (a line the trainer wrote)", "DataError: a line with file.cc:55] in it, but not at its start",
+           "E0904 19:50:19.201102   74352 cuda_dnn.cc:535] Could not create cudnn handle: CUDNN_STATUS_INTERNAL_ERROR",
+           "2026-12-06 23:50:00.123456: F tensorflow/core/kernels/cuda_solvers.cc:94] Check failed: illegal memory access"]
+    noise.append("E0000 00:00:1733512345.6 12 cuda_fft.cc:477] Unable to register cuFFT factory: Attempting to register factory")
     log = tmp_path / "train.log"
-    log.write_text("\n".join([own[0], *noise * 400, own[1], *noise]) + "\n")  # the run's own lines far apart, noise between
-    assert run_state.quiet(noise + own) == own
-    assert run_state.tail(str(log), 2) == own  # reads back past the noise, however much of it there is
+    log.write_text("\n".join([own[0], *noise * 400, *own[1:], *noise]) + "\n")  # the run's own lines far apart, noise between
+    assert run_state.quiet(noise + own) == own  # errors that explain a crash, and every fatal line, stay
+    assert run_state.tail(str(log), 4) == own  # reads back past the noise, however much of it there is
     assert run_state.tail(str(log), 3, raw=True) == noise[-3:]
 
 
@@ -233,3 +236,16 @@ def test_a_resumed_run_is_starting_not_failed_until_its_new_trainer_rewrites_sta
     finally:
         proc.kill()
         proc.wait()
+    (run / "status.json").write_text(json.dumps({"state": "failed", "epoch": 3, "error": {"message": "the old error"}}))
+    time.sleep(0.01)
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)  # launched again; it dies before it writes status.json
+    launch_id = run_state.record_launch(str(run), proc.pid, "sleep 30")
+    proc.kill()
+    proc.wait()
+    run_state.record_exit(str(run), 137, launch_id=launch_id, reason="killed by SIGKILL (exit 137)")
+    info = run_state.collect(str(runs), "no-such-session", "r2", quick=True)
+    assert info["state"] == "failed" and info["stale_status"] and "error" not in info["status"] and info["status"]["epoch"] == 3
+
+    from deploy.host.training import failure_text
+
+    assert failure_text(info) == "killed by SIGKILL (exit 137)"  # this launch's end, not the previous launch's error

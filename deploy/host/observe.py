@@ -38,7 +38,9 @@ def tail_log(conn, inv, run, lines, raw=False):
     """(run info, the last `lines` lines of its train.log: without TensorFlow's C++ log lines unless `raw`)."""
     info = _run_info(conn, inv, run)
     log = rq(rjoin(info["run_dir"], "train.log"))
-    cmd = f"tail -n {int(lines)} {log}" if raw else f"{PYTHON3} {script(inv, 'run_state.py')} tail {log} {int(lines)}"
+    cmd = f"tail -n {int(lines)} {log}"
+    if not raw:  # a host whose code predates `run_state.py tail` (a training keeps sync-code away) shows the file as it is
+        cmd = f"{PYTHON3} {script(inv, 'run_state.py')} tail {log} {int(lines)} 2>/dev/null || {cmd}"
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"Could not read {info['run_dir']}/train.log: {out.stderr.strip()}")

@@ -13,6 +13,7 @@ The phase is read from pip's output for display only; nothing decides on it.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -56,7 +57,6 @@ class Progress:
 
     def __enter__(self):
         with Progress.active_lock:
-            self.tty = self.tty and Progress.active == 0
             Progress.active += 1
         os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
         self.log = open(self.log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in __exit__
@@ -88,14 +88,19 @@ class Progress:
         return f"{self.title} ... {self.elapsed():.0f} s ({self.phase})"
 
     def _tick(self):
-        last = time.monotonic()
+        last, drawn = time.monotonic(), False
         while not self.stopped.wait(1.0):
             if self.show_all:
                 continue
-            if self.tty:
-                sys.stdout.write("\r\x1b[K" + self.line()[:200])
+            if self.tty and Progress.active == 1:  # one line rewritten in place, no wider than the terminal (no wrap)
+                width = shutil.get_terminal_size().columns
+                sys.stdout.write("\r\x1b[K" + self.line()[:max(width - 1, 10)])
                 sys.stdout.flush()
-            elif time.monotonic() - last >= self.every:
+                drawn = True
+            elif time.monotonic() - last >= self.every:  # several at once (a cluster's hosts), or not a terminal: lines
+                if drawn:
+                    sys.stdout.write("\r\x1b[K")
+                    drawn = False
                 self.say(self.line())
                 last = time.monotonic()
 

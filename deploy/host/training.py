@@ -52,6 +52,9 @@ def local_config(path):
     return local if local.is_file() else None
 
 
+CONFIG_CHUNK = 60_000  # characters of a config per command (a shell argument holds at most 128 KiB)
+
+
 def send_config(conn, inv, path, key="train_config"):
     """The config `path` (inventory `key`) as the host will read it: this machine's copy, sent to
     runs_dir/.configs/STEM-HASH.yaml, so that preflight, the smoke test and `train` use the config as it is here,
@@ -69,11 +72,16 @@ def send_config(conn, inv, path, key="train_config"):
         raise LocalInputError(f"The config {local} (inventory {key!r}) is not UTF-8 text: expected a YAML config.") from None
     folder = rjoin(inv.remote["runs_dir"], ".configs")
     sent = rjoin(folder, f"{local.stem}-{hashlib.sha256(text).hexdigest()[:12]}.yaml")
-    cmd = (f"test -e {rq(sent)} || {{ mkdir -p {rq(folder)} && printf %s {shlex.quote(body)} > {rq(sent + '.part')} "
-           f"&& mv -f {rq(sent + '.part')} {rq(sent)}; }}")
-    out = conn.run(cmd, hide=True, warn=True, in_stream=False)
-    if out.failed:
-        raise DeployError(f"Could not send the config {path} to the host ({sent}): {(out.stderr or out.stdout).strip()[-400:]}")
+    part = rq(sent + ".part")
+    chunks = [body[i:i + CONFIG_CHUNK] for i in range(0, len(body), CONFIG_CHUNK)] or [""]  # a shell argument holds 128 KiB
+    for n, chunk in enumerate(chunks):
+        write = f"printf %s {shlex.quote(chunk)} {'>' if n == 0 else '>>'} {part}"
+        cmd = f"test -e {rq(sent)} || {{ mkdir -p {rq(folder)} && {write}; }}" if n == 0 else f"test -e {rq(sent)} || {write}"
+        if n == len(chunks) - 1:
+            cmd += f" && {{ test -e {rq(sent)} || mv -f {part} {rq(sent)}; }}"
+        out = conn.run(cmd, hide=True, warn=True, in_stream=False)
+        if out.failed:
+            raise DeployError(f"Could not send the config {path} to the host ({sent}): {(out.stderr or out.stdout).strip()[-400:]}")
     return sent
 
 
@@ -102,8 +110,9 @@ def trainer_step(conn, inv, name, *args):
 
 def preflight(conn, inv, say):
     """Validate the host's copy of the data with the training config; DeployError with the summary if it cannot train."""
+    config = send_config(conn, inv, inv.train_config)
     try:
-        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", send_config(conn, inv, inv.train_config), *data_args(inv),
+        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", config, *data_args(inv),
                                    "--pack", packed_dir(inv))
     except DeployError as e:
         raise DeployError(f"The data on the host would not train. {e}\n"
@@ -339,8 +348,10 @@ def fence(conn, inv, run, launch_id, reason):
 
 
 def failure_text(info):
-    status = info.get("status") or {}
-    return ((status.get("error") or {}).get("message") or f"exit {(info.get('exit') or {}).get('exit_code')}")[:300]
+    """Why the run failed, in one line: its trainer's error, else its exit record's reason (a signal, a full disk), else
+    its exit code."""
+    status, record = info.get("status") or {}, info.get("exit") or {}
+    return ((status.get("error") or {}).get("message") or record.get("reason") or f"exit {record.get('exit_code')}")[:300]
 
 
 def previous_launch_id(text):
