@@ -307,6 +307,8 @@ def change_a_hyperparameter(shell, facts, edit, train_line, run, host_root):
     for part, values in edit.items():
         config.setdefault(part, {}).update(values)
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    # what makes the run's config below a proof: the host's own copy (from deploy-full's sync-code) is the unedited one
+    assert yaml.safe_load((host_root / "project" / facts["config"]).read_text())["train"]["epochs"] == facts["epochs"]
 
     started = shell.type(train_line)
     epochs = config["train"]["epochs"]
