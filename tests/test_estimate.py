@@ -99,14 +99,13 @@ ESTIMATE = {"seconds_per_step": 0.1262, "seconds_per_eval_step": 0.0469, "steps_
 def test_the_deploy_says_the_estimate_with_its_parts_and_cost():
     from deploy.host.training import describe_estimate
 
-    measured, full = describe_estimate(ESTIMATE, "configs/demo.yaml", 1.006)
+    measured, full, parts = describe_estimate(ESTIMATE, "configs/demo.yaml", 1.006)
     assert measured.startswith("measured on this host: 0.1262 s per training step (configs/demo.yaml: global batch 32")
     assert measured.endswith("0.0469 s per validation step")
-    assert full.startswith("estimate of the full training: up to 10 epochs x 12 steps (and 5 validation steps) = about 29 s: ")
-    for part in ("epochs 19 s (1.86 s each, checkpoints and logs included)", "first calls (tracing) 3 s", "start-up 5 s",
-                 "scores and pictures at the end 2 s"):
-        assert part in full, full
-    assert full.endswith("about $0.01 at $1.006/h (early stopping may end it sooner)")
+    assert full == ("estimate of the full training: up to 10 epochs x 12 steps (and 5 validation steps) = about 29 s, "
+                    "about $0.01 at $1.006/h (early stopping may end it sooner)")
+    assert parts == ("  the trainer's start 5 s, first calls (tracing) 3 s, epochs 19 s (1.86 s each, checkpoints and logs included), "
+                     "scores and pictures at the end 2 s")
     assert "set price_per_hour" in describe_estimate(ESTIMATE, "configs/demo.yaml", None)[1]
 
 
@@ -116,7 +115,8 @@ def test_the_demo_compares_the_estimate_with_the_trainers_time(tmp_path):
     smoke, status = tmp_path / "smoke-test.json", tmp_path / "status.json"
     smoke.write_text(json.dumps({"ok": True, "estimate": {**ESTIMATE, "seconds": 54.0}}))
     status.write_text(json.dumps({"state": "finished", "compute_seconds": 58.1}))
-    assert training_time(smoke, status).startswith("Training time: estimated 54 s, took 58 s (+8 %)")
+    assert training_time(smoke, status) == ("Training time: estimated 54 s, took 58 s (+8 %) (the smoke test's estimate; "
+                                            "the trainer's time from its start to its end, status.json compute_seconds)")
     status.write_text(json.dumps({"state": "finished", "compute_seconds": 40.0}))
     assert "(-26 %)" in training_time(smoke, status)
     line = training_time(smoke, tmp_path / "missing.json")

@@ -116,8 +116,8 @@ def training_time(smoke_result, status):
         missing = " and ".join(what for what, value in (("no estimate in " + str(smoke_result), estimate),
                                                         ("no compute_seconds in " + str(status), took)) if value is None)
         return f"Training time: not compared ({missing})."
-    return (f"Training time: estimated {estimate:.0f} s, took {took:.0f} s ({(took - estimate) / estimate * 100:+.0f} %): "
-            "the smoke test's estimate against the trainer's time from its start to its end (status.json compute_seconds).")
+    return (f"Training time: estimated {estimate:.0f} s, took {took:.0f} s ({(took - estimate) / estimate * 100:+.0f} %) "
+            "(the smoke test's estimate; the trainer's time from its start to its end, status.json compute_seconds)")
 
 
 def demo_config(epochs):

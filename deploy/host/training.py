@@ -148,10 +148,10 @@ def describe_estimate(est, config, price_per_hour):
     return [f"measured on this host: {est['seconds_per_step']:.4g} s per training step ({config}: global batch {est['global_batch']}, "
             f"clips padded to ~{est['frames']} frames, {where}); {est['seconds_per_eval_step']:.4g} s per validation step",
             f"estimate of the full training: up to {est['epochs']} epochs x {est['steps_per_epoch']} steps "
-            f"(and {est['val_steps_per_epoch']} validation steps) = about {_duration(est['seconds'])}: epochs {_duration(parts['epochs'])} "
-            f"({est['seconds_per_epoch']:.3g} s each, checkpoints and logs included), first calls (tracing) {_duration(parts['first_calls'])}, "
-            f"start-up {_duration(parts['setup'])}, scores and pictures at the end {_duration(parts['end'])}"
-            f"{cost} (early stopping may end it sooner)"]
+            f"(and {est['val_steps_per_epoch']} validation steps) = about {_duration(est['seconds'])}{cost} (early stopping may end it sooner)",
+            f"  the trainer's start {_duration(parts['setup'])}, first calls (tracing) {_duration(parts['first_calls'])}, "
+            f"epochs {_duration(parts['epochs'])} ({est['seconds_per_epoch']:.3g} s each, checkpoints and logs included), "
+            f"scores and pictures at the end {_duration(parts['end'])}"]
 
 
 def _duration(seconds):
