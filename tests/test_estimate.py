@@ -21,7 +21,8 @@ def test_the_estimate_counts_the_setup_first_calls_validation_each_epochs_callba
     assert est["seconds_per_epoch"] == pytest.approx(epoch)
     assert est["parts"] == pytest.approx({
         "setup": 6.0,                                # the smoke run's start to its first epoch
-        "first_calls": 5.0 + (1.5 - 0.25),           # the full steps' traces, the first epoch's first save and pictures
+        "first_calls": 5.0 + (1.5 - 0.25),           # the full steps' traces (more than the smoke run's: 4.0 - 0.3), the
+                                                     # first epoch's first save and pictures
         "epochs": 10 * epoch,
         "end": 3.0 + 8 * 0.04,                       # the smoke run's end, and the full run's scoring steps
     }, abs=0.01)
@@ -52,6 +53,12 @@ def test_each_part_of_the_smoke_runs_timing_counts(key, change, grows_by):
     before = combine(**MEASURED, smoke_timing=SMOKE_TIMING)["seconds"]
     changed = {**SMOKE_TIMING, key: change if isinstance(change, dict) else SMOKE_TIMING[key] + change}
     assert combine(**MEASURED, smoke_timing=changed)["seconds"] - before == pytest.approx(grows_by, abs=0.11)
+
+
+def test_the_first_calls_are_at_least_what_the_smoke_runs_first_epoch_took_beyond_its_last():
+    """Timed after the smoke run, the full config's first calls miss what a new trainer pays for its first trace."""
+    est = combine(**{**MEASURED, "first_call_seconds": 1.0}, smoke_timing=SMOKE_TIMING)
+    assert est["parts"]["first_calls"] == pytest.approx((4.0 - 0.3) + (1.5 - 0.25))
 
 
 def test_a_one_epoch_smoke_run_counts_its_epochs_callbacks_for_every_epoch():

@@ -7,9 +7,11 @@ The smoke test (trainer/training/smoke.py) calls it after it passes. The estimat
 runs (status.json's compute_seconds at the end, what metrics.json's compute record prices), in five parts:
 
     setup         the trainer's start to its first epoch (data, TensorFlow, model): the smoke run's own
-    first_calls   the first call of each traced step (tracing, graph optimisation), measured on the full
-                  config's steps, plus what the smoke run's first epoch took besides its steps beyond its
-                  last (the first checkpoint and pictures)
+    first_calls   the first call of each traced step (tracing, graph optimisation) and the first reading of
+                  the clips: the full config's steps' first calls timed here, or what the smoke run's first
+                  epoch's steps took beyond its last's if more (timed after the smoke run, the full config's
+                  trace misses what a new trainer pays for its first trace); plus what the smoke run's first
+                  epoch took besides its steps beyond its last (the first checkpoint and pictures)
     epochs        epochs x (training steps x seconds per step + validation steps x seconds per validation step
                   + the smoke run's last epoch's time besides its steps: checkpoints, backup, logs)
     end           the smoke run's end (the best model scored, pictures, metrics) + the full run's scoring steps
@@ -84,14 +86,15 @@ def call_lengths(batches, per_call):
 def combine(*, epochs, steps_per_epoch, val_steps_per_epoch, score_steps, seconds_per_step, seconds_per_eval_step,
             first_call_seconds, smoke_timing):
     """The estimate's arithmetic (module docstring): its parts and their sum, in seconds. `first_call_seconds`:
-    the full config's first calls beyond their steps; `smoke_timing`: the smoke run's status.json `timing`."""
+    the full config's first calls beyond their steps, timed here; `smoke_timing`: the smoke run's status.json `timing`."""
     first, last = smoke_timing["first_epoch"], smoke_timing["last_epoch"]
     epoch_other = last["other_seconds"]  # checkpoints, backup, logs: every epoch
     first_epoch_extra = max(0.0, first["other_seconds"] - epoch_other)  # its first save, its first pictures: once
+    smoke_first_calls = first["steps_seconds"] - last["steps_seconds"]  # in a new trainer, as the full run's are
     epoch = steps_per_epoch * seconds_per_step + val_steps_per_epoch * seconds_per_eval_step + epoch_other
     parts = {
         "setup": smoke_timing["setup_seconds"],
-        "first_calls": first_call_seconds + first_epoch_extra,
+        "first_calls": max(first_call_seconds, smoke_first_calls) + first_epoch_extra,
         "epochs": epochs * epoch,
         "end": smoke_timing["end_seconds"] + score_steps * seconds_per_eval_step,
     }
