@@ -85,7 +85,8 @@ def main(argv=None):
                 return 1
             fab(env, "monitor", "--follow")
             code = fab(env, "fetch-results", "--run", run, "--dest", str(DEMO / "results"))
-            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), DEMO / "results" / "demo-host" / run / "status.json"))
+            fetched = DEMO / "results" / inventory["default_host"] / run
+            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), fetched / "status.json"))
             print(f"Demo done. Inventory: {DEMO / 'inventory.yaml'}; results: {DEMO / 'results'}")
             if args.keep_host:
                 print(f"The local SSH host stays up; in another terminal:\n  export FACENET_INVENTORY={DEMO / 'inventory.yaml'} "

@@ -121,7 +121,8 @@ SMOKE_STEP = "smoke-test"  # its result on the host (deploy.host.provision.resul
 
 
 def smoke_test(conn, inv, say, price_per_hour=None):
-    """The smoke test, then the estimate of the full training on this host (its step timed with the training config)."""
+    """The smoke test, then the estimate of the full training on this host (the smoke run's own timing, and the training
+    config's steps timed there: trainer/training/estimate.py)."""
     out_dir = smoke_dir(inv.remote)  # outside runs_dir, TensorBoard's logdir: it lists the real runs only
     try:
         _, result = trainer_step(conn, inv, SMOKE_STEP, "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),

@@ -4,7 +4,7 @@
     est["seconds"], est["parts"]   # the trainer's time from its start to `finished`, and what it is made of
 
 The smoke test (trainer/training/smoke.py) calls it after it passes. The estimate is of the time the trainer
-runs (status.json's compute_seconds at the end, what metrics.json's compute record prices), in five parts:
+runs (status.json's compute_seconds at the end, what metrics.json's compute record prices), in four parts:
 
     setup         the trainer's start to its first epoch (data, TensorFlow, model): the smoke run's own
     first_calls   the first call of each traced step (tracing, graph optimisation) and the first reading of
