@@ -62,7 +62,7 @@ def report(name, est, status, load):
     steps_only = est["epochs"] * (est["steps_per_epoch"] * est["seconds_per_step"] + est["val_steps_per_epoch"] * est["seconds_per_eval_step"])
     lines = [f"{name}: estimated {est['seconds']:.1f} s, took {took:.1f} s ({error * 100:+.0f} %); "
              f"load average {load[0]:.2f} before the smoke test, {load[1]:.2f} after the training",
-             f"  the steps alone (the estimate before it counted the rest): {steps_only:.1f} s ({took / steps_only * 100 - 100:+.0f} %)",
+             f"  the steps alone, all the estimate counted before: {steps_only:.1f} s (error {took / steps_only * 100 - 100:+.0f} %)",
              f"  {'part':<28} {'estimate s':>10} {'actual s':>9}",
              f"  {'set-up':<28} {parts['setup']:>10.1f} {t['setup_seconds']:>9.1f}",
              f"  {'first calls + ' + str(status['epoch']) + ' epochs':<28} {parts['first_calls'] + parts['epochs']:>10.1f} {epochs:>9.1f}",
