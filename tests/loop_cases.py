@@ -323,7 +323,8 @@ def case_short_validation():
 
 
 def case_epoch_timing():
-    """One device, StatusCallback: validation batches that take 1.5 s each to read (3 s an epoch)."""
+    """One device, StatusCallback: validation batches that take 1.5 s each to read (3 s an epoch), and a callback
+    after StatusCallback that takes 1 s at each epoch's end (a checkpoint)."""
     from trainer.training.callbacks import StatusCallback
     from trainer.training.status import RunStatus
 
@@ -332,14 +333,19 @@ def case_epoch_timing():
             time.sleep(1.5)
             return super().share(index, part, parts)
 
+    class SlowSave(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(1.0)
+
     tmp = Path(tempfile.mkdtemp())
     x, y = clips(16, seed=5)
     model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
     status = RunStatus(tmp, 2)
-    loop.fit(model, strategy_of_case(), Batches(x, y, 4), SlowBatches(x[:8], y[:8], 4), 2, [StatusCallback(status, "val_loss", "min")],
-             log=lambda s: None)
+    loop.fit(model, strategy_of_case(), Batches(x, y, 4), SlowBatches(x[:8], y[:8], 4), 2,
+             [StatusCallback(status, "val_loss", "min"), SlowSave()], log=lambda s: None)
+    status.update(state="finished")
     st = json.loads((tmp / "status.json").read_text())
-    return {k: st.get(k) for k in ("last_epoch_seconds", "last_epoch_train_seconds")}
+    return {k: st.get(k) for k in ("last_epoch_seconds", "last_epoch_train_seconds", "timing")}
 
 
 def case_threads():

@@ -64,6 +64,7 @@ def test_the_demo_runs_to_the_end_then_nothing_of_it_runs_and_it_only_talked_to_
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "Test" in out or "test" in out  # fetch-results printed the metrics
+    assert re.search(r"\nTraining time: estimated \d+ s, took \d+ s \([+-]\d+ %\)", out), out[-3000:]  # the smoke test's estimate, the run's time
     procs, sessions = left_running(demo_home)
     assert not procs and not sessions, (procs, sessions)
     connects = network_connects(trace)

@@ -120,11 +120,27 @@ def test_no_validation_clip_is_dropped_a_generator_that_cannot_merge_a_short_bat
     assert "validation generator Batches" in error and "1 clip(s)" in error and "require_rows" in error, out
 
 
-def test_status_records_the_epochs_training_seconds_without_its_validation():
+@pytest.fixture(scope="module")
+def epoch_timing():
+    return run_case("epoch_timing")
+
+
+def test_status_records_the_epochs_training_seconds_without_its_validation(epoch_timing):
     """Review D5: bench/scaling.py divided training samples by the epoch's training + validation time."""
-    out = run_case("epoch_timing")
+    out = epoch_timing
     assert out["last_epoch_train_seconds"] is not None, out
     assert out["last_epoch_train_seconds"] + 2.5 < out["last_epoch_seconds"], out  # 2 validation batches of 1.5 s left out
+
+
+def test_status_records_each_epochs_steps_apart_from_its_callbacks_for_the_estimate(epoch_timing):
+    """The smoke test's timing, which the estimate of the full training scales (trainer/training/estimate.py)."""
+    out = epoch_timing
+    timing = out["timing"]
+    assert [timing["first_epoch"]["epoch"], timing["last_epoch"]["epoch"]] == [1, 2], out
+    for epoch in (timing["first_epoch"], timing["last_epoch"]):
+        assert epoch["steps_seconds"] >= 3.0, out  # its 2 validation batches of 1.5 s are steps
+        assert 1.0 <= epoch["other_seconds"] < epoch["steps_seconds"], out  # the 1 s save is not
+    assert timing["setup_seconds"] >= 0 and timing["end_seconds"] >= 0, out
 
 
 def test_validation_pictures_come_from_the_epochs_own_evaluation():

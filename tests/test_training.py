@@ -192,10 +192,21 @@ def test_validate_and_smoke_write_a_json_result_for_the_deploy_side(tmp_path, sy
     proc = run_trainer("validate", "--data", empty, "--result", result)
     got = json.loads(result.read_text())
     assert proc.returncode == 2 and got["ok"] is False and got["exit_code"] == 2 and "No .npz files" in got["message"]
-    proc = run_trainer("smoke", "--synthetic", "--out", tmp_path / "runs", "--result", tmp_path / "smoke.json")
+    proc = run_trainer("smoke", "--synthetic", "--out", tmp_path / "runs", "--result", tmp_path / "smoke.json",
+                       "--estimate-config", ROOT / "configs" / "demo.yaml")
     got = json.loads((tmp_path / "smoke.json").read_text())
     assert proc.returncode == 0 and got["ok"] is True and "Smoke test passed" in got["message"]
-    assert (tmp_path / "runs").joinpath(got["run_dir"].split("/")[-1], "best.keras").is_file()
+    run = (tmp_path / "runs").joinpath(got["run_dir"].split("/")[-1])
+    assert run.joinpath("best.keras").is_file()
+    # the estimate of the demo's training: the smoke run's own timing, scaled with the demo config's steps timed here
+    est, timing = got["estimate"], json.loads((run / "status.json").read_text())["timing"]
+    assert est["epochs"] == 10 and est["global_batch"] == 32 and est["steps_per_epoch"] * 32 >= est["train_clips"] > 0
+    assert est["parts"]["setup"] == pytest.approx(timing["setup_seconds"], abs=0.01)
+    assert est["parts"]["end"] >= timing["end_seconds"] > 0
+    assert est["parts"]["first_calls"] >= timing["first_epoch"]["other_seconds"] - timing["last_epoch"]["other_seconds"]
+    assert est["seconds_per_epoch"] == pytest.approx(est["steps_per_epoch"] * est["seconds_per_step"] + est["val_steps_per_epoch"]
+                                                     * est["seconds_per_eval_step"] + timing["last_epoch"]["other_seconds"], abs=0.02)
+    assert est["seconds"] == pytest.approx(sum(est["parts"].values()), abs=0.1)
 
 
 def test_mirrored_training_over_two_devices_records_replicas_and_resumes(tmp_path, synth_crema):

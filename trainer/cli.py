@@ -148,7 +148,7 @@ def build_parser():
     sp.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR")
     sp.add_argument("--synthetic", action="store_true", help="add a small synthetic data set (no real data needed)")
     sp.add_argument("--estimate-config", type=Path, metavar="CONFIG",
-                    help="then time CONFIG's training step here: the result's `estimate` (seconds per step, steps, epochs)")
+                    help="then estimate CONFIG's training here: the result's `estimate` (seconds, its parts, seconds per step, steps, epochs)")
     sp.set_defaults(func=cmd_smoke)
 
     sp = sub.add_parser("evaluate", help="score a run's best model on its validation split or other data")

@@ -7,7 +7,9 @@
    for the GPU host, whose "remote" paths live under .facenet/demo/host/,
 3. runs the real `fab deploy-full` against it (configs/demo.yaml: a short CPU training),
 4. `fab monitor --follow` until the run ends, then `fab fetch-results`, which prints the metrics,
-5. and, also on failure or Ctrl-C, ends everything it started: the SSH server, the tmux sessions,
+5. the training's time against the smoke test's estimate of it (the estimate in the smoke test's JSON
+   result on the host, the time in the fetched run's status.json: compute_seconds),
+6. and, also on failure or Ctrl-C, ends everything it started: the SSH server, the tmux sessions,
    the host agent, TensorBoard and any trainer (deploy.demo.localhost.end_host_processes).
 
 Its files are under .facenet/demo/ ($FACENET_DEMO_DIR if set). The host agent's EC2 metadata probe
@@ -18,6 +20,7 @@ demo does not download TensorFlow a second time; everything else is the real cod
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +31,8 @@ from pathlib import Path
 import yaml
 
 from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv
+from deploy.host.provision import result_path
+from deploy.host.training import SMOKE_STEP
 from deploy.inventory import REPO_ROOT
 
 DEMO = Path(os.environ.get("FACENET_DEMO_DIR") or REPO_ROOT / ".facenet" / "demo")
@@ -74,12 +79,15 @@ def main(argv=None):
             inventory["hosts"] = {"demo-host": host.host_entry()}
             (DEMO / "inventory.yaml").write_text(yaml.safe_dump(inventory, sort_keys=False))
             env = {**os.environ, "FACENET_INVENTORY": str(DEMO / "inventory.yaml"), "FACENET_STATE_DIR": str(DEMO / "state")}
-            if fab(env, "deploy-full") != 0:
+            run = time.strftime("demo-%Y%m%d-%H%M%S")
+            if fab(env, "deploy-full", "--run-name", run) != 0:
                 print("\nThe demo's deploy-full failed (above).", file=sys.stderr)
                 return 1
             fab(env, "monitor", "--follow")
-            code = fab(env, "fetch-results", "--dest", str(DEMO / "results"))
-            print(f"\nDemo done. Inventory: {DEMO / 'inventory.yaml'}; results: {DEMO / 'results'}")
+            code = fab(env, "fetch-results", "--run", run, "--dest", str(DEMO / "results"))
+            fetched = DEMO / "results" / inventory["default_host"] / run
+            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), fetched / "status.json"))
+            print(f"Demo done. Inventory: {DEMO / 'inventory.yaml'}; results: {DEMO / 'results'}")
             if args.keep_host:
                 print(f"The local SSH host stays up; in another terminal:\n  export FACENET_INVENTORY={DEMO / 'inventory.yaml'} "
                       f"FACENET_STATE_DIR={DEMO / 'state'}\n  fab monitor; fab tensorboard-tunnel\nPress Enter to stop it.")
@@ -92,6 +100,25 @@ def main(argv=None):
         ended = end_host_processes(host_root, sessions)
         if ended:
             print(f"Stopped what the demo host still ran: {', '.join(ended)}")
+
+
+def training_time(smoke_result, status):
+    """'Training time: estimated 54 s, took 58 s (+7 %) ...': the smoke test's estimate (its JSON result) against
+    the trainer's time (the run's status.json compute_seconds), or what is missing."""
+    def read(path):
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+
+    estimate = ((read(smoke_result) or {}).get("estimate") or {}).get("seconds")
+    took = (read(status) or {}).get("compute_seconds")
+    if estimate is None or took is None:
+        missing = " and ".join(what for what, value in (("no estimate in " + str(smoke_result), estimate),
+                                                        ("no compute_seconds in " + str(status), took)) if value is None)
+        return f"Training time: not compared ({missing})."
+    return (f"Training time: estimated {estimate:.0f} s, took {took:.0f} s ({(took - estimate) / estimate * 100:+.0f} %) "
+            "(the smoke test's estimate; the trainer's time from its start to its end, status.json compute_seconds)")
 
 
 def demo_config(epochs):

@@ -161,12 +161,17 @@ def check_tensorflow_gpus(conn, inv, expected, say):
     say(f"TensorFlow sees {seen} GPU(s), as nvidia-smi does")
 
 
+def result_path(remote, name):
+    """Where the remote step `name` leaves its JSON result on the host (until the step runs again)."""
+    return rjoin(remote["runs_dir"], ".results", f"{name}.json")
+
+
 def run_with_result(conn, inv, name, command):
     """Run `command RESULT_FILE` on the host; returns (the run's Result, the JSON it wrote or None).
 
     Remote steps report through this file, never through their output: TensorFlow writes
     different lines to stderr on different machines."""
-    path = rjoin(inv.remote["runs_dir"], ".results", f"{name}.json")
+    path = result_path(inv.remote, name)
     folder = rjoin(inv.remote["runs_dir"], ".results")
     out = conn.run(f"mkdir -p {rq(folder)} && rm -f {rq(path)} && {command} {rq(path)}", hide=True, warn=True, in_stream=False)
     got = conn.run(f"cat {rq(path)}", hide=True, warn=True, in_stream=False)

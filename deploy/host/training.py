@@ -126,11 +126,15 @@ def packed_dir(inv):
     return rjoin(inv.remote["runs_dir"], ".packed")
 
 
+SMOKE_STEP = "smoke-test"  # its result on the host (deploy.host.provision.result_path) holds the estimate, which deploy/demo reads
+
+
 def smoke_test(conn, inv, say, price_per_hour=None):
-    """The smoke test, then the estimate of the full training on this host (its step timed with the training config)."""
+    """The smoke test, then the estimate of the full training on this host (the smoke run's own timing, and the training
+    config's steps timed there: trainer/training/estimate.py)."""
     out_dir = smoke_dir(inv.remote)  # outside runs_dir, TensorBoard's logdir: it lists the real runs only
     try:
-        _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
+        _, result = trainer_step(conn, inv, SMOKE_STEP, "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
                                  "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
     except KeyboardInterrupt:  # the step's process group on the host is ended by now (deploy.host.connection.StepRunner)
         raise Interrupted(f"Interrupted the smoke test on {conn.label}: its trainer there was ended and the host's lock released. "
@@ -144,15 +148,20 @@ def smoke_test(conn, inv, say, price_per_hour=None):
 
 
 def describe_estimate(est, config, price_per_hour):
-    """The estimate's lines: seconds per step measured here, then time and cost of the full training."""
+    """The estimate's lines (trainer/training/estimate.py): the steps measured here, then the full training's time (the
+    trainer's, from its start to its end) with what it is made of, and its cost."""
     hours = est["seconds"] / 3600
     where = f"{est['replicas']} device(s)" + (", mixed precision" if est["mixed_precision"] else "")
     cost = (f", about ${hours * price_per_hour:.2f} at ${price_per_hour:.4g}/h" if price_per_hour
             else " (cost: set price_per_hour, or `fab launch` the host, to see it)")
+    parts = est["parts"]
     return [f"measured on this host: {est['seconds_per_step']:.4g} s per training step ({config}: global batch {est['global_batch']}, "
-            f"clips of ~{est['frames']} frames, {where}); {est['seconds_per_eval_step']:.4g} s per validation step",
-            f"estimate of the full training: up to {est['epochs']} epochs x {est['steps_per_epoch']} steps = about {_duration(est['seconds'])}"
-            f"{cost} (early stopping may end it sooner)"]
+            f"clips padded to ~{est['frames']} frames, {where}); {est['seconds_per_eval_step']:.4g} s per validation step",
+            f"estimate of the full training: up to {est['epochs']} epochs x {est['steps_per_epoch']} steps "
+            f"(and {est['val_steps_per_epoch']} validation steps) = about {_duration(est['seconds'])}{cost} (early stopping may end it sooner)",
+            f"  the trainer's start {_duration(parts['setup'])}, first calls (tracing) {_duration(parts['first_calls'])}, "
+            f"epochs {_duration(parts['epochs'])} ({est['seconds_per_epoch']:.3g} s each, checkpoints and logs included), "
+            f"scores and pictures at the end {_duration(parts['end'])}"]
 
 
 def _duration(seconds):

@@ -73,8 +73,9 @@ def preflight(h):
 def smoke_test(h, restart=False):
     """Run `python -m trainer smoke` on the host (a few clips, 2 epochs, reload, predict); stop and say why if it fails.
 
-    Then it times the training config's step on the host and prints the estimated time and cost
-    of the full training (epochs x steps x price_per_hour).
+    Then it times the training config's steps on the host and prints the estimated time and cost of
+    the full training: the trainer's start, its first calls (tracing), epochs x (training and validation
+    steps, checkpoints and logs) and its end, as the smoke run took them and scaled to the training config.
     """
     training.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))
 

@@ -48,6 +48,7 @@ class StatusCallback(keras.callbacks.Callback):
         self._began = self._beat = time.monotonic()
         if self.initial_epoch is None:
             self.initial_epoch = epoch
+            self.status.training_started()
             self.status.update(state="running", epoch=epoch)
 
     def training_done(self, epoch, seconds):
@@ -60,6 +61,10 @@ class StatusCallback(keras.callbacks.Callback):
         self.status.data.update(last_epoch_seconds=seconds, slowest_epoch_seconds=slowest,
                                 last_epoch_train_seconds=getattr(self, "_train_seconds", None))
         self.status.epoch_done(epoch, logs or {}, self.monitor, self.mode, self.initial_epoch)
+
+    def epoch_timed(self, epoch, steps_seconds, other_seconds):
+        """Called by the loop once the epoch's callbacks are done: status.json's `timing` (written with the next update)."""
+        self.status.epoch_timed(epoch, steps_seconds, other_seconds)
 
 
 class LearningRateLogger(keras.callbacks.Callback):

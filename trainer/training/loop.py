@@ -52,7 +52,9 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     every call's progress; one with `train_failed(error)` hears of an exception that ends the loop
     (no `on_train_end` then); one with `training_done(epoch, seconds)` hears how long the epoch's
     training took, its validation left out (host time until the last training call returned: on a
-    GPU, device work still queued then is counted in the validation's time)."""
+    GPU, device work still queued then is counted in the validation's time); one with
+    `epoch_timed(epoch, steps_seconds, other_seconds)` hears, once the epoch's callbacks are done, how long
+    its training and validation calls took (until the device was waited for) and how long the rest of it."""
     history = History()
     cbs = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=len(train_gen), verbose=0)
     classes = model.output_shape[-1]
@@ -77,6 +79,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     progress = next((c.batch_done for c in callbacks if hasattr(c, "batch_done")), None)  # StatusCallback's heartbeat
     confusion_takers = [c for c in callbacks if hasattr(c, "validation_confusion")]
     timers = [c for c in callbacks if hasattr(c, "training_done")]
+    epoch_timers = [c for c in callbacks if hasattr(c, "epoch_timed")]
 
     def step_done(done, total):
         watch.beat()
@@ -95,6 +98,7 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
                 watch.long_wait()
                 steps.traced = False
             train, val = steps.totals(train, val)  # the epoch's one all-reduce and wait for the device
+            steps_seconds = time.monotonic() - t_train
             watch.pause()
             logs = {**_logs(train), **{f"val_{k}": v for k, v in _logs(val).items()}}
             line = f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - t0:.0f}s - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
@@ -115,6 +119,8 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
             cbs.on_epoch_end(epoch, logs)
             train_gen.on_epoch_end()
             log(line)
+            for timer in epoch_timers:
+                timer.epoch_timed(epoch, steps_seconds, time.monotonic() - t0 - steps_seconds)
             watch.long_wait()  # the others wait here for the chief's epoch end (checkpoints, backup): its own work
             stop_now, by_signal = distribute.agree(strategy, [model.stop_training, stop is not None and stop.requested])
             if by_signal:

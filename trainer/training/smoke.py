@@ -5,9 +5,10 @@
 
 Trains `configs/smoke.yaml` (a few dozen clips, 2 epochs, a tiny model) through the
 real run code, then checks that the loss is finite and that the saved model reloads
-and predicts one probability per class. With `estimate_config`, it then times the full
-config's training step on this machine (trainer/training/estimate.py), for the deploy's estimate of the
-full training's time and cost.
+and predicts one probability per class. With `estimate_config`, it then estimates the full
+config's training on this machine from the smoke run's own timing (status.json `timing`: set-up, each epoch's
+time besides its steps, the end) and the full config's steps timed here (trainer/training/estimate.py), for
+the deploy's estimate of the full training's time and cost.
 """
 
 import csv
@@ -50,9 +51,10 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=(), estim
     if estimate_config:
         from trainer.training.estimate import estimate
 
-        estimated = estimate(load_config(estimate_config), Path(run_dir) / "manifest.json")
+        estimated = estimate(load_config(estimate_config), run_dir)
+        parts = ", ".join(f"{name.replace('_', ' ')} {seconds:.0f} s" for name, seconds in estimated["parts"].items())
         print(f"Full training here: {estimated['seconds_per_step']} s per step, {estimated['steps_per_epoch']} steps per epoch, "
-              f"up to {estimated['epochs']} epochs: about {estimated['seconds']:.0f} s", flush=True)
+              f"up to {estimated['epochs']} epochs: about {estimated['seconds']:.0f} s ({parts})", flush=True)
     return run_dir, seconds, estimated
 
 

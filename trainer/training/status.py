@@ -3,6 +3,12 @@
 States: starting, running, finished, failed, stopped. Written atomically (temp file
 in the same directory, then rename), so a reader sees the old or the new file, never
 a torn one. The deploy monitor reads it over SSH.
+
+`timing` says where this session's time went, for the estimate of a longer run (trainer/training/estimate.py
+reads the smoke test's): `setup_seconds` (the trainer's start to its first epoch: data, TensorFlow, model),
+`first_epoch` and `last_epoch` ({"epoch", "steps_seconds": its training and validation calls,
+"other_seconds": the rest of it, mostly the callbacks: checkpoints, backup, logs, pictures}) and, once
+finished, `end_seconds` (the last epoch's end to the run's: the best model scored, pictures, metrics).
 """
 
 import json
@@ -58,9 +64,17 @@ class RunStatus:
             self.data.update({k: old[k] for k in keep if k in old})
             self.data["resumed_at"] = now_iso()
         self._compute_before = self.data.setdefault("compute_seconds", 0.0)
+        self.data["timing"] = {}  # this session's (module docstring)
+        self._last_epoch_end = None
         self.update()
 
+    def elapsed(self):
+        """Seconds since this session of the trainer started."""
+        return time.monotonic() - self._t0
+
     def update(self, **fields):
+        if fields.get("state") == "finished" and self._last_epoch_end is not None:
+            self.data["timing"]["end_seconds"] = round(time.monotonic() - self._last_epoch_end, 3)
         self.data.update(fields, updated_at=now_iso())
         # the trainer's wall time over every session of the run: what its machine was paid for
         self.data["compute_seconds"] = round(self._compute_before + time.monotonic() - self._t0, 1)
@@ -74,6 +88,17 @@ class RunStatus:
             if later > 0 and data.get("seconds_per_epoch"):  # the whole run's ETA (an upper bound: early stopping)
                 data["eta_seconds"] = round((data.get("eta_seconds") or 0) + later * data["epochs"] * data["seconds_per_epoch"], 1)
             write_json_atomic(path, data)
+
+    def training_started(self):
+        """The first epoch of this session begins: what came before is its set-up (written with the next update)."""
+        self.data["timing"].setdefault("setup_seconds", round(self.elapsed(), 3))
+
+    def epoch_timed(self, epoch, steps_seconds, other_seconds):
+        """Epoch `epoch` (0-based) took `steps_seconds` in its training and validation calls, `other_seconds` besides."""
+        entry = {"epoch": epoch + 1, "steps_seconds": round(steps_seconds, 3), "other_seconds": round(other_seconds, 3)}
+        self.data["timing"].setdefault("first_epoch", entry)
+        self.data["timing"]["last_epoch"] = entry
+        self._last_epoch_end = time.monotonic()  # what comes after the last one, until `finished`, is the run's end
 
     def epoch_done(self, epoch, logs, monitor, mode, initial_epoch):
         done = epoch + 1
