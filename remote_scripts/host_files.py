@@ -214,6 +214,7 @@ def autostop_view(settings, state, runs_dir, running):
     if finished and short and not running and max(last_activity, finished["since"]) + short < view["fires_at_epoch"]:
         view["fires_at_epoch"] = max(last_activity, finished["since"]) + short
         view["why"] = f"run {finished['run']} {finished['state']}, its end {finished['how']}: {short / 60:.3g} idle minutes"
+        view["short"] = True  # the monitor says why only then: the full idle wait is what it always said
     elif not running:
         view["why"] = f"{auto['idle_seconds'] / 60:.4g} idle minutes"
     view["fires_at"] = iso(view["fires_at_epoch"])

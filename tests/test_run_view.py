@@ -29,7 +29,8 @@ def test_autostop_says_when_the_host_powers_off_in_the_viewers_time():
 
 def test_the_monitor_says_when_and_why_the_host_powers_off():
     why = "run r1 finished, its end stored: 10 idle minutes"
-    assert autostop_line(agent(why=why)).plain == f"powers off at {local_clock('2026-11-25T17:45:00+00:00')} if still idle ({why})"
+    assert autostop_line(agent(why=why, short=True)).plain == f"powers off at {local_clock('2026-11-25T17:45:00+00:00')} if still idle ({why})"
+    assert autostop_line(agent(why="30 idle minutes")).plain == f"powers off at {local_clock('2026-11-25T17:45:00+00:00')} if still idle"
     soon = datetime.now(timezone.utc).replace(microsecond=0)
     cap = {"deadline": soon.isoformat(), "max_hours": 24, "command": "sudo -n /sbin/poweroff"}
     assert budget_line(cap).plain == f"powers off at {local_clock(cap['deadline'])} (24 h after launch), whatever it is doing"

@@ -90,7 +90,7 @@ def autostop_line(agent):
     if auto.get("held"):  # a poweroff would delete the host with a run not yet fetched nor stored (agent_events.py)
         return Text(f"{verb} {idle}; HELD BACK: {auto['held']}", style="bold yellow")
     last, waiting = auto.get("last_fired"), auto.get("waiting_for") or []
-    return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle" + (f" ({auto['why']})" if auto.get("why") else "")
+    return Text(f"{verb} at {_clock(auto['fires_at'])} if still idle" + (f" ({auto['why']})" if auto.get("short") else "")
                 + (f" (last fired at {_clock(last['fired_at'])}, exit {last.get('exit_code')})" if last else "")
                 + (f"; waiting: {'; '.join(map(str, waiting))}" if waiting else ""))
 
