@@ -8,8 +8,12 @@ from fabric import Config, Connection
 from invoke import Context
 
 from deploy.errors import InventoryError, LocalInputError
-from deploy.host.connection import connect, key_files, remember_host, rq
-from deploy.inventory import REPO_ROOT, load_inventory
+from deploy.host.connection import connect
+from deploy.host.login import key_files
+from deploy.host.quoting import rq
+from deploy.host.remembered import remember_host
+from deploy.inventory import load_inventory
+from deploy.paths import REPO_ROOT
 
 
 def write(tmp_path, data):

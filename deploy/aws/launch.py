@@ -24,7 +24,7 @@ from deploy.aws.errors import Attempt, Failover, aws_errors, code_of, explain
 from deploy.aws.resources import TAG, find_ami, key_pair, placement_group, security_group, ssh_cidr, tags
 from deploy.aws.session import connect
 from deploy.errors import DeployError, LocalInputError
-from deploy.host.connection import forget_host_keys
+from deploy.host.remembered import forget_host_keys
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 

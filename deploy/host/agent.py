@@ -23,7 +23,7 @@ import threading
 from deploy.errors import DeployError, LocalInputError
 from deploy.host.budget import budget_settings
 from deploy.host.budget import describe as describe_budget
-from deploy.host.connection import rjoin, rq
+from deploy.host.quoting import rjoin, rq
 from deploy.host.training import launch as launch_training
 from deploy.host.training import script
 from deploy.recovery import settings as recovery_settings

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
-from deploy.host.connection import rjoin, rq, rsync_target, ssh_command
-from deploy.inventory import REPO_ROOT
+from deploy.host.connection import rsync_target, ssh_command
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import REPO_ROOT
 from trainer.errors import UserError
 from trainer.names import check_run_name
 from trainer.results import runfiles

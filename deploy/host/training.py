@@ -6,7 +6,7 @@
     info = run_state(conn, inv, run=None)      # remote_scripts/run_state.py --json
     refuse_while_training(conn, inv, say, task, restart)   # while any process of the run lives
 
-Every path and argument is quoted for the remote shell (see `deploy.host.connection.rq`).
+Every path and argument is quoted for the remote shell (see `deploy.host.quoting.rq`).
 """
 
 import hashlib
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from deploy.errors import DeployError, Interrupted, LocalInputError
-from deploy.host.connection import PYTHON3, rjoin, rq
 from deploy.host.provision import run_with_result
+from deploy.host.quoting import PYTHON3, rjoin, rq
 from deploy.host.sync import remote_data_dirs
 from deploy.inventory import smoke_dir
 from trainer.errors import UserError
@@ -132,7 +132,7 @@ def smoke_test(conn, inv, say, price_per_hour=None):
     try:
         _, result = trainer_step(conn, inv, "smoke-test", "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
                                  "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
-    except KeyboardInterrupt:  # the step's process group on the host is ended by now (deploy.host.connection.StepRunner)
+    except KeyboardInterrupt:  # the step's process group on the host is ended by now (deploy.host.steps.StepRunner)
         raise Interrupted(f"Interrupted the smoke test on {conn.label}: its trainer there was ended and the host's lock released. "
                           "No training was started and nothing a training uses changed (code, data, venv); the unfinished test "
                           f"left a folder under {out_dir} that nothing reads.\nNext: `fab smoke-test` again, or `fab deploy-full` "

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from deploy.errors import DeployError, LocalInputError
-from deploy.host.connection import rjoin, rq, state_dir
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import state_dir
 from trainer.storage.layout import RUN_NAME, StorageUrlError, parse_url, split_run_url
 
 RESUMED = {}  # resume_source's downloads, once per command: (url, run) -> local folder

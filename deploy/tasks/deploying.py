@@ -12,8 +12,8 @@ from rich.text import Text
 from deploy.errors import DeployError, Interrupted, LocalInputError
 from deploy.host import cluster, sync, training
 from deploy.host import provision as prov
-from deploy.host.connection import remember_cluster, remember_host
-from deploy.inventory import REPO_ROOT
+from deploy.host.remembered import remember_cluster, remember_host
+from deploy.paths import REPO_ROOT
 from deploy.runs import storage
 from deploy.tasks.plumbing import console, host_task, prefixed, say
 from deploy.tasks.running import check_train_options, start_training
