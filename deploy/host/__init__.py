@@ -1,6 +1,9 @@
 """Host operations: small functions that take a host's Connection (or Target) and do one thing there.
 
-    connection.py  which host (-H, remembered, default_host), its Connection, remote quoting (rq), rsync's ssh
+    connection.py  which host (-H, remembered, default_host), its Connection, rsync's ssh
+    remembered.py  the remembered host (state.json) and the kept host keys (known_hosts)
+    steps.py       Ctrl-C ends the remote step's process group; heartbeat.py: SSH keepalives
+    quoting.py     remote paths as the host's shell reads them (rq, rjoin), the host's python3
     session.py     one connection, one lock and one bookkeeping command for the tasks of a `fab` invocation
     bookkeeping.py that command: the host-side helper (remote_scripts/fab_session.py), answered in JSON
     lock.py        one command at a time changes a host

@@ -19,7 +19,8 @@ from deploy.errors import DeployError, Interrupted, LocalInputError
 from deploy.host.provision import run_with_result
 from deploy.host.quoting import PYTHON3, rjoin, rq
 from deploy.host.sync import remote_data_dirs
-from deploy.inventory import smoke_dir
+from deploy.inventory.schema import smoke_dir
+from deploy.paths import REPO_ROOT
 from trainer.errors import UserError
 from trainer.names import check_run_name
 
@@ -46,8 +47,6 @@ def remote_config(inv, path):
 
 def local_config(path):
     """This machine's copy of an inventory config path (relative paths are in the repo), or None when it has none."""
-    from deploy.inventory import REPO_ROOT
-
     local = Path(path).expanduser() if path.startswith(("/", "~/")) else REPO_ROOT / path
     return local if local.is_file() else None
 

@@ -13,7 +13,10 @@ The run's recoveries.json is a file of the run like any other: its uploader stor
 next checkpoint, and `fab runs` shows it from the pointer's summary.
 """
 
+import json
 import time
+
+from deploy.paths import state_dir
 
 
 def configured(inv):
@@ -66,10 +69,6 @@ def resumed_epoch(run):
     """The epoch of the backup that the last `deploy-full --resume-from` of `run` downloaded (the state dir's resume/
     HOST/RUN: what it uploaded to the new host), or None. Storage may have moved on between the watch's read and the
     deploy's: this is the epoch the run continues from."""
-    import json
-
-    from deploy.host.connection import state_dir
-
     found = sorted((state_dir() / "resume").glob(f"*/{run}/backup/training_metadata.json"), key=lambda p: p.stat().st_mtime)
     try:
         epoch = json.loads(found[-1].read_text()).get("epoch") if found else None
