@@ -93,28 +93,16 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
 
 
 def refuse_finished(run_dir):
-    """UserError (exit 2) for a finished run (a cross-validation: every fold finished): resuming it
-    would train it again from its start, its backup being gone, and rewrite its history, best model
-    and metrics. Nothing is written."""
-    from trainer.training.cv import PLAN, is_cv
-
+    """UserError (exit 2) for a finished run: resuming it would train it again from its start, its backup being gone,
+    and rewrite its history, best model and metrics. Nothing is written. (A cross-validation's own check:
+    cv.refuse_finished_cv.)"""
     run_dir = Path(run_dir)
-    if is_cv(run_dir):
-        try:
-            folds = json.loads((run_dir / PLAN).read_text())["folds"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # continue_cv reports a broken plan
-        done = all((run_dir / f"fold-{k}" / "metrics.json").is_file() for k in range(1, folds + 1))
-        results = run_dir / "cv.json"
-    else:
-        try:
-            state = json.loads((run_dir / "status.json").read_text()).get("state")
-        except (OSError, ValueError, AttributeError):
-            state = None
-        done = (run_dir / "metrics.json").is_file() or state == "finished"
-        results = run_dir / "metrics.json"
-    if done:
-        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {results}). "
+    try:
+        state = json.loads((run_dir / "status.json").read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        state = None
+    if (run_dir / "metrics.json").is_file() or state == "finished":
+        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {run_dir / 'metrics.json'}). "
                         "Resuming it would train it again from its first epoch and rewrite them.")
 
 
