@@ -98,7 +98,7 @@ def sync_code(target, inv, say):
     n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
     env = "".join(f"{k}={rq(v)}\n" for k, v in settings.items())  # `~/x` stays relative to whoever sources it
-    from trainer.training.run import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
+    from trainer.training.environment import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
 
     version = code_version()
     if answers.pop("code", None) != {"code_version": f"{version}\n", "deploy_env": env}:  # the host has them already: no command
