@@ -10,7 +10,9 @@
     agent.py       the host agent: heartbeat, its settings, autostop; budget.py the budget cap it keeps
     provision.py   apt packages, GPU report, venv, pinned requirements
     sync.py        code, data and runs to the host with rsync
-    training.py    the trainer there: preflight, smoke test, launch in tmux, run state, stop
+    checks.py      before a training: preflight (the data validated) and the smoke test with its estimate
+    run_config.py  the training config as the host reads it: this machine's copy, sent
+    training.py    the trainer there: launch in tmux, run state, stop
     observe.py     the monitor screen, log tail, fetching results, the TensorBoard tunnel
     cluster.py     several hosts as one training: each step on every host at once
 """
