@@ -106,7 +106,7 @@ def cycles(graph):
                 if w == v:
                     break
             if len(component) > 1:
-                found.append(circle_path(graph, set(component)))
+                found.append(circle_path(graph, set(component)) + f"  (the circle's modules: {', '.join(sorted(component))})")
 
     for v in sorted(graph):
         if v not in index:
@@ -131,7 +131,7 @@ def circle_path(graph, component):
 
 def test_the_cycle_finder_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert cycles(graph) == ["a -> b -> c -> a"]
+    assert cycles(graph) == ["a -> b -> c -> a  (the circle's modules: a, b, c)"]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
