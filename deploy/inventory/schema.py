@@ -63,7 +63,7 @@ DEFAULTS = {
         # a launched host stops billing on its own: autostop armed at launch, and the budget cap (null: off)
         "autostop_minutes": 30, "max_hours": 24, "ssh_wait_seconds": 600, "worker_port": 23456,
     },
-    "notify": {"webhook": None},  # deploy/notify.py: Slack- and Discord-compatible incoming webhook
+    "notify": {"webhook": None},  # deploy/recovery/notify.py: Slack- and Discord-compatible incoming webhook
     "recovery": {"hosts": [], "unreachable_minutes": 5, "max_restarts": 3, "poll_seconds": 30,  # `fab watch` (deploy/recovery/)
                  "give_up_minutes": 30, "max_restarts_on_kill": 1, "down_when_done": False,
                  "launch": {"type": None, "spot": False}},
