@@ -16,12 +16,13 @@ next checkpoint, and `fab runs` shows it from the pointer's summary.
 import json
 import time
 
+from deploy.errors import DeployError
 from deploy.paths import state_dir
+from deploy.recovery.machine import stored_end
+from deploy.runs import storage
 
 
 def configured(inv):
-    from deploy.runs import storage
-
     return storage.enabled(inv)
 
 
@@ -30,10 +31,6 @@ def latest(inv, run, started_at=None):
     or cannot be read, or holds another run of this name (begun at another time than `started_at`, the followed
     run's status.json started_at, when known); (None, None, why, Decision) when its pointer says that the run ended
     by itself (finished, failed on its own, stopped on request: machine.stored_end), which no recovery restarts."""
-    from deploy.errors import DeployError
-    from deploy.recovery.machine import stored_end
-    from deploy.runs import storage
-
     if not storage.enabled(inv):
         return None, None, "no run storage (set storage.url in the inventory)", None
     try:
@@ -54,8 +51,6 @@ def latest(inv, run, started_at=None):
 def pointer(inv, run):
     """The run's stored pointer (epoch, state, launch_id, written_at), or None (no storage, no such run, unreadable):
     read while the run's host does not answer, as proof that its run still goes on. Never raises."""
-    from deploy.runs import storage
-
     if not storage.enabled(inv):
         return None
     try:
