@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv  # noqa: E402
 from deploy.host.sync import CODE_PATHS  # noqa: E402
-from deploy.inventory import REPO_ROOT  # noqa: E402
+from deploy.paths import REPO_ROOT  # noqa: E402
 from trainer.data.synth import write_corpus  # noqa: E402
 
 FAB = Path(sys.executable).parent / "fab"

@@ -6,6 +6,7 @@
     aws/         EC2 for `fab launch`, `fab down`, `fab instances`
     recovery/    `fab watch`: a lost run moved to another host
     demo/        `make demo` (python -m deploy.demo) and the stand-in host on 127.0.0.1 (demo, tests, bench)
-    inventory.py inventory.yaml, in one place; launched.py the hosts `fab launch` made, merged into it
+    inventory/   inventory.yaml, in one place; launched.py the hosts `fab launch` made, merged into it
+    paths.py     the repository and the state folder (a leaf: it imports nothing of the project)
     errors.py    the errors every layer raises, each with its exit code
 """

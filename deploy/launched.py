@@ -14,21 +14,17 @@ without the `aws` extra still reads it.
 
 import contextlib
 import fcntl
-import ipaddress
 import json
 import os
-from pathlib import Path
 
 from deploy.errors import InventoryError
+from deploy.paths import state_dir
 
 HOST_FIELDS = ("address", "user", "key_file", "price_per_hour", "worker_address")  # what the inventory sees of an entry
-INTERRUPTIONS = ("terminate", "stop")
 
 
 def path():
-    from deploy.inventory import REPO_ROOT
-
-    return Path(os.environ.get("FACENET_STATE_DIR") or REPO_ROOT / ".facenet") / "launched.json"
+    return state_dir(create=False) / "launched.json"
 
 
 def load():
@@ -117,37 +113,3 @@ def merge(hosts, inventory_clusters, top_price, inventory, make_host):
                                  "Rename the inventory's.")
     return {name: {"hosts": spec["hosts"], "port": spec["port"]} for name, spec in data["clusters"].items()
             if all(h in hosts for h in spec["hosts"])}
-
-
-def check_settings(launch, inventory):
-    """The `launch:` keys beyond their types (inventory._merge checked those)."""
-    where = lambda key: f"Inventory key 'launch.{key}' in {inventory}"  # noqa: E731
-    for key in ("disk_gb", "ssh_wait_seconds"):
-        if launch[key] <= 0:
-            raise InventoryError(f"{where(key)} expects a number above 0. Received: {launch[key]}")
-    if not 0 < launch["worker_port"] < 65536:
-        raise InventoryError(f"{where('worker_port')} expects a port 1-65535. Received: {launch['worker_port']}")
-    if launch["spot_interruption"] not in INTERRUPTIONS:
-        raise InventoryError(f"{where('spot_interruption')} expects one of {', '.join(INTERRUPTIONS)} (what EC2 does to a "
-                             f"reclaimed spot instance). Received: {launch['spot_interruption']!r}")
-    if launch["ssh_cidr"] is not None:
-        check_cidr(launch["ssh_cidr"], where("ssh_cidr"), wide=launch["ssh_cidr_wide"])
-
-
-WIDEST = {4: 8, 6: 32}  # the shortest prefix launch.ssh_cidr may have without launch.ssh_cidr_wide: true (a /8, an ISP's /32)
-
-
-def check_cidr(cidr, where, wide=False):
-    """`cidr` as an ip_network; an error for a malformed one, one that opens SSH to everybody (/0, always), or one
-    wider than WIDEST (e.g. 0.0.0.0/1, half the internet) unless `wide` (inventory launch.ssh_cidr_wide: true)."""
-    try:
-        net = ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        raise InventoryError(f"{where} expects an address block such as 203.0.113.7/32 (your address). Received: {cidr!r}") from None
-    if net.prefixlen == 0:
-        raise InventoryError(f"{where} is {cidr}: that opens SSH to the whole internet. Give your own address as /32 "
-                             "(or your office's block); leave it unset to use this machine's public address.")
-    if net.prefixlen < WIDEST[net.version] and not wide:
-        raise InventoryError(f"{where} is {cidr}: {net.num_addresses:.3g} addresses may reach SSH, more than a /{WIDEST[net.version]}. "
-                             "Give your own address as /32 (or your office's block); if you mean it, set launch.ssh_cidr_wide: true.")
-    return str(net)

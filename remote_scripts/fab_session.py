@@ -38,7 +38,7 @@ UPLOAD_MARKER = ".facenet-upload-incomplete"  # deploy/host/sync.py: in a data f
 
 
 def home(path):
-    """`~` and `~/...` as the remote shell reads them (deploy.host.connection.rq); other paths as they are."""
+    """`~` and `~/...` as the remote shell reads them (deploy.host.quoting.rq); other paths as they are."""
     return os.path.expanduser(path) if path == "~" or path.startswith("~/") else path
 
 

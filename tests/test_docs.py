@@ -235,7 +235,7 @@ def test_every_task_and_flag_is_documented():
 
 
 def _inventory_keys():
-    from deploy.inventory import DEFAULTS, HOST_KEYS
+    from deploy.inventory.schema import DEFAULTS, HOST_KEYS
 
     def leaves(tree, prefix=""):
         for key, value in tree.items():
@@ -251,7 +251,7 @@ def test_every_inventory_key_is_in_docs_inventory():
     page = ROOT / "docs" / "inventory.md"
     documented = {w.strip() for _, span in code_spans(page) for w in span.split(",")}
     missing = [key for key in _inventory_keys() if key not in documented]
-    assert not missing, f"{rel(page)} does not document these keys of deploy/inventory.py: {', '.join(missing)}"
+    assert not missing, f"{rel(page)} does not document these keys of deploy/inventory/schema.py: {', '.join(missing)}"
 
 
 def slug(heading):

@@ -104,7 +104,7 @@ ESTIMATE = {"seconds_per_step": 0.1262, "seconds_per_eval_step": 0.0469, "steps_
 
 
 def test_the_deploy_says_the_estimate_with_its_parts_and_cost():
-    from deploy.host.training import describe_estimate
+    from deploy.host.checks import describe_estimate
 
     measured, full, parts = describe_estimate(ESTIMATE, "configs/demo.yaml", 1.006)
     assert measured.startswith("measured on this host: 0.1262 s per training step (configs/demo.yaml: global batch 32")

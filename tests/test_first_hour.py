@@ -77,7 +77,8 @@ def test_dash_h_naming_the_remembered_host_logs_in_with_its_key(bare, ssh_host, 
     """What deploy-full remembers (remember_host): the user, address, port and key file of the host."""
     from fabric import Config, Connection
 
-    from deploy.host.connection import connect, remember_host
+    from deploy.host.connection import connect
+    from deploy.host.remembered import remember_host
     from deploy.inventory import load_inventory
 
     monkeypatch.setenv("FACENET_STATE_DIR", bare.env["FACENET_STATE_DIR"])

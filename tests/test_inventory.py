@@ -8,8 +8,12 @@ from fabric import Config, Connection
 from invoke import Context
 
 from deploy.errors import InventoryError, LocalInputError
-from deploy.host.connection import connect, key_files, remember_host, rq
-from deploy.inventory import REPO_ROOT, load_inventory
+from deploy.host.connection import connect
+from deploy.host.login import key_files
+from deploy.host.quoting import rq
+from deploy.host.remembered import remember_host
+from deploy.inventory import load_inventory
+from deploy.paths import REPO_ROOT
 
 
 def write(tmp_path, data):
@@ -287,11 +291,11 @@ def argument(command, flag):
     ({"remote": {"smoke_dir": "/scratch/smoke"}}, "/scratch/smoke"),
 ])
 def test_the_smoke_test_writes_its_runs_outside_the_folder_tensorboard_reads(tmp_path, data, smoke):
-    from deploy.host import observe, training
+    from deploy.host import checks, observe
 
     inv = load_inventory(write(tmp_path, data))
     host = Recorder()
-    training.smoke_test(host, inv, lambda line: None)
+    checks.smoke_test(host, inv, lambda line: None)
     observe.start_tensorboard(host, inv, lambda line: None)
     (smoke_command,) = [c for c in host.commands if " -m trainer smoke " in c]
     (tensorboard_command,) = [c for c in host.commands if "tensorboard.sh" in c]
@@ -380,8 +384,8 @@ def test_a_local_data_entry_that_is_a_file_says_so(tmp_path):
 
 
 def test_preflight_names_a_missing_training_config_as_a_bad_input_not_as_data_that_would_not_train(tmp_path):
-    from deploy.host import training
+    from deploy.host import checks
 
     inv = load_inventory(write(tmp_path, {"train_config": "configs/no-such-config.yaml"}))
     with pytest.raises(LocalInputError, match="'train_config' names configs/no-such-config.yaml, which is not a file in this repo"):
-        training.preflight(Recorder(), inv, lambda line: None)
+        checks.preflight(Recorder(), inv, lambda line: None)

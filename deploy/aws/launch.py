@@ -24,7 +24,9 @@ from deploy.aws.errors import Attempt, Failover, aws_errors, code_of, explain
 from deploy.aws.resources import TAG, find_ami, key_pair, placement_group, security_group, ssh_cidr, tags
 from deploy.aws.session import connect
 from deploy.errors import DeployError, LocalInputError
-from deploy.host.connection import forget_host_keys
+from deploy.host.agent import arm_launched
+from deploy.host.remembered import forget_host_keys
+from deploy.inventory import load_inventory
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
@@ -160,8 +162,6 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         targets = [wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say) for name in names]
         if req.max_hours or req.autostop_minutes:
             arm(targets, inv.path, say)
-    from deploy.inventory import load_inventory
-
     now = load_inventory(inv.path)
     return [now.hosts[name] for name in names]
 
@@ -169,8 +169,6 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
 def arm(targets, inventory_path, say):
     """Arm autostop and the budget cap on every new host; a host that cannot be armed is named (it runs and bills) after
     the others were armed, with what to do."""
-    from deploy.host.agent import arm_launched
-
     failed = []
     for target in targets:
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from deploy.aws.errors import aws_errors, code_of, explain
 from deploy.errors import DeployError, LocalInputError
-from deploy.launched import check_cidr
+from deploy.inventory.checks import check_cidr
 
 GROUP_NAME = "facenet-deploy"
 TAG = "facenet-deploy"

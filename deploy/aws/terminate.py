@@ -11,7 +11,7 @@ from deploy import launched
 from deploy.aws.errors import aws_errors, code_of, explain
 from deploy.aws.resources import TAG
 from deploy.aws.session import connect
-from deploy.host.connection import forget_host_keys
+from deploy.host.remembered import forget_host_keys
 from deploy.runs import ledger
 
 LIVE = ["pending", "running", "shutting-down", "stopping", "stopped"]

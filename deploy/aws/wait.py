@@ -14,6 +14,8 @@ from paramiko.ssh_exception import NoValidConnectionsError, SSHException
 
 from deploy.aws.errors import aws_errors, explain
 from deploy.errors import DeployError, HostUnreachable
+from deploy.host.connection import connect_host
+from deploy.inventory import load_inventory
 
 SSH_RETRY_SECONDS = 5
 
@@ -31,9 +33,6 @@ def running(cloud, ids, say, delay=5, max_attempts=120):
 
 def ssh(config, inventory_path, name, seconds, say):
     """Try SSH to inventory host `name` until it runs a command, for at most `seconds`."""
-    from deploy.host.connection import connect_host
-    from deploy.inventory import load_inventory
-
     inv = load_inventory(inventory_path)  # with the host as recorded now (its address)
     host = inv.hosts[name]
     started = time.monotonic()

@@ -31,9 +31,9 @@ from pathlib import Path
 import yaml
 
 from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, seed_venv
+from deploy.host.checks import SMOKE_STEP
 from deploy.host.provision import result_path
-from deploy.host.training import SMOKE_STEP
-from deploy.inventory import REPO_ROOT
+from deploy.paths import REPO_ROOT
 
 DEMO = Path(os.environ.get("FACENET_DEMO_DIR") or REPO_ROOT / ".facenet" / "demo")
 FAB = Path(sys.executable).parent / "fab"

@@ -20,12 +20,15 @@ import os
 import shlex
 import threading
 
+from deploy import launched
 from deploy.errors import DeployError, LocalInputError
+from deploy.host import sync
 from deploy.host.budget import budget_settings
 from deploy.host.budget import describe as describe_budget
-from deploy.host.connection import rjoin, rq
+from deploy.host.quoting import rjoin, rq
 from deploy.host.training import launch as launch_training
 from deploy.host.training import script
+from deploy.inventory import load_inventory
 from deploy.recovery import settings as recovery_settings
 
 KEEP = object()  # configure(): leave autostop as the host has it
@@ -143,10 +146,6 @@ def arm_launched(target, inventory_path, say):
     """Right after `fab launch`: sync the code and configure the agent, which then holds autostop (--idle-minutes, else
     the inventory's autostop.idle_minutes, else launch.autostop_minutes; `train` arms autostop.idle_minutes again when
     set) and the budget cap (launch.max_hours)."""
-    from deploy import launched
-    from deploy.host import sync
-    from deploy.inventory import load_inventory
-
     inv = load_inventory(inventory_path).for_host(target.host_name)
     sync.sync_code(target, inv, say)
     minutes = (launched.entry(target.label) or {}).get("autostop_minutes")  # --idle-minutes, else the inventory's

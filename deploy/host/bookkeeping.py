@@ -14,14 +14,14 @@ import shlex
 import threading
 
 from deploy.errors import DeployError
-from deploy.host.connection import PYTHON3
-from deploy.inventory import REPO_ROOT
+from deploy.host.quoting import PYTHON3
+from deploy.paths import REPO_ROOT
 
 HELPER = REPO_ROOT / "remote_scripts" / "fab_session.py"
 
 
 def command(request):
-    """`exec python3 -c HELPER REQUEST` (the host's system python3: deploy.host.connection.PYTHON3), quoted for the remote shell."""
+    """`exec python3 -c HELPER REQUEST` (the host's system python3: deploy.host.quoting.PYTHON3), quoted for the remote shell."""
     return f"exec {PYTHON3} -c {shlex.quote(HELPER.read_text())} {shlex.quote(json.dumps(request))}"
 
 

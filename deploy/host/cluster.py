@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deploy.errors import DeployError, LocalInputError
 from deploy.host import agent, training
-from deploy.host.connection import connect_host, end_all_steps, remembered_host
+from deploy.host.connection import connect_host
+from deploy.host.remembered import remembered_host
+from deploy.host.steps import end_all_steps
 
 # worst first: the cluster's state is that of its worst worker
 SEVERITY = ["failed", "vanished", "preempted", "stalled", "superseded", "stopped", "none", "starting", "running", "finished"]

@@ -1,101 +1,32 @@
-"""Which host a task acts on, the Connection to it, and how remote paths are quoted.
+"""Which host a task acts on, the Connection to it, and how rsync's ssh reaches it.
 
     target = connect(c, inv)         # -H if given, else the last deployed host, else default_host
     target.conn.run(f"ls {rq(inv.remote['runs_dir'])}")
     ssh_command(conn)                # "ssh -p 22 -i KEY ..." for rsync -e
 
-The last host that `deploy-full` succeeded on is remembered in `.facenet/state.json` (the
-folder is $FACENET_STATE_DIR if set) with its user, address, port and key file path (never
-the key), so `fab monitor` needs no flags.
+Without -H, the host is the one `deploy-full` last succeeded on (deploy.host.remembered keeps it in the state
+folder), so `fab monitor` needs no flags.
 
-Every connection sends SSH keepalives (inventory `ssh:`); a host that stops answering them
-closes the connection, and the task ends with `HostUnreachable` instead of hanging.
+Every connection sends SSH keepalives (inventory `ssh:`, deploy.host.heartbeat); a host that stops answering them
+closes the connection, and the task ends with `HostUnreachable` instead of hanging. Ctrl-C ends the remote step
+(deploy.host.steps). Remote paths are quoted by deploy.host.quoting.
 """
 
-import json
-import os
 import posixpath
 import shlex
 import socket
 import threading
-import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from fabric import Connection
-from fabric.runners import Remote
 from paramiko import SSHException
 
 from deploy.errors import HostUnreachable, LocalInputError
-from deploy.host.login import check_key_file, key_files, key_list, login_failure  # noqa: F401 (key_files: also from here)
-from deploy.inventory import REPO_ROOT
-
-
-def state_dir():
-    path = Path(os.environ.get("FACENET_STATE_DIR") or REPO_ROOT / ".facenet")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def remember_host(target):
-    """Record how to reach `target` again: inventory name or user, address, port, key file path."""
-    conn = target.conn
-    _remember({"label": target.label, "user": conn.user, "address": conn.host, "port": conn.port, "key_files": key_files(conn),
-               "inventory_host": target.host_name})
-
-
-def _remember(record):
-    path = state_dir() / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": record}, indent=1))
-    os.replace(tmp, path)
-
-
-def remembered_host():
-    """The remembered host record (a dict), or None."""
-    path = state_dir() / "state.json"
-    try:
-        host = json.loads(path.read_text()).get("host")
-    except (OSError, ValueError):
-        return None
-    if isinstance(host, str):  # written by an older version: a host string
-        return {"label": host}
-    return host if isinstance(host, dict) and host.get("label") else None
-
-
-# A remote step's processes carry FACENET_STEP=<token>:<pgid> in their environment (the step's shell
-# is the leader of its own process group: sshd starts each command in a session of its own), so
-# Ctrl-C can end exactly that step's process group over a second channel (StepRunner).
-END_STEP = """f=$(grep -lzx 'FACENET_STEP={token}:[0-9]*' /proc/[0-9]*/environ 2>/dev/null | head -n 1)
-[ -n "$f" ] || exit 0
-pg=$(tr '\\0' '\\n' < "$f" | sed -n 's/^FACENET_STEP={token}://p')
-[ -n "$pg" ] && [ "$pg" -gt 1 ] || exit 0
-kill -TERM "-$pg" 2>/dev/null || exit 0
-i=0; while [ $i -lt 25 ] && kill -0 "-$pg" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
-kill -KILL "-$pg" 2>/dev/null; exit 0"""
-ACTIVE_STEPS = {}  # token -> HostConnection: the remote steps running now, in every thread
-ENDED_STEPS = set()  # tokens of steps ended by an interrupt: their run() raises KeyboardInterrupt
-STEPS_LOCK = threading.Lock()
-
-
-class StepRunner(Remote):
-    """Fabric's remote runner, except that Ctrl-C ends the remote step's process group (SIGTERM, then
-    SIGKILL) instead of waiting for it to finish; the step's `run` then raises KeyboardInterrupt."""
-
-    def send_interrupt(self, interrupt):
-        token = getattr(self.context.steps, "current", None)
-        if token is None:
-            raise interrupt
-        self.context.end_step(token)
-
-
-def end_all_steps():
-    """Ctrl-C on several hosts at once (a cluster): end every remote step still running."""
-    with STEPS_LOCK:
-        running = list(ACTIVE_STEPS.items())
-    for token, conn in running:
-        conn.end_step(token)
+from deploy.host import steps
+from deploy.host.heartbeat import Heartbeat
+from deploy.host.login import check_key_file, key_files, key_list, login_failure
+from deploy.host.quoting import rq
+from deploy.host.remembered import known_hosts_file, remembered_as, remembered_host
 
 
 class HostConnection(Connection):
@@ -120,7 +51,7 @@ class HostConnection(Connection):
         self.answers = {}
 
     def _remote_runner(self):
-        return StepRunner(context=self, inline_env=self.inline_ssh_env)
+        return steps.StepRunner(context=self, inline_env=self.inline_ssh_env)
 
     def open(self):
         try:
@@ -146,61 +77,20 @@ class HostConnection(Connection):
         if self.touch_first:  # on the task's first command: no round trip of its own
             path, self.touch_first = self.touch_first, None
             command = f"{{ mkdir -p {rq(posixpath.dirname(path))} && touch {rq(path)}; }} 2>/dev/null; {command}"
-        token = uuid.uuid4().hex[:16]
-        with STEPS_LOCK:
-            ACTIVE_STEPS[token] = self
-        self.steps.current = token
+        token = steps.begin(self)
         try:
-            result = super().run(f"export FACENET_STEP={token}:$$; {command}", **kwargs)
+            result = super().run(steps.step_env(token) + command, **kwargs)
         except Exception:
-            if token in ENDED_STEPS:
+            if steps.was_ended(token):
                 raise KeyboardInterrupt from None
             self.check_alive()  # a command cut off by a dead connection is that, not its own failure
             raise
         finally:
-            self.steps.current = None
-            with STEPS_LOCK:
-                ACTIVE_STEPS.pop(token, None)
-        if token in ENDED_STEPS:
+            steps.finish(self, token)
+        if steps.was_ended(token):
             raise KeyboardInterrupt
         self.check_alive()
         return result
-
-    def end_step(self, token):
-        """End the remote step `token`: its process group gets SIGTERM, then SIGKILL after 5 s."""
-        with STEPS_LOCK:
-            if token in ENDED_STEPS:
-                return
-            ENDED_STEPS.add(token)
-        try:
-            Connection.run(self, END_STEP.format(token=token), hide=True, warn=True, in_stream=False, timeout=20)
-        except Exception:  # noqa: BLE001 - a dead connection ends the remote step anyway (its channel closes)
-            pass
-
-
-class Heartbeat(threading.Thread):
-    """Asks the server for a reply to a keepalive request (as OpenSSH's ServerAliveInterval does)."""
-
-    def __init__(self, transport, interval, count_max):
-        super().__init__(daemon=True, name="ssh-heartbeat")
-        self.transport, self.interval, self.count_max = transport, interval, count_max
-        self.dead = False
-
-    def run(self):
-        while self.transport.is_active():
-            answered = threading.Event()
-
-            def ask(answered=answered):
-                self.transport.global_request("keepalive@openssh.com", wait=True)  # OpenSSH answers "failure": any answer counts
-                answered.set()
-
-            threading.Thread(target=ask, daemon=True).start()
-            if not answered.wait(self.interval * self.count_max):
-                if self.transport.is_active():
-                    self.dead = True
-                    self.transport.close()
-                return
-            time.sleep(self.interval)
 
 
 @dataclass
@@ -268,17 +158,6 @@ def connect(c, inv):
                  label=record["label"], host_name=entry if entry in inv.hosts else None)
 
 
-def remembered_as(address, user=None, port=None):
-    """The remembered host's record if it is `address` (and `user`, `port` where given), else None: `fab -H` naming
-    the host that deploy-full remembered logs in with its key, as `fab` without -H does."""
-    record = remembered_host()
-    if not record or record.get("address") != address or not record.get("user") or not record.get("port"):
-        return None
-    if (user is not None and user != record["user"]) or (port is not None and port != record["port"]):
-        return None
-    return record
-
-
 def refuse_unknown_name(c, conn, inv):
     """-H named no inventory host: refuse, before any connection, a name that neither an OpenSSH config (its HostName,
     ProxyJump or ProxyCommand: a bastion may resolve what this machine cannot) nor the resolver knows. A resolver that
@@ -317,11 +196,6 @@ def connect_host(config, inv, name):
     return _make(inv, config, host.address, host.user, host.port, [host.key_file] if host.key_file else [], label=name, host_name=name)
 
 
-def remember_cluster(name):
-    """Later tasks without -H act on the cluster `name` that deploy-full went to."""
-    _remember({"label": name, "cluster": True})
-
-
 def _make(inv, config, address, user, port, keys, label, host_name=None):
     for key in keys:
         check_key_file(key)
@@ -351,27 +225,6 @@ def with_ssh_config(config, path):
     return config, path
 
 
-def known_hosts_file():
-    path = state_dir() / "known_hosts"
-    path.touch(exist_ok=True)
-    return path
-
-
-def forget_host_keys(addresses):
-    """Drop the kept host keys of `addresses` (any port): a new EC2 instance may get an address an earlier one had."""
-    path = known_hosts_file()
-    lines = path.read_text().splitlines(keepends=True)
-
-    def names(line):
-        return {n.split("]:")[0].lstrip("[") for n in line.split(" ", 1)[0].split(",")}
-
-    kept = [line for line in lines if not names(line) & set(addresses)]
-    if len(kept) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-
-
 def pin_host_keys(conn):
     """Trust on first use, then refuse a changed key: paramiko saves a new host's key to the
     state dir's known_hosts (the file rsync's ssh uses too) and checks it on every later connection."""
@@ -398,21 +251,3 @@ def rsync_target(conn, remote_path):
     host = conn.original_host if conn.ssh_config_file else conn.host  # ssh -F resolves the name as Fabric did (HostName, ProxyJump)
     host = f"[{host}]" if ":" in host else host
     return f"{conn.user}@{host}:{path}"
-
-
-# The host's system python3, for which the stdlib-only host scripts are written (`python3` on PATH where there is
-# none): a user's shim on PATH (pyenv, asdf) would cost up to a second on every command that runs one.
-PYTHON3 = '"$(command -v /usr/bin/python3 || command -v python3)"'
-
-
-def rq(remote_path):
-    """`remote_path` as one shell word for the remote shell; a leading `~/` still means home."""
-    if remote_path == "~":
-        return '"$HOME"'
-    if remote_path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(remote_path[2:])
-    return shlex.quote(remote_path)
-
-
-def rjoin(*parts):
-    return "/".join(p.rstrip("/") for p in parts)

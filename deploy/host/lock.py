@@ -23,7 +23,7 @@ import time
 import uuid
 
 from deploy.errors import DeployError
-from deploy.host.connection import rjoin, rq
+from deploy.host.quoting import rjoin, rq
 
 LEASE_SECONDS = 180  # three renewals missed at the slowest keeper (60 s): the holder is gone
 

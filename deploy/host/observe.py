@@ -16,7 +16,8 @@ from pathlib import Path
 from invoke.exceptions import ThreadException
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
-from deploy.host.connection import PYTHON3, rjoin, rq, rsync_target
+from deploy.host.connection import rsync_target
+from deploy.host.quoting import PYTHON3, rjoin, rq
 from deploy.host.sync import RUN_FILES_ONLY, rsync
 from deploy.host.training import run_state, script
 from trainer.results.visible import VisibleStream, visible

@@ -17,8 +17,9 @@ import shlex
 
 from deploy.errors import DeployError
 from deploy.host import bookkeeping
-from deploy.host.connection import rjoin, rq, state_dir
 from deploy.host.progress import Progress
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import state_dir
 
 MARKER = ".facenet-requirements"
 

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from deploy.errors import DeployError, HostUnreachable, Interrupted, LocalInputError
-from deploy.host.connection import rjoin, rq, rsync_target, ssh_command
-from deploy.inventory import REPO_ROOT
+from deploy.host.connection import rsync_target, ssh_command
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import REPO_ROOT
 from trainer.errors import UserError
 from trainer.names import check_run_name
 from trainer.results import runfiles
@@ -97,7 +98,7 @@ def sync_code(target, inv, say):
     n, _ = rsync(conn, [*filters, f"{REPO_ROOT}/", rsync_target(conn, project) + "/"])
     settings = {"VENV": inv.remote["venv"], "RUNS_DIR": inv.remote["runs_dir"], "SESSION": inv.tmux_session}
     env = "".join(f"{k}={rq(v)}\n" for k, v in settings.items())  # `~/x` stays relative to whoever sources it
-    from trainer.training.run import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
+    from trainer.training.environment import code_version  # .code-version stamp or git describe, as the trainer records it (not at start-up)
 
     version = code_version()
     if answers.pop("code", None) != {"code_version": f"{version}\n", "deploy_env": env}:  # the host has them already: no command

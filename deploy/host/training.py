@@ -1,25 +1,21 @@
-"""The trainer on the host: preflight validation, smoke test, launch in tmux, state, stop.
+"""The trainer on the host: launch in tmux, state, stop (preflight and the smoke test: deploy.host.checks).
 
-    preflight(conn, inv, say)                  # `python -m trainer validate` on the host's data
-    smoke_test(conn, inv, say)                 # `python -m trainer smoke`
     run = launch(conn, inv, say)               # detached tmux session; returns the run name
     info = run_state(conn, inv, run=None)      # remote_scripts/run_state.py --json
     refuse_while_training(conn, inv, say, task, restart)   # while any process of the run lives
 
-Every path and argument is quoted for the remote shell (see `deploy.host.connection.rq`).
+Every path and argument is quoted for the remote shell (see `deploy.host.quoting.rq`).
 """
 
-import hashlib
 import json
 import shlex
 import time
-from pathlib import Path
 
-from deploy.errors import DeployError, Interrupted, LocalInputError
-from deploy.host.connection import PYTHON3, rjoin, rq
+from deploy.errors import DeployError, LocalInputError
 from deploy.host.provision import run_with_result
+from deploy.host.quoting import PYTHON3, rjoin, rq
+from deploy.host.run_config import config_summary, send_config
 from deploy.host.sync import remote_data_dirs
-from deploy.inventory import smoke_dir
 from trainer.errors import UserError
 from trainer.names import check_run_name
 
@@ -39,64 +35,6 @@ def data_args(inv):
     return [w for d in remote_data_dirs(inv) for w in ("--data", d)]
 
 
-def remote_config(inv, path):
-    """A config path of the inventory as the host sees it (relative paths are in the project dir)."""
-    return path if path.startswith(("/", "~/")) else rjoin(inv.remote["project_dir"], path)
-
-
-def local_config(path):
-    """This machine's copy of an inventory config path (relative paths are in the repo), or None when it has none."""
-    from deploy.inventory import REPO_ROOT
-
-    local = Path(path).expanduser() if path.startswith(("/", "~/")) else REPO_ROOT / path
-    return local if local.is_file() else None
-
-
-CONFIG_CHUNK = 60_000  # characters of a config per command (a shell argument holds at most 128 KiB)
-
-
-def send_config(conn, inv, path, key="train_config"):
-    """The config `path` (inventory `key`) as the host will read it: this machine's copy, sent to
-    runs_dir/.configs/STEM-HASH.yaml, so that preflight, the smoke test and `train` use the config as it is here,
-    whatever the host's synced copy holds. An absolute path this machine does not have is the host's own."""
-    local = local_config(path)
-    if local is None:
-        if path.startswith(("/", "~/")):
-            return remote_config(inv, path)
-        raise LocalInputError(f"Inventory key {key!r} names {path}, which is not a file in this repo: expected a YAML config "
-                              "such as configs/full.yaml (relative paths are in the repo).")
-    text = local.read_bytes()
-    try:
-        body = text.decode()
-    except UnicodeDecodeError:
-        raise LocalInputError(f"The config {local} (inventory {key!r}) is not UTF-8 text: expected a YAML config.") from None
-    folder = rjoin(inv.remote["runs_dir"], ".configs")
-    sent = rjoin(folder, f"{local.stem}-{hashlib.sha256(text).hexdigest()[:12]}.yaml")
-    part = rq(sent + ".part")
-    chunks = [body[i:i + CONFIG_CHUNK] for i in range(0, len(body), CONFIG_CHUNK)] or [""]  # a shell argument holds 128 KiB
-    for n, chunk in enumerate(chunks):
-        write = f"printf %s {shlex.quote(chunk)} {'>' if n == 0 else '>>'} {part}"
-        cmd = f"test -e {rq(sent)} || {{ mkdir -p {rq(folder)} && {write}; }}" if n == 0 else f"test -e {rq(sent)} || {write}"
-        if n == len(chunks) - 1:
-            cmd += f" && {{ test -e {rq(sent)} || mv -f {part} {rq(sent)}; }}"
-        out = conn.run(cmd, hide=True, warn=True, in_stream=False)
-        if out.failed:
-            raise DeployError(f"Could not send the config {path} to the host ({sent}): {(out.stderr or out.stdout).strip()[-400:]}")
-    return sent
-
-
-def config_summary(path):
-    """'configs/full.yaml (train.epochs 150)': the config as this machine has it, for the line that starts a run."""
-    import yaml
-
-    local = local_config(path)
-    try:
-        epochs = ((yaml.safe_load(local.read_text()) or {}).get("train") or {}).get("epochs") if local else None
-    except (OSError, yaml.YAMLError, AttributeError):
-        epochs = None
-    return f"{path}" + (f" (train.epochs {epochs})" if epochs is not None else "") + ("" if local else " (the host's own copy)")
-
-
 def trainer_step(conn, inv, name, *args):
     """`python -m trainer ARGS --result FILE` on the host; returns its JSON result, or raises with its message."""
     out, result = run_with_result(conn, inv, name, trainer_cmd(inv, *args, "--result"))
@@ -108,65 +46,9 @@ def trainer_step(conn, inv, name, *args):
     return out, result
 
 
-def preflight(conn, inv, say):
-    """Validate the host's copy of the data with the training config; DeployError with the summary if it cannot train."""
-    config = send_config(conn, inv, inv.train_config)
-    try:
-        out, result = trainer_step(conn, inv, "preflight", "validate", "--config", config, *data_args(inv),
-                                   "--pack", packed_dir(inv))
-    except DeployError as e:
-        raise DeployError(f"The data on the host would not train. {e}\n"
-                          "Fix the data or the config (data.feature_key, data.label_map), then run `fab deploy-full` again.") from None
-    say(out.stdout.strip())  # the validation summary, for people
-    say(result["message"])
-
-
 def packed_dir(inv):
     """Where preflight packs the clips into one memory-mapped file, which training reads (trainer/data/packed.py)."""
     return rjoin(inv.remote["runs_dir"], ".packed")
-
-
-SMOKE_STEP = "smoke-test"  # its result on the host (deploy.host.provision.result_path) holds the estimate, which deploy/demo reads
-
-
-def smoke_test(conn, inv, say, price_per_hour=None):
-    """The smoke test, then the estimate of the full training on this host (the smoke run's own timing, and the training
-    config's steps timed there: trainer/training/estimate.py)."""
-    out_dir = smoke_dir(inv.remote)  # outside runs_dir, TensorBoard's logdir: it lists the real runs only
-    try:
-        _, result = trainer_step(conn, inv, SMOKE_STEP, "smoke", "--config", send_config(conn, inv, inv.smoke_config, "smoke_config"),
-                                 "--out", out_dir, "--estimate-config", send_config(conn, inv, inv.train_config), *data_args(inv))
-    except KeyboardInterrupt:  # the step's process group on the host is ended by now (deploy.host.connection.StepRunner)
-        raise Interrupted(f"Interrupted the smoke test on {conn.label}: its trainer there was ended and the host's lock released. "
-                          "No training was started and nothing a training uses changed (code, data, venv); the unfinished test "
-                          f"left a folder under {out_dir} that nothing reads.\nNext: `fab smoke-test` again, or `fab deploy-full` "
-                          "(it runs the smoke test before starting the training).") from None
-    say(result["message"])
-    if result.get("estimate"):
-        for line in describe_estimate(result["estimate"], inv.train_config, price_per_hour):
-            say(line)
-
-
-def describe_estimate(est, config, price_per_hour):
-    """The estimate's lines (trainer/training/estimate.py): the steps measured here, then the full training's time (the
-    trainer's, from its start to its end) with what it is made of, and its cost."""
-    hours = est["seconds"] / 3600
-    where = f"{est['replicas']} device(s)" + (", mixed precision" if est["mixed_precision"] else "")
-    cost = (f", about ${hours * price_per_hour:.2f} at ${price_per_hour:.4g}/h" if price_per_hour
-            else " (cost: set price_per_hour, or `fab launch` the host, to see it)")
-    parts = est["parts"]
-    return [f"measured on this host: {est['seconds_per_step']:.4g} s per training step ({config}: global batch {est['global_batch']}, "
-            f"clips padded to ~{est['frames']} frames, {where}); {est['seconds_per_eval_step']:.4g} s per validation step",
-            f"estimate of the full training: up to {est['epochs']} epochs x {est['steps_per_epoch']} steps "
-            f"(and {est['val_steps_per_epoch']} validation steps) = about {_duration(est['seconds'])}{cost} (early stopping may end it sooner)",
-            f"  the trainer's start {_duration(parts['setup'])}, first calls (tracing) {_duration(parts['first_calls'])}, "
-            f"epochs {_duration(parts['epochs'])} ({est['seconds_per_epoch']:.3g} s each, checkpoints and logs included), "
-            f"scores and pictures at the end {_duration(parts['end'])}"]
-
-
-def _duration(seconds):
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{minutes} min"
 
 
 def run_state(conn, inv, run=None, log_lines=15, quick=False, missing_ok=False, wait_start=0, previous_launch=None,

@@ -15,8 +15,8 @@ import importlib.util
 import json
 import shlex
 
-from deploy.host.connection import rjoin, rq
-from deploy.inventory import REPO_ROOT
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import REPO_ROOT
 
 
 def _remote_notify():

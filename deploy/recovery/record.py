@@ -22,7 +22,8 @@ import shlex
 import time
 
 from deploy.errors import LocalInputError
-from deploy.host.connection import rjoin, rq, state_dir
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import state_dir
 
 
 def iso(t=None):

@@ -1,32 +1,9 @@
-"""`notify:` and `recovery:` in the inventory, checked beyond their types, and what the host agent gets of them.
+"""What the host agent gets of the inventory's `notify:` and `recovery:` (deploy.inventory.checks checks them).
 
-    check_settings(cfg, path)          # deploy.inventory calls it: an InventoryError naming the key
     agent_settings(inv, label)         # {"notify_webhook", "host_label", "shutdown_terminates"} for host_agent.py
 """
 
-from urllib.parse import urlsplit
-
 from deploy import launched
-from deploy.errors import InventoryError
-
-
-def check_settings(cfg, path):
-    url = cfg["notify"]["webhook"]
-    if url is not None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InventoryError(f"Inventory key 'notify.webhook' in {path} expects an http(s) URL (a Slack or Discord incoming "
-                                 f"webhook). Received: {url!r}")
-    recovery = cfg["recovery"]
-    if recovery["max_restarts"] < 0:
-        raise InventoryError(f"Inventory key 'recovery.max_restarts' in {path} expects how many times `fab watch` may move a run, "
-                             f"0 or more. Received: {recovery['max_restarts']}")
-    if recovery["max_restarts_on_kill"] < 0:
-        raise InventoryError(f"Inventory key 'recovery.max_restarts_on_kill' in {path} expects how many times `fab watch` may restart "
-                             f"a trainer ended by SIGKILL, 0 or more. Received: {recovery['max_restarts_on_kill']}")
-    dupes = sorted({h for h in recovery["hosts"] if recovery["hosts"].count(h) > 1})
-    if dupes:
-        raise InventoryError(f"Inventory key 'recovery.hosts' in {path} names {dupes[0]!r} twice: list each host once, in the order to try.")
 
 
 def shutdown_terminates(inv, label):

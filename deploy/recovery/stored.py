@@ -13,12 +13,16 @@ The run's recoveries.json is a file of the run like any other: its uploader stor
 next checkpoint, and `fab runs` shows it from the pointer's summary.
 """
 
+import json
 import time
+
+from deploy.errors import DeployError
+from deploy.paths import state_dir
+from deploy.recovery.machine import stored_end
+from deploy.runs import storage
 
 
 def configured(inv):
-    from deploy.runs import storage
-
     return storage.enabled(inv)
 
 
@@ -27,10 +31,6 @@ def latest(inv, run, started_at=None):
     or cannot be read, or holds another run of this name (begun at another time than `started_at`, the followed
     run's status.json started_at, when known); (None, None, why, Decision) when its pointer says that the run ended
     by itself (finished, failed on its own, stopped on request: machine.stored_end), which no recovery restarts."""
-    from deploy.errors import DeployError
-    from deploy.recovery.machine import stored_end
-    from deploy.runs import storage
-
     if not storage.enabled(inv):
         return None, None, "no run storage (set storage.url in the inventory)", None
     try:
@@ -51,8 +51,6 @@ def latest(inv, run, started_at=None):
 def pointer(inv, run):
     """The run's stored pointer (epoch, state, launch_id, written_at), or None (no storage, no such run, unreadable):
     read while the run's host does not answer, as proof that its run still goes on. Never raises."""
-    from deploy.runs import storage
-
     if not storage.enabled(inv):
         return None
     try:
@@ -66,10 +64,6 @@ def resumed_epoch(run):
     """The epoch of the backup that the last `deploy-full --resume-from` of `run` downloaded (the state dir's resume/
     HOST/RUN: what it uploaded to the new host), or None. Storage may have moved on between the watch's read and the
     deploy's: this is the epoch the run continues from."""
-    import json
-
-    from deploy.host.connection import state_dir
-
     found = sorted((state_dir() / "resume").glob(f"*/{run}/backup/training_metadata.json"), key=lambda p: p.stat().st_mtime)
     try:
         epoch = json.loads(found[-1].read_text()).get("epoch") if found else None

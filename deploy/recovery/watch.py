@@ -44,6 +44,7 @@ from pathlib import Path
 from deploy.errors import DeployError
 from deploy.host import agent, training
 from deploy.host.connection import connect_host
+from deploy.inventory import load_inventory
 from deploy.recovery import hosts as recovery_hosts
 from deploy.recovery import machine, stored
 from deploy.recovery.notify import Sender
@@ -332,8 +333,6 @@ class Watch:
         return code == 0
 
     def reload_inventory(self):
-        from deploy.inventory import load_inventory
-
         self.inv = load_inventory(self.inv.path)  # a launched host is an inventory host from now on
 
     def move_to(self, name):

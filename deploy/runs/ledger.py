@@ -18,7 +18,8 @@ import shlex
 import time
 
 from deploy.errors import DeployError
-from deploy.host.connection import rq, state_dir
+from deploy.host.quoting import rq
+from deploy.paths import state_dir
 from trainer.names import RUN_NAME
 from trainer.storage.layout import launch_order
 

@@ -17,7 +17,9 @@ import json
 from pathlib import Path
 
 from deploy.errors import DeployError, LocalInputError
-from deploy.host.connection import rjoin, rq, state_dir
+from deploy.host.quoting import rjoin, rq
+from deploy.paths import state_dir
+from deploy.recovery.machine import failure_reason
 from trainer.storage.layout import RUN_NAME, StorageUrlError, parse_url, split_run_url
 
 RESUMED = {}  # resume_source's downloads, once per command: (url, run) -> local folder
@@ -222,8 +224,6 @@ def resume_source(inv, resume_from, dest=None, say=print, refresh=False):
 def ended_note(pointer):
     """'failed on its own (exit code 137: ...)' or 'was stopped on request (fab stop)' for a stored run that ended by itself
     but may be continued on purpose; '' otherwise."""
-    from deploy.recovery.machine import failure_reason
-
     summary = pointer.get("summary") if isinstance(pointer.get("summary"), dict) else {}
     record = summary.get("exit") if isinstance(summary.get("exit"), dict) else {}
     if pointer.get("state") == "failed":

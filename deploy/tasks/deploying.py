@@ -10,10 +10,10 @@ import time
 from rich.text import Text
 
 from deploy.errors import DeployError, Interrupted, LocalInputError
-from deploy.host import cluster, sync, training
+from deploy.host import checks, cluster, sync, training
 from deploy.host import provision as prov
-from deploy.host.connection import remember_cluster, remember_host
-from deploy.inventory import REPO_ROOT
+from deploy.host.remembered import remember_cluster, remember_host
+from deploy.paths import REPO_ROOT
 from deploy.runs import storage
 from deploy.tasks.plumbing import console, host_task, prefixed, say
 from deploy.tasks.running import check_train_options, start_training
@@ -66,7 +66,7 @@ def sync_data(h, restart=False):
 @host_task()
 def preflight(h):
     """Validate the host's copy of the data (`python -m trainer validate`); stop with its summary if it would not train."""
-    training.preflight(h.conn, h.inv, say)
+    checks.preflight(h.conn, h.inv, say)
 
 
 @host_task(name="smoke-test", changes_host=True, help=RESTART)
@@ -77,7 +77,7 @@ def smoke_test(h, restart=False):
     the full training: the trainer's start, its first calls (tracing), epochs x (training and validation
     steps, checkpoints and logs) and its end, as the smoke run took them and scaled to the training config.
     """
-    training.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))
+    checks.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))
 
 
 def _deploy_checks(inv, run_name=None, resume_from=None, **_):
@@ -100,8 +100,8 @@ DEPLOY_STEPS = [  # (name, step(h, run, say)): each also a task of its own
     ("provision", lambda h, run, say: prov.provision(h.conn, h.inv, say)),
     ("sync-code", lambda h, run, say: sync.sync_code(h.target, h.inv, say)),
     ("sync-data", lambda h, run, say: sync.sync_data(h.target, h.inv, say)),
-    ("preflight", lambda h, run, say: training.preflight(h.conn, h.inv, say)),
-    ("smoke-test", lambda h, run, say: training.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))),  # and the estimate
+    ("preflight", lambda h, run, say: checks.preflight(h.conn, h.inv, say)),
+    ("smoke-test", lambda h, run, say: checks.smoke_test(h.conn, h.inv, say, h.inv.price_of(h.target.label))),  # and the estimate
     ("upload-run", lambda h, run, say: sync.upload_run(h.target, h.inv, run["resume_from"], say)),  # only with --resume-from
     ("train", lambda h, run, say: run.update(name=start_training(h, run_name=run["name"], resume=bool(run["resume_from"])))),
 ]

@@ -27,8 +27,9 @@ from rich.text import Text
 
 from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.host import cluster, session
-from deploy.host.connection import connect, known_hosts_file
+from deploy.host.connection import connect
 from deploy.host.login import NO_KEY, login_failure
+from deploy.host.remembered import known_hosts_file
 from deploy.inventory import load_inventory
 from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
 
@@ -122,7 +123,7 @@ def host_task(name=None, changes_host=False, before_connect=None, on_cluster=Non
 @contextlib.contextmanager
 def interrupts_end_the_step():
     """Ctrl-C: the first raises KeyboardInterrupt (the remote step's process group is ended, see
-    deploy.host.connection.StepRunner, then the host's lock is released and the task exits 130); a second one
+    deploy.host.steps.StepRunner, then the host's lock is released and the task exits 130); a second one
     only says that this is under way; a third exits at once, leaving the lock for `fab unlock`."""
     pressed = []
 

@@ -24,7 +24,10 @@ import statistics
 from pathlib import Path
 
 from trainer.config import dump_config, load_config
-from trainer.errors import DataError
+from trainer.errors import DataError, UserError
+from trainer.results.report import make_console, print_cv
+from trainer.results.runfiles import check_run_paths, refuse_special_entries
+from trainer.training.run import execute, new_run
 from trainer.training.status import write_json_atomic
 
 PLAN, SUMMARY = "cv-plan.json", "cv.json"
@@ -56,9 +59,6 @@ def assign_folds(entries, folds, seed):
 def start_cv(cfg, data_dirs, runs_dir, folds, run_name=None, console=None, price_per_hour=None):
     """Plan the folds over the data's actors and train them; returns the run directory."""
     from trainer.data import pipeline as data
-    from trainer.results.report import make_console
-    from trainer.training.run import new_run
-
     if folds < 2:
         raise DataError(f"Cross-validation needs at least 2 folds. Received: --folds {folds}")
     console = console or make_console()
@@ -78,14 +78,24 @@ def is_cv(run_dir):
     return (Path(run_dir) / PLAN).is_file()
 
 
+def refuse_finished_cv(run_dir):
+    """UserError (exit 2) for a cross-validation whose every fold finished: resuming it would train the folds again
+    from their start, their backups being gone, and rewrite cv.json. Nothing is written (a broken plan: continue_cv
+    reports it)."""
+    try:
+        folds = json.loads((run_dir / PLAN).read_text())["folds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if all((run_dir / f"fold-{k}" / "metrics.json").is_file() for k in range(1, folds + 1)):
+        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {run_dir / SUMMARY}). "
+                        "Resuming it would train it again from its first epoch and rewrite them.")
+
+
 def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     """Train every unfinished fold, in order (a fold with data prepared resumes); returns the run directory."""
-    from trainer.results.runfiles import check_run_paths, refuse_special_entries
-    from trainer.training.run import execute, refuse_finished
-
     run_dir = Path(run_dir)
     refuse_special_entries(run_dir, f"train in {run_dir}")
-    refuse_finished(run_dir)
+    refuse_finished_cv(run_dir)
     check_run_paths(run_dir)  # its data_dirs
     plan = json.loads((run_dir / PLAN).read_text())
     cfg = load_config(run_dir / "config.yaml")
@@ -107,8 +117,6 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     if summary is None:  # every fold had finished before this call
         summary = summarize(run_dir)
         write_json_atomic(run_dir / SUMMARY, summary)
-    from trainer.results.report import make_console, print_cv
-
     print_cv(summary, console or make_console())
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {"run": run_dir.name}
     status.update(state="finished", metrics={"split": "cross-validation test", **summary["mean"]}, eta_seconds=0)

@@ -18,10 +18,12 @@ FACENET_LOGICAL_CPUS=N splits this machine's CPU into N logical devices before T
 starts, so that a machine without GPUs can run the mirrored code path (the tests do).
 """
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 
 
 def configure_devices():
@@ -180,3 +182,24 @@ def worker_count(strategy):
     if resolver is None or not resolver.task_type:
         return 1
     return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+
+
+def same_data_as_the_chief(strategy, prepared, distribution):
+    """Every worker must plan the same batches: same files (by name), labels, lengths, split and
+    normalisation as the chief. A worker whose data differs fails the run on every worker."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for side in ("train", "val", "test"):
+        for path in prepared.split.get(side) or []:
+            e = prepared.entries[path]
+            digest.update(f"{side}|{Path(path).name}|{e.emotion}|{e.frames}\n".encode())
+    for key in ("mean", "std"):
+        digest.update(np.asarray(prepared.stats[key], np.float32).tobytes())
+    mine = digest.hexdigest()
+    chiefs = broadcast_json(strategy, mine)
+    (differs,) = agree(strategy, [mine != chiefs])
+    if differs:
+        who = "this worker's" if mine != chiefs else "another worker's"
+        raise DataError(f"Worker {distribution['worker']}: {who} data differs from the chief's (files, labels, frame counts, "
+                        "split or normalisation). Every worker needs the same data: `fab -H <cluster> deploy-full` syncs every host.")

@@ -30,6 +30,7 @@ freezes during one is detected within it:
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -162,3 +163,10 @@ def local_failure(error):
     import tensorflow as tf
 
     return isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError))
+
+
+def peer_hint(error, own):
+    """The peers TensorFlow's message names, this worker (`own`) left out: for the reader (the records of the
+    workers are the facts). A heartbeat's timeout names the task that reports it."""
+    found = sorted({int(k) for k in re.findall(r"/job:worker/replica:\d+/task:(\d+)", str(error))} - {own})
+    return "worker " + " and ".join(map(str, found)) if found else "its peers"

@@ -6,16 +6,12 @@
 
 A run directory holds config.yaml, manifest.json, split.json, normalization.npz,
 best.keras, backup/ (until it finishes), logs/ (TensorBoard), history.csv, train.log,
-environment.json, status.json and, at the end, metrics.json.
+environment.json, status.json and, at the end, metrics.json (the chief's end of the run: finish.py).
 """
 
 import json
-import os
 import platform
-import re
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -23,14 +19,14 @@ from datetime import datetime
 from pathlib import Path
 
 from trainer.config import dump_config, load_config
-from trainer.errors import DataError, PeerLost, Superseded, UserError
+from trainer.errors import PeerLost, Superseded, UserError
 from trainer.results.report import make_console
 from trainer.results.runfiles import refuse_special_entries
+from trainer.training.environment import environment
 from trainer.training.fence import fence_check
+from trainer.training.finish import finish_run
 from trainer.training.logfile import tee_to
 from trainer.training.status import RunStatus, now_iso, write_json_atomic
-
-CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stopped(BaseException):
@@ -93,28 +89,16 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
 
 
 def refuse_finished(run_dir):
-    """UserError (exit 2) for a finished run (a cross-validation: every fold finished): resuming it
-    would train it again from its start, its backup being gone, and rewrite its history, best model
-    and metrics. Nothing is written."""
-    from trainer.training.cv import PLAN, is_cv
-
+    """UserError (exit 2) for a finished run: resuming it would train it again from its start, its backup being gone,
+    and rewrite its history, best model and metrics. Nothing is written. (A cross-validation's own check:
+    cv.refuse_finished_cv.)"""
     run_dir = Path(run_dir)
-    if is_cv(run_dir):
-        try:
-            folds = json.loads((run_dir / PLAN).read_text())["folds"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # continue_cv reports a broken plan
-        done = all((run_dir / f"fold-{k}" / "metrics.json").is_file() for k in range(1, folds + 1))
-        results = run_dir / "cv.json"
-    else:
-        try:
-            state = json.loads((run_dir / "status.json").read_text()).get("state")
-        except (OSError, ValueError, AttributeError):
-            state = None
-        done = (run_dir / "metrics.json").is_file() or state == "finished"
-        results = run_dir / "metrics.json"
-    if done:
-        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {results}). "
+    try:
+        state = json.loads((run_dir / "status.json").read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        state = None
+    if (run_dir / "metrics.json").is_file() or state == "finished":
+        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {run_dir / 'metrics.json'}). "
                         "Resuming it would train it again from its first epoch and rewrite them.")
 
 
@@ -148,63 +132,27 @@ def _stop_at_once_until_training_starts(run_dir):
 
 
 def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, packed_dir=None):
-    from trainer.data import pipeline as data
-
-    if resume and never_prepared(run_dir) and data_dirs:  # lost before its data was ready: no epoch, no split yet
-        console.print(f"Run {run_dir.name} ended before its data was prepared (no backup, no split yet): preparing it now "
-                      "with its config and seed, as a new run would")
-        prepared = data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
-    elif resume:
-        prepared = data.load_prepared(run_dir, data_dirs, console)
-    else:
-        if not data_dirs:
-            raise UserError("No data: pass --data DIR (one or more).")
-        prepared = data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
-    import keras  # after validation: a bad data dir fails fast, without loading TensorFlow
-
-    from trainer.training import distribute, peers
+    """Prepare the data, set up the devices and the cluster, fit; the chief then scores and records the run."""
+    prepared = _prepare_data(cfg, run_dir, data_dirs, resume, console, test_actors)
+    from trainer.training import distribute, peers  # after validation: a bad data dir fails fast, without loading TensorFlow
 
     distribute.configure_devices()
     cluster = distribute.read_cluster()
     timeout = cfg["train"]["collective_timeout"]
-
     nobody_came = (f"the workers of {', '.join(cluster['workers'])} did not all join within train.collective_timeout "
                    f"({timeout} s): is every worker started, and can each reach the others' worker port? Their own train.log says."
                    if cluster else "")
     watch = peers.Watchdog(timeout, status.path, nobody_came) if cluster else peers.NoWatchdog()
     try:
-        strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, peer_timeout=timeout)
-        _stop_at_once_until_training_starts(run_dir)  # TensorFlow's preemption notifier took SIGTERM over: take it back
-        keras.utils.set_random_seed(cfg["seed"])
-        distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
-        if distribute.worker_count(strategy) > 1:
-            _same_data_as_the_chief(strategy, prepared, distribution)
-            k = cfg["train"]["steps_per_execution"]
-            watch.expect(f"worker {distribution['worker']}: no call of {k} training step(s) (train.steps_per_execution) ended within "
-                         f"train.collective_timeout ({timeout} s; the set-up, a newly traced call's first run or a wait for the chief's "
-                         f"epoch end: {peers.long_allowance(timeout):g} s): "
-                         "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
-                         f"Resume every worker with: python -m trainer train --resume {run_dir}")
-            # The set-up until training starts (each worker loads its data and builds the model, whose variables
-            # wait for the chief's; the chief alone sets up its checkpoints and pictures): the peers' own work.
-            watch.long_wait()
+        strategy, distribution, env = _set_up(cfg, run_dir, prepared, cluster, status, console, watch)
         chief = distribute.worker_index(strategy) == 0
-        env = {**environment(), "distribution": distribution}
-        write_json_atomic(run_dir / "environment.json", env)
-        status.update(distribution=distribution)
-        use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
-        keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
-        where = f", worker {distribution['worker']} of {len(distribution['workers'])}" + (" (chief)" if chief else "") if cluster else ""
-        console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
-                      f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, "
-                      f"global batch {distribution['global_batch_size']}")
         history, model, val_gen, started = _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir,
                                                 watch)
     except Exception as e:
         if not peers.lost_peer(e, len(cluster["workers"]) if cluster else 1):
             raise
         own = (cluster or {}).get("index", 0)
-        raise PeerLost(f"worker {own} lost contact with {_peer_hint(e, own)} ({type(e).__name__}) and "
+        raise PeerLost(f"worker {own} lost contact with {peers.peer_hint(e, own)} ({type(e).__name__}) and "
                        f"stopped; the failed worker's own record says why. Resume every worker with: "
                        f"python -m trainer train --resume {run_dir}", cause=type(e).__name__, local=peers.local_failure(e)) from None
     finally:
@@ -213,37 +161,97 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         status.update(state="finished", eta_seconds=0, weights_sha256=history.weights_sha256)
         console.print(f"Worker {distribution['worker']} done; the chief writes the model and the metrics.")
         return
-    from trainer.training.model import load_model
+    finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, len(env["gpus"]), history, started, console)
 
-    best = load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
-    metrics = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
-    metrics.update(
-        best_epoch=(status.data["best"] or {}).get("epoch"),
-        epochs_run=status.data["epoch"],
-        training_seconds=round(time.monotonic() - started, 1),
-        split_samples={side: len(prepared.split.get(side, [])) for side in ("train", "val", "test")},
-        monitor=cfg["train"]["monitor"],
-        compute=compute_record(status.data, len(env["gpus"])),
-    )
-    pictures = draw(run_dir, metrics, status.data["epoch"])  # {file name: PNG bytes}
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
-    from trainer.results.report import headline, print_run_metrics
 
-    print_run_metrics(metrics, console)
-    console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
-    name, top = headline(metrics)
-    status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
-                                             "ci95": top.get("ci95")}, eta_seconds=0, weights_sha256=history.weights_sha256)
+def _prepare_data(cfg, run_dir, data_dirs, resume, console, test_actors):
+    """The run's data: prepared now for a new run (or a resumed one lost before its data was ready), else read back."""
+    from trainer.data import pipeline as data
+
+    if resume and never_prepared(run_dir) and data_dirs:  # lost before its data was ready: no epoch, no split yet
+        console.print(f"Run {run_dir.name} ended before its data was prepared (no backup, no split yet): preparing it now "
+                      "with its config and seed, as a new run would")
+        return data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
+    if resume:
+        return data.load_prepared(run_dir, data_dirs, console)
+    if not data_dirs:
+        raise UserError("No data: pass --data DIR (one or more).")
+    return data.prepare(cfg, data_dirs, run_dir, console, test_actors=test_actors)
+
+
+def _set_up(cfg, run_dir, prepared, cluster, status, console, watch):
+    """(strategy, distribution, environment): this run's devices and workers, its seed and precision, environment.json."""
+    import keras
+
+    from trainer.training import distribute, peers
+
+    timeout = cfg["train"]["collective_timeout"]
+    strategy = distribute.choose_strategy(cfg["train"]["distribute"], cluster, peer_timeout=timeout)
+    _stop_at_once_until_training_starts(run_dir)  # TensorFlow's preemption notifier took SIGTERM over: take it back
+    keras.utils.set_random_seed(cfg["seed"])
+    distribution = distribute.describe(strategy, cfg["train"]["batch_size"], cluster)
+    if distribute.worker_count(strategy) > 1:
+        distribute.same_data_as_the_chief(strategy, prepared, distribution)
+        k = cfg["train"]["steps_per_execution"]
+        watch.expect(f"worker {distribution['worker']}: no call of {k} training step(s) (train.steps_per_execution) ended within "
+                     f"train.collective_timeout ({timeout} s; the set-up, a newly traced call's first run or a wait for the chief's "
+                     f"epoch end: {peers.long_allowance(timeout):g} s): "
+                     "a peer froze or lost its network (or this worker hung); the other workers' train.log says which. "
+                     f"Resume every worker with: python -m trainer train --resume {run_dir}")
+        # The set-up until training starts (each worker loads its data and builds the model, whose variables
+        # wait for the chief's; the chief alone sets up its checkpoints and pictures): the peers' own work.
+        watch.long_wait()
+    chief = distribute.worker_index(strategy) == 0
+    env = {**environment(), "distribution": distribution}
+    write_json_atomic(run_dir / "environment.json", env)
+    status.update(distribution=distribution)
+    use_mp = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and env["gpus"])
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+    where = f", worker {distribution['worker']} of {len(distribution['workers'])}" + (" (chief)" if chief else "") if cluster else ""
+    console.print(f"Device: {', '.join(env['gpus']) or 'CPU'}; precision {'mixed_float16' if use_mp else 'float32'}; "
+                  f"{distribution['strategy']} with {distribution['replicas']} replica(s){where}, "
+                  f"global batch {distribution['global_batch_size']}")
+    return strategy, distribution, env
 
 
 def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console, resume, packed_dir=None, watchdog=None):
     """Build the model under `strategy` and train it; the chief alone writes the run's shared files
     (best.keras, backup/, logs/, history.csv), every worker its own status.json."""
-    import keras
-
     from trainer.data import pipeline as data
     from trainer.training import loop
+    from trainer.training.model import build_model, class_weights, compile_model, cudnn_problems
+
+    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"], packed_dir=packed_dir, console=console)
+    classes = cfg["data"]["classes"]
+    with strategy.scope():
+        model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
+    for problem in cudnn_problems(model):
+        console.print(f"[yellow]warning[/]: LSTM will not use the cuDNN kernel: {problem}")
+    callbacks, resume_state, stop = _callbacks(cfg, run_dir, chief, status, console)
+    weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
+    started = time.monotonic()
+    fence = fence_check(run_dir)
+    try:
+        history = loop.fit(model, strategy, train_gen, val_gen, cfg["train"]["epochs"], callbacks, class_weight=weights,
+                           resume=resume_state, stop=stop, workers=cfg["train"]["workers"], log=console.print,
+                           steps_per_execution=cfg["train"]["steps_per_execution"], watchdog=watchdog, fence=fence)
+    except KeyboardInterrupt:
+        if not stop.requested:
+            raise
+        raise Stopped(f"at once on a second signal during epoch {status.data['epoch'] + 1}; the backup of epoch "
+                      f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
+    if history.stopped_by_signal:
+        raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
+    if fence is not None and fence() is not None:  # fenced after its last epoch: still no result of this launch
+        raise Superseded(f"{fence()}; this launch writes no result (the run continues under the launch that took it over)")
+    return history, model, val_gen, started
+
+
+def _callbacks(cfg, run_dir, chief, status, console):
+    """(the fit's callbacks in their order, its ResumeState, its GracefulStop): the chief's write the run's shared files
+    (best.keras, backup/, logs/, history.csv); another worker's take the same decisions from the same numbers."""
+    import keras
+
     from trainer.training.callbacks import (
         AtomicModelCheckpoint,
         ConfusionImages,
@@ -254,14 +262,9 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
         SafeCSVLogger,
         StatusCallback,
     )
-    from trainer.training.model import build_model, class_weights, compile_model, cudnn_problems, load_model
+    from trainer.training.model import load_model
 
-    train_gen, val_gen = data.generators(cfg, prepared, batch_size=distribution["global_batch_size"], packed_dir=packed_dir, console=console)
     classes = cfg["data"]["classes"]
-    with strategy.scope():
-        model = compile_model(build_model(cfg["model"], len(classes), cfg["data"]["feature_dim"]), cfg["train"], len(classes))
-    for problem in cudnn_problems(model):
-        console.print(f"[yellow]warning[/]: LSTM will not use the cuDNN kernel: {problem}")
     monitor = cfg["train"]["monitor"]
     mode = "min" if monitor.endswith("loss") else "max"
     stop = GracefulStop()
@@ -294,129 +297,4 @@ def _fit(cfg, run_dir, prepared, strategy, distribution, chief, status, console,
         resume_state = ResumeState(None, early_stopping, reduce_lr)
         writers = [early_stopping, reduce_lr]
     callbacks = [LearningRateLogger(), *writers, StatusCallback(status, monitor, mode), stop]
-    weights = class_weights(train_gen.labels, len(classes)) if cfg["train"]["class_weights"] == "balanced" else None
-    started = time.monotonic()
-    fence = fence_check(run_dir)
-    try:
-        history = loop.fit(model, strategy, train_gen, val_gen, cfg["train"]["epochs"], callbacks, class_weight=weights,
-                           resume=resume_state, stop=stop, workers=cfg["train"]["workers"], log=console.print,
-                           steps_per_execution=cfg["train"]["steps_per_execution"], watchdog=watchdog, fence=fence)
-    except KeyboardInterrupt:
-        if not stop.requested:
-            raise
-        raise Stopped(f"at once on a second signal during epoch {status.data['epoch'] + 1}; the backup of epoch "
-                      f"{status.data['epoch']} is intact; resume with: python -m trainer train --resume {run_dir}") from None
-    if history.stopped_by_signal:
-        raise Stopped(f"on request after epoch {status.data['epoch']}; resume with: python -m trainer train --resume {run_dir}")
-    if fence is not None and fence() is not None:  # fenced after its last epoch: still no result of this launch
-        raise Superseded(f"{fence()}; this launch writes no result (the run continues under the launch that took it over)")
-    return history, model, val_gen, started
-
-
-def _same_data_as_the_chief(strategy, prepared, distribution):
-    """Every worker must plan the same batches: same files (by name), labels, lengths, split and
-    normalisation as the chief. A worker whose data differs fails the run on every worker."""
-    import hashlib
-
-    import numpy as np
-
-    from trainer.training import distribute
-
-    digest = hashlib.sha256()
-    for side in ("train", "val", "test"):
-        for path in prepared.split.get(side) or []:
-            e = prepared.entries[path]
-            digest.update(f"{side}|{Path(path).name}|{e.emotion}|{e.frames}\n".encode())
-    for key in ("mean", "std"):
-        digest.update(np.asarray(prepared.stats[key], np.float32).tobytes())
-    mine = digest.hexdigest()
-    chiefs = distribute.broadcast_json(strategy, mine)
-    (differs,) = distribute.agree(strategy, [mine != chiefs])
-    if differs:
-        who = "this worker's" if mine != chiefs else "another worker's"
-        raise DataError(f"Worker {distribution['worker']}: {who} data differs from the chief's (files, labels, frame counts, "
-                        "split or normalisation). Every worker needs the same data: `fab -H <cluster> deploy-full` syncs every host.")
-
-
-def _peer_hint(error, own):
-    """The peers TensorFlow's message names, this worker (`own`) left out: for the reader (the records of the
-    workers are the facts). A heartbeat's timeout names the task that reports it."""
-    found = sorted({int(k) for k in re.findall(r"/job:worker/replica:\d+/task:(\d+)", str(error))} - {own})
-    return "worker " + " and ".join(map(str, found)) if found else "its peers"
-
-
-def final_scores(cfg, prepared, model, val_gen, batch_size):
-    """The best model scored on the validation split (which chose it) and, once, on the held-out test
-    actors, with 95% intervals over actors; `headline` names the split a user should quote."""
-    from trainer.data import pipeline as data
-    from trainer.results.evaluate import predict, score
-    from trainer.results.metrics import held_out_report
-
-    classes = cfg["data"]["classes"]
-    metrics = {"validation": score(model, val_gen, classes), "test": None, "headline": "validation"}
-    test = prepared.split.get("test") or []
-    if test:
-        gen = data.make_generator(cfg, test, prepared.entries, prepared.stats, shuffle=False, batch_size=batch_size)
-        y_true, y_pred = predict(model, gen)
-        clips = [prepared.entries[test[i]] for i in gen.order]
-        metrics["test"] = held_out_report(y_true, y_pred, [e.actor for e in clips], [e.corpus for e in clips], classes, seed=cfg["seed"])
-        metrics["headline"] = "test"
-    return metrics
-
-
-def draw(run_dir, metrics, step):
-    """The headline split's PNGs in the run dir; the same and the validation matrix in TensorBoard."""
-    from trainer.results.plots import confusion_png, log_image, run_label, save_pictures
-
-    name = metrics["headline"]
-    pictures = save_pictures(run_dir, metrics[name], name, best_epoch=metrics.get("best_epoch"))
-    log_image(run_dir / "logs", f"{name}/confusion_matrix_at_end", pictures["confusion_matrix.png"], step)
-    log_image(run_dir / "logs", f"{name}/recall_per_class_at_end", pictures["recall.png"], step)
-    if name != "validation":
-        png = confusion_png(metrics["validation"], "validation", run_label(run_dir))
-        log_image(run_dir / "logs", "validation/confusion_matrix_at_end", png, step)
-    return pictures
-
-
-def compute_record(status, gpus):
-    """Hours the trainer ran (all sessions of a resumed run), GPU hours and, with a price, the cost in USD."""
-    hours = status.get("compute_seconds", 0) / 3600
-    price = status.get("price_per_hour")
-    return {"hours": round(hours, 4), "gpus": gpus, "gpu_hours": round(hours * gpus, 4), "price_per_hour": price,
-            "cost_usd": round(hours * price, 2) if price else None}
-
-
-def environment():
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "code_version": code_version(),
-        "recorded_at": now_iso(),
-    }
-
-
-def code_version():
-    """`.code-version` written by the deploy (the host has no .git), else git describe."""
-    stamp = CODE_ROOT / ".code-version"
-    if stamp.is_file():
-        return stamp.read_text().strip()
-    try:
-        out = subprocess.run(["git", "-C", str(CODE_ROOT), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
+    return callbacks, resume_state, stop

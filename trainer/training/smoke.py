@@ -20,7 +20,8 @@ import numpy as np
 
 from trainer.config import load_config
 from trainer.errors import UserError
-from trainer.training.run import CODE_ROOT, execute, new_run
+from trainer.training.environment import CODE_ROOT
+from trainer.training.run import execute, new_run
 
 SMOKE_CONFIG = CODE_ROOT / "configs" / "smoke.yaml"
 
