@@ -56,15 +56,6 @@ import time
 import host_files
 import storage_state
 from host_files import (  # the files it shares with host_agent.py (see host_files.py)
-    CURRENT,
-    EXIT,
-    EXITS,
-    LAUNCH,
-    LAUNCH_ID,
-    PENDING,
-    PREEMPT,
-    RUN_NAME,
-    STOP_REQUEST,
     exit_record,
     now,
     progress,
@@ -74,15 +65,31 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
     running_run,  # noqa: F401 - part of this module's API
     session_alive,
     stalled_since,  # noqa: F401 - part of this module's API
-    write_atomic,
 )
 from liveness import boot_id, describe_processes, live_processes, proc_stat
+from run_format import (  # the run's files and exit codes: one owner for the trainer, the laptop and the host
+    CURRENT,
+    CV,
+    EXIT,
+    EXITS,
+    FENCE,
+    LAUNCH,
+    LAUNCH_ID,
+    LOG,
+    METRICS,
+    PENDING,
+    PREEMPT,
+    RECOVERIES,
+    RUN_NAME,
+    STATUS,
+    STOP_REQUEST,
+    STOPPED,
+    SUPERSEDED,
+    write_atomic,
+)
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
               "stalled": 8, "superseded": 11}
-STOPPED = 3  # the trainer's exit code for "stopped on request"
-SUPERSEDED = 5  # the trainer's exit code for "fenced: the run continues under another launch" (trainer/errors.py Superseded)
-FENCE = "fenced.json"  # RUN/fenced.json: {launch_id, reason, at}: that launch may no longer train the run
 PENDING_SIZE = 4096
 # `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
 LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
@@ -211,7 +218,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     pids = live_processes(launch)
     session_up = run == current and session_alive(session)
     alive = bool(pids) or (not launch.get("pgid") and session_up)  # a run launched before launch.json held a group
-    status = read_json(os.path.join(run_dir, "status.json"))
+    status = read_json(os.path.join(run_dir, STATUS))
     status = status if isinstance(status, dict) else None
     stale = status is not None and current_status(run_dir, status) is None
     if stale:  # the previous launch's word: its epochs hold, its state and error are not this launch's
@@ -221,11 +228,11 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     info.update(
         run_dir=run_dir, session_alive=session_up, processes=describe_processes(pids), status=status, exit=record,
         launch=launch or None, stall=stall,
-        metrics=read_json(os.path.join(run_dir, "metrics.json")),
-        cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/training/cv.py)
-        recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
+        metrics=read_json(os.path.join(run_dir, METRICS)),
+        cv=read_json(os.path.join(run_dir, CV)),  # a cross-validation run (trainer/training/cv.py)
+        recoveries=(read_json(os.path.join(run_dir, RECOVERIES)) or {}).get("recoveries"),  # `fab watch` moved it here
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])), stale_status=stale,
-        log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines, raw_log),
+        log=os.path.join(run_dir, LOG), log_tail=tail(os.path.join(run_dir, LOG), log_lines, raw_log),
         storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
     return info
@@ -235,7 +242,7 @@ def current_status(run_dir, status):
     """status.json as this launch's word: None while it is older than launch.json (a resumed run's trainer has not
     rewritten it yet, and its `failed` is the previous launch's, not this one's)."""
     try:
-        stale = os.stat(os.path.join(run_dir, "status.json")).st_mtime_ns < os.stat(os.path.join(run_dir, LAUNCH)).st_mtime_ns
+        stale = os.stat(os.path.join(run_dir, STATUS)).st_mtime_ns < os.stat(os.path.join(run_dir, LAUNCH)).st_mtime_ns
     except OSError:
         return status
     return None if stale else status
@@ -419,7 +426,7 @@ def stop(run_dir, session, wait_s, reason=None):
 
 def stopped_sentence(run_dir, record):
     """What `fab stop` answers: the run, its epoch, and how to continue (from its exit record and status.json)."""
-    name, status = os.path.basename(os.path.normpath(run_dir)), read_json(os.path.join(run_dir, "status.json")) or {}
+    name, status = os.path.basename(os.path.normpath(run_dir)), read_json(os.path.join(run_dir, STATUS)) or {}
     epoch, epochs = status.get("epoch"), status.get("epochs")
     at = (f"after epoch {epoch}" + (f" of {epochs}" if epochs else "") if isinstance(epoch, int) and epoch > 0
           else "before its first epoch ended")

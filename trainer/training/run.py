@@ -26,6 +26,7 @@ from trainer.config import dump_config, load_config
 from trainer.errors import DataError, PeerLost, Superseded, UserError
 from trainer.results.report import make_console
 from trainer.results.runfiles import refuse_special_entries
+from trainer.run_format import run_format
 from trainer.training.fence import fence_check
 from trainer.training.logfile import tee_to
 from trainer.training.status import RunStatus, now_iso, write_json_atomic
@@ -39,7 +40,7 @@ class Stopped(BaseException):
     A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the trainer
     is, and a library's `except Exception` must not swallow a stop request."""
 
-    exit_code = 3
+    exit_code = run_format.STOPPED
 
 
 def new_run(cfg, runs_dir, run_name=None):
@@ -108,11 +109,11 @@ def refuse_finished(run_dir):
         results = run_dir / "cv.json"
     else:
         try:
-            state = json.loads((run_dir / "status.json").read_text()).get("state")
+            state = json.loads((run_dir / run_format.STATUS).read_text()).get("state")
         except (OSError, ValueError, AttributeError):
             state = None
-        done = (run_dir / "metrics.json").is_file() or state == "finished"
-        results = run_dir / "metrics.json"
+        done = (run_dir / run_format.METRICS).is_file() or state == "finished"
+        results = run_dir / run_format.METRICS
     if done:
         raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {results}). "
                         "Resuming it would train it again from its first epoch and rewrite them.")
@@ -226,7 +227,7 @@ def _train(cfg, run_dir, data_dirs, resume, status, console, test_actors=None, p
         compute=compute_record(status.data, len(env["gpus"])),
     )
     pictures = draw(run_dir, metrics, status.data["epoch"])  # {file name: PNG bytes}
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / run_format.METRICS, metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     from trainer.results.report import headline, print_run_metrics
 
