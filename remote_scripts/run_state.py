@@ -8,6 +8,8 @@
     python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS      # stop_training.sh
     python3 run_state.py alive RUN_DIR                          # exit 0 while a process of the run lives (follow_log.sh)
     python3 run_state.py fence RUN_DIR LAUNCH_ID REASON         # fab watch: that launch may no longer train the run
+    python3 run_state.py activity RUNS_DIR SESSION [STALL_SECONDS]  # fab instances: is it training, since when idle
+    python3 run_state.py runs RUNS_DIR                          # fab down: the run folders, with their start and launch
 
 Standard library only (it runs with the system python3, even before the venv exists). The files it shares with
 host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py.
@@ -56,6 +58,7 @@ import time
 import host_files
 import storage_state
 from host_files import (  # the files it shares with host_agent.py (see host_files.py)
+    exit_path,
     exit_record,
     now,
     progress,
@@ -75,6 +78,7 @@ from run_format import (  # the run's files and exit codes: one owner for the tr
     FENCE,
     LAUNCH,
     LAUNCH_ID,
+    LIVE,
     LOG,
     METRICS,
     PENDING,
@@ -235,7 +239,42 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
         log=os.path.join(run_dir, LOG), log_tail=tail(os.path.join(run_dir, LOG), log_lines, raw_log),
         storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
+    info["training"] = training(info)
     return info
+
+
+def training(info):
+    """Is it training? A process of the run lives, or (a run launched before launch.json held a process group) its
+    state says so. The one answer that `fab monitor`, `fab down`, `fab instances` and `fab watch` read."""
+    return bool(info.get("processes")) or info.get("state") in LIVE
+
+
+def activity(runs_dir, session, stall_seconds=None):
+    """`fab instances`' question: {now, boot, heartbeat, run, state, training, run_ended}, from collect (quick) and
+    the times that say when the host was last busy: the boot, a fab task's heartbeat, the end of the current run."""
+    info = collect(runs_dir, session, log_lines=0, stall_seconds=stall_seconds, quick=True)
+    up = info["uptime_seconds"]
+    path = exit_path(info["run_dir"], info.get("launch") or {}) if info.get("exit") is not None else None
+    ended = host_files.mtime(path) if path else None
+    return {"now": time.time(), "boot": time.time() - up if up is not None else None, "run": info["run"], "state": info["state"],
+            "training": training(info), "run_ended": ended,
+            "heartbeat": host_files.mtime(host_files.files(runs_dir)["heartbeat"]) or None}
+
+
+def list_runs(runs_dir):
+    """[{run, started_at, launch_id}] of the run folders (those holding a config.yaml): what `fab down` weighs."""
+    runs_dir = os.path.expanduser(runs_dir)
+    try:
+        names = sorted(os.listdir(runs_dir))
+    except OSError:
+        names = []
+
+    def field(run, name, key):
+        value = read_json(os.path.join(runs_dir, run, name))
+        return value.get(key) if isinstance(value, dict) else None
+
+    return [{"run": n, "started_at": field(n, STATUS, "started_at"), "launch_id": field(n, LAUNCH, "launch_id")}
+            for n in names if RUN_NAME.fullmatch(n) and os.path.isfile(os.path.join(runs_dir, n, "config.yaml"))]
 
 
 def current_status(run_dir, status):
@@ -490,6 +529,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive", "fence"):
         return records_main(argv)
+    if argv and argv[0] == "activity":  # run_state.py activity RUNS_DIR SESSION [STALL_SECONDS]   (`fab instances`)
+        print(json.dumps(activity(argv[1], argv[2], float(argv[3]) if len(argv) > 3 and argv[3] else None)))
+        return 0
+    if argv and argv[0] == "runs":  # run_state.py runs RUNS_DIR   (`fab down`: the runs its disk holds)
+        print(json.dumps(list_runs(argv[1])))
+        return 0
     if argv and argv[0] == "tail":  # run_state.py tail FILE LINES [--raw]   (`fab logs`)
         print("\n".join(tail(argv[1], int(argv[2]), raw="--raw" in argv[3:])))
         return 0
