@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from deploy.errors import InventoryError
+from trainer.run_format import run_format
 
 HOST_FIELDS = ("address", "user", "key_file", "price_per_hour", "worker_address")  # what the inventory sees of an entry
 INTERRUPTIONS = ("terminate", "stop")
@@ -52,9 +53,7 @@ def _changing():
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load()
         yield data
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, p)
+        run_format.write_json(p, data, sort_keys=True)
 
 
 def entry(name):

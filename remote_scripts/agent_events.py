@@ -37,7 +37,7 @@ RECORD = "notifications.json"
 
 
 def agent_dir(runs_dir):
-    return os.path.join(os.path.expanduser(runs_dir), ".agent")
+    return os.path.join(os.path.expanduser(runs_dir), run_format.AGENT_DIR)
 
 
 def log(runs_dir, message):

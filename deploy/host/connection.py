@@ -30,6 +30,7 @@ from paramiko import SSHException
 from deploy.errors import HostUnreachable, LocalInputError
 from deploy.host.login import check_key_file, key_files, key_list, login_failure  # noqa: F401 (key_files: also from here)
 from deploy.inventory import REPO_ROOT
+from trainer.run_format import run_format
 
 
 def state_dir():
@@ -46,10 +47,7 @@ def remember_host(target):
 
 
 def _remember(record):
-    path = state_dir() / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": record}, indent=1))
-    os.replace(tmp, path)
+    run_format.write_json(state_dir() / "state.json", {"host": record})
 
 
 def remembered_host():
@@ -367,9 +365,7 @@ def forget_host_keys(addresses):
 
     kept = [line for line in lines if not names(line) & set(addresses)]
     if len(kept) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        run_format.write_atomic(path, "".join(kept))
 
 
 def pin_host_keys(conn):

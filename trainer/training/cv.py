@@ -25,6 +25,7 @@ from pathlib import Path
 
 from trainer.config import dump_config, load_config
 from trainer.errors import DataError
+from trainer.run_format import run_format
 from trainer.training.status import write_json_atomic
 
 PLAN, SUMMARY = "cv-plan.json", "cv.json"
@@ -94,7 +95,7 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
         fold_dir = run_dir / f"fold-{k}"
         if (fold_dir / "metrics.json").is_file():
             continue
-        mirror = (run_dir / "status.json", {"run": run_dir.name, "fold": k, "folds": folds})
+        mirror = (run_dir / run_format.STATUS, {"run": run_dir.name, "fold": k, "folds": folds})
         if (fold_dir / "split.json").is_file():
             execute(fold_dir, data_dirs=data_dirs, resume=True, console=console, price_per_hour=price_per_hour, mirror=mirror)
         else:
@@ -110,9 +111,9 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     from trainer.results.report import make_console, print_cv
 
     print_cv(summary, console or make_console())
-    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {"run": run_dir.name}
+    status = json.loads((run_dir / run_format.STATUS).read_text()) if (run_dir / run_format.STATUS).is_file() else {"run": run_dir.name}
     status.update(state="finished", metrics={"split": "cross-validation test", **summary["mean"]}, eta_seconds=0)
-    write_json_atomic(run_dir / "status.json", status)
+    write_json_atomic(run_dir / run_format.STATUS, status)
     return run_dir
 
 
