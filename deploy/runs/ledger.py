@@ -113,7 +113,7 @@ def host_runs(conn, inv, label):
     except (ValueError, IndexError):
         runs = None
     if not isinstance(runs, list):
-        raise DeployError(f"Could not list the runs on {label}: {(out.stderr or out.stdout).strip()[-300:]}")
+        raise DeployError(f"Could not list the runs on {label}: {(out.stderr or out.stdout).strip()[-300:]}{_old_code(out)}")
     return [r for r in runs if isinstance(r, dict) and RUN_NAME.fullmatch(str(r.get("run")))]
 
 
@@ -166,10 +166,15 @@ def activity(conn, inv):
         line = out.stdout.strip().splitlines()[-1]
         seen = json.loads(line) if not line.startswith("null ") else _no_code(line)
     except (ValueError, IndexError, TypeError):
-        raise DeployError(f"the host did not say what it does: {(out.stderr or out.stdout).strip()[-300:]}") from None
+        raise DeployError(f"the host did not say what it does: {(out.stderr or out.stdout).strip()[-300:]}{_old_code(out)}") from None
     last = max(t for t in (seen["heartbeat"], seen["run_ended"], seen["boot"]) if t is not None)
     return {"run": seen["run"], "training": seen["training"], "idle_seconds": None if seen["training"] else seen["now"] - last,
             "last_activity": last}
+
+
+def _old_code(out):
+    """A hint when the host's run_state.py predates the subcommand asked (argparse's usage line): its code is older."""
+    return " (the host's code predates this question: `fab sync-code` brings it up to date)" if "usage:" in (out.stderr or "") else ""
 
 
 def _no_code(line):
