@@ -203,7 +203,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     info = {
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpus": None if quick else gpus(),
         "disk": disk(disk_path), "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
-        "uptime_seconds": uptime(), "agent": None, "processes": [],
+        "uptime_seconds": uptime(), "agent": None, "processes": [], "training": False,
     }
     info["agent_alive"] = host_files.agent_running(runs_dir)  # cheap (a pid and its command line): `fab watch` restarts a dead one
     if not quick:
