@@ -15,10 +15,10 @@ without the `aws` extra still reads it.
 import contextlib
 import fcntl
 import json
-import os
 
 from deploy.errors import InventoryError
 from deploy.paths import state_dir
+from trainer.run_format import run_format
 
 HOST_FIELDS = ("address", "user", "key_file", "price_per_hour", "worker_address")  # what the inventory sees of an entry
 
@@ -48,9 +48,7 @@ def _changing():
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load()
         yield data
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, p)
+        run_format.write_json(p, data, sort_keys=True)
 
 
 def entry(name):

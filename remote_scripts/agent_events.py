@@ -28,6 +28,7 @@ import time
 
 import host_files
 import notify
+import run_format
 import run_state
 import storage_state
 from liveness import live_processes
@@ -36,7 +37,7 @@ RECORD = "notifications.json"
 
 
 def agent_dir(runs_dir):
-    return os.path.join(os.path.expanduser(runs_dir), ".agent")
+    return os.path.join(os.path.expanduser(runs_dir), run_format.AGENT_DIR)
 
 
 def log(runs_dir, message):
@@ -54,7 +55,7 @@ def host_label(settings):
 def current(runs_dir):
     """(name, run_dir) of the current run, or None (no run, or a name that is not one)."""
     name = host_files.read_current(runs_dir)
-    if name is None or not host_files.RUN_NAME.fullmatch(name):
+    if name is None or not run_format.RUN_NAME.fullmatch(name):
         return None
     return name, os.path.join(os.path.expanduser(runs_dir), name)
 
@@ -121,7 +122,7 @@ def _notify_run(runs_dir, settings, running, stalled, autostop, agent_state):
     launch_id = launch.get("launch_id") or "legacy"
     if run_state.fenced(run_dir, launch_id):  # the run continues under another launch: its events are that one's
         return
-    status = host_files.read_json(os.path.join(run_dir, "status.json"))
+    status = host_files.read_json(os.path.join(run_dir, run_format.STATUS))
     status = status if isinstance(status, dict) else {}
     if (status.get("distribution") or {}).get("chief") is False:  # a cluster's other workers: the chief's agent tells
         return
@@ -129,7 +130,7 @@ def _notify_run(runs_dir, settings, running, stalled, autostop, agent_state):
     record = host_files.exit_record(run_dir, launch)
     if running and not record:
         fresh = not status.get("resumed_at") and not status.get("epoch")  # a resumed run has epochs already
-        if fresh and host_files.mtime(os.path.join(run_dir, host_files.LAUNCH)) >= since:
+        if fresh and host_files.mtime(os.path.join(run_dir, run_format.LAUNCH)) >= since:
             notify_event(runs_dir, settings, run, run_dir, f"started:{run}", "started",
                          f"started: {where(settings, run)} ({status.get('epochs') or '?'} epochs planned)", launch_id=launch_id)
         if stalled:
@@ -220,7 +221,7 @@ def record_fetch(runs_dir, run, state, ended_at):
     data = data if isinstance(data, dict) else {}
     data[run] = {"state": state, "ended_at": ended_at, "fetched_at": notify.iso()}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    host_files.write_atomic(path, json.dumps(data))
+    run_format.write_atomic(path, json.dumps(data))
 
 
 def fetched(runs_dir, run, record):
@@ -238,7 +239,7 @@ def fetched_vanished(runs_dir, run, run_dir):
         at = calendar.timegm(time.strptime(str(seen.get("fetched_at")), "%Y-%m-%dT%H:%M:%S+00:00"))
     except ValueError:
         return False
-    changed = max(host_files.mtime(os.path.join(run_dir, name)) for name in ("status.json", host_files.LAUNCH))
+    changed = max(host_files.mtime(os.path.join(run_dir, name)) for name in (run_format.STATUS, run_format.LAUNCH))
     return at >= int(changed)
 
 
@@ -263,7 +264,7 @@ def done(runs_dir, state):
     record = host_files.exit_record(run_dir, launch)
     if record is None:
         return None
-    status = host_files.read_json(os.path.join(run_dir, "status.json"))
+    status = host_files.read_json(os.path.join(run_dir, run_format.STATUS))
     status = status if isinstance(status, dict) else {}
     what = run_state.derive_state(record, False, status)
     if what not in DONE:
@@ -312,7 +313,7 @@ def autostop_hold(runs_dir, settings, state):
 
 def main(argv):
     """python3 agent_events.py fetched RUNS_DIR RUN STATE ENDED_AT   (`fab fetch-results`, after its rsync)"""
-    if len(argv) == 5 and argv[0] == "fetched" and host_files.RUN_NAME.fullmatch(argv[2]):
+    if len(argv) == 5 and argv[0] == "fetched" and run_format.RUN_NAME.fullmatch(argv[2]):
         record_fetch(argv[1], argv[2], argv[3], argv[4] or None)
         return 0
     print(main.__doc__, file=sys.stderr)

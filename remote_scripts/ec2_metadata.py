@@ -23,7 +23,7 @@ import json
 import urllib.error
 import urllib.request
 
-from host_files import EC2_METADATA_URL  # the agent's default setting (host_files.DEFAULTS)
+from run_format import EC2_METADATA_URL  # the agent's default setting (run_format.AGENT_DEFAULTS)
 
 METADATA_TRIES = 3  # timeouts in a row after which EC2's default address counts as "not EC2"
 METADATA_URLS_KEPT = 10  # the last metadata URLs asked, in state.json

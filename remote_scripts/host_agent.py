@@ -55,10 +55,12 @@ import time
 import agent_events
 import host_activity
 import host_files
+import run_format
 import run_state
 import storage_state
 from ec2_metadata import probe_instance, spot_notice
-from host_files import DEFAULTS, WAIT_FOR, agent_dir, agent_running, autostop_view, files, iso, mtime, read_settings
+from host_files import agent_dir, agent_running, autostop_view, files, iso, mtime, read_settings
+from run_format import POLL_SECONDS, STATUS, WAIT_FOR
 
 HERE = os.path.abspath(__file__)
 MAX_UPLOADER_RESTARTS = 5  # a launch's uploader started again at most this often: one that dies every time is said, not looped
@@ -79,7 +81,7 @@ def log(runs_dir, message):
 def save(path, record):
     """Write a JSON file atomically; False (and nothing left behind) when the disk refuses."""
     try:
-        run_state.write_atomic(path, json.dumps(record))
+        run_format.write_atomic(path, json.dumps(record))
         return True
     except OSError:
         return False
@@ -227,8 +229,8 @@ def preempt(runs_dir, settings, running, notice):
     """Record the notice in the run dir (run_state puts it into the exit record), then stop the training."""
     name, run_dir = running
     log(runs_dir, f"spot interruption notice {json.dumps(notice)}: stopping run {name}")
-    run_state.write_atomic(os.path.join(run_dir, run_state.PREEMPT), json.dumps({"notice": notice, "received_at": iso(time.time())}))
-    launch_id, status = run_state.read_launch(run_dir).get("launch_id") or "legacy", run_state.read_json(os.path.join(run_dir, "status.json"))
+    run_format.write_atomic(os.path.join(run_dir, run_format.PREEMPT), json.dumps({"notice": notice, "received_at": iso(time.time())}))
+    launch_id, status = run_state.read_launch(run_dir).get("launch_id") or "legacy", run_state.read_json(os.path.join(run_dir, STATUS))
     code, lines = run_state.stop(run_dir, settings["session"], int(settings["spot_grace_seconds"]),
                                  reason=f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})")
     log(runs_dir, f"stop exited {code}: {' | '.join(lines)}")
@@ -277,12 +279,12 @@ def revive_uploader(runs_dir):
     if restarts >= MAX_UPLOADER_RESTARTS:
         if record.get("state") != "abandoned":
             record.update(state="abandoned", done=True, abandoned=f"died {restarts + 1} times; not started again")
-            run_state.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
+            run_format.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
             log(runs_dir, f"uploader of run {run} (launch {launch_id}) died again after {restarts} restarts: not started again; "
                           "storage keeps its last stored epoch (see the run's storage.log)")
         return {"run": run, "launch_id": launch_id, "abandoned_at": iso(time.time())}
     record.update(restarts=restarts + 1, state="restarting", pid=None, updated_epoch_seconds=time.time())  # read by the new uploader
-    run_state.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
+    run_format.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
     env = {**os.environ, "FACENET_STORAGE": json.dumps(settings), "PYTHONUNBUFFERED": "1"}
     with open(os.path.join(run_dir, "storage.log"), "a") as out:
         proc = subprocess.Popen([python, "-m", "trainer.storage.uploader", run_dir, launch_id], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
@@ -313,7 +315,7 @@ def run(runs_dir):
     save(files(runs_dir)["state.json"], state)
     log(runs_dir, f"agent started (pid {os.getpid()})")
     while True:
-        pause = DEFAULTS["poll_seconds"]
+        pause = POLL_SECONDS
         try:
             settings = read_settings(runs_dir)
             pause = max(0.2, float(settings["poll_seconds"]))
@@ -399,7 +401,7 @@ def configure(runs_dir, changes):
         return {"ok": False, "message": f"the budget cap cannot power the host off: `sudo -n` asks for a password for {user}. "
                                         "Allow passwordless sudo for /sbin/poweroff, or set autostop.command in the inventory."}
     settings.update(changes)
-    run_state.write_atomic(files(runs_dir)["settings.json"], json.dumps(settings), mode=0o600)  # the webhook URL is a secret
+    run_format.write_atomic(files(runs_dir)["settings.json"], json.dumps(settings), mode=0o600)  # the webhook URL is a secret
     outcome = {"ok": True, "settings": settings}
     if "autostop" in changes or "budget" in changes:
         outcome["boot"] = boot_entry(runs_dir, bool(settings["autostop"] or settings.get("budget")))

@@ -1,7 +1,6 @@
 """The host's files, read the one way: a run's and the host agent's (standard library only).
 
     read_json(path)                       # the parsed file, or None when it is missing or torn
-    write_atomic(path, text)              # a temp file, then a rename
     read_current(runs_dir)                # the current run's name (RUNS_DIR/.current)
     read_launch(run_dir), exit_record(run_dir)
     running_run(runs_dir, session)        # (name, run_dir) while a process of the current run lives
@@ -9,7 +8,8 @@
     view(runs_dir)                        # the host agent as the monitor shows it
 
 run_state.py (the run's state and records) and host_agent.py (autostop, spot notices) both read
-these files; this module is their one home, below both, so neither imports the other for them.
+these files; this module is their one reader, below both, so neither imports the other for them. The
+names of the files, the run-name pattern and the agent's defaults belong to run_format.py.
 A run's files: RUNS_DIR/.current names the current run; RUN_DIR/launch.json its launch (process
 group, launch id); RUN_DIR/exits/<launch id>.json each launch's exit record (exit.json links to the
 current one); RUN_DIR/status.json the trainer's progress. The agent's, in RUNS_DIR/.agent/:
@@ -18,25 +18,25 @@ settings.json, heartbeat, state.json, fired.json, budget.json, agent.log, agent.
 
 import json
 import os
-import re
 import subprocess
 import time
 
 from liveness import live_processes
-
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
-LAUNCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-CURRENT, LAUNCH, EXIT, PENDING, EXITS = ".current", "launch.json", "exit.json", ".exit.pending", "exits"
-PREEMPT = ".preempted.json"  # the spot notice, left by host_agent.py for the exit record
-STOP_REQUEST = ".stop-request.json"  # a stop somebody asked for (`fab stop`, the budget cap), left by stop() for the exit record
-STALL_FLOOR_SECONDS, STALL_EPOCHS = 15 * 60, 3  # default stall threshold: max(15 min, 3 x the slowest epoch)
-EC2_METADATA_URL = "http://169.254.169.254"  # IMDSv2 (ec2_metadata.py asks it); not imported here: urllib is slow to load
-AGENT_SCRIPT = "host_agent.py"  # what an agent process's command line holds
-DEFAULTS = {"session": "facenet-training", "autostop": None, "metadata_url": EC2_METADATA_URL, "metadata_explicit": None,
-            "metadata_recheck_seconds": 600, "poll_seconds": 5, "spot_grace_seconds": 90, "price_per_hour": None, "budget": None,
-            "stall_seconds": None, "notify_webhook": None, "notify_since": None, "host_label": None, "shutdown_terminates": False}
-WAIT_FOR = ("ssh", "gpu")  # what counts as activity besides a training and a fab task (autostop.wait_for)
-
+from run_format import (
+    AGENT_DEFAULTS,
+    AGENT_DIR,
+    AGENT_FILES,
+    AGENT_SCRIPT,
+    CURRENT,
+    EXIT,
+    EXITS,
+    LAUNCH,
+    LAUNCH_ID,
+    RUN_NAME,
+    STATUS,
+    WAIT_FOR,
+    stall_threshold,
+)
 
 # --- reading and writing ------------------------------------------------------------------
 
@@ -57,27 +57,6 @@ def mtime(path):
 
 def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
-def write_atomic(path, text, mode=0o666):
-    """A temp file beside `path`, then a rename: readers see the old file or the new one. A write
-    that fails (a full disk) removes its temp file, so that it holds no space. `mode` (before the
-    umask): 0o600 for a file only its user may read, from its first byte."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def iso(t):
@@ -130,12 +109,12 @@ def progress(run_dir, status, stall_seconds=None, runs_dir=None):
     later: a resumed run's status.json is old until the trainer rewrites it) against the stall
     threshold. {seconds_since_update, threshold_seconds, last_update, stalled}."""
     if stall_seconds is None and runs_dir is not None:  # e.g. monitor_training.sh on the host: the agent's setting
-        stall_seconds = (read_json(os.path.join(runs_dir, ".agent", "settings.json")) or {}).get("stall_seconds")
+        stall_seconds = (read_json(os.path.join(runs_dir, AGENT_DIR, "settings.json")) or {}).get("stall_seconds")
     if stall_seconds is None:
         slowest = max([v for v in ((status or {}).get(k) for k in ("slowest_epoch_seconds", "last_epoch_seconds"))
                        if isinstance(v, (int, float))] or [0])
-        stall_seconds = max(STALL_FLOOR_SECONDS, STALL_EPOCHS * slowest)
-    last = max(mtime(os.path.join(run_dir, "status.json")), mtime(os.path.join(run_dir, LAUNCH)))
+        stall_seconds = stall_threshold(slowest)
+    last = max(mtime(os.path.join(run_dir, STATUS)), mtime(os.path.join(run_dir, LAUNCH)))
     age = max(0.0, time.time() - last)
     return {"seconds_since_update": round(age, 1), "threshold_seconds": float(stall_seconds),
             "last_update": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(last)), "stalled": age > stall_seconds}
@@ -147,7 +126,7 @@ def stalled_since(run_dir, stall_seconds=None):
     launch = read_launch(run_dir)
     if not live_processes(launch) or exit_record(run_dir, launch) is not None:
         return None
-    status = read_json(os.path.join(run_dir, "status.json"))
+    status = read_json(os.path.join(run_dir, STATUS))
     if not isinstance(status, dict) or status.get("state") not in ("starting", "running"):
         return None
     seen = progress(run_dir, status, stall_seconds)
@@ -171,17 +150,16 @@ def running_run(runs_dir, session):
 # --- the host agent's files --------------------------------------------------------------
 
 def agent_dir(runs_dir):
-    return os.path.join(os.path.expanduser(runs_dir), ".agent")
+    return os.path.join(os.path.expanduser(runs_dir), AGENT_DIR)
 
 
 def files(runs_dir):
     d = agent_dir(runs_dir)
-    return {name: os.path.join(d, name) for name in ("settings.json", "heartbeat", "state.json", "fired.json", "agent.log", "agent.lock",
-                                                     "budget.json")}
+    return {name: os.path.join(d, name) for name in AGENT_FILES}
 
 
 def read_settings(runs_dir):
-    return {**DEFAULTS, **(read_json(files(runs_dir)["settings.json"]) or {})}
+    return {**AGENT_DEFAULTS, **(read_json(files(runs_dir)["settings.json"]) or {})}
 
 
 def agent_running(runs_dir):

@@ -26,6 +26,8 @@ import time
 import urllib.error
 import urllib.request
 
+from run_format import write_json
+
 TIMEOUT_SECONDS = 5
 TEXT_LIMIT = 1900  # Discord refuses `content` over 2000 characters
 
@@ -78,13 +80,6 @@ def read_record(path):
     return record if isinstance(record, dict) and isinstance(record.get("sent"), list) else {"sent": []}
 
 
-def _write(path, record):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _locked(path, change):
     """Apply `change(record)` to the record file under its lock (a sibling .lock file); returns what `change` returns."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -92,7 +87,7 @@ def _locked(path, change):
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = read_record(path)
         result = change(record)
-        _write(path, record)
+        write_json(path, record)
         return result
 
 

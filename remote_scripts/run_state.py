@@ -8,6 +8,8 @@
     python3 run_state.py stop RUN_DIR SESSION WAIT_SECONDS      # stop_training.sh
     python3 run_state.py alive RUN_DIR                          # exit 0 while a process of the run lives (follow_log.sh)
     python3 run_state.py fence RUN_DIR LAUNCH_ID REASON         # fab watch: that launch may no longer train the run
+    python3 run_state.py activity RUNS_DIR SESSION [STALL_SECONDS]  # fab instances: is it training, since when idle
+    python3 run_state.py runs RUNS_DIR                          # fab down: the run folders, with their start and launch
 
 Standard library only (it runs with the system python3, even before the venv exists). The files it shares with
 host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py.
@@ -56,15 +58,7 @@ import time
 import host_files
 import storage_state
 from host_files import (  # the files it shares with host_agent.py (see host_files.py)
-    CURRENT,
-    EXIT,
-    EXITS,
-    LAUNCH,
-    LAUNCH_ID,
-    PENDING,
-    PREEMPT,
-    RUN_NAME,
-    STOP_REQUEST,
+    exit_path,
     exit_record,
     now,
     progress,
@@ -74,15 +68,32 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
     running_run,  # noqa: F401 - part of this module's API
     session_alive,
     stalled_since,  # noqa: F401 - part of this module's API
-    write_atomic,
 )
 from liveness import boot_id, describe_processes, live_processes, proc_stat
+from run_format import (  # the run's files and exit codes: one owner for the trainer, the laptop and the host
+    CURRENT,
+    CV,
+    EXIT,
+    EXITS,
+    FENCE,
+    LAUNCH,
+    LAUNCH_ID,
+    LIVE,
+    LOG,
+    METRICS,
+    PENDING,
+    PREEMPT,
+    RECOVERIES,
+    RUN_NAME,
+    STATUS,
+    STOP_REQUEST,
+    STOPPED,
+    SUPERSEDED,
+    write_atomic,
+)
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
               "stalled": 8, "superseded": 11}
-STOPPED = 3  # the trainer's exit code for "stopped on request"
-SUPERSEDED = 5  # the trainer's exit code for "fenced: the run continues under another launch" (trainer/errors.py Superseded)
-FENCE = "fenced.json"  # RUN/fenced.json: {launch_id, reason, at}: that launch may no longer train the run
 PENDING_SIZE = 4096
 # `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
 LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
@@ -192,7 +203,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     info = {
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpus": None if quick else gpus(),
         "disk": disk(disk_path), "runs_dir": runs_dir, "run": run, "session": session, "state": "none",
-        "uptime_seconds": uptime(), "agent": None, "processes": [],
+        "uptime_seconds": uptime(), "agent": None, "processes": [], "training": False,
     }
     info["agent_alive"] = host_files.agent_running(runs_dir)  # cheap (a pid and its command line): `fab watch` restarts a dead one
     if not quick:
@@ -211,7 +222,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     pids = live_processes(launch)
     session_up = run == current and session_alive(session)
     alive = bool(pids) or (not launch.get("pgid") and session_up)  # a run launched before launch.json held a group
-    status = read_json(os.path.join(run_dir, "status.json"))
+    status = read_json(os.path.join(run_dir, STATUS))
     status = status if isinstance(status, dict) else None
     stale = status is not None and current_status(run_dir, status) is None
     if stale:  # the previous launch's word: its epochs hold, its state and error are not this launch's
@@ -221,21 +232,56 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     info.update(
         run_dir=run_dir, session_alive=session_up, processes=describe_processes(pids), status=status, exit=record,
         launch=launch or None, stall=stall,
-        metrics=read_json(os.path.join(run_dir, "metrics.json")),
-        cv=read_json(os.path.join(run_dir, "cv.json")),  # a cross-validation run (trainer/training/cv.py)
-        recoveries=(read_json(os.path.join(run_dir, "recoveries.json")) or {}).get("recoveries"),  # `fab watch` moved it here
+        metrics=read_json(os.path.join(run_dir, METRICS)),
+        cv=read_json(os.path.join(run_dir, CV)),  # a cross-validation run (trainer/training/cv.py)
+        recoveries=(read_json(os.path.join(run_dir, RECOVERIES)) or {}).get("recoveries"),  # `fab watch` moved it here
         state=derive_state(record, alive, status, stalled=bool(stall and stall["stalled"])), stale_status=stale,
-        log=os.path.join(run_dir, "train.log"), log_tail=tail(os.path.join(run_dir, "train.log"), log_lines, raw_log),
+        log=os.path.join(run_dir, LOG), log_tail=tail(os.path.join(run_dir, LOG), log_lines, raw_log),
         storage=storage_state.view(run_dir),  # the run's checkpoints in object storage (trainer/storage/uploader.py)
     )
+    info["training"] = training(info)
     return info
+
+
+def training(info):
+    """Is it training? A process of the run lives, or (a run launched before launch.json held a process group) its
+    state says so. The one answer that `fab monitor`, `fab down`, `fab instances` and `fab watch` read."""
+    return bool(info.get("processes")) or info.get("state") in LIVE
+
+
+def activity(runs_dir, session, stall_seconds=None):
+    """`fab instances`' question: {now, boot, heartbeat, run, state, training, run_ended}, from collect (quick) and
+    the times that say when the host was last busy: the boot, a fab task's heartbeat, the end of the current run."""
+    info = collect(runs_dir, session, log_lines=0, stall_seconds=stall_seconds, quick=True)
+    up = info["uptime_seconds"]
+    path = exit_path(info["run_dir"], info.get("launch") or {}) if info.get("exit") is not None else None
+    ended = host_files.mtime(path) if path else None
+    return {"now": time.time(), "boot": time.time() - up if up is not None else None, "run": info["run"], "state": info["state"],
+            "training": training(info), "run_ended": ended,
+            "heartbeat": host_files.mtime(host_files.files(runs_dir)["heartbeat"]) or None}
+
+
+def list_runs(runs_dir):
+    """[{run, started_at, launch_id}] of the run folders (those holding a config.yaml): what `fab down` weighs."""
+    runs_dir = os.path.expanduser(runs_dir)
+    try:
+        names = sorted(os.listdir(runs_dir))
+    except OSError:
+        names = []
+
+    def field(run, name, key):
+        value = read_json(os.path.join(runs_dir, run, name))
+        return value.get(key) if isinstance(value, dict) else None
+
+    return [{"run": n, "started_at": field(n, STATUS, "started_at"), "launch_id": field(n, LAUNCH, "launch_id")}
+            for n in names if RUN_NAME.fullmatch(n) and os.path.isfile(os.path.join(runs_dir, n, "config.yaml"))]
 
 
 def current_status(run_dir, status):
     """status.json as this launch's word: None while it is older than launch.json (a resumed run's trainer has not
     rewritten it yet, and its `failed` is the previous launch's, not this one's)."""
     try:
-        stale = os.stat(os.path.join(run_dir, "status.json")).st_mtime_ns < os.stat(os.path.join(run_dir, LAUNCH)).st_mtime_ns
+        stale = os.stat(os.path.join(run_dir, STATUS)).st_mtime_ns < os.stat(os.path.join(run_dir, LAUNCH)).st_mtime_ns
     except OSError:
         return status
     return None if stale else status
@@ -419,7 +465,7 @@ def stop(run_dir, session, wait_s, reason=None):
 
 def stopped_sentence(run_dir, record):
     """What `fab stop` answers: the run, its epoch, and how to continue (from its exit record and status.json)."""
-    name, status = os.path.basename(os.path.normpath(run_dir)), read_json(os.path.join(run_dir, "status.json")) or {}
+    name, status = os.path.basename(os.path.normpath(run_dir)), read_json(os.path.join(run_dir, STATUS)) or {}
     epoch, epochs = status.get("epoch"), status.get("epochs")
     at = (f"after epoch {epoch}" + (f" of {epochs}" if epochs else "") if isinstance(epoch, int) and epoch > 0
           else "before its first epoch ended")
@@ -483,6 +529,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive", "fence"):
         return records_main(argv)
+    if argv and argv[0] == "activity":  # run_state.py activity RUNS_DIR SESSION [STALL_SECONDS]   (`fab instances`)
+        print(json.dumps(activity(argv[1], argv[2], float(argv[3]) if len(argv) > 3 and argv[3] else None)))
+        return 0
+    if argv and argv[0] == "runs":  # run_state.py runs RUNS_DIR   (`fab down`: the runs its disk holds)
+        print(json.dumps(list_runs(argv[1])))
+        return 0
     if argv and argv[0] == "tail":  # run_state.py tail FILE LINES [--raw]   (`fab logs`)
         print("\n".join(tail(argv[1], int(argv[2]), raw="--raw" in argv[3:])))
         return 0

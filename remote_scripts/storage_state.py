@@ -9,7 +9,8 @@ import json
 import os
 import time
 
-RECORD = "storage.json"
+from run_format import STORAGE as RECORD
+
 PROCESS = "trainer.storage.uploader"
 
 

@@ -21,11 +21,12 @@ sys.path.insert(0, str(ROOT / "remote_scripts"))
 import agent_events  # noqa: E402 - the host's scripts, standard library only
 import host_agent  # noqa: E402
 import notify  # noqa: E402
+import run_format  # noqa: E402
 import run_state  # noqa: E402
 
 
 def settings(url, **more):
-    return {**host_agent.DEFAULTS, "metadata_url": None, "notify_webhook": url, "notify_since": 0, "host_label": "gpu1", **more}
+    return {**run_format.AGENT_DEFAULTS, "metadata_url": None, "notify_webhook": url, "notify_since": 0, "host_label": "gpu1", **more}
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ training was lost (`PeerLost`), 5 superseded (`Superseded`: the run moved to ano
 1 anything else.
 """
 
+from trainer.run_format import run_format
+
 
 class UserError(Exception):
     """Bad input or configuration: the message names the file or setting and what was expected."""
@@ -40,7 +42,7 @@ class Superseded(Exception):
     uploader found a later launch's pointer in storage). It stopped at an epoch end, before any callback saved that
     epoch, and writes no result: the run's result is the other launch's."""
 
-    exit_code = 5
+    exit_code = run_format.SUPERSEDED
 
 
 class NonFiniteTraining(DataError):

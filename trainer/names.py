@@ -5,14 +5,13 @@
 
 A run name is a directory under the runs dir and a value the host hands back to the laptop
 (`.current`), so it must never hold a path separator, `..` or markup.
-remote_scripts/run_state.py holds the same pattern for the host side (standard library only).
+The pattern belongs to remote_scripts/run_format.py, shared with the host side.
 """
 
-import re
-
 from trainer.errors import UserError
+from trainer.run_format import run_format
 
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RUN_NAME = run_format.RUN_NAME
 
 
 def check_run_name(name, setting="run name"):

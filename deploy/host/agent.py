@@ -30,12 +30,13 @@ from deploy.host.training import launch as launch_training
 from deploy.host.training import script
 from deploy.inventory import load_inventory
 from deploy.recovery import settings as recovery_settings
+from trainer.run_format import run_format
 
 KEEP = object()  # configure(): leave autostop as the host has it
 
 
 def agent_dir(inv):
-    return rjoin(inv.remote["runs_dir"], ".agent")
+    return rjoin(inv.remote["runs_dir"], run_format.AGENT_DIR)
 
 
 def heartbeat(inv):

@@ -7,10 +7,10 @@
 """
 
 import json
-import os
 
 from deploy.host.login import key_files
 from deploy.paths import state_dir
+from trainer.run_format import run_format
 
 
 def remember_host(target):
@@ -27,9 +27,7 @@ def remember_cluster(name):
 
 def _remember(record):
     path = state_dir() / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": record}, indent=1))
-    os.replace(tmp, path)
+    run_format.write_json(path, {"host": record})
 
 
 def remembered_host():
@@ -71,6 +69,4 @@ def forget_host_keys(addresses):
 
     kept = [line for line in lines if not names(line) & set(addresses)]
     if len(kept) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        run_format.write_atomic(path, "".join(kept))

@@ -31,6 +31,7 @@ from trainer.errors import UserError
 from trainer.names import check_run_name
 from trainer.results import runfiles
 from trainer.results.runfiles import check_run_paths
+from trainer.run_format import run_format
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
 PARTIAL_DIR = ".rsync-partial"
@@ -258,7 +259,7 @@ def check_run_to_resume(path):
 def epochs_done(run):
     """How many epochs the fetched run finished (status.json's epoch, else history.csv's rows; 0 when neither says)."""
     try:
-        epoch = json.loads((run / "status.json").read_text()).get("epoch")
+        epoch = json.loads((run / run_format.STATUS).read_text()).get("epoch")
         if isinstance(epoch, int):
             return epoch
     except (OSError, ValueError, AttributeError):

@@ -18,6 +18,7 @@ from deploy.host.run_config import config_summary, send_config
 from deploy.host.sync import remote_data_dirs
 from trainer.errors import UserError
 from trainer.names import check_run_name
+from trainer.run_format import run_format
 
 
 def script(inv, name):
@@ -106,8 +107,11 @@ def checked_state(info, inv):
 
 
 def training_lives(info):
-    """A process of the run lives (or, for a run launched before launch.json held a process group, its state says so)."""
-    return bool(info.get("processes")) or info["state"] in ("starting", "running", "stalled")
+    """The host's answer to "is it training?" (run_state.py training: a process of the run lives, or, for a run launched
+    before launch.json held a process group, its state says so); worked out here from a host whose code predates it."""
+    if "training" in info:
+        return bool(info["training"])
+    return bool(info.get("processes")) or info["state"] in run_format.LIVE
 
 
 def live_processes_text(info):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.paths import REPO_ROOT
+from trainer.run_format import run_format
 
 
 def host_requirements():
@@ -39,7 +40,7 @@ DEFAULTS = {
     "rsync_args": [],
     "train_config": "configs/full.yaml",
     "smoke_config": "configs/smoke.yaml",
-    "tmux_session": "facenet-training",
+    "tmux_session": run_format.SESSION,
     "allow_cpu_training": False,
     "ssh": {"connect_timeout": 15, "keepalive_interval": 15, "keepalive_count_max": 3, "rsync_timeout": 120,
             "config_file": None},
@@ -49,10 +50,11 @@ DEFAULTS = {
     "pip": {**host_requirements(), "extra_args": []},
     "price_per_hour": None,
     # done_minutes: once the run's end is stored or fetched, autostop waits only this long (deploy/host/agent.py)
-    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": ["ssh", "gpu"], "shutdown_terminates": False,
+    "autostop": {"idle_minutes": None, "command": "sudo -n /sbin/poweroff", "wait_for": list(run_format.WAIT_FOR), "shutdown_terminates": False,
                  "done_minutes": 10},
     "stall_minutes": None,  # null: max(15, 3 x the slowest epoch so far)
-    "ec2": {"metadata_url": "http://169.254.169.254", "poll_seconds": 5, "spot_grace_seconds": 90},
+    "ec2": {"metadata_url": run_format.EC2_METADATA_URL, "poll_seconds": run_format.POLL_SECONDS,
+            "spot_grace_seconds": run_format.SPOT_GRACE_SECONDS},
     "storage": {"url": None, "endpoint_url": None, "region": None, "credentials": "host"},  # off by default: deploy/runs/storage.py
     "launch": {  # `fab launch` (deploy/aws/): docs/ec2.md explains each
         "region": None, "profile": None, "type": "g5.xlarge", "alternatives": [], "spot": False, "fallback_on_demand": False,
@@ -75,7 +77,7 @@ NUMBERS = {"price_per_hour", "autostop.idle_minutes", "autostop.done_minutes", "
            "ec2.spot_grace_seconds", "launch.max_hours", "stall_minutes", "recovery.unreachable_minutes",
            "recovery.poll_seconds", "recovery.give_up_minutes"}
 OFF = {"autostop.done_minutes", "launch.autostop_minutes", "launch.max_hours"}
-WAIT_FOR = ("ssh", "gpu")  # autostop.wait_for: what keeps the host up besides a training and a fab task
+WAIT_FOR = run_format.WAIT_FOR  # autostop.wait_for: what keeps the host up besides a training and a fab task
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # tmux turns '.' and ':' into '_'
 STORAGE_CREDENTIALS = ("host", "laptop")
 INTERRUPTIONS = ("terminate", "stop")  # launch.spot_interruption: what EC2 does to a reclaimed spot instance

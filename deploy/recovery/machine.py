@@ -36,9 +36,11 @@ Every state change is a transition the record keeps (record.py), with its reason
 
 from dataclasses import dataclass
 
+from trainer.run_format import run_format
+
 GAVE_UP = 10  # `fab watch`: the run was lost and could not be moved (README.md, exit codes)
-STOPPED = 3
-SUPERSEDED = 5  # the followed launch was fenced: another launch owns the run now
+STOPPED = run_format.STOPPED  # the watch ends with the run's own code: stopped on request
+SUPERSEDED = run_format.SUPERSEDED  # the followed launch was fenced: another launch owns the run now
 KILLED = 128 + 9  # the launcher's code for a trainer ended by SIGKILL: the OOM killer, or a person's kill -9
 RESTART_TRIES = 5  # a restart after a kill that does not start (the host away meanwhile) is tried this often
 TERMINAL = ("finished", "failed", "stopped", "gave-up")

@@ -11,22 +11,13 @@ in the run's notifications.json on the host, so that whichever comes first sends
 A failed notification is said and recorded, never raised.
 """
 
-import importlib.util
 import json
 import shlex
 
 from deploy.host.quoting import rjoin, rq
-from deploy.paths import REPO_ROOT
+from trainer.run_format import host_script
 
-
-def _remote_notify():
-    spec = importlib.util.spec_from_file_location("facenet_remote_notify", REPO_ROOT / "remote_scripts" / "notify.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-remote = _remote_notify()
+remote = host_script("notify", "facenet_remote_notify")
 
 
 class Sender:

@@ -24,6 +24,7 @@ import time
 from deploy.errors import LocalInputError
 from deploy.host.quoting import rjoin, rq
 from deploy.paths import state_dir
+from trainer.run_format import run_format
 
 
 def iso(t=None):
@@ -73,9 +74,7 @@ class Record:
             yield cls(run, host)
 
     def save(self):
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        run_format.write_json(self.path, self.data)
 
     def note(self, decision, look, now):
         """Apply one round's decision: the unreachable clock, whether the run was seen, a transition on a change."""

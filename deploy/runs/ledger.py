@@ -3,57 +3,40 @@
     record_fetch("gpu1", info)              # fetch-results: the run and its state when fetched (state dir fetched.json)
     record_fetch_on_host(conn, inv, info)   # and on the host, for autostop's guard (remote_scripts/agent_events.py)
     runs_at_risk(conn, inv, "gpu1")         # [(run, why)]: runs on the host neither fetched (since they ended) nor stored
-    activity(conn, inv)                     # {"state", "run", "idle_seconds", "last_activity"}: asked over SSH
+    activity(conn, inv)                     # {"run", "training", "idle_seconds", "last_activity"}: run_state.py activity
     forget("gpu1")                          # after `fab down`
 
 `fab down` refuses to delete a host that holds a run at risk, naming it: one running now, or one
 neither fetched since it ended nor stored. "Stored" means run storage (storage.url) has a final
 pointer for THAT run (`stored_as`: the same start, by its latest launch or a later one), not merely
 one of the same name.
+
+What a host holds and whether it trains are asked of the host's own run state (remote_scripts/run_state.py `runs` and
+`activity`), the same code that answers `fab monitor` and `fab watch`.
 """
 
 import json
-import os
 import shlex
 import time
 
 from deploy.errors import DeployError
-from deploy.host.quoting import rq
+from deploy.host.quoting import PYTHON3, rjoin, rq
+from deploy.host.training import script
 from deploy.paths import state_dir
 from trainer.names import RUN_NAME
+from trainer.run_format import run_format
 from trainer.storage.layout import launch_order
 
-ENDED = {"finished", "failed", "stopped", "preempted", "vanished", "superseded"}  # nothing of it runs: a fetch then has all of it
-LIST_RUNS = "python3 -c {code} {runs}"
-LIST_RUNS_CODE = """
-import json, os, sys
-runs = os.path.expanduser(sys.argv[1])
-def field(run, name, key):
-    try:
-        with open(os.path.join(runs, run, name)) as f: value = json.load(f)
-    except (OSError, ValueError): return None
-    return value.get(key) if isinstance(value, dict) else None
-try: names = sorted(os.listdir(runs))
-except OSError: names = []
-print(json.dumps([{"run": n, "started_at": field(n, "status.json", "started_at"), "launch_id": field(n, "launch.json", "launch_id")}
-                  for n in names if os.path.isfile(os.path.join(runs, n, "config.yaml"))]))
-"""
-ACTIVITY = "python3 -c {code} {runs} {session}"
-ACTIVITY_CODE = """
-import json, os, subprocess, sys, time
-runs, session = os.path.expanduser(sys.argv[1]), sys.argv[2]
-def mtime(p):
-    try: return os.path.getmtime(p)
-    except OSError: return None
-try: current = open(os.path.join(runs, ".current")).read().strip()
-except OSError: current = None
-with open("/proc/uptime") as f: boot = time.time() - float(f.read().split()[0])
-try: alive = subprocess.run(["tmux", "has-session", "-t", "=" + session], capture_output=True).returncode == 0
-except OSError: alive = False  # no tmux yet (a new host): nothing trains
-ended = mtime(os.path.join(runs, current, "exit.json")) if current and "/" not in current else None
-print(json.dumps({"now": time.time(), "boot": boot, "heartbeat": mtime(os.path.join(runs, ".agent", "heartbeat")),
-                  "run": current, "training": alive, "run_ended": ended}))
-"""
+ENDED = set(run_format.ENDED)  # nothing of it runs: a fetch then has all of it
+# A host with no code synced yet (no run_state.py) has never launched a run: nothing trains there, it holds no run, and it
+# has been idle since its boot or the last fab task's heartbeat, which the shell reports without any code of ours.
+NO_CODE = "echo null $(date +%s) $(cut -d' ' -f1 /proc/uptime) $(stat -c %Y {heartbeat} 2>/dev/null)"
+
+
+def _host_query(inv, *args, no_code):
+    """`run_state.py ARGS` on the host, quoted, or `no_code` where the code is not synced yet."""
+    words = " ".join(map(rq, args))
+    return f"if [ -f {script(inv, 'run_state.py')} ]; then {PYTHON3} {script(inv, 'run_state.py')} {words}; else {no_code}; fi"
 
 
 def _path():
@@ -68,9 +51,7 @@ def _load():
 
 
 def _save(data):
-    tmp = _path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, _path())
+    run_format.write_json(_path(), data, sort_keys=True)
 
 
 def record_fetch(label, info):
@@ -84,8 +65,6 @@ def record_fetch(label, info):
 def record_fetch_on_host(conn, inv, info):
     """The host's own record of the fetch (RUNS_DIR/.agent/fetched.json): autostop then may power off a host whose
     poweroff deletes it. Best-effort: False when the host did not take it."""
-    from deploy.host.training import script
-
     ended = (info.get("exit") or {}).get("ended_at") or ""
     cmd = (f"python3 {script(inv, 'agent_events.py')} fetched {rq(inv.remote['runs_dir'])} {shlex.quote(info['run'])} "
            f"{shlex.quote(info['state'])} {shlex.quote(ended)}")
@@ -129,14 +108,13 @@ def stored_as(pointer, run):
 
 def host_runs(conn, inv, label):
     """[{"run", "started_at", "launch_id"}] of the run folders on the host."""
-    out = conn.run(LIST_RUNS.format(code=shlex.quote(LIST_RUNS_CODE), runs=rq(inv.remote["runs_dir"])), hide=True, warn=True,
-                   in_stream=False)
+    out = conn.run(_host_query(inv, "runs", inv.remote["runs_dir"], no_code="echo []"), hide=True, warn=True, in_stream=False)
     try:
         runs = json.loads(out.stdout.strip().splitlines()[-1]) if out.ok else None
     except (ValueError, IndexError):
         runs = None
     if not isinstance(runs, list):
-        raise DeployError(f"Could not list the runs on {label}: {(out.stderr or out.stdout).strip()[-300:]}")
+        raise DeployError(f"Could not list the runs on {label}: {(out.stderr or out.stdout).strip()[-300:]}{_old_code(out)}")
     return [r for r in runs if isinstance(r, dict) and RUN_NAME.fullmatch(str(r.get("run")))]
 
 
@@ -155,8 +133,10 @@ def runs_at_risk(conn, inv, label):
         name = run["run"]
         record = fetched.get(name)
         state = current["state"] if name == current.get("run") else None
-        if state in ("starting", "running", "stalled"):
+        if state in run_format.LIVE:
             risky.append((name, f"is {state} now"))
+        elif state is not None and current.get("training"):  # it has ended, its launcher is still recording its exit
+            risky.append((name, f"is {state}, its processes still live"))
         elif stored_as(stored.get(name), run):
             continue
         elif record is None:
@@ -176,14 +156,31 @@ def _not_stored(pointer):
 
 
 def activity(conn, inv):
-    """The host's own view: its current run, whether a training runs, and seconds since the last activity
-    (the latest of: a fab task's heartbeat, the end of the current run, the boot)."""
-    cmd = ACTIVITY.format(code=shlex.quote(ACTIVITY_CODE), runs=rq(inv.remote["runs_dir"]), session=shlex.quote(inv.tmux_session))
+    """The host's own view (run_state.py activity): its current run, whether a training runs (a process of the run
+    lives: the answer `fab monitor`, `fab down` and `fab watch` read too), and seconds since the last activity (the
+    latest of: a fab task's heartbeat, the end of the current run, the boot)."""
+    stall = str(inv.stall_minutes * 60) if getattr(inv, "stall_minutes", None) else ""
+    heartbeat = rq(rjoin(inv.remote["runs_dir"], run_format.AGENT_DIR, "heartbeat"))
+    cmd = _host_query(inv, "activity", inv.remote["runs_dir"], inv.tmux_session, stall, no_code=NO_CODE.format(heartbeat=heartbeat))
     out = conn.run(cmd, hide=True, warn=True, in_stream=False, timeout=30)
     try:
-        seen = json.loads(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise DeployError(f"the host did not say what it does: {(out.stderr or out.stdout).strip()[-300:]}") from None
+        line = out.stdout.strip().splitlines()[-1]
+        seen = json.loads(line) if not line.startswith("null ") else _no_code(line)
+    except (ValueError, IndexError, TypeError):
+        raise DeployError(f"the host did not say what it does: {(out.stderr or out.stdout).strip()[-300:]}{_old_code(out)}") from None
     last = max(t for t in (seen["heartbeat"], seen["run_ended"], seen["boot"]) if t is not None)
     return {"run": seen["run"], "training": seen["training"], "idle_seconds": None if seen["training"] else seen["now"] - last,
             "last_activity": last}
+
+
+def _old_code(out):
+    """A hint when the host's run_state.py predates the subcommand asked (argparse's usage line): its code is older."""
+    return " (the host's code predates this question: `fab sync-code` brings it up to date)" if "usage:" in (out.stderr or "") else ""
+
+
+def _no_code(line):
+    """NO_CODE's answer: `null NOW UPTIME [HEARTBEAT]`."""
+    words = line.split()
+    now, up = float(words[1]), float(words[2])
+    return {"now": now, "boot": now - up, "heartbeat": float(words[3]) if len(words) > 3 else None, "run": None, "training": False,
+            "run_ended": None}

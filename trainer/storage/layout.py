@@ -32,11 +32,13 @@ relative to the run's prefix.
 import re
 from dataclasses import dataclass
 
+from trainer.run_format import run_format
+
 POINTER = "LATEST"
 CHECKPOINTS = "checkpoints/"
 POINTER_FORMAT = 1
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket naming rules (the common subset)
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as trainer/names.py
+RUN_NAME = run_format.RUN_NAME
 
 
 class StorageUrlError(ValueError):

@@ -26,7 +26,9 @@ import io
 import json
 import os
 
-EXCLUDED_NAMES = ("storage.json", "storage.log")
+from trainer.run_format import run_format
+
+EXCLUDED_NAMES = (run_format.STORAGE, "storage.log")
 BACKUP_FILES = ("latest.weights.h5", "training_metadata.json", "callbacks.json")
 
 
@@ -124,13 +126,13 @@ def take(run_dir, final=False):
     run_dir = os.fspath(run_dir)
     pieces = {}
     try:
-        status_piece = _open(os.path.join(run_dir, "status.json"))
+        status_piece = _open(os.path.join(run_dir, run_format.STATUS))
     except OSError:
         return None  # the trainer has not written its first status yet
-    pieces["status.json"] = status_piece
+    pieces[run_format.STATUS] = status_piece
     snap = Snapshot(None, None, pieces)
     try:
-        snap.status = snap.json("status.json") or {}
+        snap.status = snap.json(run_format.STATUS) or {}
         snap.epoch = snap.status.get("epoch") if isinstance(snap.status.get("epoch"), int) else 0
         files = list_files(run_dir, final)
         first = [r for r in ("backup/training_metadata.json", "backup/callbacks.json") if r in files]  # see the module docstring

@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.run_format import run_format
 from trainer.storage import snapshot
 from trainer.storage.layout import checkpoint_folder, launch_order, new_pointer, parse_url, summary
 from trainer.storage.s3 import StorageError, Store, as_storage_error
@@ -83,7 +84,7 @@ class Uploader:
         self.status_mtime = None
         self.terminated = False
         self.records = host_records()
-        old = self.read_json("storage.json") or {}
+        old = self.read_json(run_format.STORAGE) or {}
         same = old.get("launch_id") == launch_id  # started again by the host agent: what its predecessor stored stays said
         restarts = old.get("restarts", 0) if same else 0
         self.state = {"pid": os.getpid(), "launch_id": launch_id, "url": self.where.run_url(self.name), "state": "starting",
@@ -97,7 +98,7 @@ class Uploader:
         times = os.times()
         self.state.update(changes, updated_at=now_iso(), updated_epoch_seconds=time.time(), cpu_seconds=round(times.user + times.system, 3))
         try:
-            write_json_atomic(self.run_dir / "storage.json", self.state)
+            write_json_atomic(self.run_dir / run_format.STORAGE, self.state)
         except OSError:
             pass  # a full disk: the uploads go on; the monitor shows the last record
 
@@ -203,7 +204,7 @@ class Uploader:
         """None while the launch runs; else the run's state to store (finished, stopped, failed, preempted, vanished)."""
         record = self.exit_record()
         if record is not None:
-            return self.records.derive_state(record, False, self.read_json("status.json"))
+            return self.records.derive_state(record, False, self.read_json(run_format.STATUS))
         launch = self.records.read_launch(str(self.run_dir))
         if launch.get("launch_id") == self.launch_id and self.records.live_processes(launch):
             self.gone_since = None
@@ -216,11 +217,11 @@ class Uploader:
     def due(self):
         """status.json changed to an epoch or state that is not stored yet."""
         try:
-            mtime = os.stat(self.run_dir / "status.json").st_mtime_ns
+            mtime = os.stat(self.run_dir / run_format.STATUS).st_mtime_ns
         except OSError:
             return False
         if self.pointer is None or mtime != self.status_mtime:
-            status = self.read_json("status.json") or {}
+            status = self.read_json(run_format.STATUS) or {}
             self.status_mtime = mtime
             self.status_now = (status.get("epoch"), status.get("state"))
         stored = (self.pointer or {}).get("epoch"), (self.pointer or {}).get("state")
@@ -283,7 +284,7 @@ class Uploader:
         """Store the run as its launch left it (final), retrying for final_retry_seconds (20 s when terminated)."""
         deadline = time.monotonic() + (20 if self.terminated and state is None else self.final_retry)
         while True:
-            if not (self.run_dir / "status.json").exists():
+            if not (self.run_dir / run_format.STATUS).exists():
                 self.save(state="final", done=True, nothing="the trainer wrote no status.json: nothing to store")
                 return 0
             if self.attempt(final=state is not None, state=state):
@@ -314,7 +315,7 @@ def main(argv=None):
         return Uploader(argv[0], argv[1], settings, log=lambda line: print(line, flush=True)).run()
     except Exception as e:  # a defect: said where the monitor looks, then the traceback in storage.log
         try:
-            write_json_atomic(Path(argv[0]) / "storage.json", {"pid": os.getpid(), "state": "crashed", "done": True, "url": settings.get("url"),
+            write_json_atomic(Path(argv[0]) / run_format.STORAGE, {"pid": os.getpid(), "state": "crashed", "done": True, "url": settings.get("url"),
                                                               "failures": {"count": 1, "code": type(e).__name__, "message": str(e)[:300]},
                                                               "updated_at": now_iso(), "updated_epoch_seconds": time.time()})
         finally:

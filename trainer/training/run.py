@@ -22,6 +22,7 @@ from trainer.config import dump_config, load_config
 from trainer.errors import PeerLost, Superseded, UserError
 from trainer.results.report import make_console
 from trainer.results.runfiles import refuse_special_entries
+from trainer.run_format import run_format
 from trainer.training.environment import environment
 from trainer.training.fence import fence_check
 from trainer.training.finish import finish_run
@@ -32,10 +33,9 @@ from trainer.training.status import RunStatus, now_iso, write_json_atomic
 class Stopped(BaseException):
     """The run ended early because it was asked to (SIGTERM/SIGINT); its backup is intact.
 
-    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the trainer
-    is, and a library's `except Exception` must not swallow a stop request."""
+    A BaseException, like KeyboardInterrupt: raised wherever the trainer is, never swallowed by `except Exception`."""
 
-    exit_code = 3
+    exit_code = run_format.STOPPED
 
 
 def new_run(cfg, runs_dir, run_name=None):

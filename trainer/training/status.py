@@ -17,20 +17,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trainer.run_format import run_format
+
 
 def now_iso():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def write_json_atomic(path, data):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # never through a link at the temp name; the rename replaces a link at `path` itself, never follows it
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "w") as f:
-        json.dump(data, f, indent=1, default=_plain)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """`data` as JSON, NumPy scalars as plain numbers, written atomically (run_format.write_atomic)."""
+    run_format.write_json(path, data, mode=0o644, default=_plain)
 
 
 def _plain(value):
@@ -43,7 +39,7 @@ class RunStatus:
     """Holds the fields of status.json and rewrites the file on every `update`."""
 
     def __init__(self, run_dir, epochs, mirror=None, **fields):
-        self.path = Path(run_dir) / "status.json"
+        self.path = Path(run_dir) / run_format.STATUS
         self.mirror = mirror  # (path, fields): the same status there too, e.g. a CV run's, with fold k of K
         self._run_started = None  # the mirrored run's own start (its first fold's), which names it in storage and `fab watch`
         if mirror:
