@@ -125,7 +125,8 @@ def test_the_whole_path_on_an_ec2_like_host(ec2_host, tmp_path):
     # autostop as that user: the default poweroff goes through `sudo -n`, so arming checks it works
     armed = env.fab("autostop", "--idle-minutes", "30")
     assert armed.returncode == 0, armed.out
-    assert "autostop: armed: the host runs `sudo -n /sbin/poweroff` after 30 idle minutes" in armed.out, armed.out
+    assert ("autostop: armed: the host runs `sudo -n /sbin/poweroff` after 30 idle minutes (10 once its run's end is stored or "
+            "fetched)") in armed.out, armed.out
     assert re.search(r"autostop\s+powers off at \d\d:\d\d if still idle", env.fab("monitor").out)
     sudoers = Path(f"/etc/sudoers.d/{USER}")
     sudoers.rename(tmp_path / "sudoers")
