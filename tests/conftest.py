@@ -165,7 +165,7 @@ class DeployEnv:
             "tensorboard": {"session": f"test-tb-{tag}", "remote_port": free_port(), "local_port": free_port()},
             "apt_packages": ["tmux", "rsync"],
             "pip": {"extra_args": ["--no-index"]},
-            "ec2": {"metadata_url": None},  # no metadata requests from a test's host agent (issue 22)
+            "ec2": {"metadata_url": None},  # no metadata requests from a test's host agent
             # a host `fab launch` makes has autostop armed: never this machine's poweroff
             "autostop": {"command": f"touch {shlex.quote(str(root / 'powered off'))}"},
         }

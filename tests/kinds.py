@@ -36,7 +36,7 @@ def pytest_addoption(parser):
                      help="only the tests that start no TensorFlow and no sshd (make test-fast); each is held to it")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)  # the marks before pytest-xdist reads them
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -49,7 +49,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.xdist_group(name))
             if _uses_a_module_fixture(item):  # set up once per worker that runs one of the module's tests: one worker
                 item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-            _group_for_xdist(config, item)
     if hasattr(config, "workerinput"):
         # the slowest kinds first, so that the quick tests fill the end and no worker waits on a long one
         items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("tf") or
@@ -67,12 +66,21 @@ def _uses_a_module_fixture(item):
     return any(d.scope == "module" and d.baseid == item.nodeid.split("::")[0] for defs in infos.values() for d in defs)
 
 
-def _group_for_xdist(config, item):
-    """pytest-xdist 3.8 groups a test by appending `@GROUP` to its node id (item._nodeid), which pytest 9
-    no longer reads: it keeps a structured id (item._id). Do the same on that id, as xdist means to."""
-    groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
-    if groups and config.getvalue("loadgroup") and hasattr(item, "_id") and not hasattr(item, "_nodeid"):
-        item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(groups)}")
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends the node ids to the controller
+def pytest_collection_finish(session):
+    """The xdist_group marks are the whole declaration; this only makes them count where pytest-xdist's own
+    step did not. Under --dist loadgroup, xdist tells the controller a test's group as a `@GROUP` suffix of
+    its node id, which it sets on item._nodeid in its pytest_collection_modifyitems. pytest 9.2 keeps a
+    structured id (item._id) and reads _nodeid no more, so with pytest-xdist 3.8 the marks are silently
+    ignored (pytest-xdist issue 1386): each test whose node id lacks its suffix gets it on item._id, the one
+    private name used here. With a pytest-xdist that sets the suffix itself, this finds none missing."""
+    if not hasattr(session.config, "workerinput") or not session.config.getvalue("loadgroup"):
+        return
+    for item in session.items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+        suffix = f"@{'_'.join(groups)}"
+        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            item._id = type(item._id).parse(item.nodeid + suffix)
 
 
 class _NoTensorFlow:

@@ -298,8 +298,9 @@ def case_short_validation():
     generator merges it; one without require_rows (Batches) cannot. How many clips were scored."""
     from trainer.data.generator import FixedVideoFacenetGenerator
     from trainer.errors import DataError
+    from trainer.training.callbacks import LoopCallback
 
-    class Counter(keras.callbacks.Callback):
+    class Counter(LoopCallback):
         scored = []
 
         def validation_confusion(self, epoch, matrix):

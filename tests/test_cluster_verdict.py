@@ -1,5 +1,5 @@
-"""The cluster's verdict names the worker that failed first from each worker's own record (review D3:
-a worker whose own NCCL collective failed was mapped to PeerLost, and the verdict then blamed worker 0)."""
+"""The cluster's verdict names the worker that failed first from each worker's own record: a worker
+whose own NCCL collective failed is that worker's failure, not a lost peer, so the verdict does not blame worker 0."""
 
 import json
 

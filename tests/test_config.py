@@ -22,7 +22,7 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
     ("data.classes=[ANG]", ["data.classes", "two distinct"]),
     ("data.label_map.crema_d.ANG=ANGRY", ["data.label_map.crema_d.ANG", "'ANGRY'"]),
     ("train.epochs", ["key=value"]),
-    ("train.steps_per_execution=1000000000", ["'train.steps_per_execution'", "at most 32", "1000000000"]),  # review D1
+    ("train.steps_per_execution=1000000000", ["'train.steps_per_execution'", "at most 32", "1000000000"]),  # a bound, not only a type
 ])
 def test_bad_values_name_the_key_and_what_was_expected(override, words):
     with pytest.raises(ConfigError) as err:

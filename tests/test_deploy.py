@@ -225,7 +225,7 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
 def test_moved_files_are_marked_before_the_upload_and_the_trainer_refuses_what_a_cut_one_left(deploy_env):
     """The same files and bytes in other places (the totals equal the host's): the folder is marked unverified all
     the same before rsync changes it. rsync's --max-size=1 (an inventory rsync_args) sends nothing: its deletions
-    alone leave part of the data set, as a cut between two files would (the review's Ctrl-C left 32 of 60 clips)."""
+    alone leave part of the data set, as a Ctrl-C between two files would."""
     synth(deploy_env.data, clips=20)
     deploy_env.write(default_host="local")
     first = deploy_env.fab("sync-data")

@@ -165,7 +165,7 @@ def test_cron_starts_the_agent_again_every_minute_and_never_a_second_one(fake_bi
     assert minutely[0].removeprefix("* * * * * ") == next(x for x in table if x.startswith("@reboot ")).removeprefix("@reboot ")
 
     pid = wait_until(env.agent_pid, 10, "the agent")
-    state = agent_state(env.runs)  # the inventory's `ec2: {metadata_url: null}`: nothing is sent (issue 22)
+    state = agent_state(env.runs)  # the inventory's `ec2: {metadata_url: null}`: nothing is sent
     assert state["metadata_probe"] == "off" and state["metadata_requests"] == 0 and state["metadata_urls"] == [], state
     os.kill(pid, signal.SIGKILL)  # the agent dies (a bug, the OOM killer)
     wait_until(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0, 10, "the agent to end")
@@ -239,7 +239,7 @@ def test_a_process_on_the_gpu_keeps_the_host_up(fake_bin_host, tmp_path):
     assert fired.stat().st_mtime - freed >= idle_s - 1.5
 
 
-# issue 22: the metadata probe ---------------------------------------------------------------------
+# the metadata probe ---------------------------------------------------------------------
 
 def closed_port():
     with socket.socket() as s:

@@ -1,4 +1,4 @@
-"""Notifications (notify.webhook) and autostop's guard, on the host agent's own code (issue 18).
+"""Notifications (notify.webhook) and autostop's guard, on the host agent's own code.
 
 Real parts: the host agent's round (remote_scripts/host_agent.py poll_once) on a runs dir of this
 machine, with a real process group as the training (record_launch, as launch_training.sh does) and

@@ -82,7 +82,8 @@ def test_an_empty_training_metadata_falls_back_to_the_previous_backup_and_says_s
 
 
 def test_a_resume_state_ahead_of_its_weights_is_not_used(stopped_run, tmp_path):
-    """The order of the old code: callbacks.json written, then a kill before the weights of that epoch."""
+    """A kill after the next epoch's callbacks.json is written, before its weights: the latest set disagrees on the
+    epoch and is not used; the previous one is."""
     run = copy_run(stopped_run, tmp_path, "ahead")
     done = status(run)["epoch"]
     path = run / "backup" / "callbacks.json"
@@ -189,9 +190,9 @@ def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, 
 
 
 def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_hits(tmp_path, synth_crema):
-    """A kill between the epoch's backup and its history row left the run's history without that epoch (found by the
-    random faults); a kill between the row and the backup must not leave it twice. Kills land right after a new row
-    and right after a new backup, then the run is resumed to its end."""
+    """An epoch's history row is written before its backup, so no kill leaves the history without a backed-up epoch;
+    a kill between the row and the backup must not leave that row twice. Kills land right after a new row and right
+    after a new backup, then the run is resumed to its end."""
     import signal
     import subprocess
     import sys

@@ -59,7 +59,7 @@ def one_line(out):
     return " ".join(out.replace("│", " ").split())
 
 
-# --- defect 3: a run that ended on its own is not restarted by the watch -----------------------
+# --- a run that ended on its own is not restarted by the watch -----------------------
 
 @pytest.mark.parametrize("state, exit_record, code, said", [
     ("failed", {"exit_code": 137, "reason": "killed by SIGKILL (out of memory?)"}, 137, "exit code 137: killed by SIGKILL"),
@@ -120,7 +120,7 @@ def test_resume_from_a_failed_run_is_possible_on_purpose_and_says_what_it_contin
     assert any("failed on its own (exit code 137: OOM)" in s and "continuing it as asked" in s for s in said), said
 
 
-# --- defect 4: boto3 cannot open or reach the store --------------------------------------------
+# --- boto3 cannot open or reach the store --------------------------------------------
 
 def test_a_missing_aws_profile_is_a_clear_error_naming_it_everywhere(store):
     store.seed("r1")
@@ -141,7 +141,7 @@ def test_an_endpoint_nobody_answers_names_storage_endpoint_url_and_the_watch_giv
     assert "storage.endpoint_url" in watched.out and "Traceback" not in watched.out, watched.out
 
 
-# --- defect 5: a malformed pointer is one unreadable run, never a broken listing ------------------
+# --- a malformed pointer is one unreadable run, never a broken listing ------------------
 
 @pytest.mark.parametrize("changes", [
     {"summary": "oops"},

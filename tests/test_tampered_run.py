@@ -1,5 +1,5 @@
-"""A tampered run directory cannot turn the trainer or the launcher against the host it lands on
-(issue 16 item 7): links refused and never written through, every path of the run's JSON checked.
+"""A tampered run directory cannot turn the trainer or the launcher against the host it lands on:
+links refused and never written through, every path of the run's JSON checked.
 Fast, without SSH; tests/test_tampered_run_deploy.py does the same through `fab`."""
 
 import json

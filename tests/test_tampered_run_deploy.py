@@ -1,4 +1,4 @@
-"""Nothing from the host is trusted (issue 16 items 7 and 8), through `fab` against the real local SSH
+"""Nothing from the host is trusted, through `fab` against the real local SSH
 host: a run comes home and goes out as regular files and folders only, its JSON paths are checked
 before anything reaches the next host, and text from the host never drives the laptop's terminal."""
 

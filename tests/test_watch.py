@@ -1,4 +1,4 @@
-"""`fab watch` through real hosts (issue 18 "Automatic recovery", issue 19 "Recovery launches").
+"""`fab watch` through real hosts: automatic recovery and recovery launches.
 
 Real parts: `fab` as a user types it, real sshd hosts on 127.0.0.1 (one per "machine"), real tmux,
 rsync and training (tiny), the real host agent, a local HTTP server recording the webhook posts.
@@ -260,7 +260,7 @@ def instances(region="us-east-1"):
 
 
 def test_a_terminated_host_s_run_is_resumed_on_a_launched_replacement_from_storage(aws, host_venv, tmp_path, webhook, watching):
-    """Issue 18's end-to-end test, with issue 19's recovery launch: host a (a launched spot instance) is terminated
+    """Recovery end to end, with a recovery launch: host a (a launched spot instance) is terminated
     after epoch 3; it is the only host of recovery.hosts, so `fab watch` launches a replacement, resumes the run
     there from storage and terminates a (`fab down`)."""
     epochs = 12  # room for the kill after epoch 3 is stored, before the end, even when storage lags

@@ -6,7 +6,7 @@
     snap.close()
 
 The trainer ends an epoch with best.keras (when it improves), history.csv's row, the backup
-(callbacks.json, then the weights, then training_metadata.json: trainer/training/callbacks.py RunBackup)
+(callbacks.json, then the weights, then training_metadata.json: trainer/training/callbacks/backup.py RunBackup)
 and status.json, each replaced by a rename or appended. Every file is opened first (status.json,
 then training_metadata.json, then callbacks.json, then the rest: the backup's pointer before what it
 points to), so that what is read is the version that was there (a rename leaves an open file as it

@@ -31,6 +31,7 @@ import numpy as np
 from trainer.errors import NonFiniteLoss, NonFiniteWeights, Superseded
 from trainer.results.metrics import metrics_from_confusion
 from trainer.training import distribute
+from trainer.training.callbacks.base import LoopCallback
 from trainer.training.feeder import Feeder
 from trainer.training.peers import NoWatchdog
 from trainer.training.steps import Steps
@@ -47,14 +48,11 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
     `stop` is the GracefulStop callback whose `requested` flag every worker agrees on;
     `steps_per_execution` batches go to the device per call; `watchdog` (trainer/training/peers.py) is beaten
     after every call; `fence()` (trainer/training/fence.py) says why this launch no longer owns the run, or None: asked
-    at every epoch end before any callback, it raises Superseded. A callback with `validation_confusion(epoch, matrix)` gets the epoch's
-    validation confusion matrix before `on_epoch_end`; one with `batch_done(done, total)` hears of
-    every call's progress; one with `train_failed(error)` hears of an exception that ends the loop
-    (no `on_train_end` then); one with `training_done(epoch, seconds)` hears how long the epoch's
-    training took, its validation left out (host time until the last training call returned: on a
-    GPU, device work still queued then is counted in the validation's time); one with
-    `epoch_timed(epoch, steps_seconds, other_seconds)` hears, once the epoch's callbacks are done, how long
-    its training and validation calls took (until the device was waited for) and how long the rest of it."""
+    at every epoch end before any callback, it raises Superseded. A LoopCallback among `callbacks` also
+    hears the loop's own hooks (trainer/training/callbacks/base.py): each call's progress, the epoch's
+    validation confusion matrix and training seconds, the epoch's steps and other seconds once its callbacks are
+    done, an exception that ends the loop; and a restored
+    run's epoch from it (`resumed_epoch`) is where the training starts."""
     history = History()
     cbs = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=len(train_gen), verbose=0)
     classes = model.output_shape[-1]
@@ -67,24 +65,21 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
     model.stop_training = False
-    model._initial_epoch = None
+    hooked = [c for c in callbacks if isinstance(c, LoopCallback)]
     feeder = Feeder(strategy, workers, steps_per_execution, log)
     feeder.whole_shares(train_gen, "training")
     feeder.whole_shares(val_gen, "validation", evaluation=True)
     watch.pause()  # the chief may restore a backup here
     cbs.on_train_begin()
     watch.long_wait()  # the others wait here for the chief's restored backup
-    start = _sync_start(strategy, model, getattr(model, "_initial_epoch", None) or 0, resume)
+    resumed = next((c.resumed_epoch for c in hooked if c.resumed_epoch is not None), 0)
+    start = _sync_start(strategy, model, resumed, resume)
     logs = {}
-    progress = next((c.batch_done for c in callbacks if hasattr(c, "batch_done")), None)  # StatusCallback's heartbeat
-    confusion_takers = [c for c in callbacks if hasattr(c, "validation_confusion")]
-    timers = [c for c in callbacks if hasattr(c, "training_done")]
-    epoch_timers = [c for c in callbacks if hasattr(c, "epoch_timed")]
 
     def step_done(done, total):
         watch.beat()
-        if progress is not None:
-            progress(done, total)
+        for c in hooked:
+            c.batch_done(done, total)
 
     try:
         for epoch in range(start, epochs):
@@ -112,25 +107,23 @@ def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=Non
                     log(line)
                     raise Superseded(f"{reason or 'another worker was fenced'}; epoch {epoch + 1} was not saved, and this launch "
                                      "writes no result (the run continues under the launch that took it over)")
-            for taker in confusion_takers:
-                taker.validation_confusion(epoch, _confusion(val))
-            for timer in timers:
-                timer.training_done(epoch, train_seconds)
+            for c in hooked:
+                c.validation_confusion(epoch, _confusion(val))
+                c.training_done(epoch, train_seconds)
             cbs.on_epoch_end(epoch, logs)
             train_gen.on_epoch_end()
             log(line)
-            for timer in epoch_timers:
-                timer.epoch_timed(epoch, steps_seconds, time.monotonic() - t0 - steps_seconds)
+            for c in hooked:
+                c.epoch_timed(epoch, steps_seconds, time.monotonic() - t0 - steps_seconds)
             watch.long_wait()  # the others wait here for the chief's epoch end (checkpoints, backup): its own work
             stop_now, by_signal = distribute.agree(strategy, [model.stop_training, stop is not None and stop.requested])
             if by_signal:
                 history.stopped_by_signal = True
             if stop_now:
                 break
-    except BaseException as error:  # no on_train_end: a callback with `train_failed(error)` may still save what it holds
-        for c in callbacks:
-            if hasattr(c, "train_failed"):
-                c.train_failed(error)
+    except BaseException as error:  # no on_train_end: a LoopCallback may still save what it holds
+        for c in hooked:
+            c.train_failed(error)
         raise
     finally:
         feeder.close()

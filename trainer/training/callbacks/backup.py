@@ -1,194 +1,19 @@
-"""Keras callbacks of a training run: status file, graceful stop on SIGTERM, learning rate,
-an atomic best-model checkpoint, and the backup (weights and the callbacks' state, consistent
-with each other) that a resumed run picks up.
+"""The run's backup/, from which `--resume` continues, and the callbacks' state saved with it.
 
-    stop = GracefulStop()          # installs SIGTERM/SIGINT handlers
-    model.fit(..., callbacks=[LearningRateLogger(), ..., StatusCallback(status, "val_uar", "max"), stop])
-    if stop.requested: ...         # the run ended because it was asked to
+    resume = ResumeState(checkpoint, early_stopping, reduce_lr, best_on_disk=lambda: 0.61, mode="max")
+    model.fit(..., callbacks=[checkpoint, early_stopping, reduce_lr, RunBackup(run_dir / "backup", resume)])
 """
 
 import json
 import os
 import shutil
-import signal
-import sys
-import time
 from pathlib import Path
 
-import keras
-from keras import ops
+import h5py
 
 from trainer.errors import ResumeError
-from trainer.results.runfiles import open_log
+from trainer.training.callbacks.base import LoopCallback
 from trainer.training.status import write_json_atomic
-
-
-class StatusCallback(keras.callbacks.Callback):
-    """Rewrites status.json at the start and after every epoch, with the epoch's seconds and the slowest
-    epoch's over every session of the run (a run whose status.json is much older is stalled: run_state.py).
-
-        StatusCallback(RunStatus(run_dir, epochs=50), monitor="val_uar", mode="max")
-    """
-
-    def __init__(self, status, monitor, mode):
-        super().__init__()
-        self.status, self.monitor, self.mode = status, monitor, mode
-        self.initial_epoch = None
-
-    HEARTBEAT_SECONDS = 60  # status.json is rewritten at least this often within an epoch: a long epoch is not a stall
-
-    def batch_done(self, done, total):
-        """Called by the loop after each training step: rewrites status.json (with the batch reached) once
-        a minute, so a first epoch longer than stall_minutes does not read as stalled."""
-        if time.monotonic() - self._beat >= self.HEARTBEAT_SECONDS:
-            self._beat = time.monotonic()
-            self.status.update(batch=done, batches=total)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._began = self._beat = time.monotonic()
-        if self.initial_epoch is None:
-            self.initial_epoch = epoch
-            self.status.training_started()
-            self.status.update(state="running", epoch=epoch)
-
-    def training_done(self, epoch, seconds):
-        """Called by the loop with the epoch's training seconds (its validation left out): samples/s."""
-        self._train_seconds = round(seconds, 3)
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = round(time.monotonic() - self._began, 3)  # training + validation
-        slowest = max(seconds, self.status.data.get("slowest_epoch_seconds") or 0)  # the stall threshold's measure
-        self.status.data.update(last_epoch_seconds=seconds, slowest_epoch_seconds=slowest,
-                                last_epoch_train_seconds=getattr(self, "_train_seconds", None))
-        self.status.epoch_done(epoch, logs or {}, self.monitor, self.mode, self.initial_epoch)
-
-    def epoch_timed(self, epoch, steps_seconds, other_seconds):
-        """Called by the loop once the epoch's callbacks are done: status.json's `timing` (written with the next update)."""
-        self.status.epoch_timed(epoch, steps_seconds, other_seconds)
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds `learning_rate` to the epoch logs, so TensorBoard and history.csv show it.
-
-        callbacks=[LearningRateLogger(), keras.callbacks.CSVLogger("history.csv")]
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
-class GracefulStop(keras.callbacks.Callback):
-    """First SIGTERM/SIGINT/SIGHUP: finish the current epoch (so its backup is saved), then stop.
-    (SIGHUP is what a closed tmux session or terminal sends.)
-    A second signal stops at once; the backup of the last finished epoch stays intact.
-
-        stop = GracefulStop(); model.fit(..., callbacks=[..., stop]); stop.requested
-    """
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
-        super().__init__()
-        self.requested = False
-        for sig in signals:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping now")
-        self.requested = True
-        print(f"Received {signal.Signals(signum).name}: stopping after this epoch "
-              "(send it again to stop at once).", flush=True)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.requested:
-            self.model.stop_training = True
-
-
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that writes to a temp file beside the target and renames it, so a kill
-    during the save leaves the previous best model, never a torn one.
-
-        AtomicModelCheckpoint("run/best.keras", monitor="val_uar", mode="max", save_best_only=True)
-    """
-
-    def _save_model(self, epoch, batch, logs):
-        final = self.filepath
-        tmp = str(Path(final).with_name(f".{Path(final).stem}.tmp{Path(final).suffix}"))
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        self.filepath = tmp
-        try:
-            super()._save_model(epoch, batch, logs)  # writes tmp only when the epoch is the best so far
-        finally:
-            self.filepath = final
-        if os.path.exists(tmp):
-            os.replace(tmp, final)
-
-
-class ConfusionImages(keras.callbacks.Callback):
-    """When the checkpoint saves a new best model, that epoch's validation confusion matrix and recall
-    per class go to TensorBoard (logdir/images), so the pictures of the chosen epoch are there while
-    the run trains. The matrix is the one the epoch's evaluation computed (the training loop hands it
-    over with `validation_confusion` before `on_epoch_end`): nothing is predicted again, so the other
-    workers of a cluster do not wait for the chief.
-
-    Drawing takes about a second of CPU, longer than an epoch of a small run, and the device waits
-    for it: a new best epoch is drawn at once when the last drawing is `every` seconds old or more,
-    else at the next such best epoch, and the last best epoch at the end of training (a graceful stop
-    included) or when training fails (a non-finite loss, a lost peer, a second signal) if it was not
-    drawn yet: the pictures always show the epoch best.keras holds. Their titles name the run `run`
-    (default: logdir's folder, as trainer/results/plots.py's run_label names it).
-
-        callbacks=[checkpoint, ConfusionImages(checkpoint, classes, "runs/exp-3/logs"), ...]
-    """
-
-    def __init__(self, checkpoint, classes, logdir, every=60.0, run=None):
-        from trainer.results.plots import run_label
-
-        super().__init__()
-        self.checkpoint, self.classes, self.logdir, self.every = checkpoint, classes, logdir, every
-        self.run = run or run_label(Path(logdir).parent)
-        self._before = self._confusion = None
-        self._pending = None  # (epoch, matrix) of the latest best epoch, not drawn yet
-        self._drawn_at = None  # time.monotonic() of the last drawing
-
-    def validation_confusion(self, epoch, matrix):
-        self._confusion = matrix
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._before, self._confusion = self.checkpoint.best, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.checkpoint.best == self._before or self._confusion is None:
-            return
-        self._pending = (epoch, self._confusion)
-        if self._drawn_at is None or time.monotonic() - self._drawn_at >= self.every:
-            self._draw()
-
-    def on_train_end(self, logs=None):
-        if self._pending is not None:
-            self._draw()
-
-    def train_failed(self, error):
-        """The loop ended with `error` (trainer/training/loop.py): draw the waiting best epoch; a failure to draw
-        it is said on stderr and does not hide `error`."""
-        if self._pending is None:
-            return
-        try:
-            self._draw()
-        except Exception as e:  # noqa: BLE001 (the training's own error is the one to raise)
-            print(f"The pictures of the best epoch {self._pending[0] + 1} were not drawn: {type(e).__name__}: {e}", file=sys.stderr)
-
-    def _draw(self):
-        from trainer.results.metrics import metrics_from_confusion
-        from trainer.results.plots import confusion_png, log_image, recall_png
-
-        epoch, matrix = self._pending
-        metrics = metrics_from_confusion(matrix, self.classes)
-        name = f"validation, epoch {epoch + 1}"
-        log_image(self.logdir, "validation/confusion_matrix_at_best_epoch", confusion_png(metrics, name, self.run), epoch + 1)
-        log_image(self.logdir, "validation/recall_per_class_at_best_epoch", recall_png(metrics, name, self.run), epoch + 1)
-        self._pending, self._drawn_at = None, time.monotonic()
 
 
 class ResumeState:
@@ -240,7 +65,7 @@ class ResumeState:
         }
 
 
-class RunBackup(keras.callbacks.BackupAndRestore):
+class RunBackup(LoopCallback):
     """The run's backup/, from which `--resume` continues: after every epoch, in this order,
 
         latest.weights.h5        the model's and optimizer's weights, stamped with the epoch (an HDF5
@@ -261,7 +86,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     NAMES = {"weights": "latest.weights.h5", "metadata": "training_metadata.json", "callbacks": "callbacks.json"}
 
     def __init__(self, backup_dir, resume_state, log=print, history=None):
-        super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
+        super().__init__()
         self.dir, self.resume_state, self.log = Path(backup_dir), resume_state, log
         self.history = Path(history) if history else None  # CSVLogger's file: rows past the backup's epoch go
 
@@ -269,6 +94,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         return {key: self.dir / (name + (".bkp" if previous else "")) for key, name in self.NAMES.items()}
 
     def on_train_begin(self, logs=None):
+        self.resumed_epoch = None
         latest, previous = self.files(), self.files(previous=True)
         problems = []
         first_torn = not any(p.exists() for p in previous.values()) and not latest["metadata"].exists()
@@ -290,7 +116,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             except (OSError, ValueError, KeyError) as e:
                 problems.append(f"the {name} backup's weights do not load ({type(e).__name__}: {str(e)[:200]})")
                 continue
-            self.model._initial_epoch = epoch
+            self.resumed_epoch = epoch
             if state is not None:
                 self.resume_state.apply(state)
             if problems:
@@ -351,8 +177,11 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             self.model.optimizer.build(self.model.trainable_variables)  # its variables are in the file too
         self.model.load_weights(str(weights))
 
-    def _save_model(self):
-        epoch = self._current_epoch
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(epoch + 1)
+
+    def _save(self, epoch):
+        """Back up the weights and the callbacks' state after `epoch` epochs (the order in the class docstring)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         latest, previous = self.files(), self.files(previous=True)
         for key in self.NAMES:
@@ -363,8 +192,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         write_json_atomic(latest["callbacks"], self.resume_state.snapshot(epoch))
         incoming = self.dir / ".incoming.weights.h5"  # Keras saves only to a name ending in .weights.h5
         self.model.save_weights(str(incoming), overwrite=True)
-        import h5py
-
         with h5py.File(incoming, "r+") as f:
             f.attrs["epoch"] = epoch
         _fsync(incoming)
@@ -374,8 +201,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
 def _weights_epoch(path):
     """The epoch stamped on a backup's weights file, None if it has none; OSError (as ResumeError) for a torn file."""
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             value = f.attrs.get("epoch")
@@ -402,26 +227,3 @@ def _number(value):
         return None
     value = float(value)
     return value if abs(value) != float("inf") else None
-
-
-class SafeCSVLogger(keras.callbacks.CSVLogger):
-    """Keras' CSVLogger, but history.csv is opened without following a link (trainer/results/runfiles.open_log):
-    a run directory where `history.csv -> /etc/shadow` is refused, never written through.
-
-        SafeCSVLogger(run_dir / "history.csv", append=True)
-    """
-
-    def on_train_begin(self, logs=None):
-        if self.csv_file and not self.csv_file.closed:
-            self.csv_file.close()
-        # opened for the rows at the first epoch end, not here: a resume's RunBackup trims the file (a rename) in its own
-        # on_train_begin, which may come after this one (the row is written before the epoch's backup); a link is
-        # refused now, before any epoch is trained
-        open_log(self.filename, "a").close()
-        self.csv_file, self.writer, self.keys = None, None, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.csv_file is None:
-            self.csv_file = open_log(self.filename, "a" if self.append else "w")
-            self.append_header = not (self.append and os.fstat(self.csv_file.fileno()).st_size)
-        super().on_epoch_end(epoch, logs)
