@@ -148,6 +148,7 @@ def _readers():
     }
 
 
+@pytest.mark.tf  # the generator and normalization modules import keras
 @pytest.mark.parametrize("case", list(NOT_NPZ))
 def test_a_file_that_is_no_npz_is_said_to_be_so_by_every_reader_naming_it(tmp_path, case):
     make, says = NOT_NPZ[case]
