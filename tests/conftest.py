@@ -285,6 +285,14 @@ TINY_CONFIG = {"data": {"max_frames": 40}, "model": {"units": 8, "head_units": 8
                "train": {"batch_size": 16, "workers": 1, "patience": 100, "lr_patience": 100}}
 
 
+def run_status(env, run):
+    """The run's status.json on `env`'s host, or {} before the trainer wrote one."""
+    import json
+
+    path = env.runs / run / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def wait_until(predicate, timeout=120, what="condition"):
     """The first true value of `predicate()`, polled every 0.3 s; AssertionError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout

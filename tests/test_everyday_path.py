@@ -5,18 +5,12 @@ raw JSON from `fab stop`, TensorFlow's C++ lines in the log).
 Real parts: `fab` against the suite's sshd on 127.0.0.1, real rsync, tmux and (tiny) training.
 """
 
-import json
 
 import pytest
 import yaml
-from conftest import ABSL_NOISE, ROOT, wait_until
+from conftest import ABSL_NOISE, ROOT, run_status, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-def status(env, run):
-    path = env.runs / run / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def test_train_runs_the_config_as_this_machine_has_it_not_the_hosts_old_copy(host_ready):
@@ -64,7 +58,7 @@ def test_a_run_that_failed_before_its_data_was_ready_resumes_once_the_data_is_th
     wait_until(lambda: (env.runs / "r2" / "exit.json").exists(), 300, "the resumed run to end")
     done = env.fab("monitor")
     assert done.returncode == 0 and "FINISHED" in done.out.upper(), done.out
-    assert status(env, "r2")["epoch"] == 2
+    assert run_status(env, "r2")["epoch"] == 2
 
     with open(env.runs / "r2" / "train.log", "a") as log:  # what TensorFlow's C++ side prints on some CPUs
         log.write(f"{ABSL_NOISE}\nthe last line of the run\n")

@@ -10,14 +10,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import wait_until
+from conftest import run_status, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-def status(env, run):
-    path = env.runs / run / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(host_ready):
@@ -25,7 +20,7 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
     env.configure(200)
     assert env.fab("monitor").returncode == 5  # no run yet: says so, non-zero
     assert env.fab("train", "--run-name", "long-run").returncode == 0
-    wait_until(lambda: status(env, "long-run").get("epoch", 0) >= 1, what="epoch 1")
+    wait_until(lambda: run_status(env, "long-run").get("epoch", 0) >= 1, what="epoch 1")
     t0 = time.monotonic()
     running = env.fab("monitor")
     took = time.monotonic() - t0
@@ -38,7 +33,7 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
     assert stop.returncode == 0 and "Stopped run long-run after epoch " in stop.out and "`fab train --resume`" in stop.out, stop.out
     stopped = env.fab("monitor")
     assert stopped.returncode == 3 and "STOPPED" in stopped.out and "fab train --resume" in stopped.out
-    assert status(env, "long-run")["state"] == "stopped"
+    assert run_status(env, "long-run")["state"] == "stopped"
     assert (env.runs / "long-run" / "backup").is_dir()
     second = env.fab("stop")
     assert second.returncode == 0 and "No training is running" in second.out
@@ -89,7 +84,7 @@ def test_monitor_vanished_when_the_session_dies_without_an_exit_record(host_read
     env = host_ready
     env.configure(200)
     assert env.fab("train", "--run-name", "doomed").returncode == 0
-    wait_until(lambda: status(env, "doomed").get("epoch", 0) >= 1, what="epoch 1")
+    wait_until(lambda: run_status(env, "doomed").get("epoch", 0) >= 1, what="epoch 1")
     launcher = json.loads((env.runs / "doomed" / "launch.json").read_text())["pid"]
     os.killpg(launcher, signal.SIGKILL)  # what a reboot or `kill -9` does: nobody writes anything
     wait_until(lambda: subprocess.run(["tmux", "has-session", "-t", "=" + env.inventory["tmux_session"]]).returncode != 0,
