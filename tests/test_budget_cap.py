@@ -18,10 +18,11 @@ from tests.conftest import ROOT, make_ready, wait_until
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
 import host_agent  # noqa: E402 - the host's script, standard library only
+import run_format  # noqa: E402
 
 
 def settings(deadline, marker):
-    return {**host_agent.DEFAULTS, "metadata_url": None, "budget": {"deadline": deadline, "max_hours": 2,
+    return {**run_format.AGENT_DEFAULTS, "metadata_url": None, "budget": {"deadline": deadline, "max_hours": 2,
                                                                     "command": f"touch {shlex.quote(str(marker))}", "warn_seconds": 900}}
 
 

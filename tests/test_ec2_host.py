@@ -122,7 +122,9 @@ def test_the_whole_path_on_an_ec2_like_host(ec2_host, tmp_path):
     local = root / "results" / f"{USER}@127.0.0.1_{ec2_host.port}" / "ec2"
     assert (local / "status.json").is_file() and (local / "best.keras").is_file() and not (local / "backup").exists()
 
-    # autostop as that user: the default poweroff goes through `sudo -n`, so arming checks it works
+    # autostop as that user: the default poweroff goes through `sudo -n`, so arming checks it works (armed for 30 idle
+    # minutes, disarmed below: DeployEnv's harmless command set aside for this check only)
+    env.write(autostop={"command": "sudo -n /sbin/poweroff"})
     armed = env.fab("autostop", "--idle-minutes", "30")
     assert armed.returncode == 0, armed.out
     assert ("autostop: armed: the host runs `sudo -n /sbin/poweroff` after 30 idle minutes (10 once its run's end is stored or "

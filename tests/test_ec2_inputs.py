@@ -49,8 +49,9 @@ def test_a_mistyped_type_is_an_error_naming_it_never_replaced_by_an_alternative(
 @pytest.mark.parametrize("args, named", [
     (["launch", "gpu1", "--disk", "abc"], "--disk expects a whole number of GB, 8 or more. Received: 'abc'"),
     (["launch", "gpu1", "--disk", "4"], "--disk expects a whole number of GB, 8 or more. Received: '4'"),
-    (["launch", "gpu1", "--max-hours", "abc"], "--max-hours expects a number of hours above 0. Received: 'abc'"),
-    (["launch", "gpu1", "--max-hours", "0"], "--max-hours expects a number of hours above 0. Received: '0'"),
+    (["launch", "gpu1", "--max-hours", "abc"], "--max-hours expects a number of hours (0: no cap). Received: 'abc'"),
+    (["launch", "gpu1", "--max-hours", "-1"], "--max-hours expects a number of hours (0: no cap). Received: '-1'"),
+    (["launch", "gpu1", "--idle-minutes", "soon"], "--idle-minutes expects a number of minutes (0: no autostop). Received: 'soon'"),
     (["instances", "--idle-minutes", "abc"], "--idle-minutes expects a number of minutes above 0. Received: 'abc'"),
 ])
 def test_a_bad_option_value_is_exit_2_naming_the_option(cloud_inv, args, named):

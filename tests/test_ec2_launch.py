@@ -30,7 +30,13 @@ def cloud_inv(tmp_path, ssh_host, aws, monkeypatch):
     """(inventory path, write(**changes)) for a laptop whose `launch:` settings point at moto and the local sshd."""
     monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
     path = tmp_path / "inventory.yaml"
+    # `fab launch` arms autostop and the budget cap on the new host, which is this machine: a harmless command, and
+    # the host's folders in this test's temp folder (never the login user's home)
+    host = tmp_path / "host"
     data = {"hosts": {}, "ssh": {"config_file": str(ssh_alias_config(tmp_path / "ssh_config", ssh_host))},
+            "autostop": {"command": f"touch '{host / 'powered off'}'"},
+            "remote": {"project_dir": str(host / "project"), "data_dir": str(host / "data"), "runs_dir": str(host / "runs"),
+                       "venv": str(host / "venv")},
             "launch": {"region": "us-east-1", "ssh_cidr": CIDR, "user": ssh_host.user, "public_key_file": f"{ssh_host.key_file}.pub",
                        "ssh_wait_seconds": 30}}
 

@@ -151,10 +151,10 @@ def test_status_files_replace_a_link_never_write_through_it(tmp_path):
     (tmp_path / "status.json").symlink_to(target)
     write_json_atomic(tmp_path / "status.json", {"state": "running"})
     assert not (tmp_path / "status.json").is_symlink() and target.read_text() == "precious\n"
-    (tmp_path / f".metrics.json.{os.getpid()}.tmp").symlink_to(target)  # a link at the temp name
-    with pytest.raises(OSError):
-        write_json_atomic(tmp_path / "metrics.json", {"x": 1})
-    assert target.read_text() == "precious\n"
+    (tmp_path / f".metrics.json.{os.getpid()}.tmp").symlink_to(target)  # a link at the temp name: removed, never followed
+    write_json_atomic(tmp_path / "metrics.json", {"x": 1})
+    assert target.read_text() == "precious\n" and not (tmp_path / "metrics.json").is_symlink()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"x": 1}
 
 
 @pytest.mark.tf

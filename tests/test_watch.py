@@ -89,7 +89,10 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
     wait_until(lambda: json.loads((env.runs / "w2" / "launch.json").read_text())["launch_id"] != first and trainer_pid(env, "w2"),
                180, "the trainer restarted")
-    os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
+    launched = (env.runs / "w2" / "launch.json").stat().st_mtime_ns  # killed again once the new trainer is past its start:
+    wait_until(lambda: (env.runs / "w2" / "status.json").stat().st_mtime_ns > launched and status(env, "w2").get("state") == "running",
+               180, "the restarted trainer's first epoch")
+    os.kill(trainer_pid(env, "w2"), signal.SIGKILL)  # a kill before (train --resume says "ended at once") is no restart
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 137, out
     assert "restarting it from its last epoch (1 of at most 1: recovery.max_restarts_on_kill)" in out, out
