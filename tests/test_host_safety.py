@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, mount_tmpfs
-from test_observe import status, wait_until
+from conftest import ROOT, mount_tmpfs, wait_until
+from conftest import run_status as status
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
