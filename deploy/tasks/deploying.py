@@ -13,6 +13,7 @@ from deploy.errors import DeployError, Interrupted, LocalInputError
 from deploy.host import checks, cluster, sync, training
 from deploy.host import provision as prov
 from deploy.host.remembered import remember_cluster, remember_host
+from deploy.host.run_config import local_config
 from deploy.paths import REPO_ROOT
 from deploy.runs import storage
 from deploy.tasks.plumbing import console, host_task, prefixed, say
@@ -91,9 +92,9 @@ def _deploy_checks(inv, run_name=None, resume_from=None, **_):
     sync.check_local_data(inv)
     for key in ("train_config", "smoke_config"):
         path = getattr(inv, key)
-        if not path.startswith(("/", "~/")) and not (REPO_ROOT / path).is_file():
+        if not path.startswith(("/", "~/")) and local_config(path) is None:  # an absolute path may be the host's own
             raise LocalInputError(f"Inventory key {key!r} in {inv.path} names {path}, which is not a file in {REPO_ROOT} "
-                                  "(the code sync uploads configs/ from there).")
+                                  "(preflight, the smoke test and train send this machine's copy).")
 
 
 DEPLOY_STEPS = [  # (name, step(h, run, say)): each also a task of its own
