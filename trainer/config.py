@@ -81,6 +81,9 @@ DEFAULTS = {
         # first call of a newly traced step (graph optimisation + first run) and a wait for the chief's
         # start or epoch end (its own work) get max(4 x this, 600 s)
         "collective_timeout": 300,
+        # the confusion matrix, recall per class and learning curves: PNGs in the run folder at the end and images in
+        # TensorBoard as the best epoch changes; false skips them (a quick check that only wants the numbers)
+        "pictures": True,
     },
 }
 

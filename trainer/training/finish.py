@@ -26,11 +26,14 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
         monitor=cfg["train"]["monitor"],
         compute=compute_record(status.data, gpus),
     )
-    pictures = draw(run_dir, metrics, status.data["epoch"])  # {file name: PNG bytes}
+    pictures = draw(run_dir, metrics, status.data["epoch"]) if cfg["train"]["pictures"] else {}  # {file name: PNG bytes}
     write_json_atomic(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     print_run_metrics(metrics, console)
-    console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
+    if pictures:
+        console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
+    else:
+        console.print("Pictures: none drawn (train.pictures is false)", highlight=False)
     name, top = headline(metrics)
     status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
                                              "ci95": top.get("ci95")}, eta_seconds=0, weights_sha256=history.weights_sha256)
