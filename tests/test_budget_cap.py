@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, make_ready, wait_until
+from tests.support.deploy_env import make_ready
+from tests.support.helpers import ROOT, wait_until
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
 import host_agent  # noqa: E402 - the host's script, standard library only

@@ -8,9 +8,10 @@ import subprocess
 import time
 
 import pytest
-from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
 
 from deploy.demo.localhost import LocalSSHHost, free_port
+from tests.support.deploy_env import DeployEnv
+from tests.support.helpers import TINY_CONFIG, wait_until, write_config
 from trainer.data.synth import write_corpus
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, wait_until
 
 from deploy.demo.localhost import processes_under
+from tests.support.helpers import ROOT, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one demo at a time: its tmux session has one name
 

@@ -17,9 +17,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
 
 from deploy.demo.localhost import end_host_processes
+from tests.support.helpers import ROOT
 
 BUDGET = 20
 FIRST_STEP = re.compile(r"\[1/\d+\] ")

@@ -12,7 +12,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, run_trainer, wait_until, write_clip, write_config
+
+from tests.support.helpers import TINY_CONFIG, run_trainer, wait_until, write_clip, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

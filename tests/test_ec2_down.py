@@ -8,23 +8,15 @@ record-launch / record-exit), no training.
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, DeployEnv
+
+from tests.support.aws import BUCKET, instances_in
+from tests.support.helpers import ROOT
 
 pytestmark = [pytest.mark.ssh]
-
-CIDR = "198.51.100.7/32"
-BUCKET = "runs"
-
-
-def instances_in(region="us-east-1"):
-    import boto3
-
-    return [i for r in boto3.client("ec2", region_name=region).describe_instances()["Reservations"] for i in r["Instances"]]
 
 
 def seed_run(runs, name, started_at):
@@ -49,30 +41,6 @@ def store_pointer(s3, run, started_at, launch_id, final=True):
                "files": {"history.csv": {"key": ck + "history.csv", "size": len(body), "md5": hashlib.md5(body).hexdigest()}},
                "summary": {"epoch": 2, "epochs": 2}}
     s3.put_object(Bucket=BUCKET, Key=f"team/{run}/LATEST", Body=json.dumps(pointer).encode())
-
-
-@pytest.fixture
-def launched_host(aws, moto_server, ssh_host, host_venv, tmp_path):
-    """(env, s3): a DeployEnv whose host gpu1 was made by `fab launch` (moto), with the host scripts in place and storage on."""
-    import boto3
-
-    root = tmp_path / "laptop"
-    root.mkdir()
-    env = DeployEnv(root, ssh_host, host_venv)
-    ssh_config = root / "ssh config"
-    ssh_config.write_text(f"Host * !127.0.0.1\n    HostName 127.0.0.1\n    Port {ssh_host.port}\n")
-    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    env.write(hosts={}, ssh={"config_file": str(ssh_config)},
-              launch={"region": "us-east-1", "ssh_cidr": CIDR, "user": ssh_host.user, "public_key_file": f"{ssh_host.key_file}.pub",
-                      "ssh_wait_seconds": 60},
-              storage={"url": f"s3://{BUCKET}/team", "endpoint_url": moto_server})
-    launch = env.fab("launch", "gpu1", "--type", "g5.xlarge", timeout=300)
-    assert launch.returncode == 0, launch.out
-    shutil.copytree(ROOT / "remote_scripts", env.remote_root / "project dir" / "remote_scripts", dirs_exist_ok=True)  # sync-code did (launch)
-    env.runs.mkdir(parents=True, exist_ok=True)
-    yield env, s3
-    env.cleanup()
 
 
 def test_down_counts_a_run_as_stored_only_when_storage_holds_that_very_run(launched_host):

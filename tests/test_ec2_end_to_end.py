@@ -15,7 +15,9 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
+
+from tests.support.deploy_env import DeployEnv
+from tests.support.helpers import TINY_CONFIG, wait_until, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

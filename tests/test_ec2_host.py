@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_CONFIG, DeployEnv
-from test_observe import wait_until
+
+from tests.support.deploy_env import DeployEnv
+from tests.support.helpers import TINY_CONFIG, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 USER = "facenet-ubuntu"

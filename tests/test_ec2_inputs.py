@@ -8,12 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-import test_ec2_launch
 import yaml
-from conftest import ROOT, run_fab
-from test_ec2_launch import ec2, load, quiet
 
-cloud_inv = test_ec2_launch.cloud_inv  # the fixture: moto, the local sshd, an inventory with `launch:` settings
+from tests.support.aws import ec2, load, quiet
+from tests.support.fab_runner import run_fab
+from tests.support.helpers import ROOT
 
 pytestmark = [pytest.mark.ssh]
 

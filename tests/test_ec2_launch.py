@@ -14,56 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.aws import CIDR, ec2, load, quiet
+
 pytestmark = [pytest.mark.ssh]
-
-CIDR = "198.51.100.7/32"  # documentation addresses: never this machine's
-
-
-def ssh_alias_config(path, ssh_host):
-    """Every address but 127.0.0.1 leads to the local sshd: moto's instance addresses are made up."""
-    path.write_text(f"Host * !127.0.0.1\n    HostName 127.0.0.1\n    Port {ssh_host.port}\n")
-    return path
-
-
-@pytest.fixture
-def cloud_inv(tmp_path, ssh_host, aws, monkeypatch):
-    """(inventory path, write(**changes)) for a laptop whose `launch:` settings point at moto and the local sshd."""
-    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
-    path = tmp_path / "inventory.yaml"
-    # `fab launch` arms autostop and the budget cap on the new host, which is this machine: a harmless command, and
-    # the host's folders in this test's temp folder (never the login user's home)
-    host = tmp_path / "host"
-    data = {"hosts": {}, "ssh": {"config_file": str(ssh_alias_config(tmp_path / "ssh_config", ssh_host))},
-            "autostop": {"command": f"touch '{host / 'powered off'}'"},
-            "remote": {"project_dir": str(host / "project"), "data_dir": str(host / "data"), "runs_dir": str(host / "runs"),
-                       "venv": str(host / "venv")},
-            "launch": {"region": "us-east-1", "ssh_cidr": CIDR, "user": ssh_host.user, "public_key_file": f"{ssh_host.key_file}.pub",
-                       "ssh_wait_seconds": 30}}
-
-    def write(**launch):
-        data["launch"].update(launch)
-        path.write_text(yaml.safe_dump(data))
-        return path
-
-    write()
-    monkeypatch.setenv("FACENET_INVENTORY", str(path))
-    return write
-
-
-def load():
-    from deploy.inventory import load_inventory
-
-    return load_inventory()
-
-
-def ec2(region="us-east-1"):
-    import boto3
-
-    return boto3.client("ec2", region_name=region)
-
-
-def quiet(lines):
-    return lambda message, style=None: lines.append(str(message))
 
 
 def refusing(session, codes):

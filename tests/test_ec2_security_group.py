@@ -5,10 +5,8 @@ launch code unchanged (deploy.aws.launch.launch_host without the SSH wait).
 """
 
 import pytest
-import test_ec2_launch
-from test_ec2_launch import CIDR, ec2, load, quiet
 
-cloud_inv = test_ec2_launch.cloud_inv  # the fixture: moto, the local sshd, an inventory with `launch:` settings
+from tests.support.aws import CIDR, ec2, load, quiet
 
 pytestmark = [pytest.mark.ssh]
 
@@ -46,7 +44,7 @@ def test_a_hand_made_group_of_the_tools_name_is_never_used_nor_deleted(cloud_inv
     assert ec2().describe_instances()["Reservations"] == []
 
     # an entry of an earlier version that launched into it: `fab down` terminates the instance, keeps the group
-    from conftest import moto_ami
+    from tests.support.aws import moto_ami
 
     [i] = ec2().run_instances(ImageId=moto_ami("us-east-1"), InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
                               SecurityGroupIds=[gid])["Instances"]

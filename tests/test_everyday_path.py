@@ -8,7 +8,9 @@ Real parts: `fab` against the suite's sshd on 127.0.0.1, real rsync, tmux and (t
 
 import pytest
 import yaml
-from conftest import ABSL_NOISE, ROOT, run_status, wait_until
+
+from tests.support.deploy_env import ABSL_NOISE, run_status
+from tests.support.helpers import ROOT, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

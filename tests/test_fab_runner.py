@@ -5,7 +5,9 @@ import os
 import subprocess
 
 import pytest
-from conftest import FAB, ROOT, run_fab
+
+from tests.support.fab_runner import FAB, run_fab
+from tests.support.helpers import ROOT
 
 
 def real_fab(args, env, cwd=ROOT):

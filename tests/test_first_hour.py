@@ -4,7 +4,8 @@
 import subprocess
 
 import pytest
-from conftest import wait_until
+
+from tests.support.helpers import wait_until
 
 pytestmark = [pytest.mark.ssh]
 

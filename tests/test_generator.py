@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import write_clip
 
+from tests.support.helpers import write_clip
 from trainer import FixedVideoFacenetGenerator
 
 pytestmark = pytest.mark.tf  # the generator is a Keras PyDataset

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_CONFIG, write_config
-from test_split_norm import CLASSES, entries
 
+from tests.support.helpers import ROOT, TINY_CONFIG, write_config
+from tests.support.split_entries import CLASSES, entries
 from trainer.data.split import make_split
 from trainer.errors import DataError
 from trainer.results.metrics import bootstrap_ci, classification_metrics, held_out_report
@@ -149,7 +149,7 @@ def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_
 @pytest.mark.ssh
 @pytest.mark.slow
 def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_follow(host_ready, tmp_path):
-    from test_pay_only_for_training import wait_until
+    from tests.support.helpers import wait_until
 
     host_ready.configure(epochs=10)
     started = host_ready.fab("train", "--folds", "2", "--run-name", "cv")

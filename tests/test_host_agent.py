@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, make_ready, mount_tmpfs, wait_until
+from tests.support.deploy_env import make_ready
+from tests.support.helpers import ROOT, mount_tmpfs, wait_until
 from tests.test_pay_only_for_training import FAKE_CRONTAB
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CONFIG, wait_until, write_config
+
+from tests.support.helpers import TINY_CONFIG, wait_until, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

@@ -12,8 +12,9 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, mount_tmpfs, wait_until
-from conftest import run_status as status
+
+from tests.support.deploy_env import run_status as status
+from tests.support.helpers import ROOT, mount_tmpfs, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

@@ -10,9 +10,10 @@ import subprocess
 import time
 
 import pytest
-from conftest import FAB, ROOT, wait_until
 
 from deploy.demo.localhost import processes_under
+from tests.support.fab_runner import FAB
+from tests.support.helpers import ROOT, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

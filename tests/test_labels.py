@@ -38,7 +38,7 @@ def test_label_map_is_configuration():
 
 
 def test_synth_with_more_clips_than_names_exits_2_saying_the_range(tmp_path):
-    from conftest import run_trainer
+    from tests.support.helpers import run_trainer
 
     proc = run_trainer("synth", "--out", tmp_path / "x", "--corpus", "ravdess", "--clips", "5000")
     assert proc.returncode == 2 and "expects 1..1440" in proc.stderr and "Traceback" not in proc.stderr

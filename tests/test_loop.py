@@ -9,11 +9,12 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
-from test_multi_worker import Cluster, free_ports
+
+from tests.support.cluster import Cluster, free_ports
+from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.slow
-CASES = ROOT / "tests" / "loop_cases.py"
+CASES = ROOT / "tests" / "support" / "loop_cases.py"
 
 
 def run_case(name, replicas=1, timeout=300):

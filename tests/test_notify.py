@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
 import agent_events  # noqa: E402 - the host's scripts, standard library only

@@ -10,7 +10,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import run_status, wait_until
+
+from tests.support.deploy_env import run_status
+from tests.support.helpers import wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -89,7 +91,7 @@ def test_monitor_vanished_when_the_session_dies_without_an_exit_record(host_read
     os.killpg(launcher, signal.SIGKILL)  # what a reboot or `kill -9` does: nobody writes anything
     wait_until(lambda: subprocess.run(["tmux", "has-session", "-t", "=" + env.inventory["tmux_session"]]).returncode != 0,
                what="the tmux session to end")
-    from test_run_truth import group_alive
+    from tests.support.host_fakes import group_alive
 
     wait_until(lambda: not group_alive(launcher), what="the killed processes to be gone")  # a run lives while one does
     gone = env.fab("monitor")

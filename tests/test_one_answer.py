@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from test_ec2_down import instances_in, launched_host  # noqa: F401 - the fixture
+
+from tests.support.aws import instances_in
+from tests.support.helpers import ROOT
 
 pytestmark = [pytest.mark.ssh]
 

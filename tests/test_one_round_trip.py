@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from conftest import wait_until
+from tests.support.helpers import wait_until
 
 
 def sshd_counts(ssh_host, action):

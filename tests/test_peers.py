@@ -7,7 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+
+from tests.support.helpers import ROOT
 
 WATCHED = """
 import sys, time

@@ -4,9 +4,8 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
-
 from deploy.host.progress import Progress, phase_of
+from tests.support.helpers import ROOT
 
 PIP = ["Collecting tensorflow==2.20.0", "  Downloading tensorflow-2.20.0-cp311-cp311-manylinux.whl (620.5 MB)",
        "Requirement already satisfied: numpy in ./venv/lib/python3.11/site-packages (2.1.0)",

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.random_faults import run_scenario
+from tests.support.random_faults import run_scenario
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 SEED = int(os.environ.get("FACENET_FAULT_SEED", "7"))
@@ -27,7 +27,7 @@ def test_a_run_whose_host_is_lost_in_its_first_epoch_starts_again_elsewhere_unde
     import json
     from pathlib import Path
 
-    from tests.random_faults import Scenario
+    from tests.support.random_faults import Scenario
 
     scenario = Scenario(11, tmp_path, aws, host_venv, faults=0, epochs=6, webhook=webhook, clips=1000)  # a first epoch of seconds
     try:

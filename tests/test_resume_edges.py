@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import run_trainer
-from fixtures_runs import copy_trained_run
-from test_training import status
+
+from tests.support.fixtures_runs import copy_trained_run, status
+from tests.support.helpers import run_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +160,7 @@ def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, 
     import sys
     import time
 
-    from conftest import ROOT, TINY_CONFIG, wait_until, write_config
+    from tests.support.helpers import ROOT, TINY_CONFIG, wait_until, write_config
 
     sys.path.insert(0, str(ROOT / "remote_scripts"))
     import run_state
@@ -198,7 +198,7 @@ def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_
     import sys
     import time
 
-    from conftest import ROOT, TINY_CONFIG, write_config
+    from tests.support.helpers import ROOT, TINY_CONFIG, write_config
 
     epochs = 8
     cfg = write_config(tmp_path / "c.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": epochs}})

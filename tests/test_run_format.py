@@ -4,8 +4,7 @@ read it from there, and the shell scripts, which cannot import it, spell the sam
 import re
 import sys
 
-from conftest import ROOT
-
+from tests.support.helpers import ROOT
 from trainer.run_format import run_format
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))

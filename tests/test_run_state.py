@@ -8,7 +8,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+
+from tests.support.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
 import liveness  # noqa: E402

@@ -11,9 +11,10 @@ import subprocess
 import time
 
 import pytest
-from test_pay_only_for_training import FAKE_CRONTAB
 
-from tests.conftest import make_ready, wait_until
+from tests.support.deploy_env import make_ready
+from tests.support.helpers import wait_until
+from tests.support.host_fakes import FAKE_CRONTAB, group_alive
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -40,20 +41,6 @@ def alive(pid):
 def flat(out):
     """The screen's text with the panel's borders and line breaks gone: its lines wrap where the terminal ends."""
     return " ".join(" ".join(line.strip().strip("│╭╮╰╯").split()) for line in out.splitlines())
-
-
-def group_alive(pgid):
-    """PIDs of the live (not zombie) processes of process group `pgid`, from /proc."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
 
 
 def test_a_closed_tmux_session_with_the_trainer_alive_is_still_running_and_refuses_a_second_trainer(host_ready):

@@ -1,19 +1,13 @@
 import numpy as np
 import pytest
-from conftest import write_clip
 
+from tests.support.helpers import write_clip
+from tests.support.split_entries import CLASSES, entries
 from trainer.config import DEFAULTS
 from trainer.data.normalization import compute_stats
 from trainer.data.split import check_split, make_split
-from trainer.data.validation import Entry, validate_dirs
+from trainer.data.validation import validate_dirs
 from trainer.errors import DataError
-
-CLASSES = DEFAULTS["data"]["classes"]
-
-
-def entries(actors=20, per_class=1):
-    return [Entry(path=f"/d/{a}_{s}_{e}_XX.npz", status="accepted", emotion=e, actor=f"crema-d:{a}", frames=10)
-            for a in range(1001, 1001 + actors) for e in CLASSES for s in ["IWL", "TIE", "MTI"][:per_class]]
 
 
 def test_actor_split_shares_no_actor_and_keeps_every_class_in_both_sides():

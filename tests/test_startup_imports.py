@@ -7,7 +7,8 @@ import re
 import subprocess
 import sys
 
-from conftest import FAB, ROOT
+from tests.support.fab_runner import FAB
+from tests.support.helpers import ROOT
 
 HEAVY = ("tensorflow", "keras", "numpy", "matplotlib", "boto3", "botocore", "pandas", "scipy")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, wait_until
-from storage_check import check_pointers_came_last, client, new_bucket, pointers, refusing_unknown_keys
 
 from deploy.errors import InventoryError
 from deploy.inventory import load_inventory
+from tests.support.helpers import ROOT, wait_until
+from tests.support.storage_check import check_pointers_came_last, client, new_bucket, pointers, refusing_unknown_keys
 from trainer.storage import snapshot
 from trainer.storage.layout import StorageUrlError, parse_url, split_run_url
 

@@ -17,10 +17,11 @@ import signal
 import subprocess
 
 import pytest
-from conftest import TINY_CONFIG, DeployEnv, wait_until, write_config
-from storage_check import check_pointers_came_last, client, new_bucket, refusing_unknown_keys
 
 from deploy.demo.localhost import LocalSSHHost, processes_under
+from tests.support.deploy_env import DeployEnv
+from tests.support.helpers import TINY_CONFIG, wait_until, write_config
+from tests.support.storage_check import check_pointers_came_last, client, new_bucket, refusing_unknown_keys
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 EPOCHS = 30  # room to stop host a after its second stored epoch, before the end, even when storage lags (a busy machine: 12 was

@@ -8,10 +8,11 @@ import os
 
 import pytest
 import yaml
-from conftest import ROOT, run_fab
-from storage_check import client, new_bucket, seed_run
 
 from deploy.demo.localhost import free_port
+from tests.support.fab_runner import run_fab
+from tests.support.helpers import ROOT
+from tests.support.storage_check import client, new_bucket, seed_run
 
 
 class Store:

@@ -6,33 +6,12 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pytest
-from conftest import ROOT, TINY_CONFIG, run_trainer, write_config
 
+from tests.support.crafted_run import KEY, OWNER, crafted_run
+from tests.support.helpers import ROOT, run_trainer
 from trainer.errors import DataError, UserError
 from trainer.results.runfiles import check_run_paths, open_log, special_entries
-
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttackerKeyLine attacker@evil"
-OWNER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwnerKeyLine owner@laptop\n"
-CLIP = "1001_DFA_ANG_XX.npz"
-
-
-def crafted_run(root, old_dir, name="moved"):
-    """A run prepared on another host, data in `old_dir`, ready to resume up to its data: config,
-    manifest, split, normalisation (no backup: the attack happens before training)."""
-    from trainer.config import dump_config, load_config
-
-    run = root / "runs" / name
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(dump_config(load_config(write_config(root / "cfg.yaml", **TINY_CONFIG))))
-    clip = f"{old_dir}/{CLIP}"
-    record = {"path": clip, "status": "accepted", "reason": None, "detail": None, "emotion": "ANG", "actor": "crema-d:1001",
-              "corpus": "crema-d", "frames": 10}
-    (run / "manifest.json").write_text(json.dumps({"dirs": [old_dir], "files": [record]}))
-    (run / "split.json").write_text(json.dumps({"method": "actor", "train": [clip], "val": [], "test": []}))
-    np.savez(run / "normalization.npz", mean=np.zeros(512, np.float32), std=np.ones(512, np.float32), frames=np.int64(10))
-    return run
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_tampered_run import KEY, crafted_run
+
+from tests.support.crafted_run import KEY, crafted_run
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

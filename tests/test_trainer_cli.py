@@ -8,7 +8,8 @@ import signal
 import time
 
 import pytest
-from conftest import run_trainer
+
+from tests.support.helpers import run_trainer
 
 
 def status(run_dir):

@@ -6,35 +6,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import ROOT, run_trainer
-from fixtures_runs import copy_trained_run
+
+from tests.support.fixtures_runs import TINY_ARGS as TINY
+from tests.support.fixtures_runs import copy_trained_run, start_training, status, wait_for_epoch
+from tests.support.helpers import ROOT, run_trainer
 
 pytestmark = pytest.mark.slow
-TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
-        "--set", "data.max_frames=40", "--set", "train.workers=1"]
-
-
-def status(run_dir):
-    return json.loads((run_dir / "status.json").read_text())
-
-
-def start_training(synth, runs, name, epochs, *extra):
-    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
-           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY, *map(str, extra)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_epoch(run_dir, epoch, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (run_dir / "status.json").exists() and status(run_dir)["epoch"] >= epoch:
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.1)
-    raise AssertionError(f"epoch {epoch} not reached in {timeout} s")
 
 
 def test_train_writes_a_complete_run_that_reloads(tmp_path, trained_run):

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_trainer, write_clip
 
+from tests.support.helpers import run_trainer, write_clip
 from trainer.config import DEFAULTS
 from trainer.data import validation
 from trainer.data.validation import REASONS, require_trainable, validate_dirs

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, wait_until
+
+from tests.support.helpers import ROOT, wait_until
 
 README = ROOT / "README.md"
 WALKTHROUGH, HYPERPARAMETER = "## Walkthrough", "## Change a hyperparameter and train again"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.random_faults import kill_sshd
+from tests.support.helpers import wait_until
+from tests.support.random_faults import kill_sshd
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -138,8 +138,9 @@ class TwoHosts:
         import shutil
 
         from deploy.demo.localhost import LocalSSHHost
-        from tests.conftest import TINY_CONFIG, DeployEnv, write_config
-        from tests.storage_check import new_bucket
+        from tests.support.deploy_env import DeployEnv
+        from tests.support.helpers import TINY_CONFIG, write_config
+        from tests.support.storage_check import new_bucket
         from trainer.data.synth import write_corpus
 
         self.root, self.launched = tmp_path / "laptop", launched
@@ -193,7 +194,7 @@ class TwoHosts:
         return self.env.runs if self.launched else self.root / f"host {name}" / "runs"
 
     def latest(self, run):
-        from tests.storage_check import client
+        from tests.support.storage_check import client
 
         try:
             return json.loads(client(self.moto_url).get_object(Bucket=self.bucket, Key=f"runs/{run}/LATEST")["Body"].read())
@@ -317,7 +318,7 @@ def test_a_terminated_host_s_run_is_resumed_on_a_launched_replacement_from_stora
 
 
 def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run_moves_on(aws, host_venv, tmp_path, webhook, watching):
-    from tests.test_pay_only_for_training import MetadataService
+    from tests.support.host_fakes import MetadataService
 
     epochs = 10
     two = TwoHosts(tmp_path, host_venv, aws, webhook, epochs)

@@ -160,7 +160,7 @@ def test_a_requested_stop_is_in_the_exit_record_and_a_signal_from_elsewhere_is_n
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support.helpers import ROOT
 
     sys.path.insert(0, str(ROOT / "remote_scripts"))
     import run_state

@@ -13,14 +13,17 @@ a host uses its own (conftest's host_ready).
 A test that uses one is of kind `tf` (tests/kinds.py), whatever else it does.
 """
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from conftest import ROOT
+
+from tests.support.helpers import ROOT
 
 TINY_ARGS = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
              "--set", "data.max_frames=40", "--set", "train.workers=1"]
@@ -38,8 +41,6 @@ def trained_run(tmp_path_factory, synth_crema):
 
 @pytest.fixture(scope="session")
 def stopped_run(tmp_path_factory, synth_crema):
-    from test_training import start_training, wait_for_epoch
-
     root = tmp_path_factory.mktemp("stopped")
     data = root / "data" / "crema-d"
     shutil.copytree(synth_crema, data)
@@ -57,7 +58,8 @@ def stopped_run(tmp_path_factory, synth_crema):
 
 @pytest.fixture(scope="session")
 def finished_host(tmp_path_factory, ssh_host, host_venv):
-    from conftest import DeployEnv, make_ready, wait_until
+    from tests.support.deploy_env import DeployEnv, make_ready
+    from tests.support.helpers import wait_until
 
     root = tmp_path_factory.mktemp("finished host") / "facenet deploy"
     root.mkdir()
@@ -69,6 +71,29 @@ def finished_host(tmp_path_factory, ssh_host, host_venv):
         yield env
     finally:
         env.cleanup()
+
+
+def status(run_dir):
+    return json.loads((run_dir / "status.json").read_text())
+
+
+
+def start_training(synth, runs, name, epochs, *extra):
+    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
+           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY_ARGS, *map(str, extra)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+
+def wait_for_epoch(run_dir, epoch, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "status.json").exists() and status(run_dir)["epoch"] >= epoch:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    raise AssertionError(f"epoch {epoch} not reached in {timeout} s")
+
 
 
 def copy_trained_run(run, where, name=None):

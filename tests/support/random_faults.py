@@ -203,8 +203,9 @@ def read_json(path):
 class Scenario:
     def __init__(self, seed, workdir, moto_url, host_venv, faults, epochs, webhook, log=print, clips=400):
         from deploy.demo.localhost import LocalSSHHost
-        from tests.conftest import TINY_CONFIG, DeployEnv, write_config
-        from tests.storage_check import new_bucket
+        from tests.support.deploy_env import DeployEnv
+        from tests.support.helpers import TINY_CONFIG, write_config
+        from tests.support.storage_check import new_bucket
         from trainer.data.synth import write_corpus
 
         self.rng, self.log, self.run = random.Random(seed), log, "faults"
@@ -273,7 +274,7 @@ class Scenario:
         return "b" if "a" in self.terminated else "a"
 
     def stored_epoch(self):
-        from tests.storage_check import client
+        from tests.support.storage_check import client
 
         try:
             return json.loads(client(self.moto_url).get_object(Bucket=self.bucket, Key=f"runs/{self.run}/LATEST")["Body"].read())

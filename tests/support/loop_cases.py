@@ -1,9 +1,9 @@
-"""Cases of the training loop (trainer/training/loop.py), each run by tests/test_loop.py in a fresh process,
+"""Cases of the training loop (trainer/training/loop.py), each run by tests/trainer/test_loop.py in a fresh process,
 since the devices are fixed when TensorFlow starts; each prints one JSON line.
 
-    python tests/loop_cases.py fit_equal                          # one device
-    FACENET_LOGICAL_CPUS=2 python tests/loop_cases.py overflow    # MirroredStrategy over 2 logical CPUs
-    TF_CONFIG=... python tests/loop_cases.py overflow             # one of 2 loopback workers
+    python tests/support/loop_cases.py fit_equal                          # one device
+    FACENET_LOGICAL_CPUS=2 python tests/support/loop_cases.py overflow    # MirroredStrategy over 2 logical CPUs
+    TF_CONFIG=... python tests/support/loop_cases.py overflow             # one of 2 loopback workers
 
 Only `loop.fit` and the project's own pieces are used: the model, the strategies, the callbacks.
 """
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from trainer.training import distribute  # noqa: E402
 
