@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import ROOT
+
 HELPER = ROOT / "remote_scripts" / "fab_session.py"
 
 

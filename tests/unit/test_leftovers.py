@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent / "support"  # leftovers.py, loaded by the inner pytest as a plugin
+HERE = Path(__file__).resolve().parents[1] / "support"  # leftovers.py, loaded by the inner pytest as a plugin
 
 LEAKY = '''
 import subprocess, sys, time

@@ -11,11 +11,11 @@ A fast test (tests/kinds.py): it reads the source, it imports none of it.
 """
 
 import ast
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import ROOT
+
 PACKAGES = ("trainer", "deploy")
 SCRIPTS = ROOT / "remote_scripts"  # run from their folder on the host: they import each other by bare name
 MAX_LINES = 300

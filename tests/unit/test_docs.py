@@ -19,11 +19,11 @@ import functools
 import importlib.util
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import ROOT
+
 USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKING_DOCS = [*USER_DOCS, ROOT / "CONTRIBUTING.md", ROOT / "bench" / "README.md"]
 README_MAX_LINES, PAGE_MAX_LINES = 200, 300

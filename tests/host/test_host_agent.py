@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.deploy_env import make_ready
 from tests.support.helpers import ROOT, mount_tmpfs, wait_until
-from tests.test_pay_only_for_training import FAKE_CRONTAB
+from tests.support.host_fakes import FAKE_CRONTAB
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
 import host_activity  # noqa: E402 - the host's own module, stdlib only

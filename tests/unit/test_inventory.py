@@ -191,7 +191,7 @@ def test_the_tensorflow_pin_and_log_level_each_have_one_owner():
                            *REPO_ROOT.glob("configs/*.yaml"), REPO_ROOT / "inventory.yaml", REPO_ROOT / "Makefile"]
                if p.is_file()]  # (not remote_scripts/__pycache__)
     assert [p.name for p in sources if version in p.read_text()] == []  # setup.cfg alone pins it
-    setters = [p.name for p in [*sources, *REPO_ROOT.glob("tests/*.py"), *REPO_ROOT.glob("bench/*.py")]
+    setters = [p.name for p in [*sources, *REPO_ROOT.glob("tests/**/*.py"), *REPO_ROOT.glob("bench/*.py")]
                if p.name != Path(__file__).name and any(f"TF_CPP_MIN_LOG_LEVEL{end}" in p.read_text() for end in ('"', "="))]
     assert setters == ["__init__.py"]
 
