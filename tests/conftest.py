@@ -194,7 +194,6 @@ def cloud_inv(tmp_path, ssh_host, aws, monkeypatch):
     return write
 
 
-
 @pytest.fixture
 def launched_host(aws, moto_server, ssh_host, host_venv, tmp_path):
     """(env, s3): a DeployEnv whose host gpu1 was made by `fab launch` (moto), with the host scripts in place and storage on."""
@@ -219,7 +218,6 @@ def launched_host(aws, moto_server, ssh_host, host_venv, tmp_path):
     env.runs.mkdir(parents=True, exist_ok=True)
     yield env, s3
     env.cleanup()
-
 
 
 @pytest.fixture

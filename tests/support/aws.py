@@ -38,12 +38,10 @@ def ssh_alias_config(path, ssh_host):
     return path
 
 
-
 def load():
     from deploy.inventory import load_inventory
 
     return load_inventory()
-
 
 
 def ec2(region="us-east-1"):
@@ -52,10 +50,8 @@ def ec2(region="us-east-1"):
     return boto3.client("ec2", region_name=region)
 
 
-
 def quiet(lines):
     return lambda message, style=None: lines.append(str(message))
-
 
 
 def instances_in(region="us-east-1"):

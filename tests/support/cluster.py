@@ -13,7 +13,6 @@ TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train
         "--set", "data.max_frames=40", "--set", "train.workers=1", "--set", "train.patience=100", "--set", "train.lr_patience=100"]
 
 
-
 def free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -22,7 +21,6 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
-
 
 
 class Cluster:

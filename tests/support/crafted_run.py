@@ -14,7 +14,6 @@ OWNER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwnerKeyLine owner@laptop\n"
 CLIP = "1001_DFA_ANG_XX.npz"
 
 
-
 def crafted_run(root, old_dir, name="moved"):
     """A run prepared on another host, data in `old_dir`, ready to resume up to its data: config,
     manifest, split, normalisation (no backup: the attack happens before training)."""

@@ -77,12 +77,10 @@ def status(run_dir):
     return json.loads((run_dir / "status.json").read_text())
 
 
-
 def start_training(synth, runs, name, epochs, *extra):
     cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
            "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY_ARGS, *map(str, extra)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
 
 
 def wait_for_epoch(run_dir, epoch, proc, timeout=120):
@@ -93,7 +91,6 @@ def wait_for_epoch(run_dir, epoch, proc, timeout=120):
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.1)
     raise AssertionError(f"epoch {epoch} not reached in {timeout} s")
-
 
 
 def copy_trained_run(run, where, name=None):

@@ -1,5 +1,6 @@
 """Plain helpers of every kind of test: the repo's root, data and config files, the trainer's command line, polling."""
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,11 @@ def mount_tmpfs(path, size):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode != 0:
         pytest.skip("mount -t tmpfs is not permitted here")
     return path
+
+
+def read_status(run):
+    """The run folder's status.json, or {} before its trainer wrote one (or while it writes it)."""
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}

@@ -46,7 +46,6 @@ class MetadataService(BaseHTTPRequestHandler):
         pass
 
 
-
 def group_alive(pgid):
     """PIDs of the live (not zombie) processes of process group `pgid`, from /proc."""
     found = []

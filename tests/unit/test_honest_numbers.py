@@ -4,9 +4,6 @@ The split, bootstrap and fold tests are fast (no TensorFlow); the CV run trains 
 subprocess, is stopped with SIGTERM in fold 2 and resumed.
 """
 
-import json
-import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.support.helpers import ROOT, TINY_CONFIG, write_config
+from tests.support.helpers import ROOT
+from tests.support.helpers import read_status as status
 from tests.support.split_entries import CLASSES, entries
 from trainer.data.split import make_split
 from trainer.errors import DataError
@@ -92,84 +90,6 @@ def test_folds_partition_the_actors_and_each_holds_every_emotion():
     assert folds == assign_folds(data, 5, seed=2) and folds != assign_folds(data, 5, seed=3)
     with pytest.raises(DataError, match="at least 30 actors"):
         assign_folds(data, 30, seed=2)
-
-
-def status(run):
-    try:
-        return json.loads((run / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-@pytest.mark.slow
-def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_stopped_in(tmp_path, synth_crema):
-    cfg = write_config(tmp_path / "cv.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 6}})
-    run = tmp_path / "runs" / "cv"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "cv", "--config", cfg, "--data", synth_crema, "--folds", "3",
-                             "--out", tmp_path / "runs", "--run-name", "cv"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (status(run).get("fold") == 2 and status(run).get("epoch", 0) >= 1):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.1)
-    assert status(run)["state"] == "running"  # fold 1 is done, the CV run is not
-    started = json.loads((run / "fold-1" / "status.json").read_text())["started_at"]
-    assert status(run)["started_at"] == started  # the run's start, not fold 2's: it names the run in storage and `fab watch`
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 3, proc.stdout.read()
-    fold1 = (run / "fold-1" / "metrics.json").stat().st_mtime
-    assert not (run / "fold-2" / "metrics.json").exists() and (run / "fold-2" / "backup").is_dir()
-    assert json.loads((run / "cv.json").read_text())["folds_done"] == 1
-
-    resumed = subprocess.run([sys.executable, "-m", "trainer", "train", "--resume", run], cwd=ROOT, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert (run / "fold-1" / "metrics.json").stat().st_mtime == fold1  # not trained again
-    assert "(resumed)" in (run / "fold-2" / "train.log").read_text()
-    for k in (2, 3):
-        epochs = [line.split(",")[0] for line in (run / f"fold-{k}" / "history.csv").read_text().splitlines()[1:]]
-        assert epochs == [str(e) for e in range(6)], (k, epochs)
-
-    cv = json.loads((run / "cv.json").read_text())
-    plan = json.loads((run / "cv-plan.json").read_text())
-    assert cv["folds_done"] == 3 and status(run)["state"] == "finished" and status(run)["started_at"] == started
-    assert json.loads((run / "fold-3" / "status.json").read_text())["started_at"] != started  # a fold of its own
-    tested = [a for k in (1, 2, 3) for a in json.loads((run / f"fold-{k}" / "split.json").read_text())["test_actors"]]
-    manifest = json.loads((run / "fold-1" / "manifest.json").read_text())
-    assert sorted(tested) == sorted({f["actor"] for f in manifest["files"] if f["status"] == "accepted"})  # each actor once
-    assert [f["test_actors"] for f in cv["per_fold"]] == plan["test_actors"]
-    folds = [json.loads((run / f"fold-{k}" / "metrics.json").read_text())["test"] for k in (1, 2, 3)]
-    for key in ("uar", "accuracy", "macro_f1"):
-        assert cv["mean"][key] == pytest.approx(np.mean([f[key] for f in folds]))
-        assert cv["std"][key] == pytest.approx(np.std([f[key] for f in folds], ddof=1))
-    assert np.array_equal(np.sum([f["confusion_matrix"] for f in folds], axis=0), cv["pooled"]["confusion_matrix"])
-    assert cv["pooled"]["samples"] == sum(f["samples"] for f in folds)
-    assert "Cross-validation: 3/3 folds" in resumed.stdout
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
-def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_follow(host_ready, tmp_path):
-    from tests.support.helpers import wait_until
-
-    host_ready.configure(epochs=10)
-    started = host_ready.fab("train", "--folds", "2", "--run-name", "cv")
-    assert started.returncode == 0, started.out
-    run = host_ready.runs / "cv"
-    wait_until(lambda: status(run).get("fold") and status(run).get("epoch", 0) >= 1, 180, "a fold's first epoch")
-    monitor = host_ready.fab("monitor")
-    assert re.search(r"fold [12]/2, epoch \d+/10", monitor.out), monitor.out
-    wait_until(lambda: (run / "exit.json").is_file(), 300, "the cross-validation to end")
-    done = host_ready.fab("monitor")
-    assert done.returncode == 0 and "FINISHED" in done.out, done.out
-    assert re.search(r"folds\s+2/2 folds done\s+test UAR \d\.\d{3} ± \d\.\d{3}", done.out), done.out
-    fetched = host_ready.fab("fetch-results", "--dest", tmp_path / "results")
-    assert fetched.returncode == 0 and "cross-validation: 2/2 folds" in fetched.out and "mean ± sd" in fetched.out, fetched.out
-    assert "Pictures: fold-1/confusion_matrix.png" in fetched.out, fetched.out
-    assert (tmp_path / "results" / "local" / "cv" / "fold-2" / "learning_curves.png").is_file()
-    moved = host_ready.fab("deploy-full", "--resume-from", tmp_path / "results" / "local" / "cv")
-    assert moved.returncode == 2 and "a cross-validation run cannot move to another host yet" in moved.out, moved.out
-    refused = host_ready.fab("train", "--folds", "1")
-    assert refused.returncode == 2 and "--folds expects a number of folds, 2 or more" in refused.out, refused.out
 
 
 def test_the_deploy_side_draws_and_prints_results_without_numpy_tensorflow_or_matplotlib():
