@@ -201,7 +201,7 @@ def test_an_interrupted_data_upload_resumes_where_it_stopped(deploy_env):
     proc = deploy_env.popen("sync-data")
     remote = deploy_env.remote_root / "data dir" / "crema-d"
     wait_until(lambda: any(remote.glob("*.npz")), 60, "the first clip uploaded")  # not a fixed sleep: a loaded machine starts slower
-    proc.send_signal(signal.SIGINT)  # Ctrl-C (tests/test_interrupts.py sends it to the whole process group, as a terminal does)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C (tests/host/test_interrupts.py sends it to the whole process group, as a terminal does)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Interrupted. Run the same command again" in out, out
     assert not (deploy_env.runs / ".lock").exists()  # released on the way out

@@ -49,7 +49,7 @@ def test_a_launched_host_is_an_inventory_host_reached_over_ssh_with_imdsv2_and_s
 
     before = ssh_host.log_text().count("Accepted publickey")
     lines = []
-    # no autostop, no cap: nothing is armed on the local sshd's user (tests/test_ec2_end_to_end.py arms both)
+    # no autostop, no cap: nothing is armed on the local sshd's user (tests/journeys/test_ec2_end_to_end.py arms both)
     host = launch_host(load(), "gpu1", Config(), quiet(lines), instance_type="g5.xlarge", disk_gb=200, idle_minutes=0, max_hours=0)
 
     [instance] = [i for r in ec2().describe_instances()["Reservations"] for i in r["Instances"]]

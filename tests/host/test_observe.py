@@ -52,7 +52,7 @@ def test_monitor_running_then_stop_then_stopped_and_fetch_leaves_backup_behind(h
 
 
 def test_monitor_finished_and_fetch_results_prints_the_metrics(finished_host, tmp_path):
-    env = finished_host  # `fab train --run-name short`, ended (tests/fixtures_runs.py)
+    env = finished_host  # `fab train --run-name short`, ended (tests/support/fixtures_runs.py)
     done = env.fab("monitor")
     assert done.returncode == 0 and "FINISHED" in done.out and "exit code 0" in done.out and "UAR" in done.out
     fetched = env.fab("fetch-results", "--dest", tmp_path / "results")

@@ -128,7 +128,7 @@ def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_ho
 
 
 def test_fab_train_resume_of_a_finished_run_is_refused_and_starts_nothing(finished_host):
-    env = finished_host  # `fab train --run-name short` (2 epochs), ended (tests/fixtures_runs.py)
+    env = finished_host  # `fab train --run-name short` (2 epochs), ended (tests/support/fixtures_runs.py)
     launch = (env.runs / "short" / "launch.json").read_text()
     again = env.fab("train", "--resume")
     assert again.returncode == 1 and "Run short finished; there is nothing to resume" in again.out, again.out

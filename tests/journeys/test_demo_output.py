@@ -77,7 +77,7 @@ def demos_lines(tmp_path):
 
 
 @pytest.mark.ssh
-@pytest.mark.xdist_group("demo")  # with tests/test_demo.py: one demo at a time
+@pytest.mark.xdist_group("demo")  # with tests/journeys/test_demo.py: one demo at a time
 def test_make_demo_prints_at_most_20_lines_before_its_first_deploy_step(tmp_path):
     make, demo = makes_lines(tmp_path), demos_lines(tmp_path)
     shown = "\n".join([*(f"make | {line}" for line in make), *(f"demo | {line}" for line in demo)])

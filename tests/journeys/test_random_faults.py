@@ -1,4 +1,4 @@
-"""Faults at seeded random times into a watched, stored run (tests/random_faults.py): one seed here;
+"""Faults at seeded random times into a watched, stored run (tests/support/random_faults.py): one seed here;
 `bench/random_faults.py --seeds N` runs any number and prints the table (bench/README.md)."""
 
 import os

@@ -236,7 +236,7 @@ def read_json(path):
 
 @contextlib.contextmanager
 def serve_metadata(handler):
-    """The IMDSv2 stand-in (tests/test_pay_only_for_training.py MetadataService) on 127.0.0.1; its URL."""
+    """The IMDSv2 stand-in (tests/journeys/test_pay_only_for_training.py MetadataService) on 127.0.0.1; its URL."""
     from http.server import ThreadingHTTPServer
 
     handler.notice = None

@@ -1,5 +1,5 @@
 """`fab ARGS` for the tests, answering as `subprocess.run([fab, ...], capture_output=True, text=True)` does,
-from a warm fork server (tests/fab_server.py) instead of a new interpreter each time: the same `fab` program,
+from a warm fork server (tests/support/fab_server.py) instead of a new interpreter each time: the same `fab` program,
 in its own process, with its own environment, exit code, stdout and stderr, about 1 s of CPU cheaper.
 
 A test that signals `fab`, reads its output as it comes, or measures how `fab` itself starts uses a real
@@ -68,7 +68,7 @@ class _Server:
             if select.select([fd], [], [], left)[0]:
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    raise RuntimeError(f"the fab server (tests/fab_server.py) ended with code {self.proc.wait()}")
+                    raise RuntimeError(f"the fab server (tests/support/fab_server.py) ended with code {self.proc.wait()}")
                 self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)

@@ -10,7 +10,7 @@
 All are read-only: copy a run to change it (copy_trained_run(run, tmp_path)); a test that changes
 a host uses its own (conftest's host_ready).
 
-A test that uses one is of kind `tf` (tests/kinds.py), whatever else it does.
+A test that uses one is of kind `tf` (tests/support/kinds.py), whatever else it does.
 """
 
 import json

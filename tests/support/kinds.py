@@ -1,14 +1,18 @@
 """What kind of test each one is, and `pytest --fast` (`make test-fast`): the tests that start no
 TensorFlow and no sshd, for the edit-test loop. `make test` runs every test, whatever its kind.
 
+The folder says the kind: a test in tests/trainer is `tf`, in tests/host `ssh`, in tests/journeys `slow`
+(and ssh or tf by its marks and fixtures); tests/unit holds the others, and a test there that is marked
+or uses a fixture of another kind is a collection error that says where to move it.
+
     ssh   starts or uses a real sshd on 127.0.0.1; set by fixture use (ssh_host, host_venv,
           fake_bin_host and every fixture built on them), or by hand for a test that starts its own
     tf    imports TensorFlow, in the test's process or in one it starts (a trainer, a smoke test);
-          set by hand (module `pytestmark` or a decorator), or by fixture use (tests/fixtures_runs.py)
+          set by hand (module `pytestmark` or a decorator), or by fixture use (tests/support/fixtures_runs.py)
     slow  trains a model or runs a full deploy (always one of the two above)
 
 Under pytest-xdist (make test runs `-n 2 --dist loadgroup`) the slow kinds go first, the tests that
-read one shared run (tests/fixtures_runs.py) go to one worker, which trains it once, and so do the
+read one shared run (tests/support/fixtures_runs.py) go to one worker, which trains it once, and so do the
 tests of a module that share a module-scoped fixture of that module.
 
 Under --fast, the tests of these kinds are deselected and the others are held to it: a test that
@@ -25,7 +29,8 @@ from pathlib import Path
 import pytest
 
 SSH_FIXTURES = {"ssh_host", "host_venv", "fake_bin_host"}  # every deploy fixture uses one of these
-TF_FIXTURES = {"trained_run", "stopped_run", "finished_host"}  # tests/fixtures_runs.py
+TF_FIXTURES = {"trained_run", "stopped_run", "finished_host"}  # tests/support/fixtures_runs.py
+TIER_KINDS = {"trainer": "tf", "host": "ssh", "journeys": "slow"}  # tests/<folder>: the kind its tests have
 FAST_SKIPS = ("ssh", "tf", "slow")
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
 FAST_LOG = "FACENET_TEST_FAST_LOG"  # where a blocked import in a child Python says what it was
@@ -44,11 +49,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("ssh")
         if used & TF_FIXTURES and not item.get_closest_marker("tf"):
             item.add_marker("tf")
+        tier = _tier(item)
+        if tier in TIER_KINDS and not item.get_closest_marker(TIER_KINDS[tier]):
+            item.add_marker(TIER_KINDS[tier])
         if hasattr(config, "workerinput"):  # a pytest-xdist worker: the readers of a shared run share one worker
             for name in sorted(used & TF_FIXTURES):
                 item.add_marker(pytest.mark.xdist_group(name))
             if _uses_a_module_fixture(item):  # set up once per worker that runs one of the module's tests: one worker
                 item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    misplaced = [f"{item.nodeid} is of kind {', '.join(m for m in FAST_SKIPS if item.get_closest_marker(m))} (its marks or fixtures)"
+                 for item in items if _tier(item) == "unit" and any(item.get_closest_marker(m) for m in FAST_SKIPS)]
+    if misplaced:
+        raise pytest.UsageError("tests/unit holds the tests that start no TensorFlow and no sshd: move each of these to tests/trainer "
+                                "(TensorFlow) or tests/host (sshd):\n  " + "\n  ".join(misplaced))
     if hasattr(config, "workerinput"):
         # the slowest kinds first, so that the quick tests fill the end and no worker waits on a long one
         items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("tf") or
@@ -57,6 +70,12 @@ def pytest_collection_modifyitems(config, items):
         keep = [item for item in items if not any(item.get_closest_marker(m) for m in FAST_SKIPS)]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
+
+
+def _tier(item):
+    """The tier folder of tests/ that holds the test (unit, trainer, host, journeys), or None."""
+    folder = item.path.parent
+    return folder.name if folder.parent.name == "tests" else None
 
 
 def _uses_a_module_fixture(item):

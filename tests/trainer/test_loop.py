@@ -1,5 +1,5 @@
 """The training loop on one device, on 2 logical CPU devices (MirroredStrategy) and on 2 loopback
-workers (MultiWorkerMirroredStrategy): each case of tests/loop_cases.py runs in its own processes."""
+workers (MultiWorkerMirroredStrategy): each case of tests/support/loop_cases.py runs in its own processes."""
 
 import json
 import os

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_train_writes_a_complete_run_that_reloads(tmp_path, trained_run):
-    run = copy_trained_run(trained_run, tmp_path)  # `train --data SYNTH --epochs 2` (tests/fixtures_runs.py); evaluate adds files
+    run = copy_trained_run(trained_run, tmp_path)  # `train --data SYNTH --epochs 2` (tests/support/fixtures_runs.py); evaluate adds files
     for name in ("config.yaml", "split.json", "normalization.npz", "manifest.json", "best.keras", "history.csv",
                  "train.log", "environment.json", "status.json", "metrics.json"):
         assert (run / name).is_file(), name
@@ -85,7 +85,7 @@ def test_killed_run_resumes_from_its_backup_not_from_zero(tmp_path, synth_crema)
 
 
 def test_sigterm_stops_cleanly_with_backup_and_state_stopped(stopped_run):
-    # 30 epochs, SIGTERM after epoch 3: exit code 3 (tests/fixtures_runs.py)
+    # 30 epochs, SIGTERM after epoch 3: exit code 3 (tests/support/fixtures_runs.py)
     st = status(stopped_run)
     assert st["state"] == "stopped" and 3 <= st["epoch"] < 30
     assert (stopped_run / "backup").is_dir() and "--resume" in st["error"]["message"]

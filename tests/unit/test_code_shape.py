@@ -7,7 +7,7 @@ deploy/ or trainer/training/ over MAX_LINES lines.
   `test_function_level_imports_hide_no_circle` does.
 - A module over MAX_LINES lines is split by job, or named in LONG_MODULES with the reason it stays.
 
-A fast test (tests/kinds.py): it reads the source, it imports none of it.
+A fast test (tests/support/kinds.py): it reads the source, it imports none of it.
 """
 
 import ast

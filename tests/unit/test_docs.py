@@ -11,7 +11,7 @@
 - README.md has at most 200 lines, each docs page at most 300; the README's walkthrough is one
   ```sh block right under `## Walkthrough`.
 
-A fast test (tests/kinds.py): no sshd, no TensorFlow.
+A fast test (tests/support/kinds.py): no sshd, no TensorFlow.
 """
 
 import argparse

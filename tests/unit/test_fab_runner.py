@@ -1,4 +1,4 @@
-"""The tests' warm `fab` (tests/fab_server.py) answers as a new `fab` process does: the same stdout, stderr and exit
+"""The tests' warm `fab` (tests/support/fab_server.py) answers as a new `fab` process does: the same stdout, stderr and exit
 code, its own environment (the inventory) and folder, and a timeout that kills it."""
 
 import os

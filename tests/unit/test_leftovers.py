@@ -1,4 +1,4 @@
-"""The suite's own guard (tests/leftovers.py): a process a test leaves running fails the session, is named, and is
+"""The suite's own guard (tests/support/leftovers.py): a process a test leaves running fails the session, is named, and is
 ended, also when pytest is interrupted (SIGTERM, Ctrl-C). Each case runs a small pytest session of its own."""
 
 import os

@@ -3,7 +3,7 @@
 Real parts: the host agent's round (remote_scripts/host_agent.py poll_once) on a runs dir of this
 machine, with a real process group as the training (record_launch, as launch_training.sh does) and
 a local HTTP server on 127.0.0.1 that records the webhook posts. No SSH: the end-to-end tests of
-`fab watch` (tests/test_watch.py) run these through real hosts.
+`fab watch` (tests/journeys/test_watch.py) run these through real hosts.
 """
 
 import json

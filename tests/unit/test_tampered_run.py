@@ -1,6 +1,6 @@
 """A tampered run directory cannot turn the trainer or the launcher against the host it lands on:
 links refused and never written through, every path of the run's JSON checked.
-Fast, without SSH; tests/test_tampered_run_deploy.py does the same through `fab`."""
+Fast, without SSH; tests/host/test_tampered_run_deploy.py does the same through `fab`."""
 
 import json
 import os

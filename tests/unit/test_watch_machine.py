@@ -1,5 +1,5 @@
 """`fab watch`'s decisions (deploy/recovery/machine.py) and its settings, without SSH: each state of the run
-as run_state.py reports it, and what the watch makes of it. The end-to-end tests are in tests/test_watch.py."""
+as run_state.py reports it, and what the watch makes of it. The end-to-end tests are in tests/journeys/test_watch.py."""
 
 import json
 
