@@ -21,7 +21,7 @@ def env(deploy_env):
 
 
 def resumable_run(tmp_path, old_dir="/old host/data dir/crema-d"):
-    """A run as `fab fetch-results --backup` brings it home (from test_tampered_run's crafted run)."""
+    """A run as `fab fetch-results --backup` brings it home (tests/support/crafted_run.py's crafted run)."""
     run = crafted_run(tmp_path / "results" / "gpu1", old_dir, name="moved")
     (run / "backup").mkdir()
     (run / "backup" / "training_metadata.json").write_text("{}")
