@@ -8,16 +8,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test test-fast demo lint bench system-deps venv bytecode clean
 
-# The whole suite on two pytest-xdist workers (tests/kinds.py orders and groups the tests): on 2 cores about
+# The whole suite on two pytest-xdist workers (tests/support/kinds.py orders and groups the tests): on 2 cores about
 # 22-24 min (533-535 tests; bench/README.md); the 2 cores are busy most of it (TensorFlow processes).
 TEST_WORKERS ?= 2
 test: system-deps venv bytecode
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# The edit-test loop: every test that starts no TensorFlow and no sshd (tests/kinds.py), in under a minute
+# The edit-test loop: tests/unit, every test that starts no TensorFlow and no sshd (tests/support/kinds.py), in under a minute
 # (many of them wait on a timeout or a retry: two workers overlap the waits).
 test-fast: venv bytecode
-	$(BIN)/python -m pytest --fast -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --fast -n $(TEST_WORKERS) --dist loadgroup tests/unit $(PYTEST_ARGS)
 
 demo: system-deps venv
 	@$(BIN)/python -m deploy.demo
@@ -45,7 +45,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 # sshd, rsync and tmux stand in for the GPU host in tests and the demo; sudo for its EC2-like user;
-# strace records every connect(2) of the demo (tests/test_demo.py: nothing leaves 127.0.0.0/8).
+# strace records every connect(2) of the demo (tests/journeys/test_demo.py: nothing leaves 127.0.0.0/8).
 system-deps:
 	@missing=""; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \

@@ -2,7 +2,7 @@
 
     python bench/random_faults.py [--seeds 10] [--first 1] [--faults 4] [--epochs 24]
 
-Each seed runs tests/random_faults.py's scenario (hosts a and b on local sshd, run storage on moto's
+Each seed runs tests/support/random_faults.py's scenario (hosts a and b on local sshd, run storage on moto's
 S3 through a proxy that can stop answering, `fab deploy-full` then `fab watch`, `--faults` faults of
 random kinds at random moments; a killed `fab watch` is started again, as a supervisor would). A row
 per seed: ok or FAILED, the most trainers of the run alive at one sample, epochs trained by two
@@ -20,7 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main():
@@ -34,9 +33,9 @@ def main():
     from moto.server import ThreadedMotoServer
 
     from deploy.demo.localhost import free_port
-    from tests.conftest import make_host_venv
-    from tests.random_faults import run_scenario
-    from tests.webhook import serve
+    from tests.support.deploy_env import make_host_venv
+    from tests.support.random_faults import run_scenario
+    from tests.support.webhook import serve
 
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
                       AWS_EC2_METADATA_DISABLED="true")
