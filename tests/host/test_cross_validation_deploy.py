@@ -12,7 +12,7 @@ from tests.support.helpers import read_status as status
 def test_fab_train_folds_runs_a_cross_validation_that_monitor_and_fetch_results_follow(host_ready, tmp_path):
     from tests.support.helpers import wait_until
 
-    host_ready.configure(epochs=10)
+    host_ready.configure(epochs=10, pictures=True)
     started = host_ready.fab("train", "--folds", "2", "--run-name", "cv")
     assert started.returncode == 0, started.out
     run = host_ready.runs / "cv"

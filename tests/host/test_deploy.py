@@ -52,6 +52,7 @@ def test_deploy_full_trains_on_the_host_and_a_second_deploy_resends_nothing(depl
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert "Reading clips from the pack in" in (run / "train.log").read_text()  # packed at preflight: no NPZ read per clip
     assert (run / "best.keras").is_file() and (run / "metrics.json").is_file()
+    assert not list(run.glob("*.png")) and "Pictures: none drawn (train.pictures is false)" in (run / "train.log").read_text()
     assert (deploy_env.remote_root / "project dir" / "trainer" / "training" / "run.py").is_file()
     remote_files = sorted(p.name for p in (deploy_env.remote_root / "data dir" / "crema-d").rglob("*.npz"))
     assert remote_files == sorted(p.name for p in deploy_env.data.rglob("*.npz"))

@@ -121,9 +121,10 @@ def make_ready(env, tmp_path):
 
     write_corpus(env.data, "crema-d", clips=60, seed=9)
 
-    def configure(epochs, **data):
+    def configure(epochs, pictures=False, **data):
+        train = {**TINY_CONFIG["train"], "epochs": epochs, "pictures": pictures}
         cfg = write_config(tmp_path / f"train {epochs} {env.root.name}.yaml",
-                           **{**TINY_CONFIG, "data": {**TINY_CONFIG["data"], **data}, "train": {**TINY_CONFIG["train"], "epochs": epochs}})
+                           **{**TINY_CONFIG, "data": {**TINY_CONFIG["data"], **data}, "train": train})
         env.write(train_config=str(cfg), default_host="local")
 
     configure(2)

@@ -36,8 +36,9 @@ def write_config(path, **sections):
     return path
 
 
+# pictures off: matplotlib is a fifth of a tiny training's CPU; a test that looks at them turns them on
 TINY_CONFIG = {"data": {"max_frames": 40}, "model": {"units": 8, "head_units": 8},
-               "train": {"batch_size": 16, "workers": 1, "patience": 100, "lr_patience": 100}}
+               "train": {"batch_size": 16, "workers": 1, "patience": 100, "lr_patience": 100, "pictures": False}}
 
 
 def wait_until(predicate, timeout=120, what="condition"):

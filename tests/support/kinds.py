@@ -85,23 +85,6 @@ def _uses_a_module_fixture(item):
     return any(d.scope == "module" and d.baseid == item.nodeid.split("::")[0] for defs in infos.values() for d in defs)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends the node ids to the controller
-def pytest_collection_finish(session):
-    """The xdist_group marks are the whole declaration; this only makes them count where pytest-xdist's own
-    step did not. Under --dist loadgroup, xdist tells the controller a test's group as a `@GROUP` suffix of
-    its node id, which it sets on item._nodeid in its pytest_collection_modifyitems. pytest 9.2 keeps a
-    structured id (item._id) and reads _nodeid no more, so with pytest-xdist 3.8 the marks are silently
-    ignored (pytest-xdist issue 1386): each test whose node id lacks its suffix gets it on item._id, the one
-    private name used here. With a pytest-xdist that sets the suffix itself, this finds none missing."""
-    if not hasattr(session.config, "workerinput") or not session.config.getvalue("loadgroup"):
-        return
-    for item in session.items:
-        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
-        suffix = f"@{'_'.join(groups)}"
-        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
-            item._id = type(item._id).parse(item.nodeid + suffix)
-
-
 class _NoTensorFlow:
     """A meta path finder that refuses TensorFlow and Keras: under --fast no test may import them."""
 

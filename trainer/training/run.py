@@ -280,10 +280,9 @@ def _callbacks(cfg, run_dir, chief, status, console):
 
         resume_state = ResumeState(checkpoint, early_stopping, reduce_lr, best_model=lambda: load_model(best_path) if best_path.exists() else None,
                                    best_on_disk=best_on_disk, mode=mode)
-        pictures = [ConfusionImages(checkpoint, classes, run_dir / "logs")] if cfg["train"]["pictures"] else []
         writers = [
             checkpoint,
-            *pictures,
+            *([ConfusionImages(checkpoint, classes, run_dir / "logs")] if cfg["train"]["pictures"] else []),
             early_stopping,
             reduce_lr,
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
