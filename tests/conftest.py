@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # markers applied by fixture use, and `pytest --fast` (make test-fast): see tests/kinds.py;
 # runs trained once a session and read by several tests: tests/fixtures_runs.py; nothing left running: tests/leftovers.py
-pytest_plugins = ["kinds", "fixtures_runs", "leftovers"]
+pytest_plugins = ["kinds", "fixtures_runs", "leftovers", "standin_fixtures"]
 
 
 def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype=np.float32, **extra):

@@ -1,0 +1,50 @@
+"""A host whose trainer is the stand-in (tests/standin_trainer.py): for the tests that check only the process
+around a training (records, signals, exit codes, locks, agent, budget cap), never its numbers.
+
+    def test_a_stop_is_exit_3(standin_ready):      # as host_ready, with the stand-in trainer
+        standin_ready.configure(400)
+        standin_ready.fab("train")
+
+The stand-in's epochs take EPOCH_SECONDS each; tests/test_standin_contract.py holds it to the real trainer.
+"""
+
+import json
+import subprocess
+
+import pytest
+import standin_trainer
+from conftest import DeployEnv, make_host_venv, make_ready, run_wide
+
+EPOCH_SECONDS = 1.0
+
+
+@pytest.fixture(scope="session")
+def standin_venv(tmp_path_factory):
+    """host_venv's twin whose `python -m trainer train` is the stand-in (every other command of it is the real one)."""
+    return run_wide(tmp_path_factory, "stand-in venv", make_standin_venv)
+
+
+def make_standin_venv(path):
+    venv = make_host_venv(path)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(f"{site}/facenet-standin.pth", "w") as f:
+        f.write(standin_trainer.pth_line())
+    (venv / standin_trainer.SETTINGS).write_text(json.dumps({"epoch_seconds": EPOCH_SECONDS}))
+    return venv
+
+
+@pytest.fixture
+def standin_env(tmp_path, ssh_host, standin_venv):
+    """deploy_env with the stand-in trainer."""
+    root = tmp_path / "facenet deploy"
+    root.mkdir()
+    env = DeployEnv(root, ssh_host, standin_venv)
+    yield env
+    env.cleanup()
+
+
+@pytest.fixture
+def standin_ready(standin_env, tmp_path):
+    """host_ready with the stand-in trainer: code and 60 clips synced, `configure(epochs, **data)`."""
+    return make_ready(standin_env, tmp_path)
