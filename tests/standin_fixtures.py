@@ -37,7 +37,7 @@ def make_standin_venv(path):
 @pytest.fixture
 def standin_env(tmp_path, ssh_host, standin_venv):
     """deploy_env with the stand-in trainer."""
-    root = tmp_path / "facenet deploy"
+    root = tmp_path / "facenet deploy (stand-in)"  # beside deploy_env's in a test that uses both
     root.mkdir()
     env = DeployEnv(root, ssh_host, standin_venv)
     yield env
