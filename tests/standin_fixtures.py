@@ -9,27 +9,30 @@ The stand-in's epochs take EPOCH_SECONDS each; tests/test_standin_contract.py ho
 """
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import standin_trainer
-from conftest import DeployEnv, make_host_venv, make_ready, run_wide
+from conftest import DeployEnv, make_ready, run_wide
 
 EPOCH_SECONDS = 1.0
 
 
 @pytest.fixture(scope="session")
-def standin_venv(tmp_path_factory):
-    """host_venv's twin whose `python -m trainer train` is the stand-in (every other command of it is the real one)."""
-    return run_wide(tmp_path_factory, "stand-in venv", make_standin_venv)
+def standin_venv(tmp_path_factory, host_venv):
+    """host_venv's twin whose `python -m trainer train` is the stand-in (every other command of it is the real one):
+    a copy of it (as fresh_venv's: `bin/python` works from the copy), made once a run."""
+    return run_wide(tmp_path_factory, "stand-in venv", lambda path: make_standin_venv(path, host_venv))
 
 
-def make_standin_venv(path):
-    venv = make_host_venv(path)
+def make_standin_venv(path, host_venv):
+    venv = Path(shutil.copytree(host_venv, path, symlinks=True))
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    with open(f"{site}/facenet-standin.pth", "w") as f:
-        f.write(standin_trainer.pth_line())
+    assert Path(site).is_relative_to(venv), site
+    Path(site, "facenet-standin.pth").write_text(standin_trainer.pth_line())
     (venv / standin_trainer.SETTINGS).write_text(json.dumps({"epoch_seconds": EPOCH_SECONDS}))
     return venv
 
@@ -48,3 +51,10 @@ def standin_env(tmp_path, ssh_host, standin_venv):
 def standin_ready(standin_env, tmp_path):
     """host_ready with the stand-in trainer: code and 60 clips synced, `configure(epochs, **data)`."""
     return make_ready(standin_env, tmp_path)
+
+
+def on_standin(env, venv):
+    """`env` (a DeployEnv, e.g. fake_bin_host's) whose host trains with the stand-in: its inventory's venv is `venv`
+    (standin_venv). Call before make_ready: sync-code tells the host its venv."""
+    env.write(remote={**env.inventory["remote"], "venv": str(venv)})
+    return env

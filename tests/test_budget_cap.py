@@ -1,8 +1,8 @@
 """The budget cap (launch.max_hours): the host agent warns 15 minutes before, then stops the training
 and powers the host off (here: a command that writes a file), whatever the host is doing, once.
 
-Real parts: the host agent's own code (remote_scripts/host_agent.py), and for the training case a
-real training on a real sshd host on 127.0.0.1 and the agent as a separate process.
+Real parts: the host agent's own code (remote_scripts/host_agent.py), and for the training case the
+stand-in trainer (tests/standin_trainer.py) on a real sshd host on 127.0.0.1 and the agent as a separate process.
 """
 
 import json
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from standin_fixtures import on_standin
 
 from tests.conftest import ROOT, make_ready, wait_until
 
@@ -54,8 +55,8 @@ def test_the_cap_warns_fifteen_minutes_before_then_fires_once(tmp_path):
 
 @pytest.mark.ssh
 @pytest.mark.slow
-def test_the_cap_stops_a_running_training_then_powers_off(fake_bin_host, tmp_path):
-    env = make_ready(fake_bin_host(), tmp_path)
+def test_the_cap_stops_a_running_training_then_powers_off(fake_bin_host, standin_venv, tmp_path):
+    env = make_ready(on_standin(fake_bin_host(), standin_venv), tmp_path)  # the stand-in trainer (tests/standin_trainer.py)
     env.configure(epochs=400)  # far longer than the test
     train = env.fab("train", "--run-name", "capped")
     assert train.returncode == 0, train.out
