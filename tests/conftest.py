@@ -12,7 +12,8 @@ from tests.support.helpers import ROOT
 # markers applied by fixture use and by folder, and `pytest --fast` (make test-fast): see tests/support/kinds.py;
 # runs trained once a session and read by several tests: tests/support/fixtures_runs.py; nothing left running:
 # tests/support/leftovers.py
-pytest_plugins = ["tests.support.kinds", "tests.support.fixtures_runs", "tests.support.leftovers", "tests.support.cpu_report"]
+pytest_plugins = ["tests.support.kinds", "tests.support.fixtures_runs", "tests.support.leftovers", "tests.support.cpu_report",
+                  "tests.support.standin_fixtures"]
 
 
 @pytest.fixture(autouse=True)

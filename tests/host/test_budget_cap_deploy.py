@@ -11,12 +11,13 @@ import pytest
 
 from tests.support.deploy_env import make_ready
 from tests.support.helpers import wait_until
+from tests.support.standin_fixtures import on_standin
 
 
 @pytest.mark.ssh
 @pytest.mark.slow
-def test_the_cap_stops_a_running_training_then_powers_off(fake_bin_host, tmp_path):
-    env = make_ready(fake_bin_host(), tmp_path)
+def test_the_cap_stops_a_running_training_then_powers_off(fake_bin_host, standin_venv, tmp_path):
+    env = make_ready(on_standin(fake_bin_host(), standin_venv), tmp_path)  # the stand-in trainer (tests/support/standin_trainer.py)
     env.configure(epochs=400)  # far longer than the test
     train = env.fab("train", "--run-name", "capped")
     assert train.returncode == 0, train.out

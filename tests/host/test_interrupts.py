@@ -94,9 +94,9 @@ def test_deploy_full_resume_from_a_run_the_host_has_stops_before_step_1(host_rea
     assert json.loads(json.dumps(sorted(p.name for p in (env.runs / "moved").iterdir()))) == ["config.yaml"]
 
 
-def test_a_step_ended_by_ctrl_c_is_exactly_its_own_process_group(host_ready):
+def test_a_step_ended_by_ctrl_c_is_exactly_its_own_process_group(standin_ready):
     """The remote step's processes carry its token; ending it leaves the host agent and trainings alone."""
-    env = host_ready
+    env = standin_ready  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     env.configure(400)
     assert env.fab("train", "--run-name", "stays").returncode == 0
     wait_until(lambda: remote(env, "trainer train"), 60, "the training to start")

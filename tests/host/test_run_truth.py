@@ -15,6 +15,7 @@ import pytest
 from tests.support.deploy_env import make_ready
 from tests.support.helpers import wait_until
 from tests.support.host_fakes import FAKE_CRONTAB, group_alive
+from tests.support.standin_fixtures import on_standin
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -43,8 +44,8 @@ def flat(out):
     return " ".join(" ".join(line.strip().strip("│╭╮╰╯").split()) for line in out.splitlines())
 
 
-def test_a_closed_tmux_session_with_the_trainer_alive_is_still_running_and_refuses_a_second_trainer(host_ready):
-    env = host_ready
+def test_a_closed_tmux_session_with_the_trainer_alive_is_still_running_and_refuses_a_second_trainer(standin_ready):
+    env = standin_ready  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     env.configure(200)
     assert env.fab("train", "--run-name", "alive").returncode == 0
     wait_until(lambda: status(env, "alive").get("epoch", 0) >= 1, what="epoch 1")
@@ -85,8 +86,8 @@ def closed_session_with_a_live_trainer(env, trainer, launch):
 
 
 @pytest.mark.xdist_group("ssh_login")  # autostop waits while any SSH login is open (test_host_agent opens one)
-def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_host, tmp_path):
-    env = make_ready(fake_bin_host(crontab=FAKE_CRONTAB), tmp_path)
+def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_host, standin_venv, tmp_path):
+    env = make_ready(on_standin(fake_bin_host(crontab=FAKE_CRONTAB), standin_venv), tmp_path)  # the stand-in trainer
     fired = tmp_path / "powered off"
     env.configure(epochs=400)
     env.write(price_per_hour=2.0, autostop={"command": f"touch {shlex.quote(str(fired))}"},
