@@ -169,7 +169,7 @@ def test_wait_start_never_answers_with_the_previous_launchs_state(tmp_path):
     info = json.loads(nobody.communicate(timeout=30)[0])
     assert info["state"] == "failed" and info["launch_recorded"] is False, info
 
-    waiter = wait(30)
+    waiter = wait(6)  # still `starting` when it answers: at its bound, with the new launch
     time.sleep(1.2)  # the new launcher is slow to record itself (launch ids have a one-second clock)
     assert waiter.poll() is None, "answered with the previous launch's state"
     live = subprocess.Popen(["sleep", "30"], start_new_session=True)
