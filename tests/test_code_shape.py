@@ -1,5 +1,5 @@
 """The code keeps a shape a reader can hold: no import circles among the project's modules, and no module in
-deploy/ or trainer/training/ over MAX_LINES lines.
+deploy/, trainer/ or remote_scripts/ over MAX_LINES lines.
 
 - A circle is read from the module-level imports (`import x`, `from x import y`, `from . import y`, those
   under a module-level `if` or `try` included; not those inside a function, which run later). A function-level
@@ -19,9 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("trainer", "deploy")
 SCRIPTS = ROOT / "remote_scripts"  # run from their folder on the host: they import each other by bare name
 MAX_LINES = 300
-SIZE_CHECKED = ("deploy", "trainer/training")
+SIZE_CHECKED = ("deploy", "trainer", "remote_scripts")
 # module -> why it stays over MAX_LINES (short on purpose: each one is a promise to split it)
-LONG_MODULES = {}
+LONG_MODULES = {
+    "trainer/storage/uploader.py": "the uploader's loop as one class around one record (snapshot, upload, pointer, end), "
+                                   "26 lines over: split with the next change to it",
+}
 
 
 def project_modules():
