@@ -60,11 +60,7 @@ def stop(run_dir, session, wait_s, reason=None):
             forced = True
             lines.append(f"Still running after {graceful}s: stopping its process group {pgid} at once "
                          "(SIGTERM, then SIGKILL); the backup of the last finished epoch stays.")
-            _signal(-pgid, signal.SIGTERM)
-            _signal(-pgid, signal.SIGCONT)
-            if not wait_for(lambda: not members(), 10):
-                _signal(-pgid, signal.SIGKILL)
-                wait_for(lambda: not members(), 10)
+            end_group(pgid, members)
     survivors = members()
     if launch and not exited() and not survivors:
         why = f"killed after the {wait_s}s grace period" if forced else "its launcher was gone, so this stop recorded the end"
@@ -77,6 +73,16 @@ def stop(run_dir, session, wait_s, reason=None):
     record = exit_record(run_dir, launch)
     lines.append(stopped_sentence(run_dir, record) if record else f"The tmux session {session} is gone; the run left no exit record.")
     return 0, lines
+
+
+def end_group(pgid, members):
+    """The whole process group at once: SIGTERM (with SIGCONT, so that a stopped process acts on it), then SIGKILL
+    when a member still lives 10 s later."""
+    _signal(-pgid, signal.SIGTERM)
+    _signal(-pgid, signal.SIGCONT)
+    if not wait_for(lambda: not members(), 10):
+        _signal(-pgid, signal.SIGKILL)
+        wait_for(lambda: not members(), 10)
 
 
 def stopped_sentence(run_dir, record):

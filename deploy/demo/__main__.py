@@ -44,6 +44,22 @@ def fab(env, *args):
     return subprocess.run([str(FAB), *args], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL).returncode
 
 
+def demo_inventory(host_root, venv, data, epochs):
+    """The demo's inventory.yaml (its host added once the local SSH host runs): a host in DEMO/host, no downloads."""
+    return {
+        "default_host": "demo-host",
+        "remote": {"project_dir": str(host_root / "project"), "venv": str(venv),
+                   "data_dir": str(host_root / "data"), "runs_dir": str(host_root / "runs")},
+        "local_data": [str(data)],
+        "train_config": demo_config(epochs),
+        "tmux_session": "facenet-demo",
+        "tensorboard": {"session": "facenet-demo-tensorboard", "remote_port": free_port(), "local_port": 6006},
+        "apt_packages": ["tmux", "rsync"],
+        "pip": {"extra_args": ["--no-index"]},  # the demo host reuses this checkout's packages: no downloads
+        "ec2": {"metadata_url": None},  # not an EC2 instance: the host agent never probes 169.254.169.254
+    }
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=600, help="synthetic clips to generate (first run only)")
@@ -60,18 +76,7 @@ def main(argv=None):
         print(f"Wrote {args.clips} synthetic CREMA-D clips to {data} in {time.monotonic() - t0:.1f} s")
     host_root = DEMO / "host"
     venv = seed_venv(host_root / "venv", sysconfig.get_paths()["purelib"])
-    inventory = {
-        "default_host": "demo-host",
-        "remote": {"project_dir": str(host_root / "project"), "venv": str(venv),
-                   "data_dir": str(host_root / "data"), "runs_dir": str(host_root / "runs")},
-        "local_data": [str(data)],
-        "train_config": demo_config(args.epochs),
-        "tmux_session": "facenet-demo",
-        "tensorboard": {"session": "facenet-demo-tensorboard", "remote_port": free_port(), "local_port": 6006},
-        "apt_packages": ["tmux", "rsync"],
-        "pip": {"extra_args": ["--no-index"]},  # the demo host reuses this checkout's packages: no downloads
-        "ec2": {"metadata_url": None},  # not an EC2 instance: the host agent never probes 169.254.169.254
-    }
+    inventory = demo_inventory(host_root, venv, data, args.epochs)
     sessions = [inventory["tmux_session"], inventory["tensorboard"]["session"]]
     try:
         with LocalSSHHost(DEMO / "ssh") as host:

@@ -264,8 +264,7 @@ def _callbacks(cfg, run_dir, chief, status, console):
     )
     from trainer.training.model import load_model
 
-    classes = cfg["data"]["classes"]
-    monitor = cfg["train"]["monitor"]
+    classes, monitor = cfg["data"]["classes"], cfg["train"]["monitor"]
     mode = "min" if monitor.endswith("loss") else "max"
     stop = GracefulStop()
     best_path = run_dir / "best.keras"
