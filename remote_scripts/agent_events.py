@@ -114,7 +114,7 @@ def _notify_run(runs_dir, settings, running, stalled, autostop, agent_state):
         return
     state = derive_state(record, False, status)
     if state == "finished":
-        metrics = host_files.read_json(os.path.join(run_dir, "metrics.json")) or {}
+        metrics = host_files.read_json(os.path.join(run_dir, run_format.METRICS)) or {}
         summary = finished_text(metrics, status)
         notify_event(runs_dir, settings, run, run_dir, f"finished:{run}", "finished",
                      f"finished: {where(settings, run)}" + (f": {summary}" if summary else "")

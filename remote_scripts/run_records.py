@@ -20,7 +20,7 @@ import time
 from host_facts import disk
 from host_files import now, read_json, read_launch
 from liveness import boot_id, describe_processes, live_processes, proc_stat
-from run_format import CURRENT, EXIT, EXITS, FENCE, LAUNCH, LAUNCH_ID, PENDING, PREEMPT, STOP_REQUEST, STOPPED, write_atomic
+from run_format import CURRENT, EXIT, EXITS, FENCE, LAUNCH, LAUNCH_ID, PENDING, PREEMPT, STOP_REQUEST, STOPPED, temp_name, write_atomic
 
 PENDING_SIZE = 4096
 DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
@@ -125,7 +125,7 @@ def record_exit(run_dir, code, reason=None, launch_id=None):
 
 def _link_exit_json(run_dir, record_path):
     """exit.json as a hard link to the launch's record (a new name, no new data blocks); best-effort."""
-    tmp = os.path.join(run_dir, f"{EXIT}.{os.getpid()}.tmp")
+    tmp = os.path.join(run_dir, temp_name(EXIT))
     try:
         if os.path.lexists(tmp):
             os.remove(tmp)

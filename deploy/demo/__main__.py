@@ -34,6 +34,7 @@ from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, s
 from deploy.host.checks import SMOKE_STEP
 from deploy.host.provision import result_path
 from deploy.paths import REPO_ROOT
+from trainer.run_format import run_format
 
 DEMO = Path(os.environ.get("FACENET_DEMO_DIR") or REPO_ROOT / ".facenet" / "demo")
 FAB = Path(sys.executable).parent / "fab"
@@ -91,7 +92,7 @@ def main(argv=None):
             fab(env, "monitor", "--follow")
             code = fab(env, "fetch-results", "--run", run, "--dest", str(DEMO / "results"))
             fetched = DEMO / "results" / inventory["default_host"] / run
-            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), fetched / "status.json"))
+            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), fetched / run_format.STATUS))
             print(f"Demo done. Inventory: {DEMO / 'inventory.yaml'}; results: {DEMO / 'results'}")
             if args.keep_host:
                 print(f"The local SSH host stays up; in another terminal:\n  export FACENET_INVENTORY={DEMO / 'inventory.yaml'} "

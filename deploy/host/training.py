@@ -191,7 +191,7 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
                   if v)
     env = f"env {env}" if env else ""
     # the run's launch before this one (printed first: no command more), whose state the wait below never takes for this one's
-    cmd = (f"mkdir -p {rq(runs)} && {{ cat {rq(rjoin(run_dir, 'launch.json'))} 2>/dev/null || true; }} && echo && "
+    cmd = (f"mkdir -p {rq(runs)} && {{ cat {rq(rjoin(run_dir, run_format.LAUNCH))} 2>/dev/null || true; }} && echo && "
            f"tmux new-session -d -s {shlex.quote(session)} {env}bash {script(inv, 'launch_training.sh')} {quoted}")
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:

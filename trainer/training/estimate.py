@@ -36,6 +36,7 @@ import numpy as np
 from trainer.data.pipeline import subsample
 from trainer.data.split import make_split
 from trainer.data.validation import entries_from_manifest
+from trainer.run_format import run_format
 
 
 class _Batches:
@@ -138,7 +139,7 @@ def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
     from trainer.training.feeder import Feeder
 
     smoke_run = Path(smoke_run)
-    smoke_timing = json.loads((smoke_run / "status.json").read_text())["timing"]
+    smoke_timing = json.loads((smoke_run / run_format.STATUS).read_text())["timing"]
     strategy = distribute.choose_strategy(cfg["train"]["distribute"], None)
     replicas = strategy.num_replicas_in_sync
     batch = cfg["train"]["batch_size"] * replicas
