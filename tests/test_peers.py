@@ -42,7 +42,7 @@ def test_the_watchdog_waits_while_steps_end_or_it_is_paused_and_kills_after_the_
 
 @pytest.mark.tf
 def test_nccl_errors_of_a_lost_peer_are_peer_lost_on_a_cluster_only():
-    """Defect 6: on GPUs a lost peer raises NCCL's InternalError or UnknownError, which exited 1."""
+    """On GPUs a lost peer raises NCCL's InternalError or UnknownError: with several workers that is a lost peer, not exit 1."""
     tf = pytest.importorskip("tensorflow")
     from trainer.training.peers import lost_peer
 
