@@ -197,7 +197,7 @@ class Uploader:
     # --- the launch -------------------------------------------------------------------------
 
     def exit_record(self):
-        record = self.records.read_json(os.path.join(self.run_dir, self.records.EXITS, f"{self.launch_id}.json"))
+        record = self.records.read_json(os.path.join(self.run_dir, run_format.EXITS, f"{self.launch_id}.json"))
         return record if isinstance(record, dict) else None
 
     def ended(self):
