@@ -39,6 +39,7 @@ from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, s
 from deploy.host.sync import CODE_PATHS  # noqa: E402
 from deploy.paths import REPO_ROOT  # noqa: E402
 from trainer.data.synth import write_corpus  # noqa: E402
+from trainer.run_format import run_format  # noqa: E402
 
 FAB = Path(sys.executable).parent / "fab"
 TARGETS = {"redeploy": 1.5, "monitor": 1.3}
@@ -97,7 +98,7 @@ class Bench:
         run(*rsync, "--delete", "--copy-links", f"{self.data}/", f"{self.login}:{self.remote['data_dir']}/crema-d/")
 
     def floor_monitor(self):
-        status = f"{self.remote['runs_dir']}/{RUN}/status.json"
+        status = f"{self.remote['runs_dir']}/{RUN}/{run_format.STATUS}"
         subprocess.run([*self.ssh, self.login, "cat", shlex.quote(status)], check=True, capture_output=True, stdin=subprocess.DEVNULL)
 
     def timed(self, action):
@@ -115,11 +116,11 @@ def prepare(bench):
     t0 = time.perf_counter()
     bench.fab("provision", "sync-code", "sync-data")
     bench.fab("train", "--run-name", RUN)
-    exit_json = Path(bench.remote["runs_dir"]) / RUN / "exit.json"
+    exit_json = Path(bench.remote["runs_dir"]) / RUN / run_format.EXIT
     deadline = time.monotonic() + 900
     while not exit_json.exists():
         if time.monotonic() > deadline:
-            raise SystemExit(f"the bench's training did not end within 15 min; see {exit_json.parent / 'train.log'}")
+            raise SystemExit(f"the bench's training did not end within 15 min; see {exit_json.parent / run_format.LOG}")
         time.sleep(2)
     for repo in bench.envs:
         bench.fab("provision", "sync-code", "sync-data", repo=repo)  # the other checkout's code folder, once

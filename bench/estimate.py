@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trainer.run_format import run_format  # noqa: E402 - the run's file names
+
 LIMIT = 0.25
 TINY = {"data": {"max_clips": 120, "max_frames": 100}, "model": {"units": 16, "head_units": 16},
         "train": {"batch_size": 16, "epochs": 3, "patience": 3, "workers": 1}}
@@ -49,7 +53,7 @@ def run_case(name, config, data, tmp):
     trainer("smoke", "--data", data, "--out", tmp / "smoke", "--estimate-config", config, "--result", result)
     trainer("train", "--config", config, "--data", data, "--out", tmp / "runs", "--run-name", name, "--packed", packed)
     estimate = json.loads(result.read_text())["estimate"]
-    status = json.loads((tmp / "runs" / name / "status.json").read_text())
+    status = json.loads((tmp / "runs" / name / run_format.STATUS).read_text())
     return estimate, status, (load, os.getloadavg()[0])
 
 

@@ -25,6 +25,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trainer.run_format import run_format  # noqa: E402 - the run's file names
+
 SETTINGS = ["--set", "model.units=32", "--set", "model.head_units=32", "--set", "data.max_frames=120",
             "--set", "train.patience=100", "--set", "train.workers=2"]
 
@@ -42,8 +46,8 @@ def finish(procs):
 
 
 def figures(run_dir):
-    status = json.loads((run_dir / "status.json").read_text())
-    train = json.loads((run_dir / "metrics.json").read_text())["split_samples"]["train"] if (run_dir / "metrics.json").exists() else None
+    status = json.loads((run_dir / run_format.STATUS).read_text())
+    train = json.loads((run_dir / run_format.METRICS).read_text())["split_samples"]["train"] if (run_dir / run_format.METRICS).exists() else None
     return status, train
 
 
@@ -98,8 +102,8 @@ def main():
               f"{rate:>10.0f} {rate / replicas:>12.0f} {rate / (replicas * one):>11.2f}  {devices_used(run, status)}")
         if name != "1 device" and replicas < 2:
             print(f"  note: {name} ran on {replicas} replica(s), not 2: not a scaling figure")
-    same = json.loads((tmp / "w0" / "multi" / "status.json").read_text())["weights_sha256"] == \
-        json.loads((tmp / "w1" / "multi" / "status.json").read_text())["weights_sha256"]
+    same = json.loads((tmp / "w0" / "multi" / run_format.STATUS).read_text())["weights_sha256"] == \
+        json.loads((tmp / "w1" / "multi" / run_format.STATUS).read_text())["weights_sha256"]
     print(f"2 workers ended with identical weights: {same}")
     print(f"runs in {tmp}")
     return 0 if same else 1

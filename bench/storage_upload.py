@@ -29,13 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from trainer.run_format import run_format  # noqa: E402 - the run's file names
+
 
 def watch(run_dir, stop, seen):
     """Record, per epoch, its seconds and when status.json first said it; and every storage.json checkpoint."""
     last = None
     while not stop.is_set():
         try:
-            path = run_dir / "status.json"
+            path = run_dir / run_format.STATUS
             mtime = path.stat().st_mtime
             status = json.loads(path.read_text())
             if status.get("epoch") and status["epoch"] != last and status.get("state") == "running":
@@ -44,7 +46,7 @@ def watch(run_dir, stop, seen):
         except (OSError, ValueError):
             pass
         try:
-            record = json.loads((run_dir / "storage.json").read_text())
+            record = json.loads((run_dir / run_format.STORAGE).read_text())
             seen["cpu_seconds"] = record.get("cpu_seconds")
             stored = record.get("stored") or {}
             if stored.get("epoch") is not None and stored.get("at_epoch_seconds") not in {s["at"] for s in seen["stored"]}:
@@ -68,10 +70,10 @@ def train(work, name, data, config, storage_env):
                           "train", "--config", str(config), "--data", str(data), "--out", str(work / "runs"), "--run-name", name],
                          env=env)
     if out.returncode != 0:
-        sys.exit(f"training {name} failed ({out.returncode}): see {run_dir / 'train.log'}")
+        sys.exit(f"training {name} failed ({out.returncode}): see {run_dir / run_format.LOG}")
     if storage_env:  # the uploader stores the end after the trainer: wait for it
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (json.loads((run_dir / "storage.json").read_text()).get("done")):
+        while time.monotonic() < deadline and not (json.loads((run_dir / run_format.STORAGE).read_text()).get("done")):
             time.sleep(0.1)
     time.sleep(0.2)
     stop.set()

@@ -1,11 +1,13 @@
-"""The host's files, read the one way: a run's and the host agent's (standard library only).
+"""The host's files, read the one way: a run's and the host agent's (standard library only); the agent's writes.
 
     read_json(path)                       # the parsed file, or None when it is missing or torn
     read_current(runs_dir)                # the current run's name (RUNS_DIR/.current)
+    current(runs_dir)                     # (name, run_dir) of the current run, when its name is one
     read_launch(run_dir), exit_record(run_dir)
     running_run(runs_dir, session)        # (name, run_dir) while a process of the current run lives
     stalled_since(run_dir, stall_seconds) # when a live run stopped rewriting its status.json
     view(runs_dir)                        # the host agent as the monitor shows it
+    save(path, record), log(runs_dir, line)   # best-effort writes: a JSON file (atomic), a line in agent.log
 
 run_state.py (the run's state and records) and host_agent.py (autostop, spot notices) both read
 these files; this module is their one reader, below both, so neither imports the other for them. The
@@ -36,6 +38,7 @@ from run_format import (
     STATUS,
     WAIT_FOR,
     stall_threshold,
+    write_atomic,
 )
 
 # --- reading and writing ------------------------------------------------------------------
@@ -55,6 +58,15 @@ def mtime(path):
         return 0.0
 
 
+def save(path, record):
+    """Write a JSON file atomically; False (and nothing left behind) when the disk refuses."""
+    try:
+        write_atomic(path, json.dumps(record))
+        return True
+    except OSError:
+        return False
+
+
 def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
@@ -71,6 +83,14 @@ def read_current(runs_dir):
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def current(runs_dir):
+    """(name, run_dir) of the current run, or None (no run, or a name that is not one)."""
+    name = read_current(runs_dir)
+    if name is None or not RUN_NAME.fullmatch(name):
+        return None
+    return name, os.path.join(os.path.expanduser(runs_dir), name)
 
 
 def read_launch(run_dir):
@@ -156,6 +176,15 @@ def agent_dir(runs_dir):
 def files(runs_dir):
     d = agent_dir(runs_dir)
     return {name: os.path.join(d, name) for name in AGENT_FILES}
+
+
+def log(runs_dir, message):
+    """A line in the agent's log. Best-effort: a full disk loses the line, never the agent."""
+    try:
+        with open(files(runs_dir)["agent.log"], "a") as f:
+            f.write(f"{iso(time.time())} {message}\n")
+    except OSError:
+        pass
 
 
 def read_settings(runs_dir):

@@ -4,7 +4,7 @@
     STATUS, LAUNCH, EXIT, ...       # the run's files (RUNS_DIR/RUN/...), the agent's (RUNS_DIR/.agent/...)
     STOPPED, SUPERSEDED             # the trainer's exit codes that are not a failure
     AGENT_DEFAULTS                  # the host agent's settings before `fab autostop` / `fab deploy-full` send any
-    write_atomic(path, text)        # a hidden temp file beside `path`, then a rename
+    write_atomic(path, text)        # a hidden temp file beside `path` (temp_name), then a rename
     write_json(path, data)          # the same, for a JSON document
 
 The host scripts import it from their own folder; the trainer and the laptop load it through
@@ -63,6 +63,12 @@ def stall_threshold(slowest_epoch_seconds):
 
 # --- writing ------------------------------------------------------------------------------------------------------
 
+def temp_name(name, tag=None):
+    """The temp file a write of file `name` goes through before its rename: hidden, ending in .tmp (fetches and
+    snapshots leave such names out), with `tag` (default: this process's pid) so that two writers never share it."""
+    return f".{name}.{os.getpid() if tag is None else tag}.tmp"
+
+
 def write_atomic(path, text, mode=0o666):
     """A hidden temp file beside `path` (.NAME.PID.tmp, which fetches and snapshots leave out), then a rename: readers
     see the old file or the new one, and a link at `path` is replaced, never followed. A write that fails (a full disk)
@@ -70,7 +76,7 @@ def write_atomic(path, text, mode=0o666):
     read, from its first byte."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, temp_name(name))
     try:
         if os.path.lexists(tmp):
             os.remove(tmp)

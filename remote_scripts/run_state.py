@@ -12,7 +12,10 @@
     python3 run_state.py runs RUNS_DIR                          # fab down: the run folders, with their start and launch
 
 Standard library only (it runs with the system python3, even before the venv exists). The files it shares with
-host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py.
+host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py. Its commands
+are done by the modules beside it: run_records.py (record-launch, record-exit, fence: the launch and exit records),
+run_stop.py (stop), run_log.py (tail, quiet), host_facts.py (the GPUs, the disk, the uptime).
+
 The run is RUNS_DIR/.current unless --run names one. Its state is derived from what the
 launcher and the trainer left behind, so a dead run is never mistaken for a missing one:
 
@@ -31,11 +34,7 @@ launcher and the trainer left behind, so a dead run is never mistaken for a miss
 Alive means: a process of the process group recorded in launch.json lives, and the group is the
 launch's (the group leader's start time, /proc/PID/stat field 22, and the boot id match), so a
 reused PID is never taken for the run. The tmux session does not count: closing it while the
-trainer lives leaves the run running. Every launch has a launch id (launch.json) and its own exit
-record, exits/<launch id>.json, reserved at launch (`.pending`, a block of spaces) and filled in
-place at the end, so it is written even when the disk is full; exit.json is a link to the current
-launch's record (for people and old readers), and a late record of an earlier launch never
-becomes it. Runs launched before launch ids have exit.json alone, and it is read as before.
+trainer lives leaves the run running.
 
 The stall threshold is --stall-seconds (the inventory's stall_minutes), else the host agent's
 setting, else max(15 minutes, 3 x the slowest epoch so far).
@@ -47,20 +46,16 @@ Exit code of the state query: 0 running/starting/finished, 1 failed, 3 stopped, 
 import argparse
 import json
 import os
-import re
-import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 
 import host_files
 import storage_state
+from host_facts import disk, gpus, uptime
 from host_files import (  # the files it shares with host_agent.py (see host_files.py)
     exit_path,
     exit_record,
-    now,
     progress,
     read_current,
     read_json,
@@ -69,96 +64,27 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
     session_alive,
     stalled_since,  # noqa: F401 - part of this module's API
 )
-from liveness import boot_id, describe_processes, live_processes, proc_stat
+from liveness import describe_processes, live_processes
 from run_format import (  # the run's files and exit codes: one owner for the trainer, the laptop and the host
     CURRENT,
     CV,
-    EXIT,
-    EXITS,
-    FENCE,
     LAUNCH,
-    LAUNCH_ID,
     LIVE,
     LOG,
     METRICS,
-    PENDING,
-    PREEMPT,
     RECOVERIES,
     RUN_NAME,
     STATUS,
-    STOP_REQUEST,
+    STOP_REQUEST,  # noqa: F401 - part of this module's API
     STOPPED,
     SUPERSEDED,
-    write_atomic,
 )
+from run_log import TF_NOISE, quiet, tail  # noqa: F401 - quiet: part of this module's API
+from run_records import RunAlive, fence, fenced, record_exit, record_launch  # noqa: F401 - fenced: part of this module's API
+from run_stop import stop
 
 EXIT_CODES = {"starting": 0, "running": 0, "finished": 0, "failed": 1, "stopped": 3, "vanished": 4, "none": 5, "preempted": 7,
               "stalled": 8, "superseded": 11}
-PENDING_SIZE = 4096
-# `fab monitor` warns below 2 GiB free or 5 % of the disk, whichever is smaller, and always below 64 MiB
-LOW_DISK_BYTES, LOW_DISK_FRACTION, LOW_DISK_FLOOR = 2 * 2**30, 0.05, 64 * 2**20
-DISK_FULL_BYTES = 1 * 2**20  # a failed run with less than this free failed because the disk is full
-
-
-# TensorFlow's C++ log lines that say nothing about the run: its info and warning lines (absl's
-# `W0000 00:00:1764000000.000000 4242 file.cc:55] ...`, whose seconds are the epoch's before absl::InitializeLog, and
-# the older `2026-12-06 10:00:00.123456: I tensorflow/.../file.cc:153] ...`), absl's preamble, cpu_feature_guard's
-# second line, and the error-level lines every start prints on some machines (a second registration of a CUDA
-# library, oneDNN's DT_BOOL note). Other errors and every fatal line stay: they explain a crash.
-# `fab monitor` and `fab logs` leave these out unless --raw.
-_ABSL = r"(?:{0}\d{{4}} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] |\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: {0} [\w./-]+:\d+\] )"
-TF_NOISE = re.compile(_ABSL.format("[IW]")
-                      + "|" + _ABSL.format("E") + r"(?:Unable to register cu\w+ factory|oneDNN supports DT_\w+ only"
-                                                   r"|computation placer already registered)"
-                      + r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-                      r"|To enable the following instructions: .* in other operations, rebuild TensorFlow")
-TAIL_MAX_BYTES = 8 * 2**20  # the log's end read at most: past it, noise alone is not searched further
-
-
-def quiet(lines):
-    """`lines` without TensorFlow's C++ log lines that say nothing about the run (TF_NOISE)."""
-    return [line for line in lines if not TF_NOISE.match(line)]
-
-
-def tail(path, lines, raw=False):
-    """The last `lines` non-blank lines of a text file, reading only its end; without TensorFlow's C++ log lines
-    unless `raw`."""
-    keep = (lambda found: found) if raw else quiet
-    try:
-        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a log that is a link is not read
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            block, data = 8192, b""
-            while size > 0 and len(data) < TAIL_MAX_BYTES and (
-                    data.count(b"\n") <= lines or len(keep(data.decode("utf-8", "replace").splitlines())) <= lines):
-                step = min(block, size)
-                size -= step
-                f.seek(size)
-                data = f.read(step) + data
-                block = min(block * 2, 1 << 20)
-    except OSError:
-        return []
-    text = data.decode("utf-8", "replace").replace("\r", "\n")
-    return keep([line for line in text.splitlines() if line.strip()])[-lines:] if lines > 0 else []
-
-
-def gpus():
-    """nvidia-smi's view, or None where there is no nvidia-smi."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    query = "name,utilization.gpu,memory.used,memory.total"
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as e:
-        return [{"error": str(e)}]
-    if out.returncode != 0:
-        return [{"error": (out.stderr or out.stdout).strip()}]
-    rows = []
-    for line in out.stdout.strip().splitlines():
-        name, util, used, total = (v.strip() for v in line.split(","))
-        rows.append({"name": name, "utilization": util, "memory_used_mib": used, "memory_total_mib": total})
-    return rows
 
 
 def derive_state(exit_record, alive, status, stalled=False):
@@ -175,22 +101,8 @@ def derive_state(exit_record, alive, status, stalled=False):
     return "vanished"
 
 
-def disk(path):
-    usage = shutil.disk_usage(path)
-    low = usage.free < max(min(LOW_DISK_BYTES, LOW_DISK_FRACTION * usage.total), LOW_DISK_FLOOR)
-    return {"path": path, "free_bytes": usage.free, "total_bytes": usage.total, "low": low}
-
-
 # a run just launched: the trainer checks its data and builds its model, or its launcher has not recorded it yet
 STARTING = ("starting", "none", "vanished")
-
-
-def uptime():
-    try:
-        with open("/proc/uptime") as f:
-            return float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick=False, raw_log=False):
@@ -285,221 +197,6 @@ def current_status(run_dir, status):
     except OSError:
         return status
     return None if stale else status
-
-
-class RunAlive(Exception):
-    """A launch refused: a process of the run's previous launch still lives."""
-
-
-def record_launch(run_dir, pid, command):
-    """launch.json (launch id, pid, process group, the group leader's start time, boot id, command),
-    .current, and the reserved exit record of this launch; returns the launch id. RunAlive, and
-    nothing written, while a process of the run's previous launch lives: two trainers on one run
-    directory would overwrite each other's files."""
-    os.makedirs(run_dir, exist_ok=True)
-    survivors = live_processes(read_launch(run_dir))
-    if survivors:
-        described = "; ".join(f"pid {p['pid']} {p['command']}" for p in describe_processes(survivors))
-        raise RunAlive(f"run {os.path.basename(os.path.abspath(run_dir))} still has live processes ({described}): "
-                       "refusing to start another trainer on it; stop it first (`fab stop`)")
-    if os.path.islink(os.path.join(run_dir, EXITS)):  # a tampered run: never write records through a link
-        os.remove(os.path.join(run_dir, EXITS))
-    for stale in (EXIT, PENDING, PREEMPT, STOP_REQUEST):  # exit.json: the previous launch's (its record stays in exits/)
-        if os.path.lexists(os.path.join(run_dir, stale)):  # a link too: removed, never written through
-            os.remove(os.path.join(run_dir, stale))
-    launch_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{pid}"
-    os.makedirs(os.path.join(run_dir, EXITS), exist_ok=True)
-    with open(os.path.join(run_dir, EXITS, f"{launch_id}.pending"), "wb") as f:
-        f.write(b" " * PENDING_SIZE)
-        f.flush()
-        os.fsync(f.fileno())
-    pgid = os.getpgid(pid)
-    leader = proc_stat(pgid)
-    launch = {"launch_id": launch_id, "started_at": now(), "pid": pid, "pgid": pgid, "leader_start": leader[2] if leader else None,
-              "boot_id": boot_id(), "command": command}
-    write_atomic(os.path.join(run_dir, LAUNCH), json.dumps(launch))
-    run_dir = os.path.abspath(run_dir)
-    write_atomic(os.path.join(os.path.dirname(run_dir), CURRENT), os.path.basename(run_dir) + "\n")
-    return launch_id
-
-
-def exit_reason(run_dir, code):
-    """Why a run ended with `code`, in words, or None for a normal end."""
-    if code in (0, STOPPED):
-        return None
-    if disk(run_dir)["free_bytes"] < DISK_FULL_BYTES:
-        return f"the disk holding {run_dir} is full"
-    if code > 128:
-        try:
-            name = signal.Signals(code - 128).name
-        except ValueError:
-            name = f"signal {code - 128}"
-        if code - 128 == signal.SIGKILL:
-            return (f"killed by {name} (exit {code}), usually the kernel's out-of-memory killer: "
-                    "see `sudo dmesg | grep -i -e oom -e 'killed process'` on the host")
-        return f"killed by {name} (exit {code})"
-    return None
-
-
-def record_exit(run_dir, code, reason=None, launch_id=None):
-    """The exit record of launch `launch_id` (default: the current one): its reserved file filled in
-    place (no new disk blocks needed), then renamed to exits/<launch id>.json; exit.json links to it
-    while that launch is still the run's current one. A launch's record is never another's."""
-    launch = read_launch(run_dir)
-    launch_id = launch_id or launch.get("launch_id")
-    if launch_id is not None and not LAUNCH_ID.fullmatch(str(launch_id)):
-        raise ValueError(f"invalid launch id {launch_id!r}")
-    current = launch_id is None or launch.get("launch_id") == launch_id
-    record = {"exit_code": code, "ended_at": now(), **({"launch_id": launch_id} if launch_id else {})}
-    preempted = read_json(os.path.join(run_dir, PREEMPT)) if current else None
-    requested = read_json(os.path.join(run_dir, STOP_REQUEST)) if current else None
-    if requested:  # `fab watch` restarts a stop nobody asked for (a shutdown's SIGTERM), never this one
-        record["requested"] = requested
-    if preempted:
-        record["preempted"] = preempted
-        notice = preempted.get("notice") or {}
-        reason = reason or f"preempted: spot interruption notice ({notice.get('action')} at {notice.get('time')})"
-    reason = reason or exit_reason(run_dir, code)
-    if reason:
-        record["reason"] = reason
-    if launch_id is None:  # a run launched before launch ids
-        pending, final = os.path.join(run_dir, PENDING), os.path.join(run_dir, EXIT)
-    else:
-        pending, final = (os.path.join(run_dir, EXITS, f"{launch_id}{ext}") for ext in (".pending", ".json"))
-    data = json.dumps(record).encode()
-    try:
-        with open(pending, "r+b") as f:
-            f.write(data.ljust(max(len(data), PENDING_SIZE)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pending, final)
-    except OSError:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        write_atomic(final, json.dumps(record))
-    if launch_id is not None and read_launch(run_dir).get("launch_id") == launch_id:
-        _link_exit_json(run_dir, final)
-    for marker in (PREEMPT, STOP_REQUEST) if current else ():
-        if os.path.lexists(os.path.join(run_dir, marker)):
-            os.remove(os.path.join(run_dir, marker))
-    return record
-
-
-def _link_exit_json(run_dir, record_path):
-    """exit.json as a hard link to the launch's record (a new name, no new data blocks); best-effort."""
-    tmp = os.path.join(run_dir, f"{EXIT}.{os.getpid()}.tmp")
-    try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        os.link(record_path, tmp)
-        os.replace(tmp, os.path.join(run_dir, EXIT))
-    except OSError:
-        try:
-            with open(record_path) as f:
-                write_atomic(os.path.join(run_dir, EXIT), f.read())
-        except OSError:
-            pass
-
-
-def wait_for(predicate, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
-def stop(run_dir, session, wait_s, reason=None):
-    """SIGTERM to the launcher (the trainer finishes its epoch and exits 3), or to the trainer itself
-    when the launcher is gone; SIGCONT with it, so that a stopped process can act on it. After
-    `wait_s` the whole process group gets SIGTERM, then SIGKILL; nothing of it may survive. Works by
-    the process group recorded in launch.json, with or without the tmux session. Returns (exit code, lines)."""
-    lines = []
-    launch = read_launch(run_dir)
-    pid, pgid = launch.get("pid"), launch.get("pgid")
-    members = lambda: live_processes(launch)  # noqa: E731
-    exited = lambda: exit_record(run_dir, launch) is not None  # noqa: E731
-    if not session_alive(session) and not members():
-        return 0, [f"No training is running (no live process of its process group, no tmux session {session})."]
-    if members() and not exited():
-        try:  # the exit record will say that this stop was asked for (best-effort: a full disk must not keep it from stopping)
-            write_atomic(os.path.join(run_dir, STOP_REQUEST), json.dumps({"by": reason or "`fab stop`", "at": now()}))
-        except OSError:
-            pass
-    forced = False
-    if members():
-        graceful = 10  # the exit record is written: the launcher is finishing
-        if not exited():
-            if pid in members():
-                lines.append(f"Asking the training to stop after its current epoch (SIGTERM to its launcher, pid {pid}), "
-                             f"waiting up to {wait_s}s ...")
-                _signal(pid, signal.SIGTERM)
-            else:
-                lines.append(f"Its launcher (pid {pid}) is gone: asking the trainer to stop after its current epoch "
-                             f"(SIGTERM to process group {pgid}), waiting up to {wait_s}s ...")
-                _signal(-pgid, signal.SIGTERM)
-            _signal(-pgid, signal.SIGCONT)  # a stopped (SIGSTOP) trainer must run to act on it
-            graceful = wait_s
-        if not wait_for(lambda: not members(), graceful):
-            forced = True
-            lines.append(f"Still running after {graceful}s: stopping its process group {pgid} at once "
-                         "(SIGTERM, then SIGKILL); the backup of the last finished epoch stays.")
-            _signal(-pgid, signal.SIGTERM)
-            _signal(-pgid, signal.SIGCONT)
-            if not wait_for(lambda: not members(), 10):
-                _signal(-pgid, signal.SIGKILL)
-                wait_for(lambda: not members(), 10)
-    survivors = members()
-    if launch and not exited() and not survivors:
-        why = f"killed after the {wait_s}s grace period" if forced else "its launcher was gone, so this stop recorded the end"
-        record_exit(run_dir, STOPPED, reason=f"{reason or 'stopped by `fab stop`'}: {why}")
-    subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
-    if survivors:
-        lines.append(f"FAILED to stop: process(es) {survivors} of group {pgid} still run. Kill them by hand "
-                     f"(sudo kill -9 {' '.join(map(str, survivors))}) before starting another training.")
-        return 1, lines
-    record = exit_record(run_dir, launch)
-    lines.append(stopped_sentence(run_dir, record) if record else f"The tmux session {session} is gone; the run left no exit record.")
-    return 0, lines
-
-
-def stopped_sentence(run_dir, record):
-    """What `fab stop` answers: the run, its epoch, and how to continue (from its exit record and status.json)."""
-    name, status = os.path.basename(os.path.normpath(run_dir)), read_json(os.path.join(run_dir, STATUS)) or {}
-    epoch, epochs = status.get("epoch"), status.get("epochs")
-    at = (f"after epoch {epoch}" + (f" of {epochs}" if epochs else "") if isinstance(epoch, int) and epoch > 0
-          else "before its first epoch ended")
-    code = record.get("exit_code")
-    if code == STOPPED:
-        keep = "the backup of that epoch is kept" if isinstance(epoch, int) and epoch > 0 else "nothing was trained yet"
-        return f"Stopped run {name} {at}; {keep}. Continue it with `fab train --resume`."
-    if code == 0:
-        return f"Run {name} had finished already ({at}): nothing to stop. `fab fetch-results` brings it home."
-    why = record.get("reason") or f"exit code {code}"
-    return f"Run {name} ended {at} with exit code {code} ({why}). `fab monitor` says what to do next."
-
-
-def fence(run_dir, launch_id, reason):
-    """Launch `launch_id` may no longer train the run (it moved to another launch): its trainer stops at its next epoch
-    end without a result (exit SUPERSEDED), its host agent sends nothing of it. Written atomically; returns the record."""
-    if not LAUNCH_ID.fullmatch(str(launch_id)):
-        raise ValueError(f"invalid launch id {launch_id!r}")
-    record = {"launch_id": launch_id, "reason": str(reason)[:500], "at": now()}
-    write_atomic(os.path.join(run_dir, FENCE), json.dumps(record))
-    return record
-
-
-def fenced(run_dir, launch_id):
-    """The fence record when it names launch `launch_id`, else None."""
-    record = read_json(os.path.join(run_dir, FENCE))
-    return record if isinstance(record, dict) and launch_id and record.get("launch_id") == launch_id else None
-
-
-def _signal(target, sig):
-    try:
-        os.kill(target, sig)
-    except (ProcessLookupError, PermissionError, TypeError):
-        pass
 
 
 def records_main(argv):

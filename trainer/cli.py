@@ -96,6 +96,7 @@ def cmd_evaluate(args):
     evaluate_run(args.run, args.data)
 
 
+# over 50 lines on purpose: the command line as one table, an option a line
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m trainer", description="Video-only emotion recognition on FaceNet features.")
     sub = p.add_subparsers(dest="command", required=True)

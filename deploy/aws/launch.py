@@ -123,22 +123,7 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         say(f"  revoked SSH from {', '.join(sg.revoked)} in {group}: earlier launches' addresses, no instance uses the group")
     say(stops_billing(inv, req), None if req.max_hours and req.autostop_minutes else "yellow")
     group_name = placement_group(cloud, f"facenet-deploy-{cluster}") if cluster else None
-    root = root_device(cloud, ami)
-    tries, missing = attempts(cloud, req)
-    plan = Failover(tries, cloud.region)
-    for instance_type in missing:
-        plan.not_offered(instance_type, f"no zone of {cloud.region} offers it")
-        say(f"  {instance_type}: no zone of {cloud.region} offers it", "yellow")
-    for attempt in plan:
-        say(f"  trying {attempt} ...", "dim")
-        try:
-            answer = cloud.ec2.run_instances(**run_args(inv, req, attempt, names, cluster, ami, root, key, group, group_name))
-            break
-        except aws_errors() as e:
-            plan.failed(attempt, e)  # raises unless another zone or type may do
-            say(f"  {attempt}: {code_of(e)}", "yellow")
-    else:
-        raise plan.exhausted()
+    answer, attempt = run_with_failover(cloud, inv, req, say, names, cluster, ami, key, group, group_name)
     ids = [i["InstanceId"] for i in answer["Instances"]]
     for name, instance in zip(names, answer["Instances"]):
         launched.add(name, record(inv, req, attempt, instance, cloud, ami, key, group, group_name, cluster))
@@ -149,6 +134,36 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
     say(f"launched {', '.join(ids)} ({attempt}); recorded in {launched.path()}")
     instances = wait.running(cloud, ids, say)
     wait.check_running(instances)
+    record_running(cloud, attempt, names, ids, instances, say)
+    if wait_for_ssh:
+        targets = [wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say) for name in names]
+        if req.max_hours or req.autostop_minutes:
+            arm(targets, inv.path, say)
+    now = load_inventory(inv.path)
+    return [now.hosts[name] for name in names]
+
+
+def run_with_failover(cloud, inv, req, say, names, cluster, ami, key, group, group_name):
+    """run_instances on the first (zone, type, market) that has the capacity, in the order Failover gives;
+    (EC2's answer, the attempt that took it). Raises what Failover decides once none is left."""
+    root = root_device(cloud, ami)
+    tries, missing = attempts(cloud, req)
+    plan = Failover(tries, cloud.region)
+    for instance_type in missing:
+        plan.not_offered(instance_type, f"no zone of {cloud.region} offers it")
+        say(f"  {instance_type}: no zone of {cloud.region} offers it", "yellow")
+    for attempt in plan:
+        say(f"  trying {attempt} ...", "dim")
+        try:
+            return cloud.ec2.run_instances(**run_args(inv, req, attempt, names, cluster, ami, root, key, group, group_name)), attempt
+        except aws_errors() as e:
+            plan.failed(attempt, e)  # raises unless another zone or type may do
+            say(f"  {attempt}: {code_of(e)}", "yellow")
+    raise plan.exhausted()
+
+
+def record_running(cloud, attempt, names, ids, instances, say):
+    """Each running instance's addresses, price and launch time in the launched record, said."""
     price, source = prices.price_of(cloud, attempt.instance_type, attempt.zone, attempt.market)
     for name, iid in zip(names, ids):
         i = instances[iid]
@@ -158,12 +173,6 @@ def _launch(inv, names, cluster, config, say, session, wait_for_ssh, options):
         forget_host_keys([address])  # EC2 reuses addresses: a key kept for an earlier machine is not this one's
         say(f"{name}: {iid} running in {attempt.zone} at {address} (private {i['PrivateIpAddress']}); "
             + (f"{prices.usd(price)}/h ({source})" if price is not None else source))
-    if wait_for_ssh:
-        targets = [wait.ssh(config, inv.path, name, inv.launch["ssh_wait_seconds"], say) for name in names]
-        if req.max_hours or req.autostop_minutes:
-            arm(targets, inv.path, say)
-    now = load_inventory(inv.path)
-    return [now.hosts[name] for name in names]
 
 
 def arm(targets, inventory_path, say):

@@ -34,6 +34,7 @@ from deploy.demo.localhost import LocalSSHHost, end_host_processes, free_port, s
 from deploy.host.checks import SMOKE_STEP
 from deploy.host.provision import result_path
 from deploy.paths import REPO_ROOT
+from trainer.run_format import run_format
 
 DEMO = Path(os.environ.get("FACENET_DEMO_DIR") or REPO_ROOT / ".facenet" / "demo")
 FAB = Path(sys.executable).parent / "fab"
@@ -42,6 +43,22 @@ FAB = Path(sys.executable).parent / "fab"
 def fab(env, *args):
     print(f"\n$ fab {' '.join(args)}", flush=True)
     return subprocess.run([str(FAB), *args], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL).returncode
+
+
+def demo_inventory(host_root, venv, data, epochs):
+    """The demo's inventory.yaml (its host added once the local SSH host runs): a host in DEMO/host, no downloads."""
+    return {
+        "default_host": "demo-host",
+        "remote": {"project_dir": str(host_root / "project"), "venv": str(venv),
+                   "data_dir": str(host_root / "data"), "runs_dir": str(host_root / "runs")},
+        "local_data": [str(data)],
+        "train_config": demo_config(epochs),
+        "tmux_session": "facenet-demo",
+        "tensorboard": {"session": "facenet-demo-tensorboard", "remote_port": free_port(), "local_port": 6006},
+        "apt_packages": ["tmux", "rsync"],
+        "pip": {"extra_args": ["--no-index"]},  # the demo host reuses this checkout's packages: no downloads
+        "ec2": {"metadata_url": None},  # not an EC2 instance: the host agent never probes 169.254.169.254
+    }
 
 
 def main(argv=None):
@@ -60,18 +77,7 @@ def main(argv=None):
         print(f"Wrote {args.clips} synthetic CREMA-D clips to {data} in {time.monotonic() - t0:.1f} s")
     host_root = DEMO / "host"
     venv = seed_venv(host_root / "venv", sysconfig.get_paths()["purelib"])
-    inventory = {
-        "default_host": "demo-host",
-        "remote": {"project_dir": str(host_root / "project"), "venv": str(venv),
-                   "data_dir": str(host_root / "data"), "runs_dir": str(host_root / "runs")},
-        "local_data": [str(data)],
-        "train_config": demo_config(args.epochs),
-        "tmux_session": "facenet-demo",
-        "tensorboard": {"session": "facenet-demo-tensorboard", "remote_port": free_port(), "local_port": 6006},
-        "apt_packages": ["tmux", "rsync"],
-        "pip": {"extra_args": ["--no-index"]},  # the demo host reuses this checkout's packages: no downloads
-        "ec2": {"metadata_url": None},  # not an EC2 instance: the host agent never probes 169.254.169.254
-    }
+    inventory = demo_inventory(host_root, venv, data, args.epochs)
     sessions = [inventory["tmux_session"], inventory["tensorboard"]["session"]]
     try:
         with LocalSSHHost(DEMO / "ssh") as host:
@@ -86,7 +92,7 @@ def main(argv=None):
             fab(env, "monitor", "--follow")
             code = fab(env, "fetch-results", "--run", run, "--dest", str(DEMO / "results"))
             fetched = DEMO / "results" / inventory["default_host"] / run
-            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), fetched / "status.json"))
+            print("\n" + training_time(Path(result_path(inventory["remote"], SMOKE_STEP)), fetched / run_format.STATUS))
             print(f"Demo done. Inventory: {DEMO / 'inventory.yaml'}; results: {DEMO / 'results'}")
             if args.keep_host:
                 print(f"The local SSH host stays up; in another terminal:\n  export FACENET_INVENTORY={DEMO / 'inventory.yaml'} "

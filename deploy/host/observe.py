@@ -21,6 +21,7 @@ from deploy.host.quoting import PYTHON3, rjoin, rq
 from deploy.host.sync import RUN_FILES_ONLY, rsync
 from deploy.host.training import run_state, script
 from trainer.results.visible import VisibleStream, visible
+from trainer.run_format import run_format
 
 
 def follow(conn, inv, info, raw=False):
@@ -38,7 +39,7 @@ def follow(conn, inv, info, raw=False):
 def tail_log(conn, inv, run, lines, raw=False):
     """(run info, the last `lines` lines of its train.log: without TensorFlow's C++ log lines unless `raw`)."""
     info = _run_info(conn, inv, run)
-    log = rq(rjoin(info["run_dir"], "train.log"))
+    log = rq(rjoin(info["run_dir"], run_format.LOG))
     cmd = f"tail -n {int(lines)} {log}"
     if not raw:  # a host whose code predates `run_state.py tail` (a training keeps sync-code away) shows the file as it is
         cmd = f"{PYTHON3} {script(inv, 'run_state.py')} tail {log} {int(lines)} 2>/dev/null || {cmd}"

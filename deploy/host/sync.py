@@ -237,7 +237,7 @@ def check_run_to_resume(path):
     if not (run / "config.yaml").is_file():
         raise LocalInputError(f"--resume-from {run}: not a fetched run directory (no config.yaml). "
                               "Expected results/<host>/<run> from `fab fetch-results --backup`.")
-    if (run / "metrics.json").is_file() and not (run / "backup").is_dir():
+    if (run / run_format.METRICS).is_file() and not (run / "backup").is_dir():
         raise LocalInputError(f"--resume-from {run}: that run finished (it has metrics.json); there is nothing to continue.")
     missing = [name for name in ("split.json", "manifest.json", "normalization.npz") if not (run / name).is_file()]
     no_backup = not (run / "backup").is_dir() or not any((run / "backup").iterdir())

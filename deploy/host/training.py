@@ -174,19 +174,7 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
         name = valid_run_name(run_name)
         trainer_args = ["train", "--resume", rjoin(runs, name), *data_args(inv), "--packed", packed_dir(inv)]
     elif resume:
-        info = run_state(conn, inv, log_lines=0)
-        name = info.get("run")
-        if not name or info["state"] == "none":
-            raise DeployError(f"Nothing to resume: no run in {runs} on the host. Start one with `fab train`.")
-        if info["state"] == "finished":
-            raise DeployError(f"Run {name} finished; there is nothing to resume. Start a new one with `fab train`.")
-        if info["state"] == "superseded":  # its launch here was fenced: resuming this older copy would make two trainers
-            raise DeployError(f"Run {name} on this host was superseded: it continues under another launch (RUN/fenced.json: "
-                              f"{failure_text(info)}). `fab runs` says where it is; continue it there, or bring it here with "
-                              f"`fab deploy-full --resume-from {name}` after removing this copy.")
-        if training_lives(info):  # a second trainer on the same run directory would overwrite its files
-            raise DeployError(f"Run {name} is still running on the host ({info['state']}; {live_processes_text(info)}): "
-                              "nothing to resume. Watch it with `fab monitor`, or end it with `fab stop` first.")
+        name = resumable_run(conn, inv)
         # the data dirs too: a run that failed before its data was ready (no split yet) is prepared now, as a new run would be
         trainer_args = ["train", "--resume", rjoin(runs, name), *data_args(inv), "--packed", packed_dir(inv)]
     else:
@@ -203,13 +191,42 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
                   if v)
     env = f"env {env}" if env else ""
     # the run's launch before this one (printed first: no command more), whose state the wait below never takes for this one's
-    cmd = (f"mkdir -p {rq(runs)} && {{ cat {rq(rjoin(run_dir, 'launch.json'))} 2>/dev/null || true; }} && echo && "
+    cmd = (f"mkdir -p {rq(runs)} && {{ cat {rq(rjoin(run_dir, run_format.LAUNCH))} 2>/dev/null || true; }} && echo && "
            f"tmux new-session -d -s {shlex.quote(session)} {env}bash {script(inv, 'launch_training.sh')} {quoted}")
     out = conn.run(cmd, hide=True, warn=True, in_stream=False)
     if out.failed:
         raise DeployError(f"Could not start tmux session {session}: {(out.stderr or out.stdout).strip()}")
-    previous = previous_launch_id(out.stdout)
-    if tf_config:  # a worker of a cluster starts its first epoch only once all have joined: only a launch that died at once
+    info = wait_started(conn, inv, say, name, previous_launch_id(out.stdout), cluster=bool(tf_config))
+    starting = {"starting": " (still starting: `fab monitor` follows it)", "finished": " (and finished already)"}.get(info["state"], "")
+    config = "its own config (RUN/config.yaml)" if resume else f"config {config_summary(inv.train_config)} as on this machine"
+    say(f"Training {'resumed' if resume else 'started'}: run {name} with {config}, in tmux session {session} on the host "
+        f"({run_dir}){starting}")
+    return name
+
+
+def resumable_run(conn, inv):
+    """The host's current run, when `fab train --resume` may continue it; DeployError naming why not."""
+    info = run_state(conn, inv, log_lines=0)
+    name = info.get("run")
+    if not name or info["state"] == "none":
+        raise DeployError(f"Nothing to resume: no run in {inv.remote['runs_dir']} on the host. Start one with `fab train`.")
+    if info["state"] == "finished":
+        raise DeployError(f"Run {name} finished; there is nothing to resume. Start a new one with `fab train`.")
+    if info["state"] == "superseded":  # its launch here was fenced: resuming this older copy would make two trainers
+        raise DeployError(f"Run {name} on this host was superseded: it continues under another launch (RUN/fenced.json: "
+                          f"{failure_text(info)}). `fab runs` says where it is; continue it there, or bring it here with "
+                          f"`fab deploy-full --resume-from {name}` after removing this copy.")
+    if training_lives(info):  # a second trainer on the same run directory would overwrite its files
+        raise DeployError(f"Run {name} is still running on the host ({info['state']}; {live_processes_text(info)}): "
+                          "nothing to resume. Watch it with `fab monitor`, or end it with `fab stop` first.")
+    return name
+
+
+def wait_started(conn, inv, say, name, previous, cluster=False):
+    """The run's state once its new launch is past its start (`previous`: the launch before it, never taken for this one);
+    DeployError when it never recorded itself or ended at once. A worker of a `cluster` starts its first epoch only
+    once all have joined: only a launch that died at once is waited for."""
+    if cluster:
         time.sleep(1.0)
         # a resumed worker: never the previous launch's state (the wait ends once this launch recorded itself, or its run left starting)
         info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=10 if previous else 0, previous_launch=previous,
@@ -218,18 +235,14 @@ def launch(conn, inv, say, resume=False, run_name=None, price_per_hour=None, fol
         say(f"Waiting for run {name} to start (data checks, model build; at most {START_WAIT_SECONDS} s) ...")
         info = run_state(conn, inv, run=name, log_lines=20, quick=True, wait_start=START_WAIT_SECONDS, previous_launch=previous)
     if info.get("launch_recorded") is False:
-        waited = 10 if tf_config else START_WAIT_SECONDS
+        waited = 10 if cluster else START_WAIT_SECONDS
         raise DeployError(f"Training {name} did not start: its launcher recorded no launch within {waited} s (the run's "
                           f"previous launch {previous} is {info['state']}). Last lines of its log:\n" + "\n".join(info.get("log_tail") or []))
     if info["state"] in ("failed", "vanished", "none"):
         cause = failure_text(info) if info["state"] == "failed" else f"it {info['state']}"
         raise DeployError(f"Training {name} ended at once: {cause}\nLast lines of its log (`fab logs --lines 200` for more):\n"
                           + "\n".join(info.get("log_tail") or []))
-    starting = {"starting": " (still starting: `fab monitor` follows it)", "finished": " (and finished already)"}.get(info["state"], "")
-    config = "its own config (RUN/config.yaml)" if resume else f"config {config_summary(inv.train_config)} as on this machine"
-    say(f"Training {'resumed' if resume else 'started'}: run {name} with {config}, in tmux session {session} on the host "
-        f"({run_dir}){starting}")
-    return name
+    return info
 
 
 def fence(conn, inv, run, launch_id, reason):

@@ -142,6 +142,6 @@ def write_on_host(conn, inv, run, recoveries):
     """RUN/recoveries.json on the run's (new) host, written atomically; the run's storage copy gets it from there."""
     run_dir = rjoin(inv.remote["runs_dir"], run)
     text = json.dumps({"recoveries": recoveries}, indent=1)
-    tmp, final = rq(rjoin(run_dir, ".recoveries.json.tmp")), rq(rjoin(run_dir, "recoveries.json"))
+    tmp, final = rq(rjoin(run_dir, run_format.temp_name(run_format.RECOVERIES))), rq(rjoin(run_dir, run_format.RECOVERIES))
     out = conn.run(f"printf %s {shlex.quote(text)} > {tmp} && mv -f {tmp} {final}", hide=True, warn=True, in_stream=False)
     return out.ok

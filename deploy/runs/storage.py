@@ -20,6 +20,7 @@ from deploy.errors import DeployError, LocalInputError
 from deploy.host.quoting import rjoin, rq
 from deploy.paths import state_dir
 from deploy.recovery.machine import failure_reason
+from trainer.run_format import run_format
 from trainer.storage.layout import RUN_NAME, StorageUrlError, parse_url, split_run_url
 
 RESUMED = {}  # resume_source's downloads, once per command: (url, run) -> local folder
@@ -115,8 +116,8 @@ def send_credentials(conn, inv):
     frozen = creds.get_frozen_credentials()
     data = json.dumps({"access_key": frozen.access_key, "secret_key": frozen.secret_key, "token": frozen.token})
     folder = rjoin(inv.remote["runs_dir"], ".storage")
-    path = rjoin(folder, "credentials.json")
-    out = conn.run(f"umask 077 && mkdir -p {rq(folder)} && cat > {rq(path + '.tmp')} && mv {rq(path + '.tmp')} {rq(path)}",
+    path, tmp = rjoin(folder, "credentials.json"), rjoin(folder, run_format.temp_name("credentials.json"))
+    out = conn.run(f"umask 077 && mkdir -p {rq(folder)} && cat > {rq(tmp)} && mv {rq(tmp)} {rq(path)}",
                    hide=True, warn=True, in_stream=io.StringIO(data))
     if out.failed:
         raise DeployError(f"Could not write the storage credentials on the host ({path}): {(out.stderr or out.stdout).strip()[-300:]}")

@@ -13,6 +13,7 @@ from deploy.runs import ledger, storage
 from deploy.tasks.plumbing import as_exit, console, host_task, say
 from trainer.results.run_view import MALFORMED, render  # the monitor screen; the host's monitor_training.sh draws the same
 from trainer.results.visible import visible  # every text from the host: its control characters shown, never obeyed
+from trainer.run_format import run_format
 
 
 def monitor_cluster(hosts, group, follow=False, run=None, raw=False):
@@ -121,7 +122,7 @@ def show_results(local, run, state):
     """The fetched run's metrics table (or its cross-validation's), and where its pictures are."""
     from trainer.results.report import print_cv, print_run_metrics  # rich only: no TensorFlow needed here
 
-    metrics, cv = observe.read_json(local / "metrics.json"), observe.read_json(local / "cv.json")
+    metrics, cv = observe.read_json(local / run_format.METRICS), observe.read_json(local / run_format.CV)
     try:
         if cv:
             print_cv(cv, console, title=f"Run {run}, cross-validation")
@@ -130,7 +131,7 @@ def show_results(local, run, state):
         else:
             say(f"No metrics.json yet: the run is {state}.")
     except MALFORMED as e:  # a run file edited or damaged on the host: name it, no traceback
-        raise DeployError(f"{local / ('cv.json' if cv else 'metrics.json')} does not read as a results file of this version "
+        raise DeployError(f"{local / (run_format.CV if cv else run_format.METRICS)} does not read as a results file of this version "
                           f"({type(e).__name__}: {e}); the run's files are in {local}.") from None
     pictures = sorted(local.glob("*.png")) + sorted(local.glob("fold-*/*.png"))
     if pictures:

@@ -58,6 +58,7 @@ class Host:
         self.inv, self.target, self.conn = inv, target, target.conn
 
 
+# over 50 lines on purpose: the one wrapper of every task, its steps in the order they apply
 def host_task(name=None, changes_host=False, before_connect=None, on_cluster=None, without_host=None, survey=(),
               leaves_training=False, **task_kwargs):
     """Fabric's `task`, plus: inventory, host and its first line, errors as exit codes (deploy.errors),

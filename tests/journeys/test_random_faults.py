@@ -21,9 +21,9 @@ def test_a_watched_stored_run_survives_faults_at_random_times_with_one_trainer_a
 
 
 def test_a_run_whose_host_is_lost_in_its_first_epoch_starts_again_elsewhere_under_its_name_and_split(aws, host_venv, tmp_path, webhook):
-    """Defect 2 of "Every fault, at random": host a terminated during the run's first epoch. Storage held the run's pointer
-    at epoch 0 with no backup; `deploy-full --resume-from` refused it ("has no backup/"), the watch sent `failed`. Now
-    the run starts again from epoch 0 on b, with the split it had, and finishes."""
+    """Host a terminated during the run's first epoch: storage holds the run's pointer at epoch 0 with no backup. The
+    watch starts the run again from epoch 0 on b (`deploy-full --resume-from` takes a run without backup/), with the
+    split it had, and it finishes."""
     import json
     from pathlib import Path
 

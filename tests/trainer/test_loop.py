@@ -62,7 +62,7 @@ def test_two_replicas_train_alike_for_any_steps_per_execution_and_get_their_batc
 
 
 def test_weight_regularisers_count_in_the_loss_as_in_model_fit():
-    """Defect 8: model.losses (regularisers) were left out of the loss."""
+    """The loss includes model.losses (the regularisers), as `fit`'s does."""
     out = run_case("regularizer")
     assert out["equal"], out
     assert out["loop_loss"] == pytest.approx(out["fit_loss"], rel=1e-6), out
@@ -79,8 +79,8 @@ def check_overflow_steps(results):
 
 
 def test_mixed_precision_skips_an_overflowing_step_on_every_replica():
-    """Defect 1: the loss scale optimizer decided from each replica's own gradients: an overflow on
-    replica 1 left non-finite weights and the scale at 32768; on replica 0 the step was skipped."""
+    """The loss scale optimizer decides from the all-reduced gradients: an overflow on one replica skips the step
+    on every replica (their weights finite and identical, the scale halved on all)."""
     check_overflow_steps([run_case("overflow", replicas=2)])
 
 
@@ -89,15 +89,15 @@ def test_mixed_precision_skips_an_overflowing_step_on_every_worker():
 
 
 def test_one_all_reduce_per_training_step_and_none_while_evaluating():
-    """Defect 3: the confusion counts were all-reduced every step, through ops that assert on the device."""
+    """The confusion counts stay on the replicas during the epoch: no all-reduce per step, no assert op in a step."""
     out = run_case("allreduce_count", replicas=2)
     assert out["all_reduces_per_step"] == {"train": [1.0], "evaluate": [0.0]}, out
     assert out["assert_op_in_step"] == [False], out
 
 
 def test_each_replica_draws_its_own_dropout_mask_reproducibly():
-    """Defect 4: both replicas drew the same mask, so 2 replicas given the same clip stepped exactly as
-    one device given it once. The run stays reproducible."""
+    """Each replica draws its own dropout mask (2 replicas given the same clip do not step as one device given it
+    once), and the run stays reproducible."""
     one = run_case("dropout")
     two = run_case("dropout", replicas=2)
     assert one["digests"][0] == one["digests"][1] and two["digests"][0] == two["digests"][1], (one, two)
@@ -105,7 +105,7 @@ def test_each_replica_draws_its_own_dropout_mask_reproducibly():
 
 
 def test_a_short_last_batch_is_merged_so_no_replica_gets_zero_rows():
-    """Defect 5: 5 clips in global batches of 4 on 2 replicas gave one replica an empty share."""
+    """5 clips in global batches of 4 on 2 replicas: no replica gets an empty share, every clip is trained on."""
     out = run_case("short_batch", replicas=2)
     assert out["shuffle_True"] == out["shuffle_False"] == "trained", out
     assert out["rows_shuffle_True"] == out["rows_shuffle_False"] == [5], out
@@ -113,8 +113,8 @@ def test_a_short_last_batch_is_merged_so_no_replica_gets_zero_rows():
 
 
 def test_no_validation_clip_is_dropped_a_generator_that_cannot_merge_a_short_batch_is_an_error():
-    """Review D4: 9 validation clips on 2 replicas (batch 4, K=3) were scored as 8 with a generator
-    without require_rows: the short batch was left out."""
+    """9 validation clips on 2 replicas (batch 4, K=3) are all scored, the short batch included; a generator that
+    cannot merge a short batch (no require_rows) is an error, never 8 clips scored."""
     out = run_case("short_validation", replicas=2)
     assert out["project"] == {"scored": [9]}, out
     error = out["plain"].get("error", "")
@@ -127,7 +127,8 @@ def epoch_timing():
 
 
 def test_status_records_the_epochs_training_seconds_without_its_validation(epoch_timing):
-    """Review D5: bench/scaling.py divided training samples by the epoch's training + validation time."""
+    """status.json keeps the epoch's training seconds apart from its validation (bench/scaling.py divides the training
+    samples by them)."""
     out = epoch_timing
     assert out["last_epoch_train_seconds"] is not None, out
     assert out["last_epoch_train_seconds"] + 2.5 < out["last_epoch_seconds"], out  # 2 validation batches of 1.5 s left out
@@ -145,7 +146,7 @@ def test_status_records_each_epochs_steps_apart_from_its_callbacks_for_the_estim
 
 
 def test_validation_pictures_come_from_the_epochs_own_evaluation():
-    """Defect 7: ConfusionImages predicted the validation clips again at every new best epoch."""
+    """ConfusionImages draws from the loop's validation confusion: it reads the validation clips no more than the loop."""
     out = run_case("confusion_images")
     assert out["val_reads"] == out["epochs"] * out["val_batches"], out
     assert out["image_files"] >= 1, out
@@ -154,21 +155,21 @@ def test_validation_pictures_come_from_the_epochs_own_evaluation():
 
 
 def test_a_first_call_longer_than_the_collective_timeout_is_not_a_lost_peer():
-    """Review D1: the first call of a newly traced function (graph optimisation + first run, which grow
-    with steps_per_execution) counted against collective_timeout: healthy workers were killed as PeerLost."""
+    """The first call of a newly traced function (graph optimisation + first run, which grow with
+    steps_per_execution) gets the long allowance, not collective_timeout: a healthy worker survives it."""
     out = run_case("slow_first_call")
     assert out["survived"] and out["slept"], out
 
 
 def test_a_worker_waits_out_the_chiefs_slow_epoch_end_within_the_long_allowance():
-    """Review D2: the chief pauses only its own watchdog for its epoch end: the other worker, waiting for
-    it at the epoch's agreement, was killed as PeerLost once that took longer than the timeout."""
+    """A worker waiting for the chief's epoch end at the epoch's agreement gets the long allowance (the chief
+    pauses only its own watchdog): it survives a chief slower than the timeout."""
     results = run_case_on_workers("slow_chief", timeout=300)
     assert all(r["survived"] for r in results), results
 
 
 def test_threads_stay_bounded_over_2000_steps_on_two_workers():
-    """Defect 2: each collective with a timeout left a thread sleeping out the timeout (thousands)."""
+    """No thread per collective: the one watchdog replaces TensorFlow's per-collective timeout, whose threads sleep it out."""
     results = run_case_on_workers("threads", timeout=600)
     for r in results:
         assert r["threads_after"] - r["threads_before"] < 50, results

@@ -5,7 +5,7 @@ import pytest
 
 @pytest.mark.tf
 def test_nccl_errors_of_a_lost_peer_are_peer_lost_on_a_cluster_only():
-    """Defect 6: on GPUs a lost peer raises NCCL's InternalError or UnknownError, which exited 1."""
+    """On GPUs a lost peer raises NCCL's InternalError or UnknownError: with several workers that is a lost peer, not exit 1."""
     tf = pytest.importorskip("tensorflow")
     from trainer.training.peers import lost_peer
 

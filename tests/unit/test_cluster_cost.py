@@ -15,7 +15,7 @@ def test_the_cluster_cost_sums_every_hosts_price_so_far_and_to_the_end():
 
 
 def test_a_host_without_a_price_is_named_and_the_known_hosts_cost_still_shown():
-    """Review (minor): one host without a price hid the cost of the others."""
+    """A host without a price is named as not counted; the cost of the others is still shown."""
     line = cluster_cost({"a": 2.0, "b": None, "c": None}, {"a": 3600, "b": 3600, "c": None}, eta_seconds=1800)
     assert line == ("cluster cost $2/h (a $2; b, c not counted: set price_per_hour in the inventory): $2.00 so far, "
                     "about $1.00 more to finish (ETA 0h30m)"), line

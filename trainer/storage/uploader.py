@@ -150,7 +150,7 @@ class Uploader:
         record = self.exit_record()
         pointer = new_pointer(self.name, snap.epoch, folder, files, state, final, now_iso(), host=self.settings.get("host"),
                               launch_id=self.launch_id, run_started_at=snap.status.get("started_at"),
-                              summary=summary(snap.status, snap.json("metrics.json"), record, snap.json("recoveries.json")))
+                              summary=summary(snap.status, snap.json(run_format.METRICS), record, snap.json(run_format.RECOVERIES)))
         self.check_not_superseded()
         self.store.put_pointer(self.name, pointer)  # last: the files it names are all there
         self.previous, self.pointer = self.pointer, pointer
@@ -197,7 +197,7 @@ class Uploader:
     # --- the launch -------------------------------------------------------------------------
 
     def exit_record(self):
-        record = self.records.read_json(os.path.join(self.run_dir, self.records.EXITS, f"{self.launch_id}.json"))
+        record = self.records.read_json(os.path.join(self.run_dir, run_format.EXITS, f"{self.launch_id}.json"))
         return record if isinstance(record, dict) else None
 
     def ended(self):

@@ -27,10 +27,11 @@ from trainer.config import dump_config, load_config
 from trainer.errors import DataError, UserError
 from trainer.results.report import make_console, print_cv
 from trainer.results.runfiles import check_run_paths, refuse_special_entries
+from trainer.run_format import run_format
 from trainer.training.run import execute, new_run
 from trainer.training.status import write_json_atomic
 
-PLAN, SUMMARY = "cv-plan.json", "cv.json"
+PLAN, SUMMARY = "cv-plan.json", run_format.CV
 HEADLINE = ("uar", "accuracy", "macro_f1")
 
 
@@ -86,7 +87,7 @@ def refuse_finished_cv(run_dir):
         folds = json.loads((run_dir / PLAN).read_text())["folds"]
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if all((run_dir / f"fold-{k}" / "metrics.json").is_file() for k in range(1, folds + 1)):
+    if all((run_dir / f"fold-{k}" / run_format.METRICS).is_file() for k in range(1, folds + 1)):
         raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {run_dir / SUMMARY}). "
                         "Resuming it would train it again from its first epoch and rewrite them.")
 
@@ -102,9 +103,9 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     folds, summary = plan["folds"], None
     for k, actors in enumerate(plan["test_actors"], 1):
         fold_dir = run_dir / f"fold-{k}"
-        if (fold_dir / "metrics.json").is_file():
+        if (fold_dir / run_format.METRICS).is_file():
             continue
-        mirror = (run_dir / "status.json", {"run": run_dir.name, "fold": k, "folds": folds})
+        mirror = (run_dir / run_format.STATUS, {"run": run_dir.name, "fold": k, "folds": folds})
         if (fold_dir / "split.json").is_file():
             execute(fold_dir, data_dirs=data_dirs, resume=True, console=console, price_per_hour=price_per_hour, mirror=mirror)
         else:
@@ -118,9 +119,9 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
         summary = summarize(run_dir)
         write_json_atomic(run_dir / SUMMARY, summary)
     print_cv(summary, console or make_console())
-    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {"run": run_dir.name}
+    status = json.loads((run_dir / run_format.STATUS).read_text()) if (run_dir / run_format.STATUS).is_file() else {"run": run_dir.name}
     status.update(state="finished", metrics={"split": "cross-validation test", **summary["mean"]}, eta_seconds=0)
-    write_json_atomic(run_dir / "status.json", status)
+    write_json_atomic(run_dir / run_format.STATUS, status)
     return run_dir
 
 
@@ -132,7 +133,7 @@ def summarize(run_dir):
     plan = json.loads((run_dir / PLAN).read_text())
     per_fold, pooled = [], None
     for k, actors in enumerate(plan["test_actors"], 1):
-        path = run_dir / f"fold-{k}" / "metrics.json"
+        path = run_dir / f"fold-{k}" / run_format.METRICS
         if not path.is_file():
             continue
         m = json.loads(path.read_text())

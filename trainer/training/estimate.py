@@ -36,6 +36,7 @@ import numpy as np
 from trainer.data.pipeline import subsample
 from trainer.data.split import make_split
 from trainer.data.validation import entries_from_manifest
+from trainer.run_format import run_format
 
 
 class _Batches:
@@ -102,6 +103,31 @@ def combine(*, epochs, steps_per_epoch, val_steps_per_epoch, score_steps, second
             "parts": {k: round(v, 2) for k, v in parts.items()}, "seconds": round(sum(parts.values()), 1)}
 
 
+def compiled_steps(cfg, strategy, classes):
+    """The run's model, compiled and its optimizer built under `strategy`, in its compiled steps (steps.py)."""
+    from trainer.training.model import build_model, compile_model
+    from trainer.training.steps import Steps
+
+    with strategy.scope():
+        model = compile_model(build_model(cfg["model"], classes, cfg["data"]["feature_dim"]), cfg["train"], classes)
+        model.optimizer.build(model.trainable_variables)
+    return Steps(model, strategy, classes, np.ones(classes, np.float32))
+
+
+def time_calls(run, calls, steps, min_seconds):
+    """(seconds per step, the first calls' extra seconds: tracing) of `run(count)`, which runs `count` steps in calls
+    of the run's lengths `calls`: each call length the run will trace, traced and run once, then whole calls of K
+    steps (traced already) for at least `steps` steps and `min_seconds`."""
+    first = sum(run(n) for n in calls)
+    each = calls[0] * math.ceil(steps / calls[0])
+    timed, seconds = 0, 0.0
+    while timed < steps or seconds < min_seconds:
+        seconds += run(each)
+        timed += each
+    per_step = seconds / timed
+    return per_step, max(0.0, first - sum(calls) * per_step)
+
+
 def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
     """The full training's time on this machine (see the module docstring), as a dict for the smoke result.
     `smoke_run`: the smoke test's finished run dir (its manifest and status.json timing); each step is timed
@@ -111,11 +137,9 @@ def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
 
     from trainer.training import distribute
     from trainer.training.feeder import Feeder
-    from trainer.training.model import build_model, compile_model
-    from trainer.training.steps import Steps
 
     smoke_run = Path(smoke_run)
-    smoke_timing = json.loads((smoke_run / "status.json").read_text())["timing"]
+    smoke_timing = json.loads((smoke_run / run_format.STATUS).read_text())["timing"]
     strategy = distribute.choose_strategy(cfg["train"]["distribute"], None)
     replicas = strategy.num_replicas_in_sync
     batch = cfg["train"]["batch_size"] * replicas
@@ -127,10 +151,7 @@ def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     try:
         classes = len(cfg["data"]["classes"])
-        with strategy.scope():
-            model = compile_model(build_model(cfg["model"], classes, cfg["data"]["feature_dim"]), cfg["train"], classes)
-            model.optimizer.build(model.trainable_variables)
-        step = Steps(model, strategy, classes, np.ones(classes, np.float32))
+        step = compiled_steps(cfg, strategy, classes)
         per_call = cfg["train"]["steps_per_execution"]
         feeder = Feeder(strategy, 1, per_call)
         seconds_per, first_calls = {}, 0.0
@@ -140,15 +161,8 @@ def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
                 step.totals(feeder.run(_Batches(count, batch, shape["frames"], cfg["data"]["feature_dim"], classes), fn, step.zeros()))
                 return time.perf_counter() - t0  # the wait for the device included
 
-            calls = call_lengths(batches, per_call)
-            first = sum(run(n) for n in calls)  # each call length the run will trace, traced and run once
-            each = calls[0] * math.ceil(steps / calls[0])  # whole calls of K steps, traced already
-            timed, seconds = 0, 0.0
-            while timed < steps or seconds < min_seconds:
-                seconds += run(each)
-                timed += each
-            seconds_per[name] = seconds / timed
-            first_calls += max(0.0, first - sum(calls) * seconds_per[name])
+            seconds_per[name], first = time_calls(run, call_lengths(batches, per_call), steps, min_seconds)
+            first_calls += first
         feeder.close()
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -8,6 +8,7 @@ import shutil
 import time
 
 from trainer.results.report import headline, print_run_metrics
+from trainer.run_format import run_format
 from trainer.training.status import write_json_atomic
 
 
@@ -27,7 +28,7 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
         compute=compute_record(status.data, gpus),
     )
     pictures = draw(run_dir, metrics, status.data["epoch"]) if cfg["train"]["pictures"] else {}  # {file name: PNG bytes}
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / run_format.METRICS, metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     print_run_metrics(metrics, console)
     if pictures:

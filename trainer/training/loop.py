@@ -41,6 +41,7 @@ class History(keras.callbacks.History):
     stopped_by_signal = False
 
 
+# over 50 lines on purpose: one epoch's steps in the order every worker takes them, read top to bottom
 def fit(model, strategy, train_gen, val_gen, epochs, callbacks, class_weight=None, resume=None, stop=None,
         workers=1, log=print, steps_per_execution=1, watchdog=None, fence=None):
     """Train `model` (built and compiled under `strategy`) for `epochs`; returns the History.

@@ -13,8 +13,9 @@ Past the deadline the watchdog records its message as the run's failure (PeerLos
 and kills this process (SIGKILL; the launcher records exit code 137): a worker waiting for a peer
 waits inside TensorFlow's C++, holding the GIL while it joins the cluster, with SIGTERM taken by
 TensorFlow's preemption notifier, so no thread, exception or signal handler of this process would
-run. One timer reset by every step replaces TensorFlow's per-collective timeout, which starts a
-thread per collective that sleeps out the whole timeout: thousands of threads an epoch.
+run: the watchdog is a process of its own (remote_scripts/watchdog.py). One timer reset by every step
+replaces TensorFlow's per-collective timeout, which starts a thread per collective that sleeps out the
+whole timeout: thousands of threads an epoch.
 
 The deadline is per call of K training steps (train.steps_per_execution), not per step. Three waits
 get `long_allowance(seconds)` = max(4 x seconds, 600 s) instead, on every worker, and a peer that
@@ -34,42 +35,9 @@ import re
 import subprocess
 import sys
 
-WATCHDOG = r"""
-import json, os, select, signal, sys, time
-pid, seconds, status_path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
-long_wait = float(sys.argv[5])
-fd, pending = sys.stdin.fileno(), b""
-deadline = time.monotonic() + seconds
-while True:
-    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-    if not select.select([fd], [], [], wait)[0]:
-        break
-    data = os.read(fd, 65536)
-    if not data:
-        sys.exit(0)  # the pipe closed: the trainer is past what is watched (or ended)
-    *lines, pending = (pending + data).split(b"\n")
-    for line in lines:
-        if line == b"\x00pause":
-            deadline = None
-        elif line == b"\x00long":
-            deadline = time.monotonic() + long_wait
-        else:
-            deadline = time.monotonic() + seconds
-            if line:
-                message = line.decode(errors="replace")
-print("PeerLost: " + message, flush=True)
-try:
-    with open(status_path) as f:
-        status = json.load(f)
-    status.update(state="failed", error={"type": "PeerLost", "message": message, "cause": "timeout", "local": False},
-                  updated_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
-    tmp = status_path + ".watchdog.tmp"
-    with open(tmp, "w") as f:
-        json.dump(status, f, indent=1)
-    os.replace(tmp, status_path)
-finally:
-    os.kill(pid, signal.SIGKILL)
-"""
+from trainer.run_format import SCRIPTS
+
+WATCHDOG = SCRIPTS / "watchdog.py"  # the watchdog process: standard library only, beside the trainer
 
 
 def long_allowance(seconds):
@@ -84,7 +52,7 @@ class Watchdog:
     def __init__(self, seconds, status_path, message, long_seconds=None):
         self.seconds = seconds
         self.long_seconds = long_allowance(seconds) if long_seconds is None else long_seconds
-        self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), str(status_path),
+        self.proc = subprocess.Popen([sys.executable, str(WATCHDOG), str(os.getpid()), str(seconds), str(status_path),
                                       _one_line(message), str(self.long_seconds)], stdin=subprocess.PIPE)
 
     def beat(self):

@@ -65,7 +65,7 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
     cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     _stop_at_once_until_training_starts(run_dir)
-    with tee_to(run_dir / "train.log"):
+    with tee_to(run_dir / run_format.LOG):
         console = console or make_console(file=sys.stdout)
         status = RunStatus(run_dir, cfg["train"]["epochs"], mirror=mirror, host=platform.node())
         if price_per_hour is not None:
@@ -94,11 +94,11 @@ def refuse_finished(run_dir):
     cv.refuse_finished_cv.)"""
     run_dir = Path(run_dir)
     try:
-        state = json.loads((run_dir / "status.json").read_text()).get("state")
+        state = json.loads((run_dir / run_format.STATUS).read_text()).get("state")
     except (OSError, ValueError, AttributeError):
         state = None
-    if (run_dir / "metrics.json").is_file() or state == "finished":
-        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {run_dir / 'metrics.json'}). "
+    if (run_dir / run_format.METRICS).is_file() or state == "finished":
+        raise UserError(f"run {run_dir.name} is finished; start a new run (its results: {run_dir / run_format.METRICS}). "
                         "Resuming it would train it again from its first epoch and rewrite them.")
 
 
@@ -264,8 +264,7 @@ def _callbacks(cfg, run_dir, chief, status, console):
     )
     from trainer.training.model import load_model
 
-    classes = cfg["data"]["classes"]
-    monitor = cfg["train"]["monitor"]
+    classes, monitor = cfg["data"]["classes"], cfg["train"]["monitor"]
     mode = "min" if monitor.endswith("loss") else "max"
     stop = GracefulStop()
     best_path = run_dir / "best.keras"
