@@ -1,11 +1,15 @@
-"""Cases of the training loop (trainer/training/loop.py), each run by tests/trainer/test_loop.py in a fresh process,
-since the devices are fixed when TensorFlow starts; each prints one JSON line.
+"""Cases of the training loop (trainer/training/loop.py), run by tests/trainer/test_loop.py in one fresh process per
+device configuration, since the devices are fixed when TensorFlow starts: the cases named run one after the other
+and one JSON line maps each to its result (a case that raised gives {"case_error": its traceback}).
 
-    python tests/support/loop_cases.py fit_equal                          # one device
-    FACENET_LOGICAL_CPUS=2 python tests/support/loop_cases.py overflow    # MirroredStrategy over 2 logical CPUs
-    TF_CONFIG=... python tests/support/loop_cases.py overflow             # one of 2 loopback workers
+    python tests/support/loop_cases.py fit_equal regularizer                    # one device
+    FACENET_LOGICAL_CPUS=2 python tests/support/loop_cases.py overflow dropout  # MirroredStrategy over 2 logical CPUs
+    TF_CONFIG=... python tests/support/loop_cases.py overflow threads           # one of 2 loopback workers
 
-Only `loop.fit` and the project's own pieces are used: the model, the strategies, the callbacks.
+Only `loop.fit` and the project's own pieces are used: the model, the strategies, the callbacks. A case leaves the
+process as it found it for the next (run_cases resets the precision policy and the probe's record; a case that
+patches TensorFlow undoes it), and all share the process's one strategy, as a training does (a process can set up
+MultiWorkerMirroredStrategy once).
 """
 
 import hashlib
@@ -97,10 +101,15 @@ def project_model(dropout=0.3, probe=None, units=8):
     return keras.Model(inputs, base(probe(inputs)))
 
 
+_strategy = []  # the process's one strategy, made by the first case that asks
+
+
 def strategy_of_case():
-    cluster = distribute.read_cluster()
-    mode = "multi_worker" if cluster else "mirrored" if int(os.environ.get("FACENET_LOGICAL_CPUS") or 0) > 1 else "off"
-    return distribute.choose_strategy(mode, cluster)
+    if not _strategy:
+        cluster = distribute.read_cluster()
+        mode = "multi_worker" if cluster else "mirrored" if int(os.environ.get("FACENET_LOGICAL_CPUS") or 0) > 1 else "off"
+        _strategy.append(distribute.choose_strategy(mode, cluster))
+    return _strategy[0]
 
 
 def digest(model):
@@ -207,12 +216,15 @@ def case_allreduce_count():
         return original(self, *args, **kwargs)
 
     tf.distribute.ReplicaContext.all_reduce = counting
-    strategy = strategy_of_case()
-    with strategy.scope():
-        model = compile_model(project_model(probe=Probe()), DEFAULTS["train"], CLASSES)
-    x, y = clips(16, seed=5)
-    Probe.calls.clear()
-    loop.fit(model, strategy, Batches(x, y, 8), Batches(x, y, 8), 1, [], log=lambda s: None)
+    try:
+        strategy = strategy_of_case()
+        with strategy.scope():
+            model = compile_model(project_model(probe=Probe()), DEFAULTS["train"], CLASSES)
+        x, y = clips(16, seed=5)
+        Probe.calls.clear()
+        loop.fit(model, strategy, Batches(x, y, 8), Batches(x, y, 8), 1, [], log=lambda s: None)
+    finally:
+        tf.distribute.ReplicaContext.all_reduce = original
     per_step = {"train": set(), "evaluate": set()}
     asserts = set()
     for graph, training in Probe.calls:
@@ -468,5 +480,21 @@ def case_confusion_images():
     return out
 
 
+def run_cases(names):
+    """{name: result} of the cases, run in this order; each starts with the float32 policy and an empty probe record."""
+    import traceback
+
+    results = {}
+    for name in names:
+        keras.mixed_precision.set_global_policy("float32")
+        Probe.calls.clear()
+        try:
+            results[name] = globals()[f"case_{name}"]()
+        except Exception:  # noqa: BLE001 - the case's test shows it; the next cases still run
+            results[name] = {"case_error": traceback.format_exc()}
+    keras.mixed_precision.set_global_policy("float32")
+    return results
+
+
 if __name__ == "__main__":
-    print(json.dumps(globals()[f"case_{sys.argv[1]}"]()), flush=True)
+    print(json.dumps(run_cases(sys.argv[1:])), flush=True)
