@@ -95,7 +95,8 @@ def test_data_that_would_not_train_stops_at_preflight_with_the_summary(deploy_en
     assert subprocess.run(["tmux", "has-session", "-t", "=" + deploy_env.inventory["tmux_session"]]).returncode != 0
 
 
-def test_a_running_training_blocks_a_second_train_until_restart(deploy_env, tmp_path):
+def test_a_running_training_blocks_a_second_train_until_restart(standin_env, tmp_path):
+    deploy_env = standin_env  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     synth(deploy_env.data, clips=60)
     long = write_config(tmp_path / "long config.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 200}})
     deploy_env.write(train_config=str(long), default_host="local")

@@ -20,10 +20,11 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 @pytest.fixture
-def ready(host_ready):
-    """conftest's host_ready (code and 60 clips synced), with a long training configured."""
-    host_ready.configure(200)
-    return host_ready
+def ready(standin_ready):
+    """A host with code and 60 clips synced, with a long training configured. Its trainer is the stand-in
+    (tests/support/standin_trainer.py): these tests check the process around a training, never its numbers."""
+    standin_ready.configure(200)
+    return standin_ready
 
 
 def session_alive(env):

@@ -69,8 +69,8 @@ def test_monitor_finished_and_fetch_results_prints_the_metrics(finished_host, tm
     assert "trainer exited with code 0" in on_host.stdout and "fab fetch-results" in on_host.stdout
 
 
-def test_monitor_failed_shows_the_error_and_the_resume_command(host_ready):
-    env = host_ready
+def test_monitor_failed_shows_the_error_and_the_resume_command(standin_ready):
+    env = standin_ready  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     env.configure(2, feature_key="no_such_key")
     launch = env.fab("train", "--run-name", "broken")
     assert launch.returncode == 1 and "Training broken ended at once: " in launch.out, launch.out
@@ -82,8 +82,8 @@ def test_monitor_failed_shows_the_error_and_the_resume_command(host_ready):
     assert "no key 'no_such_key'" in failed.out and "fab train --resume" in failed.out
 
 
-def test_monitor_vanished_when_the_session_dies_without_an_exit_record(host_ready):
-    env = host_ready
+def test_monitor_vanished_when_the_session_dies_without_an_exit_record(standin_ready):
+    env = standin_ready  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     env.configure(200)
     assert env.fab("train", "--run-name", "doomed").returncode == 0
     wait_until(lambda: run_status(env, "doomed").get("epoch", 0) >= 1, what="epoch 1")

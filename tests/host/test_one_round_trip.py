@@ -49,8 +49,8 @@ def test_a_noop_redeploy_runs_one_bookkeeping_command_and_its_two_rsyncs(host_re
     assert (conns, commands) == (2, 4), proc.out
 
 
-def test_the_tasks_of_one_invocation_hold_one_lock_and_a_training_one_starts_stops_the_next(host_ready):
-    env = host_ready
+def test_the_tasks_of_one_invocation_hold_one_lock_and_a_training_one_starts_stops_the_next(standin_ready):
+    env = standin_ready  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     env.write(rsync_args=["--bwlimit=300"])
     shutil.rmtree(env.remote_root / "data dir")
     slow = env.popen("sync-code", "sync-data")

@@ -4,16 +4,19 @@ only for what this compares: which files a run holds, status.json's keys and sta
 columns and rows, metrics.json's keys; never the numbers in them, which the stand-in makes up.
 
 The scenario: `fab train` a run of 3 epochs, `fab stop` it in its first epoch (exit 3, stopped after that epoch),
-`fab train --resume` it to its end (exit 0, finished); and a run whose config no clip fits (exit 2, failed).
+`fab train --resume` it to its end (exit 0, finished); a run whose config no clip fits (exit 2, failed); and a run
+fenced while it trains (`run_state.py fence`, as `fab watch` does: exit 5 at its next epoch end, superseded).
 """
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.support.deploy_env import make_ready, run_status
-from tests.support.helpers import wait_until
+from tests.support.helpers import ROOT, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.tf]
 
@@ -95,15 +98,31 @@ def scenario(env):
     failed = run_status(env, "bad")
     seen["bad"] = {"fab": bad.returncode, "files": names(env.runs / "bad"), "exits": [code for code, _ in exit_records(env, "bad")],
                    "state": failed.get("state"), "error": (failed.get("error") or {}).get("type")}
+
+    env.configure(200)  # long: fenced in its first epochs
+    assert env.fab("train", "--run-name", "fenced").returncode == 0
+    watch_states(env, "fenced", lambda s: s.get("state") == "running", [])
+    launch_id = json.loads((env.runs / "fenced" / "launch.json").read_text())["launch_id"]
+    fence = subprocess.run([sys.executable, "remote_scripts/run_state.py", "fence", str(env.runs / "fenced"), launch_id, "moved to b"],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert fence.returncode == 0, fence.stderr
+    wait_until(lambda: exit_code_of_last_launch(env, "fenced") is not None, 120, "the fenced launch's exit record")
+    fenced = run_status(env, "fenced")
+    seen["fenced"] = {"monitor": env.fab("monitor").returncode, "exits": [code for code, _ in exit_records(env, "fenced")],
+                      "state": fenced.get("state"), "error": (fenced.get("error") or {}).get("type"),
+                      "metrics.json": (env.runs / "fenced" / "metrics.json").exists()}
     return seen
 
 
 def test_the_stand_in_trainer_leaves_the_files_and_records_of_the_real_one(host_ready, standin_env, tmp_path):
     real = scenario(host_ready)
     standin_ready = make_ready(standin_env, tmp_path)
-    assert "stand-in trainer" not in (host_ready.runs / "contract" / "train.log").read_text()
+    real_log = (host_ready.runs / "contract" / "train.log").read_text()
+    assert "stand-in trainer" not in real_log and "Pictures: none drawn (train.pictures is false)" in real_log  # TINY_CONFIG
     stand_in = scenario(standin_ready)
-    assert "stand-in trainer (tests/support/standin_trainer.py): no TensorFlow" in (standin_ready.runs / "contract" / "train.log").read_text()
+    log = (standin_ready.runs / "contract" / "train.log").read_text()
+    assert "stand-in trainer (tests/support/standin_trainer.py): no TensorFlow" in log
+    assert "Pictures: none drawn (the stand-in trainer draws none" in log and "train.pictures is false" not in log
 
     # the real run itself, as the scenario says
     assert real["stopped"]["monitor"] == 3 and real["stopped"]["error"] == "Stopped", real
@@ -112,6 +131,7 @@ def test_the_stand_in_trainer_leaves_the_files_and_records_of_the_real_one(host_
     assert [code for code, _ in real["finished"]["exits"]] == [3, 0], real
     assert real["states"] == ["running", "stopped", "running", "finished"], real
     assert real["bad"]["exits"] == [2] and real["bad"]["state"] == "failed", real
+    assert real["fenced"]["exits"] == [5] and real["fenced"]["monitor"] == 11 and not real["fenced"]["metrics.json"], real
 
     # the stand-in's, held to it
     for part in ("stopped", "finished"):
@@ -131,4 +151,5 @@ def test_the_stand_in_trainer_leaves_the_files_and_records_of_the_real_one(host_
     for key in ("epoch", "metrics keys", "environment keys"):
         assert stand_in["finished"][key] == real["finished"][key], key
     assert stand_in["bad"] == real["bad"]
+    assert stand_in["fenced"] == real["fenced"]
     # where the two differ: the epoch a `fab stop` lands after (it depends on the epochs' lengths), and every number

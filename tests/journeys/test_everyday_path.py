@@ -2,7 +2,9 @@
 stop, read the log. Each of these was a trap once (the host's old config, a resume that could never work,
 raw JSON from `fab stop`, TensorFlow's C++ lines in the log).
 
-Real parts: `fab` against the suite's sshd on 127.0.0.1, real rsync, tmux and (tiny) training.
+Real parts: `fab` against the suite's sshd on 127.0.0.1, real rsync and tmux; the trainings are the stand-in
+trainer's (tests/support/standin_trainer.py): what these tests read is fab's, the run's config, records and states,
+never the training's numbers (TensorFlow's C++ lines are written into the log by the test itself).
 """
 
 
@@ -15,8 +17,8 @@ from tests.support.helpers import ROOT, wait_until
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
-def test_train_runs_the_config_as_this_machine_has_it_not_the_hosts_old_copy(host_ready):
-    env = host_ready
+def test_train_runs_the_config_as_this_machine_has_it_not_the_hosts_old_copy(standin_ready):
+    env = standin_ready
     env.write(train_config="configs/demo.yaml")  # a config of the repo, synced to the host by sync-code
     local = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["train"]["epochs"]
     stale = env.remote_root / "project dir" / "configs" / "demo.yaml"
@@ -43,8 +45,8 @@ def test_train_runs_the_config_as_this_machine_has_it_not_the_hosts_old_copy(hos
     assert sent.read_bytes() == big.read_bytes()
 
 
-def test_a_run_that_failed_before_its_data_was_ready_resumes_once_the_data_is_there(host_ready):
-    env = host_ready
+def test_a_run_that_failed_before_its_data_was_ready_resumes_once_the_data_is_there(standin_ready):
+    env = standin_ready
     marker = env.remote_root / "data dir" / "crema-d" / ".facenet-upload-incomplete"  # an upload cut short (sync-data)
     marker.write_text("")
     failed = env.fab("train", "--run-name", "r2")

@@ -1,7 +1,9 @@
 """Pay only for training: autostop on the host, the cost line, spot preemption survived.
 
 Real parts: `fab` against real sshd hosts on 127.0.0.1, the real host agent (remote_scripts/
-host_agent.py), a real HTTP server standing in for EC2's instance metadata service (IMDSv2).
+host_agent.py), a real HTTP server standing in for EC2's instance metadata service (IMDSv2). The trainings
+are the stand-in trainer's (tests/support/standin_trainer.py): these tests read records, states, exit codes
+and costs around a training, never its numbers.
 What cannot run here: a poweroff (autostop runs a command that writes a file instead) and
 cron (a fake `crontab` on the host's PATH keeps the table in a file).
 """
@@ -20,6 +22,7 @@ import pytest
 from tests.support.deploy_env import make_ready
 from tests.support.helpers import wait_until
 from tests.support.host_fakes import FAKE_CRONTAB, MetadataService
+from tests.support.standin_fixtures import on_standin
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -38,8 +41,8 @@ def exit_record(env):
         return None
 
 
-def test_autostop_waits_for_the_training_fires_when_idle_and_is_rearmed_at_boot(fake_bin_host, tmp_path):
-    env = make_ready(fake_bin_host(crontab=FAKE_CRONTAB), tmp_path)
+def test_autostop_waits_for_the_training_fires_when_idle_and_is_rearmed_at_boot(fake_bin_host, standin_venv, tmp_path):
+    env = make_ready(on_standin(fake_bin_host(crontab=FAKE_CRONTAB), standin_venv), tmp_path)
     fired = tmp_path / "powered off"
     idle_s = 4
     env.configure(epochs=400)  # far longer than the test: it ends with `fab stop`
@@ -96,9 +99,10 @@ def metadata_service():
     server.shutdown()
 
 
-def test_a_spot_notice_stops_the_run_as_preempted_and_it_continues_on_another_host(host_ready, fake_bin_host, metadata_service, tmp_path):
+def test_a_spot_notice_stops_the_run_as_preempted_and_it_continues_on_another_host(standin_ready, fake_bin_host, standin_venv,
+                                                                                   metadata_service, tmp_path):
     epochs = 30
-    first = host_ready
+    first = standin_ready
     first.configure(epochs=epochs)
     first.write(price_per_hour=1.2, ec2={"metadata_url": metadata_service, "poll_seconds": 0.5, "spot_grace_seconds": 60})
     assert first.fab("train", "--run-name", "spot-run").returncode == 0
@@ -122,7 +126,7 @@ def test_a_spot_notice_stops_the_run_as_preempted_and_it_continues_on_another_ho
     without = first.fab("-H", "local", "deploy-full", "--resume-from", results / "nothing-here")
     assert without.returncode == 2 and "not a fetched run directory" in without.out, without.out
 
-    second = fake_bin_host()  # another host: other sshd, other remote dirs (data paths differ: the split is remapped)
+    second = on_standin(fake_bin_host(), standin_venv)  # another host: other sshd, other remote dirs (data paths differ: the split is remapped)
     second.data.parent.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(first.data), str(second.data)], check=True)
     second.write(train_config=first.inventory["train_config"], price_per_hour=1.2)

@@ -17,10 +17,12 @@ the real one. Once the synced `trainer` package is imported, these TensorFlow mo
     trainer.training.loop     `fit`: each epoch sleeps `epoch_seconds` (the venv's standin.json), then writes what
                               the real callbacks write: history.csv's row, backup/, best.keras, status.json
 
-and the TensorFlow functions `distribute.configure_devices`, `run._set_up`, `run._callbacks`, `evaluate.predict`
-and `finish.draw` (pictures: none). Everything else runs for real: the run-dir checks, the data preparation
-(split.json, manifest.json, normalization.npz), status.json (RunStatus), the stop at an epoch end on
-SIGTERM/SIGINT/SIGHUP (exit 3, `run._fit`'s Stopped), the fence, the resume's checks, metrics.json's
+and the TensorFlow functions `distribute.configure_devices`, `run._set_up`, `run._callbacks`, `evaluate.predict`,
+`peers.lost_peer` and `peers.local_failure` (asked of any error of the set-up or the fit: a fenced launch's
+Superseded, a full disk's OSError; never a lost peer with one worker) and `finish.draw` (no pictures;
+`finish.NO_PICTURES`, train.log's line, says that the stand-in draws none). Everything else runs for real: the run-dir
+checks, the data preparation (split.json, manifest.json, normalization.npz), status.json (RunStatus), the stop at an
+epoch end on SIGTERM/SIGINT/SIGHUP (exit 3, `run._fit`'s Stopped), the fence, the resume's checks, metrics.json's
 assembly from scores of made-up predictions (finish_run), the exit codes (trainer.cli). Importing
 tensorflow or keras fails loudly. No multi-worker cluster: `run._set_up` refuses one.
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
 SETTINGS = "standin.json"  # in the venv: {"epoch_seconds": 1.0}
 NOT_A_MODEL = "stand-in trainer (tests/support/standin_trainer.py): not a Keras model\n"
+NO_PICTURES = "none drawn (the stand-in trainer draws none, whatever train.pictures says)"
 BANNER = "stand-in trainer (tests/support/standin_trainer.py): no TensorFlow, {seconds:g} s per epoch, made-up numbers"
 
 
@@ -190,6 +193,17 @@ def predict(model, gen):
     return y_true, np.where(right, y_true, (y_true + 1) % classes)
 
 
+def lost_peer(error, workers):
+    """peers.lost_peer's stand-in: whether `error` means that a peer is gone. Never: no TensorFlow error is raised here,
+    and there is one worker (set_up refuses a cluster), so the error is raised as it is, as the real trainer does."""
+    return False
+
+
+def local_failure(error):
+    """peers.local_failure's stand-in: no collective library (NCCL) here to fail."""
+    return False
+
+
 def draw(run_dir, metrics, step):
     """finish.draw's stand-in: no pictures (matplotlib and TensorBoard's images are the real trainer's)."""
     return {}
@@ -292,8 +306,9 @@ REPLACED = {
 PATCHED = {
     "trainer.training.run": {"_set_up": set_up, "_callbacks": callbacks},
     "trainer.training.distribute": {"configure_devices": lambda: None},
+    "trainer.training.peers": {"lost_peer": lost_peer, "local_failure": local_failure},
     "trainer.results.evaluate": {"predict": predict},
-    "trainer.training.finish": {"draw": draw},
+    "trainer.training.finish": {"draw": draw, "NO_PICTURES": NO_PICTURES},
 }
 
 

@@ -11,6 +11,8 @@ from trainer.results.report import headline, print_run_metrics
 from trainer.run_format import run_format
 from trainer.training.status import write_json_atomic
 
+NO_PICTURES = "none drawn (train.pictures is false)"  # train.log's line when no picture was drawn
+
 
 def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpus, history, started, console):
     """Score the best model (best.keras, else the last weights), write metrics.json and the pictures, remove the backup
@@ -34,7 +36,7 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
     if pictures:
         console.print("Pictures: " + ", ".join(pictures) + f" in {run_dir} (and in TensorBoard, IMAGES)", highlight=False)
     else:
-        console.print("Pictures: none drawn (train.pictures is false)", highlight=False)
+        console.print(f"Pictures: {NO_PICTURES}", highlight=False)
     name, top = headline(metrics)
     status.update(state="finished", metrics={"split": name, **{k: top[k] for k in ("accuracy", "uar", "macro_f1")},
                                              "ci95": top.get("ci95")}, eta_seconds=0, weights_sha256=history.weights_sha256)
