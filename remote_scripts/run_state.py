@@ -66,6 +66,7 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
 )
 from liveness import describe_processes, live_processes
 from run_format import (  # the run's files and exit codes: one owner for the trainer, the laptop and the host
+    CONFIG,
     CURRENT,
     CV,
     LAUNCH,
@@ -186,7 +187,7 @@ def list_runs(runs_dir):
         return value.get(key) if isinstance(value, dict) else None
 
     return [{"run": n, "started_at": field(n, STATUS, "started_at"), "launch_id": field(n, LAUNCH, "launch_id")}
-            for n in names if RUN_NAME.fullmatch(n) and os.path.isfile(os.path.join(runs_dir, n, "config.yaml"))]
+            for n in names if RUN_NAME.fullmatch(n) and os.path.isfile(os.path.join(runs_dir, n, CONFIG))]
 
 
 def current_status(run_dir, status):

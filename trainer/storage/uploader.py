@@ -253,7 +253,7 @@ class Uploader:
     def run(self):
         signal.signal(signal.SIGTERM, self.on_term)
         self.save(state="waiting")
-        with open(self.run_dir / ".storage.lock", "a") as lock:
+        with open(self.run_dir / run_format.STORAGE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # an earlier launch's uploader finishes its final upload first
             self.save(state="starting")
             try:
