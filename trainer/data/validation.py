@@ -216,9 +216,7 @@ class _Cache:
         if not (self.path and self.dirty):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": self.data}))
-        os.replace(tmp, self.path)
+        run_format.write_json(self.path, {"version": CACHE_VERSION, "files": self.data}, indent=None)
 
 
 def default_cache_path():
