@@ -97,7 +97,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     data = work / "data" / "crema-d"
     write_corpus(data, "crema-d", clips=args.clips, seed=5)
-    config = work / "config.yaml"
+    config = work / run_format.CONFIG
     config.write_text(yaml.safe_dump({"data": {"max_frames": 120}, "model": {"units": 64, "head_units": 64},
                                       "train": {"batch_size": 32, "epochs": args.epochs, "patience": 100, "lr_patience": 100,
                                                 "workers": 1}}))

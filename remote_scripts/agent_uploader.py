@@ -70,7 +70,7 @@ def revive_uploader(runs_dir):
     record.update(restarts=restarts + 1, state="restarting", pid=None, updated_epoch_seconds=time.time())  # read by the new uploader
     run_format.write_atomic(os.path.join(run_dir, storage_state.RECORD), json.dumps(record))
     env = {**os.environ, "FACENET_STORAGE": json.dumps(settings), "PYTHONUNBUFFERED": "1"}
-    with open(os.path.join(run_dir, "storage.log"), "a") as out:
+    with open(os.path.join(run_dir, run_format.STORAGE_LOG), "a") as out:
         proc = subprocess.Popen([python, "-m", "trainer.storage.uploader", run_dir, launch_id], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     log(runs_dir, f"uploader of run {run} (launch {launch_id}) was not running (pid {record.get('pid')}, state {record.get('state')}): "

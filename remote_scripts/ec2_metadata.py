@@ -23,7 +23,7 @@ import json
 import urllib.error
 import urllib.request
 
-from run_format import EC2_METADATA_URL  # the agent's default setting (run_format.AGENT_DEFAULTS)
+from run_format import AGENT_DEFAULTS, EC2_METADATA_URL  # the agent's default settings
 
 METADATA_TRIES = 3  # timeouts in a row after which EC2's default address counts as "not EC2"
 METADATA_URLS_KEPT = 10  # the last metadata URLs asked, in state.json
@@ -104,7 +104,7 @@ def probe_instance(settings, state, now):
     if state.get("metadata_probe", "on") != "on":
         return
     on_ec2 = (state.get("instance") or {}).get("ec2")
-    recheck = 3600 if on_ec2 else float(settings.get("metadata_recheck_seconds") or 600)
+    recheck = 3600 if on_ec2 else float(settings.get("metadata_recheck_seconds") or AGENT_DEFAULTS["metadata_recheck_seconds"])
     if not explicit and state.get("metadata_unanswered"):
         recheck = 0  # no clear answer yet: the next round asks again, METADATA_TRIES times in all
     if now - state.get("instance_checked", 0) < recheck:

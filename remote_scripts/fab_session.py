@@ -33,8 +33,11 @@ import shutil
 import subprocess
 import sys
 
-PARTIAL_DIR = ".rsync-partial"  # deploy/host/sync.py: rsync's resumable partial files, not part of the data
-UPLOAD_MARKER = ".facenet-upload-incomplete"  # deploy/host/sync.py: in a data folder while an upload into it is unverified
+# Copies of run_format's (this file runs as `python3 -c` and imports nothing beside it); tests/unit/test_run_format.py
+# holds them equal.
+PARTIAL_DIR = ".rsync-partial"  # run_format.UPLOAD_PARTIAL_DIR: rsync's resumable partial files, not part of the data
+UPLOAD_MARKER = ".facenet-upload-incomplete"  # run_format.UPLOAD_MARKER: in a data folder while an upload into it is unverified
+LOCK_HOLDER, LOCK_LEASE = "holder.json", "lease"  # run_format's: the host lock's holder record and its lease
 
 
 def home(path):
@@ -60,7 +63,7 @@ def take_lock(request):
         os.mkdir(path)
     except FileExistsError:
         try:
-            with open(os.path.join(path, "holder.json")) as f:
+            with open(os.path.join(path, LOCK_HOLDER)) as f:
                 record = json.load(f)
             return record if isinstance(record, dict) else {}
         except (OSError, ValueError):
@@ -68,9 +71,9 @@ def take_lock(request):
     except OSError as e:
         return {"error": f"{type(e).__name__}: {e}"}
     try:
-        with open(os.path.join(path, "holder.json"), "w") as f:
+        with open(os.path.join(path, LOCK_HOLDER), "w") as f:
             json.dump(holder, f)
-        touch(os.path.join(path, "lease"))
+        touch(os.path.join(path, LOCK_LEASE))
     except OSError as e:  # e.g. a full disk: the lock is not usable, take nothing
         shutil.rmtree(path, ignore_errors=True)
         return {"error": f"{type(e).__name__}: {e}"}
@@ -80,7 +83,7 @@ def take_lock(request):
 def ours(lock):
     """The lock is still this holder's (its token in holder.json)."""
     try:
-        with open(os.path.join(home(lock["dir"]), "holder.json")) as f:
+        with open(os.path.join(home(lock["dir"]), LOCK_HOLDER)) as f:
             return json.load(f).get("token") == lock["holder"]["token"]
     except (OSError, ValueError, AttributeError):
         return False
@@ -214,7 +217,7 @@ def hold(request):
             touched = touch(home(request["heartbeat"])) if request.get("heartbeat") else False
             held = ours(lock)
             if held:
-                touch(os.path.join(home(lock["dir"]), "lease"))
+                touch(os.path.join(home(lock["dir"]), LOCK_LEASE))
             reply = {"beat": touched, "held": held}
         elif word == "release":
             held = ours(lock)

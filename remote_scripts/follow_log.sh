@@ -13,7 +13,7 @@ else
 fi
 tail_pid=$!
 trap 'kill "$tail_pid" 2>/dev/null || true' EXIT
-alive() {  # a run launched before launch.json held a process group: while its tmux session lives
+alive() {  # a run launched before launch.json held a process group: while its tmux session lives (host_files.alive_without_group's rule)
   python3 "$here/run_state.py" alive "$run_dir" || { [ ! -e "$run_dir/exit.json" ] && tmux has-session -t "=$session" 2>/dev/null; }
 }
 while alive; do

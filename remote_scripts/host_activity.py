@@ -21,23 +21,25 @@ import shutil
 import subprocess
 import time
 
+from run_format import LEASE_SECONDS, LOCK_DIR, LOCK_HOLDER, LOCK_LEASE  # the host lock's files: deploy/host/lock.py takes it
+
 SSHD_NAMES = ("sshd", "sshd-session")  # OpenSSH 9.8 runs a session in its own sshd-session binary
 PTS_MAJORS = range(136, 144)  # Linux's Unix98 pty slaves (/dev/pts/N)
-DEFAULT_LEASE_SECONDS = 180  # a holder record without one (an older deploy side)
+DEFAULT_LEASE_SECONDS = LEASE_SECONDS  # a holder record without one (an older deploy side)
 
 
 def fab_task(runs_dir, now=None):
     """A sentence naming the task that holds the host lock while its lease is fresh, else None."""
-    lock = os.path.join(os.path.expanduser(runs_dir), ".lock")
+    lock = os.path.join(os.path.expanduser(runs_dir), LOCK_DIR)
     try:
-        with open(os.path.join(lock, "holder.json")) as f:
+        with open(os.path.join(lock, LOCK_HOLDER)) as f:
             holder = json.load(f)
     except (OSError, ValueError):
         holder = {}
     if not isinstance(holder, dict):
         holder = {}
     lease = 0.0
-    for name in ("lease", "holder.json"):
+    for name in (LOCK_LEASE, LOCK_HOLDER):
         try:
             lease = os.path.getmtime(os.path.join(lock, name))
             break

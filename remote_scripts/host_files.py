@@ -5,6 +5,7 @@
     current(runs_dir)                     # (name, run_dir) of the current run, when its name is one
     read_launch(run_dir), exit_record(run_dir)
     running_run(runs_dir, session)        # (name, run_dir) while a process of the current run lives
+    alive_without_group(launch, session_up)   # a run launched before launch.json held a process group: its tmux session
     stalled_since(run_dir, stall_seconds) # when a live run stopped rewriting its status.json
     view(runs_dir)                        # the host agent as the monitor shows it
     save(path, record), log(runs_dir, line)   # best-effort writes: a JSON file (atomic), a line in agent.log
@@ -163,8 +164,14 @@ def running_run(runs_dir, session):
     launch = read_launch(run_dir)
     if live_processes(launch):
         return name, run_dir
-    legacy = not launch.get("pgid") and exit_record(run_dir, launch) is None and session_alive(session)
-    return (name, run_dir) if legacy else None
+    ended = exit_record(run_dir, launch) is not None
+    return (name, run_dir) if not ended and alive_without_group(launch, lambda: session_alive(session)) else None
+
+
+def alive_without_group(launch, session_up):
+    """A run launched before launch.json held a process group is alive while its tmux session lives (`session_up()`,
+    asked only for such a run). The one owner of that rule: run_state.py asks it too; follow_log.sh spells it in shell."""
+    return not launch.get("pgid") and bool(session_up())
 
 
 # --- the host agent's files --------------------------------------------------------------

@@ -4,7 +4,8 @@
 #   monitor_training.sh [--run NAME] [--follow]
 #
 # Settings (venv, runs dir, tmux session) come from ../.deploy.env, written by `fab sync-code`.
-# Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished, 5 no run, 7 preempted, 8 stalled (see run_state.py).
+# Exit code: 0 running or finished, 1 failed, 3 stopped, 4 vanished, 5 no run, 7 preempted, 8 stalled, 11 superseded
+# (run_state.py's EXIT_CODES).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 if [ -f "$here/../.deploy.env" ]; then

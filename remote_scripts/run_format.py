@@ -2,6 +2,7 @@
 
     RUN_NAME.fullmatch(name)        # a run name: 1-100 letters, digits, '.', '_' or '-' (it becomes a directory)
     STATUS, LAUNCH, EXIT, ...       # the run's files (RUNS_DIR/RUN/...), the agent's (RUNS_DIR/.agent/...)
+    LOCK_DIR, UPLOAD_MARKER, ...    # the host lock's files, the markers of a data upload
     STOPPED, SUPERSEDED             # the trainer's exit codes that are not a failure
     AGENT_DEFAULTS                  # the host agent's settings before `fab autostop` / `fab deploy-full` send any
     write_atomic(path, text)        # a hidden temp file beside `path` (temp_name), then a rename
@@ -32,11 +33,25 @@ FENCE = "fenced.json"  # {launch_id, reason, at}: that launch may no longer trai
 STORAGE = "storage.json"  # the uploader's record of the run's checkpoints in object storage
 METRICS, CV, RECOVERIES = "metrics.json", "cv.json", "recoveries.json"
 LOG = "train.log"
+CONFIG = "config.yaml"  # the run's configuration: what makes a folder a run, on the host, the laptop and in the trainer
+HISTORY = "history.csv"  # the epochs' metrics (Keras's CSVLogger)
+SPLIT, MANIFEST, NORMALIZATION = "split.json", "manifest.json", "normalization.npz"  # the data a run was prepared with
+CV_PLAN = "cv-plan.json"  # a cross-validation run's folds (trainer/training/cv.py)
+BEST_MODEL = "best.keras"
+STORAGE_LOG, STORAGE_LOCK = "storage.log", ".storage.lock"  # the uploader's output, and its lock (one uploader per run)
 
 # --- the host agent's files (RUNS_DIR/.agent/) --------------------------------------------------------------
 AGENT_DIR = ".agent"
 AGENT_FILES = ("settings.json", "heartbeat", "state.json", "fired.json", "agent.log", "agent.lock", "budget.json")
 AGENT_SCRIPT = "host_agent.py"  # what an agent process's command line holds
+
+# --- the host lock (RUNS_DIR/.lock: deploy/host/lock.py takes it through fab_session.py, host_activity.py reads it) ---
+LOCK_DIR, LOCK_HOLDER, LOCK_LEASE = ".lock", "holder.json", "lease"  # the lock folder, its holder's record, its lease
+LEASE_SECONDS = 180  # three renewals missed at the slowest keeper (60 s): the holder is gone
+
+# --- a data folder on the host while `fab sync-data` uploads into it (deploy/host/sync.py) ---------------------------
+UPLOAD_PARTIAL_DIR = ".rsync-partial"  # rsync's --partial-dir: an interrupted upload's files, not part of the data
+UPLOAD_MARKER = ".facenet-upload-incomplete"  # there from before an upload until it is verified
 
 # --- run states and the trainer's exit codes --------------------------------------------------------------------
 LIVE = ("starting", "running", "stalled")  # a process of the run lives and it has not ended

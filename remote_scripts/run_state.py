@@ -10,6 +10,8 @@
     python3 run_state.py fence RUN_DIR LAUNCH_ID REASON         # fab watch: that launch may no longer train the run
     python3 run_state.py activity RUNS_DIR SESSION [STALL_SECONDS]  # fab instances: is it training, since when idle
     python3 run_state.py runs RUNS_DIR                          # fab down: the run folders, with their start and launch
+    python3 run_state.py tail FILE LINES [--raw]                # fab logs: the file's last lines (without TensorFlow's C++ lines)
+    python3 run_state.py quiet < LOG                            # follow_log.sh: stdin without TensorFlow's C++ lines
 
 Standard library only (it runs with the system python3, even before the venv exists). The files it shares with
 host_agent.py (.current, launch.json, the exit records, the agent's files) are read by host_files.py. Its commands
@@ -60,12 +62,12 @@ from host_files import (  # the files it shares with host_agent.py (see host_fil
     read_current,
     read_json,
     read_launch,
-    running_run,  # noqa: F401 - part of this module's API
     session_alive,
     stalled_since,  # noqa: F401 - part of this module's API
 )
 from liveness import describe_processes, live_processes
 from run_format import (  # the run's files and exit codes: one owner for the trainer, the laptop and the host
+    CONFIG,
     CURRENT,
     CV,
     LAUNCH,
@@ -133,7 +135,7 @@ def collect(runs_dir, session, run=None, log_lines=15, stall_seconds=None, quick
     launch = read_launch(run_dir)
     pids = live_processes(launch)
     session_up = run == current and session_alive(session)
-    alive = bool(pids) or (not launch.get("pgid") and session_up)  # a run launched before launch.json held a group
+    alive = bool(pids) or host_files.alive_without_group(launch, lambda: session_up)  # launched before launch.json held a group
     status = read_json(os.path.join(run_dir, STATUS))
     status = status if isinstance(status, dict) else None
     stale = status is not None and current_status(run_dir, status) is None
@@ -186,7 +188,7 @@ def list_runs(runs_dir):
         return value.get(key) if isinstance(value, dict) else None
 
     return [{"run": n, "started_at": field(n, STATUS, "started_at"), "launch_id": field(n, LAUNCH, "launch_id")}
-            for n in names if RUN_NAME.fullmatch(n) and os.path.isfile(os.path.join(runs_dir, n, "config.yaml"))]
+            for n in names if RUN_NAME.fullmatch(n) and os.path.isfile(os.path.join(runs_dir, n, CONFIG))]
 
 
 def current_status(run_dir, status):
@@ -197,6 +199,17 @@ def current_status(run_dir, status):
     except OSError:
         return status
     return None if stale else status
+
+
+# subcommand -> how many arguments it needs at least (the rest of its usage: the module docstring)
+SUBCOMMANDS = {"record-launch": 3, "record-exit": 2, "stop": 3, "alive": 1, "fence": 2, "activity": 2, "runs": 1, "tail": 2,
+               "quiet": 0}
+
+
+def usage(command=None):
+    """The docstring's usage lines (of `command`, else of every subcommand)."""
+    lines = [line.strip() for line in __doc__.split("\n\n")[1].splitlines() if line.strip().startswith("python3 run_state.py")]
+    return [line for line in lines if line.split()[2] == command or (command is None and line.split()[2] in SUBCOMMANDS)]
 
 
 def records_main(argv):
@@ -222,8 +235,34 @@ def records_main(argv):
     return code
 
 
+def query_parser():
+    """The state query's options; --help lists the subcommands too."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="subcommands (instead of the options):\n  " + "\n  ".join(usage()))
+    p.add_argument("--runs-dir", required=True)
+    p.add_argument("--session", required=True)
+    p.add_argument("--run")
+    p.add_argument("--log-lines", type=int, default=15)
+    p.add_argument("--stall-seconds", type=float, help="status.json older than this while the run's processes live: stalled")
+    p.add_argument("--quick", action="store_true", help="skip the GPUs and the host agent (is a training running?)")
+    p.add_argument("--raw-log", action="store_true", help="the log's last lines as they are (default: without TensorFlow's C++ lines)")
+    p.add_argument("--json", action="store_true", help="(the output is always JSON)")
+    p.add_argument("--wait-start", type=float, default=0, metavar="S",
+                   help="answer once the run is past its start (its first epoch began, or it ended), or after S seconds")
+    p.add_argument("--previous-launch", metavar="ID",
+                   help="with --wait-start: the run's launch before this one, whose state is never the answer (a resumed "
+                        "failed run read as failed before its new launcher had recorded itself)")
+    p.add_argument("--recorded-only", action="store_true",
+                   help="with --previous-launch: answer once the new launch has recorded itself, whatever its state (a "
+                        "worker of a cluster stays starting until every worker joined)")
+    return p
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS and len(argv) - 1 < SUBCOMMANDS[argv[0]]:
+        print("usage: " + "\n       ".join(usage(argv[0])), file=sys.stderr)
+        return 2
     if argv and argv[0] in ("record-launch", "record-exit", "stop", "alive", "fence"):
         return records_main(argv)
     if argv and argv[0] == "activity":  # run_state.py activity RUNS_DIR SESSION [STALL_SECONDS]   (`fab instances`)
@@ -241,24 +280,7 @@ def main(argv=None):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         return 0
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs-dir", required=True)
-    p.add_argument("--session", required=True)
-    p.add_argument("--run")
-    p.add_argument("--log-lines", type=int, default=15)
-    p.add_argument("--stall-seconds", type=float, help="status.json older than this while the run's processes live: stalled")
-    p.add_argument("--quick", action="store_true", help="skip the GPUs and the host agent (is a training running?)")
-    p.add_argument("--raw-log", action="store_true", help="the log's last lines as they are (default: without TensorFlow's C++ lines)")
-    p.add_argument("--json", action="store_true", help="(the output is always JSON)")
-    p.add_argument("--wait-start", type=float, default=0, metavar="S",
-                   help="answer once the run is past its start (its first epoch began, or it ended), or after S seconds")
-    p.add_argument("--previous-launch", metavar="ID",
-                   help="with --wait-start: the run's launch before this one, whose state is never the answer (a resumed "
-                        "failed run read as failed before its new launcher had recorded itself)")
-    p.add_argument("--recorded-only", action="store_true",
-                   help="with --previous-launch: answer once the new launch has recorded itself, whatever its state (a "
-                        "worker of a cluster stays starting until every worker joined)")
-    args = p.parse_args(argv)
+    args = query_parser().parse_args(argv)
     query = dict(stall_seconds=args.stall_seconds, quick=args.quick, raw_log=args.raw_log)
     info = collect(args.runs_dir, args.session, args.run, args.log_lines, **query)
     deadline = time.monotonic() + args.wait_start

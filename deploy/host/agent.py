@@ -30,6 +30,7 @@ from deploy.host.training import launch as launch_training
 from deploy.host.training import script
 from deploy.inventory import load_inventory
 from deploy.recovery import settings as recovery_settings
+from deploy.runs import storage
 from trainer.run_format import run_format
 
 KEEP = object()  # configure(): leave autostop as the host has it
@@ -177,8 +178,6 @@ def start_training(conn, inv, label, say, **launch):
         say(describe(outcome["settings"], outcome["boot"]))
     if outcome["settings"].get("budget"):
         say(describe_budget(outcome["settings"]["budget"]))
-    from deploy.runs import storage  # the run's checkpoints in object storage, when the inventory sets storage.url
-
-    if "storage" not in launch:
+    if "storage" not in launch:  # the run's checkpoints in object storage, when the inventory sets storage.url
         launch["storage"] = storage.launch_settings(conn, inv, label, launch.get("tf_config"), say)
     return launch_training(conn, inv, say, price_per_hour=inv.price_of(label), **launch)

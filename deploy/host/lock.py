@@ -24,8 +24,9 @@ import uuid
 
 from deploy.errors import DeployError
 from deploy.host.quoting import rjoin, rq
+from trainer.run_format import run_format
 
-LEASE_SECONDS = 180  # three renewals missed at the slowest keeper (60 s): the holder is gone
+LEASE_SECONDS = run_format.LEASE_SECONDS  # three renewals missed at the slowest keeper (60 s): the holder is gone
 
 
 class LockHeld(DeployError):
@@ -33,7 +34,7 @@ class LockHeld(DeployError):
 
 
 def lock_dir(inv):
-    return rjoin(inv.remote["runs_dir"], ".lock")
+    return rjoin(inv.remote["runs_dir"], run_format.LOCK_DIR)
 
 
 def describe(holder):
@@ -98,7 +99,7 @@ def unlock(conn, inv, token=None):
     """Remove the host's lock; returns the holder it had (None if there was none). With `token`, only while the lock is
     still that holder's (two `fab` of this machine finding one left-over lock: the second must not remove the first's)."""
     path = lock_dir(inv)
-    holder = rq(rjoin(path, "holder.json"))
+    holder = rq(rjoin(path, run_format.LOCK_HOLDER))
     remove = f"grep -qF {shlex.quote(token)} {holder} && rm -rf {rq(path)}" if token else f"rm -rf {rq(path)}"
     out = conn.run(f"cat {holder} 2>/dev/null || echo null; {remove}", hide=True, warn=True, in_stream=False)
     try:

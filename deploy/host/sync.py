@@ -34,8 +34,8 @@ from trainer.results.runfiles import check_run_paths
 from trainer.run_format import run_format
 
 CODE_PATHS = ["trainer/", "remote_scripts/", "configs/", "setup.cfg", "pyproject.toml", "README.md"]
-PARTIAL_DIR = ".rsync-partial"
-UPLOAD_MARKER = ".facenet-upload-incomplete"  # in a data folder on the host while an upload into it is not verified
+PARTIAL_DIR = run_format.UPLOAD_PARTIAL_DIR
+UPLOAD_MARKER = run_format.UPLOAD_MARKER  # in a data folder on the host while an upload into it is not verified
 # a run's files between hosts: never a link, device or FIFO, even one that appears after the check
 RUN_FILES_ONLY = ["--no-links", "--no-devices", "--no-specials"]
 RSYNC_CONNECTION_CODES = {12: "the connection closed mid-transfer", 30: "timed out sending or receiving data",
@@ -231,15 +231,15 @@ def check_run_to_resume(path):
     its JSON files sound (trainer/results/runfiles.py). LocalInputError naming what is wrong."""
     run = Path(path)
     refuse_special_entries(run, "continue")
-    if (run / "cv-plan.json").is_file():
+    if (run / run_format.CV_PLAN).is_file():
         raise LocalInputError(f"--resume-from {run}: a cross-validation run cannot move to another host yet. Continue it on its "
                               "own host (`fab train --resume` there), or start the cross-validation again here (`fab train --folds K`).")
-    if not (run / "config.yaml").is_file():
+    if not (run / run_format.CONFIG).is_file():
         raise LocalInputError(f"--resume-from {run}: not a fetched run directory (no config.yaml). "
                               "Expected results/<host>/<run> from `fab fetch-results --backup`.")
     if (run / run_format.METRICS).is_file() and not (run / "backup").is_dir():
         raise LocalInputError(f"--resume-from {run}: that run finished (it has metrics.json); there is nothing to continue.")
-    missing = [name for name in ("split.json", "manifest.json", "normalization.npz") if not (run / name).is_file()]
+    missing = [name for name in (run_format.SPLIT, run_format.MANIFEST, run_format.NORMALIZATION) if not (run / name).is_file()]
     no_backup = not (run / "backup").is_dir() or not any((run / "backup").iterdir())
     if no_backup and epochs_done(run) == 0:
         missing = []  # lost before its first epoch: it starts again under its name (its data prepared again if need be)
@@ -265,7 +265,7 @@ def epochs_done(run):
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        return max(0, len((run / "history.csv").read_text().strip().splitlines()) - 1)
+        return max(0, len((run / run_format.HISTORY).read_text().strip().splitlines()) - 1)
     except OSError:
         return 0
 
@@ -282,12 +282,12 @@ def upload_run(target, inv, local_run, say):
     """Upload a fetched run directory (with its backup) to remote.runs_dir/<run>/; refuses a name the host has."""
     refuse_special_entries(local_run, "upload")  # again: checked before provisioning, minutes ago
     conn, remote = target.conn, rjoin(inv.remote["runs_dir"], local_run.name)
-    if conn.run(f"test -e {rq(rjoin(remote, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
+    if conn.run(f"test -e {rq(rjoin(remote, run_format.CONFIG))}", hide=True, warn=True, in_stream=False).ok:
         raise LocalInputError(f"Run {local_run.name} already exists on the host in {inv.remote['runs_dir']}: continue it there "
                               "with `fab train --resume`, or remove it first.")
     conn.run(f"mkdir -p {rq(inv.remote['runs_dir'])}", hide=True, in_stream=False)
-    # launch.json/exit.json belong to the old host's launcher; the new launcher writes its own
-    excluded = ["--exclude=/launch.json", "--exclude=/exit.json", "--exclude=/.exit.pending", "--exclude=/.preempted.json",
-                "--exclude=/storage.json", "--exclude=/storage.log", "--exclude=/.storage.lock"]  # the old host's uploader's
+    # launch.json/exit.json belong to the old host's launcher, storage.json/.log/.lock to its uploader: the new ones write their own
+    excluded = [f"--exclude=/{name}" for name in (run_format.LAUNCH, run_format.EXIT, run_format.PENDING, run_format.PREEMPT,
+                                                  run_format.STORAGE, run_format.STORAGE_LOG, run_format.STORAGE_LOCK)]
     n, sent = rsync(conn, [*RUN_FILES_ONLY, *excluded, f"{local_run}/", rsync_target(conn, remote) + "/"])
     say(f"run {local_run.name}: {n} file(s) ({sent} bytes) uploaded to {remote}")

@@ -131,7 +131,7 @@ def valid_run_name(name, option="--run-name"):
 
 def refuse_new_run_name(conn, inv, name, resuming=False):
     """LocalInputError (nothing done on the host yet) if the host holds a run `name` already."""
-    if conn.run(f"test -e {rq(rjoin(inv.remote['runs_dir'], name, 'config.yaml'))}", hide=True, warn=True, in_stream=False).ok:
+    if conn.run(f"test -e {rq(rjoin(inv.remote['runs_dir'], name, run_format.CONFIG))}", hide=True, warn=True, in_stream=False).ok:
         what = ("continue it there with `fab train --resume`, or remove it first; nothing was done on the host" if resuming
                 else "pick another --run-name, or continue it with `fab train --resume`")
         raise LocalInputError(f"Run {name} already exists on the host in {inv.remote['runs_dir']}: {what}.")

@@ -9,6 +9,8 @@ since when the host has not answered, whether the run was seen, how many recover
 
     seen on the host                 state        action
     trainer ended, exit not recorded ending       wait       (status.json says it, a process of the run lives)
+    ended, a process of it lives     ending       wait       (run_state's `training`: whatever the state, the run is
+                                                   neither moved nor ended while a process of its launch lives)
     starting, running                following    wait
     stalled                          stalled      wait       (the host agent tells; `fab stop` ends it)
     finished                         finished     end 0
@@ -69,23 +71,15 @@ def failure_reason(info):
 def decide(record, look, now, recovery):
     """The watch's next state and action for `look` (see the module docstring)."""
     if not look["reachable"]:
-        since = record.get("unreachable_since") or now
-        alive_at = record.get("stored_progress_at")  # a new epoch of the followed launch arrived in storage then
-        waited = now - max(since, alive_at or since)
-        limit = recovery["unreachable_minutes"] * 60
-        if waited >= limit:
-            return lost(record, recovery, f"host {record['host']} unreachable for {(now - since) / 60:.1f} min ({look.get('error')})"
-                        + (f"; no new epoch in storage for {waited / 60:.1f} min" if alive_at else ""))
-        if alive_at and alive_at > since:
-            return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}), but its run goes on: "
-                                                   f"storage received epoch {record.get('stored_epoch')} {now - alive_at:.0f} s ago. "
-                                                   "A network problem, not a lost run: waiting")
-        return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}); "
-                                               f"recovery after {recovery['unreachable_minutes']:g} min without an answer")
+        return unreachable(record, look, now, recovery)
     info = look["info"]
     state = info["state"]
     if state in ("finished", "failed", "stopped") and not info.get("exit") and info.get("processes"):
         return Decision("ending", "wait", f"{state} on {record['host']}; its launcher is writing the exit record")
+    if info.get("training") and state not in run_format.LIVE:  # run_state's answer: a process of the launch lives
+        pids = ", ".join(str(p.get("pid")) for p in info.get("processes") or [])
+        return Decision("ending", "wait", f"{state} on {record['host']}, but the run's processes ({pids}) still live: "
+                                          "neither moved nor ended while they do")
     if state in ("starting", "running"):
         return Decision("following", "wait", f"{state} on {record['host']}")
     if state == "stalled":
@@ -114,6 +108,23 @@ def decide(record, look, now, recovery):
     if state == "none" and record.get("seen"):
         return lost(record, recovery, f"the run's directory is gone from {record['host']} ({info.get('error') or 'no run'})")
     return Decision("waiting", "wait", f"run not started on {record['host']} yet ({state})")
+
+
+def unreachable(record, look, now, recovery):
+    """The host does not answer: wait, unless it has not for recovery.unreachable_minutes and no new epoch came to storage."""
+    since = record.get("unreachable_since") or now
+    alive_at = record.get("stored_progress_at")  # a new epoch of the followed launch arrived in storage then
+    waited = now - max(since, alive_at or since)
+    limit = recovery["unreachable_minutes"] * 60
+    if waited >= limit:
+        return lost(record, recovery, f"host {record['host']} unreachable for {(now - since) / 60:.1f} min ({look.get('error')})"
+                    + (f"; no new epoch in storage for {waited / 60:.1f} min" if alive_at else ""))
+    if alive_at and alive_at > since:
+        return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}), but its run goes on: "
+                                               f"storage received epoch {record.get('stored_epoch')} {now - alive_at:.0f} s ago. "
+                                               "A network problem, not a lost run: waiting")
+    return Decision("unreachable", "wait", f"host {record['host']} does not answer ({look.get('error')}); "
+                                           f"recovery after {recovery['unreachable_minutes']:g} min without an answer")
 
 
 def stored_end(pointer, run):

@@ -33,6 +33,7 @@ from deploy.recovery.look import finished_summary, look, poweroff_phrase, progre
 from deploy.recovery.move import UPLOADER_WAIT_SECONDS
 from deploy.recovery.notify import Sender
 from deploy.recovery.record import Record, iso
+from deploy.runs import storage
 
 AGENT_ROUND_WAIT_SECONDS = 15  # the finished notification waits this long for the host agent's word on the poweroff
 FENCE_RETRY_SECONDS = 10  # a fence still to do is tried again (one SSH connection to a host that may be down) this often
@@ -199,8 +200,6 @@ def watch(inv, config, target, run, say):
     """Follow `run` on `target` (deploy.host.connection.Target) until it ends; the exit code of `fab watch`."""
     recovery_hosts.check_hosts(inv)
     if stored.configured(inv):  # a store that cannot be opened here (AWS_PROFILE, storage.region ...): said now, not at recovery
-        from deploy.runs import storage
-
         storage.open_store(inv)
     with Record.held(run, target.label) as record:
         record.save()

@@ -21,8 +21,9 @@ import time
 
 from deploy.errors import DeployError
 from deploy.host.quoting import PYTHON3, rjoin, rq
-from deploy.host.training import script
+from deploy.host.training import run_state, script
 from deploy.paths import state_dir
+from deploy.runs import storage
 from trainer.names import RUN_NAME
 from trainer.run_format import run_format
 from trainer.storage.layout import launch_order
@@ -81,8 +82,6 @@ def forget(labels):
 def stored_runs(conn, inv):
     """{run name: its final pointer} of the runs whose end is in run storage (deploy/runs/storage.py); none without storage,
     or when storage cannot be read (then `fab down` asks for them to be fetched, the safe side)."""
-    from deploy.runs import storage
-
     if not storage.enabled(inv):
         return {}
     try:
@@ -121,8 +120,6 @@ def host_runs(conn, inv, label):
 def runs_at_risk(conn, inv, label):
     """[(run, why)] of the runs on the host that `fab down` would lose: a run running now, else one that is neither
     fetched since it ended nor stored (storage's final pointer is this very run: stored_as)."""
-    from deploy.host.training import run_state
-
     runs = host_runs(conn, inv, label)
     if not runs:
         return []

@@ -1,6 +1,6 @@
 """One answer to "is it training?": `fab instances`, `fab down`, `fab monitor` and the watch all ask the host's run
-state (remote_scripts/run_state.py), which decides by the launch's process group. A closed tmux session whose trainer
-lives on is training for each of them.
+state (remote_scripts/run_state.py), which decides by the launch's process group, and the watch's decision follows it.
+A closed tmux session whose trainer lives on is training for each of them.
 
 Real parts: `fab` as a user types it; boto3 against moto's standalone server (the launched host, test_ec2_down's
 fixture); a real sshd on 127.0.0.1; real tmux; the run recorded by the host's own record writer around a live process
@@ -60,7 +60,7 @@ def answers_training(env, monkeypatch):
 
     from deploy.host.connection import connect_host
     from deploy.inventory import load_inventory
-    from deploy.recovery import hosts, watch
+    from deploy.recovery import hosts, machine, watch
 
     monkeypatch.setenv("FACENET_INVENTORY", env.env["FACENET_INVENTORY"])
     monkeypatch.setenv("FACENET_STATE_DIR", env.env["FACENET_STATE_DIR"])
@@ -71,5 +71,7 @@ def answers_training(env, monkeypatch):
     finally:
         target.conn.close()
     assert seen["reachable"] and seen["info"]["state"] == "running" and seen["info"]["training"], seen
+    decision = machine.decide({"host": "gpu1", "restarts": 0, "seen": True}, seen, 0, inv.recovery)
+    assert (decision.state, decision.action) == ("following", "wait"), decision
     free, why, _ = hosts.is_free(Config(), inv, "gpu1", "other")
     assert not free and why == "busy: training alive is running there", why

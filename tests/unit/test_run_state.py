@@ -250,3 +250,13 @@ def test_a_resumed_run_is_starting_not_failed_until_its_new_trainer_rewrites_sta
     from deploy.host.training import failure_text
 
     assert failure_text(info) == "killed by SIGKILL (exit 137)"  # this launch's end, not the previous launch's error
+
+
+def test_help_lists_the_subcommands_and_a_subcommand_without_its_arguments_says_its_usage():
+    script = str(ROOT / "remote_scripts" / "run_state.py")
+    helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0
+    assert all(f"python3 run_state.py {command} " in helped.stdout for command in run_state.SUBCOMMANDS), helped.stdout
+    for command in ("activity", "runs"):
+        out = subprocess.run([sys.executable, script, command], capture_output=True, text=True)
+        assert out.returncode == 2 and f"usage: python3 run_state.py {command} RUNS_DIR" in out.stderr, out.stderr

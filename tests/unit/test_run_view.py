@@ -67,6 +67,28 @@ def test_a_run_file_edited_on_the_host_is_a_warning_not_a_traceback():
     assert "RUNNING" in text and "do not read as this version writes them" in text and "\x1b" not in text
 
 
+def test_the_monitor_says_the_runs_processes_still_live_whatever_its_state_while_run_state_says_training():
+    import io
+
+    from rich.console import Console
+
+    from trainer.results.run_view import render
+
+    def screen(state, training, session_alive=True):
+        info = {"host": "h", "gpus": None, "disk": {"free_bytes": 2**34, "total_bytes": 2**35}, "state": state, "run": "r1",
+                "run_dir": "/runs/r1", "session": "s", "session_alive": session_alive, "status": None, "uptime_seconds": 60,
+                "agent": None, "exit_code": 0, "exit": {"exit_code": 3}, "training": training, "processes": [{"pid": 42}] if training else []}
+        out = io.StringIO()
+        render(info, "gpu", Console(file=out, width=400))
+        return out.getvalue()
+
+    for state in ("preempted", "stopped", "failed", "superseded"):
+        assert f"the run is {state}, but its processes (42) still live" in screen(state, True), state
+        assert "still live" not in screen(state, False), state
+    assert "tmux session s is closed; the training's processes (42) live on" in screen("running", True, session_alive=False)
+    assert "still live" not in screen("running", True)
+
+
 def test_hosts_sharing_an_address_are_told_apart_by_port(tmp_path):
     from deploy.inventory import load_inventory
 

@@ -87,6 +87,27 @@ def test_preempted_vanished_and_a_deleted_run_are_recovered():
     assert machine.decide(record(seen=False), seen("none"), 0, RECOVERY).action == "wait"  # not started yet
 
 
+ENDED_WITH_A_RECORD = [
+    ("preempted", {"exit_code": 3, "preempted": {"notice": {"action": "terminate", "time": "T"}}}, ("lost", "recover")),
+    ("stopped", {"exit_code": 3}, ("lost", "recover")),  # nobody asked for the stop
+    ("failed", {"exit_code": 1}, ("failed", "end")),
+    ("superseded", {"exit_code": 5}, ("superseded", "end")),
+]
+
+
+@pytest.mark.parametrize("state, exit_record, ended", ENDED_WITH_A_RECORD, ids=[c[0] for c in ENDED_WITH_A_RECORD])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_run_is_neither_moved_nor_ended_while_run_state_says_it_is_training(state, exit_record, ended, training):
+    """run_state.py's `training` (a process of the launch's group lives) is the answer, whatever the state says: the
+    watch waits and says why; once no process lives, it moves or ends the run as before."""
+    processes = [{"pid": 42, "command": "python -m trainer train"}] if training else []
+    d = machine.decide(record(), seen(state, exit=exit_record, processes=processes, training=training), 0, RECOVERY)
+    if training:
+        assert (d.state, d.action) == ("ending", "wait") and "the run's processes (42) still live" in d.reason, d
+    else:
+        assert (d.state, d.action) == ended, d
+
+
 def test_an_unreachable_host_is_waited_for_then_the_run_is_moved():
     down = {"reachable": False, "error": "NoValidConnectionsError: refused", "info": None}
     d = machine.decide(record(unreachable_since=1000), down, 1000 + 4 * 60, RECOVERY)

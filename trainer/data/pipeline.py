@@ -19,6 +19,7 @@ from trainer.data.validation import default_cache_path, entries_from_manifest, r
 from trainer.errors import DataError
 from trainer.results.report import make_console, print_validation_summary
 from trainer.results.runfiles import check_run_paths
+from trainer.run_format import run_format
 from trainer.training.status import write_json_atomic
 
 
@@ -42,18 +43,18 @@ def prepare(cfg, data_dirs, run_dir, console=None, test_actors=None):
     """Validate, split (test_actors: a cross-validation fold's test side), normalise; writes the run's data files."""
     console = console or make_console()
     result = validate_with_progress(data_dirs, cfg["data"], console)
-    write_manifest(result, Path(run_dir) / "manifest.json")
+    write_manifest(result, Path(run_dir) / run_format.MANIFEST)
     require_trainable(result, cfg["data"]["classes"])
     entries = [e for e in result.accepted if e.emotion in cfg["data"]["classes"]]
     entries = subsample(entries, cfg["data"]["max_clips"], cfg["seed"])
     split = make_split(entries, cfg["split"]["method"], cfg["split"]["val_fraction"], cfg["seed"], cfg["data"]["classes"],
                        test_fraction=cfg["split"]["test_fraction"], test_actors=test_actors)
-    write_json_atomic(Path(run_dir) / "split.json", split)
+    write_json_atomic(Path(run_dir) / run_format.SPLIT, split)
     console.print(f"Split ({split['method']}): " + ", ".join(
         f"{len(split[side])} {name} clips from {len(split[side + '_actors'])} actors"
         for side, name in (("train", "training"), ("val", "validation"), ("test", "test")) if split[side]))
     stats = compute_stats(split["train"], cfg["data"]["feature_key"])
-    save_stats(stats, Path(run_dir) / "normalization.npz")
+    save_stats(stats, Path(run_dir) / run_format.NORMALIZATION)
     return Prepared({e.path: e for e in entries}, split, stats)
 
 
@@ -61,25 +62,25 @@ def load_prepared(run_dir, data_dirs=None, console=None):
     """The prepared data of a run, for resume/evaluate. `data_dirs`: where the run's data is now (a run
     continued on another host); each of the run's data dirs maps to the given dir of the same folder name."""
     run_dir = Path(run_dir)
-    for name in ("manifest.json", "split.json", "normalization.npz"):
+    for name in (run_format.MANIFEST, run_format.SPLIT, run_format.NORMALIZATION):
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir} has no {name}: it is not a run directory, or its run failed before the data was ready.")
     check_run_paths(run_dir)  # before any path from these files is used, or printed into train.log
     if data_dirs:
         relocate(run_dir, data_dirs, console or make_console())
-    split = json.loads((run_dir / "split.json").read_text())
-    entries = {e.path: e for e in entries_from_manifest(run_dir / "manifest.json")}
+    split = json.loads((run_dir / run_format.SPLIT).read_text())
+    entries = {e.path: e for e in entries_from_manifest(run_dir / run_format.MANIFEST)}
     missing = [p for p in split["train"] + split["val"] + split.get("test", []) if not Path(p).is_file()]
     if missing:
         raise DataError(f"{len(missing)} files of the split in {run_dir / 'split.json'} are gone, e.g. {missing[0]}. "
                         "Restore the data at the same paths, or start a new run.")
-    return Prepared(entries, split, load_stats(run_dir / "normalization.npz"))
+    return Prepared(entries, split, load_stats(run_dir / run_format.NORMALIZATION))
 
 
 def relocate(run_dir, data_dirs, console):
     """Rewrite the paths in split.json and manifest.json from the run's data dirs to `data_dirs`, matched by
     folder name (the deploy uploads local_data/<name> to remote.data_dir/<name>). DataError if one has no match."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads((run_dir / run_format.MANIFEST).read_text())
     new_by_name = {Path(d).name: str(Path(d).resolve()) for d in data_dirs}
     moves = {}
     for old in manifest["dirs"]:
@@ -96,14 +97,14 @@ def relocate(run_dir, data_dirs, console):
         old = next((d for d in moves if path.startswith(d + "/")), None)
         return moves[old] + path[len(old):] if old else path
 
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads((run_dir / run_format.SPLIT).read_text())
     for key in ("train", "val", "test"):
         split[key] = [move(p) for p in split.get(key, [])]
     manifest["dirs"] = [moves.get(d.rstrip("/"), d) for d in manifest["dirs"]]
     for record in manifest["files"]:
         record["path"] = move(record["path"])
-    write_json_atomic(run_dir / "split.json", split)
-    write_json_atomic(run_dir / "manifest.json", manifest)
+    write_json_atomic(run_dir / run_format.SPLIT, split)
+    write_json_atomic(run_dir / run_format.MANIFEST, manifest)
     for old, new in moves.items():
         console.print(Text(f"Data moved: {old} -> {new} (split.json and manifest.json updated)"))
 

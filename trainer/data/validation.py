@@ -23,6 +23,7 @@ import numpy as np
 from trainer.data.labels import Labeller
 from trainer.data.npzfile import NotAnNpz, npz_keys, read_array
 from trainer.errors import DataError
+from trainer.run_format import run_format
 
 REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
 CACHE_VERSION = 1
@@ -63,8 +64,8 @@ class ValidationResult:
         }
 
 
-UNFINISHED_UPLOAD = ".rsync-partial"  # deploy/host/sync.py's --partial-dir: an interrupted `fab sync-data` leaves its files here
-UPLOAD_MARKER = ".facenet-upload-incomplete"  # deploy/host/sync.py: there from before an upload until it is verified
+UNFINISHED_UPLOAD = run_format.UPLOAD_PARTIAL_DIR  # deploy/host/sync.py's --partial-dir: an interrupted `fab sync-data` leaves its files here
+UPLOAD_MARKER = run_format.UPLOAD_MARKER  # deploy/host/sync.py: there from before an upload until it is verified
 
 
 def find_files(dirs):
@@ -215,9 +216,7 @@ class _Cache:
         if not (self.path and self.dirty):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": self.data}))
-        os.replace(tmp, self.path)
+        run_format.write_json(self.path, {"version": CACHE_VERSION, "files": self.data}, indent=None)
 
 
 def default_cache_path():

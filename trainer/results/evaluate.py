@@ -12,6 +12,7 @@ import numpy as np
 from trainer.errors import DataError, UserError
 from trainer.results.metrics import classification_metrics
 from trainer.results.report import make_console
+from trainer.run_format import run_format
 
 
 def predict(model, gen):
@@ -58,10 +59,10 @@ def evaluate_run(run_dir, data_dirs=None, console=None):
 
     console = console or make_console()
     run_dir = Path(run_dir)
-    model_path = run_dir / "best.keras"
+    model_path = run_dir / run_format.BEST_MODEL
     if not model_path.is_file():
         raise UserError(f"{run_dir} has no best.keras: the run has not finished an epoch yet, or this is not a run directory.")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / run_format.CONFIG)
     prepared = data.load_prepared(run_dir)
     if data_dirs:
         result = data.validate_with_progress(data_dirs, cfg["data"], console)

@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from trainer.run_format import run_format
+
 PICTURES = ("confusion_matrix.png", "recall.png", "learning_curves.png")
 RATE_TOP = 1.04  # y-limit of the accuracy and UAR panels: a curve at 1.0 stays in sight, not on the frame
 
@@ -117,8 +119,8 @@ def save_pictures(run_dir, metrics, name, best_epoch=None):
     run_dir = Path(run_dir)
     run = run_label(run_dir)
     pictures = {"confusion_matrix.png": confusion_png(metrics, name, run), "recall.png": recall_png(metrics, name, run)}
-    if (run_dir / "history.csv").is_file():
-        pictures["learning_curves.png"] = learning_curves_png(run_dir / "history.csv", best_epoch, len(metrics["classes"]), run)
+    if (run_dir / run_format.HISTORY).is_file():
+        pictures["learning_curves.png"] = learning_curves_png(run_dir / run_format.HISTORY, best_epoch, len(metrics["classes"]), run)
     for file, png in pictures.items():
         (run_dir / file).write_bytes(png)
     return pictures

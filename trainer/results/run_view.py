@@ -21,6 +21,7 @@ from trainer.results.report import headline as quoted_split
 from trainer.results.report import scores
 from trainer.results.run_lines import autostop_line, budget_line, clock, cost_line, duration, recoveries_line, storage_line
 from trainer.results.visible import visible, visible_tree
+from trainer.run_format import run_format
 
 STYLES = {"running": "bold green", "starting": "bold cyan", "finished": "bold blue", "failed": "bold red",
           "stopped": "bold yellow", "vanished": "bold red", "preempted": "bold magenta", "stalled": "bold red", "none": "dim",
@@ -150,9 +151,12 @@ def run_table(info):
     run.add_row("state", state_headline(info))
     if info.get("recoveries"):  # `fab watch` moved the run (deploy/recovery)
         run.add_row("recovered", T(recoveries_line(info["recoveries"])))
-    if info.get("processes") and not info.get("session_alive") and state in ("starting", "running", "stalled"):
+    if info.get("training") and info.get("processes"):  # run_state's answer to "is it training?"
         pids = ", ".join(str(p["pid"]) for p in info["processes"])
-        run.add_row("session", T(f"tmux session {info['session']} is closed; the training's processes ({pids}) live on"))
+        if state not in run_format.LIVE:
+            run.add_row("processes", T(f"the run is {state}, but its processes ({pids}) still live"))
+        elif not info.get("session_alive"):
+            run.add_row("session", T(f"tmux session {info['session']} is closed; the training's processes ({pids}) live on"))
     if status.get("epochs"):
         bar = Table.grid(padding=(0, 1))
         bar.add_row(ProgressBar(total=status["epochs"], completed=status.get("epoch", 0), width=30),

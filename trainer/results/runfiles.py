@@ -19,6 +19,7 @@ from pathlib import Path
 
 from trainer.errors import DataError, UserError
 from trainer.results.visible import visible
+from trainer.run_format import run_format
 
 KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
@@ -91,12 +92,12 @@ def check_run_paths(run_dir):
     manifest.json dirs (no control character), its files (inside those dirs), split.json (files of the
     manifest), cv-plan.json data_dirs. DataError naming the file and the key."""
     run_dir = Path(run_dir)
-    plan = run_dir / "cv-plan.json"
+    plan = run_dir / run_format.CV_PLAN
     if plan.is_file():
         dirs = _read(plan).get("data_dirs") or []
         for i, d in enumerate(dirs if isinstance(dirs, list) else [dirs]):
             check_path(d, f"{plan} data_dirs[{i}]")
-    manifest_path, split_path = run_dir / "manifest.json", run_dir / "split.json"
+    manifest_path, split_path = run_dir / run_format.MANIFEST, run_dir / run_format.SPLIT
     if not manifest_path.is_file():
         return
     manifest = _read(manifest_path)

@@ -28,7 +28,7 @@ import os
 
 from trainer.run_format import run_format
 
-EXCLUDED_NAMES = (run_format.STORAGE, "storage.log")
+EXCLUDED_NAMES = (run_format.STORAGE, run_format.STORAGE_LOG)
 BACKUP_FILES = ("latest.weights.h5", "training_metadata.json", "callbacks.json")
 
 
@@ -160,11 +160,11 @@ def _one_epoch(snap):
     if "backup/training_metadata.json" not in pieces:
         # no backup yet, removed at the end, or a cross-validation (its folds' backups are stored as they are: a CV run
         # continues on its own host only)
-        return epoch == 0 or snap.status.get("state") not in ("starting", "running") or "cv-plan.json" in pieces
+        return epoch == 0 or snap.status.get("state") not in ("starting", "running") or run_format.CV_PLAN in pieces
     if not isinstance(meta, dict) or meta.get("epoch") != epoch or not isinstance(callbacks, dict) or callbacks.get("epoch") != epoch:
         return False
     written = pieces["backup/training_metadata.json"].stat.st_mtime_ns
-    for rel in ("backup/latest.weights.h5", "best.keras"):
+    for rel in ("backup/latest.weights.h5", run_format.BEST_MODEL):
         if rel in pieces and pieces[rel].stat.st_mtime_ns > written:
             return False
     if "backup/latest.weights.h5" not in pieces:
@@ -174,7 +174,7 @@ def _one_epoch(snap):
 
 
 def _history_rows(snap):
-    piece = snap.pieces.get("history.csv")
+    piece = snap.pieces.get(run_format.HISTORY)
     if piece is None:
         return None
     lines = piece.read_all().decode("utf-8", "replace").splitlines()
@@ -183,7 +183,7 @@ def _history_rows(snap):
 
 def _cut_history(snap):
     """history.csv without the rows of epochs after the snapshot's (a resume would train them again)."""
-    piece = snap.pieces.get("history.csv")
+    piece = snap.pieces.get(run_format.HISTORY)
     if piece is None or "backup/training_metadata.json" not in snap.pieces:
         return
     meta = snap.json("backup/training_metadata.json")
@@ -194,4 +194,4 @@ def _cut_history(snap):
     keep = lines[:1] + [line for line in lines[1:] if not line.split(",", 1)[0].isdigit() or int(line.split(",", 1)[0]) < epoch]
     if len(keep) != len(lines):
         piece.close()
-        snap.pieces["history.csv"] = Piece(data="".join(keep).encode(), stat=piece.stat)
+        snap.pieces[run_format.HISTORY] = Piece(data="".join(keep).encode(), stat=piece.stat)

@@ -52,7 +52,7 @@ POLL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30
 FINAL_RETRY_SECONDS = 300
 VANISHED_AFTER_SECONDS = 5  # no live process of the launch and no exit record for this long: it vanished
-SUPERSEDED = 3
+EXIT_SUPERSEDED = 3  # the uploader's own exit code when another launch owns the run's storage (not run_format.SUPERSEDED)
 
 
 def host_records():
@@ -253,7 +253,7 @@ class Uploader:
     def run(self):
         signal.signal(signal.SIGTERM, self.on_term)
         self.save(state="waiting")
-        with open(self.run_dir / ".storage.lock", "a") as lock:
+        with open(self.run_dir / run_format.STORAGE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # an earlier launch's uploader finishes its final upload first
             self.save(state="starting")
             try:
@@ -263,7 +263,7 @@ class Uploader:
                 if self.records.fenced(str(self.run_dir), self.launch_id) is None:  # its trainer stops at its next epoch end
                     self.records.fence(str(self.run_dir), self.launch_id, f"this host's uploader found that {e}")
                 self.log(f"[storage] {now_iso()} {e}; stopping, and the launch is fenced")
-                return SUPERSEDED
+                return EXIT_SUPERSEDED
 
     def on_term(self, signum, frame):
         self.terminated = True

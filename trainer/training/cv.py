@@ -31,7 +31,7 @@ from trainer.run_format import run_format
 from trainer.training.run import execute, new_run
 from trainer.training.status import write_json_atomic
 
-PLAN, SUMMARY = "cv-plan.json", run_format.CV
+PLAN, SUMMARY = run_format.CV_PLAN, run_format.CV
 HEADLINE = ("uar", "accuracy", "macro_f1")
 
 
@@ -99,18 +99,18 @@ def continue_cv(run_dir, console=None, price_per_hour=None, data_dirs=None):
     refuse_finished_cv(run_dir)
     check_run_paths(run_dir)  # its data_dirs
     plan = json.loads((run_dir / PLAN).read_text())
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / run_format.CONFIG)
     folds, summary = plan["folds"], None
     for k, actors in enumerate(plan["test_actors"], 1):
         fold_dir = run_dir / f"fold-{k}"
         if (fold_dir / run_format.METRICS).is_file():
             continue
         mirror = (run_dir / run_format.STATUS, {"run": run_dir.name, "fold": k, "folds": folds})
-        if (fold_dir / "split.json").is_file():
+        if (fold_dir / run_format.SPLIT).is_file():
             execute(fold_dir, data_dirs=data_dirs, resume=True, console=console, price_per_hour=price_per_hour, mirror=mirror)
         else:
             fold_dir.mkdir(exist_ok=True)
-            (fold_dir / "config.yaml").write_text(dump_config(cfg))
+            (fold_dir / run_format.CONFIG).write_text(dump_config(cfg))
             execute(fold_dir, data_dirs=data_dirs or plan["data_dirs"], console=console, price_per_hour=price_per_hour,
                     test_actors=actors, mirror=mirror)
         summary = summarize(run_dir)  # after every fold, for the monitor; after the last trained fold, final

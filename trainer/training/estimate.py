@@ -143,7 +143,7 @@ def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
     strategy = distribute.choose_strategy(cfg["train"]["distribute"], None)
     replicas = strategy.num_replicas_in_sync
     batch = cfg["train"]["batch_size"] * replicas
-    shape = data_shape(cfg, smoke_run / "manifest.json", batch)
+    shape = data_shape(cfg, smoke_run / run_format.MANIFEST, batch)
     train_steps, val_steps = math.ceil(shape["train"] / batch), math.ceil(shape["val"] / batch)
     gpus = distribute.describe(strategy, cfg["train"]["batch_size"])["devices"]
     mixed = cfg["train"]["mixed_precision"] == "on" or (cfg["train"]["mixed_precision"] == "auto" and tf.config.list_physical_devices("GPU"))

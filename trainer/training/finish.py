@@ -19,7 +19,7 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
     (a finished run has nothing to resume) and record the run `finished` with its headline metrics."""
     from trainer.training.model import load_model
 
-    best = load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() else model
+    best = load_model(run_dir / run_format.BEST_MODEL) if (run_dir / run_format.BEST_MODEL).exists() else model
     metrics = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
     metrics.update(
         best_epoch=(status.data["best"] or {}).get("epoch"),

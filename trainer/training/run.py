@@ -42,10 +42,10 @@ def new_run(cfg, runs_dir, run_name=None):
     """Create the run directory and save the resolved configuration in it."""
     name = run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(runs_dir) / name
-    if (run_dir / "config.yaml").exists():  # the deploy launcher may have created it, with train.log
+    if (run_dir / run_format.CONFIG).exists():  # the deploy launcher may have created it, with train.log
         raise UserError(f"Run directory {run_dir} already exists. Pick another --run-name, or --resume {run_dir}.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    (run_dir / run_format.CONFIG).write_text(dump_config(cfg))
     return run_dir
 
 
@@ -58,12 +58,12 @@ def execute(run_dir, data_dirs=None, resume=False, epochs=None, console=None, pr
     clips' pack (`validate --pack`), read instead of the NPZs where it is current."""
     run_dir = Path(run_dir)
     refuse_special_entries(run_dir, f"train in {run_dir}")  # before anything is written: a link would be written through
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / run_format.CONFIG).is_file():
         raise UserError(f"{run_dir} has no config.yaml: not a run directory.")
     if resume:
         refuse_finished(run_dir)
-    cfg = load_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else [])
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    cfg = load_config(run_dir / run_format.CONFIG, [f"train.epochs={epochs}"] if epochs else [])
+    (run_dir / run_format.CONFIG).write_text(dump_config(cfg))
     _stop_at_once_until_training_starts(run_dir)
     with tee_to(run_dir / run_format.LOG):
         console = console or make_console(file=sys.stdout)
@@ -116,7 +116,7 @@ def never_prepared(run_dir):
     """The run ended before its data was prepared (split.json, manifest.json or normalization.npz missing) and before
     any backup (not one epoch trained)."""
     run_dir = Path(run_dir)
-    prepared = all((run_dir / name).is_file() for name in ("split.json", "manifest.json", "normalization.npz"))
+    prepared = all((run_dir / name).is_file() for name in (run_format.SPLIT, run_format.MANIFEST, run_format.NORMALIZATION))
     return not prepared and not any((run_dir / "backup").glob("training_metadata.json*"))
 
 
@@ -267,7 +267,7 @@ def _callbacks(cfg, run_dir, chief, status, console):
     classes, monitor = cfg["data"]["classes"], cfg["train"]["monitor"]
     mode = "min" if monitor.endswith("loss") else "max"
     stop = GracefulStop()
-    best_path = run_dir / "best.keras"
+    best_path = run_dir / run_format.BEST_MODEL
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg["train"]["patience"], restore_best_weights=True)
     reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=cfg["train"]["lr_factor"],
                                                   patience=cfg["train"]["lr_patience"], min_lr=cfg["train"]["min_lr"])
@@ -287,10 +287,10 @@ def _callbacks(cfg, run_dir, chief, status, console):
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             # the epoch's row before its backup: a kill between the two leaves a row past the backup's epoch, which the
             # resume removes and writes again; the other way round it left the run's history without that epoch's row
-            SafeCSVLogger(str(run_dir / "history.csv"), append=True),  # never through a link
+            SafeCSVLogger(str(run_dir / run_format.HISTORY), append=True),  # never through a link
             # after the checkpoint, early stopping and the LR schedule (it saves and restores their state with the
             # weights); a kill during its save leaves the previous epoch's backup to resume from
-            RunBackup(run_dir / "backup", resume_state, log=console.print, history=run_dir / "history.csv"),
+            RunBackup(run_dir / "backup", resume_state, log=console.print, history=run_dir / run_format.HISTORY),
         ]
     else:  # the same decisions from the same numbers, and no file of the run's
         resume_state = ResumeState(None, early_stopping, reduce_lr)

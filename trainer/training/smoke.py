@@ -20,6 +20,7 @@ import numpy as np
 
 from trainer.config import load_config
 from trainer.errors import UserError
+from trainer.run_format import run_format
 from trainer.training.environment import CODE_ROOT
 from trainer.training.run import execute, new_run
 
@@ -63,12 +64,12 @@ def check_run(run_dir, num_classes):
     from trainer.data import pipeline as data
     from trainer.training.model import load_model
 
-    with open(Path(run_dir) / "history.csv") as f:
+    with open(Path(run_dir) / run_format.HISTORY) as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     if not losses or not all(math.isfinite(v) for v in losses):
         raise SmokeFailure(f"Smoke test failed: training losses {losses} in {run_dir}/history.csv are not all finite.")
-    model = load_model(Path(run_dir) / "best.keras")
-    cfg = load_config(Path(run_dir) / "config.yaml")
+    model = load_model(Path(run_dir) / run_format.BEST_MODEL)
+    cfg = load_config(Path(run_dir) / run_format.CONFIG)
     prepared = data.load_prepared(run_dir)
     x, _ = data.make_generator(cfg, prepared.split["val"], prepared.entries, prepared.stats, shuffle=False)[0]
     probs = model.predict_on_batch(x)

@@ -140,7 +140,9 @@ def any_batch_and_length(value):
     spec = tf.type_spec_from_value(value)
     if isinstance(spec, tf.TensorSpec):
         return _open(spec)
-    return type(spec)(*map(_open, spec._value_specs))  # distributed values (PerReplicaSpec): one per replica
+    # distributed values (PerReplicaSpec): one spec per replica. tf.distribute exports no accessor of a PerReplicaSpec's
+    # per-replica specs (nor the class), and the loop needs a spec of that very type to trace its step once for any batch
+    return type(spec)(*map(_open, spec._value_specs))
 
 
 def _open(spec):
@@ -148,6 +150,9 @@ def _open(spec):
     return tf.TensorSpec([None] * min(2, len(dims)) + dims[2:], spec.dtype)
 
 
+# Private Keras on purpose: Keras 3 has no public walk over every nested layer (Model.layers does not descend) nor a public
+# list of a layer's SeedGenerators (keras.random.SeedGenerator is public, the layer's `_seed_generators` is not), nor a
+# hook to fold the replica id into the seeds they give; the loop needs all three so that replicas drop different units.
 def fold_replica_into_seeds(model):
     """Every seed generator of `model`'s layers (dropout) folds the global replica id (worker k's
     replicas come after those of workers 0..k-1) into each seed it gives under several replicas.

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 
 from trainer.errors import ResumeError
+from trainer.run_format import run_format
 from trainer.training.callbacks.base import LoopCallback
 from trainer.training.status import write_json_atomic
 
@@ -141,9 +142,7 @@ class RunBackup(LoopCallback):
         lines = self.history.read_text().splitlines(keepends=True)
         keep = lines[:1] + [line for line in lines[1:] if not line.split(",", 1)[0].isdigit() or int(line.split(",", 1)[0]) < epoch]
         if len(keep) != len(lines):
-            tmp = self.history.with_name(f".{self.history.name}.tmp")
-            tmp.write_text("".join(keep))
-            os.replace(tmp, self.history)
+            run_format.write_atomic(self.history, "".join(keep))
             self.log(f"history.csv: {len(lines) - len(keep)} row(s) past epoch {epoch} removed (they are trained again)")
 
     def _read_set(self, paths):
