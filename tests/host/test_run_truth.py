@@ -13,18 +13,12 @@ import time
 import pytest
 
 from tests.support.deploy_env import make_ready
+from tests.support.deploy_env import run_status as status
 from tests.support.helpers import wait_until
 from tests.support.host_fakes import FAKE_CRONTAB, group_alive
 from tests.support.standin_fixtures import on_standin
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-def status(env, run):
-    try:
-        return json.loads((env.runs / run / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def session_alive(env):

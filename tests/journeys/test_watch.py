@@ -14,17 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.deploy_env import run_status as status
 from tests.support.helpers import wait_until
 from tests.support.two_hosts import TwoHosts, history_epochs, read_json
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-def status(env, run):
-    try:
-        return json.loads((env.runs / run / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def trainer_pid(env, run):

@@ -138,5 +138,7 @@ def run_status(env, run):
     """The run's status.json on `env`'s host, or {} before the trainer wrote one."""
     import json
 
-    path = env.runs / run / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        return json.loads((env.runs / run / "status.json").read_text())  # written atomically: whole or absent
+    except FileNotFoundError:
+        return {}

@@ -32,7 +32,6 @@ import importlib.machinery
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -179,8 +178,11 @@ def set_up(cfg, run_dir, prepared, cluster, status, console, watch):
 
 
 def callbacks(cfg, run_dir, chief, status, console):
-    """run._callbacks' stand-in: (callbacks, resume state, stop) with the run's files written by RunFiles."""
-    return [RunFiles(cfg, run_dir, status, console.print)], None, GracefulStop()
+    """run._callbacks' stand-in: (callbacks, resume state, stop) with the run's files written by RunFiles, and the
+    real trainer's stop on a signal (GracefulStop is it as a Keras callback)."""
+    from trainer.training.stop_request import StopRequest
+
+    return [RunFiles(cfg, run_dir, status, console.print)], None, StopRequest()
 
 
 def predict(model, gen):
@@ -207,22 +209,6 @@ def local_failure(error):
 def draw(run_dir, metrics, step):
     """finish.draw's stand-in: no pictures (matplotlib and TensorBoard's images are the real trainer's)."""
     return {}
-
-
-class GracefulStop:
-    """trainer/training/callbacks/stop.py's GracefulStop, without Keras: the first SIGTERM/SIGINT/SIGHUP stops at the
-    epoch's end, a second at once (KeyboardInterrupt, which run._fit turns into Stopped)."""
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
-        self.requested = False
-        for sig in signals:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping now")
-        self.requested = True
-        print(f"Received {signal.Signals(signum).name}: stopping after this epoch (send it again to stop at once).", flush=True)
 
 
 class RunFiles:
