@@ -166,5 +166,13 @@ def pytest_terminal_summary(terminalreporter, config):
     wall = time.monotonic() - config.stash[_wall_key]
     total = sum(costs.values())
     terminalreporter.section(f"CPU: {total:.0f} CPU-s in {len(costs)} tests, {wall:.0f} s of wall time; the costliest")
+    tiers = {}
+    for nodeid, value in costs.items():
+        parts = nodeid.split("/")
+        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+        count, cpu = tiers.get(tier, (0, 0.0))
+        tiers[tier] = (count + 1, cpu + value)
+    terminalreporter.write_line("by folder: " + ", ".join(f"{tier} {cpu:.0f} CPU-s ({count} tests)"
+                                                         for tier, (count, cpu) in sorted(tiers.items(), key=lambda kv: -kv[1][1])))
     for nodeid, value in sorted(costs.items(), key=lambda kv: -kv[1])[:SHOWN]:
         terminalreporter.write_line(f"{value:8.1f} CPU-s  {value / total:5.1%}  {nodeid}")
