@@ -273,6 +273,14 @@ class Scenario:
                 return sorted(set(alive.values()))[-1]
         return "b" if "a" in self.terminated else "a"
 
+    def watched_host(self):
+        """The host the watch last followed the run on (its record, state/watch/RUN.json), or None. Once the run ended
+        no trainer lives to sample, and a host that crashed and came back still holds the run's older folder."""
+        try:
+            return json.loads((self.root / "state" / "watch" / f"{self.run}.json").read_text()).get("host")
+        except (OSError, ValueError):
+            return None
+
     def stored_epoch(self):
         from tests.support.storage_check import client
 
@@ -435,7 +443,7 @@ class Scenario:
         for a, b in zip(self.samples, self.samples[1:]):
             r.billed_seconds += len(a[1]) * (b[0] - a[0])
         r.pointer = self.stored_epoch()
-        host = "b" if "a" in self.terminated else self.current_host()
+        host = self.watched_host() or ("b" if "a" in self.terminated else self.current_host())
         run_dir = self.hosts[host] / "runs" / self.run
         if not (run_dir / "history.csv").exists():
             run_dir = self.hosts["a" if host == "b" else "b"] / "runs" / self.run

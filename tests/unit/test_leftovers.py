@@ -29,7 +29,13 @@ def session(tmp_path, marker, nap=0):
     return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "leftovers", "-p", "no:cacheprovider", "-q", "-c", os.devnull,
                              "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "base"), str(tmp_path / "test_inner.py")],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    """Ctrl-C as a terminal gives it: a make started in the background of a script (CI, nohup) ignores SIGINT, its
+    children inherit that, and a Python started with SIGINT ignored keeps ignoring it (no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def sleepers(marker):
