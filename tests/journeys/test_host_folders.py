@@ -1,6 +1,7 @@
 """A host's own folders (`hosts.<name>.remote`) apply to every task that acts on it, named with -H
 or remembered, not only inside a cluster. Real sshd, tmux and rsync; the two inventory hosts are the
-same machine, so where each task wrote and read shows which folders it used."""
+same machine, so where each task wrote and read shows which folders it used. The trainings only show where
+the run's files went: the stand-in trainer's (tests/support/standin_trainer.py); deploy-full's smoke test is real."""
 
 import json
 import shutil
@@ -20,10 +21,10 @@ def status(runs, run):
         return {}
 
 
-def test_every_task_uses_the_named_hosts_own_folders(deploy_env, tmp_path):
+def test_every_task_uses_the_named_hosts_own_folders(standin_env, tmp_path):
     from trainer.data.synth import write_corpus
 
-    env = deploy_env
+    env = standin_env
     write_corpus(env.data, "crema-d", clips=60, seed=9)
     own = env.remote_root / "b's own"
     b = {**env.inventory["hosts"]["local"],

@@ -23,7 +23,8 @@ from tests.support.two_hosts import TwoHosts, history_epochs, instances
 from tests.support.webhook import serve
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-EPOCHS = 12  # room for the kill after epoch 3 is stored, before the end, even when storage lags
+EPOCHS = 30  # room for the kill after epoch 3 is stored, before the end, even when storage lags (12 was not: on a busy
+# machine the uploader stored epoch 2, then 12, the last, before the kill)
 RUN, REPLACEMENT = "e2e", "e2e-r1"
 
 
