@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import fab_runner
 from tests.support.aws import BUCKET, CIDR, DLAMI_PARAMETER, moto_ami, seed_public_parameter, ssh_alias_config
-from tests.support.deploy_env import DeployEnv, make_host_venv, make_ready, run_wide
+from tests.support.deploy_env import DeployEnv, env_on, make_host_venv, make_ready, run_wide
 from tests.support.helpers import ROOT
 
 # markers applied by fixture use and by folder, and `pytest --fast` (make test-fast): see tests/support/kinds.py;
@@ -90,11 +90,7 @@ def fresh_venv(tmp_path, _pristine_venv):
 
 @pytest.fixture
 def deploy_env(tmp_path, ssh_host, host_venv, monkeypatch):
-    root = tmp_path / "facenet deploy"
-    root.mkdir()
-    env = DeployEnv(root, ssh_host, host_venv)
-    yield env
-    env.cleanup()
+    yield from env_on(tmp_path / "facenet deploy", ssh_host, host_venv)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests.support.deploy_env import make_ready
-from tests.support.helpers import ROOT, mount_tmpfs, wait_until
+from tests.support.helpers import ROOT, fill_disk, mount_tmpfs, wait_until
 from tests.support.host_fakes import FAKE_CRONTAB
 
 sys.path.insert(0, str(ROOT / "remote_scripts"))
@@ -134,12 +134,7 @@ def test_the_agent_survives_a_full_disk_fires_and_writes_its_state_again_once_th
     idle_s = 6
     arm(env, idle_s)
     pid = wait_until(env.agent_pid, 10, "the agent")
-    with open(small_disk / "filler", "wb") as f:  # another program fills the disk
-        try:
-            while True:
-                f.write(b"\0" * 2**16)
-        except OSError:
-            pass
+    fill_disk(small_disk / "filler")
     polled = agent_state(env.runs).get("polled_at")
     wait_until(fired.exists, idle_s + 15, "autostop to fire on the full disk")
     time.sleep(1)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.support.deploy_env import run_status as status
-from tests.support.helpers import ROOT, mount_tmpfs, wait_until
+from tests.support.helpers import ROOT, fill_disk, mount_tmpfs, wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -163,12 +163,7 @@ def test_a_full_disk_fails_the_run_with_that_reason_not_as_vanished(ready, small
     assert ready.fab("train", "--run-name", "big").returncode == 0
     wait_until(lambda: (runs / "big" / "status.json").exists() and json.loads((runs / "big" / "status.json").read_text())["epoch"] >= 1,
                what="epoch 1")
-    with open(small_disk / "filler", "wb") as f:  # another program fills the disk
-        try:
-            while True:
-                f.write(b"\0" * 2**20)
-        except OSError:
-            pass
+    fill_disk(small_disk / "filler")
     wait_until(lambda: (runs / "big" / "exit.json").exists(), timeout=180, what="the exit record")
     proc = ready.fab("monitor")
     assert proc.returncode == 1, proc.out

@@ -13,8 +13,7 @@ import time
 import pytest
 
 from tests.support.deploy_env import make_ready
-from tests.support.deploy_env import run_status as status
-from tests.support.helpers import wait_until
+from tests.support.helpers import read_status, wait_until
 from tests.support.host_fakes import FAKE_CRONTAB, group_alive
 from tests.support.standin_fixtures import on_standin
 
@@ -42,8 +41,8 @@ def test_a_closed_tmux_session_with_the_trainer_alive_is_still_running_and_refus
     env = standin_ready  # the process around the training only: the stand-in trainer (tests/support/standin_trainer.py)
     env.configure(200)
     assert env.fab("train", "--run-name", "alive").returncode == 0
-    wait_until(lambda: status(env, "alive").get("epoch", 0) >= 1, what="epoch 1")
-    trainer = status(env, "alive")["pid"]
+    wait_until(lambda: read_status(env.runs / "alive").get("epoch", 0) >= 1, what="epoch 1")
+    trainer = read_status(env.runs / "alive")["pid"]
     launch = json.loads((env.runs / "alive" / "launch.json").read_text())
     os.kill(trainer, signal.SIGSTOP)  # a long epoch: the trainer acts on the hangup only once it runs again
     try:
@@ -87,7 +86,7 @@ def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_ho
     env.write(price_per_hour=2.0, autostop={"command": f"touch {shlex.quote(str(fired))}"},
               ec2={"poll_seconds": 0.5, "metadata_url": "http://127.0.0.1:9"})
     assert env.fab("train", "--run-name", "hung").returncode == 0
-    wait_until(lambda: status(env, "hung").get("epoch", 0) >= 2, 180, "epoch 2")
+    wait_until(lambda: read_status(env.runs / "hung").get("epoch", 0) >= 2, 180, "epoch 2")
     env.write(stall_minutes=0.2)  # 12 s, several epochs here
     armed = env.fab("autostop", "--idle-minutes", "0.05")  # 3 s; also gives the host agent the stall threshold
     assert armed.returncode == 0 and "autostop: armed" in armed.out, armed.out
@@ -95,7 +94,7 @@ def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_ho
     time.sleep(5)
     assert not fired.exists()  # it waits while the training progresses
 
-    trainer = status(env, "hung")["pid"]
+    trainer = read_status(env.runs / "hung")["pid"]
     os.kill(trainer, signal.SIGSTOP)  # hung: alive, and status.json is rewritten no more
     try:
         time.sleep(13)
@@ -115,8 +114,8 @@ def test_a_hung_trainer_reads_stalled_and_autostop_counts_it_as_idle(fake_bin_ho
         raise
     os.kill(trainer, signal.SIGCONT)
 
-    before = status(env, "hung")["epoch"]
-    wait_until(lambda: status(env, "hung").get("epoch", 0) > before, 60, "the trainer to progress again")
+    before = read_status(env.runs / "hung")["epoch"]
+    wait_until(lambda: read_status(env.runs / "hung").get("epoch", 0) > before, 60, "the trainer to progress again")
     running = env.fab("monitor")
     assert running.returncode == 0 and "RUNNING" in running.out, running.out
     assert env.fab("stop", "--wait", "60").returncode == 0

@@ -3,22 +3,14 @@ or remembered, not only inside a cluster. Real sshd, tmux and rsync; the two inv
 same machine, so where each task wrote and read shows which folders it used. The trainings only show where
 the run's files went: the stand-in trainer's (tests/support/standin_trainer.py); deploy-full's smoke test is real."""
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import TINY_CONFIG, wait_until, write_config
+from tests.support.helpers import TINY_CONFIG, read_status, wait_until, write_config
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-
-def status(runs, run):
-    try:
-        return json.loads((runs / run / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def test_every_task_uses_the_named_hosts_own_folders(standin_env, tmp_path):
@@ -45,13 +37,13 @@ def test_every_task_uses_the_named_hosts_own_folders(standin_env, tmp_path):
 
     train = env.fab("-H", "b", "train", "--run-name", "in-b")
     assert train.returncode == 0, train.out
-    wait_until(lambda: status(runs, "in-b").get("epoch", 0) >= 1, what="epoch 1 in b's runs dir")
+    wait_until(lambda: read_status(runs / "in-b").get("epoch", 0) >= 1, what="epoch 1 in b's runs dir")
     assert (runs / ".current").read_text().strip() == "in-b"
     monitor = env.fab("-H", "b", "monitor")
     assert monitor.returncode == 0 and "RUNNING" in monitor.out and "in-b" in monitor.out, monitor.out  # (no global runs dir)
     stop = env.fab("-H", "b", "stop", "--wait", "60")
     assert stop.returncode == 0, stop.out
-    assert status(runs, "in-b")["state"] == "stopped"
+    assert read_status(runs / "in-b")["state"] == "stopped"
 
     fetched = env.fab("-H", "b", "fetch-results", "--backup", "--dest", tmp_path / "results")
     assert fetched.returncode == 0, fetched.out
@@ -63,12 +55,12 @@ def test_every_task_uses_the_named_hosts_own_folders(standin_env, tmp_path):
     moved = env.fab("-H", "b", "deploy-full", "--resume-from", local)
     assert moved.returncode == 0, moved.out
     assert "upload-run" in moved.out
-    wait_until(lambda: status(runs, "in-b").get("state") == "running" and status(runs, "in-b").get("epoch", 0) >= 2,
+    wait_until(lambda: read_status(runs / "in-b").get("state") == "running" and read_status(runs / "in-b").get("epoch", 0) >= 2,
                what="the resumed run to train past its first epoch in b's runs dir")
 
     remembered = env.fab("monitor")  # no -H: deploy-full remembered b, and with it b's folders
     assert remembered.returncode == 0 and "RUNNING" in remembered.out and "in-b" in remembered.out, remembered.out
     assert env.fab("stop", "--wait", "60").returncode == 0
-    assert status(runs, "in-b")["state"] == "stopped"
+    assert read_status(runs / "in-b")["state"] == "stopped"
     for key in ("project_dir", "data_dir", "runs_dir"):
         assert not Path(shared[key]).exists(), key

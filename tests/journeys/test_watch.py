@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deploy_env import run_status as status
-from tests.support.helpers import wait_until
+from tests.support.helpers import read_status, wait_until
 from tests.support.two_hosts import TwoHosts, history_epochs, read_json
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -78,13 +77,13 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     env.configure(epochs=300)
     assert env.fab("train", "--run-name", "w2").returncode == 0
     proc = watching(env)
-    wait_until(lambda: status(env, "w2").get("epoch", 0) >= 1, 180, "the first epoch")
+    wait_until(lambda: read_status(env.runs / "w2").get("epoch", 0) >= 1, 180, "the first epoch")
     first = json.loads((env.runs / "w2" / "launch.json").read_text())["launch_id"]
     os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
     wait_until(lambda: json.loads((env.runs / "w2" / "launch.json").read_text())["launch_id"] != first and trainer_pid(env, "w2"),
                180, "the trainer restarted")
     launched = (env.runs / "w2" / "launch.json").stat().st_mtime_ns  # killed again once the new trainer is past its start:
-    wait_until(lambda: (env.runs / "w2" / "status.json").stat().st_mtime_ns > launched and status(env, "w2").get("state") == "running",
+    wait_until(lambda: (env.runs / "w2" / "status.json").stat().st_mtime_ns > launched and read_status(env.runs / "w2").get("state") == "running",
                180, "the restarted trainer's first epoch")
     os.kill(trainer_pid(env, "w2"), signal.SIGKILL)  # a kill before (train --resume says "ended at once") is no restart
     out, _ = proc.communicate(timeout=120)
@@ -104,7 +103,7 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     env.write(recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1, "hosts": ["local"]})
     assert env.fab("train", "--run-name", "w3").returncode == 0
     proc = watching(env)
-    wait_until(lambda: status(env, "w3").get("epoch", 0) >= 2, 180, "two epochs")
+    wait_until(lambda: read_status(env.runs / "w3").get("epoch", 0) >= 2, 180, "two epochs")
     os.killpg(json.loads((env.runs / "w3" / "launch.json").read_text())["pgid"], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out

@@ -115,6 +115,15 @@ class DeployEnv:
         end_host_processes(self.root, (self.inventory["tmux_session"], self.inventory["tensorboard"]["session"]))
 
 
+def env_on(root, ssh_host, venv):
+    """A DeployEnv in the new folder `root` on `ssh_host` with `venv` (a generator for a fixture: it ends what the
+    host still runs of it afterwards)."""
+    root.mkdir()
+    env = DeployEnv(root, ssh_host, venv)
+    yield env
+    env.cleanup()
+
+
 def make_ready(env, tmp_path):
     """`env`'s host with code and 60 clips of data synced, and `env.configure(epochs, **data)`."""
     from trainer.data.synth import write_corpus
@@ -138,7 +147,5 @@ def run_status(env, run):
     """The run's status.json on `env`'s host, or {} before the trainer wrote one."""
     import json
 
-    try:
-        return json.loads((env.runs / run / "status.json").read_text())  # written atomically: whole or absent
-    except FileNotFoundError:
-        return {}
+    path = env.runs / run / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -63,6 +63,16 @@ def mount_tmpfs(path, size):
     return path
 
 
+def fill_disk(path):
+    """Write `path` until its disk is full (ENOSPC), as another program on the host would."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**16)
+        except OSError:
+            pass
+
+
 def read_status(run):
     """The run folder's status.json, or {} before its trainer wrote one (or while it writes it)."""
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import standin_trainer
-from tests.support.deploy_env import DeployEnv, make_ready, run_wide
+from tests.support.deploy_env import env_on, make_ready, run_wide
 
 EPOCH_SECONDS = 1.0
 
@@ -41,11 +41,7 @@ def make_standin_venv(path, host_venv):
 @pytest.fixture
 def standin_env(tmp_path, ssh_host, standin_venv):
     """deploy_env with the stand-in trainer."""
-    root = tmp_path / "facenet deploy (stand-in)"  # beside deploy_env's in a test that uses both
-    root.mkdir()
-    env = DeployEnv(root, ssh_host, standin_venv)
-    yield env
-    env.cleanup()
+    yield from env_on(tmp_path / "facenet deploy (stand-in)", ssh_host, standin_venv)  # beside deploy_env's in a test of both
 
 
 @pytest.fixture
