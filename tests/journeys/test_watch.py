@@ -1,7 +1,10 @@
 """`fab watch` through real hosts: automatic recovery and recovery launches.
 
 Real parts: `fab` as a user types it, real sshd hosts on 127.0.0.1 (one per "machine"), real tmux,
-rsync and training (tiny), the real host agent, a local HTTP server recording the webhook posts.
+rsync, smoke tests, the real host agent and uploader, a local HTTP server recording the webhook posts. Both tests
+check the process around a training (states, exit records, restarts, which epochs were trained where), not what it
+learnt: their trainer is the stand-in (tests/support/standin_fixtures.py, held to the real one by
+tests/host/test_standin_contract.py).
 """
 
 import contextlib
@@ -53,10 +56,13 @@ def watching():
             proc.communicate()
 
 
-def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_resumes_a_vanished_one_in_place(host_ready, webhook, watching):
-    env = host_ready
-    env.configure(epochs=2)
-    env.write(notify={"webhook": webhook.url}, recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1})
+def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_resumes_a_vanished_one_in_place(standin_ready, webhook, watching):
+    env = standin_ready
+    env.configure(epochs=4)
+    # the host agent says "started" when a round of it sees the run before its first epoch's end: the stand-in's first
+    # epoch takes a second, so the agent's rounds come every half second (5 s by default)
+    env.write(notify={"webhook": webhook.url}, recovery={"poll_seconds": 0.5, "unreachable_minutes": 0.1},
+              ec2={**env.inventory["ec2"], "poll_seconds": 0.5})
     assert env.fab("train", "--run-name", "w1").returncode == 0
     proc = watching(env)
     out, _ = proc.communicate(timeout=240)
@@ -82,10 +88,11 @@ def test_watch_follows_a_run_to_its_end_does_not_restart_one_that_failed_and_res
     os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
     wait_until(lambda: json.loads((env.runs / "w2" / "launch.json").read_text())["launch_id"] != first and trainer_pid(env, "w2"),
                180, "the trainer restarted")
-    launched = (env.runs / "w2" / "launch.json").stat().st_mtime_ns  # killed again once the new trainer is past its start:
-    wait_until(lambda: (env.runs / "w2" / "status.json").stat().st_mtime_ns > launched and read_status(env.runs / "w2").get("state") == "running",
-               180, "the restarted trainer's first epoch")
-    os.kill(trainer_pid(env, "w2"), signal.SIGKILL)  # a kill before (train --resume says "ended at once") is no restart
+    launched = (env.runs / "w2" / "launch.json").stat().st_mtime_ns  # killed again once the new trainer is past its start
+    # and the watch's `train --resume` has seen it start (it says "recovered"): a kill before that ("ended at once") is no restart
+    wait_until(lambda: (env.runs / "w2" / "status.json").stat().st_mtime_ns > launched and read_status(env.runs / "w2").get("state") == "running"
+               and any(p["event"] == "recovered" and p["run"] == "w2" for p in webhook.posts), 180, "the restart to be confirmed")
+    os.kill(trainer_pid(env, "w2"), signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 137, out
     assert "restarting it from its last epoch (1 of at most 1: recovery.max_restarts_on_kill)" in out, out
@@ -134,11 +141,11 @@ def serve_metadata(handler):
         server.server_close()
 
 
-def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run_moves_on(aws, host_venv, tmp_path, webhook, watching):
+def test_a_spot_notice_stores_the_running_epoch_before_the_stop_ends_and_the_run_moves_on(aws, standin_venv, tmp_path, webhook, watching):
     from tests.support.host_fakes import MetadataService
 
     epochs = 10
-    two = TwoHosts(tmp_path, host_venv, aws, webhook, epochs)
+    two = TwoHosts(tmp_path, standin_venv, aws, webhook, epochs)
     env = two.env
     with serve_metadata(MetadataService) as imds:
         try:
