@@ -19,6 +19,7 @@ from tests.support import standin_trainer
 from tests.support.deploy_env import env_on, make_ready, run_wide
 
 EPOCH_SECONDS = 1.0
+SLOW_EPOCH_SECONDS = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +29,19 @@ def standin_venv(tmp_path_factory, host_venv):
     return run_wide(tmp_path_factory, "stand-in venv", lambda path: make_standin_venv(path, host_venv))
 
 
-def make_standin_venv(path, host_venv):
+@pytest.fixture(scope="session")
+def slow_standin_venv(tmp_path_factory, host_venv):
+    """standin_venv whose epochs take SLOW_EPOCH_SECONDS: for a test that must act while a run is in its first epoch."""
+    return run_wide(tmp_path_factory, "slow stand-in venv", lambda path: make_standin_venv(path, host_venv, SLOW_EPOCH_SECONDS))
+
+
+def make_standin_venv(path, host_venv, epoch_seconds=None):
     venv = Path(shutil.copytree(host_venv, path, symlinks=True))
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     assert Path(site).is_relative_to(venv), site
     Path(site, "facenet-standin.pth").write_text(standin_trainer.pth_line())
-    (venv / standin_trainer.SETTINGS).write_text(json.dumps({"epoch_seconds": EPOCH_SECONDS}))
+    (venv / standin_trainer.SETTINGS).write_text(json.dumps({"epoch_seconds": epoch_seconds or EPOCH_SECONDS}))
     return venv
 
 
