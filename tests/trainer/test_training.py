@@ -109,14 +109,6 @@ def test_a_crash_exits_1_with_traceback_in_train_log_and_failed_status(tmp_path,
     assert "Traceback" in (run / "train.log").read_text()
 
 
-def test_smoke_end_to_end_and_without_data(tmp_path):
-    proc = run_trainer("smoke", "--synthetic", "--out", tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Smoke test passed" in proc.stdout
-    proc = run_trainer("smoke", "--out", tmp_path)
-    assert proc.returncode == 2 and "--data" in proc.stderr
-
-
 def zero_model_weights(weights_file):
     """Every layer weight in a Keras .weights.h5 set to 0: a model that predicts one class."""
     import h5py
@@ -160,7 +152,7 @@ def test_resume_keeps_the_best_model_and_survives_a_backup_torn_by_a_kill(tmp_pa
     assert not list(run.glob(".*.tmp*"))
 
 
-def test_validate_and_smoke_write_a_json_result_for_the_deploy_side(tmp_path, synth_crema):
+def test_validate_and_smoke_write_a_json_result_for_the_deploy_side_and_smoke_without_data_is_refused(tmp_path, synth_crema):
     result = tmp_path / "validate.json"
     proc = run_trainer("validate", "--data", synth_crema, "--result", result)
     assert proc.returncode == 0
@@ -174,7 +166,8 @@ def test_validate_and_smoke_write_a_json_result_for_the_deploy_side(tmp_path, sy
     proc = run_trainer("smoke", "--synthetic", "--out", tmp_path / "runs", "--result", tmp_path / "smoke.json",
                        "--estimate-config", ROOT / "configs" / "demo.yaml")
     got = json.loads((tmp_path / "smoke.json").read_text())
-    assert proc.returncode == 0 and got["ok"] is True and "Smoke test passed" in got["message"]
+    assert proc.returncode == 0 and got["ok"] is True and "Smoke test passed" in got["message"], proc.stdout + proc.stderr
+    assert "Smoke test passed" in proc.stdout, proc.stdout
     run = (tmp_path / "runs").joinpath(got["run_dir"].split("/")[-1])
     assert run.joinpath("best.keras").is_file()
     # the estimate of the demo's training: the smoke run's own timing, scaled with the demo config's steps timed here
@@ -186,6 +179,8 @@ def test_validate_and_smoke_write_a_json_result_for_the_deploy_side(tmp_path, sy
     assert est["seconds_per_epoch"] == pytest.approx(est["steps_per_epoch"] * est["seconds_per_step"] + est["val_steps_per_epoch"]
                                                      * est["seconds_per_eval_step"] + timing["last_epoch"]["other_seconds"], abs=0.02)
     assert est["seconds"] == pytest.approx(sum(est["parts"].values()), abs=0.1)
+    proc = run_trainer("smoke", "--out", tmp_path / "runs")  # neither --data nor --synthetic
+    assert proc.returncode == 2 and "--data" in proc.stderr, proc.stderr
 
 
 def test_mirrored_training_over_two_devices_records_replicas_and_resumes(tmp_path, synth_crema):
