@@ -1,0 +1,81 @@
+"""`fab sweep` over two local SSH hosts (tests/support/sweep_hosts.py: a real sshd, folders and tmux server each) with the
+stand-in trainer (the sweep is the process around trainings: queues, states, exit records, moves; no number of a
+training is read here), and `fab compare` on two of its runs still on their hosts.
+
+Each test's fault comes at a seeded random moment (SEED): after a drawn number of epochs of the run it hits.
+"""
+
+import json
+import random
+import signal
+
+import pytest
+
+from tests.support.helpers import wait_until
+from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs
+
+pytestmark = [pytest.mark.ssh]
+
+SEED = 32
+SETS = ("--set", "train.learning_rate=0.001,0.0003", "--set", "model.units=8,16")
+RUNS = ["lr-0.001-8", "lr-0.001-16", "lr-0.0003-8", "lr-0.0003-16"]  # the product, in order; a takes the 1st and 3rd
+
+
+def status_epoch(run_dir):
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("epoch") or 0
+    except (OSError, ValueError):
+        return 0
+
+
+def holders(hosts, run):
+    return [name for name in ("a", "b") if (hosts.runs(name) / run / "config.yaml").exists()]
+
+
+def test_a_sweep_interrupted_and_run_again_trains_nothing_twice(standin_venv, tmp_path):
+    epochs = 4
+    hosts = SweepHosts(tmp_path, standin_venv, epochs)
+    rng = random.Random(SEED)
+    try:
+        follow = hosts.env.popen("sweep", "lr", *SETS, "--hosts", "a,b")
+        first, second = hosts.runs("a") / RUNS[0], hosts.runs("a") / RUNS[2]
+        wait_until(lambda: (first / "metrics.json").exists(), 120, f"{RUNS[0]} to finish on a")
+        at = rng.randint(1, epochs - 1)
+        wait_until(lambda: status_epoch(second) >= at, 120, f"{RUNS[2]} at epoch {at} on a")
+        follow.send_signal(signal.SIGINT)  # the laptop goes away: the hosts go on
+        out, _ = follow.communicate(timeout=60)
+        assert follow.returncode == 130, out
+        assert "estimate: 4 configurations x 9 s each" in out and "about $0.01 at $1.5/h" in out, out  # before anything trained
+        hosts.kill_tmux("a")  # and host a loses its runner and its training (a crash): its run vanished
+        from deploy.demo.localhost import end_host_processes
+
+        end_host_processes(tmp_path / "laptop" / "host a" / "project", (), timeout=0)
+        end_host_processes(second, (), timeout=0)
+
+        again = hosts.env.fab("sweep", "lr", timeout=300)
+        assert again.returncode == 0, again.out
+        for run in RUNS:
+            assert len(holders(hosts, run)) == 1, (run, holders(hosts, run))
+            run_dir = hosts.runs(holders(hosts, run)[0]) / run
+            assert history_epochs(run_dir) == list(range(epochs)), (run, history_epochs(run_dir))
+            assert (run_dir / "metrics.json").exists() and (run_dir / "test_predictions.json").exists(), run
+        assert exit_codes(first) == [0], "a finished run is never launched again"
+        assert exit_codes(second)[-1] == 0 and len(exit_codes(second)) == 1, exit_codes(second)  # the killed launch left none
+        launches = json.loads((second / "launch.json").read_text())
+        assert "--resume" in launches["command"], launches  # continued from its backup, not started again
+        for run in (RUNS[1], RUNS[3]):
+            assert exit_codes(hosts.runs("b") / run) == [0], run
+
+        table = hosts.env.fab("sweep", "lr", "--status")
+        assert table.returncode == 0, table.out
+        assert "among 4 finished of 4 configurations compared" in table.out and "4/4 finished" in table.out, table.out
+        assert all(run in table.out for run in RUNS), table.out
+
+        # fab compare on two runs still on their hosts (no storage, nothing fetched): only their predictions come over
+        compared = hosts.env.fab("compare", RUNS[0], RUNS[1], "--dest", str(tmp_path / "results"))
+        assert compared.returncode == 0, compared.out
+        assert "its test predictions fetched from a" in compared.out and "fetched from b" in compared.out, compared.out
+        assert "no difference shown" in compared.out, compared.out  # the stand-in predicts alike on one split
+        assert not (tmp_path / "results" / "b" / RUNS[1] / "history.csv").exists()
+    finally:
+        hosts.close()
