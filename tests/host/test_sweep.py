@@ -79,3 +79,29 @@ def test_a_sweep_interrupted_and_run_again_trains_nothing_twice(standin_venv, tm
         assert not (tmp_path / "results" / "b" / RUNS[1] / "history.csv").exists()
     finally:
         hosts.close()
+
+
+def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a_host_is_lost(aws, standin_venv, tmp_path):
+    epochs = 6
+    hosts = SweepHosts(tmp_path, standin_venv, epochs, moto_url=aws)
+    at = random.Random(SEED + 1).randint(1, epochs - 2)  # stored epochs of a's first run when a is lost
+    try:
+        follow = hosts.env.popen("sweep", "lr", *SETS, "--hosts", "a,b")
+        wait_until(lambda: ((hosts.latest(RUNS[0]) or {}).get("epoch") or 0) >= at, 120, f"{RUNS[0]}'s epoch {at} stored from a")
+        hosts.terminate("a")
+        out, _ = follow.communicate(timeout=400)
+        assert follow.returncode == 0, out
+        assert "a has not answered for 0.1 min: lost" in out and f"{RUNS[0]}: moved from a to b, from stored epoch" in out, out
+        assert f"{RUNS[2]}: moved from a to b" in out, out  # queued on a, never started there: a new run on b
+        for run in RUNS:
+            pointer = hosts.latest(run)
+            assert pointer["state"] == "finished" and pointer["final"] and pointer["host"] == "b", (run, pointer)
+            run_dir = hosts.runs("b") / run
+            assert history_epochs(run_dir) == list(range(epochs)), (run, history_epochs(run_dir))  # every epoch once
+            assert exit_codes(run_dir) == [0], (run, exit_codes(run_dir))  # one launch on b, which finished it
+        resumed = json.loads((hosts.runs("b") / RUNS[0] / "launch.json").read_text())
+        assert "--resume" in resumed["command"], resumed  # continued from storage's epoch, not trained again
+        record = json.loads((hosts.root / "state" / "sweeps" / "lr" / "sweep.json").read_text())
+        assert [m["run"] for m in record["moves"]] == [RUNS[0], RUNS[2]] and list(record["lost"]) == ["a"], record
+    finally:
+        hosts.close()
