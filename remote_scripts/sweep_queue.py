@@ -75,7 +75,7 @@ def run_info(queue, run):
     return run_state.collect(queue["runs_dir"], queue["session"], run=run, log_lines=0, quick=True)
 
 
-def pick(queue_dir, queue, state, busy=None):
+def pick(queue, state, busy=None):
     """(entry, "new" | "resume" | "wait") of the first run with something to do (the queued run `busy` that trains
     already, first), claimed in runner.json; (None, None) when every queued run is done, (None, "stopped") when the
     next is one this runner saw stopped on request. Under the queue's lock: `take` sees the claim."""
@@ -84,6 +84,9 @@ def pick(queue_dir, queue, state, busy=None):
         info = run_info(queue, entry["run"])
         if info["state"] in DONE and not info["training"]:
             state["ended"][entry["run"]] = info["state"]
+            continue
+        if not info["training"] and moved_on(info):  # fenced by the laptop: it continues on another host
+            state["ended"][entry["run"]] = "superseded"
             continue
         if info["training"]:
             how = "wait"
@@ -99,6 +102,13 @@ def pick(queue_dir, queue, state, busy=None):
             state["started"].append(entry["run"])
         return entry, how
     return None, None
+
+
+def moved_on(info):
+    """The run's last launch here was fenced (`fab sweep` moved it off this host while it did not answer): never resumed
+    here, whatever its state (a vanished launch that was fenced after the host came back)."""
+    launch_id = (info.get("launch") or {}).get("launch_id")
+    return bool(info.get("run_dir") and run_state.fenced(info["run_dir"], launch_id))
 
 
 def requested_stop(info):
@@ -157,7 +167,7 @@ def run_queue(queue_dir):
                 time.sleep(POLL_SECONDS)
                 continue
             with locked(queue_dir):
-                entry, how = pick(queue_dir, queue, state, busy)
+                entry, how = pick(queue, state, busy)
                 state.update(current=entry and entry["run"], state="running" if entry else how or "done")
                 save_runner(queue_dir, state)
             if entry is None:

@@ -3,7 +3,7 @@ changed, starts a runner that died, and moves the runs of a host lost for recove
 moves a run (deploy/recovery: the last stored epoch, the run uploaded to a host that answers, the old launch fenced
 once its host answers again). The hosts train without it; it only watches, moves and, with --launch, downs.
 
-    code = Follower(config, inv, record, say, console).loop()   # 0 every run finished, 1 a run failed, 10 runs lost
+    code = Follower(config, inv, record, say, console).loop()   # 0 every run finished, 1 a run failed, 3 stopped on request
     seen = look_all(config, inv, record)                        # {host: its queue's status, or None}
 """
 
@@ -38,6 +38,12 @@ def look_all(config, inv, record):
     return {host: look(config, inv, record["name"], host) for host in record["queues"] if host not in record["lost"]}
 
 
+def stopped_runners(seen):
+    """The hosts whose runner ended because a run of theirs was stopped on request."""
+    return {host for host, answer in seen.items() if answer and answer["runner"].get("state") == "stopped"
+            and not answer["runner"].get("alive")}
+
+
 class Follower:
     """One follow of one sweep (module docstring)."""
 
@@ -54,6 +60,10 @@ class Follower:
             rows = rows_of(self.record, seen)
             if all(r["state"] in TERMINAL for r in rows):
                 return self.end(rows)
+            if all(r["state"] in TERMINAL or r["host"] in stopped_runners(seen) for r in rows):
+                self.say(f"stopped on request (`fab stop`): the runners of {', '.join(sorted(stopped_runners(seen)))} ended; "
+                         f"`fab sweep {self.record['name']}` continues the sweep", "yellow")
+                return self.end(rows, code=3)
             self.sleep(poll)
 
     def round(self):
@@ -165,7 +175,7 @@ class Follower:
 
     # --- the end ----------------------------------------------------------------------------------
 
-    def end(self, rows):
+    def end(self, rows, code=0):
         print_table(self.console, self.record, rows, self.record.get("per_run_seconds"))
         for host in self.record["launched"]:
             if host not in self.record["lost"]:
@@ -174,4 +184,4 @@ class Follower:
         if failed:
             self.say(f"failed: {', '.join(failed)} (`fab -H HOST logs --run RUN` says why; a failed run is not restarted)", "red")
             return 1
-        return 0
+        return code

@@ -13,7 +13,7 @@ import json
 import shlex
 import subprocess
 
-from deploy.errors import DeployError
+from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.host import agent, training
 from deploy.host.provision import result_path
 from deploy.host.quoting import PYTHON3, rjoin, rq
@@ -52,13 +52,16 @@ def prepare(inv, names, say, provision=()):
         say(f"  {name}: fab -H {name} {' '.join(tasks)}", "dim")
         procs[name] = subprocess.Popen([fab_program(), "-H", name, *tasks], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, stdin=subprocess.DEVNULL)
-    failed = []
+    failed, codes = [], set()
     for name, proc in procs.items():
         out, _ = proc.communicate()
         if proc.returncode != 0:
+            codes.add(proc.returncode)
             failed.append(f"{name} (exit {proc.returncode}): {visible(out.strip()[-800:])}")
-    if failed:
-        raise DeployError("Preparing the sweep's hosts failed: " + "; ".join(failed))
+    if failed:  # every host unreachable or refusing input: that exit code (6, 2), else 1
+        code = codes.pop() if len(codes) == 1 else None
+        error = {HostUnreachable.exit_code: HostUnreachable, LocalInputError.exit_code: LocalInputError}.get(code, DeployError)
+        raise error("Preparing the sweep's hosts failed: " + "; ".join(failed))
 
 
 def has_venv(conn, hinv):

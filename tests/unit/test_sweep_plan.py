@@ -90,3 +90,59 @@ def test_the_host_queue_merges_what_the_laptop_puts_and_never_gives_away_a_run_i
     bad = subprocess.run([sys.executable, str(ROOT / "remote_scripts" / "sweep_queue.py"), "put", str(queue_dir),
                           json.dumps({**base, "entries": [entry("../x")]})], capture_output=True, text=True)
     assert bad.returncode != 0 and "invalid run name" in bad.stderr
+
+
+def test_fab_sweep_refuses_bad_input_before_any_host_with_exit_2(tmp_path):
+    import os
+
+    import yaml
+
+    from tests.support.fab_runner import run_fab
+
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"hosts": {"a": {"address": "127.0.0.1", "port": 9, "user": "nobody"}},
+                                                            "train_config": str(write_config(tmp_path / "train.yaml", **TINY_CONFIG))}))
+    env = {**os.environ, "FACENET_INVENTORY": str(tmp_path / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp_path / "state")}
+
+    def fab(*args):
+        proc = run_fab(args, cwd=ROOT, env=env, timeout=60)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    for args, says in [(("s", "--set", "seed=1,2", "--hosts", "a"), "a sweep keeps one split"),
+                       (("s", "--set", "model.units=8,16", "--hosts", "a,gpu9"), "--hosts names gpu9, not in the inventory"),
+                       (("s", "--set", "model.nope=1,2", "--hosts", "a"), "--set for run s-1"),
+                       (("s", "--set", "model.units=8", "--folds", "1"), "--folds expects a whole number, 2 or more"),
+                       (("s",), "No sweep s on this machine"),
+                       (("s", "--status"), "No sweep s on this machine")]:
+        code, out = fab("sweep", *args)
+        assert code == 2 and says in out, (args, code, out)
+    assert not (tmp_path / "state" / "sweeps" / "s").exists() or not (tmp_path / "state" / "sweeps" / "s" / "sweep.json").exists()
+
+
+def test_the_runner_never_resumes_a_run_fenced_here_and_starts_or_resumes_the_others(tmp_path):
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_queue
+
+    runs_dir = tmp_path / "runs"
+
+    def run(name, status=None, launch=None, fence=None, exit_code=None):
+        folder = runs_dir / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("seed: 1\n")
+        for file, data in (("status.json", status), ("launch.json", launch), ("fenced.json", fence)):
+            if data is not None:
+                (folder / file).write_text(json.dumps(data))
+        if exit_code is not None:  # the launch's exit record, exits/<launch id>.json
+            (folder / "exits").mkdir()
+            (folder / "exits" / f"{launch['launch_id']}.json").write_text(json.dumps({"exit_code": exit_code}))
+
+    gone = {"launch_id": "20261207T000000Z-1", "pid": 999999999, "pgid": 999999999}
+    run("s-1", {"state": "running", "epoch": 2}, gone, {"launch_id": gone["launch_id"], "reason": "moved to b"})  # moved on
+    run("s-2", {"state": "finished"}, {**gone, "launch_id": "20261207T000000Z-2"}, exit_code=0)
+    run("s-3", {"state": "running", "epoch": 1}, {**gone, "launch_id": "20261207T000000Z-3"})  # vanished, not fenced
+    queue = {"runs_dir": str(runs_dir), "session": "test-none", "entries": [{"run": f"s-{k}"} for k in range(1, 5)]}
+    state = {"started": [], "ended": {}}
+    entry, how = sweep_queue.pick(queue, state)
+    assert (entry["run"], how) == ("s-3", "resume") and state["ended"] == {"s-1": "superseded", "s-2": "finished"}, state
+    queue["entries"] = queue["entries"][:2] + queue["entries"][3:]
+    assert [sweep_queue.pick(queue, state)[k] for k in (0, 1)] == [{"run": "s-4"}, "new"]
+    assert state["started"] == ["s-3", "s-4"]
