@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from tests.support.helpers import wait_until
-from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs
+from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs, launches_overlapping
 
 pytestmark = [pytest.mark.ssh]
 
@@ -65,6 +65,8 @@ def test_a_sweep_interrupted_and_run_again_trains_nothing_twice(standin_venv, tm
         assert "--resume" in launches["command"], launches  # continued from its backup, not started again
         for run in (RUNS[1], RUNS[3]):
             assert exit_codes(hosts.runs("b") / run) == [0], run
+        for name in ("a", "b"):  # one training per host at a time
+            assert launches_overlapping(hosts.runs(name)) == [], name
 
         table = hosts.env.fab("sweep", "lr", "--status")
         assert table.returncode == 0, table.out
@@ -99,6 +101,7 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
             run_dir = hosts.runs("b") / run
             assert history_epochs(run_dir) == list(range(epochs)), (run, history_epochs(run_dir))  # every epoch once
             assert exit_codes(run_dir) == [0], (run, exit_codes(run_dir))  # one launch on b, which finished it
+        assert launches_overlapping(hosts.runs("b")) == []  # b trained its own runs and a's one at a time
         resumed = json.loads((hosts.runs("b") / RUNS[0] / "launch.json").read_text())
         assert "--resume" in resumed["command"], resumed  # continued from storage's epoch, not trained again
         record = json.loads((hosts.root / "state" / "sweeps" / "lr" / "sweep.json").read_text())

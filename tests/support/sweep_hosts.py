@@ -103,3 +103,17 @@ def exit_codes(run_dir):
     """The exit codes of the run's launches on its host, oldest first."""
     records = [json.loads(p.read_text()) for p in (Path(run_dir) / "exits").glob("*.json")]
     return [r["exit_code"] for r in sorted(records, key=lambda r: r["ended_at"])]
+
+
+def launches_overlapping(runs_dir):
+    """Pairs of launches on one host whose trainings overlapped in time (from each exit record: its launch id begins with
+    the launch's start, to the second; its ended_at): [] when the host trained one at a time."""
+    from datetime import datetime, timezone
+
+    spans = []
+    for record in Path(runs_dir).glob("*/exits/*.json"):
+        data = json.loads(record.read_text())
+        start = datetime.strptime(record.stem.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        spans.append((start, datetime.fromisoformat(data["ended_at"]), f"{record.parent.parent.name}/{record.stem}"))
+    spans.sort()
+    return [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
