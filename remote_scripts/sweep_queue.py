@@ -15,7 +15,8 @@ QUEUE_DIR is RUNS_DIR/.sweeps/<sweep>. Its files (JSON, each written atomically 
 A queued run is started through the launch path of `fab train` (tmux, launch_training.sh, its launch and exit records);
 what to do with it is decided from run_state.py's answer for it: finished, failed or superseded (moved on): nothing;
 none (no run folder): a new run; stopped, vanished or preempted: resumed from its backup; a process of it alive: waited
-for. Before each start the runner waits while any training of the host lives: one training per host at a time.
+for. Before each start the runner waits while any training of the host lives (one training per host at a time) and
+while a `fab` task holds the host's lock (it may be changing the code, data or venv that the next run would use).
 
 A queue can be reassigned: `take` (under the queue's lock, which the runner holds while it picks and claims a run) moves
 a run off this host only if this host never started it, so a run moved to another host is never started here too. A
@@ -32,7 +33,7 @@ import time
 from contextlib import contextmanager
 
 import run_state
-from run_format import RUN_NAME, write_json
+from run_format import LEASE_SECONDS, LOCK_DIR, LOCK_LEASE, RUN_NAME, write_json
 
 QUEUE, RUNNER, LOCK, RUNNER_LOCK = "queue.json", "runner.json", ".queue.lock", ".runner.lock"
 POLL_SECONDS = float(os.environ.get("FACENET_SWEEP_POLL", "2"))
@@ -116,9 +117,17 @@ def requested_stop(info):
 
 
 def host_training(queue):
-    """The host's current run while a process of it lives (any run: a `fab train` of the user's too), else None."""
+    """The host's current run while a process of it lives (any run: a `fab train` of the user's too), or the host lock's
+    holder while a `fab` task holds it with a fresh lease (it may be changing the code, data or venv), else None."""
     info = run_state.collect(queue["runs_dir"], queue["session"], log_lines=0, quick=True)
-    return info["run"] if info.get("training") else None
+    if info.get("training"):
+        return info["run"]
+    lease = os.path.join(os.path.expanduser(queue["runs_dir"]), LOCK_DIR, LOCK_LEASE)
+    try:
+        fresh = time.time() - os.stat(lease).st_mtime < LEASE_SECONDS
+    except OSError:
+        return None
+    return "the host lock (a fab task)" if fresh else None
 
 
 def launch(queue, entry, how):

@@ -146,3 +146,18 @@ def test_the_runner_never_resumes_a_run_fenced_here_and_starts_or_resumes_the_ot
     queue["entries"] = queue["entries"][:2] + queue["entries"][3:]
     assert [sweep_queue.pick(queue, state)[k] for k in (0, 1)] == [{"run": "s-4"}, "new"]
     assert state["started"] == ["s-3", "s-4"]
+
+
+def test_the_runner_waits_while_a_fab_task_holds_the_host_lock_with_a_fresh_lease(tmp_path):
+    import os
+
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_queue
+
+    queue = {"runs_dir": str(tmp_path / "runs"), "session": "test-none", "entries": []}
+    assert sweep_queue.host_training(queue) is None
+    (tmp_path / "runs" / ".lock").mkdir(parents=True)
+    (tmp_path / "runs" / ".lock" / "lease").touch()
+    assert sweep_queue.host_training(queue) == "the host lock (a fab task)"
+    os.utime(tmp_path / "runs" / ".lock" / "lease", (1, 1))  # a lease nobody renewed: the task died
+    assert sweep_queue.host_training(queue) is None
