@@ -35,7 +35,26 @@ def look(config, inv, name, host):
 
 
 def look_all(config, inv, record):
-    return {host: look(config, inv, record["name"], host) for host in record["queues"] if host not in record["lost"]}
+    """Every host's answer; for a host that gives none (lost, or not answering), its runs as run storage has them."""
+    seen = {}
+    for host, runs in record["queues"].items():
+        seen[host] = None if host in record["lost"] else look(config, inv, record["name"], host)
+        if seen[host] is None and stored.configured(inv):
+            found = {run: stored_summary(stored.pointer(inv, run)) for run in runs}
+            seen[host] = {"runner": {}, "runs": {run: s for run, s in found.items() if s}} if any(found.values()) else None
+    return seen
+
+
+def stored_summary(pointer):
+    """A run's summary (as sweep_queue.py gives it) from its pointer in run storage, or None."""
+    if not pointer:
+        return None
+    s = pointer.get("summary") if isinstance(pointer.get("summary"), dict) else {}
+    metrics = s.get("metrics") if isinstance(s.get("metrics"), dict) else {}
+    test = {"uar": metrics.get("uar"), "ci95": metrics.get("ci95") or {}} if metrics.get("split") == "test" else None
+    return {"state": f"{pointer.get('state')} (stored)", "epoch": s.get("epoch", pointer.get("epoch")), "epochs": s.get("epochs"),
+            "validation": (s.get("best") or {}).get("value"), "test": test, "cost_usd": s.get("cost_usd"),
+            "compute_seconds": s.get("compute_seconds")}
 
 
 def stopped_runners(seen):
@@ -72,7 +91,7 @@ class Follower:
         for host in list(self.record["queues"]):
             if host in self.record["lost"]:  # its runs as last seen (those left on it ended there)
                 self.fence_when_back(host)
-                seen[host] = {"runner": {}, "runs": {r: self.last.get(r) or {"state": "lost"} for r in self.record["queues"][host]}}
+                seen[host] = {"runner": {}, "runs": {r: self.known(r) for r in self.record["queues"][host]}}
                 continue
             answer = look(self.config, self.inv, self.record["name"], host)
             seen[host] = answer
@@ -85,9 +104,20 @@ class Follower:
             self.keep_runner(host, answer)
         return seen
 
+    def known(self, run):
+        """What is known of a run whose host is lost: its last summary seen, else its end as recorded by an earlier
+        follow (the record's `ended`), else run storage's word."""
+        ended = self.record.setdefault("ended", {}).get(run)
+        stored_one = stored_summary(stored.pointer(self.inv, run)) if not self.last.get(run) and not ended else None
+        return self.last.get(run) or ({"state": ended} if ended else None) or stored_one or {"state": "lost"}
+
     def said(self, host, answer):
+        ended = self.record.setdefault("ended", {})
         for run, s in answer["runs"].items():
             self.last[run] = s
+            if s["state"] in TERMINAL and ended.get(run) != s["state"]:  # kept: a later follow may find the host lost
+                ended[run] = s["state"]
+                plan.save(self.record)
             line = f"{s['state']}" + (f", epoch {s['epoch']}/{s['epochs']}" if s.get("epoch") is not None else "")
             if self.shown.get(run) != line:
                 self.shown[run] = line
@@ -114,7 +144,7 @@ class Follower:
     def move_lost(self, host):
         """Every run of the lost host's queue that is not done goes to the host with the fewest runs left: from its last
         stored epoch when it had started (uploaded there), as a new run when it had not."""
-        left = [r for r in self.record["queues"][host] if (self.last.get(r) or {}).get("state") not in TERMINAL]
+        left = [r for r in self.record["queues"][host] if self.known(r)["state"].removesuffix(" (stored)") not in TERMINAL]
         others = [h for h in self.record["queues"] if h != host and h not in self.record["lost"]]
         if not others:
             self.say(f"{iso()}  {host} lost, and no other host of the sweep is left to take its runs: waiting for it", "yellow")

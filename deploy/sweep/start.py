@@ -88,7 +88,7 @@ def prepare(config, inv, record, say):
 
 def estimate(config, inv, record, say):
     """The estimate, printed before anything trains: configurations x the first host's smoke test (its measured time)."""
-    first = record["hosts"][0]
+    first = next(h for h in record["hosts"] if h not in record["lost"])
     target = connect_host(config, inv.for_host(first), first)
     try:
         est = sweep_hosts.smoke_estimate(target.conn, inv.for_host(first))
@@ -121,8 +121,9 @@ def sweep(config, inv, name, sets, hosts=None, launch=None, folds=None, detach=F
     record = the_record(inv, name, sets, folds, check_hosts(inv, hosts or []))
     if launch:
         inv = launch_hosts(inv, config, record, launch, say)
-    if not record["hosts"]:
-        raise LocalInputError("A sweep needs hosts: --hosts a,b (inventory names) or --launch N.")
+    if not [h for h in record["hosts"] if h not in record["lost"]]:
+        raise LocalInputError("A sweep needs hosts: --hosts a,b (inventory names) or --launch N"
+                              + (f" (lost: {', '.join(record['lost'])})." if record["lost"] else "."))
     say(f"sweep {name}: {len(record['runs'])} configurations ({', '.join(f'{k} in {v}' for k, v in record['sets'].items())}), "
         f"one split for all; hosts {', '.join(record['hosts'])}" + (f"; {record['folds']}-fold CV each" if record["folds"] else ""))
     prepare(config, inv, record, say)

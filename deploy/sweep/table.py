@@ -21,10 +21,12 @@ def row_of(run, host, summary):
     cv = s.get("cv_mean") or {}
     validation = cv.get("uar") if s.get("folds") or cv else s.get("validation")
     test = s.get("test") or {}
-    cost = None
+    cost = s.get("cost_usd") if isinstance(s.get("cost_usd"), (int, float)) else None
     if isinstance(s.get("compute_seconds"), (int, float)) and isinstance(s.get("price_per_hour"), (int, float)):
         cost = s["compute_seconds"] / 3600 * s["price_per_hour"]
-    return {"run": run["run"], "values": run["values"], "host": host, "state": s.get("state", "queued" if summary is None else "?"),
+    state = s.get("state", "queued" if summary is None else "?")
+    state = state.removesuffix(" (stored)") if state in ("finished (stored)", "failed (stored)") else state  # storage's word: ended
+    return {"run": run["run"], "values": run["values"], "host": host, "state": state,
             "epoch": s.get("epoch"), "epochs": s.get("epochs"), "validation": validation, "cv": bool(cv),
             "test": test.get("uar"), "test_ci": (test.get("ci95") or {}).get("uar"), "cost": cost,
             "compute_seconds": s.get("compute_seconds"), "eta_seconds": s.get("eta_seconds"), "launches": s.get("launches", 0)}

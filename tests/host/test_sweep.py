@@ -95,6 +95,8 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
         assert follow.returncode == 0, out
         assert "a has not answered for 0.1 min: lost" in out and f"{RUNS[0]}: moved from a to b, from stored epoch" in out, out
         assert f"{RUNS[2]}: moved from a to b" in out, out  # queued on a, never started there: a new run on b
+        stored_end = lambda run: (hosts.latest(run) or {}).get("final")  # noqa: E731 - the uploader stores the end after it
+        wait_until(lambda: all(stored_end(run) for run in RUNS), 60, "every run's end stored")
         for run in RUNS:
             pointer = hosts.latest(run)
             assert pointer["state"] == "finished" and pointer["final"] and pointer["host"] == "b", (run, pointer)
@@ -106,5 +108,9 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
         assert "--resume" in resumed["command"], resumed  # continued from storage's epoch, not trained again
         record = json.loads((hosts.root / "state" / "sweeps" / "lr" / "sweep.json").read_text())
         assert [m["run"] for m in record["moves"]] == [RUNS[0], RUNS[2]] and list(record["lost"]) == ["a"], record
+
+        again = hosts.env.fab("sweep", "lr", timeout=300)  # run again with a gone: nothing left to train, nothing trained
+        assert again.returncode == 0 and "among 4 finished of 4 configurations compared" in again.out, again.out
+        assert all(exit_codes(hosts.runs("b") / run) == [0] for run in RUNS), again.out
     finally:
         hosts.close()
