@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from deploy.demo.localhost import end_host_processes
 from tests.support.helpers import wait_until
 from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs, launches_overlapping
 
@@ -33,7 +34,7 @@ def holders(hosts, run):
 
 
 def test_a_sweep_interrupted_and_run_again_trains_nothing_twice(standin_venv, tmp_path):
-    epochs = 4
+    epochs = 6
     hosts = SweepHosts(tmp_path, standin_venv, epochs)
     rng = random.Random(SEED)
     try:
@@ -42,15 +43,13 @@ def test_a_sweep_interrupted_and_run_again_trains_nothing_twice(standin_venv, tm
         wait_until(lambda: (first / "metrics.json").exists(), 120, f"{RUNS[0]} to finish on a")
         at = rng.randint(1, epochs - 1)
         wait_until(lambda: status_epoch(second) >= at, 120, f"{RUNS[2]} at epoch {at} on a")
-        follow.send_signal(signal.SIGINT)  # the laptop goes away: the hosts go on
+        hosts.kill_tmux("a")  # host a loses its runner and its training at once (a crash): its run vanished
+        end_host_processes(tmp_path / "laptop" / "host a" / "project", (), timeout=0)
+        end_host_processes(second, (), timeout=0)
+        follow.send_signal(signal.SIGINT)  # and the laptop goes away: host b goes on
         out, _ = follow.communicate(timeout=60)
         assert follow.returncode == 130, out
         assert "estimate: 4 configurations x 9 s each" in out and "about $0.01 at $1.5/h" in out, out  # before anything trained
-        hosts.kill_tmux("a")  # and host a loses its runner and its training (a crash): its run vanished
-        from deploy.demo.localhost import end_host_processes
-
-        end_host_processes(tmp_path / "laptop" / "host a" / "project", (), timeout=0)
-        end_host_processes(second, (), timeout=0)
 
         again = hosts.env.fab("sweep", "lr", timeout=300)
         assert again.returncode == 0, again.out
