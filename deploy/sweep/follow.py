@@ -12,12 +12,11 @@ import time
 from deploy.errors import DeployError
 from deploy.host import sync
 from deploy.host.connection import connect_host
-from deploy.recovery import hosts as recovery_hosts
 from deploy.recovery import stored
 from deploy.recovery.record import iso
 from deploy.runs import storage
 from deploy.sweep import hosts as sweep_hosts
-from deploy.sweep import plan
+from deploy.sweep import idle, plan
 from deploy.sweep.table import TERMINAL, print_table, rows_of
 
 
@@ -102,7 +101,19 @@ class Follower:
             self.last_answer[host] = time.time()
             self.said(host, answer)
             self.keep_runner(host, answer)
+        self.use_idle(seen)
         return seen
+
+    def use_idle(self, seen):
+        """Idle hosts take queued runs off the busy ones; a launched one with nothing left to take is downed."""
+        for donor, run, to in idle.balance(seen, self.record["lost"]):
+            idle.take_over(self, donor, run, to)
+        queued = any(s.get("state") == "queued" for a in seen.values() if a for s in a["runs"].values())
+        for host in self.record["launched"]:
+            answer = seen.get(host)
+            done = host in self.record.get("downed", []) or host in self.record["lost"]
+            if not done and answer is not None and idle.idle(answer) and not queued:
+                idle.down_launched(self, host)
 
     def known(self, run):
         """What is known of a run whose host is lost: its last summary seen, else its end as recorded by an earlier
@@ -208,8 +219,8 @@ class Follower:
     def end(self, rows, code=0):
         print_table(self.console, self.record, rows, self.record.get("per_run_seconds"))
         for host in self.record["launched"]:
-            if host not in self.record["lost"]:
-                self.say(recovery_hosts.down_done(self.config, self.inv, host, self.say))
+            if host not in self.record["lost"] and host not in self.record.get("downed", []):
+                idle.down_launched(self, host)
         failed = [r["run"] for r in rows if r["state"] == "failed"]
         if failed:
             self.say(f"failed: {', '.join(failed)} (`fab -H HOST logs --run RUN` says why; a failed run is not restarted)", "red")

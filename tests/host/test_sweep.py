@@ -113,3 +113,21 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
         assert all(exit_codes(hosts.runs("b") / run) == [0] for run in RUNS), again.out
     finally:
         hosts.close()
+
+
+def test_a_host_the_sweep_launched_is_downed_once_its_runs_are_stored(aws, standin_venv, tmp_path):
+    from tests.support.sweep_hosts import LaunchedHost
+    from tests.support.two_hosts import instances
+
+    host = LaunchedHost(tmp_path, standin_venv, 3, aws)
+    try:
+        swept = host.env.fab("sweep", "u", "--set", "model.units=8,16", "--launch", "1", timeout=600)
+        assert swept.returncode == 0, swept.out
+        assert "fab -H u-h1 provision sync-code sync-data" in swept.out, swept.out  # a launched host is provisioned first
+        assert swept.out.index("estimate: 2 configurations") < swept.out.index("u-8 on u-h1: starting"), swept.out
+        assert "u-h1 terminated (fab down, recovery.down_when_done): its runs are stored or fetched" in swept.out, swept.out
+        assert instances()["u-h1"]["State"]["Name"] in ("shutting-down", "terminated")
+        for run in ("u-8", "u-16"):
+            assert exit_codes(host.env.runs / run) == [0] and history_epochs(host.env.runs / run) == [0, 1, 2], run
+    finally:
+        host.close()

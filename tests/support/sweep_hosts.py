@@ -117,3 +117,36 @@ def launches_overlapping(runs_dir):
         spans.append((start, datetime.fromisoformat(data["ended_at"]), f"{record.parent.parent.name}/{record.stem}"))
     spans.sort()
     return [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+
+
+class LaunchedHost:
+    """For `fab sweep --launch 1`: moto's EC2 (the `aws` fixture) launches the host, whose made-up address leads to a
+    real sshd on 127.0.0.1 (the inventory's OpenSSH config), with run storage on moto's S3 and the stand-in trainer."""
+
+    def __init__(self, tmp_path, venv, epochs, moto_url):
+        from deploy.demo.localhost import LocalSSHHost
+        from tests.support.deploy_env import DeployEnv
+        from tests.support.helpers import TINY_CONFIG, write_config
+        from tests.support.storage_check import new_bucket
+        from trainer.data.synth import write_corpus
+
+        self.root, self.tmux = tmp_path / "laptop", tmp_path / "tmux"
+        self.root.mkdir(), self.tmux.mkdir()
+        self.sshd = LocalSSHHost(tmp_path / "sshd", extra_config=f"SetEnv TMUX_TMPDIR={self.tmux}\n").start()
+        self.env = DeployEnv(self.root, self.sshd, venv)
+        ssh_config = self.root / "ssh config"
+        ssh_config.write_text(f"Host * !127.0.0.1\n    HostName 127.0.0.1\n    Port {self.sshd.port}\n")
+        self.bucket, self.moto_url = new_bucket(moto_url), moto_url
+        train = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": epochs}}
+        self.env.write(hosts={}, ssh={"config_file": str(ssh_config)}, train_config=str(write_config(tmp_path / "train.yaml", **train)),
+                       launch={"region": "us-east-1", "ssh_cidr": "198.51.100.7/32", "user": self.sshd.user,
+                               "public_key_file": f"{self.sshd.key_file}.pub", "key_file": str(self.sshd.key_file), "ssh_wait_seconds": 60},
+                       storage={"url": f"s3://{self.bucket}/runs", "endpoint_url": moto_url, "region": "us-east-1", "credentials": "laptop"},
+                       recovery={"poll_seconds": 1})
+        seed_smoke_estimate(self.env.runs)
+        write_corpus(self.env.data, "crema-d", clips=60, seed=5)
+
+    def close(self):
+        subprocess.run(["tmux", "kill-server"], env={**os.environ, "TMUX_TMPDIR": str(self.tmux)}, capture_output=True)
+        self.env.cleanup()
+        self.sshd.stop()

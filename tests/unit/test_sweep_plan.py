@@ -161,3 +161,18 @@ def test_the_runner_waits_while_a_fab_task_holds_the_host_lock_with_a_fresh_leas
     assert sweep_queue.host_training(queue) == "the host lock (a fab task)"
     os.utime(tmp_path / "runs" / ".lock" / "lease", (1, 1))  # a lease nobody renewed: the task died
     assert sweep_queue.host_training(queue) is None
+
+
+def test_an_idle_host_takes_the_last_queued_run_of_the_busiest_host():
+    from deploy.sweep.idle import balance
+
+    def host(alive, *states, runner_state="running"):
+        return {"runner": {"alive": alive, "state": runner_state}, "runs": {f"r{k}-{s}": {"state": s} for k, s in enumerate(states)}}
+
+    seen = {"a": host(True, "running", "queued", "queued"), "b": host(False, "finished", runner_state="done"),
+            "c": host(True, "running", "queued"), "d": host(False, "finished", "failed", runner_state="done"),
+            "lost": host(False, runner_state="done"), "quiet": None}
+    assert balance(seen, {"lost": "2026-12-07"}) == [("a", "r2-queued", "b"), ("a", "r1-queued", "d")]
+    seen["b"]["runner"]["state"] = "stopped"  # a stop on request: that host waits for the user
+    assert balance(seen, {})[0] == ("a", "r2-queued", "d")
+    assert balance({"a": host(True, "running"), "b": host(False, runner_state="done")}, {}) == []  # nothing queued
