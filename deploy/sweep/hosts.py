@@ -64,8 +64,12 @@ def prepare(inv, names, say, provision=()):
         raise error("Preparing the sweep's hosts failed: " + "; ".join(failed))
 
 
-def has_venv(conn, hinv):
-    return conn.run(f"test -x {rq(rjoin(hinv.remote['venv'], 'bin/python'))}", hide=True, warn=True, in_stream=False).ok
+def run_task(name, *tasks):
+    """`fab -H NAME TASKS` as a process of its own (its lock, its exit code); DeployError with its output's end if it fails."""
+    proc = subprocess.run([fab_program(), "-H", name, *tasks], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise DeployError(f"fab -H {name} {' '.join(tasks)} exited {proc.returncode}: {visible(proc.stdout.strip()[-1200:])}")
 
 
 def entry(conn, hinv, run, folds):

@@ -89,14 +89,22 @@ def prepare(config, inv, record, say):
 def estimate(config, inv, record, say):
     """The estimate, printed before anything trains: configurations x the first host's smoke test (its measured time)."""
     first = next(h for h in record["hosts"] if h not in record["lost"])
-    target = connect_host(config, inv.for_host(first), first)
-    try:
-        est = sweep_hosts.smoke_estimate(target.conn, inv.for_host(first))
-    finally:
-        target.conn.close()
+    est = read_estimate(config, inv, first)
+    if est is None:  # never measured there: the smoke test measures it (fab smoke-test, as deploy-full runs it)
+        say(f"  {first}: no smoke test measured yet: fab -H {first} smoke-test", "dim")
+        sweep_hosts.run_task(first, "smoke-test")
+        est = read_estimate(config, inv, first)
     for line in estimate_lines(len(record["runs"]), len(record["hosts"]), est, inv.price_of(first), first):
         say(line, "bold")
     return est["seconds"] if est else None
+
+
+def read_estimate(config, inv, host):
+    target = connect_host(config, inv.for_host(host), host)
+    try:
+        return sweep_hosts.smoke_estimate(target.conn, inv.for_host(host))
+    finally:
+        target.conn.close()
 
 
 def give_queues(config, inv, record, say):
