@@ -50,16 +50,22 @@ def read(path, default=None):
 
 
 @contextmanager
-def locked(queue_dir, name=LOCK, wait=True):
+def locked(queue_dir, name=LOCK, wait=True, patience=0.0):
     """The queue's lock (fcntl, released by the kernel when the holder dies); yields False when `wait` is off and
-    another process holds it."""
+    another process holds it for `patience` seconds (a `status` holds the runner's lock for an instant to see whether a
+    runner holds it: a runner starting then must not take that for another runner)."""
     os.makedirs(queue_dir, exist_ok=True)
     with open(os.path.join(queue_dir, name), "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
         yield True
 
 
@@ -159,7 +165,7 @@ def wait_ended(queue, run, before, seconds_to_start=120):
 def run_queue(queue_dir):
     """The runner: picks, starts and waits for the queue's runs one at a time, until none is left (exit 0), a run this
     host started is stopped on request (exit 3), or another runner holds the queue (exit 0 at once)."""
-    with locked(queue_dir, RUNNER_LOCK, wait=False) as mine:
+    with locked(queue_dir, RUNNER_LOCK, wait=False, patience=3.0) as mine:
         if not mine:
             print("another runner holds this queue", file=sys.stderr)
             return 0
