@@ -10,7 +10,6 @@ import random
 
 import pytest
 
-from deploy.demo.localhost import end_host_processes
 from tests.support.helpers import wait_until
 from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs, launches_overlapping
 
@@ -44,9 +43,7 @@ def test_a_sweep_left_to_its_hosts_goes_on_and_run_again_after_a_crash_trains_no
         wait_until(lambda: (first / "metrics.json").exists(), 120, f"{RUNS[0]} to finish on a")
         at = rng.randint(1, epochs - 1)
         wait_until(lambda: status_epoch(second) >= at, 120, f"{RUNS[2]} at epoch {at} on a")
-        hosts.kill_tmux("a")  # host a loses its runner and its training at once (a crash): its run vanished
-        end_host_processes(tmp_path / "laptop" / "host a" / "project", (), timeout=0)
-        end_host_processes(second, (), timeout=0)
+        hosts.crash("a")  # host a loses its runner and its training at once (a power loss): its run vanished
         wait_until(lambda: all((hosts.runs("b") / run / "metrics.json").exists() for run in (RUNS[1], RUNS[3])), 120,
                    "host b to train its whole queue with no laptop")
 

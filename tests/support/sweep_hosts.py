@@ -65,15 +65,27 @@ class SweepHosts:
 
     def terminate(self, name):
         """Host `name` as a lost machine: its network gone, every process of it ended at once, its disk gone."""
-        from deploy.demo.localhost import end_host_processes, processes_under
-
         kill_sshd(self.sshd[name].proc.pid)
         self.sshd[name].stop()
-        self.kill_tmux(name)
+        self.crash(name)  # SIGKILL: no process of it gets to write a last word (a `failed` status, a stored end)
+        shutil.rmtree(self.root / f"host {name}")
+
+    def crash(self, name):
+        """Every process of host `name` killed at once with SIGKILL (a power loss: no signal handler runs, no exit record),
+        then its tmux server; its disk and sshd stay, as after a reboot."""
+        import signal
+
+        from deploy.demo.localhost import processes_under
+
         root = self.root / f"host {name}"
-        end_host_processes(root, (), timeout=0)
+        for _ in range(5):  # again: a process forked meanwhile
+            for pid in processes_under(root):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         wait_until(lambda: not processes_under(root), 30, f"host {name}'s processes to end")
-        shutil.rmtree(root)
+        self.kill_tmux(name)
 
     def kill_tmux(self, name):
         subprocess.run(["tmux", "kill-server"], env={**os.environ, "TMUX_TMPDIR": str(self.tmux[name])}, capture_output=True)
