@@ -78,8 +78,10 @@ class Follower:
             rows = rows_of(self.record, seen)
             if all(r["state"] in TERMINAL for r in rows):
                 return self.end(rows)
-            if all(r["state"] in TERMINAL or r["host"] in stopped_runners(seen) for r in rows):
-                self.say(f"stopped on request (`fab stop`): the runners of {', '.join(sorted(stopped_runners(seen)))} ended; "
+            waiting = stopped_runners(seen)
+            if all(r["state"] in TERMINAL or r["host"] in waiting or (r["state"] == "stopped" and r["host"] in self.record["lost"])
+                   for r in rows):
+                self.say(f"stopped on request (`fab stop`): the runners of {', '.join(sorted(waiting)) or 'no host'} ended; "
                          f"`fab sweep {self.record['name']}` continues the sweep", "yellow")
                 return self.end(rows, code=3)
             self.sleep(poll)
@@ -88,8 +90,10 @@ class Follower:
         """One look at every host: changes said, dead runners started again, fences done, lost hosts' runs moved."""
         seen = {}
         for host in list(self.record["queues"]):
-            if host in self.record["lost"]:  # its runs as last seen (those left on it ended there)
+            if host in self.record["lost"]:  # its runs as last seen (those left on it ended there, or wait to move)
                 self.fence_when_back(host)
+                if self.left_on(host):
+                    self.move_lost(host)
                 seen[host] = {"runner": {}, "runs": {r: self.known(r) for r in self.record["queues"][host]}}
                 continue
             answer = look(self.config, self.inv, self.record["name"], host)
@@ -100,20 +104,29 @@ class Follower:
                 continue
             self.last_answer[host] = time.time()
             self.said(host, answer)
-            self.keep_runner(host, answer)
+            self.attempt(f"starting {host}'s runner again", self.keep_runner, host, answer)
         self.use_idle(seen)
         return seen
+
+    def attempt(self, what, step, *args):
+        """`step(*args)`, or its failure said (a host or storage that stopped answering meanwhile): tried again next round."""
+        try:
+            return step(*args)
+        except (DeployError, OSError, EOFError) as e:
+            self.say(f"{iso()}  {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                     "trying again", "yellow")
+            return None
 
     def use_idle(self, seen):
         """Idle hosts take queued runs off the busy ones; a launched one with nothing left to take is downed."""
         for donor, run, to in idle.balance(seen, self.record["lost"]):
-            idle.take_over(self, donor, run, to)
+            self.attempt(f"moving {run} from {donor} to idle {to}", idle.take_over, self, donor, run, to)
         queued = any(s.get("state") == "queued" for a in seen.values() if a for s in a["runs"].values())
         for host in self.record["launched"]:
             answer = seen.get(host)
             done = host in self.record.get("downed", []) or host in self.record["lost"]
             if not done and answer is not None and idle.idle(answer) and not queued:
-                idle.down_launched(self, host)
+                self.attempt(f"downing {host}", idle.down_launched, self, host)
 
     def known(self, run):
         """What is known of a run whose host is lost: its last summary seen, else its end as recorded by an earlier
@@ -152,18 +165,27 @@ class Follower:
 
     # --- a lost host ------------------------------------------------------------------------------
 
+    def left_on(self, host):
+        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it)."""
+        return [r for r in self.record["queues"][host]
+                if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
+
     def move_lost(self, host):
         """Every run of the lost host's queue that is not done goes to the host with the fewest runs left: from its last
-        stored epoch when it had started (uploaded there), as a new run when it had not."""
-        left = [r for r in self.record["queues"][host] if self.known(r)["state"].removesuffix(" (stored)") not in TERMINAL]
+        stored epoch when it had started (uploaded there), as a new run when it had not. A move that fails (the other
+        host, storage) is tried again next round."""
         others = [h for h in self.record["queues"] if h != host and h not in self.record["lost"]]
         if not others:
             self.say(f"{iso()}  {host} lost, and no other host of the sweep is left to take its runs: waiting for it", "yellow")
             return
-        self.say(f"{iso()}  {host} has not answered for {self.inv.recovery['unreachable_minutes']:g} min: lost; moving "
-                 f"{', '.join(left) or 'nothing'}", "bold")
-        self.record["lost"][host] = iso()
-        moved = [run for run in left if self.move(run, host, min(others, key=lambda h: len(self.record["queues"][h])))]
+        if host not in self.record["lost"]:
+            self.say(f"{iso()}  {host} has not answered for {self.inv.recovery['unreachable_minutes']:g} min: lost; moving "
+                     f"{', '.join(self.left_on(host)) or 'nothing'}", "bold")
+            self.record["lost"][host] = iso()
+        moved = []
+        for run in self.left_on(host):
+            if self.attempt(f"moving {run} off {host}", self.move, run, host, min(others, key=lambda h: len(self.record["queues"][h]))):
+                moved.append(run)
         self.record["queues"][host] = [r for r in self.record["queues"][host] if r not in moved]
         plan.save(self.record)
 
@@ -179,7 +201,7 @@ class Follower:
         hinv = self.inv.for_host(to)
         target = connect_host(self.config, hinv, to)
         try:
-            if url:
+            if url and not sweep_hosts.holds_run(target.conn, hinv, run):  # (a move tried before may have uploaded it)
                 local = storage.resume_source(self.inv, url, say=self.say, refresh=True)
                 sync.upload_run(target, hinv, local, self.say)
             elif started:

@@ -22,6 +22,7 @@ from deploy.host.training import data_args, packed_dir, script
 from deploy.recovery.move import fab_program
 from deploy.runs import storage
 from trainer.results.visible import visible
+from trainer.run_format import run_format
 
 
 def queue_dir(hinv, name):
@@ -62,6 +63,12 @@ def prepare(inv, names, say, provision=()):
         code = codes.pop() if len(codes) == 1 else None
         error = {HostUnreachable.exit_code: HostUnreachable, LocalInputError.exit_code: LocalInputError}.get(code, DeployError)
         raise error("Preparing the sweep's hosts failed: " + "; ".join(failed))
+
+
+def holds_run(conn, hinv, run):
+    """The host has run `run` (its config.yaml): an upload there was done already."""
+    path = rjoin(hinv.remote["runs_dir"], run, run_format.CONFIG)
+    return conn.run(f"test -e {rq(path)}", hide=True, warn=True, in_stream=False).ok
 
 
 def run_task(name, *tasks):
