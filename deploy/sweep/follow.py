@@ -239,8 +239,9 @@ class Follower:
     # --- the end ----------------------------------------------------------------------------------
 
     def end(self, rows, code=0):
+        """The table; the launched hosts downed once every run has ended (not after a stop: the sweep goes on later)."""
         print_table(self.console, self.record, rows, self.record.get("per_run_seconds"))
-        for host in self.record["launched"]:
+        for host in self.record["launched"] if code == 0 else []:
             if host not in self.record["lost"] and host not in self.record.get("downed", []):
                 idle.down_launched(self, host)
         failed = [r["run"] for r in rows if r["state"] == "failed"]

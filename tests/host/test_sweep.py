@@ -111,19 +111,28 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
         hosts.close()
 
 
-def test_a_host_the_sweep_launched_is_downed_once_its_runs_are_stored(aws, standin_venv, tmp_path):
+def test_a_launched_host_keeps_a_stop_and_is_downed_once_its_runs_are_stored(aws, standin_venv, tmp_path):
     from tests.support.sweep_hosts import LaunchedHost
     from tests.support.two_hosts import instances
 
-    host = LaunchedHost(tmp_path, standin_venv, 3, aws)
+    host = LaunchedHost(tmp_path, standin_venv, 4, aws)
     try:
-        swept = host.env.fab("sweep", "u", "--set", "model.units=8,16", "--launch", "1", timeout=600)
+        follow = host.env.popen("sweep", "u", "--set", "model.units=8,16", "--launch", "1")
+        wait_until(lambda: status_epoch(host.env.runs / "u-8") >= 1, 300, "u-8's first epoch on the launched host")
+        stop = host.env.fab("-H", "u-h1", "stop")  # the user's stop: the sweep does not undo it
+        assert stop.returncode == 0, stop.out
+        out, _ = follow.communicate(timeout=300)
+        assert follow.returncode == 3 and "`fab sweep u` continues the sweep" in out, out
+        assert "fab -H u-h1 provision sync-code sync-data" in out, out  # a launched host is provisioned first
+        assert out.index("estimate: 2 configurations") < out.index("u-8 on u-h1: "), out
+        assert instances()["u-h1"]["State"]["Name"] == "running" and exit_codes(host.env.runs / "u-8") == [3]
+
+        swept = host.env.fab("sweep", "u", timeout=600)  # again: the stopped run resumed, then the next, then the host downed
         assert swept.returncode == 0, swept.out
-        assert "fab -H u-h1 provision sync-code sync-data" in swept.out, swept.out  # a launched host is provisioned first
-        assert swept.out.index("estimate: 2 configurations") < swept.out.index("u-8 on u-h1: starting"), swept.out
         assert "u-h1 terminated (fab down, recovery.down_when_done): its runs are stored or fetched" in swept.out, swept.out
         assert instances()["u-h1"]["State"]["Name"] in ("shutting-down", "terminated")
+        assert exit_codes(host.env.runs / "u-8") == [3, 0] and exit_codes(host.env.runs / "u-16") == [0]
         for run in ("u-8", "u-16"):
-            assert exit_codes(host.env.runs / run) == [0] and history_epochs(host.env.runs / run) == [0, 1, 2], run
+            assert history_epochs(host.env.runs / run) == [0, 1, 2, 3], run
     finally:
         host.close()
