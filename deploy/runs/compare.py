@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deploy.errors import DeployError, LocalInputError
 from deploy.host import training
-from deploy.host.connection import connect, connect_host
+from deploy.host.connection import connect, connect_host, rsync_target
 from deploy.host.observe import refuse_special_entries
 from deploy.host.quoting import rjoin
 from deploy.host.sync import RUN_FILES_ONLY, rsync
@@ -116,8 +116,6 @@ def fetch_needed(target, inv, run, dest, say):
     root = Path(dest).resolve()
     local = root / storage.safe_name(target.label) / run
     local.mkdir(parents=True, exist_ok=True)
-    from deploy.host.connection import rsync_target
-
     rsync(target.conn, [*RUN_FILES_ONLY, *NEEDED, rsync_target(target.conn, remote) + "/", f"{local}/"])
     say(f"{run}: its test predictions fetched from {target.label} ({remote}) into {local}")
     return local if holds_predictions(local) else None
