@@ -32,6 +32,7 @@ STOP_REQUEST = ".stop-request.json"  # a stop somebody asked for (`fab stop`, th
 FENCE = "fenced.json"  # {launch_id, reason, at}: that launch may no longer train the run
 STORAGE = "storage.json"  # the uploader's record of the run's checkpoints in object storage
 METRICS, CV, RECOVERIES = "metrics.json", "cv.json", "recoveries.json"
+TEST_PREDICTIONS = "test_predictions.json"  # each test clip's true and predicted class (trainer/results/predictions.py)
 LOG = "train.log"
 CONFIG = "config.yaml"  # the run's configuration: what makes a folder a run, on the host, the laptop and in the trainer
 HISTORY = "history.csv"  # the epochs' metrics (Keras's CSVLogger)

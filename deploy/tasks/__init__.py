@@ -7,6 +7,8 @@
     cloud.py       launch, down, instances (EC2: deploy/aws/)
     storage.py     runs (run storage: deploy/runs/storage.py)
     watch.py       watch (recovery: deploy/recovery/)
+    compare.py     compare (two runs' paired difference: deploy/runs/compare.py)
+    sweep.py       sweep (configurations over hosts: deploy/sweep/)
 
 fabfile.py collects them; a task's docstring is its `fab --help TASK` text.
 """

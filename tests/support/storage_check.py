@@ -68,10 +68,10 @@ def refusing_unknown_keys(moto_url):
         auth("inf")
 
 
-def seed_run(s3, bucket, prefix, run, **changes):
-    """A stored run written straight into the bucket (no training): its files under one checkpoint, then its
-    LATEST, a pointer of epoch 2 of 5 from host gpu1, with `changes` applied to the pointer (None deletes a key).
-    Returns the pointer written."""
+def seed_run(s3, bucket, prefix, run, extra=None, **changes):
+    """A stored run written straight into the bucket (no training): its files (and `extra`, {path in the run: bytes})
+    under one checkpoint, then its LATEST, a pointer of epoch 2 of 5 from host gpu1, with `changes` applied to the
+    pointer (None deletes a key). Returns the pointer written."""
     base, checkpoint = f"{prefix}{run}/", "checkpoints/000002-20261130T040000000Z/"
 
     def put(rel, body):
@@ -82,6 +82,7 @@ def seed_run(s3, bucket, prefix, run, **changes):
              "history.csv": put("history.csv", b"epoch,loss\n1,1.0\n2,0.9\n"),
              "backup/latest.weights.h5": put("backup/latest.weights.h5", b"weights 2"),
              "backup/state.json": put("backup/state.json", b"{}")}
+    files.update({rel: put(rel, body) for rel, body in (extra or {}).items()})
     pointer = {"format": 1, "run": run, "epoch": 2, "state": "running", "final": False, "checkpoint": checkpoint,
                "written_at": "2026-11-30T04:00:00+00:00", "host": "gpu1", "launch_id": "L1", "run_started_at": "2026-11-30T03:50:00+00:00",
                "files": files, "summary": {"epoch": 2, "epochs": 5}}

@@ -168,7 +168,7 @@ def check_fab(args):
         elif token.startswith("-") and len(token) > 1 and not token[1].isdigit():
             names, attached = list(token[1:]), False
         elif positionals:
-            used.append((task, positionals.pop(0).name))
+            used.append((task, positionals.pop(0).names[0]))  # a flag name: run-a, not run_a
             continue
         elif token in tasks:
             task, positionals = token, list(tasks[token][1])

@@ -60,19 +60,34 @@ def bootstrap_ci(y_true, y_pred, groups, k, resamples=RESAMPLES, seed=0, level=0
     """95% intervals of accuracy, UAR and macro F1 from a bootstrap over `groups` (actors): each
     resample draws as many actors as there are, with replacement, and pools their clips. Resampling
     actors, not clips, because clips of one actor are not independent."""
+    names = sorted(set(np.asarray(groups).tolist()))
+    cms = np.tensordot(resample_counts(len(names), resamples, seed), confusion_per_group(y_true, y_pred, groups, names, k),
+                       axes=(1, 0))  # (resamples, k, k)
+    return {name: percentile_interval(values, level) for name, values in scores_from_confusion(cms).items()}
+
+
+def confusion_per_group(y_true, y_pred, groups, names, k):
+    """One confusion matrix per group of `names` (its clips'), as an array (groups, k, k)."""
     y_true, y_pred, groups = np.asarray(y_true, int), np.asarray(y_pred, int), np.asarray(groups)
-    names = sorted(set(groups.tolist()))
     per_group = np.zeros((len(names), k, k))
     for g, name in enumerate(names):
         mask = groups == name
         np.add.at(per_group[g], (y_true[mask], y_pred[mask]), 1)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), size=(resamples, len(names)))
-    counts = np.stack([np.bincount(d, minlength=len(names)) for d in draws])  # (resamples, groups)
-    cms = np.tensordot(counts, per_group, axes=(1, 0))  # (resamples, k, k)
+    return per_group
+
+
+def resample_counts(groups, resamples=RESAMPLES, seed=0):
+    """How often each of `groups` groups is drawn in each resample (resamples, groups): each resample draws as many
+    groups as there are, with replacement. The same seed draws the same resamples, so two runs' clips of the same
+    groups can be resampled together (a paired bootstrap, trainer/results/compare.py)."""
+    draws = np.random.default_rng(seed).integers(0, groups, size=(resamples, groups))
+    return np.stack([np.bincount(d, minlength=groups) for d in draws])
+
+
+def percentile_interval(values, level=0.95):
+    """[low, high]: the central `level` of `values` (NaN, a resample without a class, left out)."""
     tail = (1 - level) / 2 * 100
-    return {name: [float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))]
-            for name, values in scores_from_confusion(cms).items()}
+    return [float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))]
 
 
 def held_out_report(y_true, y_pred, actors, corpora, classes, seed=0):

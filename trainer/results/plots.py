@@ -2,6 +2,7 @@
 
     png = confusion_png(metrics, "test", run="exp-3")   # bytes: counts and row-normalised, side by side
     pngs = save_pictures(run_dir, metrics, "test")       # {"confusion_matrix.png": bytes, "recall.png": ..., "learning_curves.png": ...}
+    png = compare_recall_png(compare_runs(a, b))         # two runs' recall per class, and B − A (trainer/results/compare.py)
     log_image(run_dir / "logs", "test/confusion_matrix", png, step)    # the same picture in TensorBoard
 
 Every picture names its run (`run_label(run_dir)`: "exp-3", or "cv-1/fold-2" for a fold), so a PNG
@@ -76,6 +77,37 @@ def recall_figure(metrics, name, run):
     ax.axhline(1 / len(classes), color="gray", linestyle=":", label="chance")
     ax.set(ylim=(0, 1.15), ylabel="recall", title=f"Run {run}, {name}: recall per class")  # room for a label over 1.00
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never over a label
+    return fig
+
+
+def compare_recall_png(comparison):
+    return _png(compare_recall_figure(comparison))
+
+
+def compare_recall_figure(comparison):
+    """Two runs compared (trainer/results/compare.py): per-class recall of A and B side by side, and the difference
+    B − A per class with its 95% interval (paired over the shared test actors)."""
+    a, b, classes = comparison["a"], comparison["b"], comparison["classes"]
+    x = np.arange(len(classes))
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    ax = fig.add_subplot(1, 2, 1)
+    for side, run, shift, color in (("A", a, -0.2, "tab:gray"), ("B", b, 0.2, "tab:blue")):
+        bars = ax.bar(x + shift, [run["recall"][c] for c in classes], width=0.4, color=color, label=f"{side}: {run['label']}")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.axhline(1 / len(classes), color="gray", linestyle=":", label="chance")
+    ax.set(xticks=x, xticklabels=classes, ylim=(0, 1.15), ylabel="recall", title="recall per class")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax = fig.add_subplot(1, 2, 2)
+    shown = [c for c in classes if c in comparison["recall_difference"]]
+    diff = np.array([comparison["recall_difference"][c] for c in shown])
+    lo, hi = (np.array([comparison["recall_ci95"][c][i] for c in shown]) for i in (0, 1))
+    ax.bar(shown, diff, color=np.where(lo > 0, "tab:green", np.where(hi < 0, "tab:red", "tab:gray")),
+           yerr=[diff - lo, hi - diff], capsize=4)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(ylabel="recall B − A", title="B − A per class, 95% paired interval over actors")
+    d, (ulo, uhi) = comparison["difference"]["uar"], comparison["ci95"]["uar"]
+    fig.suptitle(f"A: {a['label']} vs B: {b['label']}, UAR {a['uar']:.3f} vs {b['uar']:.3f}, B − A {d:+.3f} [{ulo:+.3f}, {uhi:+.3f}] "
+                 f"({comparison['clips']} clips, {comparison['actors']} actors)")
     return fig
 
 

@@ -1,5 +1,6 @@
 """The end of a run on the chief: the best model scored on the validation split and the held-out test actors,
-metrics.json and its pictures written, status.json `finished`.
+test_predictions.json (each test clip's prediction, for `python -m trainer compare`), metrics.json and its pictures
+written, status.json `finished`.
 
     finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpus, history, started, console)
 """
@@ -7,6 +8,7 @@ metrics.json and its pictures written, status.json `finished`.
 import shutil
 import time
 
+from trainer.results.predictions import prediction_rows, write_predictions
 from trainer.results.report import headline, print_run_metrics
 from trainer.run_format import run_format
 from trainer.training.status import write_json_atomic
@@ -20,7 +22,7 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
     from trainer.training.model import load_model
 
     best = load_model(run_dir / run_format.BEST_MODEL) if (run_dir / run_format.BEST_MODEL).exists() else model
-    metrics = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
+    metrics, predictions = final_scores(cfg, prepared, best, val_gen, distribution["global_batch_size"])
     metrics.update(
         best_epoch=(status.data["best"] or {}).get("epoch"),
         epochs_run=status.data["epoch"],
@@ -30,6 +32,8 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
         compute=compute_record(status.data, gpus),
     )
     pictures = draw(run_dir, metrics, status.data["epoch"]) if cfg["train"]["pictures"] else {}  # {file name: PNG bytes}
+    if predictions:  # before metrics.json, which marks the run finished
+        write_predictions(run_dir, cfg["data"]["classes"], predictions)
     write_json_atomic(run_dir / run_format.METRICS, metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     print_run_metrics(metrics, console)
@@ -43,8 +47,9 @@ def finish_run(cfg, run_dir, prepared, model, val_gen, status, distribution, gpu
 
 
 def final_scores(cfg, prepared, model, val_gen, batch_size):
-    """The best model scored on the validation split (which chose it) and, once, on the held-out test
-    actors, with 95% intervals over actors; `headline` names the split a user should quote."""
+    """(metrics, test predictions): the best model scored on the validation split (which chose it) and, once, on the
+    held-out test actors, with 95% intervals over actors; `headline` names the split a user should quote. The test
+    predictions are each test clip's row of test_predictions.json (None without a test split)."""
     from trainer.data import pipeline as data
     from trainer.results.evaluate import predict, score
     from trainer.results.metrics import held_out_report
@@ -52,13 +57,14 @@ def final_scores(cfg, prepared, model, val_gen, batch_size):
     classes = cfg["data"]["classes"]
     metrics = {"validation": score(model, val_gen, classes), "test": None, "headline": "validation"}
     test = prepared.split.get("test") or []
-    if test:
-        gen = data.make_generator(cfg, test, prepared.entries, prepared.stats, shuffle=False, batch_size=batch_size)
-        y_true, y_pred = predict(model, gen)
-        clips = [prepared.entries[test[i]] for i in gen.order]
-        metrics["test"] = held_out_report(y_true, y_pred, [e.actor for e in clips], [e.corpus for e in clips], classes, seed=cfg["seed"])
-        metrics["headline"] = "test"
-    return metrics
+    if not test:
+        return metrics, None
+    gen = data.make_generator(cfg, test, prepared.entries, prepared.stats, shuffle=False, batch_size=batch_size)
+    y_true, y_pred = predict(model, gen)
+    clips = [prepared.entries[test[i]] for i in gen.order]
+    metrics["test"] = held_out_report(y_true, y_pred, [e.actor for e in clips], [e.corpus for e in clips], classes, seed=cfg["seed"])
+    metrics["headline"] = "test"
+    return metrics, prediction_rows(clips, y_true, y_pred, classes)
 
 
 def draw(run_dir, metrics, step):

@@ -1,0 +1,178 @@
+"""A sweep's plan, table and host queue without a host: `--set` parsed into runs NAME-<values> (the split never swept),
+the table sorted by validation with the test split never choosing, and remote_scripts/sweep_queue.py's put and take
+on a runs folder here (a run the host started is never taken off it)."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from deploy.errors import LocalInputError
+from deploy.sweep import plan
+from deploy.sweep.table import chosen, rows_of, summary_lines
+from tests.support.helpers import ROOT, TINY_CONFIG, write_config
+
+
+def test_the_product_of_the_sets_is_one_run_each_named_by_its_values():
+    sets = plan.parse_sets(["train.learning_rate=0.001,0.0003", "model.encoder=bilstm,transformer"])
+    assert sets == {"train.learning_rate": [0.001, 0.0003], "model.encoder": ["bilstm", "transformer"]}
+    runs = plan.product_runs("lr", sets)
+    assert [r["run"] for r in runs] == ["lr-0.001-bilstm", "lr-0.001-transformer", "lr-0.0003-bilstm", "lr-0.0003-transformer"]
+    assert runs[1]["values"] == {"train.learning_rate": 0.001, "model.encoder": "transformer"}
+    long = plan.product_runs("x", {"data.label_map": [{"a" * 30: 1}, {"b" * 30: 1}]})
+    assert len({r["run"] for r in long}) == 2 and all(len(r["run"]) <= 42 for r in long)
+
+
+@pytest.mark.parametrize(("item", "says"), [
+    ("seed=1,2", "a sweep keeps one split"), ("split.test_fraction=0.1,0.2", "a sweep keeps one split"),
+    ("train.epochs", "--set expects KEY=V1,V2"), ("train.epochs=5,5", "a value is given twice")])
+def test_a_set_that_would_change_the_split_or_is_malformed_is_refused(item, says):
+    with pytest.raises(LocalInputError, match=says):
+        plan.parse_sets([item])
+
+
+def test_an_unknown_key_or_a_wrong_type_is_refused_naming_the_run_before_anything_reaches_a_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    inv = SimpleNamespace(train_config=str(write_config(tmp_path / "train.yaml", **TINY_CONFIG)))
+    with pytest.raises(LocalInputError, match="run s-1: .*train.no_such_key"):
+        plan.new_record(inv, "s", plan.parse_sets(["train.no_such_key=1,2"]), None, ["a"])
+    record = plan.new_record(inv, "s", plan.parse_sets(["model.units=8,16"]), None, ["a"])
+    assert [r["run"] for r in record["runs"]] == ["s-8", "s-16"]
+    assert "units: 16" in (tmp_path / "state" / "sweeps" / "s" / "s-16.yaml").read_text()
+
+
+def summary(state, validation, test, ci=(0.1, 0.9), cv=None):
+    return {"state": state, "epoch": 3, "epochs": 3, "validation": validation, "test": {"uar": test, "ci95": {"uar": list(ci)}},
+            "cv_mean": cv, "compute_seconds": 3600, "price_per_hour": 2.0, "launches": 1}
+
+
+def test_the_table_is_sorted_by_validation_and_the_test_split_never_chooses():
+    record = {"name": "s", "folds": None, "runs": [{"run": r, "values": {}} for r in ("s-1", "s-2", "s-3")],
+              "queues": {"a": ["s-1", "s-2"], "b": ["s-3"]}}
+    seen = {"a": {"runs": {"s-1": summary("finished", 0.50, 0.90), "s-2": summary("finished", 0.70, 0.40, (0.3, 0.5))}},
+            "b": {"runs": {"s-3": summary("running", 0.80, None)}}}
+    rows = rows_of(record, seen)
+    assert [r["run"] for r in rows] == ["s-3", "s-2", "s-1"]
+    assert chosen(rows)["run"] == "s-2"  # the best validation of the finished runs; s-1's better test is not looked at
+    lines = summary_lines(rows, per_run_seconds=60)
+    assert "among 2 finished of 3 configurations compared: s-2 (validation 0.700); its test UAR 0.400 [0.300, 0.500]" in lines[0]
+    assert "cost so far $6.00" in lines[1]
+    cv = {"a": {"runs": {"s-1": summary("finished", 0.9, None, cv={"uar": 0.3}), "s-2": summary("finished", 0.1, None, cv={"uar": 0.6})}},
+          "b": {"runs": {"s-3": summary("finished", 0.5, None, cv={"uar": 0.4})}}}
+    assert chosen(rows_of({**record, "folds": 3}, cv))["run"] == "s-2"  # the mean over folds, not a fold's validation
+    assert rows_of(record, {"a": None, "b": seen["b"]})[1]["state"] == "unknown (host not answering)"
+
+
+def queue(queue_dir, *args):
+    out = subprocess.run([sys.executable, str(ROOT / "remote_scripts" / "sweep_queue.py"), args[0], str(queue_dir), *args[1:]],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_host_queue_merges_what_the_laptop_puts_and_never_gives_away_a_run_it_started(tmp_path):
+    runs_dir, queue_dir = tmp_path / "runs dir", tmp_path / "runs dir" / ".sweeps" / "s"
+    entry = lambda run: {"run": run, "new": ["train"], "resume": ["train", "--resume"]}  # noqa: E731
+    base = {"sweep": "s", "runs_dir": str(runs_dir), "session": "test-none", "launcher": ["bash", "x", "v", "p"], "env": {}}
+    assert queue(queue_dir, "put", json.dumps({**base, "entries": [entry("s-1"), entry("s-2")]}))["entries"] == ["s-1", "s-2"]
+    assert queue(queue_dir, "put", json.dumps({**base, "entries": [entry("s-3"), entry("s-1")]}))["entries"] == ["s-1", "s-2", "s-3"]
+    status = queue(queue_dir, "status")
+    assert {r: s["state"] for r, s in status["runs"].items()} == {"s-1": "queued", "s-2": "queued", "s-3": "queued"}
+    assert status["runner"]["alive"] is False
+    (runs_dir / "s-1").mkdir()  # the host began it: it stays here
+    (queue_dir / "runner.json").write_text(json.dumps({"started": ["s-2"]}))
+    assert queue(queue_dir, "take", "s-1") == {"taken": False, "why": "its folder is here"}
+    assert queue(queue_dir, "take", "s-2") == {"taken": False, "why": "started here"}
+    assert queue(queue_dir, "take", "s-3") == {"taken": True}
+    assert list(queue(queue_dir, "status")["runs"]) == ["s-1", "s-2"]
+    bad = subprocess.run([sys.executable, str(ROOT / "remote_scripts" / "sweep_queue.py"), "put", str(queue_dir),
+                          json.dumps({**base, "entries": [entry("../x")]})], capture_output=True, text=True)
+    assert bad.returncode != 0 and "invalid run name" in bad.stderr
+
+
+def test_fab_sweep_refuses_bad_input_before_any_host_with_exit_2(tmp_path):
+    import os
+
+    import yaml
+
+    from tests.support.fab_runner import run_fab
+
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"hosts": {"a": {"address": "127.0.0.1", "port": 9, "user": "nobody"}},
+                                                            "train_config": str(write_config(tmp_path / "train.yaml", **TINY_CONFIG))}))
+    env = {**os.environ, "FACENET_INVENTORY": str(tmp_path / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp_path / "state")}
+
+    def fab(*args):
+        proc = run_fab(args, cwd=ROOT, env=env, timeout=60)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    for args, says in [(("s", "--set", "seed=1,2", "--hosts", "a"), "a sweep keeps one split"),
+                       (("s", "--set", "model.units=8,16", "--hosts", "a,gpu9"), "--hosts names gpu9, not in the inventory"),
+                       (("s", "--set", "model.nope=1,2", "--hosts", "a"), "--set for run s-1"),
+                       (("s", "--set", "model.units=8", "--folds", "1"), "--folds expects a whole number, 2 or more"),
+                       (("s",), "No sweep s on this machine"),
+                       (("s", "--status"), "No sweep s on this machine")]:
+        code, out = fab("sweep", *args)
+        assert code == 2 and says in out, (args, code, out)
+    assert not (tmp_path / "state" / "sweeps" / "s").exists() or not (tmp_path / "state" / "sweeps" / "s" / "sweep.json").exists()
+
+
+def test_the_runner_never_resumes_a_run_fenced_here_and_starts_or_resumes_the_others(tmp_path):
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_queue
+
+    runs_dir = tmp_path / "runs"
+
+    def run(name, status=None, launch=None, fence=None, exit_code=None):
+        folder = runs_dir / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("seed: 1\n")
+        for file, data in (("status.json", status), ("launch.json", launch), ("fenced.json", fence)):
+            if data is not None:
+                (folder / file).write_text(json.dumps(data))
+        if exit_code is not None:  # the launch's exit record, exits/<launch id>.json
+            (folder / "exits").mkdir()
+            (folder / "exits" / f"{launch['launch_id']}.json").write_text(json.dumps({"exit_code": exit_code}))
+
+    gone = {"launch_id": "20261207T000000Z-1", "pid": 999999999, "pgid": 999999999}
+    run("s-1", {"state": "running", "epoch": 2}, gone, {"launch_id": gone["launch_id"], "reason": "moved to b"})  # moved on
+    run("s-2", {"state": "finished"}, {**gone, "launch_id": "20261207T000000Z-2"}, exit_code=0)
+    run("s-3", {"state": "running", "epoch": 1}, {**gone, "launch_id": "20261207T000000Z-3"})  # vanished, not fenced
+    queue = {"runs_dir": str(runs_dir), "session": "test-none", "entries": [{"run": f"s-{k}"} for k in range(1, 5)]}
+    state = {"started": [], "ended": {}}
+    entry, how = sweep_queue.pick(queue, state)
+    assert (entry["run"], how) == ("s-3", "resume") and state["ended"] == {"s-1": "superseded", "s-2": "finished"}, state
+    queue["entries"] = queue["entries"][:2] + queue["entries"][3:]
+    assert [sweep_queue.pick(queue, state)[k] for k in (0, 1)] == [{"run": "s-4"}, "new"]
+    assert state["started"] == ["s-3", "s-4"]
+
+
+def test_the_runner_waits_while_a_fab_task_holds_the_host_lock_with_a_fresh_lease(tmp_path):
+    import os
+
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_queue
+
+    queue = {"runs_dir": str(tmp_path / "runs"), "session": "test-none", "entries": []}
+    assert sweep_queue.host_training(queue) is None
+    (tmp_path / "runs" / ".lock").mkdir(parents=True)
+    (tmp_path / "runs" / ".lock" / "lease").touch()
+    assert sweep_queue.host_training(queue) == "the host lock (a fab task)"
+    os.utime(tmp_path / "runs" / ".lock" / "lease", (1, 1))  # a lease nobody renewed: the task died
+    assert sweep_queue.host_training(queue) is None
+
+
+def test_an_idle_host_takes_the_last_queued_run_of_the_busiest_host():
+    from deploy.sweep.idle import balance
+
+    def host(alive, *states, runner_state="running"):
+        return {"runner": {"alive": alive, "state": runner_state}, "runs": {f"r{k}-{s}": {"state": s} for k, s in enumerate(states)}}
+
+    seen = {"a": host(True, "running", "queued", "queued"), "b": host(False, "finished", runner_state="done"),
+            "c": host(True, "running", "queued"), "d": host(False, "finished", "failed", runner_state="done"),
+            "lost": host(False, runner_state="done"), "quiet": None}
+    assert balance(seen, {"lost": "2026-12-07"}) == [("a", "r2-queued", "b"), ("a", "r1-queued", "d")]
+    seen["b"]["runner"]["state"] = "stopped"  # a stop on request: that host waits for the user
+    assert balance(seen, {})[0] == ("a", "r2-queued", "d")
+    assert balance({"a": host(True, "running"), "b": host(False, runner_state="done")}, {}) == []  # nothing queued
