@@ -30,3 +30,33 @@ def test_a_finished_run_keeps_the_test_predictions_its_test_scores_come_from(tra
     same = compare_runs(trained_run, trained_run)  # a run against itself: no difference in any resample
     assert same["difference"]["uar"] == 0 and same["ci95"]["uar"] == [0, 0] and same["verdict"].startswith("no difference shown")
     assert np.isclose(same["a"]["uar"], test["uar"])
+
+
+
+def test_compare_finds_a_trained_model_better_than_one_that_learnt_nothing(tmp_path):
+    """A planted difference, from real trainings on the same data and seed (so the same test clips): A trained one
+    epoch at a learning rate that leaves its weights where they started, B eight epochs at 0.01. `python -m trainer
+    compare A B` says B is better, its paired interval of B - A in test UAR above 0, and draws the recall picture.
+    (Two runs that differ by chance alone, whose interval holds 0: tests/unit/test_compare.py, on crafted predictions.)"""
+    import subprocess
+    import sys
+
+    from tests.support.fixtures_runs import TINY_ARGS
+    from tests.support.helpers import ROOT
+    from trainer.data.synth import write_corpus
+
+    data = tmp_path / "crema-d"
+    write_corpus(data, "crema-d", clips=600, seed=3)  # 95 test clips of 13 actors
+    for run, args in (("a", ["--epochs", "1", "--set", "train.learning_rate=1e-9"]), ("b", ["--epochs", "8", "--set", "train.learning_rate=0.01"])):
+        proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(data), "--out", str(tmp_path / "runs"), "--run-name", run,
+                               *TINY_ARGS, "--set", "train.pictures=false", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = tmp_path / "compare.json"
+    proc = subprocess.run([sys.executable, "-m", "trainer", "compare", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"),
+                           "--out", str(tmp_path / "out"), "--result", str(result)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(result.read_text())
+    low, high = got["ci95"]["uar"]
+    assert 0 < low <= got["difference"]["uar"] <= high, (got["difference"], got["ci95"])
+    assert got["message"].startswith("B is better"), got["message"]
+    assert (tmp_path / "out" / "compare-a-vs-b.png").stat().st_size > 0
