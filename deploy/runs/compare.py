@@ -17,7 +17,9 @@ computes a score.
 
 from pathlib import Path
 
-from deploy.errors import DeployError, LocalInputError
+from paramiko.ssh_exception import SSHException
+
+from deploy.errors import DeployError, HostUnreachable, LocalInputError
 from deploy.host import training
 from deploy.host.connection import connect, connect_host, rsync_target
 from deploy.host.observe import refuse_special_entries
@@ -32,6 +34,9 @@ NEEDED = [f"--include=/{run_format.TEST_PREDICTIONS}", f"--include=/{run_format.
           f"--include=/{run_format.CV}", "--include=/fold-*/", f"--include=/fold-*/{run_format.TEST_PREDICTIONS}", "--exclude=*"]
 
 
+UNASKED = "could not be reached"
+
+
 def holds_predictions(folder):
     folder = Path(folder)
     return (folder / run_format.TEST_PREDICTIONS).is_file() or (folder / run_format.CV_PLAN).is_file()
@@ -40,8 +45,8 @@ def holds_predictions(folder):
 def find_run(c, inv, run, dest, say):
     """A local folder holding `run`'s test predictions (see the module docstring); LocalInputError naming where it
     looked when none does."""
-    if Path(run).is_dir():
-        return Path(run)
+    if Path(run).is_dir() and (holds_predictions(run) or (Path(run) / run_format.METRICS).is_file()):
+        return Path(run)  # a run folder on this machine (a folder that is not one, e.g. configs/, is a run's name)
     training.valid_run_name(run, "RUN")
     looked = []
     fetched = sorted((p for p in Path(dest).glob(f"*/{run}") if holds_predictions(p)), key=lambda p: p.stat().st_mtime)
@@ -57,8 +62,9 @@ def find_run(c, inv, run, dest, say):
     found = from_hosts(c, inv, run, dest, say, looked)
     if found is not None:
         return found
-    raise LocalInputError(f"Run {run} was not found with test predictions: {'; '.join(looked)}. A run keeps them once it "
-                          "has finished with a test split (RUN/test_predictions.json).")
+    error = HostUnreachable if any(UNASKED in place for place in looked) else LocalInputError  # a host that may hold it: 6
+    raise error(f"Run {run} was not found with test predictions: {'; '.join(looked)}. A run keeps them once it "
+                "has finished with a test split (RUN/test_predictions.json).")
 
 
 def from_storage(inv, run, dest, say):
@@ -88,19 +94,29 @@ def from_hosts(c, inv, run, dest, say, looked):
     for target in targets:
         if target is None:
             continue
+        local = from_host(c, inv, target, run, dest, say, looked)
+        if local is not None:
+            return local
+    return None
+
+
+def from_host(c, inv, target, run, dest, say, looked):
+    """The run's files from one host (a name: connected here), or None with what it found added to `looked` (a host
+    that cannot be reached is named there, and the next host is asked)."""
+    label = target if isinstance(target, str) else target.label
+    try:
         if isinstance(target, str):
             target = connect_host(c.config, inv, target)
         try:
             local = fetch_needed(target, inv.for_host(target.host_name) if target.host_name else inv, run, dest, say)
-        except DeployError as e:
-            looked.append(f"{target.label}: {str(e).splitlines()[0][:200]}")
-            continue
         finally:
             target.conn.close()
-        if local is not None:
-            return local
-        looked.append(f"{target.label} holds no finished run {run}")
-    return None
+    except (DeployError, OSError, EOFError, SSHException) as e:  # not answering: named, and the next host asked
+        looked.append(f"{label} {UNASKED}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+        return None
+    if local is None:
+        looked.append(f"{label} holds no finished run {run}")
+    return local
 
 
 def fetch_needed(target, inv, run, dest, say):

@@ -7,6 +7,7 @@ tests/host/test_sweep.py."""
 import json
 import os
 
+import pytest
 import yaml
 
 from tests.support.fab_runner import run_fab
@@ -85,3 +86,38 @@ def test_runs_that_cannot_be_paired_are_refused_naming_the_run_and_the_differenc
 
     bad = fab("compare", "base", "../etc", "--dest", str(results))
     assert bad.returncode == 2 and "RUN expects a name" in bad.out, bad.out
+
+
+def test_a_folder_that_is_not_a_run_is_read_as_a_run_name_and_a_host_that_is_down_is_named_and_passed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from deploy.errors import HostUnreachable, LocalInputError
+    from deploy.runs import compare
+
+    _, fab = laptop(tmp_path / "laptop")
+    results = tmp_path / "results"
+    clips = truth()
+    write_run(results / "gpu1" / "base", clips, predict(clips, seed=1))
+    not_a_run = fab("compare", "configs", "base", "--dest", str(results))  # the repo's configs/ folder, where fab runs
+    assert not_a_run.returncode == 2 and "Run configs was not found with test predictions" in not_a_run.out, not_a_run.out
+
+    class Conn:
+        def close(self):
+            pass
+
+    def fetch(target, inv, run, dest, say):
+        if target.host_name == "down":
+            raise HostUnreachable("Connection refused")
+        return tmp_path / "from-up"
+
+    monkeypatch.setattr(compare, "connect", lambda c, inv: (_ for _ in ()).throw(LocalInputError("no -H")))
+    monkeypatch.setattr(compare, "connect_host", lambda config, inv, name: SimpleNamespace(host_name=name, label=name, conn=Conn()))
+    monkeypatch.setattr(compare, "fetch_needed", fetch)
+    inv = SimpleNamespace(hosts={"down": None, "up": None}, for_host=lambda name: None)
+    looked = []
+    assert compare.from_hosts(SimpleNamespace(config=None), inv, "r", tmp_path, print, looked) == tmp_path / "from-up"
+    assert looked == ["down could not be reached: Connection refused"]
+    monkeypatch.setattr(compare, "fetch_needed", lambda target, *a: fetch(SimpleNamespace(host_name="down"), *a))
+    monkeypatch.setattr(compare.storage, "enabled", lambda inv: False)
+    with pytest.raises(HostUnreachable, match="down could not be reached.*up could not be reached"):
+        compare.find_run(SimpleNamespace(config=None), inv, "r", tmp_path, print)
