@@ -52,8 +52,15 @@ def stored_summary(pointer):
     metrics = s.get("metrics") if isinstance(s.get("metrics"), dict) else {}
     test = {"uar": metrics.get("uar"), "ci95": metrics.get("ci95") or {}} if metrics.get("split") == "test" else None
     return {"state": f"{pointer.get('state')} (stored)", "epoch": s.get("epoch", pointer.get("epoch")), "epochs": s.get("epochs"),
-            "validation": (s.get("best") or {}).get("value"), "test": test, "cost_usd": s.get("cost_usd"),
+            "validation": val_uar(s), "test": test, "cost_usd": s.get("cost_usd"),
             "compute_seconds": s.get("compute_seconds")}
+
+
+def val_uar(summary):
+    """The validation UAR of a stored summary: its best epoch's value when the monitor was val_uar (none otherwise: a
+    loss or an accuracy never ranks the sweep)."""
+    best = summary.get("best") or {}
+    return best.get("value") if best.get("metric") == "val_uar" else None
 
 
 def stopped_runners(seen):

@@ -9,10 +9,15 @@ here, before anything reaches a host). The split's seed is the same for every ru
 refused), so every run is tested on the same actors and `fab compare` can pair any two of them.
 """
 
+import fcntl
 import hashlib
 import itertools
 import json
+import os
 import re
+import shutil
+import sys
+from contextlib import contextmanager
 
 import yaml
 
@@ -39,13 +44,45 @@ def parse_sets(items):
         if key == "seed" or key.startswith("split."):
             raise LocalInputError(f"--set {key}: a sweep keeps one split for every run (the same test actors, so that runs "
                                   "compare paired); set it in the training config, for the whole sweep.")
+        if key == "train.monitor":
+            raise LocalInputError("--set train.monitor: a sweep ranks its runs by validation UAR; sweeping the metric that "
+                                  "picks each run's best model would compare runs chosen by different rules. Set train.monitor "
+                                  "in the training config, for the whole sweep.")
         if key in sets:
             raise LocalInputError(f"--set {key} is given twice; give its values once: --set {key}=V1,V2")
-        parsed = [yaml.safe_load(v.strip()) for v in values.split(",")]
+        parsed = [scalar(key, v) for v in values.split(",")]
         if len(set(map(json.dumps, parsed))) != len(parsed):
             raise LocalInputError(f"--set {item}: a value is given twice.")
         sets[key] = parsed
     return sets
+
+
+def scalar(key, text):
+    """One --set value read as YAML: a string, a whole number, a number or true/false; LocalInputError naming the --set."""
+    expected = "values that are each a string, a number or true/false, comma-separated (e.g. --set train.optimizer=adam,sgd)"
+    text = text.strip()
+    if not text:
+        raise LocalInputError(f"--set {key}: an empty value (two commas, or a comma at an end); {key} expects {expected}.")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LocalInputError(f"--set {key}: {text!r} does not read as a value ({str(e).splitlines()[0]}); {key} expects "
+                              f"{expected}.") from None
+    if not isinstance(value, (str, int, float, bool)):
+        raise LocalInputError(f"--set {key}: {text!r} reads as {type(value).__name__}, not a plain value; {key} expects "
+                              f"{expected} (quote nothing: a list, a mapping or a date cannot be swept).")
+    return value
+
+
+def check_sweep_name(name):
+    """The sweep's NAME: what its runs' names begin with (NAME-<values>); LocalInputError saying what is wrong."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise LocalInputError(f"The sweep NAME expects letters, digits, '.', '_' or '-', starting with a letter or digit (it "
+                              f"begins its runs' names, NAME-<values>, which become folder names). Received: {name!r}")
+    if len(name) > 60:
+        raise LocalInputError(f"The sweep NAME is {len(name)} characters long; at most 60 (its runs' names, NAME-<values>, "
+                              f"are at most 100). Received: {name!r}")
+    return name
 
 
 def slug(values):
@@ -91,6 +128,38 @@ def run_config(inv, name, run):
         raise LocalInputError(f"--set for run {run['run']}: {e}") from None
     path = folder(name) / f"{run['run']}.yaml"
     return cfg, path
+
+
+@contextmanager
+def held(name):
+    """The sweep's state folder (STATE_DIR/sweeps/NAME) locked for this command's whole life (fcntl: the kernel releases
+    it when the process dies); LocalInputError naming the holder when another `fab sweep NAME` holds it. A folder left
+    without a record (a refused sweep) is removed on the way out."""
+    path = folder(name)
+    while True:
+        path.mkdir(parents=True, exist_ok=True)
+        f = open(path / ".lock", "a+")  # noqa: SIM115 - held until the end of the with block
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise LocalInputError(f"Sweep {name} is being run by another command ({holder}); one `fab sweep {name}` at a "
+                                  f"time (its lock: {path / '.lock'}). Wait for it to end, or end it (Ctrl-C), then run "
+                                  f"`fab sweep {name}` again.") from None
+        if os.path.exists(path / ".lock") and os.fstat(f.fileno()).st_ino == os.stat(path / ".lock").st_ino:
+            break
+        f.close()  # the folder was removed meanwhile by the holder that just ended: lock the new one
+    try:
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}: {' '.join(['fab', *sys.argv[1:]])[:300]}\n")
+        f.flush()
+        yield path
+    finally:
+        if not (path / "sweep.json").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        f.close()
 
 
 def folder(name):

@@ -17,7 +17,6 @@ from deploy.sweep.table import estimate_lines, print_table, rows_of
 
 def the_record(inv, name, sets, folds, hosts):
     """The sweep's record: the one kept (a rerun: --set, --folds and --hosts, when given, must be as before), else new."""
-    plan.check_name(f"{name}-x")
     record = plan.load(name)
     if record is None:
         if not sets:
@@ -125,7 +124,16 @@ def give_queues(config, inv, record, say):
 
 
 def sweep(config, inv, name, sets, hosts=None, launch=None, folds=None, detach=False, say=print, console=None):
-    """The whole `fab sweep` (module docstring); the exit code (0: every run finished)."""
+    """The whole `fab sweep` (module docstring), under the sweep's lock (one command per sweep at a time); its exit code."""
+    plan.check_sweep_name(name)
+    if hosts and launch:
+        raise LocalInputError(f"--hosts {','.join(hosts)} and --launch {launch} are both given: a sweep trains on inventory "
+                              "hosts (--hosts) or on hosts it launches (--launch N), not both at once; give one of them.")
+    with plan.held(name):
+        return run_sweep(config, inv, name, sets, hosts, launch, folds, detach, say, console)
+
+
+def run_sweep(config, inv, name, sets, hosts, launch, folds, detach, say, console):
     record = the_record(inv, name, sets, folds, check_hosts(inv, hosts or []))
     if launch:
         inv = launch_hosts(inv, config, record, launch, say)
@@ -149,6 +157,7 @@ def sweep(config, inv, name, sets, hosts=None, launch=None, folds=None, detach=F
 
 def status(config, inv, name, console):
     """`fab sweep NAME --status`: the table, from each host's answer (nothing changed); exit 0."""
+    plan.check_sweep_name(name)
     record = plan.load(name)
     if record is None:
         raise LocalInputError(f"No sweep {name} on this machine ({plan.record_path(name)}).")

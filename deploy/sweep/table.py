@@ -60,7 +60,7 @@ def print_table(console, record, rows, per_run_seconds=None):
     table = Table(title=Text(f"sweep {record['name']}: {len(rows)} configurations, sorted by "
                              + ("the CV mean UAR over folds" if record.get("folds") else "validation UAR") + " (the metric that chooses)"),
                   title_justify="left")
-    for column in ("run", "state", "epoch", "validation", "test UAR [95% CI]", "host", "cost"):
+    for column in ("run", "state", "epoch", "validation UAR", "test UAR [95% CI]", "host", "cost"):
         table.add_column(column, no_wrap=column == "run")
     for r in rows:
         epoch = f"{r['epoch']}/{r['epochs']}" if r["epoch"] is not None else ""

@@ -176,3 +176,53 @@ def test_an_idle_host_takes_the_last_queued_run_of_the_busiest_host():
     seen["b"]["runner"]["state"] = "stopped"  # a stop on request: that host waits for the user
     assert balance(seen, {})[0] == ("a", "r2-queued", "d")
     assert balance({"a": host(True, "running"), "b": host(False, runner_state="done")}, {}) == []  # nothing queued
+
+
+@pytest.mark.parametrize(("item", "says"), [
+    ('train.optimizer=adam,"sgd', "--set train.optimizer: '\"sgd' does not read as a value"),
+    ("model.units=[8,16]", "--set model.units: '\\[8' does not read as a value"),
+    ("model.units={a", "--set model.units: '{a' does not read as a value"),
+    ("train.optimizer=2020-01-01,adam", "--set train.optimizer: '2020-01-01' reads as date, not a plain value"),
+    ("train.learning_rate=0.1,,0.2", "--set train.learning_rate: an empty value"),
+    ("train.monitor=val_uar,val_loss", "--set train.monitor: a sweep ranks its runs by validation UAR")])
+def test_a_set_value_that_is_not_a_plain_value_is_refused_naming_the_set(item, says):
+    with pytest.raises(LocalInputError, match=says):
+        plan.parse_sets([item])
+
+
+def test_the_table_ranks_by_validation_uar_whatever_the_monitor_is(tmp_path):
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_queue
+
+    by_loss = {"best": {"metric": "val_loss", "value": 0.2}, "last": {"val_loss": 0.3, "val_uar": 0.55}}
+    assert sweep_queue.validation_uar(by_loss, {}) == 0.55  # running: the last epoch's UAR, never a loss
+    assert sweep_queue.validation_uar(by_loss, {"validation": {"uar": 0.61}}) == 0.61  # finished: the best model's UAR
+    assert sweep_queue.validation_uar({"best": {"metric": "val_uar", "value": 0.7}, "last": {"val_uar": 0.6}}, {}) == 0.7
+
+
+def test_fab_sweep_refuses_a_second_command_of_the_same_sweep_and_leaves_nothing_when_it_refuses(tmp_path, monkeypatch):
+    import os
+
+    import yaml
+
+    from tests.support.fab_runner import run_fab
+
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"hosts": {"a": {"address": "127.0.0.1", "port": 9, "user": "nobody"}},
+                                                            "train_config": str(write_config(tmp_path / "train.yaml", **TINY_CONFIG))}))
+    env = {**os.environ, "FACENET_INVENTORY": str(tmp_path / "inventory.yaml"), "FACENET_STATE_DIR": str(tmp_path / "state")}
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+
+    def fab(*args):
+        proc = run_fab(args, cwd=ROOT, env=env, timeout=60)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    with plan.held("s"):  # another `fab sweep s` at work (this process)
+        code, out = fab("sweep", "s", "--set", "model.units=8,16", "--hosts", "a")
+        assert code == 2 and f"Sweep s is being run by another command (pid {os.getpid()}" in out, (code, out)
+        assert (tmp_path / "state" / "sweeps" / "s" / ".lock").exists()  # the holder's lock is left alone
+    for args, says in [(("-x", "--set", "model.units=8"), "The sweep NAME expects letters, digits"),
+                       (("s", "--set", "model.units=8", "--hosts", "a", "--launch", "1"), "--hosts a and --launch 1 are both given"),
+                       (("s", "--set", "model.nope=1,2", "--hosts", "a"), "--set for run s-1")]:
+        code, out = fab("sweep", *args)
+        assert code == 2 and says in out, (args, code, out)
+    assert not (tmp_path / "state" / "sweeps").exists() or list((tmp_path / "state" / "sweeps").iterdir()) == []
