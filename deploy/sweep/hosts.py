@@ -71,6 +71,20 @@ def holds_run(conn, hinv, run):
     return conn.run(f"test -e {rq(path)}", hide=True, warn=True, in_stream=False).ok
 
 
+HELD = ("import json, os, sys; d = os.path.expanduser(sys.argv[1]); "
+        "print(json.dumps([r for r in sys.argv[2:] if os.path.lexists(os.path.join(d, r))]))")
+
+
+def held_runs(conn, hinv, runs):
+    """The names of `runs` that the host's runs folder holds already (as JSON from the host)."""
+    out = conn.run(f"{PYTHON3} -c {rq(HELD)} " + " ".join(rq(w) for w in (hinv.remote["runs_dir"], *runs)), hide=True, warn=True,
+                   in_stream=False)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise DeployError(f"Could not list the runs on {conn.label} (exit {out.exited}): {(out.stderr or '').strip()[-400:]}") from None
+
+
 def run_task(name, *tasks):
     """`fab -H NAME TASKS` as a process of its own (its lock, its exit code); DeployError with its output's end if it fails."""
     proc = subprocess.run([fab_program(), "-H", name, *tasks], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -186,9 +186,28 @@ def save(record):
     run_format.write_json(path, record, mode=0o644)
 
 
+def held_by_others(name, runs):
+    """{run: other sweep} for the runs of `runs` that another sweep's record on this machine holds."""
+    clash = {}
+    for path in sorted((state_dir() / "sweeps").glob("*/sweep.json")):
+        if path.parent.name == name:
+            continue
+        try:
+            theirs = {r["run"] for r in json.loads(path.read_text())["runs"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        clash.update({run: path.parent.name for run in runs if run in theirs and run not in clash})
+    return clash
+
+
 def new_record(inv, name, sets, folds, hosts):
     """The record of a new sweep, each run's config written beside it; LocalInputError when a --set does not fit."""
     runs = product_runs(name, sets)
+    clash = held_by_others(name, [r["run"] for r in runs])
+    if clash:
+        raise LocalInputError(f"Sweep {name} would make run(s) that another sweep holds: "
+                              + "; ".join(f"{run} (sweep {other}, {record_path(other)})" for run, other in clash.items())
+                              + ". A run is one sweep's: choose another NAME.")
     for run in runs:
         cfg, path = run_config(inv, name, run)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,22 @@ def prepare(config, inv, record, say):
         sweep_hosts.prepare(inv, todo, say, provision=[h for h in todo if h in record["launched"]])
 
 
+def refuse_held_runs(config, inv, record):
+    """LocalInputError naming the runs of a new sweep that one of its hosts holds already (another sweep's, or by hand)."""
+    runs = [r["run"] for r in record["runs"]]
+    held = []
+    for host in [h for h in record["hosts"] if h not in record["lost"]]:
+        hinv = inv.for_host(host)
+        target = connect_host(config, hinv, host)
+        try:
+            held += [f"{run} on {host}" for run in sweep_hosts.held_runs(target.conn, hinv, runs)]
+        finally:
+            target.conn.close()
+    if held:
+        raise LocalInputError(f"Sweep {record['name']} plans run(s) that exist already: {', '.join(held)} (not this sweep's: it "
+                              "has not started any). A sweep never takes over a run it did not start: choose another NAME.")
+
+
 def estimate(config, inv, record, say):
     """The estimate, printed before anything trains: configurations x the first host's smoke test (its measured time)."""
     first = next(h for h in record["hosts"] if h not in record["lost"])
@@ -143,6 +159,8 @@ def run_sweep(config, inv, name, sets, hosts, launch, folds, detach, say, consol
     say(f"sweep {name}: {len(record['runs'])} configurations ({', '.join(f'{k} in {v}' for k, v in record['sets'].items())}), "
         f"one split for all; hosts {', '.join(record['hosts'])}" + (f"; {record['folds']}-fold CV each" if record["folds"] else ""))
     prepare(config, inv, record, say)
+    if not record["queues"]:  # a new sweep: none of its runs may exist on its hosts (it never adopts a run it did not start)
+        refuse_held_runs(config, inv, record)
     per_run = estimate(config, inv, record, say)
     record["per_run_seconds"] = per_run
     assign(record)

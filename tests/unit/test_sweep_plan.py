@@ -226,3 +226,25 @@ def test_fab_sweep_refuses_a_second_command_of_the_same_sweep_and_leaves_nothing
         code, out = fab("sweep", *args)
         assert code == 2 and says in out, (args, code, out)
     assert not (tmp_path / "state" / "sweeps").exists() or list((tmp_path / "state" / "sweeps").iterdir()) == []
+
+
+def test_a_run_name_of_another_sweep_or_already_on_a_host_is_refused_never_adopted(tmp_path, monkeypatch):
+    from deploy.sweep import hosts as sweep_hosts
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    inv = SimpleNamespace(train_config=str(write_config(tmp_path / "train.yaml", **TINY_CONFIG)))
+    plan.save(plan.new_record(inv, "p", plan.parse_sets(["model.units=16", "train.learning_rate=0.1,0.01"]), None, ["a"]))
+    with pytest.raises(LocalInputError, match=r"p-16-0.1 \(sweep p, "):
+        plan.new_record(inv, "p-16", plan.parse_sets(["train.learning_rate=0.1"]), None, ["a"])
+
+    class Conn:  # the host's side run here: the command as a shell would run it
+        label = "a"
+
+        def run(self, cmd, **kwargs):
+            out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+            return SimpleNamespace(stdout=out.stdout, stderr=out.stderr, exited=out.returncode)
+
+    runs_dir = tmp_path / "runs dir"
+    (runs_dir / "q-16-0.1").mkdir(parents=True)  # made by hand, or by a sweep of another laptop
+    hinv = SimpleNamespace(remote={"runs_dir": str(runs_dir)})
+    assert sweep_hosts.held_runs(Conn(), hinv, ["q-16-0.1", "q-16-0.01", "it's"]) == ["q-16-0.1"]
