@@ -143,9 +143,9 @@ def launch(queue, entry, how):
     env = [f"{k}={v}" for k, v in sorted(queue.get("env", {}).items())]
     words = [*queue["launcher"][:2], *map(os.path.expanduser, queue["launcher"][2:]), run_dir, *entry[how]]
     outside = {k: v for k, v in os.environ.items() if k != "TMUX"}  # the runner itself runs in tmux
-    subprocess.run(["tmux", "new-session", "-d", "-s", queue["session"], "env", *env, *words], check=False,
-                   stdin=subprocess.DEVNULL, env=outside)
-    return before
+    out = subprocess.run(["tmux", "new-session", "-d", "-s", queue["session"], "env", *env, *words], check=False,
+                         stdin=subprocess.DEVNULL, env=outside, capture_output=True, text=True)
+    return before, out.returncode and f"tmux new-session -s {queue['session']}: {(out.stderr or out.stdout).strip()[-300:]}"
 
 
 def wait_ended(queue, run, before, seconds_to_start=120):
@@ -197,12 +197,15 @@ def follow_one(queue_dir, queue, state, entry, how):
     if how == "wait":
         info = wait_alive_ends(queue, entry["run"])
     else:
-        before = launch(queue, entry, how)
-        info = wait_ended(queue, entry["run"], before)
-        if (info.get("launch") or {}).get("launch_id") in (None, before):  # tmux or the launcher refused: said, not looped
-            state.update(state="failed to start", current=entry["run"])
+        before, refused = launch(queue, entry, how)
+        info = run_info(queue, entry["run"]) if refused else wait_ended(queue, entry["run"], before)
+        if refused or (info.get("launch") or {}).get("launch_id") in (None, before):  # said (runner.json), not looped
+            reason = refused or f"the launcher never recorded a launch of {entry['run']} (see its log, {entry['run']}/launch.log)"
+            state.update(state="failed to start", current=entry["run"], failed_starts=state.get("failed_starts", 0) + 1,
+                         error={"run": entry["run"], "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             save_runner(queue_dir, state)
             return 1
+        state.update(failed_starts=0, error=None)
     if info["state"] == "stopped" and requested_stop(info):
         state["stopped_here"].append(entry["run"])
     state["ended"][entry["run"]] = info["state"]

@@ -19,6 +19,8 @@ from deploy.sweep import hosts as sweep_hosts
 from deploy.sweep import idle, plan
 from deploy.sweep.table import TERMINAL, print_table, rows_of
 
+MAX_FAILED_STARTS = 3  # a host's runner that failed to start a run this many times in a row: the follower stops (exit 1)
+
 
 def look(config, inv, name, host):
     """The host's queue status (sweep_queue.py status), or None when it does not answer."""
@@ -77,12 +79,16 @@ class Follower:
         self.last_answer = {host: time.time() for host in record["queues"]}
         self.shown = {}
         self.last = {}  # run -> its last summary seen (what a lost host's run was doing)
+        self.gave_up = None  # why following ended: a host whose runs cannot start (said, exit 1)
 
     def loop(self):
         poll = float(self.inv.recovery["poll_seconds"])
         while True:
             seen = self.round()
             rows = rows_of(self.record, seen)
+            if self.gave_up:
+                self.say(self.gave_up, "red")
+                return self.end(rows, code=1)
             if all(r["state"] in TERMINAL for r in rows):
                 return self.end(rows)
             waiting = stopped_runners(seen)
@@ -161,8 +167,12 @@ class Follower:
         left = [r for r, s in answer["runs"].items() if s["state"] not in TERMINAL]
         if runner.get("alive") or not left or runner.get("state") == "stopped":
             return
-        self.say(f"{iso()}  {host}: its sweep runner is not running ({runner.get('state', 'never started')}); starting it again",
-                 "yellow")
+        why = runner.get("state", "never started") + (f": {runner['error']['reason']}" if isinstance(runner.get("error"), dict) else "")
+        if runner.get("state") == "failed to start" and runner.get("failed_starts", 0) >= MAX_FAILED_STARTS:
+            self.gave_up = (f"{host}: its sweep runner failed to start {runner['error']['run'] if runner.get('error') else 'a run'} "
+                            f"{runner['failed_starts']} times ({why}); fix that on {host}, then `fab sweep {self.record['name']}`")
+            return
+        self.say(f"{iso()}  {host}: its sweep runner is not running ({why}); starting it again", "yellow")
         hinv = self.inv.for_host(host)
         target = connect_host(self.config, hinv, host)
         try:

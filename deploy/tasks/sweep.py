@@ -28,7 +28,8 @@ def sweep(c, name, set=None, hosts=None, launch=None, folds=None, status=False, 
     or lost ones resumed, none trained twice. The table is sorted by validation UAR (the CV mean with
     --folds), the metric that chooses; the chosen run's test interval is shown once, never used to
     choose. One command per sweep at a time (a lock on its folder on the laptop).
-    Exit code: 0 every run finished, 1 a run failed, 2 bad input (or another `fab sweep NAME` runs), 3 stopped on request (`fab stop`:
+    Exit code: 0 every run finished, 1 a run failed (or a host's runner
+    failed to start a run 3 times, naming the host and why), 2 bad input (or another `fab sweep NAME` runs), 3 stopped on request (`fab stop`:
     run it again to continue), 6 a host unreachable, 130 Ctrl-C (the hosts go on).
     """
     from deploy.sweep import start

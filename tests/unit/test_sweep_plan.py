@@ -248,3 +248,39 @@ def test_a_run_name_of_another_sweep_or_already_on_a_host_is_refused_never_adopt
     (runs_dir / "q-16-0.1").mkdir(parents=True)  # made by hand, or by a sweep of another laptop
     hinv = SimpleNamespace(remote={"runs_dir": str(runs_dir)})
     assert sweep_hosts.held_runs(Conn(), hinv, ["q-16-0.1", "q-16-0.01", "it's"]) == ["q-16-0.1"]
+
+
+def test_a_run_that_cannot_start_is_recorded_with_its_reason_and_the_follower_stops_after_a_few_tries(tmp_path, monkeypatch):
+    import os
+
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_queue
+
+    from deploy.sweep import follow
+
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path))  # a tmux server of this test's own
+    subprocess.run(["tmux", "new-session", "-d", "-s", "test-taken", "sleep", "60"], check=True)
+    try:
+        queue_dir = tmp_path / "q"
+        queue_dir.mkdir()
+        queue = {"runs_dir": str(tmp_path / "runs"), "session": "test-taken", "launcher": ["bash", "x", "v", "p"], "env": {}}
+        state = {"started": [], "ended": {}, "stopped_here": []}
+        assert sweep_queue.follow_one(str(queue_dir), queue, state, {"run": "s-1", "new": ["train"]}, "new") == 1
+        runner = json.loads((queue_dir / "runner.json").read_text())
+        assert runner["state"] == "failed to start" and runner["failed_starts"] == 1, runner
+        assert runner["error"]["run"] == "s-1" and "duplicate session: test-taken" in runner["error"]["reason"], runner
+    finally:
+        subprocess.run(["tmux", "kill-server"], env={**os.environ, "TMUX_TMPDIR": str(tmp_path)}, capture_output=True)
+
+    said, started = [], []
+    monkeypatch.setattr(follow.sweep_hosts, "start_runner", lambda conn, hinv, name: started.append(name))
+    monkeypatch.setattr(follow, "connect_host", lambda config, hinv, host: SimpleNamespace(conn=SimpleNamespace(close=lambda: None)))
+    inv = SimpleNamespace(for_host=lambda host: None)
+    follower = follow.Follower(None, inv, {"name": "s", "queues": {"a": ["s-1"]}}, lambda *a: said.append(a[0]), None)
+    answer = {"runner": {**runner, "alive": False}, "runs": {"s-1": {"state": "queued"}}}
+    follower.keep_runner("a", answer)
+    assert started == ["s"] and "duplicate session: test-taken" in said[-1] and follower.gave_up is None, said
+    answer["runner"]["failed_starts"] = follow.MAX_FAILED_STARTS
+    follower.keep_runner("a", answer)
+    assert started == ["s"] and follower.gave_up.startswith("a: its sweep runner failed to start s-1 3 times"), follower.gave_up
+    assert "duplicate session: test-taken" in follower.gave_up
