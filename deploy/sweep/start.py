@@ -33,6 +33,12 @@ def the_record(inv, name, sets, folds, hosts):
     return record
 
 
+def all_ended(record):
+    """Every run of the sweep recorded as ended (finished, failed, superseded) by an earlier follow."""
+    ended = record.get("ended") or {}
+    return bool(record["runs"]) and all(ended.get(r["run"]) in ("finished", "failed") for r in record["runs"])
+
+
 def check_hosts(inv, hosts):
     unknown = [h for h in hosts if h not in inv.hosts]
     if unknown:
@@ -151,6 +157,11 @@ def sweep(config, inv, name, sets, hosts=None, launch=None, folds=None, detach=F
 
 def run_sweep(config, inv, name, sets, hosts, launch, folds, detach, say, console):
     record = the_record(inv, name, sets, folds, check_hosts(inv, hosts or []))
+    if all_ended(record):  # nothing to train: no host launched, provisioned or asked
+        say(f"sweep {name}: every run has ended (as recorded by its last follow); nothing to train, no host launched", "bold")
+        seen = {host: {"runner": {}, "runs": {r: {"state": record["ended"][r]} for r in runs}} for host, runs in record["queues"].items()}
+        print_table(console, record, rows_of(record, seen), record.get("per_run_seconds"))
+        return 1 if "failed" in record["ended"].values() else 0
     if launch:
         inv = launch_hosts(inv, config, record, launch, say)
     if not [h for h in record["hosts"] if h not in record["lost"]]:

@@ -284,3 +284,22 @@ def test_a_run_that_cannot_start_is_recorded_with_its_reason_and_the_follower_st
     follower.keep_runner("a", answer)
     assert started == ["s"] and follower.gave_up.startswith("a: its sweep runner failed to start s-1 3 times"), follower.gave_up
     assert "duplicate session: test-taken" in follower.gave_up
+
+
+def test_a_sweep_whose_runs_all_ended_launches_nothing_and_says_so(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from deploy.sweep import start
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    inv = SimpleNamespace(train_config=str(write_config(tmp_path / "train.yaml", **TINY_CONFIG)), hosts={})
+    record = plan.new_record(inv, "u", plan.parse_sets(["model.units=8,16"]), None, ["u-h1"])
+    record.update(launched=["u-h1"], queues={"u-h1": ["u-8", "u-16"]}, ended={"u-8": "finished", "u-16": "finished"},
+                  downed=["u-h1"])
+    plan.save(record)
+    monkeypatch.setattr(start, "launch_hosts", lambda *a: pytest.fail("a host launched for a sweep with nothing left"))
+    monkeypatch.setattr(start, "prepare", lambda *a: pytest.fail("a host prepared for a sweep with nothing left"))
+    said = []
+    console = Console(record=True, width=200)
+    assert start.sweep(None, inv, "u", {}, launch=1, say=lambda *a: said.append(a[0]), console=console) == 0
+    assert "every run has ended" in said[0] and "2/2 finished" in console.export_text(), said
