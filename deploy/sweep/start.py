@@ -159,7 +159,9 @@ def run_sweep(config, inv, name, sets, hosts, launch, folds, detach, say, consol
     record = the_record(inv, name, sets, folds, check_hosts(inv, hosts or []))
     if all_ended(record):  # nothing to train: no host launched, provisioned or asked
         say(f"sweep {name}: every run has ended (as recorded by its last follow); nothing to train, no host launched", "bold")
-        seen = {host: {"runner": {}, "runs": {r: {"state": record["ended"][r]} for r in runs}} for host, runs in record["queues"].items()}
+        seen = follow.look_all(config, inv, record)  # their scores: from each host, or run storage for one gone
+        for host, runs in record["queues"].items():  # a host gone without storage: the states the record keeps
+            seen[host] = seen.get(host) or {"runner": {}, "runs": {r: {"state": record["ended"][r]} for r in runs}}
         print_table(console, record, rows_of(record, seen), record.get("per_run_seconds"))
         return 1 if "failed" in record["ended"].values() else 0
     if launch:
