@@ -159,7 +159,8 @@ def run_sweep(config, inv, name, sets, hosts, launch, folds, detach, say, consol
     record = the_record(inv, name, sets, folds, check_hosts(inv, hosts or []))
     if all_ended(record):  # nothing to train: no host launched, provisioned or asked
         say(f"sweep {name}: every run has ended (as recorded by its last follow); nothing to train, no host launched", "bold")
-        seen = follow.look_all(config, inv, record)  # their scores: from each host, or run storage for one gone
+        downed = [h for h in record.get("downed", []) if h not in record["lost"]]  # terminated: asked of run storage only
+        seen = follow.look_all(config, inv, {**record, "lost": [*record["lost"], *downed]})  # their scores
         for host, runs in record["queues"].items():  # a host gone without storage: the states the record keeps
             seen[host] = seen.get(host) or {"runner": {}, "runs": {r: {"state": record["ended"][r]} for r in runs}}
         print_table(console, record, rows_of(record, seen), record.get("per_run_seconds"))
