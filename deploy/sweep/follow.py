@@ -187,9 +187,10 @@ class Follower:
     # --- a lost host ------------------------------------------------------------------------------
 
     def left_on(self, host):
-        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it)."""
-        return [r for r in self.record["queues"][host]
-                if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
+        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it); those
+        it had not started first (their claims move before that of a run it trains, whose fence lets its runner go on)."""
+        left = [r for r in self.record["queues"][host] if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
+        return sorted(left, key=lambda r: self.known(r)["state"] != "queued")
 
     def move_lost(self, host):
         """Every run of the lost host's queue that is not done goes to the host with the fewest runs left: from its last
