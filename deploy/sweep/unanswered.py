@@ -24,6 +24,7 @@ class Unanswered:
         self.hosts = {}  # host -> its runs left (not ended) when it was last found not answering
 
     def note(self, host, runs):
+        runs = [r for r in self.follower.record["queues"][host] if r in runs]  # in the queue's order
         if host not in self.hosts:
             minutes = self.follower.inv.recovery["unreachable_minutes"]
             self.follower.say(f"{iso()}  {host} has not answered for {minutes:g} min; without run storage its runs "
