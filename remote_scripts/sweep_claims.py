@@ -20,7 +20,7 @@ import time
 
 import run_state
 
-CLAIM_POLL_SECONDS = float(os.environ.get("FACENET_SWEEP_CLAIM_POLL", "5"))
+CLAIM_POLL_SECONDS = float(os.environ.get("FACENET_SWEEP_CLAIM_POLL", "15"))
 ASKED = {}  # run -> monotonic time of the last look while it trains (stand_down_if_moved)
 
 
