@@ -356,3 +356,31 @@ def test_paramikos_tracebacks_of_a_host_not_answering_are_not_printed():
             "logging.getLogger('paramiko.transport').error('Exception (client): Error reading SSH protocol banner')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "SSH protocol banner" not in out.stderr + out.stdout, out
+
+
+def test_a_claim_is_read_back_by_the_hosts_command_and_a_run_with_only_a_claim_is_not_listed(moto_server, monkeypatch):
+    import os
+
+    from deploy.runs import storage
+    from tests.support.storage_check import new_bucket
+    from trainer.storage.claims import write_claim
+    from trainer.storage.s3 import Store
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    settings = {"url": f"s3://{new_bucket(moto_server)}/runs", "endpoint_url": moto_server, "region": "us-east-1", "host": "a"}
+    store = Store.open(settings)
+    write_claim(store, "s-1", "b", "s", "moved from a (lost)")
+
+    def claim_of(run):
+        out = subprocess.run([sys.executable, "-m", "trainer.storage.claims", "claim-of", run], cwd=ROOT, capture_output=True,
+                             text=True, env={**os.environ, "FACENET_STORAGE": json.dumps(settings)}, timeout=60)
+        return out.returncode, json.loads(out.stdout)
+
+    code, answer = claim_of("s-1")
+    assert code == 0 and answer["claim"]["host"] == "b" and answer["claim"]["why"] == "moved from a (lost)", answer
+    assert claim_of("s-2") == (0, {"run": "s-2", "claim": None})
+    assert storage.stored_runs(store) == []  # queued, never stored: not a run `fab runs` lists
+    settings["endpoint_url"] = "http://127.0.0.1:9"  # nobody there: an error, never a claim
+    code, answer = claim_of("s-1")
+    assert code == 1 and "error" in answer and "claim" not in answer, answer
