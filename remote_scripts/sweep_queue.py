@@ -10,13 +10,19 @@ QUEUE_DIR is RUNS_DIR/.sweeps/<sweep>. Its files (JSON, each written atomically 
 
     queue.json    {"sweep", "runs_dir", "session", "launcher": [bash, launch_training.sh, VENV, PROJECT], "env": {...},
                    "entries": [{"run", "new": [trainer args], "resume": [trainer args]}]}   (the laptop writes it)
-    runner.json   {"pid", "state", "current", "started": [runs this host launched], "ended": {run: state}, "updated_at"}
+    runner.json   {"pid", "state", "current", "started": [runs this host launched], "ended": {run: state},
+                   "moved": {run: {"to", "at"}}: runs another host claimed (never started here again), "waiting": why or
+                   null (a claim storage cannot give), "updated_at"}
 
 A queued run is started through the launch path of `fab train` (tmux, launch_training.sh, its launch and exit records);
 what to do with it is decided from run_state.py's answer for it: finished, failed or superseded (moved on): nothing;
 none (no run folder): a new run; stopped, vanished or preempted: resumed from its backup; a process of it alive: waited
 for. Before each start the runner waits while any training of the host lives (one training per host at a time) and
 while a `fab` task holds the host's lock (it may be changing the code, data or venv that the next run would use).
+
+With run storage, a run is started (new or resumed) only when its claim in storage names this host (sweep_claims.py):
+one the laptop moved to another host is recorded as moved, never started; one whose claim cannot be read is waited for;
+a launch here whose run another host claims while it trains is fenced (it stops at its next epoch end).
 
 A queue can be reassigned: `take` (under the queue's lock, which the runner holds while it picks and claims a run) moves
 a run off this host only if this host never started it, so a run moved to another host is never started here too. A
@@ -33,7 +39,9 @@ import time
 from contextlib import contextmanager
 
 import run_state
+import sweep_claims
 from run_format import LEASE_SECONDS, LOCK_DIR, LOCK_LEASE, RUN_NAME, write_json
+from sweep_summary import summary, validation_uar  # noqa: F401 - validation_uar: part of this module's API
 
 QUEUE, RUNNER, LOCK, RUNNER_LOCK = "queue.json", "runner.json", ".queue.lock", ".runner.lock"
 POLL_SECONDS = float(os.environ.get("FACENET_SWEEP_POLL", "2"))
@@ -105,6 +113,12 @@ def pick(queue, state, busy=None):
             how = "resume"
         else:
             how = "wait"  # starting, running, stalled: its launcher is at work
+        if how != "wait":
+            allowed = sweep_claims.may_start(queue, state, entry["run"])  # its claim in run storage names this host
+            if allowed is None:
+                return None, "unclaimed"
+            if not allowed:  # another host holds it: never started here
+                continue
         if entry["run"] not in state["started"]:
             state["started"].append(entry["run"])
         return entry, how
@@ -157,6 +171,8 @@ def wait_ended(queue, run, before, seconds_to_start=120):
         started = launch_id is not None and launch_id != before
         if started and not info["training"] and info["state"] not in ("starting", "running", "stalled"):
             return info
+        if started:
+            sweep_claims.stand_down_if_moved(queue, run, info)
         if not started and time.monotonic() > deadline:  # the launcher never recorded itself (tmux refused, a bad venv)
             return info
         time.sleep(POLL_SECONDS)
@@ -185,6 +201,9 @@ def run_queue(queue_dir):
                 entry, how = pick(queue, state, busy)
                 state.update(current=entry and entry["run"], state="running" if entry else how or "done")
                 save_runner(queue_dir, state)
+            if how == "unclaimed":  # storage cannot say which host may start it: asked again, never started unknown
+                time.sleep(POLL_SECONDS)
+                continue
             if entry is None:
                 return 3 if how == "stopped" else 0
             code = follow_one(queue_dir, queue, state, entry, how)
@@ -218,6 +237,7 @@ def wait_alive_ends(queue, run):
         info = run_info(queue, run)
         if not info["training"]:
             return info
+        sweep_claims.stand_down_if_moved(queue, run, info)
         time.sleep(POLL_SECONDS)
 
 
@@ -250,36 +270,15 @@ def take(queue_dir, run):
         return {"taken": True}
 
 
-def summary(info):
-    """What `fab sweep --status` shows of a run: state, epoch, validation, test, cost, and the launches it had."""
-    status, metrics, cv = info.get("status") or {}, info.get("metrics") or {}, info.get("cv") or {}
-    exits = os.path.join(info["run_dir"], "exits") if info.get("run_dir") else None
-    return {"state": "queued" if info["state"] == "none" else info["state"], "training": info["training"],
-            "epoch": status.get("epoch"), "epochs": status.get("epochs"),
-            "fold": status.get("fold"), "folds": status.get("folds"),
-            "validation": validation_uar(status, metrics), "validation_metric": "val_uar", "test": metrics.get("test"),
-            "cv_mean": cv.get("mean"), "compute_seconds": status.get("compute_seconds"),
-            "price_per_hour": status.get("price_per_hour"), "eta_seconds": status.get("eta_seconds"),
-            "seconds_per_epoch": status.get("seconds_per_epoch"), "launch_id": (info.get("launch") or {}).get("launch_id"),
-            "launches": len(os.listdir(exits)) if exits and os.path.isdir(exits) else 0}
-
-
-def validation_uar(status, metrics):
-    """The run's validation UAR, whatever train.monitor chose its best model by: the best model's (metrics.json) once
-    finished, else the best epoch's when the monitor is val_uar, else the last epoch's."""
-    validation = metrics.get("validation") if isinstance(metrics.get("validation"), dict) else {}
-    if validation.get("uar") is not None:
-        return validation["uar"]
-    best = status.get("best") or {}
-    return best.get("value") if best.get("metric") == "val_uar" else (status.get("last") or {}).get("val_uar")
-
-
 def status(queue_dir):
     queue = read(os.path.join(queue_dir, QUEUE)) or {"entries": []}
     state = runner_state(queue_dir)
     with locked(queue_dir, RUNNER_LOCK, wait=False) as free:
         alive = not free
     runs = {e["run"]: summary(run_info(queue, e["run"])) for e in queue["entries"]}
+    for run, moved in (state.get("moved") or {}).items():  # claimed by another host: never started here again
+        if run in runs:
+            runs[run] = {**runs[run], "state": "superseded", "moved_to": moved.get("to")}
     return {"runner": {**state, "alive": alive}, "runs": runs}
 
 

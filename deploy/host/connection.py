@@ -12,6 +12,7 @@ closes the connection, and the task ends with `HostUnreachable` instead of hangi
 (deploy.host.steps). Remote paths are quoted by deploy.host.quoting.
 """
 
+import logging
 import posixpath
 import shlex
 import socket
@@ -27,6 +28,12 @@ from deploy.host.heartbeat import Heartbeat
 from deploy.host.login import check_key_file, key_files, key_list, login_failure
 from deploy.host.quoting import rq
 from deploy.host.remembered import known_hosts_file, remembered_as, remembered_host
+
+# paramiko logs a host that does not answer ("Error reading SSH protocol banner", a reset) with its traceback through
+# `logging`; with no handler of ours, Python's last-resort handler would print it. The task's one line
+# (HostUnreachable, the sweep's "not answering") says it instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class HostConnection(Connection):

@@ -127,7 +127,9 @@ def send_credentials(conn, inv):
 # --- reading runs -----------------------------------------------------------------------------
 
 def stored_runs(store):
-    """[(run name, pointer or None, problem or None)] of every run under the store's prefix."""
+    """[(run name, pointer or None, problem or None)] of every run under the store's prefix (not a run a sweep has only
+    queued: a claim and no pointer)."""
+    from trainer.storage.claims import CLAIM
     from trainer.storage.s3 import StorageError
 
     try:
@@ -139,7 +141,10 @@ def stored_runs(store):
         if not RUN_NAME.fullmatch(name):
             continue  # not a run folder of ours
         try:
-            rows.append((name, store.pointer(name), None))
+            pointer = store.pointer(name)
+            if pointer is None and store.get(name, CLAIM) is not None:
+                continue  # queued by a sweep (its claim: trainer/storage/claims.py), not started yet: nothing stored
+            rows.append((name, pointer, None))
         except StorageError as e:
             rows.append((name, None, f"{e.code}: {e.message}"))
         except ValueError as e:

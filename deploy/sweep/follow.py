@@ -16,7 +16,7 @@ from deploy.recovery import stored
 from deploy.recovery.record import iso
 from deploy.runs import storage
 from deploy.sweep import hosts as sweep_hosts
-from deploy.sweep import idle, plan
+from deploy.sweep import idle, plan, unanswered
 from deploy.sweep.table import TERMINAL, print_table, rows_of
 
 MAX_FAILED_STARTS = 3  # a host's runner that failed to start a run this many times in a row: the follower stops (exit 1)
@@ -80,6 +80,7 @@ class Follower:
         self.shown = {}
         self.last = {}  # run -> its last summary seen (what a lost host's run was doing)
         self.gave_up = None  # why following ended: a host whose runs cannot start (said, exit 1)
+        self.unanswered = unanswered.Unanswered(self)  # without run storage: hosts not answering, whose runs wait on them
 
     def loop(self):
         poll = float(self.inv.recovery["poll_seconds"])
@@ -92,8 +93,10 @@ class Follower:
             if all(r["state"] in TERMINAL for r in rows):
                 return self.end(rows)
             waiting = stopped_runners(seen)
-            if all(r["state"] in TERMINAL or r["host"] in waiting or (r["state"] == "stopped" and r["host"] in self.record["lost"])
-                   for r in rows):
+            if all(r["state"] in TERMINAL or r["host"] in waiting or r["host"] in self.unanswered.hosts
+                   or (r["state"] == "stopped" and r["host"] in self.record["lost"]) for r in rows):
+                if self.unanswered.blocks(rows):  # nothing else can progress: the user's call (exit 6)
+                    return self.end(rows, code=self.unanswered.give_up())
                 self.say(f"stopped on request (`fab stop`): the runners of {', '.join(sorted(waiting)) or 'no host'} ended; "
                          f"`fab sweep {self.record['name']}` continues the sweep", "yellow")
                 return self.end(rows, code=3)
@@ -113,9 +116,10 @@ class Follower:
             seen[host] = answer
             if answer is None:
                 if time.time() - self.last_answer[host] >= self.inv.recovery["unreachable_minutes"] * 60:
-                    self.move_lost(host)
+                    self.move_lost(host) if stored.configured(self.inv) else self.unanswered.note(host, self.left_on(host))
                 continue
             self.last_answer[host] = time.time()
+            self.unanswered.back(host)
             self.said(host, answer)
             self.attempt(f"starting {host}'s runner again", self.keep_runner, host, answer)
         self.use_idle(seen)
@@ -183,9 +187,10 @@ class Follower:
     # --- a lost host ------------------------------------------------------------------------------
 
     def left_on(self, host):
-        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it)."""
-        return [r for r in self.record["queues"][host]
-                if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
+        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it); those
+        it had not started first (their claims move before that of a run it trains, whose fence lets its runner go on)."""
+        left = [r for r in self.record["queues"][host] if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
+        return sorted(left, key=lambda r: self.known(r)["state"] != "queued")
 
     def move_lost(self, host):
         """Every run of the lost host's queue that is not done goes to the host with the fewest runs left: from its last
@@ -224,7 +229,7 @@ class Follower:
             elif started:
                 self.say(f"  {run}: had started on {lost} and storage cannot give it ({why}): trained from its start on {to}", "yellow")
             by_run = {r["run"]: r for r in self.record["runs"]}
-            sweep_hosts.put_queue(target, hinv, self.record, [by_run[run]], lambda *a, **k: None)
+            sweep_hosts.put_queue(target, hinv, self.record, [by_run[run]], lambda *a, **k: None, why=f"moved from {lost} (lost)")
             sweep_hosts.start_runner(target.conn, hinv, self.record["name"])
         finally:
             target.conn.close()

@@ -1,7 +1,7 @@
 """A sweep's hosts from the laptop: prepare them, give each its queue, start its runner, read its state.
 
     prepare(inv, names, say)                                # `fab -H NAME [provision] sync-code sync-data`, all at once
-    put_queue(target, hinv, record, runs, say)              # RUNS_DIR/.sweeps/NAME/queue.json (sweep_queue.py put)
+    put_queue(target, hinv, record, runs, say, why)         # the runs' claims (storage), then RUNS_DIR/.sweeps/NAME/queue.json
     start_runner(target.conn, hinv, name)                   # the host's runner in tmux, unless one runs
     seen = queue_status(target.conn, hinv, name)            # {"runner": {...}, "runs": {run: {...}}}
     taken = take(target.conn, hinv, name, run)              # the run off that host's queue, unless it started it there
@@ -21,6 +21,7 @@ from deploy.host.run_config import send_config
 from deploy.host.training import data_args, packed_dir, script
 from deploy.recovery.move import fab_program
 from deploy.runs import storage
+from deploy.sweep import claims
 from trainer.results.visible import visible
 from trainer.run_format import run_format
 
@@ -103,10 +104,12 @@ def entry(conn, hinv, run, folds):
     return {"run": run["run"], "new": new, "resume": resume}
 
 
-def put_queue(target, hinv, record, runs, say):
+def put_queue(target, hinv, record, runs, say, why="queued"):
     """The host's queue: `runs` (each {"run", "config"}) added to it, the launch's settings (venv, storage, price) with
-    them, the host agent configured as `fab train` does first. Returns the queue's run names."""
+    them, the host agent configured as `fab train` does first. With run storage, each run's claim is written first,
+    naming this host (`why`: queued, moved from a lost host, taken by an idle one). Returns the queue's run names."""
     conn, label = target.conn, target.label
+    claims.write(hinv, record, [run["run"] for run in runs], label, why)
     agent.configure(conn, hinv, label, autostop=agent.inventory_autostop(hinv))
     env = {}
     settings = storage.launch_settings(conn, hinv, label, None, lambda *a, **k: None)
@@ -118,7 +121,7 @@ def put_queue(target, hinv, record, runs, say):
         for e in entries:
             e["new"] += ["--price-per-hour", str(price)]
             e["resume"] += ["--price-per-hour", str(price)]
-    queue = {"sweep": record["name"], "runs_dir": hinv.remote["runs_dir"], "session": hinv.tmux_session,
+    queue = {"sweep": record["name"], "host": label, "runs_dir": hinv.remote["runs_dir"], "session": hinv.tmux_session,
              "launcher": ["bash", rjoin(hinv.remote["project_dir"], "remote_scripts", "launch_training.sh"), hinv.remote["venv"],
                           hinv.remote["project_dir"]], "env": env, "entries": entries}
     return queue_command(conn, hinv, "put", queue_dir(hinv, record["name"]), json.dumps(queue))["entries"]

@@ -56,7 +56,7 @@ def take_over(follower, donor, run, to):
     target = connect_host(config, hinv, to)
     try:
         by_run = {r["run"]: r for r in record["runs"]}
-        sweep_hosts.put_queue(target, hinv, record, [by_run[run]], lambda *a, **k: None)
+        sweep_hosts.put_queue(target, hinv, record, [by_run[run]], lambda *a, **k: None, why=f"taken by idle {to} from {donor}")
         sweep_hosts.start_runner(target.conn, hinv, record["name"])
     finally:
         target.conn.close()

@@ -22,15 +22,18 @@ def sweep(c, name, set=None, hosts=None, launch=None, folds=None, status=False, 
     Every run uses the same split (seed and split.* are the training config's), so all are tested on
     the same actors. The estimate (configurations x the smoke test's measured time, and its price) is
     printed first. Each host gets a queue and a runner in tmux that trains its runs one after another,
-    so the sweep goes on with the laptop closed. This command then follows it: a host that does not
-    answer for recovery.unreachable_minutes has its runs moved to the others (from run storage's last
-    epoch), as `fab watch` moves a run. Run it again to continue: finished runs are skipped, stopped
+    so the sweep goes on with the laptop closed. This command then follows it: with run storage, a host
+    that does not answer for recovery.unreachable_minutes has its runs moved to the others (from run
+    storage's last epoch), as `fab watch` moves a run; each run's claim in storage names the one host
+    that may start it, so a host that lives on unseen never trains a run moved off it. Without run
+    storage its runs are not moved (it may still train them): the others go on, then exit 6 says to run
+    this again once it answers. Run it again to continue: finished runs are skipped, stopped
     or lost ones resumed, none trained twice. The table is sorted by validation UAR (the CV mean with
     --folds), the metric that chooses; the chosen run's test interval is shown once, never used to
     choose. One command per sweep at a time (a lock on its folder on the laptop).
     Exit code: 0 every run finished, 1 a run failed (or a host's runner
     failed to start a run 3 times, naming the host and why), 2 bad input (or another `fab sweep NAME` runs), 3 stopped on request (`fab stop`:
-    run it again to continue), 6 a host unreachable, 130 Ctrl-C (the hosts go on).
+    run it again to continue), 6 a host unreachable (at the start, or without run storage while its runs wait on it), 130 Ctrl-C (the hosts go on).
     """
     from deploy.sweep import start
 

@@ -27,6 +27,22 @@ def status_epoch(run_dir):
         return 0
 
 
+def trainer_pid(run_dir):
+    """The pid of the run's trainer (`python -m trainer`, in its launch's process group; not its uploader)."""
+    from pathlib import Path
+
+    pgid = json.loads((run_dir / "launch.json").read_text())["pgid"]
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+            if entry.name.isdigit() and b"trainer" in words and words[words.index(b"trainer") - 1] == b"-m":
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def holders(hosts, run):
     return [name for name in ("a", "b") if (hosts.runs(name) / run / "config.yaml").exists()]
 
@@ -102,12 +118,57 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
         resumed = json.loads((hosts.runs("b") / RUNS[0] / "launch.json").read_text())
         assert "--resume" in resumed["command"], resumed  # continued from storage's epoch, not trained again
         record = json.loads((hosts.root / "state" / "sweeps" / "lr" / "sweep.json").read_text())
-        assert [m["run"] for m in record["moves"]] == [RUNS[0], RUNS[2]] and list(record["lost"]) == ["a"], record
+        assert [m["run"] for m in record["moves"]] == [RUNS[2], RUNS[0]] and list(record["lost"]) == ["a"], record  # queued first
 
         again = hosts.env.fab("sweep", "lr", timeout=300)  # run again with a gone: nothing left to train, nothing trained
         assert again.returncode == 0 and "among 4 finished of 4 configurations compared" in again.out, again.out
         assert all(exit_codes(hosts.runs("b") / run) == [0] for run in RUNS), again.out
     finally:
+        hosts.close()
+
+
+def test_a_host_that_stops_answering_but_lives_on_trains_no_run_moved_off_it(aws, standin_venv, tmp_path):
+    """Host a's sshd stopped (SIGSTOP: a hung network), its runner and uploader living on: with run storage, the follower
+    moves a's runs to b and rewrites their claims; a's runner fences its launch of the run it trains and never starts the
+    run still queued on it. Every configuration finishes once, across both hosts. a's trainer is paused while the
+    follower decides (SIGSTOP: of it alone, as tmux continues a stopped pane), so that it cannot finish first, whatever the machine's speed."""
+    import os
+    import signal
+
+    epochs = 6
+    hosts = SweepHosts(tmp_path, standin_venv, epochs, moto_url=aws)
+    at = random.Random(SEED + 2).randint(1, epochs - 2)
+    sshd, paused = hosts.sshd["a"].proc.pid, None
+    try:
+        follow = hosts.env.popen("sweep", "lr", *SETS, "--hosts", "a,b")
+        first = hosts.runs("a") / RUNS[0]
+        wait_until(lambda: ((hosts.latest(RUNS[0]) or {}).get("epoch") or 0) >= at, 120, f"{RUNS[0]}'s epoch {at} stored from a")
+        paused = trainer_pid(first)
+        os.kill(paused, signal.SIGSTOP)
+        os.kill(sshd, signal.SIGSTOP)  # a answers no new connection; its runner and uploader go on
+        wait_until(lambda: (first / "fenced.json").exists(), 180, f"a's runner to fence {RUNS[0]} once it is claimed by b")
+        os.kill(paused, signal.SIGCONT)
+        runner = hosts.runs("a") / ".sweeps" / "lr" / "runner.json"
+        wait_until(lambda: json.loads(runner.read_text()).get("state") == "done", 120, "a's runner to end its queue")
+        out, _ = follow.communicate(timeout=400)
+        assert follow.returncode == 0, out
+        assert "a has not answered for 0.1 min: lost" in out and f"{RUNS[2]}: moved from a to b" in out, out
+        assert "Traceback" not in out and "SSH protocol banner" not in out, out  # paramiko's logging stays quiet
+        for run in RUNS:  # every configuration trained to its end once, across both hosts
+            codes = [c for name in ("a", "b") if (hosts.runs(name) / run / "exits").is_dir() for c in exit_codes(hosts.runs(name) / run)]
+            assert codes.count(0) == 1, (run, codes)
+            assert exit_codes(hosts.runs("b") / run)[-1] == 0, run
+        assert exit_codes(first) == [5], exit_codes(first)  # fenced on a: stopped at its epoch end, no result (SUPERSEDED)
+        assert not (hosts.runs("a") / RUNS[2]).exists()  # queued on a when it was moved: never started there
+        assert json.loads(runner.read_text())["moved"][RUNS[2]]["to"] == "b"
+        assert "--resume" in json.loads((hosts.runs("b") / RUNS[0] / "launch.json").read_text())["command"]
+    finally:
+        os.kill(sshd, signal.SIGCONT)
+        if paused:
+            try:
+                os.kill(paused, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         hosts.close()
 
 

@@ -303,3 +303,84 @@ def test_a_sweep_whose_runs_all_ended_launches_nothing_and_says_so(tmp_path, mon
     console = Console(record=True, width=200)
     assert start.sweep(None, inv, "u", {}, launch=1, say=lambda *a: said.append(a[0]), console=console) == 0
     assert "every run has ended" in said[0] and "2/2 finished" in console.export_text(), said
+
+
+def test_without_run_storage_a_lost_hosts_runs_are_not_moved_and_the_follower_ends_with_exit_6(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from deploy.sweep import follow
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    runs = [{"run": r, "values": {}} for r in ("s-1", "s-2", "s-3")]
+    record = {"name": "s", "folds": None, "runs": runs, "queues": {"a": ["s-1", "s-2"], "b": ["s-3"]}, "lost": {},
+              "launched": [], "fences": [], "moves": [], "ended": {}}
+    b_done = {"runner": {"alive": False, "state": "done"}, "runs": {"s-3": {"state": "finished", "epoch": 3, "epochs": 3}}}
+    monkeypatch.setattr(follow, "look", lambda config, inv, name, host: None if host == "a" else b_done)  # a: no answer
+    monkeypatch.setattr(follow.Follower, "move", lambda *a: pytest.fail("a run of a host that may still train it was moved"))
+    inv = SimpleNamespace(recovery={"poll_seconds": 0, "unreachable_minutes": 0}, storage={"url": None})  # no run storage
+    rounds = []
+    follower = follow.Follower(None, inv, record, lambda *a: rounds.append(a[0]), Console(record=True, width=200),
+                               sleep=lambda s: pytest.fail(f"the follower waits on with nothing left to progress: {rounds}")
+                               if len(rounds) > 50 else None)
+    follower.last.update({"s-1": {"state": "running", "epoch": 1}, "s-2": {"state": "queued"}})  # as a last answered
+    assert follower.loop() == 6
+    said = "\n".join(rounds)
+    assert "a has not answered for 0 min; without run storage its runs (s-1, s-2) are not moved" in said, said
+    assert "Run `fab sweep s` again once a answers" in said and "If a is gone for good" in said, said
+    assert record["queues"] == {"a": ["s-1", "s-2"], "b": ["s-3"]} and record["lost"] == {} and record["moves"] == [], record
+
+
+def test_a_runner_starts_only_the_runs_claimed_for_its_host_and_waits_while_storage_cannot_say(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "remote_scripts"))
+    import sweep_claims
+    import sweep_queue
+
+    claims = {"s-1": ("moved", {"host": "b", "written_at": "t"}), "s-2": ("unknown", "EndpointConnectionError: no answer")}
+    monkeypatch.setattr(sweep_claims, "claim_of", lambda queue, run: claims.get(run, ("mine", {"host": "a"})))
+    queue = {"runs_dir": str(tmp_path / "runs"), "session": "test-none", "host": "a", "entries": [{"run": f"s-{k}"} for k in (1, 2, 3)],
+             "env": {"FACENET_STORAGE": "{}"}, "launcher": ["bash", "x", "v", "p"]}
+    state = {"started": [], "ended": {}}
+    assert sweep_queue.pick(queue, state) == (None, "unclaimed")  # s-2's claim unknown: never started on a guess
+    assert state["moved"] == {"s-1": {"to": "b", "at": "t"}} and state["ended"] == {"s-1": "superseded"} and state["started"] == []
+    assert "EndpointConnectionError" in state["waiting"]
+    claims["s-2"] = ("mine", {"host": "a"})
+    assert sweep_queue.pick(queue, state) == ({"run": "s-2"}, "new") and state["started"] == ["s-2"] and state["waiting"] is None
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "queue.json").write_text(json.dumps(queue))
+    (tmp_path / "q" / "runner.json").write_text(json.dumps(state))
+    assert sweep_queue.status(str(tmp_path / "q"))["runs"]["s-1"]["state"] == "superseded"  # moved: never "queued" here
+
+
+def test_paramikos_tracebacks_of_a_host_not_answering_are_not_printed():
+    code = ("import logging, deploy.host.connection; "  # as in a fab task: no logging configured, paramiko's records left over
+            "logging.getLogger('paramiko.transport').error('Exception (client): Error reading SSH protocol banner')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "SSH protocol banner" not in out.stderr + out.stdout, out
+
+
+def test_a_claim_is_read_back_by_the_hosts_command_and_a_run_with_only_a_claim_is_not_listed(moto_server, monkeypatch):
+    import os
+
+    from deploy.runs import storage
+    from tests.support.storage_check import new_bucket
+    from trainer.storage.claims import write_claim
+    from trainer.storage.s3 import Store
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    settings = {"url": f"s3://{new_bucket(moto_server)}/runs", "endpoint_url": moto_server, "region": "us-east-1", "host": "a"}
+    store = Store.open(settings)
+    write_claim(store, "s-1", "b", "s", "moved from a (lost)")
+
+    def claim_of(run):
+        out = subprocess.run([sys.executable, "-m", "trainer.storage.claims", "claim-of", run], cwd=ROOT, capture_output=True,
+                             text=True, env={**os.environ, "FACENET_STORAGE": json.dumps(settings)}, timeout=60)
+        return out.returncode, json.loads(out.stdout)
+
+    code, answer = claim_of("s-1")
+    assert code == 0 and answer["claim"]["host"] == "b" and answer["claim"]["why"] == "moved from a (lost)", answer
+    assert claim_of("s-2") == (0, {"run": "s-2", "claim": None})
+    assert storage.stored_runs(store) == []  # queued, never stored: not a run `fab runs` lists
+    settings["endpoint_url"] = "http://127.0.0.1:9"  # nobody there: an error, never a claim
+    code, answer = claim_of("s-1")
+    assert code == 1 and "error" in answer and "claim" not in answer, answer
