@@ -113,6 +113,7 @@ def from_host(c, inv, target, run, dest, say, looked):
             target.conn.close()
     except (DeployError, OSError, EOFError, SSHException) as e:  # not answering: named, and the next host asked
         looked.append(f"{label} {UNASKED}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+        say(f"{looked[-1]}; asking the next place")
         return None
     if local is None:
         looked.append(f"{label} holds no finished run {run}")

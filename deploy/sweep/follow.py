@@ -80,6 +80,7 @@ class Follower:
         self.shown = {}
         self.last = {}  # run -> its last summary seen (what a lost host's run was doing)
         self.gave_up = None  # why following ended: a host whose runs cannot start (said, exit 1)
+        self.restarts = {}  # host -> this follow's starts of its runner since it was last seen alive
         self.unanswered = unanswered.Unanswered(self)  # without run storage: hosts not answering, whose runs wait on them
 
     def loop(self):
@@ -170,14 +171,21 @@ class Follower:
         runner = answer["runner"]
         left = [r for r, s in answer["runs"].items() if s["state"] not in TERMINAL]
         if runner.get("alive") or not left or runner.get("state") == "stopped":
+            self.restarts.pop(host, None)
             return
         why = runner.get("state", "never started") + (f": {runner['error']['reason']}" if isinstance(runner.get("error"), dict) else "")
         if runner.get("state") == "failed to start" and runner.get("failed_starts", 0) >= MAX_FAILED_STARTS:
             self.gave_up = (f"{host}: its sweep runner failed to start {runner['error']['run'] if runner.get('error') else 'a run'} "
                             f"{runner['failed_starts']} times ({why}); fix that on {host}, then `fab sweep {self.record['name']}`")
             return
-        self.say(f"{iso()}  {host}: its sweep runner is not running ({why}); starting it again", "yellow")
         hinv = self.inv.for_host(host)
+        if self.restarts.get(host, 0) >= MAX_FAILED_STARTS:  # started, and never seen alive: e.g. its tmux session taken
+            self.gave_up = (f"{host}: its sweep runner did not come up after {self.restarts[host]} starts ({why}); is its tmux "
+                            f"session {sweep_hosts.runner_session(hinv, self.record['name'])} held by something else? "
+                            f"(`tmux ls` on {host}) Fix that, then `fab sweep {self.record['name']}`")
+            return
+        self.restarts[host] = self.restarts.get(host, 0) + 1
+        self.say(f"{iso()}  {host}: its sweep runner is not running ({why}); starting it again", "yellow")
         target = connect_host(self.config, hinv, host)
         try:
             sweep_hosts.start_runner(target.conn, hinv, self.record["name"])

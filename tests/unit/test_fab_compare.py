@@ -114,9 +114,10 @@ def test_a_folder_that_is_not_a_run_is_read_as_a_run_name_and_a_host_that_is_dow
     monkeypatch.setattr(compare, "connect_host", lambda config, inv, name: SimpleNamespace(host_name=name, label=name, conn=Conn()))
     monkeypatch.setattr(compare, "fetch_needed", fetch)
     inv = SimpleNamespace(hosts={"down": None, "up": None}, for_host=lambda name: None)
-    looked = []
-    assert compare.from_hosts(SimpleNamespace(config=None), inv, "r", tmp_path, print, looked) == tmp_path / "from-up"
+    looked, said = [], []
+    assert compare.from_hosts(SimpleNamespace(config=None), inv, "r", tmp_path, lambda *a: said.append(a[0]), looked) == tmp_path / "from-up"
     assert looked == ["down could not be reached: Connection refused"]
+    assert said == ["down could not be reached: Connection refused; asking the next place"], said  # said, though found on up
     monkeypatch.setattr(compare, "fetch_needed", lambda target, *a: fetch(SimpleNamespace(host_name="down"), *a))
     monkeypatch.setattr(compare.storage, "enabled", lambda inv: False)
     with pytest.raises(HostUnreachable, match="down could not be reached.*up could not be reached"):

@@ -286,6 +286,28 @@ def test_a_run_that_cannot_start_is_recorded_with_its_reason_and_the_follower_st
     assert "duplicate session: test-taken" in follower.gave_up
 
 
+def test_a_runner_that_never_comes_up_stops_the_follower_naming_its_tmux_session(monkeypatch):
+    """The runner's own tmux session name held by something else: `start_runner` sees the session and starts nothing, so
+    the runner never answers alive; after MAX_FAILED_STARTS starts the follower stops (exit 1) saying where to look."""
+    from deploy.sweep import follow
+
+    said, started = [], []
+    monkeypatch.setattr(follow.sweep_hosts, "start_runner", lambda conn, hinv, name: started.append(name))
+    monkeypatch.setattr(follow.sweep_hosts, "runner_session", lambda hinv, name: f"facenet-sweep-{name}")
+    monkeypatch.setattr(follow, "connect_host", lambda config, hinv, host: SimpleNamespace(conn=SimpleNamespace(close=lambda: None)))
+    follower = follow.Follower(None, SimpleNamespace(for_host=lambda host: None), {"name": "s", "queues": {"a": ["s-1"]}},
+                               lambda *a: said.append(a[0]), None)
+    never = {"runner": {"alive": False}, "runs": {"s-1": {"state": "queued"}}}
+    for _ in range(follow.MAX_FAILED_STARTS + 2):
+        follower.keep_runner("a", never)
+    assert len(started) == follow.MAX_FAILED_STARTS, started
+    assert follower.gave_up and "did not come up after 3 starts" in follower.gave_up and "facenet-sweep-s" in follower.gave_up, follower.gave_up
+    follower.gave_up = None
+    follower.keep_runner("a", {"runner": {"alive": True}, "runs": never["runs"]})  # seen alive: the count starts again
+    follower.keep_runner("a", never)
+    assert len(started) == follow.MAX_FAILED_STARTS + 1 and follower.gave_up is None
+
+
 def test_a_sweep_whose_runs_all_ended_launches_nothing_and_says_so(tmp_path, monkeypatch):
     from rich.console import Console
 
