@@ -60,7 +60,7 @@ def print_table(console, record, rows, per_run_seconds=None):
     table = Table(title=Text(f"sweep {record['name']}: {len(rows)} configurations, sorted by "
                              + ("the CV mean UAR over folds" if record.get("folds") else "validation UAR") + " (the metric that chooses)"),
                   title_justify="left")
-    for column in ("run", "state", "epoch", "validation UAR", "test UAR [95% CI]", "host", "cost"):
+    for column in ("run", "state", "epoch", "CV mean UAR" if record.get("folds") else "validation UAR", "test UAR [95% CI]", "host", "cost"):
         table.add_column(column, no_wrap=column == "run")
     for r in rows:
         epoch = f"{r['epoch']}/{r['epochs']}" if r["epoch"] is not None else ""
@@ -77,7 +77,11 @@ def summary_lines(rows, per_run_seconds=None):
     lines = []
     best = chosen(rows)
     done = sum(r["state"] == "finished" for r in rows)
-    if best:
+    if best and best["cv"]:  # a cross-validation's mean over its folds' held-out actors is what chose it: no other test score
+        lines.append(f"chosen by the CV mean UAR among {done} finished of {len(rows)} configurations compared: {best['run']} "
+                     f"(CV mean {best['validation']:.3f}); chosen by that mean, it reads high: quote a score on actors "
+                     "none of the configurations was tested on")
+    elif best:
         ci = f" [{best['test_ci'][0]:.3f}, {best['test_ci'][1]:.3f}]" if best["test_ci"] else ""
         lines.append(f"chosen by validation among {done} finished of {len(rows)} configurations compared: {best['run']} "
                      f"(validation {best['validation']:.3f}); its test UAR {_num(best['test'])}{ci}: quote this one, "

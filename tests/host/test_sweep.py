@@ -197,3 +197,28 @@ def test_a_launched_host_keeps_a_stop_and_is_downed_once_its_runs_are_stored(aws
             assert history_epochs(host.env.runs / run) == [0, 1, 2, 3], run
     finally:
         host.close()
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_a_cross_validation_sweep_trains_each_configuration_s_folds_and_ranks_by_their_mean(host_venv, tmp_path):
+    """`--folds 2` with the real trainer (a cross-validation is `python -m trainer cv`, which the stand-in does not replace):
+    each configuration is one cross-validation run on its host with both folds finished, and the table ranks the
+    configurations by the CV mean over folds, the number it reads from each run's own result."""
+    hosts = SweepHosts(tmp_path, host_venv, 1)
+    try:
+        done = hosts.env.fab("sweep", "cv", "--set", "train.learning_rate=0.01,0.0001", "--hosts", "a,b", "--folds", "2", timeout=900)
+        assert done.returncode == 0, done.out
+        text = " ".join(done.out.split())
+        assert "sorted by the CV mean UAR over folds" in text and "CV mean UAR" in text and "validation UAR" not in text, done.out
+        assert "chosen by the CV mean UAR among 2 finished of 2 configurations compared" in text and "its test UAR" not in text, done.out
+        for host, run in (("a", "cv-0.01"), ("b", "cv-0.0001")):  # the product's order, one per host
+            run_dir = hosts.runs(host) / run
+            assert all((run_dir / f"fold-{k}" / "metrics.json").is_file() for k in (1, 2)), sorted(p.name for p in run_dir.iterdir())
+            mean = json.loads((run_dir / "cv.json").read_text())["mean"]["uar"]
+            assert f"{mean:.3f}" in done.out, (run, mean, done.out)  # the number the table ranks by
+        status = hosts.env.fab("sweep", "cv", "--status")
+        rows = [line for line in status.out.splitlines() if "│ cv-0.0" in line]
+        assert len(rows) == 2 and all("finished" in row for row in rows), status.out
+    finally:
+        hosts.close()
