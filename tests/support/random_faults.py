@@ -282,12 +282,9 @@ class Scenario:
             return None
 
     def stored_epoch(self):
-        from tests.support.storage_check import client
+        from tests.support.storage_check import stored_pointer
 
-        try:
-            return json.loads(client(self.moto_url).get_object(Bucket=self.bucket, Key=f"runs/{self.run}/LATEST")["Body"].read())
-        except Exception:  # noqa: BLE001 - not there yet
-            return {}
+        return stored_pointer(self.moto_url, self.bucket, self.run) or {}
 
     # --- the watch, as a supervisor keeps it ------------------------------------------------------
 

@@ -93,3 +93,13 @@ def seed_run(s3, bucket, prefix, run, extra=None, **changes):
             pointer[key] = value
     s3.put_object(Bucket=bucket, Key=base + "LATEST", Body=json.dumps(pointer).encode())
     return pointer
+
+
+def stored_pointer(moto_url, bucket, run, prefix="runs"):
+    """The run's LATEST in moto's S3 as a dict, or None before there is one."""
+    import json
+
+    try:
+        return json.loads(client(moto_url).get_object(Bucket=bucket, Key=f"{prefix}/{run}/LATEST")["Body"].read())
+    except Exception:  # noqa: BLE001 - not there yet
+        return None

@@ -56,12 +56,9 @@ class SweepHosts:
 
     def latest(self, run):
         """The run's stored pointer (LATEST), or None."""
-        from tests.support.storage_check import client
+        from tests.support.storage_check import stored_pointer
 
-        try:
-            return json.loads(client(self.moto_url).get_object(Bucket=self.bucket, Key=f"runs/{run}/LATEST")["Body"].read())
-        except Exception:  # noqa: BLE001 - not there yet
-            return None
+        return stored_pointer(self.moto_url, self.bucket, run)
 
     def terminate(self, name):
         """Host `name` as a lost machine: its network gone, every process of it ended at once, its disk gone."""

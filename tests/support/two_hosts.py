@@ -77,12 +77,10 @@ class TwoHosts:
         return self.env.runs if self.launched else self.root / f"host {name}" / "runs"
 
     def latest(self, run):
-        from tests.support.storage_check import client
+        """The run's stored pointer (LATEST), or None."""
+        from tests.support.storage_check import stored_pointer
 
-        try:
-            return json.loads(client(self.moto_url).get_object(Bucket=self.bucket, Key=f"runs/{run}/LATEST")["Body"].read())
-        except Exception:  # noqa: BLE001 - not there yet
-            return None
+        return stored_pointer(self.moto_url, self.bucket, run)
 
     def terminate(self, name):
         """Host `name` as EC2 leaves a terminated instance: its network gone, every process of it ended, its disk gone."""

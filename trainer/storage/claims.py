@@ -37,14 +37,9 @@ def write_claim(store, run, host, sweep, why):
 def read_claim(store, run):
     """The run's claim, or None when it has none; StorageError when storage cannot be read, ValueError when the claim
     does not read as one."""
-    data = store.get(run, CLAIM)
-    if data is None:
+    claim, where = store.read_json(run, CLAIM)
+    if claim is None:
         return None
-    where = f"{store.where.run_url(run)}/{CLAIM}"
-    try:
-        claim = json.loads(data)
-    except ValueError:
-        raise ValueError(f"{where} is not JSON") from None
     if not isinstance(claim, dict) or claim.get("format") != CLAIM_FORMAT or not isinstance(claim.get("host"), str):
         raise ValueError(f"{where} is not a claim of format {CLAIM_FORMAT} naming a host")
     return claim

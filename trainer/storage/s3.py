@@ -122,17 +122,21 @@ class Store:
                 return None
             raise
 
-    def pointer(self, run):
-        """The run's LATEST as a dict (checked: layout.check_pointer), None if the run has none; StorageError, ValueError."""
-        data = self.get(run, POINTER)
+    def read_json(self, run, rel):
+        """(the object's JSON, its URL), or (None, its URL) when it does not exist; StorageError, ValueError naming it."""
+        where = f"{self.where.run_url(run)}/{rel}"
+        data = self.get(run, rel)
         if data is None:
-            return None
-        where = f"{self.where.run_url(run)}/{POINTER}"
+            return None, where
         try:
-            pointer = json.loads(data)
+            return json.loads(data), where
         except ValueError:
             raise ValueError(f"{where} is not JSON") from None
-        return check_pointer(pointer, where)
+
+    def pointer(self, run):
+        """The run's LATEST as a dict (checked: layout.check_pointer), None if the run has none; StorageError, ValueError."""
+        pointer, where = self.read_json(run, POINTER)
+        return None if pointer is None else check_pointer(pointer, where)
 
     def put(self, run, rel, body, md5=None):
         """Store `body` (bytes or a seekable file) at the run's `rel`; S3 checks it against `md5` (hex) on arrival."""
