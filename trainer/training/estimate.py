@@ -128,7 +128,7 @@ def time_calls(run, calls, steps, min_seconds):
     return per_step, max(0.0, first - sum(calls) * per_step)
 
 
-def estimate(cfg, smoke_run, steps=4, min_seconds=2.0):
+def estimate(cfg, smoke_run, steps=4, min_seconds=0.5):
     """The full training's time on this machine (see the module docstring), as a dict for the smoke result.
     `smoke_run`: the smoke test's finished run dir (its manifest and status.json timing); each step is timed
     over at least `steps` steps and `min_seconds`."""
