@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test test-fast demo lint bench system-deps venv bytecode clean
 
-# The whole suite on two pytest-xdist workers (tests/support/kinds.py orders and groups the tests): on 2 cores about
-# 24 min (706 tests, 2026-12-07; bench/README.md); the 2 cores are busy most of it (TensorFlow processes).
-TEST_WORKERS ?= 2
+# The whole suite on four pytest-xdist workers (tests/support/kinds.py orders and groups the tests): a third of a
+# worker's time is waits, which two workers on 2 cores leave idle (bench/README.md has the measured runs).
+TEST_WORKERS ?= 4
 test: system-deps venv bytecode
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 

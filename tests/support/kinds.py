@@ -11,7 +11,7 @@ or uses a fixture of another kind is a collection error that says where to move 
           set by hand (module `pytestmark` or a decorator), or by fixture use (tests/support/fixtures_runs.py)
     slow  trains a model or runs a full deploy (always one of the two above)
 
-Under pytest-xdist (make test runs `-n 2 --dist loadgroup`) the slow kinds go first, the tests that
+Under pytest-xdist (make test runs `-n 4 --dist loadgroup`) the slow kinds go first, the tests that
 read one shared run (tests/support/fixtures_runs.py) go to one worker, which trains it once, and so do the
 tests of a module that share a module-scoped fixture of that module.
 
