@@ -71,6 +71,10 @@ def test_a_cluster_deploys_trains_as_one_is_watched_and_resumes_after_a_killed_w
         for step in ("provision", "sync-code", "sync-data", "preflight", "smoke-test"):
             assert any(line.startswith(name) and "✓" in line and step in line for line in deploy.out.splitlines()), (name, step, deploy.out)
     chief, worker = pair.runs_of["gpu1"] / "long", pair.runs_of["gpu2"] / "long"
+    # a new run by name on the remembered cluster (`fab train`'s own path) is refused while this one trains
+    second = pair.fab("train", "--run-name", "second")
+    assert second.returncode == 1 and "--restart" in second.out, second.out
+    assert not [runs for runs in pair.runs_of.values() if (runs / "second").exists()]
     wait_until(lambda: (read(chief / "status.json") or {}).get("epoch", 0) >= 3, 180, "epoch 3")
     os.kill(read(worker / "status.json")["pid"], signal.SIGKILL)
     killed = time.monotonic()

@@ -13,6 +13,7 @@ Under pytest-xdist each worker measures its own tests and sends the figure with 
 """
 
 import os
+import re
 import resource
 import threading
 import time
@@ -54,11 +55,14 @@ class Meter:
     """This process's CPU, children and helpers included, as a running total of seconds (`total`)."""
 
     def __init__(self, marker):
-        self.marker = marker.encode()  # a path that the command line of a process working for us names
+        # a path that the command line of a process working for us names, whole: .../popen-gw1 is not .../popen-gw10
+        self.marker = re.compile(re.escape(os.fsencode(marker).rstrip(b"/")) + rb"(?![A-Za-z0-9_.-])")
         self.me = os.getpid()
         self.lock = threading.Lock()
         self.total = 0.0
         self._tree = None  # the last reading of this process's tree, in seconds
+        self._in_tree = {}  # (pid, start) -> (own ticks, cumulative children ticks) at the last sample, for the tree
+        self._adopted = set()  # (pid, start) of the descendants orphaned to init: ours whatever they name
         self._outside = {}  # (pid, start) -> own ticks at the last sample, for the processes outside the tree
         self._ours = {}  # (pid, start) -> whether it works for us (read once per process)
         self._stop = threading.Event()
@@ -87,16 +91,25 @@ class Meter:
                 todo += children.get(pid, ())
             ticks = sum(procs[pid][1] + procs[pid][2] for pid in tree)
             tree_now = sum(u.ru_utime + u.ru_stime for u in usage) + ticks / TICKS
+            # a descendant orphaned to init since (a daemon's launcher exited) leaves the tree with the time it had used
+            # in it: that time stays counted, and from here it is counted as a process outside the tree
+            left = {key: value for key, value in self._in_tree.items()
+                    if key[0] in procs and procs[key[0]][3] == key[1] and key[0] not in tree}
             if self._tree is not None:
-                self.total += max(0.0, tree_now - self._tree)  # a descendant orphaned to init takes its time away
+                # what stays lost: a descendant that was orphaned and ended between two samples
+                self.total += max(0.0, tree_now + sum(own + kids for own, kids in left.values()) / TICKS - self._tree)
             self._tree = tree_now
+            self._in_tree = {(pid, procs[pid][3]): (procs[pid][1], procs[pid][2]) for pid in tree}
+            self._adopted = {key for key in self._adopted | set(left) if key[0] in procs and procs[key[0]][3] == key[1]}
             outside = {}
             for pid, (_, own, _, start, _) in procs.items():
                 if pid in tree or pid == self.me:
                     continue
                 key = (pid, start)
-                if self._works_for_us(pid, procs):
-                    before = self._outside.get(key, own if self._first else 0)  # one that started since: all of it
+                if key in self._adopted or self._works_for_us(pid, procs):
+                    # one seen before: since then; one that left the tree: since its last sample there; one that
+                    # started since: all of it (at the first sample: only where the running ones stand)
+                    before = self._outside.get(key, left[key][0] if key in left else own if self._first else 0)
                     self.total += max(0, own - before) / TICKS
                     outside[key] = own
             self._outside, self._first = outside, False
@@ -109,7 +122,7 @@ class Meter:
                 return False
             key = (chain, procs[chain][3])
             if key not in self._ours:
-                self._ours[key] = self.marker in _cmdline(chain)
+                self._ours[key] = self.marker.search(_cmdline(chain)) is not None
             if self._ours[key]:
                 return True
             chain, steps = procs[chain][0], steps + 1

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.fab_runner import FAB, run_fab
-from tests.support.helpers import ROOT, TINY_CONFIG, TINY_SMOKE, write_config
+from tests.support.helpers import ROOT, TINY_CONFIG, write_config
 
 
 def run_wide(tmp_path_factory, name, make):
@@ -65,7 +65,6 @@ class DeployEnv:
                        "data_dir": str(self.remote_root / "data dir"), "runs_dir": str(self.remote_root / "runs dir")},
             "local_data": [str(self.data)],
             "train_config": "configs/demo.yaml",
-            "smoke_config": str(write_config(root / "smoke.yaml", **TINY_SMOKE)),  # the walkthrough and the demo run configs/smoke.yaml
             "tmux_session": f"test-train-{tag}",
             "tensorboard": {"session": f"test-tb-{tag}", "remote_port": free_port(), "local_port": free_port()},
             "apt_packages": ["tmux", "rsync"],

@@ -39,9 +39,6 @@ def write_config(path, **sections):
 # pictures off: matplotlib is a fifth of a tiny training's CPU; a test that looks at them turns them on
 TINY_CONFIG = {"data": {"max_frames": 40}, "model": {"units": 8, "head_units": 8},
                "train": {"batch_size": 16, "workers": 1, "patience": 100, "lr_patience": 100, "pictures": False}}
-# a deploy's smoke test in a test that does not look at it (tests/support/deploy_env.py): configs/smoke.yaml's 2 epochs,
-# whose timing the estimate reads, on the tiny model without pictures
-TINY_SMOKE = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "max_clips": 48}, "train": {**TINY_CONFIG["train"], "epochs": 2, "patience": 2}}
 
 
 def wait_until(predicate, timeout=120, what="condition"):
