@@ -1,6 +1,6 @@
 """`fab` against a real OpenSSH server on 127.0.0.1, with real rsync and tmux: the deploy tasks.
 
-Every remote and local path has spaces in it (see conftest.DeployEnv), so quoting is tested
+Every remote and local path has spaces in it (see tests/support/deploy_env.py's DeployEnv), so quoting is tested
 by every test here.
 """
 

@@ -95,7 +95,7 @@ def test_the_readme_walkthrough_as_typed_then_a_changed_hyperparameter(tmp_path,
 
 def host_settings(tmp_path, host_root, host_venv):
     """What this test appends to the inventory the walkthrough writes, which names only its data and config. The rest
-    takes its default, which on a real GPU host is right and here is not (as in conftest.DeployEnv)."""
+    takes its default, which on a real GPU host is right and here is not (as in tests/support/deploy_env.py's DeployEnv)."""
     from deploy.demo.localhost import free_port
 
     tag = os.urandom(4).hex()
