@@ -67,7 +67,10 @@ def test_autostop_waits_for_the_training_fires_when_idle_and_is_rearmed_at_boot(
     ended = time.time()
     wait_until(fired.exists, idle_s + 15, "autostop to fire after the training ended")
     assert fired.stat().st_mtime - ended >= idle_s - 1.5  # not before the idle time had passed
-    record = json.loads((env.runs / ".agent" / "fired.json").read_text())
+    # the agent records the firing once its command has ended, with its exit code (host_agent.py): a moment after
+    record_file = env.runs / ".agent" / "fired.json"
+    wait_until(record_file.exists, 30, "the agent to record the firing in fired.json")
+    record = json.loads(record_file.read_text())
     assert record["exit_code"] == 0 and str(fired) in record["command"]
 
     # a reboot: the agent is gone; the @reboot line brings it back, armed
