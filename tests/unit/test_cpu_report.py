@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.support.cpu_report import Meter
+from tests.support.helpers import wait_until
 
 BUSY = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.8: pass\n"
 # an orphan: 0.8 CPU-s, then it says so and lives on until told to end (sampled whole, however loaded the machine)
@@ -16,11 +16,8 @@ BUSY_THEN_WAIT = BUSY + (
 )
 
 
-def wait_for(path, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
-        time.sleep(0.05)
+def wait_for(path):
+    wait_until(path.exists, 120, str(path))
 
 
 def orphan(tmp_path, name, marker):
