@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from tests.support.helpers import wait_until
+from tests.support.helpers import read_status, wait_until
 from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs, launches_overlapping
 
 pytestmark = [pytest.mark.ssh]
@@ -144,9 +144,13 @@ def test_a_host_that_stops_answering_but_lives_on_trains_no_run_moved_off_it(aws
     try:
         follow = hosts.env.popen("sweep", "lr", *SETS, "--hosts", "a,b")
         first = hosts.runs("a") / RUNS[0]
-        wait_until(lambda: ((hosts.latest(RUNS[0]) or {}).get("epoch") or 0) >= at, 120, f"{RUNS[0]}'s epoch {at} stored from a")
+        # paused on the host's own progress, not the store's: the uploader runs at nice 10, and on a busy machine it stored
+        # epoch 2 once the trainer was past its last epoch, which then finished before the fence (exit 0 on a and on b)
+        wait_until(lambda: (read_status(first).get("epoch") or 0) >= at and trainer_pid(first), 120, f"{RUNS[0]}'s epoch {at} on a")
         paused = trainer_pid(first)
         os.kill(paused, signal.SIGSTOP)
+        assert (read_status(first).get("epoch") or 0) < epochs, read_status(first)  # paused before its last epoch's end
+        wait_until(lambda: ((hosts.latest(RUNS[0]) or {}).get("epoch") or 0) >= 1, 120, f"{RUNS[0]}'s epoch 1 stored from a")
         os.kill(sshd, signal.SIGSTOP)  # a answers no new connection; its runner and uploader go on
         wait_until(lambda: (first / "fenced.json").exists(), 180, f"a's runner to fence {RUNS[0]} once it is claimed by b")
         os.kill(paused, signal.SIGCONT)
