@@ -4,14 +4,16 @@ only for what this compares: which files a run holds, status.json's keys and sta
 columns and rows, metrics.json's keys; never the numbers in them, which the stand-in makes up.
 
 The scenario: `fab train` a run of EPOCHS epochs, `fab stop` it in its first epoch (exit 3, stopped after that epoch),
-`fab train --resume` it to its end (exit 0, finished); a run whose config no clip fits (exit 2, failed); and a run
-fenced while it trains (`run_state.py fence`, as `fab watch` does: exit 5 at its next epoch end, superseded).
+`fab train --resume` it to its end (exit 0, finished); a run whose config no clip fits (exit 2, failed); a run
+fenced while it trains (`run_state.py fence`, as `fab watch` does: exit 5 at its next epoch end, superseded); and
+`fab smoke-test` (its JSON result, which deploy-full reads, and its run's files).
 """
 
 import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +117,14 @@ def scenario(env):
     seen["fenced"] = {"monitor": env.fab("monitor").returncode, "exits": [code for code, _ in exit_records(env, "fenced")],
                       "state": fenced.get("state"), "error": (fenced.get("error") or {}).get("type"),
                       "metrics.json": (env.runs / "fenced" / "metrics.json").exists()}
+
+    smoke = env.fab("smoke-test")
+    result = json.loads((env.runs / ".results" / "smoke-test.json").read_text())  # deploy.host.checks reads it
+    estimate = result.get("estimate") or {}
+    seen["smoke"] = {"fab": smoke.returncode, "ok": result.get("ok"), "exit_code": result.get("exit_code"), "keys": set(result),
+                     "estimate keys": set(estimate), "parts": set(estimate.get("parts") or {}),
+                     "estimate said": "estimate of the full training: up to" in smoke.out,
+                     "files": names(Path(result["run_dir"])), "log": (Path(result["run_dir"]) / "train.log").read_text()}
     return seen
 
 
@@ -157,4 +167,11 @@ def test_the_stand_in_trainer_leaves_the_files_and_records_of_the_real_one(host_
         assert stand_in["finished"][key] == real["finished"][key], key
     assert stand_in["bad"] == real["bad"]
     assert stand_in["fenced"] == real["fenced"]
+    # the smoke test: the same result keys and estimate keys (deploy-full prints the estimate from them), the same files
+    # but the pictures (the real smoke config draws them); its numbers are made up
+    assert real["smoke"]["fab"] == 0 and real["smoke"]["ok"] and real["smoke"]["estimate said"], real["smoke"]
+    assert "stand-in trainer" not in real["smoke"]["log"] and "stand-in trainer (tests/support/standin_trainer.py)" in stand_in["smoke"]["log"]
+    for key in ("fab", "ok", "exit_code", "keys", "estimate keys", "parts", "estimate said"):
+        assert stand_in["smoke"][key] == real["smoke"][key], key
+    assert stand_in["smoke"]["files"] == real["smoke"]["files"] - ONLY_REAL, (stand_in["smoke"]["files"], real["smoke"]["files"])
     # where the two differ: the epoch a `fab stop` lands after (it depends on the epochs' lengths), and every number

@@ -25,8 +25,10 @@ def read(path):
 
 
 @pytest.fixture
-def pair(tmp_path, ssh_host, host_venv):
-    """An inventory with hosts gpu1 (the session's sshd) and gpu2 (a second sshd), cluster `pair`."""
+def pair(tmp_path, ssh_host, smoke_standin_venv):
+    """An inventory with hosts gpu1 (the session's sshd) and gpu2 (a second sshd), cluster `pair`. The trainer is the
+    real one; the smoke tests (checked only to have run on each host) are the stand-in's (tests/support/standin_fixtures.py)."""
+    host_venv = smoke_standin_venv
     tmux_dir = tmp_path / "tmux2"  # another machine, another tmux server: the same session name must not clash
     tmux_dir.mkdir()
     second = LocalSSHHost(tmp_path / "sshd2", extra_config=f"SetEnv TMUX_TMPDIR={tmux_dir}\n").start()

@@ -1,7 +1,7 @@
 """A host's own folders (`hosts.<name>.remote`) apply to every task that acts on it, named with -H
 or remembered, not only inside a cluster. Real sshd, tmux and rsync; the two inventory hosts are the
 same machine, so where each task wrote and read shows which folders it used. The trainings only show where
-the run's files went: the stand-in trainer's (tests/support/standin_trainer.py); deploy-full's smoke test is real."""
+the run's files went: the stand-in trainer's (tests/support/standin_trainer.py), its smoke test too."""
 
 import shutil
 from pathlib import Path

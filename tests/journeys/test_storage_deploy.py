@@ -42,7 +42,7 @@ def screen(out):
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory, host_venv, moto_server):
+def stored(tmp_path_factory, smoke_standin_venv, moto_server):
     with pytest.MonkeyPatch.context() as mp, serve() as webhook:
         urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).read()
         for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL"):
@@ -59,7 +59,8 @@ def stored(tmp_path_factory, host_venv, moto_server):
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         seed_public_parameter("us-east-1", DLAMI_PARAMETER, moto_ami("us-east-1"))
-        two = TwoHosts(tmp, host_venv, moto_server, webhook, EPOCHS, launched=True)
+        # the real trainer; deploy-full's smoke tests, of which nothing is checked here, are the stand-in's
+        two = TwoHosts(tmp, smoke_standin_venv, moto_server, webhook, EPOCHS, launched=True)
         env = two.env
         # room for `fab runs` and fetch-results after the loss, before the watch gives host a up
         env.write(recovery={**env.inventory["recovery"], "unreachable_minutes": 0.5})

@@ -1,7 +1,7 @@
 """`fab watch` through real hosts: automatic recovery and recovery launches.
 
 Real parts: `fab` as a user types it, real sshd hosts on 127.0.0.1 (one per "machine"), real tmux,
-rsync, smoke tests, the real host agent and uploader, a local HTTP server recording the webhook posts. Both tests
+rsync, the real host agent and uploader, a local HTTP server recording the webhook posts. Both tests
 check the process around a training (states, exit records, restarts, which epochs were trained where), not what it
 learnt: their trainer is the stand-in (tests/support/standin_fixtures.py, held to the real one by
 tests/host/test_standin_contract.py).

@@ -24,9 +24,16 @@ SLOW_EPOCH_SECONDS = 10.0
 
 @pytest.fixture(scope="session")
 def standin_venv(tmp_path_factory, host_venv):
-    """host_venv's twin whose `python -m trainer train` is the stand-in (every other command of it is the real one):
+    """host_venv's twin whose `python -m trainer train` and `smoke` are the stand-in (every other command of it is the real one):
     a copy of it (as fresh_venv's: `bin/python` works from the copy), made once a run."""
     return run_wide(tmp_path_factory, "stand-in venv", lambda path: make_standin_venv(path, host_venv))
+
+
+@pytest.fixture(scope="session")
+def smoke_standin_venv(tmp_path_factory, host_venv):
+    """host_venv whose smoke test is the stand-in's and whose training is the real one: for a journey that checks a real
+    training and nothing of the smoke test that deploy-full runs before it (13 CPU-s of TensorFlow, 1.5 stood in)."""
+    return run_wide(tmp_path_factory, "smoke stand-in venv", lambda path: make_standin_venv(path, host_venv, commands=("smoke",)))
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +42,12 @@ def slow_standin_venv(tmp_path_factory, host_venv):
     return run_wide(tmp_path_factory, "slow stand-in venv", lambda path: make_standin_venv(path, host_venv, SLOW_EPOCH_SECONDS))
 
 
-def make_standin_venv(path, host_venv, epoch_seconds=None):
+def make_standin_venv(path, host_venv, epoch_seconds=None, commands=standin_trainer.COMMANDS):
     venv = Path(shutil.copytree(host_venv, path, symlinks=True))
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     assert Path(site).is_relative_to(venv), site
-    Path(site, "facenet-standin.pth").write_text(standin_trainer.pth_line())
+    Path(site, "facenet-standin.pth").write_text(standin_trainer.pth_line(commands=commands))
     (venv / standin_trainer.SETTINGS).write_text(json.dumps({"epoch_seconds": epoch_seconds or EPOCH_SECONDS}))
     return venv
 

@@ -8,9 +8,9 @@ those numbers are made up here. tests/host/test_standin_contract.py holds its ru
 trainer's; a change of the trainer's files shows there first.
 
 The host's venv is the stand-in's (`standin_venv`): a `.pth` file there runs `install()` in a Python started as
-`python -m trainer train ...` (the command line stays the real one: the host agent, `fab stop` and the tests find
-the trainer as they find the real one). Every other Python of the venv (preflight, smoke test, the uploader) is
-the real one. Once the synced `trainer` package is imported, these TensorFlow modules are replaced:
+`python -m trainer train ...` or `python -m trainer smoke ...` (the command line stays the real one: the host agent,
+`fab stop` and the tests find the trainer as they find the real one). Every other Python of the venv (preflight,
+the GPU probe, the uploader) is the real one. Once the synced `trainer` package is imported, these TensorFlow modules are replaced:
 
     trainer.data.generator    the clips' PyDataset: only their labels, in order (no feature file is read)
     trainer.training.model    a model of nothing; best.keras is a placeholder text
@@ -20,7 +20,9 @@ the real one. Once the synced `trainer` package is imported, these TensorFlow mo
 and the TensorFlow functions `distribute.configure_devices`, `run._set_up`, `run._callbacks`, `evaluate.predict`,
 `peers.lost_peer` and `peers.local_failure` (asked of any error of the set-up or the fit: a fenced launch's
 Superseded, a full disk's OSError; never a lost peer with one worker) and `finish.draw` (no pictures;
-`finish.NO_PICTURES`, train.log's line, says that the stand-in draws none). Everything else runs for real: the run-dir
+`finish.NO_PICTURES`, train.log's line, says that the stand-in draws none); for the smoke test, `smoke.check_run`
+(the history's losses finite and best.keras the stand-in's: no prediction) and `estimate.estimate` (the real one's keys
+and arithmetic over made-up step times: no step is timed). Everything else runs for real: the run-dir
 checks, the data preparation (split.json, manifest.json, normalization.npz), status.json (RunStatus), the stop at an
 epoch end on SIGTERM/SIGINT/SIGHUP (exit 3, `run._fit`'s Stopped), the fence, the resume's checks, metrics.json's
 assembly from scores of made-up predictions (finish_run), the exit codes (trainer.cli). Importing
@@ -281,6 +283,50 @@ class RunFiles:
         self.status.epoch_done(epoch, logs, self.monitor, self.mode, self.initial_epoch)
 
 
+def check_run(run_dir, num_classes):
+    """smoke.check_run's stand-in: history.csv's losses finite and best.keras the stand-in's (nothing to predict with)."""
+    import csv
+    import math
+
+    from trainer.training.smoke import SmokeFailure
+
+    with open(Path(run_dir) / "history.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    if not losses or not all(math.isfinite(v) for v in losses):
+        raise SmokeFailure(f"Smoke test failed: training losses {losses} in {run_dir}/history.csv are not all finite.")
+    load_model(Path(run_dir) / "best.keras")
+
+
+def estimate(cfg, smoke_run, steps=4, min_seconds=0.5):
+    """estimate.estimate's stand-in: the real one's keys and arithmetic (estimate.combine, from the smoke run's timing
+    and shape), with made-up step times instead of the full config's steps timed under TensorFlow."""
+    import math
+
+    from trainer.training import estimate as real
+
+    smoke_run = Path(smoke_run)
+    timing = json.loads((smoke_run / "status.json").read_text())["timing"]
+    batch = cfg["train"]["batch_size"]
+    classes = cfg["data"]["classes"]  # data_shape's counts; its padded length needs the real generator: made up here
+    entries = real.subsample([e for e in real.entries_from_manifest(smoke_run / "manifest.json") if e.emotion in classes],
+                             cfg["data"]["max_clips"], cfg["seed"])
+    split = real.make_split(entries, cfg["split"]["method"], cfg["split"]["val_fraction"], cfg["seed"], classes,
+                            test_fraction=cfg["split"]["test_fraction"])
+    shape = {"train": len(split["train"]), "val": len(split["val"]), "test": len(split.get("test") or []),
+             "frames": cfg["data"]["max_frames"] or 100}
+    train_steps, val_steps = math.ceil(shape["train"] / batch), math.ceil(shape["val"] / batch)
+    per_step, per_eval_step, first_calls = 0.01, 0.005, 1.0
+    return {
+        "seconds_per_step": per_step, "seconds_per_eval_step": per_eval_step, "steps_per_epoch": train_steps,
+        "val_steps_per_epoch": val_steps, "epochs": cfg["train"]["epochs"], "global_batch": batch, "replicas": 1,
+        "devices": ["default"], "frames": shape["frames"], "train_clips": shape["train"], "mixed_precision": False,
+        "first_call_seconds": first_calls,
+        **real.combine(epochs=cfg["train"]["epochs"], steps_per_epoch=train_steps, val_steps_per_epoch=val_steps,
+                       score_steps=val_steps + math.ceil(shape["test"] / batch), seconds_per_step=per_step,
+                       seconds_per_eval_step=per_eval_step, first_call_seconds=first_calls, smoke_timing=timing),
+    }
+
+
 # --- the seam -------------------------------------------------------------------------------------
 
 REPLACED = {
@@ -295,6 +341,8 @@ PATCHED = {
     "trainer.training.peers": {"lost_peer": lost_peer, "local_failure": local_failure},
     "trainer.results.evaluate": {"predict": predict},
     "trainer.training.finish": {"draw": draw, "NO_PICTURES": NO_PICTURES},
+    "trainer.training.smoke": {"check_run": check_run},
+    "trainer.training.estimate": {"estimate": estimate},
 }
 
 
@@ -342,15 +390,18 @@ class Seam(importlib.abc.MetaPathFinder):
 
 
 def install():
-    """Called by the stand-in venv's facenet-standin.pth in `python -m trainer train ...`, before the trainer is imported."""
+    """Called by the stand-in venv's facenet-standin.pth in `python -m trainer train|smoke ...`, before the trainer is imported."""
     if any(name.split(".")[0] in TF_MODULES or name in REPLACED or name in PATCHED for name in sys.modules):
         raise AssertionError("stand-in trainer: installed after TensorFlow or the trainer was imported")
     sys.meta_path.insert(0, Seam())
 
 
-def pth_line(path=__file__):
-    """The .pth line that installs the stand-in in `python -m trainer train ...` (and nowhere else)."""
-    code = ("if sys.orig_argv[1:4] == ['-m', 'trainer', 'train']:\n"
+COMMANDS = ("train", "smoke")  # `python -m trainer COMMAND` that the stand-in's venv runs without TensorFlow
+
+
+def pth_line(path=__file__, commands=COMMANDS):
+    """The .pth line that installs the stand-in in `python -m trainer COMMAND ...` for `commands` (and nowhere else)."""
+    code = (f"if sys.orig_argv[1:3] == ['-m', 'trainer'] and sys.orig_argv[3:4] in {[[c] for c in commands]!r}:\n"
             " import importlib.util as u\n"
             f" s = u.spec_from_file_location('standin_trainer', {str(path)!r})\n"
             " m = u.module_from_spec(s); sys.modules['standin_trainer'] = m; s.loader.exec_module(m); m.install()\n")
