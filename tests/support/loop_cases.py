@@ -362,8 +362,8 @@ def case_epoch_timing():
 
 
 def case_threads():
-    """One of 2 loopback workers: 2000 steps of a tiny model; the process's threads before and after, and
-    how often the training step was traced."""
+    """One of 2 loopback workers: 600 steps of a tiny model (a thread per collective would add 600); the process's
+    threads before and after, and how often the training step was traced."""
     def threads():
         return int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Threads:")))
 
@@ -371,12 +371,12 @@ def case_threads():
     with strategy.scope():
         model = compile_model(project_model(dropout=0.0, units=2, probe=Probe()), DEFAULTS["train"], CLASSES)
     rng = np.random.default_rng(0)
-    x = [rng.normal(size=(2, DIM)).astype(np.float32) for _ in range(4000)]
-    y = rng.integers(0, CLASSES, 4000)
+    x = [rng.normal(size=(2, DIM)).astype(np.float32) for _ in range(1200)]
+    y = rng.integers(0, CLASSES, 1200)
     loop.fit(model, strategy, Batches(x[:8], y[:8], 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)  # traced, warmed
     before, t0 = threads(), time.monotonic()
     loop.fit(model, strategy, Batches(x, y, 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)
-    return {"threads_before": before, "threads_after": threads(), "steps": 2000, "seconds": round(time.monotonic() - t0, 1),
+    return {"threads_before": before, "threads_after": threads(), "steps": 600, "seconds": round(time.monotonic() - t0, 1),
             "train_traces": sum(training for _, training in Probe.calls)}  # clips of one length: one trace per fit call
 
 
