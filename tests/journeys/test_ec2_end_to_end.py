@@ -5,8 +5,9 @@ Real parts: `fab` as a user types it; boto3 against moto's standalone server on 
 SSM, key pairs, security groups, spot prices); a real sshd on 127.0.0.1 that the launched
 instance's made-up address reaches through the inventory's OpenSSH config file (ssh.config_file:
 `Host * !127.0.0.1` -> HostName 127.0.0.1, Port N), read by Fabric and by rsync's ssh alike; real
-rsync, tmux and training (tiny). No test hook in the tool: only the environment (AWS_ENDPOINT_URL,
-fake credentials) and the inventory differ from a real launch.
+rsync, tmux and training (tiny); the smoke test, whose estimate lines are checked for the launched host's price,
+is the stand-in's (tests/support/standin_fixtures.py smoke_standin_venv). No test hook in the tool: only the
+environment (AWS_ENDPOINT_URL, fake credentials) and the inventory differ from a real launch.
 """
 
 import json
@@ -30,12 +31,12 @@ def instances_in(region="us-east-1"):
     return [i for r in boto3.client("ec2", region_name=region).describe_instances()["Reservations"] for i in r["Instances"]]
 
 
-def test_launch_deploy_monitor_fetch_down_on_a_launched_host(aws, ssh_host, host_venv, tmp_path):
+def test_launch_deploy_monitor_fetch_down_on_a_launched_host(aws, ssh_host, smoke_standin_venv, tmp_path):
     from trainer.data.synth import write_corpus
 
     root = tmp_path / "laptop"
     root.mkdir()
-    env = DeployEnv(root, ssh_host, host_venv)  # after `aws`: its fab sees AWS_ENDPOINT_URL and the fake credentials
+    env = DeployEnv(root, ssh_host, smoke_standin_venv)  # after `aws`: its fab sees AWS_ENDPOINT_URL and the fake credentials
     try:
         ssh_config = root / "ssh config"
         ssh_config.write_text(f"# moto's instance addresses are made up: they lead to the local sshd\n"

@@ -121,6 +121,22 @@ def test_a_backup_whose_metadata_files_are_gone_is_refused_not_restarted_from_ze
     assert (run / "history.csv").read_text() == rows
 
 
+def test_a_crash_exits_1_with_traceback_in_train_log_and_failed_status(stopped_run, tmp_path):
+    """A clip file cut short after validation (a disk error mid-run): the resumed run crashes, exit 1, with the
+    traceback in train.log and status.json failed."""
+    run = copy_run(stopped_run, tmp_path, "crash")
+    data = tmp_path / "crash data" / "crema-d"  # the run's data, copied: `--resume --data` maps the run to it
+    shutil.copytree(Path(json.loads((run / "manifest.json").read_text())["dirs"][0]), data)
+    victim = data / Path(json.loads((run / "split.json").read_text())["train"][0]).name
+    with open(victim, "r+b") as f:
+        f.truncate(200)
+    proc = run_trainer("train", "--resume", run, "--data", data)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    st = status(run)
+    assert st["state"] == "failed" and st["error"]["type"], st
+    assert "Traceback" in (run / "train.log").read_text()
+
+
 def test_a_clip_holding_inf_is_refused_when_read_before_any_epoch_of_it_is_saved(stopped_run, tmp_path):
     """A clip that holds inf after validation (a file changed on disk) is refused when the generator reads it,
     on any CPU (some kernels turn NaN into 0, so the loss may stay finite). The run ends failed (exit 2, the
