@@ -1,5 +1,7 @@
 """`fab -H <cluster>`: two real sshd on 127.0.0.1 as two hosts (own remote dirs, own worker ports),
-one training over both, watched, broken by a SIGKILL and resumed."""
+one training over both, watched, broken by a SIGKILL and resumed. It is also the trainer's test of a killed worker
+(the chief records PeerLost and the cluster resumes from the chief's backup, every epoch once, the workers' weights
+equal): tests/trainer/test_multi_worker.py does not train that case a second time."""
 
 import json
 import os
@@ -81,8 +83,11 @@ def test_a_cluster_deploys_trains_as_one_is_watched_and_resumes_after_a_killed_w
     os.kill(read(worker / "status.json")["pid"], signal.SIGKILL)
     killed = time.monotonic()
     wait_until(lambda: read(chief / "exit.json"), 120, "the chief to stop")
-    assert time.monotonic() - killed < 60
+    assert time.monotonic() - killed < 60  # the collective fails at once; collective_timeout bounds a frozen peer
     assert read(chief / "exit.json")["exit_code"] == 4
+    lost = read(chief / "status.json")
+    assert lost["state"] == "failed" and lost["error"]["type"] == "PeerLost" and "lost contact with worker 1" in lost["error"]["message"], lost
+    assert (chief / "backup").is_dir() and not (worker / "backup").exists()  # the resume below gives worker 1 the chief's
     monitor = pair.fab("monitor")
     assert monitor.returncode == 1, monitor.out
     assert "cluster FAILED: worker 1 failed first" in monitor.out and "killed by signal 9" in monitor.out, monitor.out
