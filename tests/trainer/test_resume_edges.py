@@ -208,7 +208,7 @@ def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, 
 def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_hits(tmp_path, synth_crema):
     """An epoch's history row is written before its backup, so no kill leaves the history without a backed-up epoch;
     a kill between the row and the backup must not leave that row twice. Kills land right after a new row and right
-    after a new backup, then the run is resumed to its end."""
+    after a new backup, then the run is resumed to its end, from its backup (not from zero)."""
     import signal
     import subprocess
     import sys
@@ -247,7 +247,12 @@ def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_
                 break
             time.sleep(0.001)
         proc.wait()
+        assert status(run)["state"] == "running"  # killed: nobody wrote an end state
+    backed_up = json.loads(backup.read_text())["epoch"]
     done = run_trainer("train", "--resume", run, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    first_epoch = next(line for line in done.stdout.splitlines() if line.startswith("Epoch "))
+    assert int(first_epoch.split()[1].split("/")[0]) == backed_up + 1  # from its backup, not from zero (Keras counts from 1)
+    assert status(run)["state"] == "finished" and status(run)["epoch"] == epochs
     epochs_in_history = [int(line.split(",", 1)[0]) for line in history.read_text().splitlines()[1:]]
     assert epochs_in_history == list(range(epochs)), epochs_in_history

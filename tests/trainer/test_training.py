@@ -68,21 +68,6 @@ def test_train_writes_a_complete_run_that_reloads(tmp_path, trained_run):
     assert 0 < extra["samples"] <= 40 and extra["data"] == [str(tmp_path / "ravdess")]
 
 
-def test_killed_run_resumes_from_its_backup_not_from_zero(tmp_path, synth_crema):
-    run = tmp_path / "r2"
-    proc = start_training(synth_crema, tmp_path, "r2", epochs=12)
-    wait_for_epoch(run, 3, proc)
-    proc.kill()
-    proc.wait()
-    done_before = status(run)["epoch"]
-    assert status(run)["state"] == "running"  # killed: nobody wrote an end state
-    proc = run_trainer("train", "--resume", run)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    first_epoch = next(line for line in proc.stdout.splitlines() if line.startswith("Epoch "))
-    assert int(first_epoch.split()[1].split("/")[0]) >= done_before  # Keras counts from 1
-    assert status(run)["state"] == "finished" and status(run)["epoch"] == 12
-
-
 def test_sigterm_stops_cleanly_with_backup_and_state_stopped(stopped_run):
     # 30 epochs, SIGTERM after epoch 3: exit code 3 (tests/support/fixtures_runs.py)
     st = status(stopped_run)
