@@ -1,7 +1,8 @@
 """The stand-in trainer (tests/support/standin_trainer.py) held to the real one: the same scenario on two local SSH hosts, one
 with each, and what the process around a training reads of it compared. A test may use the stand-in (standin_ready)
 only for what this compares: which files a run holds, status.json's keys and states, the exit records, history.csv's
-columns and rows, metrics.json's keys; never the numbers in them, which the stand-in makes up.
+columns and rows, metrics.json's keys, the smoke result's keys and its estimate's values from the config and data
+(FROM_CONFIG_AND_DATA); never the other numbers in them (times, scores), which the stand-in makes up.
 
 The scenario: `fab train` a run of EPOCHS epochs, `fab stop` it in its first epoch (exit 3, stopped after that epoch),
 `fab train --resume` it to its end (exit 0, finished); a run whose config no clip fits (exit 2, failed); a run
@@ -31,6 +32,9 @@ EPOCHS = 10
 ONLY_REAL = {
     "confusion_matrix.png", "recall.png", "learning_curves.png",  # pictures of the real scores (matplotlib, 19 % of a tiny run)
 }
+# The smoke result's estimate values that come from the training config and the data, not from timing TensorFlow: the
+# stand-in's equal the real one's (a journey on smoke_standin_venv reads "up to N epochs x M steps" from them)
+FROM_CONFIG_AND_DATA = ("epochs", "steps_per_epoch", "val_steps_per_epoch", "global_batch", "train_clips", "replicas", "mixed_precision")
 # The same name in both, different content: best.keras (a Keras model; the stand-in's is a placeholder text),
 # backup/latest.weights.h5 (the weights; a placeholder), logs/ (TensorBoard's event files; the stand-in's is empty:
 # compared by name at the top only), every number in history.csv, status.json, metrics.json and environment.json.
@@ -124,6 +128,7 @@ def scenario(env):
     seen["smoke"] = {"fab": smoke.returncode, "ok": result.get("ok"), "exit_code": result.get("exit_code"), "keys": set(result),
                      "estimate keys": set(estimate), "parts": set(estimate.get("parts") or {}),
                      "estimate said": "estimate of the full training: up to" in smoke.out,
+                     "from the config and data": {k: estimate.get(k) for k in FROM_CONFIG_AND_DATA},
                      "files": names(Path(result["run_dir"])), "log": (Path(result["run_dir"]) / "train.log").read_text()}
     return seen
 
@@ -171,7 +176,7 @@ def test_the_stand_in_trainer_leaves_the_files_and_records_of_the_real_one(host_
     # but the pictures (the real smoke config draws them); its numbers are made up
     assert real["smoke"]["fab"] == 0 and real["smoke"]["ok"] and real["smoke"]["estimate said"], real["smoke"]
     assert "stand-in trainer" not in real["smoke"]["log"] and "stand-in trainer (tests/support/standin_trainer.py)" in stand_in["smoke"]["log"]
-    for key in ("fab", "ok", "exit_code", "keys", "estimate keys", "parts", "estimate said"):
+    for key in ("fab", "ok", "exit_code", "keys", "estimate keys", "parts", "estimate said", "from the config and data"):
         assert stand_in["smoke"][key] == real["smoke"][key], key
     assert stand_in["smoke"]["files"] == real["smoke"]["files"] - ONLY_REAL, (stand_in["smoke"]["files"], real["smoke"]["files"])
     # where the two differ: the epoch a `fab stop` lands after (it depends on the epochs' lengths), and every number

@@ -146,10 +146,10 @@ def test_a_host_that_stops_answering_but_lives_on_trains_no_run_moved_off_it(aws
         first = hosts.runs("a") / RUNS[0]
         # paused on the host's own progress, not the store's: the uploader runs at nice 10, and on a busy machine it stored
         # epoch 2 once the trainer was past its last epoch, which then finished before the fence (exit 0 on a and on b)
-        wait_until(lambda: (read_status(first).get("epoch") or 0) >= at and trainer_pid(first), 120, f"{RUNS[0]}'s epoch {at} on a")
-        paused = trainer_pid(first)
+        paused = wait_until(lambda: (read_status(first).get("epoch") or 0) >= at and trainer_pid(first), 120, f"{RUNS[0]}'s epoch {at} on a")
         os.kill(paused, signal.SIGSTOP)
-        assert (read_status(first).get("epoch") or 0) < epochs, read_status(first)  # paused before its last epoch's end
+        # paused before its last epoch's end: the fence is asked at every epoch end and once after the last (run._fit)
+        assert (read_status(first).get("epoch") or 0) < epochs, read_status(first)
         wait_until(lambda: ((hosts.latest(RUNS[0]) or {}).get("epoch") or 0) >= 1, 120, f"{RUNS[0]}'s epoch 1 stored from a")
         os.kill(sshd, signal.SIGSTOP)  # a answers no new connection; its runner and uploader go on
         wait_until(lambda: (first / "fenced.json").exists(), 180, f"a's runner to fence {RUNS[0]} once it is claimed by b")
