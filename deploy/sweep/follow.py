@@ -213,16 +213,28 @@ class Follower:
                      f"{', '.join(self.left_on(host)) or 'nothing'}", "bold")
             self.record["lost"][host] = iso()
         moved = []
-        for run in self.left_on(host):
+        left = self.left_on(host)  # the runs it had not started first; "started" from storage too (a stale last look)
+        for run in sorted(left, key=lambda r: self.started_on(r, host)[0]):
             if self.attempt(f"moving {run} off {host}", self.move, run, host, min(others, key=lambda h: len(self.record["queues"][h]))):
                 moved.append(run)
         self.record["queues"][host] = [r for r in self.record["queues"][host] if r not in moved]
         plan.save(self.record)
 
+    def started_on(self, run, host):
+        """(whether `run` had started on `host`, its launch id there or None): from the last look at the host, or from run
+        storage's pointer naming that host. A busy laptop's last look may predate the start; the pointer does not."""
+        seen = self.last.get(run) or {}
+        if seen.get("state") not in (None, "queued"):
+            return True, seen.get("launch_id")
+        pointer = stored.pointer(self.inv, run) if stored.configured(self.inv) else None
+        if pointer and pointer.get("host") == host:
+            return True, pointer.get("launch_id")
+        return False, None
+
     def move(self, run, lost, to):
         """`run` from the lost host to host `to`: its stored epochs uploaded there (when storage has any), then queued."""
         seen = self.last.get(run) or {}
-        started = seen.get("state") not in (None, "queued")
+        started, launch_id = self.started_on(run, lost)
         epoch, url, why, end = stored.latest(self.inv, run) if stored.configured(self.inv) else (None, None, "no run storage", None)
         if end is not None:  # it ended by itself (finished, failed, stopped on request): storage's word, not moved
             self.say(f"  {run}: {end.reason}")
@@ -242,8 +254,8 @@ class Follower:
         finally:
             target.conn.close()
         self.record["queues"][to].append(run)
-        if started and seen.get("launch_id"):  # fenced on the lost host when it answers again
-            self.record["fences"].append({"host": lost, "run": run, "launch_id": seen["launch_id"], "reason": f"moved to {to}"})
+        if started and launch_id:  # fenced on the lost host when it answers again
+            self.record["fences"].append({"host": lost, "run": run, "launch_id": launch_id, "reason": f"moved to {to}"})
         self.record["moves"].append({"run": run, "from": lost, "to": to, "at": iso(), "from_epoch": epoch if url else None})
         self.say(f"{iso()}  {run}: moved from {lost} to {to}" + (f", from stored epoch {epoch}" if url else ""), "bold green")
         return True

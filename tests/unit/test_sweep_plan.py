@@ -406,3 +406,32 @@ def test_a_claim_is_read_back_by_the_hosts_command_and_a_run_with_only_a_claim_i
     settings["endpoint_url"] = "http://127.0.0.1:9"  # nobody there: an error, never a claim
     code, answer = claim_of("s-1")
     assert code == 1 and "error" in answer and "claim" not in answer, answer
+
+
+def test_a_lost_hosts_run_that_storage_says_started_there_moves_after_its_queued_runs_and_is_fenced(tmp_path, monkeypatch):
+    """The follower's last look at host a came before a's first run started (a busy laptop: seen in a whole-suite run
+    beside a busy loop). Run storage's pointer names a and the launch: the run counts as started there, so the run a
+    had not started moves first (a runner living on must not start it) and the started one is fenced on a's return."""
+    from rich.console import Console
+
+    from deploy.sweep import follow
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    runs = [{"run": r, "values": {}} for r in ("s-1", "s-2", "s-3")]
+    record = {"name": "s", "folds": None, "runs": runs, "queues": {"a": ["s-1", "s-2"], "b": ["s-3"]}, "lost": {},
+              "launched": [], "fences": [], "moves": [], "ended": {}}
+    pointers = {"s-1": {"host": "a", "launch_id": "L1", "epoch": 2, "state": "running"},
+                "s-3": {"host": "b", "launch_id": "L3", "epoch": 1, "state": "running"}}
+    monkeypatch.setattr(follow.stored, "configured", lambda inv: True)
+    monkeypatch.setattr(follow.stored, "pointer", lambda inv, run: pointers.get(run))
+    inv = SimpleNamespace(recovery={"poll_seconds": 0, "unreachable_minutes": 0}, storage={"url": "s3://bucket/runs"})
+    said = []
+    follower = follow.Follower(None, inv, record, lambda *a: said.append(a[0]), Console(record=True, width=200))
+    follower.last.update({"s-1": {"state": "queued"}, "s-2": {"state": "queued"}})  # a's last answer: before s-1 started
+    assert follower.started_on("s-1", "a") == (True, "L1")  # the launch to fence when a answers again
+    assert follower.started_on("s-2", "a") == (False, None) and follower.started_on("s-3", "a") == (False, None)
+    order = []
+    monkeypatch.setattr(follow.Follower, "move", lambda self, run, lost, to: order.append(run) or True)
+    follower.move_lost("a")
+    assert order == ["s-2", "s-1"], (order, said)
+    assert record["queues"]["a"] == [] and "a" in record["lost"], record
