@@ -1,4 +1,7 @@
 import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,17 +128,37 @@ def test_a_class_without_files_is_an_error_naming_it(tmp_path):
 def test_second_run_reads_no_file_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
     for i in range(5):
         write_clip(tmp_path / "d" / f"{1001 + i}_IWL_ANG_XX.npz", frames=5 + i)
-    cache = tmp_path / "cache.json"
-    first = validate_dirs([tmp_path / "d"], DATA_CFG, cache_path=cache)
+    cache = tmp_path / "cache"
+    first = validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache)
     reads = []
     real = validation.check_file
     monkeypatch.setattr(validation, "check_file", lambda *a: reads.append(a[0]) or real(*a))
-    second = validate_dirs([tmp_path / "d"], DATA_CFG, cache_path=cache)
+    second = validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache)
     assert reads == [] and [e.frames for e in second.entries] == [e.frames for e in first.entries]
     write_clip(tmp_path / "d" / "1003_IWL_ANG_XX.npz", value=np.zeros((0, 512), np.float32))
-    third = validate_dirs([tmp_path / "d"], DATA_CFG, cache_path=cache)
+    third = validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache)
     assert len(reads) == 1 and reads[0].endswith("1003_IWL_ANG_XX.npz")
     assert [e.reason for e in third.entries].count("empty") == 1
+
+
+def test_the_cache_holds_only_the_files_its_data_folder_has_now_and_stale_caches_are_removed(tmp_path):
+    for name in ("a", "b"):
+        for i in range(3):
+            write_clip(tmp_path / name / f"{1001 + i}_IWL_ANG_XX.npz")
+    cache = tmp_path / "cache"
+    (tmp_path / "cache.json").write_text("{}")  # the one unbounded cache file of earlier versions
+    validate_dirs([tmp_path / "a"], DATA_CFG, cache_dir=cache)
+    assert not (tmp_path / "cache.json").exists()
+    stale = cache / "left-by-a-removed-dataset.json"
+    stale.write_text("{}")
+    os.utime(stale, (time.time() - 31 * 86400,) * 2)
+    (tmp_path / "a" / "1002_IWL_ANG_XX.npz").unlink()
+    validate_dirs([tmp_path / "a"], DATA_CFG, cache_dir=cache)
+    validate_dirs([tmp_path / "b"], DATA_CFG, cache_dir=cache)
+    files = {f.name: json.loads(f.read_text())["files"] for f in cache.iterdir()}
+    assert sorted(sorted(Path(p).name for p in held) for held in files.values()) == [
+        ["1001_IWL_ANG_XX.npz", "1002_IWL_ANG_XX.npz", "1003_IWL_ANG_XX.npz"], ["1001_IWL_ANG_XX.npz", "1003_IWL_ANG_XX.npz"]]
+    assert stale.name not in files
 
 
 def test_validate_cli_writes_a_manifest_and_exits_0(tmp_path, synth_crema):

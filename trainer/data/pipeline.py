@@ -15,7 +15,7 @@ from rich.text import Text
 
 from trainer.data.normalization import compute_stats, load_stats, save_stats
 from trainer.data.split import make_split
-from trainer.data.validation import default_cache_path, entries_from_manifest, require_trainable, validate_dirs, write_manifest
+from trainer.data.validation import default_cache_dir, entries_from_manifest, require_trainable, validate_dirs, write_manifest
 from trainer.errors import DataError
 from trainer.results.report import make_console, print_validation_summary
 from trainer.results.runfiles import check_run_paths
@@ -33,7 +33,7 @@ class Prepared:
 def validate_with_progress(dirs, data_cfg, console):
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("Validating feature files", total=None)
-        result = validate_dirs(dirs, data_cfg, cache_path=default_cache_path(),
+        result = validate_dirs(dirs, data_cfg, cache_dir=default_cache_dir(),
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     print_validation_summary(result, console)
     return result

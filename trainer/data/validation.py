@@ -10,8 +10,10 @@ second run over unchanged data only stats the files.
 """
 
 import collections
+import hashlib
 import json
 import os
+import time
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from trainer.run_format import run_format
 
 REASONS = ("corrupt", "missing-key", "wrong-shape", "empty", "non-finite", "object-array", "unknown-label", "bad-name")
 CACHE_VERSION = 1
+MAX_AGE_DAYS = 30  # a validation cache unused this long is removed
 
 
 @dataclass
@@ -136,7 +139,7 @@ def check_file(path, feature_key="video_features", feature_dim=512):
     return None, None, int(arr.shape[0]), keys
 
 
-def validate_dirs(dirs, data_cfg, cache_path=None, workers=None, progress=None):
+def validate_dirs(dirs, data_cfg, cache_dir=None, workers=None, progress=None):
     """Validate every *.npz under `dirs`; returns a ValidationResult (never raises for bad files).
 
     `progress(done, total)` is called as files complete, for a progress display.
@@ -144,7 +147,7 @@ def validate_dirs(dirs, data_cfg, cache_path=None, workers=None, progress=None):
     labeller = Labeller(data_cfg["label_map"])
     key, dim = data_cfg["feature_key"], data_cfg["feature_dim"]
     files = find_files(dirs)
-    cache = _Cache(cache_path, key, dim)
+    cache = _Cache(cache_dir, dirs, key, dim)
     entries = [None] * len(files)
     to_read = []
     for i, path in enumerate(files):
@@ -185,11 +188,15 @@ def _finish(entry, reason, detail, frames, keys):
 
 
 class _Cache:
-    """Outcome of check_file per (path, size, mtime, feature key, width), kept as JSON."""
+    """Outcome of check_file per (path, size, mtime, feature key, width), kept as JSON: one file per set of data
+    directories (named by a hash of their resolved paths) in `folder`. It holds only the files the last validation of
+    that set found, so it stays the size of the data; a cache file unused for MAX_AGE_DAYS is removed."""
 
-    def __init__(self, path, key, dim):
-        self.path, self.tag = (Path(path) if path else None), f"{key}:{dim}"
-        self.data, self.dirty = {}, False
+    def __init__(self, folder, dirs, key, dim):
+        self.tag = f"{key}:{dim}"
+        name = hashlib.sha256(json.dumps(sorted(str(Path(d).resolve()) for d in dirs)).encode()).hexdigest()[:24]
+        self.path = Path(folder) / f"{name}.json" if folder else None
+        self.data, self.found, self.dirty = {}, set(), False
         if self.path and self.path.is_file():
             try:
                 raw = json.loads(self.path.read_text())
@@ -203,25 +210,41 @@ class _Cache:
         return [st.st_size, st.st_mtime_ns, self.tag]
 
     def get(self, path):
+        self.found.add(path)
         hit = self.data.get(path)
         if hit and hit["stamp"] == self._stamp(path):
             return tuple(hit["outcome"])
         return None
 
     def put(self, path, outcome):
+        self.found.add(path)
         self.data[path] = {"stamp": self._stamp(path), "outcome": list(outcome)}
         self.dirty = True
 
     def save(self):
-        if not (self.path and self.dirty):
+        """Write the outcomes of the files found this time (none of a file since removed), and remove stale caches."""
+        if not self.path:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        run_format.write_json(self.path, {"version": CACHE_VERSION, "files": self.data}, indent=None)
+        kept = {path: hit for path, hit in self.data.items() if path in self.found}
+        if self.dirty or len(kept) != len(self.data) or not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            run_format.write_json(self.path, {"version": CACHE_VERSION, "files": kept}, indent=None)
+        else:
+            os.utime(self.path)  # used: not stale
+        cutoff = time.time() - MAX_AGE_DAYS * 86400
+        self.path.parent.with_suffix(".json").unlink(missing_ok=True)  # the one cache file of earlier versions, unbounded
+        for other in self.path.parent.glob("*.json"):
+            try:
+                if other.stat().st_mtime < cutoff:
+                    other.unlink()
+            except FileNotFoundError:
+                pass  # another trainer removed it first
 
 
-def default_cache_path():
+def default_cache_dir():
+    """The folder of the validation caches."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "facenet-deploy" / "validate-cache.json"
+    return base / "facenet-deploy" / "validate-cache"
 
 
 def require_trainable(result, classes):
