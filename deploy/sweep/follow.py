@@ -195,10 +195,8 @@ class Follower:
     # --- a lost host ------------------------------------------------------------------------------
 
     def left_on(self, host):
-        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it); those
-        it had not started first (their claims move before that of a run it trains, whose fence lets its runner go on)."""
-        left = [r for r in self.record["queues"][host] if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
-        return sorted(left, key=lambda r: self.known(r)["state"] != "queued")
+        """The lost host's runs still to move: not ended, and not stopped on request (the user's: a rerun resumes it)."""
+        return [r for r in self.record["queues"][host] if self.known(r)["state"].removesuffix(" (stored)") not in (*TERMINAL, "stopped")]
 
     def move_lost(self, host):
         """Every run of the lost host's queue that is not done goes to the host with the fewest runs left: from its last
@@ -213,9 +211,12 @@ class Follower:
                      f"{', '.join(self.left_on(host)) or 'nothing'}", "bold")
             self.record["lost"][host] = iso()
         moved = []
-        left = self.left_on(host)  # the runs it had not started first; "started" from storage too (a stale last look)
-        for run in sorted(left, key=lambda r: self.started_on(r, host)[0]):
-            if self.attempt(f"moving {run} off {host}", self.move, run, host, min(others, key=lambda h: len(self.record["queues"][h]))):
+        # The runs it had not started move first: their claims move before that of a run it trains, whose fence lets
+        # its runner go on. "Started" from storage too (a busy laptop's last look may predate the start).
+        left = sorted(((run, *self.started_on(run, host)) for run in self.left_on(host)), key=lambda found: found[1])
+        for run, started, launch_id in left:
+            to = min(others, key=lambda h: len(self.record["queues"][h]))
+            if self.attempt(f"moving {run} off {host}", self.move, run, host, to, started, launch_id):
                 moved.append(run)
         self.record["queues"][host] = [r for r in self.record["queues"][host] if r not in moved]
         plan.save(self.record)
@@ -231,10 +232,10 @@ class Follower:
             return True, pointer.get("launch_id")
         return False, None
 
-    def move(self, run, lost, to):
-        """`run` from the lost host to host `to`: its stored epochs uploaded there (when storage has any), then queued."""
+    def move(self, run, lost, to, started, launch_id):
+        """`run` from the lost host to host `to`: its stored epochs uploaded there (when storage has any), then queued;
+        `started`, `launch_id`: started_on's answer (a started run is fenced on the lost host when it answers again)."""
         seen = self.last.get(run) or {}
-        started, launch_id = self.started_on(run, lost)
         epoch, url, why, end = stored.latest(self.inv, run) if stored.configured(self.inv) else (None, None, "no run storage", None)
         if end is not None:  # it ended by itself (finished, failed, stopped on request): storage's word, not moved
             self.say(f"  {run}: {end.reason}")

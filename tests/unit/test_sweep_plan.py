@@ -431,7 +431,7 @@ def test_a_lost_hosts_run_that_storage_says_started_there_moves_after_its_queued
     assert follower.started_on("s-1", "a") == (True, "L1")  # the launch to fence when a answers again
     assert follower.started_on("s-2", "a") == (False, None) and follower.started_on("s-3", "a") == (False, None)
     order = []
-    monkeypatch.setattr(follow.Follower, "move", lambda self, run, lost, to: order.append(run) or True)
+    monkeypatch.setattr(follow.Follower, "move", lambda self, *args: order.append(args) or True)
     follower.move_lost("a")
-    assert order == ["s-2", "s-1"], (order, said)
+    assert order == [("s-2", "a", "b", False, None), ("s-1", "a", "b", True, "L1")], (order, said)
     assert record["queues"]["a"] == [] and "a" in record["lost"], record
