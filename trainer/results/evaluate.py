@@ -42,7 +42,7 @@ def inference_function(model):
         import tensorflow as tf
 
         spec = tf.TensorSpec([None, None, model.inputs[0].shape[-1]], tf.float32)
-        _INFER[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _INFER[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
     return _INFER[model]
 
 

@@ -138,7 +138,7 @@ def _all_reduce_sum(strategy, values, from_chief):
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32) if from_chief else 1.0
             return ctx.all_reduce("sum", [v * keep for v in vals])
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def reduce(*vals):
             return [strategy.experimental_local_results(o)[0] for o in strategy.run(replica_fn, args=vals)]
 

@@ -20,6 +20,9 @@ is handed are not finite, but it is handed each replica's own, before the all-re
 first all-reduce how many of them overflowed and, when any did, hand it non-finite gradients on every
 replica: every replica (of every worker) skips the step and halves the scale.
 
+No autograph: no step branches or loops on a tensor (the loop over a call's batches is Python's, unrolled),
+so converting their source (0.7 CPU-s a process, and a source file left in /tmp by each process killed) buys nothing.
+
 Dropout: the replicas share the layers' seed generators, so `fold_replica_into_seeds` folds the
 global replica id into each seed drawn under several replicas: each replica draws its own mask,
 reproducibly. One device draws exactly as `model.fit` does.
@@ -42,8 +45,8 @@ class Steps:
         fold_replica_into_seeds(model)
         self.train = self._compile(self._train_step)
         self.evaluate = self._compile(self._eval_step)
-        self._reduce = tf.function(self._all_reduce)
-        self._zeros = tf.function(self._replica_zeros)
+        self._reduce = tf.function(self._all_reduce, autograph=False)
+        self._zeros = tf.function(self._replica_zeros, autograph=False)
 
     def zeros(self):
         """Per replica, the sums of no step yet: of the type the steps return (a worker with one replica
@@ -74,7 +77,7 @@ class Steps:
                 sums = sums + step(x, tf.cast(y, tf.int32), n)
             return sums
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def run(batches, sums):
             self.traced = True  # Python runs here only while tracing
             if self.watchdog is not None:  # which may take long on a busy host
