@@ -60,14 +60,20 @@ def smoke(data_dirs, runs_dir, synthetic=False, config=None, overrides=(), estim
     return run_dir, seconds, estimated
 
 
-def check_run(run_dir, num_classes):
-    from trainer.data import pipeline as data
-    from trainer.training.model import load_model
-
+def check_losses(run_dir):
+    """SmokeFailure unless the run's history.csv holds training losses, every one finite."""
     with open(Path(run_dir) / run_format.HISTORY) as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     if not losses or not all(math.isfinite(v) for v in losses):
         raise SmokeFailure(f"Smoke test failed: training losses {losses} in {run_dir}/history.csv are not all finite.")
+
+
+def check_run(run_dir, num_classes):
+    """check_losses, then the best model reloaded predicts probabilities of every class for a validation batch."""
+    from trainer.data import pipeline as data
+    from trainer.training.model import load_model
+
+    check_losses(run_dir)
     model = load_model(Path(run_dir) / run_format.BEST_MODEL)
     cfg = load_config(Path(run_dir) / run_format.CONFIG)
     prepared = data.load_prepared(run_dir)
