@@ -31,6 +31,7 @@ def test_a_run_whose_host_is_lost_in_its_first_epoch_starts_again_elsewhere_unde
     import json
     from pathlib import Path
 
+    from tests.support.helpers import wait_until
     from tests.support.random_faults import Scenario
 
     scenario = Scenario(11, tmp_path, aws, slow_standin_venv, faults=0, epochs=3, webhook=webhook)
@@ -39,7 +40,8 @@ def test_a_run_whose_host_is_lost_in_its_first_epoch_starts_again_elsewhere_unde
         assert deploy.returncode == 0, deploy.out
         split = json.loads((scenario.hosts["a"] / "runs" / scenario.run / "split.json").read_text())
         scenario.start_watch()
-        pointer = scenario.stored_epoch()
+        # Its first pointer stored ({} before it: a host lost then leaves storage nothing to start the run from)
+        pointer = wait_until(scenario.stored_epoch, 120, "the run's first pointer in storage")
         assert pointer.get("epoch", 0) == 0, pointer  # still in its first epoch
         scenario.inject("terminate")
         while scenario.watch_alive():
