@@ -5,12 +5,12 @@
 Idempotent and fast when nothing changed: one survey gathers what is there (missing
 packages, nvidia-smi, the venv, the requirements marker), in the invocation's bookkeeping
 command (deploy.host.session) or a command of its own, and nothing else runs unless something
-is missing. The marker `<venv>/.facenet-requirements` holds a hash of the requirements, pip
-arguments and the GPU count; it is written only after the install and the TensorFlow GPU
-check both succeeded.
+is missing. The marker `<venv>/.facenet-requirements` holds the requirements installed, with the
+pip arguments, the GPU count and the Python (one line of JSON); it is written only after the install
+and the TensorFlow GPU check both succeeded. pip runs when a requirement wanted is not among those
+installed; one no longer wanted (boto3 once storage.url is unset) stays, and costs no install.
 """
 
-import hashlib
 import json
 import re
 import shlex
@@ -49,9 +49,21 @@ def requirements(inv, gpu_count):
 
 
 def marker_for(inv, gpu_count):
-    payload = json.dumps({"requirements": requirements(inv, gpu_count), "extra_args": inv.pip["extra_args"],
-                          "gpus": gpu_count, "python": inv.python}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """The marker's text for an install of what `inv` wants: one line of JSON."""
+    return json.dumps({"requirements": sorted(requirements(inv, gpu_count)), "extra_args": inv.pip["extra_args"],
+                       "gpus": gpu_count, "python": inv.python}, sort_keys=True)
+
+
+def covers(marker, want):
+    """Whether the venv's marker covers the marker `want`: the same pip arguments, GPU count and Python, and every
+    requirement wanted among those installed. False for no marker or an earlier version's (a hash)."""
+    try:
+        have = json.loads(marker)
+    except ValueError:
+        return False
+    wanted = json.loads(want)
+    return (isinstance(have, dict) and all(have.get(key) == wanted[key] for key in ("extra_args", "gpus", "python"))
+            and set(wanted["requirements"]) <= set(have.get("requirements") or []))
 
 
 APT_LOCK_WAIT_S = 600  # a fresh Ubuntu runs unattended-upgrades at boot, holding dpkg's lock for minutes
@@ -103,7 +115,7 @@ def provision(conn, inv, say):
     venv = inv.remote["venv"]
     python = rq(rjoin(venv, "bin/python"))
     want = marker_for(inv, len(gpu_lines))
-    if found["venv_python"] and found["venv_pip"] and found["marker"] == want:
+    if found["venv_python"] and found["venv_pip"] and covers(found["marker"], want):
         say(f"venv {venv} up to date (requirements unchanged)")
         return done
     if not found["venv_python"]:
@@ -135,7 +147,7 @@ def provision(conn, inv, say):
     say(f"requirements installed in {progress.elapsed():.0f} s (pip's output: {log})")
     done["pip_installed"] = True
     check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
-    conn.run(f"printf '%s\\n' {want} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
+    conn.run(f"printf '%s\\n' {shlex.quote(want)} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
     return done
 
 

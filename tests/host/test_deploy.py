@@ -118,7 +118,7 @@ def test_a_running_training_blocks_a_second_train_until_restart(standin_env, tmp
 
 
 def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env, fresh_venv):
-    """The marker holds a hash of the requirements: changing them reinstalls, the same ones do not."""
+    """The marker holds the requirements installed: a new one reinstalls; the same ones, or fewer, do not."""
     deploy_env.write(default_host="local", remote={**deploy_env.inventory["remote"], "venv": str(fresh_venv)})
     assert deploy_env.fab("provision").returncode == 0
     again = deploy_env.fab("provision")
@@ -126,6 +126,9 @@ def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env,
     deploy_env.write(pip={"extra_args": ["--no-index"], "cpu": ["numpy>=1.0", "pyyaml", "rich", "tensorflow-cpu"]})
     changed = deploy_env.fab("provision")
     assert changed.returncode == 0 and "Installing CPU requirements" in changed.out, changed.out
+    deploy_env.write(pip={"extra_args": ["--no-index"], "cpu": ["numpy>=1.0", "pyyaml", "tensorflow-cpu"]})
+    fewer = deploy_env.fab("provision")  # rich no longer wanted: it stays, and nothing is installed
+    assert fewer.returncode == 0 and "up to date" in fewer.out, fewer.out
     deploy_env.write(pip={"extra_args": ["--no-index"], "cpu": ["no-such-package-facenet==1.0"]})
     broken = deploy_env.fab("provision")
     assert broken.returncode == 1 and "pip install failed on the host" in broken.out and "no-such-package-facenet" in broken.out
