@@ -17,9 +17,9 @@ import uuid
 from fabric import Connection
 from fabric.runners import Remote
 
-END_STEP = """f=$(grep -lzx 'FACENET_STEP={token}:[0-9]*' /proc/[0-9]*/environ 2>/dev/null | head -n 1)
-[ -n "$f" ] || exit 0
-pg=$(tr '\\0' '\\n' < "$f" | sed -n 's/^FACENET_STEP={token}://p')
+# The group is read from the matching environment entry itself, in the one pass over /proc: the step's short-lived
+# processes (follow_log.sh starts one every second) may be gone before a second read of the file grep named.
+END_STEP = """pg=$(grep -hzox 'FACENET_STEP={token}:[0-9]*' /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | sed -n '1s/^FACENET_STEP={token}://p')
 [ -n "$pg" ] && [ "$pg" -gt 1 ] || exit 0
 kill -TERM "-$pg" 2>/dev/null || exit 0
 i=0; while [ $i -lt 25 ] && kill -0 "-$pg" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
