@@ -19,16 +19,22 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 def start(env, *args):
-    return subprocess.Popen([str(FAB), *map(str, args)], cwd=ROOT, env=env.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    # PYTHONFAULTHANDLER: a fab that hangs after Ctrl-C prints its threads' stacks when ctrl_c aborts it
+    return subprocess.Popen([str(FAB), *map(str, args)], cwd=ROOT, env={**env.env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def ctrl_c(proc, timeout=20):
-    """SIGINT to `proc`'s process group; returns (exit code, output, seconds it took to exit)."""
+    """SIGINT to `proc`'s process group; returns (exit code, output, seconds it took to exit). A fab still running
+    `timeout` s later fails the test with its output and where each of its threads was (SIGABRT: faulthandler)."""
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGABRT)
+        out, _ = proc.communicate(timeout=30)
+        raise AssertionError(f"fab had not exited {timeout} s after Ctrl-C; its output, then its threads:\n{out}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
