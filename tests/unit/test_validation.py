@@ -155,6 +155,10 @@ def test_the_cache_holds_only_the_files_its_data_folder_has_now_and_stale_caches
     (tmp_path / "a" / "1002_IWL_ANG_XX.npz").unlink()
     validate_dirs([tmp_path / "a"], DATA_CFG, cache_dir=cache)
     validate_dirs([tmp_path / "b"], DATA_CFG, cache_dir=cache)
+    used = next(f for f in cache.iterdir() if f != stale)  # a's or b's: validated again unchanged, it is kept
+    os.utime(used, (time.time() - 20 * 86400,) * 2)
+    validate_dirs([tmp_path / ("a" if "1002" not in used.read_text() else "b")], DATA_CFG, cache_dir=cache)
+    assert used.stat().st_mtime > time.time() - 600
     files = {f.name: json.loads(f.read_text())["files"] for f in cache.iterdir()}
     assert sorted(sorted(Path(p).name for p in held) for held in files.values()) == [
         ["1001_IWL_ANG_XX.npz", "1002_IWL_ANG_XX.npz", "1003_IWL_ANG_XX.npz"], ["1001_IWL_ANG_XX.npz", "1003_IWL_ANG_XX.npz"]]
@@ -178,3 +182,21 @@ def test_validate_cli_exits_2_with_the_reason_when_nothing_can_train(tmp_path):
     assert proc.returncode == 2
     assert "have keys ['features']: set data.feature_key" in proc.stderr
     assert "missing-key" in proc.stdout  # the summary table still shows what was found
+
+
+def test_the_cache_knows_a_file_by_any_spelling_and_a_cache_it_cannot_write_is_only_a_slower_run(tmp_path, monkeypatch):
+    for i in range(3):
+        write_clip(tmp_path / "d" / f"{1001 + i}_IWL_ANG_XX.npz")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    cache = tmp_path / "cache"
+    monkeypatch.chdir(tmp_path)
+    validate_dirs(["d"], DATA_CFG, cache_dir=cache)
+    reads = []
+    real = validation.check_file
+    monkeypatch.setattr(validation, "check_file", lambda *a: reads.append(a[0]) or real(*a))
+    for spelling in (tmp_path / "d", "link", "d"):  # cross-validation's folds validate the resolved folder
+        assert len(validate_dirs([spelling], DATA_CFG, cache_dir=cache).accepted) == 3
+    assert reads == []
+    (tmp_path / "a file").write_text("")
+    unwritable = validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=tmp_path / "a file" / "cache")
+    assert len(unwritable.accepted) == 3

@@ -188,9 +188,10 @@ def _finish(entry, reason, detail, frames, keys):
 
 
 class _Cache:
-    """Outcome of check_file per (path, size, mtime, feature key, width), kept as JSON: one file per set of data
-    directories (named by a hash of their resolved paths) in `folder`. It holds only the files the last validation of
-    that set found, so it stays the size of the data; a cache file unused for MAX_AGE_DAYS is removed."""
+    """Outcome of check_file per (real path, size, mtime, feature key, width), kept as JSON: one file per set of data
+    directories (named by a hash of their real paths) in `folder`. It holds only the files the last validation of
+    that set found, so it stays the size of the data; a cache file unused for MAX_AGE_DAYS is removed. A cache that
+    cannot be read or written (removed meanwhile by another trainer, a read-only or full disk) is only a slower run."""
 
     def __init__(self, folder, dirs, key, dim):
         self.tag = f"{key}:{dim}"
@@ -202,29 +203,38 @@ class _Cache:
                 raw = json.loads(self.path.read_text())
                 if raw.get("version") == CACHE_VERSION:
                     self.data = raw["files"]
-            except (ValueError, KeyError, TypeError):
-                self.data = {}  # an unreadable cache is only a slower run
+            except (OSError, ValueError, KeyError, TypeError):
+                self.data = {}
 
     def _stamp(self, path):
         st = os.stat(path)
         return [st.st_size, st.st_mtime_ns, self.tag]
 
     def get(self, path):
-        self.found.add(path)
-        hit = self.data.get(path)
+        """The cached outcome of the file at `path` (any spelling of it: relative, through a link), or None."""
+        real = os.path.realpath(path)
+        self.found.add(real)
+        hit = self.data.get(real)
         if hit and hit["stamp"] == self._stamp(path):
             return tuple(hit["outcome"])
         return None
 
     def put(self, path, outcome):
-        self.found.add(path)
-        self.data[path] = {"stamp": self._stamp(path), "outcome": list(outcome)}
+        real = os.path.realpath(path)
+        self.found.add(real)
+        self.data[real] = {"stamp": self._stamp(path), "outcome": list(outcome)}
         self.dirty = True
 
     def save(self):
         """Write the outcomes of the files found this time (none of a file since removed), and remove stale caches."""
         if not self.path:
             return
+        try:
+            self._save()
+        except OSError:
+            pass  # the next run reads its files again
+
+    def _save(self):
         kept = {path: hit for path, hit in self.data.items() if path in self.found}
         if self.dirty or len(kept) != len(self.data) or not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
