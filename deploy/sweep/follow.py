@@ -234,8 +234,11 @@ class Follower:
 
     def move(self, run, lost, to, started, launch_id):
         """`run` from the lost host to host `to`: its stored epochs uploaded there (when storage has any), then queued;
-        `started`, `launch_id`: started_on's answer (a started run is fenced on the lost host when it answers again)."""
+        `started`, `launch_id`: started_on's answer (a started run is fenced on the lost host when it answers again),
+        asked again for a run not started then: a host cut off from the laptop may still start it meanwhile."""
         seen = self.last.get(run) or {}
+        if not started:
+            started, launch_id = self.started_on(run, lost)
         epoch, url, why, end = stored.latest(self.inv, run) if stored.configured(self.inv) else (None, None, "no run storage", None)
         if end is not None:  # it ended by itself (finished, failed, stopped on request): storage's word, not moved
             self.say(f"  {run}: {end.reason}")

@@ -435,3 +435,36 @@ def test_a_lost_hosts_run_that_storage_says_started_there_moves_after_its_queued
     follower.move_lost("a")
     assert order == [("s-2", "a", "b", False, None), ("s-1", "a", "b", True, "L1")], (order, said)
     assert record["queues"]["a"] == [] and "a" in record["lost"], record
+
+
+def test_a_lost_hosts_run_that_starts_there_while_another_is_moved_is_fenced_on_its_return(tmp_path, monkeypatch):
+    """Host a is cut off from the laptop but not from storage: its runner starts s-4 while the follower moves s-2.
+    s-4 was not started when the follower looked; its move asks again, and records the fence for a's return."""
+    from rich.console import Console
+
+    from deploy.sweep import follow
+
+    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
+    runs = [{"run": r, "values": {}} for r in ("s-2", "s-4", "s-3")]
+    record = {"name": "s", "folds": None, "runs": runs, "queues": {"a": ["s-2", "s-4"], "b": ["s-3"]}, "lost": {},
+              "launched": [], "fences": [], "moves": [], "ended": {}}
+    pointers = {}
+
+    def put_queue(target, hinv, rec, queued, *args, **kwargs):
+        if queued[0]["run"] == "s-2":  # meanwhile, on a
+            pointers["s-4"] = {"host": "a", "launch_id": "L4", "epoch": 0, "state": "running"}
+
+    monkeypatch.setattr(follow.stored, "configured", lambda inv: True)
+    monkeypatch.setattr(follow.stored, "pointer", lambda inv, run: pointers.get(run))
+    monkeypatch.setattr(follow.stored, "latest", lambda inv, run: (None, None, "nothing stored", None))
+    monkeypatch.setattr(follow, "connect_host", lambda *args: SimpleNamespace(conn=SimpleNamespace(close=lambda: None)))
+    monkeypatch.setattr(follow.sweep_hosts, "holds_run", lambda *args: False)
+    monkeypatch.setattr(follow.sweep_hosts, "put_queue", put_queue)
+    monkeypatch.setattr(follow.sweep_hosts, "start_runner", lambda *args: None)
+    inv = SimpleNamespace(recovery={"poll_seconds": 0, "unreachable_minutes": 0}, storage={"url": "s3://bucket/runs"},
+                          for_host=lambda host: None)
+    follower = follow.Follower(None, inv, record, lambda *args: None, Console(record=True, width=200))
+    follower.last.update({"s-2": {"state": "queued"}, "s-4": {"state": "queued"}})
+    follower.move_lost("a")
+    assert [m["run"] for m in record["moves"]] == ["s-2", "s-4"], record
+    assert record["fences"] == [{"host": "a", "run": "s-4", "launch_id": "L4", "reason": "moved to b"}], record
