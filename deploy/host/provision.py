@@ -5,12 +5,14 @@
 Idempotent and fast when nothing changed: one survey gathers what is there (missing
 packages, nvidia-smi, the venv, the requirements marker), in the invocation's bookkeeping
 command (deploy.host.session) or a command of its own, and nothing else runs unless something
-is missing. The marker `<venv>/.facenet-requirements` holds the requirements installed, with the
-pip arguments, the GPU count and the Python (one line of JSON); it is written only after the install
-and the TensorFlow GPU check both succeeded. pip runs when a requirement wanted is not among those
-installed; one no longer wanted (boto3 once storage.url is unset) stays, and costs no install.
+is missing. The marker `<venv>/.facenet-requirements` holds the requirements installed (each as a
+hash), with the pip arguments' hash, the GPU count and the Python (one line of JSON); it is removed
+before pip runs and written only after the install and the TensorFlow GPU check both succeeded. pip
+runs when a requirement wanted is not among those installed; one no longer wanted (boto3 once
+storage.url is unset) stays, and costs no install.
 """
 
+import hashlib
 import json
 import re
 import shlex
@@ -49,8 +51,10 @@ def requirements(inv, gpu_count):
 
 
 def marker_for(inv, gpu_count):
-    """The marker's text for an install of what `inv` wants: one line of JSON."""
-    return json.dumps({"requirements": sorted(requirements(inv, gpu_count)), "extra_args": inv.pip["extra_args"],
+    """The marker's text for an install of what `inv` wants: one line of JSON, each requirement and the pip arguments
+    as a hash (an index URL or a requirement's URL may hold a token)."""
+    digest = lambda value: hashlib.sha256(json.dumps(value).encode()).hexdigest()[:32]  # noqa: E731
+    return json.dumps({"requirements": sorted(map(digest, requirements(inv, gpu_count))), "extra_args": digest(inv.pip["extra_args"]),
                        "gpus": gpu_count, "python": inv.python}, sort_keys=True)
 
 
@@ -140,7 +144,8 @@ def provision(conn, inv, say):
     # hung); its full output goes to a log file here (FACENET_VERBOSE=1, or --verbose, shows it as it comes).
     log = state_dir() / "logs" / f"pip-{re.sub(r'[^A-Za-z0-9_.-]', '_', str(getattr(conn, 'label', None) or conn.host))}.log"
     with Progress(f"installing {'GPU' if gpu_lines else 'CPU'} requirements", log, say) as progress:
-        out = conn.run(f"{pip} {args}", hide=False, warn=True, in_stream=False, out_stream=progress, err_stream=progress)
+        out = conn.run(f"rm -f {rq(rjoin(venv, MARKER))}; {pip} {args}", hide=False, warn=True, in_stream=False,  # a failed
+                       out_stream=progress, err_stream=progress)  # install may have changed the venv: no marker covers it
     if out.failed:
         raise DeployError(f"pip install failed on the host (exit {out.exited}); its last lines:\n{progress.tail()}\n"
                           f"Its full output: {log}")

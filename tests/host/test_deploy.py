@@ -132,6 +132,11 @@ def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env,
     deploy_env.write(pip={"extra_args": ["--no-index"], "cpu": ["no-such-package-facenet==1.0"]})
     broken = deploy_env.fab("provision")
     assert broken.returncode == 1 and "pip install failed on the host" in broken.out and "no-such-package-facenet" in broken.out
+    marker = (fresh_venv / ".facenet-requirements")
+    assert not marker.exists()  # the failed install may have changed the venv: the next provision installs again
+    deploy_env.write(pip={"extra_args": ["--no-index", "--extra-index-url", "https://user:token-facenet@index.example/simple"],
+                          "cpu": ["numpy>=1.0", "pyyaml", "tensorflow-cpu"]})
+    assert deploy_env.fab("provision").returncode == 0 and "token-facenet" not in marker.read_text()
 
 
 def test_sync_code_mirrors_and_removes_stale_files(deploy_env):
