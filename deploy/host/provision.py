@@ -136,24 +136,31 @@ def provision(conn, inv, say):
             raise DeployError(f"The venv {venv} has no pip and ensurepip failed: {(out.stderr or out.stdout).strip()[-600:]}\n"
                               f"Remove it on the host (rm -r {venv}) and run `fab provision` again.")
         done["pip_repaired"] = True
-    reqs = requirements(inv, len(gpu_lines))
-    say(f"Installing {'GPU' if gpu_lines else 'CPU'} requirements into {venv}: {', '.join(reqs)}")
+    install_requirements(conn, inv, python, len(gpu_lines), say)
+    done["pip_installed"] = True
+    check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
+    conn.run(f"printf '%s\\n' {shlex.quote(want)} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
+    return done
+
+
+def install_requirements(conn, inv, python, gpu_count, say):
+    """pip install the requirements into the venv, its marker removed first: an install that fails partway may have
+    changed the venv, and no marker then covers it."""
+    venv, kind = inv.remote["venv"], "GPU" if gpu_count else "CPU"
+    reqs = requirements(inv, gpu_count)
+    say(f"Installing {kind} requirements into {venv}: {', '.join(reqs)}")
     pip = f"{python} -m pip install --disable-pip-version-check --progress-bar off"
     args = " ".join(shlex.quote(a) for a in [*inv.pip["extra_args"], *reqs])
     # One line with the elapsed time and what pip is at (the CUDA build of TensorFlow is gigabytes: a silent step looks
     # hung); its full output goes to a log file here (FACENET_VERBOSE=1, or --verbose, shows it as it comes).
     log = state_dir() / "logs" / f"pip-{re.sub(r'[^A-Za-z0-9_.-]', '_', str(getattr(conn, 'label', None) or conn.host))}.log"
-    with Progress(f"installing {'GPU' if gpu_lines else 'CPU'} requirements", log, say) as progress:
-        out = conn.run(f"rm -f {rq(rjoin(venv, MARKER))}; {pip} {args}", hide=False, warn=True, in_stream=False,  # a failed
-                       out_stream=progress, err_stream=progress)  # install may have changed the venv: no marker covers it
+    with Progress(f"installing {kind} requirements", log, say) as progress:
+        out = conn.run(f"rm -f {rq(rjoin(venv, MARKER))}; {pip} {args}", hide=False, warn=True, in_stream=False,
+                       out_stream=progress, err_stream=progress)
     if out.failed:
         raise DeployError(f"pip install failed on the host (exit {out.exited}); its last lines:\n{progress.tail()}\n"
                           f"Its full output: {log}")
     say(f"requirements installed in {progress.elapsed():.0f} s (pip's output: {log})")
-    done["pip_installed"] = True
-    check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
-    conn.run(f"printf '%s\\n' {shlex.quote(want)} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
-    return done
 
 
 GPU_PROBE = ("import json, sys, tensorflow as tf; "

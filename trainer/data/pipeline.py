@@ -15,7 +15,8 @@ from rich.text import Text
 
 from trainer.data.normalization import compute_stats, load_stats, save_stats
 from trainer.data.split import make_split
-from trainer.data.validation import default_cache_dir, entries_from_manifest, require_trainable, validate_dirs, write_manifest
+from trainer.data.validation import entries_from_manifest, require_trainable, validate_dirs, write_manifest
+from trainer.data.validation_cache import default_cache_dir
 from trainer.errors import DataError
 from trainer.results.report import make_console, print_validation_summary
 from trainer.results.runfiles import check_run_paths
