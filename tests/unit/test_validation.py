@@ -200,3 +200,50 @@ def test_the_cache_knows_a_file_by_any_spelling_and_a_cache_it_cannot_write_is_o
     (tmp_path / "a file").write_text("")
     unwritable = validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=tmp_path / "a file" / "cache")
     assert len(unwritable.accepted) == 3
+
+
+@pytest.mark.parametrize("content", ["null", "[]", '{"version": 1, "files": []}', '{"version": 1, "files": {"x": 1}}', "gone"])
+def test_a_cache_that_is_malformed_or_gone_when_read_is_only_a_slower_run(tmp_path, monkeypatch, content):
+    for i in range(2):
+        write_clip(tmp_path / "d" / f"{1001 + i}_IWL_ANG_XX.npz")
+    cache = tmp_path / "cache"
+    validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache)
+    (held,) = cache.iterdir()
+    if content == "gone":  # removed by another trainer between its check and its read
+        real = Path.read_text
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(FileNotFoundError(self))
+                            if self == held else real(self, *a, **k))
+    else:
+        held.write_text(content)
+    assert len(validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache).accepted) == 2
+
+
+def test_a_file_replaced_or_removed_while_it_is_validated_is_not_cached(tmp_path, monkeypatch):
+    """Its outcome belongs to the file that was read, not to what is there after: a file rewritten (rsync renames its
+    new copy in) while it was read is read again next time; one gone after the listing is rejected, not a crash."""
+    for i in range(3):
+        write_clip(tmp_path / "d" / f"{1001 + i}_IWL_ANG_XX.npz")
+    replaced, removed = tmp_path / "d" / "1001_IWL_ANG_XX.npz", tmp_path / "d" / "1002_IWL_ANG_XX.npz"
+    real = validation.check_file
+
+    def check_then_change(path, *args):
+        outcome = real(path, *args)
+        if path == str(replaced):
+            replaced.write_bytes(b"not an npz any more")
+        return outcome
+
+    monkeypatch.setattr(validation, "check_file", check_then_change)
+    listed = validation.find_files
+
+    def list_then_remove(dirs):
+        found = listed(dirs)
+        removed.unlink(missing_ok=True)
+        return found
+
+    monkeypatch.setattr(validation, "find_files", list_then_remove)
+    cache = tmp_path / "cache"
+    first = {Path(e.path).name: e.reason for e in validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache).entries}
+    assert first == {"1001_IWL_ANG_XX.npz": None, "1002_IWL_ANG_XX.npz": "corrupt", "1003_IWL_ANG_XX.npz": None}, first
+    monkeypatch.setattr(validation, "check_file", real)
+    second = {Path(e.path).name: e.reason for e in validate_dirs([tmp_path / "d"], DATA_CFG, cache_dir=cache).entries}
+    assert second == {"1001_IWL_ANG_XX.npz": "corrupt", "1003_IWL_ANG_XX.npz": None}, second

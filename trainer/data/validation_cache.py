@@ -3,7 +3,7 @@ its files (trainer/data/validation.py).
 
     cache = Cache(default_cache_dir(), dirs, key, dim)
     cache.get(path)             # the outcome check_file gave, or None (new, changed, or another key or width)
-    cache.put(path, outcome)
+    cache.put(path, outcome)    # after get, and after the file was read
     cache.save()
 """
 
@@ -30,31 +30,51 @@ class Cache:
         name = hashlib.sha256(json.dumps(sorted(str(Path(d).resolve()) for d in dirs)).encode()).hexdigest()[:24]
         self.path = Path(folder) / f"{name}.json" if folder else None
         self.data, self.found, self.dirty = {}, set(), False
+        self.before = {}  # real path -> its stamp when `get` looked, before the file was read
+        self.real_dirs = {}  # a folder as spelt -> its real path
         if self.path and self.path.is_file():
             try:
                 raw = json.loads(self.path.read_text())
-                if raw.get("version") == CACHE_VERSION:
-                    self.data = raw["files"]
-            except (OSError, ValueError, KeyError, TypeError):
-                self.data = {}
+            except (OSError, ValueError):
+                raw = None
+            if isinstance(raw, dict) and raw.get("version") == CACHE_VERSION and isinstance(raw.get("files"), dict):
+                self.data = raw["files"]
 
     def _stamp(self, path):
-        st = os.stat(path)
+        """[size, mtime, key:width] of the file, or None when it cannot be read (gone meanwhile)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
         return [st.st_size, st.st_mtime_ns, self.tag]
+
+    def _real(self, path):
+        """The file's real path: its folder's, resolved once per folder, unless the file itself is a link."""
+        folder, name = os.path.split(path)
+        if folder not in self.real_dirs:
+            self.real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(self.real_dirs[folder], name)
+        return os.path.realpath(real) if os.path.islink(real) else real
 
     def get(self, path):
         """The cached outcome of the file at `path` (any spelling of it: relative, through a link), or None."""
-        real = os.path.realpath(path)
+        real = self._real(path)
         self.found.add(real)
+        stamp = self.before[real] = self._stamp(path)
         hit = self.data.get(real)
-        if hit and hit["stamp"] == self._stamp(path):
+        if stamp and isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("outcome"), list):
             return tuple(hit["outcome"])
         return None
 
     def put(self, path, outcome):
-        real = os.path.realpath(path)
-        self.found.add(real)
-        self.data[real] = {"stamp": self._stamp(path), "outcome": list(outcome)}
+        """Keep the outcome of the file at `path`, read after `get`: only if the file is as it was then (not replaced
+        or removed while it was read)."""
+        real = self._real(path)
+        stamp = self._stamp(path)
+        if stamp is None or stamp != self.before.get(real):
+            self.data.pop(real, None)
+            return
+        self.data[real] = {"stamp": stamp, "outcome": list(outcome)}
         self.dirty = True
 
     def save(self):
