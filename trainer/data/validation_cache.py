@@ -29,8 +29,8 @@ class Cache:
         self.tag = f"{key}:{dim}"
         name = hashlib.sha256(json.dumps(sorted(str(Path(d).resolve()) for d in dirs)).encode()).hexdigest()[:24]
         self.path = Path(folder) / f"{name}.json" if folder else None
-        self.data, self.found, self.dirty = {}, set(), False
-        self.before = {}  # real path -> its stamp when `get` looked, before the file was read
+        self.data, self.dirty = {}, False
+        self.before = {}  # real path -> its stamp when `get` looked, before the file was read: the files found this time
         self.real_dirs = {}  # a folder as spelt -> its real path
         if self.path and self.path.is_file():
             try:
@@ -59,7 +59,6 @@ class Cache:
     def get(self, path):
         """The cached outcome of the file at `path` (any spelling of it: relative, through a link), or None."""
         real = self._real(path)
-        self.found.add(real)
         stamp = self.before[real] = self._stamp(path)
         hit = self.data.get(real)
         if stamp and isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("outcome"), list):
@@ -87,7 +86,7 @@ class Cache:
             pass  # the next run reads its files again
 
     def _save(self):
-        kept = {path: hit for path, hit in self.data.items() if path in self.found}
+        kept = {path: hit for path, hit in self.data.items() if path in self.before}
         if self.dirty or len(kept) != len(self.data) or not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             run_format.write_json(self.path, {"version": CACHE_VERSION, "files": kept}, indent=None)
