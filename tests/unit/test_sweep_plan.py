@@ -408,63 +408,63 @@ def test_a_claim_is_read_back_by_the_hosts_command_and_a_run_with_only_a_claim_i
     assert code == 1 and "error" in answer and "claim" not in answer, answer
 
 
-def test_a_lost_hosts_run_that_storage_says_started_there_moves_after_its_queued_runs_and_is_fenced(tmp_path, monkeypatch):
-    """The follower's last look at host a came before a's first run started (a busy laptop: seen in a whole-suite run
-    beside a busy loop). Run storage's pointer names a and the launch: the run counts as started there, so the run a
-    had not started moves first (a runner living on must not start it) and the started one is fenced on a's return."""
+def lost_host_follower(tmp_path, monkeypatch, queues, pointers, last):
+    """A Follower of sweep "s" with `queues` ({host: [run]}), run storage's pointers read from `pointers` (a dict the
+    test may change) and `last` as its last look at the hosts; returns (follower, record)."""
     from rich.console import Console
 
     from deploy.sweep import follow
 
     monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
-    runs = [{"run": r, "values": {}} for r in ("s-1", "s-2", "s-3")]
-    record = {"name": "s", "folds": None, "runs": runs, "queues": {"a": ["s-1", "s-2"], "b": ["s-3"]}, "lost": {},
-              "launched": [], "fences": [], "moves": [], "ended": {}}
-    pointers = {"s-1": {"host": "a", "launch_id": "L1", "epoch": 2, "state": "running"},
-                "s-3": {"host": "b", "launch_id": "L3", "epoch": 1, "state": "running"}}
+    runs = [{"run": r, "values": {}} for queue in queues.values() for r in queue]
+    record = {"name": "s", "folds": None, "runs": runs, "queues": queues, "lost": {}, "launched": [], "fences": [],
+              "moves": [], "ended": {}}
     monkeypatch.setattr(follow.stored, "configured", lambda inv: True)
     monkeypatch.setattr(follow.stored, "pointer", lambda inv, run: pointers.get(run))
-    inv = SimpleNamespace(recovery={"poll_seconds": 0, "unreachable_minutes": 0}, storage={"url": "s3://bucket/runs"})
-    said = []
-    follower = follow.Follower(None, inv, record, lambda *a: said.append(a[0]), Console(record=True, width=200))
-    follower.last.update({"s-1": {"state": "queued"}, "s-2": {"state": "queued"}})  # a's last answer: before s-1 started
+    inv = SimpleNamespace(recovery={"poll_seconds": 0, "unreachable_minutes": 0}, storage={"url": "s3://bucket/runs"},
+                          for_host=lambda host: None)
+    follower = follow.Follower(None, inv, record, lambda *args: None, Console(record=True, width=200))
+    follower.last.update(last)
+    return follower, record
+
+
+def test_a_lost_hosts_run_that_storage_says_started_there_moves_after_its_queued_runs_and_is_fenced(tmp_path, monkeypatch):
+    """The follower's last look at host a came before a's first run started (a busy laptop: seen in a whole-suite run
+    beside a busy loop). Run storage's pointer names a and the launch: the run counts as started there, so the run a
+    had not started moves first (a runner living on must not start it) and the started one is fenced on a's return."""
+    from deploy.sweep import follow
+
+    pointers = {"s-1": {"host": "a", "launch_id": "L1", "epoch": 2, "state": "running"},
+                "s-3": {"host": "b", "launch_id": "L3", "epoch": 1, "state": "running"}}
+    last = {"s-1": {"state": "queued"}, "s-2": {"state": "queued"}}  # a's last answer: before s-1 started
+    follower, record = lost_host_follower(tmp_path, monkeypatch, {"a": ["s-1", "s-2"], "b": ["s-3"]}, pointers, last)
     assert follower.started_on("s-1", "a") == (True, "L1")  # the launch to fence when a answers again
     assert follower.started_on("s-2", "a") == (False, None) and follower.started_on("s-3", "a") == (False, None)
     order = []
     monkeypatch.setattr(follow.Follower, "move", lambda self, *args: order.append(args) or True)
     follower.move_lost("a")
-    assert order == [("s-2", "a", "b", False, None), ("s-1", "a", "b", True, "L1")], (order, said)
+    assert order == [("s-2", "a", "b", False, None), ("s-1", "a", "b", True, "L1")], order
     assert record["queues"]["a"] == [] and "a" in record["lost"], record
 
 
 def test_a_lost_hosts_run_that_starts_there_while_another_is_moved_is_fenced_on_its_return(tmp_path, monkeypatch):
     """Host a is cut off from the laptop but not from storage: its runner starts s-4 while the follower moves s-2.
     s-4 was not started when the follower looked; its move asks again, and records the fence for a's return."""
-    from rich.console import Console
-
     from deploy.sweep import follow
 
-    monkeypatch.setenv("FACENET_STATE_DIR", str(tmp_path / "state"))
-    runs = [{"run": r, "values": {}} for r in ("s-2", "s-4", "s-3")]
-    record = {"name": "s", "folds": None, "runs": runs, "queues": {"a": ["s-2", "s-4"], "b": ["s-3"]}, "lost": {},
-              "launched": [], "fences": [], "moves": [], "ended": {}}
     pointers = {}
 
     def put_queue(target, hinv, rec, queued, *args, **kwargs):
         if queued[0]["run"] == "s-2":  # meanwhile, on a
             pointers["s-4"] = {"host": "a", "launch_id": "L4", "epoch": 0, "state": "running"}
 
-    monkeypatch.setattr(follow.stored, "configured", lambda inv: True)
-    monkeypatch.setattr(follow.stored, "pointer", lambda inv, run: pointers.get(run))
+    last = {"s-2": {"state": "queued"}, "s-4": {"state": "queued"}}
+    follower, record = lost_host_follower(tmp_path, monkeypatch, {"a": ["s-2", "s-4"], "b": ["s-3"]}, pointers, last)
     monkeypatch.setattr(follow.stored, "latest", lambda inv, run: (None, None, "nothing stored", None))
     monkeypatch.setattr(follow, "connect_host", lambda *args: SimpleNamespace(conn=SimpleNamespace(close=lambda: None)))
     monkeypatch.setattr(follow.sweep_hosts, "holds_run", lambda *args: False)
     monkeypatch.setattr(follow.sweep_hosts, "put_queue", put_queue)
     monkeypatch.setattr(follow.sweep_hosts, "start_runner", lambda *args: None)
-    inv = SimpleNamespace(recovery={"poll_seconds": 0, "unreachable_minutes": 0}, storage={"url": "s3://bucket/runs"},
-                          for_host=lambda host: None)
-    follower = follow.Follower(None, inv, record, lambda *args: None, Console(record=True, width=200))
-    follower.last.update({"s-2": {"state": "queued"}, "s-4": {"state": "queued"}})
     follower.move_lost("a")
     assert [m["run"] for m in record["moves"]] == ["s-2", "s-4"], record
     assert record["fences"] == [{"host": "a", "run": "s-4", "launch_id": "L4", "reason": "moved to b"}], record
