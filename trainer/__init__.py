@@ -6,11 +6,10 @@ TensorFlow is imported only by what needs it (the generator, the model, training
 validating data and reading results stay fast.
 """
 
-import os
+from trainer import startup
 
-# The one place that sets TensorFlow's C++ log level: its INFO lines would drown train.log and the
-# monitor's tail; warnings stay. Set before anything here imports TensorFlow; the environment wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# Before anything here imports TensorFlow: its C++ log level (the environment wins), and Keras without matplotlib.
+startup.install()
 
 __all__ = ["FixedVideoFacenetGenerator", "load_config", "validate_dirs", "build_model", "classification_metrics"]
 

@@ -78,8 +78,10 @@ def status(run_dir):
 
 
 def start_training(synth, runs, name, epochs, *extra):
+    """A tiny training in the background, drawing no pictures (no test of these runs looks at one; trained_run's are)."""
     cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
-           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", *TINY_ARGS, *map(str, extra)]
+           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", "--set", "train.pictures=false",
+           *TINY_ARGS, *map(str, extra)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

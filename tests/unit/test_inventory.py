@@ -193,7 +193,7 @@ def test_the_tensorflow_pin_and_log_level_each_have_one_owner():
     assert [p.name for p in sources if version in p.read_text()] == []  # setup.cfg alone pins it
     setters = [p.name for p in [*sources, *REPO_ROOT.glob("tests/**/*.py"), *REPO_ROOT.glob("bench/*.py")]
                if p.name != Path(__file__).name and any(f"TF_CPP_MIN_LOG_LEVEL{end}" in p.read_text() for end in ('"', "="))]
-    assert setters == ["__init__.py"]
+    assert setters == ["startup.py"]
 
 
 def test_prices_and_autostop_settings_are_read_per_host(tmp_path):
