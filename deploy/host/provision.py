@@ -10,12 +10,18 @@ hash), with the pip arguments' hash, the GPU count and the Python (one line of J
 before pip runs and written only after the install and the TensorFlow GPU check both succeeded. pip
 runs when a requirement wanted is not among those installed; one no longer wanted (boto3 once
 storage.url is unset) stays, and costs no install.
+
+Two provisions of one venv (two inventories whose runs_dir differ, each with its own host lock) take
+turns: the install, the check and the marker are done holding the venv's own lock (`flock` on
+<venv>/.facenet-provision.lock, held by a command whose end, or the connection's, releases it), and the
+second one reads the marker again once it holds it: what the first installed is not installed again.
 """
 
 import hashlib
 import json
 import re
 import shlex
+from contextlib import contextmanager
 
 from deploy.errors import DeployError
 from deploy.host import bookkeeping
@@ -24,6 +30,8 @@ from deploy.host.quoting import rjoin, rq
 from deploy.paths import state_dir
 
 MARKER = ".facenet-requirements"
+VENV_LOCK = ".facenet-provision.lock"
+VENV_LOCK_WAIT_S = 3600  # the CUDA build of TensorFlow takes minutes to install on a fast network
 
 
 def survey_request(inv):
@@ -136,11 +144,43 @@ def provision(conn, inv, say):
             raise DeployError(f"The venv {venv} has no pip and ensurepip failed: {(out.stderr or out.stdout).strip()[-600:]}\n"
                               f"Remove it on the host (rm -r {venv}) and run `fab provision` again.")
         done["pip_repaired"] = True
-    install_requirements(conn, inv, python, len(gpu_lines), say)
-    done["pip_installed"] = True
-    check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
-    conn.run(f"printf '%s\\n' {shlex.quote(want)} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
+    with venv_held(conn, venv, say):
+        marker = conn.run(f"cat {rq(rjoin(venv, MARKER))} 2>/dev/null", hide=True, warn=True, in_stream=False).stdout
+        if covers(marker, want):  # another provision of this venv installed them while this one waited
+            say(f"venv {venv} up to date (another provision of it installed the requirements meanwhile)")
+            return done
+        install_requirements(conn, inv, python, len(gpu_lines), say)
+        done["pip_installed"] = True
+        check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
+        conn.run(f"printf '%s\\n' {shlex.quote(want)} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
     return done
+
+
+@contextmanager
+def venv_held(conn, venv, say):
+    """The venv's lock, held on the host while the block runs: a command keeps `flock` on <venv>/VENV_LOCK open
+    until its input ends, when the block ends, or the connection does. Waits up to VENV_LOCK_WAIT_S for another
+    holder, saying so; DeployError when it cannot take it."""
+    lock = rq(rjoin(venv, VENV_LOCK))
+    script = (f"exec 9>>{lock} || exit 1; flock -n 9 || {{ echo waiting; flock -w {VENV_LOCK_WAIT_S} 9 || exit 1; }}; "
+              "echo held; exec cat >/dev/null")
+    conn.open()
+    channel = conn.transport.open_session(timeout=conn.connect_timeout or 30)
+    try:
+        channel.settimeout(None)  # as `conn.run`: a host that stops answering is lost by the connection's keepalives
+        channel.exec_command(f"sh -c {shlex.quote(script)}")
+        for line in channel.makefile("r"):  # up to "held"; its end: the lock was not taken
+            if line.strip() == "waiting":
+                say(f"Waiting for another provision of the venv {venv} to finish (up to {VENV_LOCK_WAIT_S} s)", "yellow")
+            elif line.strip() == "held":
+                break
+        else:
+            conn.check_alive()
+            error = channel.makefile_stderr("r").read().strip()[-600:]
+            raise DeployError(f"Could not take the lock of the venv {venv} ({VENV_LOCK}){': ' + error if error else ''}")
+        yield
+    finally:
+        channel.close()  # its command's input ends: the lock is released
 
 
 def install_requirements(conn, inv, python, gpu_count, say):

@@ -139,6 +139,26 @@ def test_provision_installs_from_the_requirements_and_remembers_them(deploy_env,
     assert deploy_env.fab("provision").returncode == 0 and "token-facenet" not in marker.read_text()
 
 
+def test_two_provisions_of_one_venv_take_turns_and_install_once(deploy_env, ssh_host, fresh_venv, tmp_path):
+    """Two inventories with one venv and runs_dir of their own (each its own host lock): the one that waits for the
+    venv's lock finds the other's install done and checked, and installs nothing."""
+    from tests.support.deploy_env import DeployEnv
+
+    (tmp_path / "other deploy").mkdir()
+    other = DeployEnv(tmp_path / "other deploy", ssh_host, fresh_venv)
+    try:
+        deploy_env.write(default_host="local", remote={**deploy_env.inventory["remote"], "venv": str(fresh_venv)})
+        other.write(default_host="local")
+        procs = [env.popen("provision") for env in (deploy_env, other)]
+        outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    finally:
+        other.cleanup()
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    assert sum("requirements installed in" in out for out in outs) == 1, outs
+    assert sum("up to date" in out for out in outs) == 1, outs  # right away, or after its wait for the lock
+    assert (fresh_venv / ".facenet-requirements").is_file()
+
+
 def test_sync_code_mirrors_and_removes_stale_files(deploy_env):
     deploy_env.write(default_host="local")
     assert deploy_env.fab("sync-code").returncode == 0
