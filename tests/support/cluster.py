@@ -9,8 +9,10 @@ import time
 
 from tests.support.helpers import ROOT
 
+# No pictures unless a test asks for them (`--set train.pictures=true` after these): drawing them is a third of a tiny run.
 TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
-        "--set", "data.max_frames=40", "--set", "train.workers=1", "--set", "train.patience=100", "--set", "train.lr_patience=100"]
+        "--set", "data.max_frames=40", "--set", "train.workers=1", "--set", "train.patience=100", "--set", "train.lr_patience=100",
+        "--set", "train.pictures=false"]
 
 
 def free_ports(n):
@@ -43,7 +45,7 @@ class Cluster:
         for k in range(len(self.addresses)):
             where = ["--resume", str(self.run_dir(k))] if "--resume" in args else ["--out", str(self.root / f"w{k}"), "--run-name", "run"]
             rest = [a for a in args if a != "--resume"]
-            cmd = [sys.executable, "-m", "trainer", "train", *where, *map(str, rest), *TINY]
+            cmd = [sys.executable, "-m", "trainer", "train", *where, *TINY, *map(str, rest)]  # the test's own --set wins
             if data is not None:
                 cmd += ["--data", str(data[k])]
             self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env(k, env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
