@@ -8,8 +8,8 @@ validating data and reading results stay fast.
 
 from trainer import startup
 
-# Before anything here imports TensorFlow: its C++ log level (the environment wins), and Keras without matplotlib.
-startup.install()
+# Before anything here imports TensorFlow: its C++ log level (the environment wins).
+startup.quiet_tensorflow()
 
 __all__ = ["FixedVideoFacenetGenerator", "load_config", "validate_dirs", "build_model", "classification_metrics"]
 

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainer import startup
 from trainer.errors import UserError
 from trainer.names import check_run_name
 from trainer.training.status import write_json_atomic
@@ -181,6 +182,7 @@ def build_parser():
 
 
 def main(argv=None):
+    startup.keras_without_matplotlib()  # a trainer process: Keras loads without pyplot (trainer/startup.py)
     args = build_parser().parse_args(argv)
     args.outcome = {"command": args.command, "ok": False, "exit_code": 1, "message": ""}
     try:

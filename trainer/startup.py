@@ -1,14 +1,16 @@
-"""What a trainer process sets before TensorFlow and Keras load (installed by `import trainer`).
+"""What a trainer process sets before TensorFlow and Keras load.
 
-    os.environ["TF_CPP_MIN_LOG_LEVEL"]   # "1" unless set: TensorFlow's C++ INFO lines would drown train.log
-    sys.meta_path                        # KerasWithoutMatplotlib: Keras' own import of matplotlib is refused
+    quiet_tensorflow()           # `import trainer`: TF_CPP_MIN_LOG_LEVEL "1" unless set (C++ INFO lines would drown train.log)
+    keras_without_matplotlib()   # `python -m trainer` (cli.main): Keras' own import of matplotlib is refused
 
 Keras 3 imports matplotlib.pyplot when it loads (keras.src.visualization, for plotting helpers the
 trainer never calls; it takes `plt = None` when the import fails). That is about a sixth of every
-TensorFlow process's start, a trainer's, a smoke test's and a scoring's alike. The trainer draws its
-pictures with matplotlib's object API (trainer/results/plots.py), which imports matplotlib when it
-draws. Only an import made by Keras' own modules is refused: `import matplotlib.pyplot` anywhere
-else, before or after, works as ever, and a matplotlib already loaded is simply found by Keras.
+trainer process's start: a training's, a smoke test's, a scoring's. The trainer draws its pictures
+with matplotlib's object API (trainer/results/plots.py), which imports matplotlib when it draws.
+Only an import made by Keras' own modules is refused, and only in the CLI's process: `import
+matplotlib.pyplot` anywhere else, before or after, works as ever, a matplotlib already loaded is
+simply found by Keras, and a program that imports `trainer` as a library keeps Keras as it comes
+(its plotting helpers, such as keras.visualization.plot_image_gallery, need pyplot).
 """
 
 import os
@@ -34,7 +36,10 @@ def _importer():
     return frame.f_globals.get("__name__", "") if frame is not None else ""
 
 
-def install():
+def quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    if not any(isinstance(f, KerasWithoutMatplotlib) for f in sys.meta_path):
+
+
+def keras_without_matplotlib():
+    if not any(type(f).__name__ == KerasWithoutMatplotlib.__name__ for f in sys.meta_path):  # once, even after a reload
         sys.meta_path.insert(0, KerasWithoutMatplotlib())

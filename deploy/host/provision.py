@@ -12,8 +12,8 @@ runs when a requirement wanted is not among those installed; one no longer wante
 storage.url is unset) stays, and costs no install.
 
 Two provisions of one venv (two inventories whose runs_dir differ, each with its own host lock) take
-turns: the install, the check and the marker are done holding the venv's own lock (`flock` on
-<venv>/.facenet-provision.lock, held by a command whose end, or the connection's, releases it), and the
+turns: the install, the check and the marker are done holding the venv's own lock (an flock on
+<venv>/.facenet-provision.lock, held by a command on the host whose end, or the connection's, releases it), and the
 second one reads the marker again once it holds it: what the first installed is not installed again.
 """
 
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from deploy.errors import DeployError
 from deploy.host import bookkeeping
 from deploy.host.progress import Progress
-from deploy.host.quoting import rjoin, rq
+from deploy.host.quoting import PYTHON3, rjoin, rq
 from deploy.paths import state_dir
 
 MARKER = ".facenet-requirements"
@@ -156,19 +156,42 @@ def provision(conn, inv, say):
     return done
 
 
+# The holder of a venv's lock on the host (its system python3, as the bookkeeping helper: no `flock` needed): "waiting"
+# while another holds it, "held" once it does; it keeps it until its input ends.
+VENV_LOCKER = """import fcntl, sys, time
+path, wait = sys.argv[1], float(sys.argv[2])
+try:
+    f = open(path, "a")
+except OSError as e:
+    sys.exit(f"cannot open {path}: {e}")
+deadline, said = time.monotonic() + wait, False
+while True:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except BlockingIOError:
+        if time.monotonic() > deadline:
+            sys.exit(f"another provision of this venv held {path} for over {wait:.0f} s")
+        if not said:
+            print("waiting", flush=True)
+            said = True
+        time.sleep(1)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 @contextmanager
 def venv_held(conn, venv, say):
-    """The venv's lock, held on the host while the block runs: a command keeps `flock` on <venv>/VENV_LOCK open
-    until its input ends, when the block ends, or the connection does. Waits up to VENV_LOCK_WAIT_S for another
-    holder, saying so; DeployError when it cannot take it."""
-    lock = rq(rjoin(venv, VENV_LOCK))
-    script = (f"exec 9>>{lock} || exit 1; flock -n 9 || {{ echo waiting; flock -w {VENV_LOCK_WAIT_S} 9 || exit 1; }}; "
-              "echo held; exec cat >/dev/null")
+    """The venv's lock, held on the host while the block runs: VENV_LOCKER keeps an flock on <venv>/VENV_LOCK until its
+    input ends, when the block ends, or the connection does. Waits up to VENV_LOCK_WAIT_S for another holder, saying
+    so; DeployError naming the lock when it cannot take it."""
+    lock = rjoin(venv, VENV_LOCK)
     conn.open()
     channel = conn.transport.open_session(timeout=conn.connect_timeout or 30)
     try:
         channel.settimeout(None)  # as `conn.run`: a host that stops answering is lost by the connection's keepalives
-        channel.exec_command(f"sh -c {shlex.quote(script)}")
+        channel.exec_command(f"exec {PYTHON3} -c {shlex.quote(VENV_LOCKER)} {rq(lock)} {VENV_LOCK_WAIT_S}")
         for line in channel.makefile("r"):  # up to "held"; its end: the lock was not taken
             if line.strip() == "waiting":
                 say(f"Waiting for another provision of the venv {venv} to finish (up to {VENV_LOCK_WAIT_S} s)", "yellow")
@@ -176,11 +199,11 @@ def venv_held(conn, venv, say):
                 break
         else:
             conn.check_alive()
-            error = channel.makefile_stderr("r").read().strip()[-600:]
-            raise DeployError(f"Could not take the lock of the venv {venv} ({VENV_LOCK}){': ' + error if error else ''}")
+            error = channel.makefile_stderr("rb").read().decode("utf-8", "replace").strip()[-600:]
+            raise DeployError(f"Could not take the lock of the venv {venv} ({lock}){': ' + error if error else ''}")
         yield
     finally:
-        channel.close()  # its command's input ends: the lock is released
+        channel.close()  # its holder's input ends: the lock is released
 
 
 def install_requirements(conn, inv, python, gpu_count, say):

@@ -159,6 +159,36 @@ def test_two_provisions_of_one_venv_take_turns_and_install_once(deploy_env, ssh_
     assert (fresh_venv / ".facenet-requirements").is_file()
 
 
+def test_a_provision_waits_for_the_venvs_lock_and_names_it_when_it_cannot_take_it(deploy_env, fresh_venv):
+    """Another holder of the venv's lock (here this test, as another provision would): the provision says it waits,
+    and installs once it is free; a lock that cannot be made is a clear error naming it, before any install."""
+    import fcntl
+    import time
+
+    from deploy.demo.localhost import processes_under
+    from deploy.host.provision import VENV_LOCK, VENV_LOCKER
+
+    deploy_env.write(default_host="local", remote={**deploy_env.inventory["remote"], "venv": str(fresh_venv)})
+    lock = fresh_venv / VENV_LOCK
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = deploy_env.popen("provision")
+        # its holder on the host has found the lock taken once it runs (it then says so and polls every second)
+        waiting = lambda: [c for c in processes_under(fresh_venv).values() if "fcntl" in c and VENV_LOCKER[:20] in c]  # noqa: E731
+        wait_until(waiting, 120, "the provision's lock holder to start")
+        time.sleep(2)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert out.index("Waiting for another provision of the venv") < out.index("requirements installed in"), out
+
+    (fresh_venv / ".facenet-requirements").unlink()
+    lock.unlink()
+    lock.mkdir()  # a lock that cannot be opened
+    refused = deploy_env.fab("provision")
+    assert refused.returncode == 1 and f"Could not take the lock of the venv {fresh_venv} ({lock}): cannot open" in refused.out, refused.out
+    assert "Installing" not in refused.out and "Traceback" not in refused.out
+
+
 def test_sync_code_mirrors_and_removes_stale_files(deploy_env):
     deploy_env.write(default_host="local")
     assert deploy_env.fab("sync-code").returncode == 0
