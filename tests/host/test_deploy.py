@@ -174,8 +174,8 @@ def test_a_provision_waits_for_the_venvs_lock_and_names_it_when_it_cannot_take_i
         fcntl.flock(held, fcntl.LOCK_EX)
         proc = deploy_env.popen("provision")
         # its holder on the host has found the lock taken once it runs (it then says so and polls every second)
-        waiting = lambda: [c for c in processes_under(fresh_venv).values() if "fcntl" in c and VENV_LOCKER[:20] in c]  # noqa: E731
-        wait_until(waiting, 120, "the provision's lock holder to start")
+        wait_until(lambda: [c for c in processes_under(fresh_venv).values() if VENV_LOCKER[:20] in c], 120,
+                   "the provision's lock holder to start")
         time.sleep(2)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
