@@ -12,6 +12,7 @@ patches TensorFlow undoes it), and all share the process's one strategy, as a tr
 MultiWorkerMirroredStrategy once).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -204,38 +205,6 @@ def case_overflow():
     return {"steps": report}
 
 
-def case_allreduce_count():
-    """2 replicas: all-reduces made per training and per evaluation step (counted while the steps
-    are traced) and whether an Assert op is in the traced step."""
-    counts = {}
-    original = tf.distribute.ReplicaContext.all_reduce
-
-    def counting(self, *args, **kwargs):
-        graph = tf.compat.v1.get_default_graph()
-        counts[graph] = counts.get(graph, 0) + 1
-        return original(self, *args, **kwargs)
-
-    tf.distribute.ReplicaContext.all_reduce = counting
-    try:
-        strategy = strategy_of_case()
-        with strategy.scope():
-            model = compile_model(project_model(probe=Probe()), DEFAULTS["train"], CLASSES)
-        x, y = clips(16, seed=5)
-        Probe.calls.clear()
-        loop.fit(model, strategy, Batches(x, y, 8), Batches(x, y, 8), 1, [], log=lambda s: None)
-    finally:
-        tf.distribute.ReplicaContext.all_reduce = original
-    per_step = {"train": set(), "evaluate": set()}
-    asserts = set()
-    for graph, training in Probe.calls:
-        calls = sum(1 for g, t in Probe.calls if g is graph)
-        per_step["train" if training else "evaluate"].add(counts.get(graph, 0) / calls)
-        definition = graph.as_graph_def()  # the step's ops and those of the functions it calls (cond branches)
-        ops = [n.op for n in definition.node] + [n.op for f in definition.library.function for n in f.node_def]
-        asserts.add("Assert" in ops)
-    return {"all_reduces_per_step": {k: sorted(v) for k, v in per_step.items()}, "assert_op_in_step": sorted(asserts)}
-
-
 def case_dropout():
     """The weights after one step on one clip: on one device, or on 2 replicas each given that same
     clip (identical dropout masks on both replicas make both equal); then the same again."""
@@ -254,23 +223,58 @@ def case_dropout():
 
 
 def case_per_execution():
-    """2 replicas: the weights after 5 steps (dropout on) run 1 or 2 per call (2, 2, then a short last call of 1),
-    and where the batches were put."""
+    """2 replicas: the weights after 5 steps (dropout on) run 1 or 2 per call (2, 2, then a short last call of 1), and
+    where the batches were put; over both fits, the all-reduces made per training and per evaluation step (counted while
+    the steps are traced) and whether an Assert op is in a traced step."""
     strategy = strategy_of_case()
     x, y = clips(20, seed=10)
     out = {}
-    for k in (1, 2):
-        keras.utils.set_random_seed(12)
-        with strategy.scope():
-            model = compile_model(project_model(), DEFAULTS["train"], CLASSES)
-        loop.fit(model, strategy, Batches(x, y, 4), Batches(x[:4], y[:4], 4), 1, [], log=lambda s: None, steps_per_execution=k)
-        out[f"digest_k{k}"] = digest(model)
+    with counting_all_reduces() as counts:
+        for k in (1, 2):
+            keras.utils.set_random_seed(12)
+            with strategy.scope():
+                model = compile_model(project_model(probe=Probe()), DEFAULTS["train"], CLASSES)
+            loop.fit(model, strategy, Batches(x, y, 4), Batches(x[:4], y[:4], 4), 1, [], log=lambda s: None, steps_per_execution=k)
+            out[f"digest_k{k}"] = digest(model)
+    out.update(all_reduces_per_step(counts))
     from trainer.training.feeder import Feeder
 
     x_share, _, _ = Feeder(strategy)._load(Batches(x, y, 4), 0)
     out["share_devices"] = [t.device for t in strategy.experimental_local_results(x_share)]
     out["replica_devices"] = list(strategy.extended.worker_devices)
     return out
+
+
+@contextlib.contextmanager
+def counting_all_reduces():
+    """{graph: all-reduces made in it} while the block runs."""
+    counts = {}
+    original = tf.distribute.ReplicaContext.all_reduce
+
+    def counting(self, *args, **kwargs):
+        graph = tf.compat.v1.get_default_graph()
+        counts[graph] = counts.get(graph, 0) + 1
+        return original(self, *args, **kwargs)
+
+    tf.distribute.ReplicaContext.all_reduce = counting
+    try:
+        yield counts
+    finally:
+        tf.distribute.ReplicaContext.all_reduce = original
+
+
+def all_reduces_per_step(counts):
+    """From the graphs the Probe saw traced (a call of K steps calls it K times): the all-reduces per training and per
+    evaluation step, and whether an Assert op is in any of them."""
+    per_step = {"train": set(), "evaluate": set()}
+    asserts = set()
+    for graph, training in Probe.calls:
+        calls = sum(1 for g, t in Probe.calls if g is graph)
+        per_step["train" if training else "evaluate"].add(counts.get(graph, 0) / calls)
+        definition = graph.as_graph_def()  # the step's ops and those of the functions it calls (cond branches)
+        ops = [n.op for n in definition.node] + [n.op for f in definition.library.function for n in f.node_def]
+        asserts.add("Assert" in ops)
+    return {"all_reduces_per_step": {k: sorted(v) for k, v in per_step.items()}, "assert_op_in_step": sorted(asserts)}
 
 
 def clip_files(x):
@@ -363,7 +367,7 @@ def case_epoch_timing():
 
 
 def case_threads():
-    """One of 2 loopback workers: 600 steps of a tiny model (a thread per collective would add 600); the process's
+    """One of 2 loopback workers: 200 steps of a tiny model (a thread per collective would add 200); the process's
     threads before and after, and how often the training step was traced."""
     def threads():
         return int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Threads:")))
@@ -372,12 +376,12 @@ def case_threads():
     with strategy.scope():
         model = compile_model(project_model(dropout=0.0, units=2, probe=Probe()), DEFAULTS["train"], CLASSES)
     rng = np.random.default_rng(0)
-    x = [rng.normal(size=(2, DIM)).astype(np.float32) for _ in range(1200)]
-    y = rng.integers(0, CLASSES, 1200)
+    x = [rng.normal(size=(2, DIM)).astype(np.float32) for _ in range(400)]
+    y = rng.integers(0, CLASSES, 400)
     loop.fit(model, strategy, Batches(x[:8], y[:8], 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)  # traced, warmed
     before, t0 = threads(), time.monotonic()
     loop.fit(model, strategy, Batches(x, y, 2), Batches(x[:2], y[:2], 2), 1, [], log=lambda s: None)
-    return {"threads_before": before, "threads_after": threads(), "steps": 600, "seconds": round(time.monotonic() - t0, 1),
+    return {"threads_before": before, "threads_after": threads(), "steps": 200, "seconds": round(time.monotonic() - t0, 1),
             "train_traces": sum(training for _, training in Probe.calls)}  # clips of one length: one trace per fit call
 
 
