@@ -14,6 +14,7 @@ import shlex
 import threading
 
 from deploy.errors import DeployError
+from deploy.host.connection import open_channel
 from deploy.host.quoting import PYTHON3
 from deploy.paths import REPO_ROOT
 
@@ -45,10 +46,7 @@ class Bookkeeping:
     def __init__(self, conn, request):
         self.conn = conn
         self.lock = threading.Lock()  # the keeper's beats and the release share the channel
-        conn.open()
-        self.channel = conn.transport.open_session(timeout=conn.connect_timeout or 30)
-        self.channel.settimeout(None)  # as `conn.run`: a host that stops answering is lost by the connection's keepalives
-        self.channel.exec_command(command(request))
+        self.channel = open_channel(conn, command(request))
         self.stdout = self.channel.makefile("r")
         try:
             self.answer = self._read()

@@ -239,6 +239,21 @@ def pin_host_keys(conn):
     return conn
 
 
+def open_channel(conn, command):
+    """A session channel of `conn` running `command`: for a remote process the task talks with while it works (the
+    bookkeeping helper, the venv's lock holder). Its reads wait as `conn.run`'s do: a host that stops answering is lost
+    by the connection's keepalives."""
+    conn.open()
+    channel = conn.transport.open_session(timeout=conn.connect_timeout or 30)
+    try:
+        channel.settimeout(None)
+        channel.exec_command(command)
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
 def ssh_command(conn):
     """The OpenSSH command line that reaches `conn`, for `rsync -e`. Host keys are trusted on
     first use and kept in the state dir's known_hosts; keepalives as for paramiko."""

@@ -25,13 +25,19 @@ from contextlib import contextmanager
 
 from deploy.errors import DeployError
 from deploy.host import bookkeeping
+from deploy.host.connection import open_channel
 from deploy.host.progress import Progress
 from deploy.host.quoting import PYTHON3, rjoin, rq
 from deploy.paths import state_dir
 
-MARKER = ".facenet-requirements"
+MARKER = ".facenet-requirements"  # in the venv: the requirements installed into it (remote_scripts/fab_session.py reads it too)
 VENV_LOCK = ".facenet-provision.lock"
 VENV_LOCK_WAIT_S = 3600  # the CUDA build of TensorFlow takes minutes to install on a fast network
+
+
+def marker_path(venv):
+    """The marker's path in `venv`, quoted for the host's shell."""
+    return rq(rjoin(venv, MARKER))
 
 
 def survey_request(inv):
@@ -145,14 +151,14 @@ def provision(conn, inv, say):
                               f"Remove it on the host (rm -r {venv}) and run `fab provision` again.")
         done["pip_repaired"] = True
     with venv_held(conn, venv, say):
-        marker = conn.run(f"cat {rq(rjoin(venv, MARKER))} 2>/dev/null", hide=True, warn=True, in_stream=False).stdout
+        marker = conn.run(f"cat {marker_path(venv)} 2>/dev/null", hide=True, warn=True, in_stream=False).stdout
         if covers(marker, want):  # another provision of this venv installed them while this one waited
             say(f"venv {venv} up to date (another provision of it installed the requirements meanwhile)")
             return done
         install_requirements(conn, inv, python, len(gpu_lines), say)
         done["pip_installed"] = True
         check_tensorflow_gpus(conn, inv, len(gpu_lines), say)
-        conn.run(f"printf '%s\\n' {shlex.quote(want)} > {rq(rjoin(venv, MARKER))}", hide=True, in_stream=False)
+        conn.run(f"printf '%s\\n' {shlex.quote(want)} > {marker_path(venv)}", hide=True, in_stream=False)
     return done
 
 
@@ -187,11 +193,8 @@ def venv_held(conn, venv, say):
     input ends, when the block ends, or the connection does. Waits up to VENV_LOCK_WAIT_S for another holder, saying
     so; DeployError naming the lock when it cannot take it."""
     lock = rjoin(venv, VENV_LOCK)
-    conn.open()
-    channel = conn.transport.open_session(timeout=conn.connect_timeout or 30)
+    channel = open_channel(conn, f"exec {PYTHON3} -c {shlex.quote(VENV_LOCKER)} {rq(lock)} {VENV_LOCK_WAIT_S}")
     try:
-        channel.settimeout(None)  # as `conn.run`: a host that stops answering is lost by the connection's keepalives
-        channel.exec_command(f"exec {PYTHON3} -c {shlex.quote(VENV_LOCKER)} {rq(lock)} {VENV_LOCK_WAIT_S}")
         for line in channel.makefile("r"):  # up to "held"; its end: the lock was not taken
             if line.strip() == "waiting":
                 say(f"Waiting for another provision of the venv {venv} to finish (up to {VENV_LOCK_WAIT_S} s)", "yellow")
@@ -218,7 +221,7 @@ def install_requirements(conn, inv, python, gpu_count, say):
     # hung); its full output goes to a log file here (FACENET_VERBOSE=1, or --verbose, shows it as it comes).
     log = state_dir() / "logs" / f"pip-{re.sub(r'[^A-Za-z0-9_.-]', '_', str(getattr(conn, 'label', None) or conn.host))}.log"
     with Progress(f"installing {kind} requirements", log, say) as progress:
-        out = conn.run(f"rm -f {rq(rjoin(venv, MARKER))}; {pip} {args}", hide=False, warn=True, in_stream=False,
+        out = conn.run(f"rm -f {marker_path(venv)}; {pip} {args}", hide=False, warn=True, in_stream=False,
                        out_stream=progress, err_stream=progress)
     if out.failed:
         raise DeployError(f"pip install failed on the host (exit {out.exited}); its last lines:\n{progress.tail()}\n"
