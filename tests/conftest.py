@@ -113,7 +113,7 @@ def fake_bin_host(tmp_path, host_venv):
         for name, text in scripts.items():
             (fake_bin / name.replace("_", "-")).write_text(text)
             (fake_bin / name.replace("_", "-")).chmod(0o755)
-        host = LocalSSHHost(tmp_path / "sshd", extra_config=f"SetEnv PATH={fake_bin}:/usr/local/bin:/usr/bin:/bin\n").start()
+        host = LocalSSHHost(tmp_path / "sshd", env={"PATH": f"{fake_bin}:/usr/local/bin:/usr/bin:/bin"}).start()
         root = tmp_path / "gpu deploy"
         root.mkdir()
         env = DeployEnv(root, host, host_venv)

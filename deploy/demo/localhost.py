@@ -6,6 +6,11 @@
 
 Runs the real /usr/sbin/sshd -D -e -f CONFIG at a free high port, with a host key and a user
 key generated in `root`, accepting only that key for the current user.
+
+Its commands run as on a new cloud host, whatever this account's ~/.bashrc holds: bash reads ~/.bashrc for a command
+sent over SSH unless it is a nested shell, and Ubuntu's .bashrc returns at once when not interactive, where a
+workstation's may start pyenv or conda (a tenth of a CPU-second and more for every command) or print text (which
+breaks rsync). Each session gets SHLVL=1, so its login shell counts itself nested and skips ~/.bashrc.
 """
 
 import getpass
@@ -40,9 +45,11 @@ class LocalSSHHost:
     """`user`: the account that logs in (default: this one); sshd, run by root, reads its
     authorized_keys file as that user, so `root` must then be readable by it."""
 
-    def __init__(self, root, extra_config="", user=None):
+    def __init__(self, root, user=None, env=None):
         self.root = Path(root).resolve()
-        self.extra_config = extra_config  # more sshd_config lines, e.g. "SetEnv PATH=..."
+        # set in every session (the module docstring says why SHLVL), e.g. {"PATH": ...}; values without spaces. One
+        # SetEnv line: sshd takes the first alone
+        self.env = {"SHLVL": "1", **(env or {})}
         self.user = user or getpass.getuser()
         self.key_file = self.root / "id_ed25519"
         self.log_file = self.root / "sshd.log"
@@ -69,7 +76,8 @@ class LocalSSHHost:
             f"AllowUsers {self.user}\n"
             "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nAllowTcpForwarding local\nX11Forwarding no\n"
-            "MaxStartups 50\nMaxSessions 50\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n" + self.extra_config
+            "MaxStartups 50\nMaxSessions 50\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n"
+            "SetEnv " + " ".join(f"{name}={value}" for name, value in self.env.items()) + "\n"
         )
         self.log = open(self.log_file, "a")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)

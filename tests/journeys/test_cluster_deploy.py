@@ -33,7 +33,7 @@ def pair(tmp_path, ssh_host, smoke_standin_venv):
     host_venv = smoke_standin_venv
     tmux_dir = tmp_path / "tmux2"  # another machine, another tmux server: the same session name must not clash
     tmux_dir.mkdir()
-    second = LocalSSHHost(tmp_path / "sshd2", extra_config=f"SetEnv TMUX_TMPDIR={tmux_dir}\n").start()
+    second = LocalSSHHost(tmp_path / "sshd2", env={"TMUX_TMPDIR": tmux_dir}).start()
     root = tmp_path / "cluster deploy"
     root.mkdir()
     env = DeployEnv(root, ssh_host, host_venv)

@@ -219,7 +219,7 @@ class Scenario:
         for name in ("a", "b"):
             self.tmux[name] = workdir / f"tmux-{name}"  # a tmux server of its own: one host's server killed is not the other's
             self.tmux[name].mkdir()
-            self.sshd[name] = LocalSSHHost(workdir / f"sshd-{name}", extra_config=f"SetEnv TMUX_TMPDIR={self.tmux[name]}\n").start()
+            self.sshd[name] = LocalSSHHost(workdir / f"sshd-{name}", env={"TMUX_TMPDIR": self.tmux[name]}).start()
         self.env = DeployEnv(self.root, self.sshd["a"], host_venv)
         self.bucket = new_bucket(moto_url)
         # epochs of a second or two here (a tiny model, 400 clips of up to 100 frames): faults land inside them

@@ -32,7 +32,7 @@ class SweepHosts:
         self.sshd = {}
         for name, folder in self.tmux.items():
             folder.mkdir()
-            self.sshd[name] = LocalSSHHost(tmp_path / f"sshd-{name}", extra_config=f"SetEnv TMUX_TMPDIR={folder}\n").start()
+            self.sshd[name] = LocalSSHHost(tmp_path / f"sshd-{name}", env={"TMUX_TMPDIR": folder}).start()
         self.env = DeployEnv(self.root, self.sshd["a"], venv)
         train = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": epochs}}
         hosts = {}
@@ -141,7 +141,7 @@ class LaunchedHost:
 
         self.root, self.tmux = tmp_path / "laptop", tmp_path / "tmux"
         self.root.mkdir(), self.tmux.mkdir()
-        self.sshd = LocalSSHHost(tmp_path / "sshd", extra_config=f"SetEnv TMUX_TMPDIR={self.tmux}\n").start()
+        self.sshd = LocalSSHHost(tmp_path / "sshd", env={"TMUX_TMPDIR": self.tmux}).start()
         self.env = DeployEnv(self.root, self.sshd, venv)
         ssh_config = self.root / "ssh config"
         ssh_config.write_text(f"Host * !127.0.0.1\n    HostName 127.0.0.1\n    Port {self.sshd.port}\n")
