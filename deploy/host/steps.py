@@ -11,6 +11,7 @@ KeyboardInterrupt (deploy.host.connection.HostConnection.run).
     was_ended(token)                 # ended by an interrupt: the caller raises KeyboardInterrupt
 """
 
+import sys
 import threading
 import uuid
 
@@ -19,11 +20,12 @@ from fabric.runners import Remote
 
 # The group is read from the matching environment entry itself, in the one pass over /proc: the step's short-lived
 # processes (follow_log.sh starts one every second) may be gone before a second read of the file grep named.
+# It prints a line only when the step was not simply ended by SIGTERM: fab shows it (a fab left waiting on a step then says why).
 END_STEP = """pg=$(grep -hzox 'FACENET_STEP={token}:[0-9]*' /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | sed -n '1s/^FACENET_STEP={token}://p')
-[ -n "$pg" ] && [ "$pg" -gt 1 ] || exit 0
-kill -TERM "-$pg" 2>/dev/null || exit 0
+[ -n "$pg" ] && [ "$pg" -gt 1 ] || {{ echo "no process of the step was found on the host"; exit 0; }}
+kill -TERM "-$pg" 2>/dev/null || {{ echo "the step's process group $pg had already ended"; exit 0; }}
 i=0; while [ $i -lt 25 ] && kill -0 "-$pg" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
-kill -KILL "-$pg" 2>/dev/null; exit 0"""
+kill -KILL "-$pg" 2>/dev/null && echo "the step's process group $pg was killed: it outlived SIGTERM by 5 s"; exit 0"""
 ACTIVE_STEPS = {}  # token -> its connection: the remote steps running now, in every thread
 ENDED_STEPS = set()  # tokens of steps ended by an interrupt: their run() raises KeyboardInterrupt
 STEPS_LOCK = threading.Lock()
@@ -71,9 +73,11 @@ def end_step(conn, token):
             return
         ENDED_STEPS.add(token)
     try:  # Connection.run: not a step of its own
-        Connection.run(conn, END_STEP.format(token=token), hide=True, warn=True, in_stream=False, timeout=20)
-    except Exception:  # noqa: BLE001 - a dead connection ends the remote step anyway (its channel closes)
-        pass
+        said = Connection.run(conn, END_STEP.format(token=token), hide=True, warn=True, in_stream=False, timeout=20).stdout.strip()
+    except Exception as e:  # noqa: BLE001 - a dead connection ends the remote step anyway (its channel closes)
+        said = f"could not reach the host to end it ({type(e).__name__}: {e})"
+    if said:
+        print(f"Ctrl-C, ending the remote step on {getattr(conn, 'label', None) or conn.host}: {said}", file=sys.stderr, flush=True)
 
 
 def end_all_steps():
