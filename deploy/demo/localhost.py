@@ -50,6 +50,10 @@ class LocalSSHHost:
         # set in every session (the module docstring says why SHLVL), e.g. {"PATH": ...}; values without spaces. One
         # SetEnv line: sshd takes the first alone
         self.env = {"SHLVL": "1", **(env or {})}
+        for name, value in self.env.items():
+            if any(c in str(value) for c in ' \t\n"\''):
+                raise ValueError(f"LocalSSHHost: the session variable {name}={value!r} holds whitespace or a quote, "
+                                 "which sshd_config's SetEnv cannot take")
         self.user = user or getpass.getuser()
         self.key_file = self.root / "id_ed25519"
         self.log_file = self.root / "sshd.log"

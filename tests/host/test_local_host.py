@@ -21,6 +21,8 @@ def ssh(host, command):
 
 
 def test_commands_and_rsync_skip_a_bashrc_that_prints_and_a_session_that_asks_for_it_reads_it(tmp_path):
+    with pytest.raises(ValueError, match="A='x y' holds whitespace"):  # sshd would refuse its config at start
+        LocalSSHHost(tmp_path / "refused", env={"A": "x y"})
     home = tmp_path / "home"  # the account's home for these sessions: its .bashrc prints and exports
     home.mkdir()
     (home / ".bashrc").write_text(BASHRC)
