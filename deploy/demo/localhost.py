@@ -47,8 +47,8 @@ class LocalSSHHost:
 
     def __init__(self, root, user=None, env=None):
         self.root = Path(root).resolve()
-        # set in every session (the module docstring says why SHLVL), e.g. {"PATH": ...}; values without spaces. One
-        # SetEnv line: sshd takes the first alone
+        # set in every session (the module docstring says why SHLVL), e.g. {"PATH": ...}, in one SetEnv line: sshd takes
+        # the first alone
         self.env = {"SHLVL": "1", **(env or {})}
         for name, value in self.env.items():
             if any(c in str(value) for c in ' \t\n"\''):

@@ -3,6 +3,7 @@ whatever this account's ~/.bashrc holds: one that prints would break rsync, one 
 tenth of a CPU-second and more for every command of every task."""
 
 import pwd
+import shlex
 import subprocess
 
 import pytest
@@ -14,10 +15,14 @@ pytestmark = pytest.mark.ssh
 BASHRC = 'echo "from .bashrc"\nexport FROM_BASHRC=yes\n'
 
 
+def ssh_args(host):
+    return ["ssh", "-p", str(host.port), "-i", str(host.key_file), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+
 def ssh(host, command):
-    return subprocess.run(["ssh", "-p", str(host.port), "-i", str(host.key_file), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"{host.user}@127.0.0.1", command],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run([*ssh_args(host), f"{host.user}@127.0.0.1", command], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_commands_and_rsync_skip_a_bashrc_that_prints_and_a_session_that_asks_for_it_reads_it(tmp_path):
@@ -31,8 +36,7 @@ def test_commands_and_rsync_skip_a_bashrc_that_prints_and_a_session_that_asks_fo
     with LocalSSHHost(tmp_path / "sshd", env={"HOME": str(home)}) as host:
         out = ssh(host, 'echo "home=$HOME bashrc=${FROM_BASHRC:-no}"')
         assert (out.returncode, out.stdout) == (0, f"home={home} bashrc=no\n"), out
-        rsh = f"ssh -p {host.port} -i {host.key_file} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-        copy = subprocess.run(["rsync", "-a", "-e", rsh, f"{tmp_path}/data/", f"{host.user}@127.0.0.1:{tmp_path}/copy/"],
+        copy = subprocess.run(["rsync", "-a", "-e", shlex.join(ssh_args(host)), f"{tmp_path}/data/", f"{host.user}@127.0.0.1:{tmp_path}/copy/"],
                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert copy.returncode == 0, copy
         assert (tmp_path / "copy" / "clip.npz").read_bytes() == b"features"

@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from deploy.host.steps import END_STEP, step_env
 
@@ -29,7 +30,7 @@ def wait_marked(token, timeout=10):
     while time.monotonic() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                if f"FACENET_STEP={token}:".encode() in open(f"/proc/{pid}/environ", "rb").read():
+                if f"FACENET_STEP={token}:".encode() in Path(f"/proc/{pid}/environ").read_bytes():
                     return
             except OSError:
                 pass
