@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fab_runner
+from tests.support import warm_runner
 from tests.support.aws import BUCKET, CIDR, DLAMI_PARAMETER, moto_ami, seed_public_parameter, ssh_alias_config
 from tests.support.deploy_env import DeployEnv, env_on, make_host_venv, make_ready, run_wide
 from tests.support.helpers import ROOT
@@ -53,7 +53,7 @@ def synth_crema(tmp_path_factory):
 def pytest_sessionfinish(session, exitstatus):
     """The warm fab servers end with the session, before tests/support/leftovers.py looks for what outlived it (without
     pytest-xdist the session's process is this one, and atexit would be too late)."""
-    fab_runner.close_all()
+    warm_runner.close_all()
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tests.support.aws import ec2, load, quiet
-from tests.support.fab_runner import run_fab
 from tests.support.helpers import ROOT
+from tests.support.warm_runner import run_fab
 
 pytestmark = [pytest.mark.ssh]
 

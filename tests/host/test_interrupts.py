@@ -12,8 +12,8 @@ import time
 import pytest
 
 from deploy.demo.localhost import processes_under
-from tests.support.fab_runner import FAB
 from tests.support.helpers import ROOT, wait_until
+from tests.support.warm_runner import FAB
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

@@ -2,9 +2,9 @@
 
 import subprocess
 
-from tests.support.fab_runner import FAB
 from tests.support.helpers import ROOT
 from tests.support.startup_imports import heavy_in, imported
+from tests.support.warm_runner import FAB
 
 
 def test_fab_monitor_imports_no_heavy_library(deploy_env):

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from tests.support.helpers import read_status, wait_until
+from tests.support.helpers import output_of, read_status, wait_until
 from tests.support.sweep_hosts import SweepHosts, exit_codes, history_epochs, launches_overlapping
 
 pytestmark = [pytest.mark.ssh]
@@ -104,7 +104,7 @@ def test_a_sweep_of_four_over_two_hosts_finishes_every_configuration_once_when_a
         follow = hosts.env.popen("sweep", "lr", *SETS, "--hosts", "a,b")
         wait_until(lambda: ((hosts.latest(RUNS[0]) or {}).get("epoch") or 0) >= at, 120, f"{RUNS[0]}'s epoch {at} stored from a")
         hosts.terminate("a")
-        out, _ = follow.communicate(timeout=400)
+        out = output_of(follow, 400, hosts.state)
         assert follow.returncode == 0, out
         assert "a has not answered for 0.1 min: lost" in out and f"{RUNS[0]}: moved from a to b, from stored epoch" in out, out
         assert f"{RUNS[2]}: moved from a to b" in out, out  # queued on a, never started there: a new run on b
@@ -156,7 +156,7 @@ def test_a_host_that_stops_answering_but_lives_on_trains_no_run_moved_off_it(aws
         os.kill(paused, signal.SIGCONT)
         runner = hosts.runs("a") / ".sweeps" / "lr" / "runner.json"
         wait_until(lambda: json.loads(runner.read_text()).get("state") == "done", 120, "a's runner to end its queue")
-        out, _ = follow.communicate(timeout=400)
+        out = output_of(follow, 400, hosts.state)
         assert follow.returncode == 0, out
         assert "a has not answered for 0.1 min: lost" in out and f"{RUNS[2]}: moved from a to b" in out, out
         assert "Traceback" not in out and "SSH protocol banner" not in out, out  # paramiko's logging stays quiet

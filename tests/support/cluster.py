@@ -4,10 +4,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
 from tests.support.helpers import ROOT
+from tests.support.warm_runner import start_trainer
 
 # No pictures unless a test asks for them (`--set train.pictures=true` after these): drawing them is a third of a tiny run.
 TINY = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
@@ -45,10 +45,8 @@ class Cluster:
         for k in range(len(self.addresses)):
             where = ["--resume", str(self.run_dir(k))] if "--resume" in args else ["--out", str(self.root / f"w{k}"), "--run-name", "run"]
             rest = [a for a in args if a != "--resume"]
-            cmd = [sys.executable, "-m", "trainer", "train", *where, *TINY, *map(str, rest)]  # the test's own --set wins
-            if data is not None:
-                cmd += ["--data", str(data[k])]
-            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env(k, env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            args_k = ["train", *where, *TINY, *rest] + (["--data", data[k]] if data is not None else [])  # the test's own --set wins
+            self.procs.append(start_trainer(args_k, cwd=ROOT, env=self.env(k, env)))
         return self.procs
 
     def wait(self, timeout=300):

@@ -6,8 +6,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from tests.support.fab_runner import FAB, run_fab
 from tests.support.helpers import ROOT, TINY_CONFIG, write_config
+from tests.support.warm_runner import FAB, run_fab
 
 
 def run_wide(tmp_path_factory, name, make):
@@ -92,7 +92,8 @@ class DeployEnv:
         return proc
 
     def popen(self, *args):
-        return subprocess.Popen([str(FAB), *map(str, args)], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+        env = {**self.env, "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints its threads' stacks (output_of)
+        return subprocess.Popen([str(FAB), *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 
     def current_run(self):

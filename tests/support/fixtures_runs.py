@@ -14,16 +14,14 @@ A test that uses one is of kind `tf` (tests/support/kinds.py), whatever else it 
 """
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.support.helpers import ROOT
+from tests.support.helpers import ROOT, run_trainer
+from tests.support.warm_runner import start_trainer
 
 TINY_ARGS = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "train.batch_size=16",
              "--set", "data.max_frames=40", "--set", "train.workers=1"]
@@ -32,9 +30,8 @@ TINY_ARGS = ["--set", "model.units=8", "--set", "model.head_units=8", "--set", "
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, synth_crema):
     runs = tmp_path_factory.mktemp("trained")
-    proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(synth_crema), "--out", str(runs), "--run-name", "r1",
-                           "--epochs", "2", *TINY_ARGS], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FACENET_LOGICAL_CPUS": "2"})
+    proc = run_trainer("train", "--data", synth_crema, "--out", runs, "--run-name", "r1", "--epochs", "2", *TINY_ARGS,
+                       timeout=600, env={"FACENET_LOGICAL_CPUS": "2"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return runs / "r1"
 
@@ -79,10 +76,8 @@ def status(run_dir):
 
 def start_training(synth, runs, name, epochs, *extra):
     """A tiny training in the background, drawing no pictures (no test of these runs looks at one; trained_run's are)."""
-    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth), "--out", str(runs), "--run-name", name,
-           "--epochs", str(epochs), "--set", "train.patience=100", "--set", "train.lr_patience=100", "--set", "train.pictures=false",
-           *TINY_ARGS, *map(str, extra)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_trainer(["train", "--data", synth, "--out", runs, "--run-name", name, "--epochs", epochs, "--set", "train.patience=100",
+                          "--set", "train.lr_patience=100", "--set", "train.pictures=false", *TINY_ARGS, *extra], cwd=ROOT)
 
 
 def wait_for_epoch(run_dir, epoch, proc, timeout=120):

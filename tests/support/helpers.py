@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,11 @@ def write_clip(path, frames=10, dim=512, key="video_features", value=None, dtype
 
 
 def run_trainer(*args, cwd=None, timeout=300, env=None):
-    """`python -m trainer ARGS` as a subprocess; returns CompletedProcess with text output."""
-    return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    """`python -m trainer ARGS` in its own process (warm: tests/support/warm_runner.py), this process's environment
+    with `env` over it; a CompletedProcess with text output."""
+    from tests.support.warm_runner import run_trainer as run_warm
+
+    return run_warm(args, cwd=cwd or ROOT, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def write_config(path, **sections):
@@ -50,6 +51,24 @@ def wait_until(predicate, timeout=120, what="condition"):
             return value
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def output_of(proc, timeout, context=lambda: ""):
+    """The whole output of `proc` (stdout, stderr merged) once it has ended. After `timeout` s the test fails with what
+    it printed, its threads' stacks (SIGABRT: Python's faulthandler prints them, on in DeployEnv.popen's) and
+    `context()` (what the hosts were doing): a hang says where it hung."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out = proc.communicate(timeout=15)[0] or ""
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0] or ""
+        raise AssertionError(f"{proc.args[:2]} still running after {timeout} s, stopped with SIGABRT. It printed:\n{out}\n{context()}") from None
 
 
 def mount_tmpfs(path, size):

@@ -72,6 +72,15 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test of kind tf runs the trainer warm (tests/support/warm_runner.py: TensorFlow loaded once per worker);
+    the others run it as a new process, which loads no TensorFlow for what they ask of it."""
+    from tests.support import warm_runner
+
+    warm_runner.trainer_warm = item.get_closest_marker("tf") is not None
+
+
 def _tier(item):
     """The tier folder of tests/ that holds the test (unit, trainer, host, journeys), or None."""
     folder = item.path.parent

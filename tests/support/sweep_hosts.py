@@ -60,6 +60,29 @@ class SweepHosts:
 
         return stored_pointer(self.moto_url, self.bucket, run)
 
+    def state(self):
+        """What each host's sweep runner and runs were doing (runner.json, status.json, exit records, the tmux sessions),
+        and storage's pointers: a failing test's context."""
+        lines = []
+        for name in self.sshd:
+            runs = self.runs(name)
+            if not runs.is_dir():
+                lines.append(f"host {name}: gone")
+                continue
+            for path in sorted(runs.glob(".sweeps/*/runner.json")) + sorted(runs.glob("*/status.json")):
+                lines.append(f"host {name}: {path.relative_to(runs)}: {path.read_text(errors='replace')[:600]}")
+            lines += [f"host {name}: {run.name} exit codes {exit_codes(run)}" for run in sorted(runs.glob("*/exits"))]
+            tmux = subprocess.run(["tmux", "ls"], env={**os.environ, "TMUX_TMPDIR": str(self.tmux[name])}, capture_output=True,
+                                  text=True)
+            lines.append(f"host {name}: tmux ls: {(tmux.stdout + tmux.stderr).strip()}")
+        if getattr(self, "moto_url", None):
+            from tests.support.storage_check import client
+
+            listed = client(self.moto_url).list_objects_v2(Bucket=self.bucket, Prefix="runs/").get("Contents", [])
+            pointers = sorted(o["Key"].split("/")[1] for o in listed if o["Key"].endswith("/LATEST"))
+            lines += [f"stored {run}: {self.latest(run)}" for run in pointers]
+        return "\n".join(lines)
+
     def terminate(self, name):
         """Host `name` as a lost machine: its network gone, every process of it ended at once, its disk gone."""
         kill_sshd(self.sshd[name].proc.pid)

@@ -2,23 +2,22 @@
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.support.helpers import ROOT, TINY_CONFIG, write_config
+from tests.support.helpers import ROOT, TINY_CONFIG, run_trainer, write_config
 from tests.support.helpers import read_status as status
+from tests.support.warm_runner import start_trainer
 
 
 @pytest.mark.slow
 def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_stopped_in(tmp_path, synth_crema):
     cfg = write_config(tmp_path / "cv.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 6}})
     run = tmp_path / "runs" / "cv"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "cv", "--config", cfg, "--data", synth_crema, "--folds", "3",
-                             "--out", tmp_path / "runs", "--run-name", "cv"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_trainer(["cv", "--config", cfg, "--data", synth_crema, "--folds", "3", "--out", tmp_path / "runs", "--run-name", "cv"],
+                         cwd=ROOT)
     deadline = time.monotonic() + 300
     while not (status(run).get("fold") == 2 and status(run).get("epoch", 0) >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
@@ -32,8 +31,7 @@ def test_cross_validation_tests_every_actor_once_and_resumes_in_the_fold_it_was_
     assert not (run / "fold-2" / "metrics.json").exists() and (run / "fold-2" / "backup").is_dir()
     assert json.loads((run / "cv.json").read_text())["folds_done"] == 1
 
-    resumed = subprocess.run([sys.executable, "-m", "trainer", "train", "--resume", run], cwd=ROOT, capture_output=True, text=True,
-                             timeout=600)
+    resumed = run_trainer("train", "--resume", run, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert (run / "fold-1" / "metrics.json").stat().st_mtime == fold1  # not trained again
     assert "(resumed)" in (run / "fold-2" / "train.log").read_text()

@@ -5,14 +5,13 @@ from the chief's backup) is tests/journeys/test_cluster_deploy.py's, through `fa
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.support.cluster import TINY, Cluster
 from tests.support.helpers import ROOT, run_trainer
+from trainer.data.synth import write_corpus
 from trainer.errors import ConfigError
 from trainer.training.distribute import read_cluster
 
@@ -73,8 +72,7 @@ def test_a_stop_request_to_one_worker_stops_every_worker_after_the_same_epoch(cl
 
 def test_workers_with_different_data_refuse_to_train(cluster, tmp_path, synth_crema):
     other = tmp_path / "other"
-    subprocess.run([sys.executable, "-m", "trainer", "synth", "--out", str(other), "--clips", "150", "--seed", "5"], cwd=ROOT, check=True,
-                   capture_output=True)
+    write_corpus(other, "crema-d", clips=150, seed=5)
     cluster.start("--epochs", 2, data=[synth_crema, other])
     codes, outs = cluster.wait()
     assert codes == [2, 2], outs
@@ -99,10 +97,9 @@ def test_a_worker_whose_peers_never_start_fails_within_the_collective_timeout(cl
     """TensorFlow waits for the other workers inside C++ (GIL held, SIGTERM taken over): the trainer's
     watchdog process records the failure (PeerLost) and kills it, instead of a run that waits forever."""
     env = cluster.env(0)
-    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth_crema), "--out", str(cluster.root / "w0"), "--run-name", "run",
-           "--epochs", "2", *TINY, "--set", "train.collective_timeout=5"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_trainer("train", "--data", synth_crema, "--out", cluster.root / "w0", "--run-name", "run", "--epochs", "2", *TINY,
+                       "--set", "train.collective_timeout=5", env=env, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert time.monotonic() - started < 60 and "did not all join" in proc.stdout
     st = cluster.status(0)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.fixtures_runs import copy_trained_run, status
 from tests.support.helpers import run_trainer
+from tests.support.warm_runner import start_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +173,6 @@ def test_a_clip_holding_inf_is_refused_when_read_before_any_epoch_of_it_is_saved
 def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, synth_crema):
     """Exactly one trainer per run: once RUN/fenced.json names this launch (the run moved to another host), its trainer
     stops at its next epoch end (exit 5) before any callback saves that epoch, and writes no result."""
-    import subprocess
     import sys
     import time
 
@@ -183,9 +183,8 @@ def test_a_fenced_launch_stops_at_its_next_epoch_end_without_a_result(tmp_path, 
 
     cfg = write_config(tmp_path / "long.yaml", **{**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 300}})
     launch_id = "20261206T120000Z-4242"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", "--config", cfg, "--data", synth_crema, "--out", tmp_path / "runs",
-                             "--run-name", "f1"], cwd=ROOT, env={**os.environ, "FACENET_LAUNCH_ID": launch_id},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_trainer(["train", "--config", cfg, "--data", synth_crema, "--out", tmp_path / "runs", "--run-name", "f1"], cwd=ROOT,
+                         env={**os.environ, "FACENET_LAUNCH_ID": launch_id})
     run = tmp_path / "runs" / "f1"
     try:
         wait_until(lambda: status(run).get("epoch", 0) >= 2 if (run / "status.json").exists() else False, 240, "two epochs")
@@ -210,8 +209,6 @@ def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_
     a kill between the row and the backup must not leave that row twice. Kills land right after a new row and right
     after a new backup, then the run is resumed to its end, from its backup (not from zero)."""
     import signal
-    import subprocess
-    import sys
     import time
 
     from tests.support.helpers import ROOT, TINY_CONFIG, write_config
@@ -236,8 +233,7 @@ def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_
     first = ["train", "--config", cfg, "--data", synth_crema, "--out", tmp_path / "runs", "--run-name", "k1"]
     for watched in ("row", "backup", "row", "backup"):
         args = first if not run.exists() else ["train", "--resume", run]
-        proc = subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = start_trainer(args, cwd=ROOT)
         before = rows() if watched == "row" else stamp()
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
@@ -246,7 +242,7 @@ def test_history_holds_every_epoch_once_whatever_moment_of_the_epoch_end_a_kill_
                 os.kill(proc.pid, signal.SIGKILL)  # right after the row (or the backup) of an epoch, before the other
                 break
             time.sleep(0.001)
-        proc.wait()
+        proc.communicate()
         assert status(run)["state"] == "running"  # killed: nobody wrote an end state
     backed_up = json.loads(backup.read_text())["epoch"]
     done = run_trainer("train", "--resume", run, timeout=300)

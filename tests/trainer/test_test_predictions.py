@@ -38,22 +38,18 @@ def test_compare_finds_a_trained_model_better_than_one_that_learnt_nothing(tmp_p
     epoch at a learning rate that leaves its weights where they started, B eight epochs at 0.01. `python -m trainer
     compare A B` says B is better, its paired interval of B - A in test UAR above 0, and draws the recall picture.
     (Two runs that differ by chance alone, whose interval holds 0: tests/unit/test_compare.py, on crafted predictions.)"""
-    import subprocess
-    import sys
-
     from tests.support.fixtures_runs import TINY_ARGS
-    from tests.support.helpers import ROOT
+    from tests.support.helpers import run_trainer
     from trainer.data.synth import write_corpus
 
     data = tmp_path / "crema-d"
     write_corpus(data, "crema-d", clips=600, seed=3)  # 95 test clips of 13 actors
     for run, args in (("a", ["--epochs", "1", "--set", "train.learning_rate=1e-9"]), ("b", ["--epochs", "8", "--set", "train.learning_rate=0.01"])):
-        proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(data), "--out", str(tmp_path / "runs"), "--run-name", run,
-                               *TINY_ARGS, "--set", "train.pictures=false", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        proc = run_trainer("train", "--data", data, "--out", tmp_path / "runs", "--run-name", run, *TINY_ARGS,
+                           "--set", "train.pictures=false", *args, timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     result = tmp_path / "compare.json"
-    proc = subprocess.run([sys.executable, "-m", "trainer", "compare", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"),
-                           "--out", str(tmp_path / "out"), "--result", str(result)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_trainer("compare", tmp_path / "runs" / "a", tmp_path / "runs" / "b", "--out", tmp_path / "out", "--result", result)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = json.loads(result.read_text())
     low, high = got["ci95"]["uar"]

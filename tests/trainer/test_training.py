@@ -11,6 +11,7 @@ import pytest
 from tests.support.fixtures_runs import TINY_ARGS as TINY
 from tests.support.fixtures_runs import copy_trained_run, start_training, status, wait_for_epoch
 from tests.support.helpers import ROOT, run_trainer
+from tests.support.warm_runner import start_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -154,9 +155,8 @@ def test_mirrored_training_over_two_devices_records_replicas_and_resumes(tmp_pat
     train.batch_size is per replica; a stopped run resumes under the same strategy."""
     env = {"FACENET_LOGICAL_CPUS": "2"}
     run = tmp_path / "m1"
-    cmd = [sys.executable, "-m", "trainer", "train", "--data", str(synth_crema), "--out", str(tmp_path), "--run-name", "m1",
-           "--epochs", "30", "--set", "train.distribute=mirrored", "--set", "train.patience=100", *TINY]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+    proc = start_trainer(["train", "--data", synth_crema, "--out", tmp_path, "--run-name", "m1", "--epochs", "30",
+                          "--set", "train.distribute=mirrored", "--set", "train.patience=100", *TINY], cwd=ROOT, env={**os.environ, **env})
     wait_for_epoch(run, 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)

@@ -10,10 +10,10 @@ import os
 import pytest
 import yaml
 
-from tests.support.fab_runner import run_fab
 from tests.support.helpers import ROOT
 from tests.support.predictions import ACTORS, CLASSES, predict, shuffle_class, truth, write_run
 from tests.support.storage_check import client, new_bucket, seed_run
+from tests.support.warm_runner import run_fab
 
 
 def laptop(root, moto_url=None):

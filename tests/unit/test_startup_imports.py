@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from tests.support.fab_runner import FAB
 from tests.support.helpers import ROOT
 from tests.support.startup_imports import heavy_in, imported
+from tests.support.warm_runner import FAB
 
 
 def test_fab_list_imports_no_heavy_library():

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from deploy.demo.localhost import free_port
-from tests.support.fab_runner import run_fab
 from tests.support.helpers import ROOT
 from tests.support.storage_check import client, new_bucket, seed_run
+from tests.support.warm_runner import run_fab
 
 
 class Store:

@@ -97,7 +97,7 @@ def test_fab_sweep_refuses_bad_input_before_any_host_with_exit_2(tmp_path):
 
     import yaml
 
-    from tests.support.fab_runner import run_fab
+    from tests.support.warm_runner import run_fab
 
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"hosts": {"a": {"address": "127.0.0.1", "port": 9, "user": "nobody"}},
                                                             "train_config": str(write_config(tmp_path / "train.yaml", **TINY_CONFIG))}))
@@ -205,7 +205,7 @@ def test_fab_sweep_refuses_a_second_command_of_the_same_sweep_and_leaves_nothing
 
     import yaml
 
-    from tests.support.fab_runner import run_fab
+    from tests.support.warm_runner import run_fab
 
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"hosts": {"a": {"address": "127.0.0.1", "port": 9, "user": "nobody"}},
                                                             "train_config": str(write_config(tmp_path / "train.yaml", **TINY_CONFIG))}))

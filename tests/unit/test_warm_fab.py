@@ -1,4 +1,4 @@
-"""The tests' warm `fab` (tests/support/fab_server.py) answers as a new `fab` process does: the same stdout, stderr and exit
+"""The tests' warm `fab` (tests/support/warm_server.py) answers as a new `fab` process does: the same stdout, stderr and exit
 code, its own environment (the inventory) and folder, and a timeout that kills it."""
 
 import os
@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.support.fab_runner import FAB, run_fab
 from tests.support.helpers import ROOT
+from tests.support.warm_runner import FAB, run_fab
 
 
 def real_fab(args, env, cwd=ROOT):
