@@ -71,7 +71,7 @@ class SweepHosts:
                 continue
             for path in sorted(runs.glob(".sweeps/*/runner.json")) + sorted(runs.glob("*/status.json")):
                 lines.append(f"host {name}: {path.relative_to(runs)}: {path.read_text(errors='replace')[:600]}")
-            lines += [f"host {name}: {run.name} exit codes {exit_codes(run)}" for run in sorted(runs.glob("*/exits"))]
+            lines += [f"host {name}: {exits.parent.name} exit codes {exit_codes(exits.parent)}" for exits in sorted(runs.glob("*/exits"))]
             tmux = subprocess.run(["tmux", "ls"], env={**os.environ, "TMUX_TMPDIR": str(self.tmux[name])}, capture_output=True,
                                   text=True)
             lines.append(f"host {name}: tmux ls: {(tmux.stdout + tmux.stderr).strip()}")

@@ -19,13 +19,11 @@ are the same path, as with stderr=subprocess.STDOUT) on stdin; answers
 {"pid"} when the child started, then {"returncode"} (subprocess's convention: -N for a signal) on stdout.
 """
 
-import atexit
 import io
 import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 PROGRAM = sys.argv[1] if __name__ == "__main__" else "fab"
@@ -73,7 +71,9 @@ def run_trainer(argv):
 
 
 def child(request):
-    """In the forked child: become the program with ARGV and exit as it would."""
+    """In the forked child: become the program with ARGV. It never returns: what the program raises, SystemExit
+    too, leaves the server's loop, and the interpreter ends this process as it ends a new one (a traceback for an
+    uncaught exception, and for KeyboardInterrupt a death by SIGINT; threads joined, atexit functions, finalization)."""
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -83,48 +83,15 @@ def child(request):
     for fd, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the server's pipes and whatever else: a new process has 0-2 only
+    # as a new interpreter makes them when they are not terminals: stdout block-buffered, stderr written through
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=False)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", write_through=True)
     sys.argv = list(request["argv"])
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    code = 0
-    try:
-        (run_fab if PROGRAM == "fab" else run_trainer)(sys.argv)
-    except SystemExit as exit:
-        code = exit_code(exit.code)
-    except KeyboardInterrupt:
-        finish()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)  # as the interpreter does for an uncaught KeyboardInterrupt
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    finish()
-    os._exit(code)
-
-
-def exit_code(code):
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def finish():
-    """What the interpreter does at exit: wait for non-daemon threads, run atexit functions, flush."""
-    try:
-        threading._shutdown()
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+    (run_fab if PROGRAM == "fab" else run_trainer)(sys.argv)
+    sys.exit(0)  # the program returned
 
 
 def answer(**fields):
@@ -136,10 +103,7 @@ def main():
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            try:
-                child(request)
-            finally:
-                os._exit(70)
+            child(request)  # never returns
         answer(pid=pid)
         _, status = os.waitpid(pid, 0)
         answer(returncode=-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
