@@ -49,23 +49,3 @@ def test_a_request_that_sets_tensorflow_otherwise_gets_a_new_process():
     assert server is not None
     warm_runner._give(server)
 
-
-def test_a_warm_trainer_interrupted_dies_as_a_new_one_with_its_traceback(tmp_path):
-    """Ctrl-C (SIGINT) in the middle of `trainer synth`: both die by SIGINT, after the KeyboardInterrupt's traceback."""
-    import signal
-    import time
-
-    from tests.support.helpers import wait_until
-
-    ended = []
-    for name in ("warm", "new"):
-        out = tmp_path / name
-        args = ["synth", "--out", out, "--corpus", "crema-d", "--clips", "6552"]
-        proc = warm_runner.start_trainer(args, cwd=ROOT) if name == "warm" else subprocess.Popen(
-            [sys.executable, "-m", "trainer", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_until(lambda: out.is_dir() and any(out.iterdir()), 120, f"the {name} synth's first clip")  # noqa: B023
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        ended.append((proc.communicate(timeout=120)[0], proc.returncode))
-    for out, code in ended:
-        assert code == -signal.SIGINT and "KeyboardInterrupt" in out.splitlines()[-1], (code, out[-500:])
