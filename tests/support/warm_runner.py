@@ -3,8 +3,9 @@ text=True)` does, from a warm fork server (tests/support/warm_server.py) instead
 same program, in its own process, with its own environment, folder, exit code, stdout and stderr; about 1 s of CPU
 cheaper for `fab`, about 5 s for the trainer (TensorFlow and Keras loaded).
 
-A test that signals the process, reads its output as it comes, or measures how the program itself starts uses a
-real process (subprocess.Popen), as do requests whose interpreter or library settings differ from the server's.
+start_trainer gives a Popen-like WarmProcess to signal or to read as it prints. A test that measures how a program
+itself starts uses a real process (subprocess.Popen), as do requests whose interpreter or library settings differ
+from the server's.
 """
 
 import atexit
